@@ -1,0 +1,237 @@
+// Package router makes one decision: which cluster serves a read. It reads
+// an immutable topology.Snapshot, takes no lock and allocates nothing, so it
+// can run on every request.
+//
+// The rules are DESIGN.md's "Consistency rules":
+//
+//   - An alternative (Role alternative; standbys and quarantined clusters
+//     never serve reads) is eligible when it is healthy, its breaker is not
+//     open, it was not already tried for this request, and its replicated
+//     timestamp for the collection's pchannels covers the required
+//     timestamp R.
+//   - Unknown lag (CheckpointsKnown false) counts as stale: such an
+//     alternative is eligible only for reads that require nothing (R == 0,
+//     Eventually) and set no lag cap, because neither a bound nor a lag can
+//     be proven. This is how backends without a replication API (Milvus
+//     Lite) still serve Eventually reads.
+//   - Among the eligible, plus the leader when LeaderServesReads, power of
+//     two choices on outstanding requests.
+//   - When none is eligible, the leader; with no usable leader, no cluster.
+package router
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+)
+
+// logicalBits is the width of the logical part of a Milvus hybrid
+// timestamp: ts = physical_ms << 18 | logical.
+const logicalBits = 18
+
+// ReadRequest is what the router needs to know about one read.
+type ReadRequest struct {
+	// PChannels are the collection's leader pchannel indexes (nil = all).
+	PChannels []int
+	// Required is the replicated timestamp R (hybrid ts) the read needs;
+	// 0 = none (Eventually).
+	Required uint64
+	// MaxLag is the Eventually cap (0 = none): alternatives lagging more
+	// than this behind the leader's clock are left out, and so are those
+	// whose lag is unknown.
+	MaxLag time.Duration
+	// Exclude lists cluster ids already tried for this request (a retry
+	// after a transport failure).
+	Exclude []string
+	// Strong marks a Strong read under `strong_reads: leader`: it goes to
+	// the leader without looking at alternatives (ReasonLeaderStrong).
+	// Under `strong_reads: wait` leave it false and set Required instead.
+	Strong bool
+}
+
+// Reason says why a Decision went where it did; it feeds metrics and logs.
+type Reason string
+
+// Reasons.
+const (
+	// ReasonAlternative: an eligible alternative won.
+	ReasonAlternative Reason = "alternative"
+	// ReasonLeaderLag: alternatives were up but none had replicated far
+	// enough (or their lag is unknown), so the leader serves.
+	ReasonLeaderLag Reason = "leader_lag"
+	// ReasonLeaderStrong: a Strong read under strong_reads: leader.
+	ReasonLeaderStrong Reason = "leader_strong"
+	// ReasonLeaderNoAlternative: no alternative was usable at all
+	// (none configured, unhealthy, breaker open, quarantined, or excluded).
+	ReasonLeaderNoAlternative Reason = "leader_no_alternative"
+	// ReasonLeaderBalanced: the leader took part in power of two choices
+	// (LeaderServesReads) and won.
+	ReasonLeaderBalanced Reason = "leader_balanced"
+	// ReasonNone: nothing can serve the read (no leader, or it was
+	// excluded, and no eligible alternative). Cluster is nil.
+	ReasonNone Reason = "none"
+)
+
+// Decision is where one read goes.
+type Decision struct {
+	Cluster *topology.Cluster // nil only with ReasonNone
+	Reason  Reason
+}
+
+// Options configure a Router.
+type Options struct {
+	// LeaderServesReads puts the leader in the balancing pool next to the
+	// eligible alternatives (config read.leader_serves_reads).
+	LeaderServesReads bool
+	// LeaderNow returns the leader's current hybrid timestamp (the
+	// topology manager's calibrated estimate). Used only for MaxLag.
+	// nil: the local clock.
+	LeaderNow func() uint64
+	// Rand returns uniformly distributed random numbers; it must be safe
+	// for concurrent use without a shared lock. nil: math/rand/v2's
+	// runtime-backed generator (per-thread state, lock-free). Tests set it
+	// to make picks reproducible.
+	Rand func() uint64
+}
+
+// Router picks clusters for reads. It is safe for concurrent use and holds
+// no mutable state of its own.
+type Router struct {
+	leaderServesReads bool
+	leaderNow         func() uint64
+	rand              func() uint64
+}
+
+// New returns a Router.
+func New(opts Options) *Router {
+	r := &Router{
+		leaderServesReads: opts.LeaderServesReads,
+		leaderNow:         opts.LeaderNow,
+		rand:              opts.Rand,
+	}
+	if r.leaderNow == nil {
+		r.leaderNow = localNow
+	}
+	if r.rand == nil {
+		r.rand = rand.Uint64
+	}
+	return r
+}
+
+func localNow() uint64 { return uint64(time.Now().UnixMilli()) << logicalBits }
+
+// maxCandidates bounds the on-stack candidate buffer. Topologies larger
+// than this still work; the buffer just spills to the heap.
+const maxCandidates = 16
+
+// PickRead decides which cluster serves a read.
+func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
+	if snap == nil {
+		return Decision{Reason: ReasonNone}
+	}
+	leader := snap.Leader
+	if leader != nil && excluded(req.Exclude, leader.ID) {
+		leader = nil
+	}
+	if req.Strong {
+		return fallback(leader, ReasonLeaderStrong)
+	}
+
+	var buf [maxCandidates]*topology.Cluster
+	cands := buf[:0]
+	lagging := false // some usable alternative failed only on its timestamp
+	var nowPhys int64
+	if req.MaxLag > 0 {
+		nowPhys = physical(r.leaderNow())
+	}
+	for _, c := range snap.Clusters {
+		if c == snap.Leader || c.Role != topology.RoleAlternative || c.Quarantined ||
+			!c.Healthy || c.Breaker == topology.BreakerOpen || excluded(req.Exclude, c.ID) {
+			continue
+		}
+		if req.Required == 0 && req.MaxLag <= 0 {
+			// Eventually without a cap: any replica will do, known lag
+			// or not.
+			cands = append(cands, c)
+			continue
+		}
+		ts, ok := c.ReplicatedFor(req.PChannels)
+		if !ok || ts < req.Required {
+			lagging = true
+			continue
+		}
+		if req.MaxLag > 0 && time.Duration(nowPhys-physical(ts))*time.Millisecond > req.MaxLag {
+			lagging = true
+			continue
+		}
+		cands = append(cands, c)
+	}
+
+	if r.leaderServesReads && leader != nil && leader.Healthy && leader.Breaker != topology.BreakerOpen {
+		cands = append(cands, leader)
+	}
+	switch len(cands) {
+	case 0:
+		if lagging {
+			return fallback(leader, ReasonLeaderLag)
+		}
+		return fallback(leader, ReasonLeaderNoAlternative)
+	case 1:
+		return decide(cands[0])
+	}
+	return decide(r.p2c(cands))
+}
+
+// decide labels a balanced pick.
+func decide(c *topology.Cluster) Decision {
+	if c.Role == topology.RoleAlternative {
+		return Decision{Cluster: c, Reason: ReasonAlternative}
+	}
+	return Decision{Cluster: c, Reason: ReasonLeaderBalanced}
+}
+
+// p2c picks two distinct candidates at random and returns the one with
+// fewer requests in flight (the first on a tie; it is random already).
+func (r *Router) p2c(cands []*topology.Cluster) *topology.Cluster {
+	// One 64-bit draw gives two 32-bit ones; the modulo bias is
+	// negligible for pools of a few clusters.
+	n := uint64(len(cands))
+	x := r.rand()
+	i := (x & 0xffffffff) % n
+	j := (x >> 32) % (n - 1)
+	if j >= i {
+		j++
+	}
+	a, b := cands[i], cands[j]
+	if outstanding(b) < outstanding(a) {
+		return b
+	}
+	return a
+}
+
+func outstanding(c *topology.Cluster) int64 {
+	if c.Outstanding == nil {
+		return 0
+	}
+	return c.Outstanding.Load()
+}
+
+func fallback(leader *topology.Cluster, reason Reason) Decision {
+	if leader == nil {
+		return Decision{Reason: ReasonNone}
+	}
+	return Decision{Cluster: leader, Reason: reason}
+}
+
+func excluded(ids []string, id string) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+// physical returns the physical part (ms since the epoch) of a hybrid ts.
+func physical(ts uint64) int64 { return int64(ts >> logicalBits) }

@@ -168,16 +168,18 @@ func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
 		cands = append(cands, c)
 	}
 
-	if r.leaderServesReads && leader != nil && leader.Healthy && leader.Breaker != topology.BreakerOpen {
-		cands = append(cands, leader)
-	}
-	switch len(cands) {
-	case 0:
+	if len(cands) == 0 {
+		// The leader as the last resort, whatever its health: a read never
+		// fails because alternatives lag while the leader might serve it.
 		if lagging {
 			return fallback(leader, ReasonLeaderLag)
 		}
 		return fallback(leader, ReasonLeaderNoAlternative)
-	case 1:
+	}
+	if r.leaderServesReads && leader != nil && leader.Healthy && leader.Breaker != topology.BreakerOpen {
+		cands = append(cands, leader)
+	}
+	if len(cands) == 1 {
 		return decide(cands[0])
 	}
 	return decide(r.p2c(cands))

@@ -1,0 +1,238 @@
+// Package config is milvus-ha-proxy's YAML configuration: the types, their
+// defaults, strict loading (unknown keys are errors) and validation whose
+// errors name the offending key, so `serve` can exit 2 with a message an
+// operator can act on.
+//
+// Every key carries a `doc` struct tag; Reference lists them with their
+// defaults for the README, and a test fails when a key has no doc.
+package config
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// EnvConfig names the environment variable that may hold the config file's
+// path when no --config flag is given.
+const EnvConfig = "MILVUS_HA_PROXY_CONFIG"
+
+// Discovery is how the proxy learns the clusters' roles.
+type Discovery string
+
+// Discovery modes.
+const (
+	// DiscoveryReplicate asks the clusters (GetReplicateConfiguration).
+	DiscoveryReplicate Discovery = "replicate"
+	// DiscoveryStatic takes the roles from this file.
+	DiscoveryStatic Discovery = "static"
+)
+
+// Role is a cluster's role in static discovery.
+type Role string
+
+// Roles, as DESIGN.md names them.
+const (
+	RoleLeader      Role = "leader"
+	RoleAlternative Role = "alternative"
+	RoleStandby     Role = "standby"
+)
+
+// StrongReads says where Strong reads go.
+type StrongReads string
+
+// Strong read policies.
+const (
+	StrongReadsLeader StrongReads = "leader"
+	StrongReadsWait   StrongReads = "wait"
+)
+
+// FailoverMode says whether the proxy promotes a new leader by itself.
+type FailoverMode string
+
+// Failover modes.
+const (
+	FailoverAuto   FailoverMode = "auto"
+	FailoverManual FailoverMode = "manual"
+)
+
+// Config is the whole file. Build one with Default (then Validate) or with
+// Load/Parse, which apply defaults and validate.
+type Config struct {
+	Listen      string      `yaml:"listen" doc:"gRPC listen address (host:port) for Milvus clients; --listen overrides it."`
+	AdminListen string      `yaml:"admin_listen" doc:"Admin HTTP listen address: /metrics, /healthz, /readyz, /api/v1/...; --admin-listen overrides it. Keep it off public networks: it can trigger failovers."`
+	Discovery   Discovery   `yaml:"discovery" doc:"How cluster roles are learned: replicate (GetReplicateConfiguration on the clusters) or static (the role keys below)."`
+	Clusters    []Cluster   `yaml:"clusters" doc:"Every Milvus cluster the proxy may talk to, in order of preference (the order breaks ties)."`
+	TLS         ServerTLS   `yaml:"tls,omitempty" doc:"TLS for Milvus clients connecting to the proxy. Off when cert_file is empty."`
+	Read        Read        `yaml:"read" doc:"Where reads go."`
+	Consistency Consistency `yaml:"consistency" doc:"How consistency levels map to required timestamps."`
+	Replication Replication `yaml:"replication" doc:"Tracking of replication progress on the alternatives."`
+	Failover    Failover    `yaml:"failover" doc:"Leader-loss detection and promotion."`
+	Health      Health      `yaml:"health" doc:"Health probes of every cluster."`
+	Drain       Drain       `yaml:"drain" doc:"Graceful stop on SIGTERM/SIGINT."`
+	Arbiter     Arbiter     `yaml:"arbiter" doc:"Coordination of several proxies (not implemented yet; leave empty)."`
+	Telemetry   Telemetry   `yaml:"telemetry" doc:"Tracing; metrics are always served on the admin port at /metrics."`
+	Log         Log         `yaml:"log" doc:"Logging to stderr."`
+
+	// baseDir resolves relative file paths (TLS files); the config file's
+	// directory when loaded with Load, the working directory otherwise.
+	baseDir string
+	// lines maps key paths to the lines they were read from, so errors
+	// found after loading can still point into the file.
+	lines map[string]int
+}
+
+// Cluster is one Milvus cluster.
+type Cluster struct {
+	ID    string     `yaml:"id" doc:"The cluster's id; with replicate discovery it must equal the Milvus cluster_id in the replicate configuration. Letters, digits, '.', '_', '-'."`
+	URI   string     `yaml:"uri" doc:"Address of the cluster's Milvus proxy: host:port, http://host:port or https://host:port (https turns TLS on)."`
+	Token Secret     `yaml:"token,omitempty" doc:"The proxy's own credentials (\"user:password\" or an API key) for its topology calls (discovery, checkpoints, failover). Client calls carry the client's own credentials. Never logged."`
+	TLS   ClusterTLS `yaml:"tls,omitempty" doc:"TLS towards this cluster. On when the uri is https:// or any key here is set."`
+	Role  Role       `yaml:"role,omitempty" doc:"Static discovery: leader, alternative or standby (exactly one leader). Replicate discovery takes roles from the clusters; only standby (take no client traffic) may be given there."`
+}
+
+// ClusterTLS is the client side of TLS towards one cluster.
+type ClusterTLS struct {
+	CAFile             string `yaml:"ca_file,omitempty" doc:"PEM CA bundle that signs the cluster's certificate; empty uses the system roots."`
+	CertFile           string `yaml:"cert_file,omitempty" doc:"PEM client certificate for mutual TLS (needs key_file)."`
+	KeyFile            string `yaml:"key_file,omitempty" doc:"PEM private key of cert_file."`
+	ServerName         string `yaml:"server_name,omitempty" doc:"Name to verify the cluster's certificate against, when it differs from the uri's host."`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify,omitempty" doc:"Do not verify the cluster's certificate. For tests only: it allows anyone in the path to read the traffic."`
+}
+
+// ServerTLS is TLS for clients connecting to the proxy.
+type ServerTLS struct {
+	CertFile     string `yaml:"cert_file,omitempty" doc:"PEM certificate the proxy serves gRPC with; setting it turns TLS on (needs key_file)."`
+	KeyFile      string `yaml:"key_file,omitempty" doc:"PEM private key of cert_file."`
+	ClientCAFile string `yaml:"client_ca_file,omitempty" doc:"PEM CA bundle; when set, clients must present a certificate it signs (mutual TLS)."`
+}
+
+// Read is the read-routing policy.
+type Read struct {
+	LeaderServesReads bool   `yaml:"leader_serves_reads" doc:"Whether the leader takes a share of reads alongside eligible alternatives. It always serves reads no alternative can."`
+	Balance           string `yaml:"balance" doc:"Load balancing among eligible clusters: p2c (power of two choices on outstanding requests)."`
+}
+
+// Consistency is how levels turn into required timestamps.
+type Consistency struct {
+	BoundedStaleness Duration    `yaml:"bounded_staleness" doc:"How stale a Bounded read may be (Milvus's common.gracefulTime)."`
+	StrongReads      StrongReads `yaml:"strong_reads" doc:"Strong reads go to the leader (leader), or to an alternative that catches up within max_wait (wait)."`
+	MaxWait          Duration    `yaml:"max_wait" doc:"With strong_reads: wait, how long a Strong read waits for an alternative before it goes to the leader."`
+	EventuallyMaxLag Duration    `yaml:"eventually_max_lag" doc:"Eventually reads skip alternatives lagging more than this; 0 means no cap."`
+}
+
+// Replication is how replication progress is tracked.
+type Replication struct {
+	PollInterval Duration `yaml:"poll_interval" doc:"How often each alternative's replication checkpoints are polled (GetReplicateInfo)."`
+}
+
+// Failover is leader-loss handling.
+type Failover struct {
+	Mode        FailoverMode `yaml:"mode" doc:"auto: promote the most caught-up alternative when the leader is lost; manual: only on POST /api/v1/failover (milvus-ha-proxy failover)."`
+	DetectAfter Duration     `yaml:"detect_after" doc:"How long probes and data-path calls must fail before the leader is declared lost."`
+	WriteHold   Duration     `yaml:"write_hold" doc:"How long writes wait for a new leader during a failover or switchover before failing with Unavailable."`
+}
+
+// Health is the probing of clusters.
+type Health struct {
+	ProbeInterval Duration `yaml:"probe_interval" doc:"How often every cluster is probed."`
+	ProbeTimeout  Duration `yaml:"probe_timeout" doc:"How long one probe may take before it counts as failed."`
+}
+
+// Drain is the graceful stop.
+type Drain struct {
+	GracePeriod Duration `yaml:"grace_period" doc:"On SIGTERM/SIGINT, /readyz turns 503 and new calls are refused; calls in flight get this long to finish before the proxy exits. Keep it below the orchestrator's kill timeout (Kubernetes: 30s)."`
+}
+
+// Arbiter is reserved for coordinating several proxies (etcd).
+type Arbiter struct {
+	Endpoints []string `yaml:"endpoints,omitempty" doc:"Reserved: etcd endpoints for several proxies to agree on one leader. Not implemented yet; must be empty."`
+}
+
+// Telemetry is tracing.
+type Telemetry struct {
+	OTLPEndpoint string  `yaml:"otlp_endpoint" doc:"OTLP/gRPC collector for traces: host:port (plaintext), http://host:port (plaintext) or https://host:port (TLS). Empty: no traces."`
+	ServiceName  string  `yaml:"service_name" doc:"service.name of the traces and the metrics' target_info."`
+	SampleRatio  float64 `yaml:"sample_ratio" doc:"Fraction of new traces sampled, 0 to 1; a client's sampled trace is always continued."`
+}
+
+// Log is logging.
+type Log struct {
+	Level  string `yaml:"level" doc:"debug, info, warn or error; --log-level overrides it. No level logs tokens or passwords."`
+	Format string `yaml:"format" doc:"text or json; --log-format overrides it."`
+}
+
+// Default returns a Config holding every default of DESIGN.md, with no
+// clusters; it does not validate until clusters are added.
+func Default() *Config {
+	return &Config{
+		Listen:      "0.0.0.0:19530",
+		AdminListen: "127.0.0.1:9091",
+		Discovery:   DiscoveryReplicate,
+		Read: Read{
+			LeaderServesReads: true,
+			Balance:           "p2c",
+		},
+		Consistency: Consistency{
+			BoundedStaleness: Duration(5 * time.Second),
+			StrongReads:      StrongReadsLeader,
+			MaxWait:          0,
+			EventuallyMaxLag: 0,
+		},
+		Replication: Replication{PollInterval: Duration(100 * time.Millisecond)},
+		Failover: Failover{
+			Mode:        FailoverAuto,
+			DetectAfter: Duration(time.Second),
+			WriteHold:   Duration(10 * time.Second),
+		},
+		Health: Health{
+			ProbeInterval: Duration(200 * time.Millisecond),
+			ProbeTimeout:  Duration(500 * time.Millisecond),
+		},
+		Drain:     Drain{GracePeriod: Duration(20 * time.Second)},
+		Telemetry: Telemetry{ServiceName: "milvus-ha-proxy", SampleRatio: 1},
+		Log:       Log{Level: "info", Format: "text"},
+	}
+}
+
+// Leader returns the cluster configured as leader (static discovery), or nil.
+func (c *Config) Leader() *Cluster {
+	for i := range c.Clusters {
+		if c.Clusters[i].Role == RoleLeader {
+			return &c.Clusters[i]
+		}
+	}
+	return nil
+}
+
+// Cluster returns the cluster with the given id, or nil.
+func (c *Config) Cluster(id string) *Cluster {
+	for i := range c.Clusters {
+		if c.Clusters[i].ID == id {
+			return &c.Clusters[i]
+		}
+	}
+	return nil
+}
+
+// String renders the effective configuration as YAML with every secret
+// redacted, for `serve --check` and debug logs.
+func (c *Config) String() string {
+	out, err := marshalRedacted(c)
+	if err != nil {
+		return fmt.Sprintf("<config: %v>", err)
+	}
+	return out
+}
+
+// ResolvePath returns the config file to load: flagValue when set, else
+// $MILVUS_HA_PROXY_CONFIG. It fails, naming both, when neither is set.
+func ResolvePath(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if p := os.Getenv(EnvConfig); p != "" {
+		return p, nil
+	}
+	return "", fmt.Errorf("no config file: pass --config FILE or set %s", EnvConfig)
+}

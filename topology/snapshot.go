@@ -63,6 +63,11 @@ type Cluster struct {
 	// reached of the old leader's pchannels.
 	Salvage []uint64
 
+	// PChannels are this cluster's own pchannel names from the replicate
+	// configuration; PChannels[i] replicates the leader's pchannel i.
+	// Empty when the configuration is unknown.
+	PChannels []string
+
 	// Conn is the data-path connection (raw-bytes codec). Live.
 	Conn *grpc.ClientConn
 	// Outstanding counts requests in flight to this cluster, for power of
@@ -119,6 +124,18 @@ type Snapshot struct {
 	FailingOver bool
 	// LeaderLostAt is when the leader was declared lost (zero when it was not).
 	LeaderLostAt time.Time
+	// LostLeader is the id of the leader that was lost when a failover
+	// began (FailingOver), "" otherwise.
+	LostLeader string
+	// HoldReason says why writes are held (FailingOver) and HoldSince
+	// since when; both feed WaitLeader's error message and status.
+	HoldReason string
+	HoldSince  time.Time
+	// DiscoveryError is the last discovery failure, "" after a success.
+	DiscoveryError string
+	// LeaderPChannels are the leader's pchannel names in configuration
+	// order: Checkpoints[i] and CollectionInfo.PChannels index into it.
+	LeaderPChannels []string
 	// PublishedAt is when this snapshot was made.
 	PublishedAt time.Time
 }

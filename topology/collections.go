@@ -1,0 +1,203 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// describeTimeout bounds one DescribeCollection made for the cache.
+const describeTimeout = 5 * time.Second
+
+type collKey struct{ db, name string }
+
+// collEntry is one cache slot. It is immutable once done is closed.
+type collEntry struct {
+	done    chan struct{}
+	info    *CollectionInfo
+	err     error
+	epoch   uint64
+	expires time.Time
+}
+
+// collectionCache is a copy-on-write map: lookups are one atomic load and
+// a map read, no lock and no allocation; misses (rare) copy the map under
+// mu.
+type collectionCache struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[collKey]*collEntry]
+}
+
+func (c *collectionCache) init() {
+	empty := map[collKey]*collEntry{}
+	c.m.Store(&empty)
+}
+
+func (c *collectionCache) get(k collKey) *collEntry { return (*c.m.Load())[k] }
+
+// replace installs next for k if the slot still holds prev.
+func (c *collectionCache) replace(k collKey, prev, next *collEntry) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur := *c.m.Load()
+	if cur[k] != prev {
+		return false
+	}
+	nm := maps.Clone(cur)
+	if next == nil {
+		delete(nm, k)
+	} else {
+		nm[k] = next
+	}
+	c.m.Store(&nm)
+	return true
+}
+
+func (c *collectionCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	empty := map[collKey]*collEntry{}
+	c.m.Store(&empty)
+}
+
+func normDB(db string) string {
+	if db == "" {
+		return "default"
+	}
+	return db
+}
+
+// Collection returns what routing needs about a collection, from a cache
+// filled by DescribeCollection on the leader (on an alternative while
+// there is no leader), with the proxy's own credentials. Concurrent misses
+// for the same collection share one call. A Milvus error status (e.g.
+// collection not found) comes back as a *StatusError and is not cached.
+func (m *Manager) Collection(ctx context.Context, db, name string) (*CollectionInfo, error) {
+	k := collKey{normDB(db), name}
+	for {
+		s := m.Snapshot()
+		e := m.colls.get(k)
+		if e != nil {
+			select {
+			case <-e.done:
+				if e.err == nil && e.epoch == s.Epoch && m.opts.Now().Before(e.expires) {
+					return e.info, nil
+				}
+				// Expired, failed or from another leader: load again.
+			default:
+				select {
+				case <-e.done:
+					return e.info, e.err
+				case <-ctx.Done():
+					return nil, status.FromContextError(ctx.Err()).Err()
+				}
+			}
+		}
+		next := &collEntry{done: make(chan struct{}), epoch: s.Epoch}
+		if !m.colls.replace(k, e, next) {
+			continue // someone else got there first; use theirs
+		}
+		if !m.spawn(func(ctx context.Context) { m.loadCollection(ctx, k, next, s) }) {
+			next.err = status.Error(codes.Unavailable, "topology manager closed")
+			close(next.done)
+			m.colls.replace(k, next, nil)
+		}
+	}
+}
+
+// InvalidateCollection drops a collection from the cache (after DDL).
+func (m *Manager) InvalidateCollection(db, name string) {
+	k := collKey{normDB(db), name}
+	if e := m.colls.get(k); e != nil {
+		m.colls.replace(k, e, nil)
+	}
+}
+
+// InvalidateCollections empties the cache (e.g. after a database drop).
+func (m *Manager) InvalidateCollections() { m.colls.clear() }
+
+// loadCollection fills one cache entry; it runs as a manager goroutine so
+// one caller giving up does not fail the others waiting on it.
+func (m *Manager) loadCollection(ctx context.Context, k collKey, e *collEntry, s *Snapshot) {
+	ctx, cancel := context.WithTimeout(ctx, describeTimeout)
+	defer cancel()
+	e.info, e.err = m.describe(ctx, k, s)
+	e.expires = m.opts.Now().Add(m.opts.CollectionTTL)
+	close(e.done)
+	if e.err != nil {
+		m.colls.replace(k, e, nil)
+	}
+}
+
+func (m *Manager) describe(ctx context.Context, k collKey, s *Snapshot) (*CollectionInfo, error) {
+	c := s.Leader
+	if c == nil {
+		for _, x := range s.Clusters {
+			if x.Role == RoleAlternative && x.Healthy && !x.Quarantined {
+				c = x
+				break
+			}
+		}
+	}
+	if c == nil {
+		return nil, status.Errorf(codes.Unavailable, "describing collection %s.%s: no leader and no healthy alternative", k.db, k.name)
+	}
+	mb := m.members[c.ID]
+	resp, err := mb.rpc.DescribeCollection(mb.outgoing(ctx, k.db), &milvuspb.DescribeCollectionRequest{
+		DbName: k.db, CollectionName: k.name,
+	})
+	if err == nil {
+		err = statusErr("DescribeCollection", c.ID, resp.GetStatus())
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("topology: DescribeCollection %s.%s on %s: %w", k.db, k.name, c.ID, err)
+	}
+	mb.lastGood.Store(m.opts.Now().UnixNano())
+	return &CollectionInfo{
+		DB:               k.db,
+		Name:             k.name,
+		ConsistencyLevel: int32(resp.GetConsistencyLevel()),
+		PChannels:        pchannelIndexes(resp.GetPhysicalChannelNames(), s.LeaderPChannels),
+	}, nil
+}
+
+// pchannelIndexes maps physical channel names to leader pchannel indexes:
+// the position in the leader's configured list, else the number after the
+// last '_' ("<cluster>-rootcoord-dml_<i>"). nil (= all pchannels) when a
+// name cannot be mapped: routing then asks more of a replica, never less.
+func pchannelIndexes(names, leaderPCs []string) []int {
+	if len(names) == 0 {
+		return nil
+	}
+	out := make([]int, 0, len(names))
+	for _, n := range names {
+		i := slices.Index(leaderPCs, n)
+		if i < 0 {
+			u := strings.LastIndexByte(n, '_')
+			if u < 0 {
+				return nil
+			}
+			v, err := strconv.Atoi(n[u+1:])
+			if err != nil || v < 0 {
+				return nil
+			}
+			i = v
+		}
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}

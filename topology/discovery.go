@@ -1,0 +1,340 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Reasons shown when a backend lacks Milvus replication (e.g. Milvus Lite).
+const (
+	reasonNoReplicateInfo   = "backend has no replication API (GetReplicateInfo unimplemented)"
+	reasonNoReplicateConfig = "backend has no replication API (GetReplicateConfiguration unimplemented)"
+)
+
+// discoveryLoop reads the replicate configuration now, then every
+// DiscoveryInterval and whenever something kicks it (a failed probe of
+// the leader, a checkpoint poll that names the wrong source).
+func (m *Manager) discoveryLoop(ctx context.Context) {
+	t := time.NewTicker(m.opts.DiscoveryInterval)
+	defer t.Stop()
+	for {
+		if err := m.discover(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("discovery failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-m.kickDiscovery:
+		}
+	}
+}
+
+// configAnswer is one cluster's answer to GetReplicateConfiguration.
+type configAnswer struct {
+	cfg *commonpb.ReplicateConfiguration
+	err error
+}
+
+// fetchConfigs asks the given clusters for their replicate configuration,
+// in parallel.
+func (m *Manager) fetchConfigs(ctx context.Context, members []*member) map[string]configAnswer {
+	ctx, cancel := context.WithTimeout(ctx, max(m.opts.PollTimeout, m.opts.ProbeTimeout))
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := make(map[string]configAnswer, len(members))
+	for _, mb := range members {
+		wg.Go(func() {
+			resp, err := mb.rpc.GetReplicateConfiguration(mb.outgoing(ctx, ""), &milvuspb.GetReplicateConfigurationRequest{})
+			if err == nil {
+				err = statusErr("GetReplicateConfiguration", mb.id, resp.GetStatus())
+			}
+			mu.Lock()
+			out[mb.id] = configAnswer{cfg: resp.GetConfiguration(), err: err}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// discover runs one discovery round.
+func (m *Manager) discover(ctx context.Context) error {
+	if m.opts.Discovery == DiscoveryStatic {
+		return m.discoverStatic(ctx)
+	}
+	answers := m.fetchConfigs(ctx, m.order)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var changed bool
+	var newEpoch uint64
+	err := m.reg.update(func(tx *regTxn) error {
+		var err error
+		changed, newEpoch, err = m.applyReplicate(tx, answers)
+		return err
+	})
+	if changed {
+		m.afterLeaderChange(newEpoch)
+	}
+	return err
+}
+
+// sourceOf returns the cluster a configuration names as its replication
+// source: the single source of cross_cluster_topology, or the only
+// cluster of a configuration without topology (a primary standing alone,
+// e.g. right after a force promotion). "" when it names none.
+func sourceOf(cfg *commonpb.ReplicateConfiguration) string {
+	if cfg == nil {
+		return ""
+	}
+	src := ""
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if src == "" {
+			src = e.GetSourceClusterId()
+		} else if src != e.GetSourceClusterId() {
+			return "" // not a star: not something we can route on
+		}
+	}
+	if src == "" && len(cfg.GetClusters()) == 1 {
+		src = cfg.GetClusters()[0].GetClusterId()
+	}
+	return src
+}
+
+// applyReplicate derives roles from the clusters' answers. The leader is
+// kept while it still claims to be the source, so a returning old leader
+// that still believes it leads cannot take writes back; otherwise the
+// source named by most answers wins (config order breaks ties), and a
+// candidate that answered must itself agree that it is the source.
+func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (leaderChanged bool, epoch uint64, err error) {
+	meta := tx.meta()
+	claims := map[string]bool{}
+	votes := map[string]int{}
+	var errs []string
+	unimplemented := 0
+	for _, mb := range m.order {
+		a, ok := answers[mb.id]
+		if !ok {
+			continue
+		}
+		if a.err != nil {
+			if status.Code(a.err) == codes.Unimplemented {
+				unimplemented++
+			}
+			errs = append(errs, fmt.Sprintf("%s: %s", mb.id, grpcMessage(a.err)))
+			continue
+		}
+		src := sourceOf(a.cfg)
+		if src == "" {
+			continue
+		}
+		votes[src]++
+		if src == mb.id {
+			claims[mb.id] = true
+		}
+	}
+	answered := func(id string) bool { a, ok := answers[id]; return ok && a.err == nil }
+
+	if meta.FailingOver {
+		// The failover owns the leader; record only what clusters claim.
+		return false, meta.Epoch, m.recordClaims(tx, claims)
+	}
+
+	leader := ""
+	if cur := meta.LeaderID; cur != "" && (claims[cur] || (!answered(cur) && votes[cur] > 0)) {
+		leader = cur
+	} else {
+		best := 0
+		for _, mb := range m.order {
+			if v := votes[mb.id]; v > best && (claims[mb.id] || !answered(mb.id)) {
+				leader, best = mb.id, v
+			}
+		}
+	}
+	if leader == "" {
+		msg := "no configured cluster is named replication source by the replicate configuration"
+		switch {
+		case unimplemented == len(m.order):
+			msg = reasonNoReplicateConfig + "; use discovery: static"
+		case len(errs) == len(m.order):
+			msg = "no cluster answered GetReplicateConfiguration: " + joinReasons(errs)
+		}
+		if meta.DiscoveryError != msg {
+			return false, meta.Epoch, tx.modifyMeta(func(mr *metaRecord) { mr.DiscoveryError = msg })
+		}
+		return false, meta.Epoch, nil
+	}
+
+	// The leader's own configuration is authoritative for its targets; if
+	// it did not answer, a target's copy (naming the same source) serves.
+	var cfg *commonpb.ReplicateConfiguration
+	if answered(leader) && claims[leader] {
+		cfg = answers[leader].cfg
+	} else {
+		for _, mb := range m.order {
+			if answered(mb.id) && sourceOf(answers[mb.id].cfg) == leader {
+				cfg = answers[mb.id].cfg
+				break
+			}
+		}
+	}
+	targets := map[string]bool{}
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if e.GetSourceClusterId() == leader {
+			targets[e.GetTargetClusterId()] = true
+		}
+	}
+	pchannels := map[string][]string{}
+	for _, c := range cfg.GetClusters() {
+		pchannels[c.GetClusterId()] = c.GetPchannels()
+	}
+
+	leaderChanged = leader != meta.LeaderID
+	epoch = meta.Epoch
+	if leaderChanged && meta.LeaderID != "" {
+		epoch++
+	}
+	for _, mb := range m.order {
+		err := tx.modifyCluster(mb.id, func(r *clusterRecord) {
+			r.ClaimsPrimary = claims[mb.id]
+			r.Target = targets[mb.id] && mb.id != leader
+			if pcs, ok := pchannels[mb.id]; ok {
+				r.PChannels = slices.Clone(pcs)
+			}
+			prevRole := r.Role
+			switch {
+			case mb.id == leader:
+				r.Role = RoleLeader
+				r.CheckpointsKnown, r.Checkpoints, r.LagReason = false, nil, ""
+			case targets[mb.id] && r.StaticRole == RoleStandby:
+				r.Role = RoleStandby
+			case targets[mb.id]:
+				r.Role = RoleAlternative
+			default:
+				r.Role = RoleStandby
+				r.CheckpointsKnown = false
+				if claims[mb.id] {
+					r.LagReason = fmt.Sprintf("claims to be a replication source but %s leads; never written to", leader)
+				} else {
+					r.LagReason = fmt.Sprintf("not a replication target of leader %s", leader)
+				}
+			}
+			if leaderChanged && r.Role != RoleLeader {
+				// Checkpoints were against the old source.
+				r.CheckpointsKnown = false
+				if targets[mb.id] {
+					r.LagReason = "new leader; awaiting first checkpoint poll"
+				}
+			} else if prevRole != r.Role && targets[mb.id] && !r.CheckpointsKnown {
+				r.LagReason = "awaiting first checkpoint poll"
+			}
+		})
+		if err != nil {
+			return false, epoch, err
+		}
+	}
+	if leaderChanged {
+		m.log.Info("leader discovered", "leader", leader, "previous", meta.LeaderID, "epoch", epoch)
+		m.members[leader].lastGood.Store(m.opts.Now().UnixNano())
+	}
+	return leaderChanged, epoch, tx.modifyMeta(func(mr *metaRecord) {
+		mr.LeaderID = leader
+		mr.Epoch = epoch
+		mr.DiscoveryError = ""
+		mr.LeaderPChannels = slices.Clone(pchannels[leader])
+		if leaderChanged {
+			mr.LeaderLostAt = time.Time{}
+		}
+	})
+}
+
+// recordClaims stores which clusters claim to be a source, touching
+// nothing else.
+func (m *Manager) recordClaims(tx *regTxn, claims map[string]bool) error {
+	for _, mb := range m.order {
+		if r := tx.cluster(mb.id); r != nil && r.ClaimsPrimary != claims[mb.id] {
+			if err := tx.modifyCluster(mb.id, func(r *clusterRecord) { r.ClaimsPrimary = claims[mb.id] }); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// afterLeaderChange resets what belonged to the previous leader: its
+// clock and the collection cache (pchannel names carry the leader's id).
+func (m *Manager) afterLeaderChange(epoch uint64) {
+	m.clock.reset(epoch)
+	m.colls.clear()
+}
+
+// discoverStatic keeps the configured roles and only learns pchannel names
+// from the leader's replicate configuration, when it has one.
+func (m *Manager) discoverStatic(ctx context.Context) error {
+	var leaderID string
+	m.reg.read(func(tx *regTxn) { leaderID = tx.meta().LeaderID })
+	mb := m.members[leaderID]
+	if mb == nil {
+		return nil
+	}
+	a := m.fetchConfigs(ctx, []*member{mb})[leaderID]
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return m.reg.update(func(tx *regTxn) error {
+		meta := tx.meta()
+		if meta.LeaderID != leaderID {
+			return errStale
+		}
+		if a.err != nil {
+			msg := "reading the leader's replicate configuration: " + grpcMessage(a.err)
+			if status.Code(a.err) == codes.Unimplemented {
+				msg = reasonNoReplicateConfig
+			}
+			if meta.DiscoveryError == msg {
+				return nil
+			}
+			return tx.modifyMeta(func(mr *metaRecord) { mr.DiscoveryError = msg })
+		}
+		pchannels := map[string][]string{}
+		for _, c := range a.cfg.GetClusters() {
+			pchannels[c.GetClusterId()] = c.GetPchannels()
+		}
+		for _, r := range tx.clusters() {
+			pcs, ok := pchannels[r.ID]
+			if ok && !slices.Equal(pcs, r.PChannels) {
+				if err := tx.modifyCluster(r.ID, func(r *clusterRecord) { r.PChannels = slices.Clone(pcs) }); err != nil {
+					return err
+				}
+			}
+		}
+		if meta.DiscoveryError == "" && slices.Equal(meta.LeaderPChannels, pchannels[leaderID]) {
+			return nil
+		}
+		return tx.modifyMeta(func(mr *metaRecord) {
+			mr.DiscoveryError = ""
+			mr.LeaderPChannels = slices.Clone(pchannels[leaderID])
+		})
+	})
+}
+
+func joinReasons(rs []string) string {
+	out := ""
+	for i, r := range rs {
+		if i > 0 {
+			out += "; "
+		}
+		out += r
+	}
+	return out
+}

@@ -1,0 +1,248 @@
+package bench
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// fakeMilvus is just enough of the Milvus API for the driver: an in-memory
+// key set, hybrid-ish timestamps, and the proxy's cluster header. Knobs
+// let tests inject errors, leader changes and stale reads.
+type fakeMilvus struct {
+	milvuspb.UnimplementedMilvusServiceServer
+
+	readClusters []string // reads rotate over these (header); none: no header
+	leader       atomic.Pointer[string]
+
+	// staleReads makes queries ignore the guarantee timestamp and miss the
+	// most recent writes: a broken Session implementation.
+	staleReads bool
+	// failEvery makes every nth search fail with a Milvus status
+	// (odd n) or a gRPC Unavailable (n divisible by 2 means the other).
+	failEvery int64
+
+	mu       sync.Mutex
+	colls    map[string]bool
+	loaded   map[string]bool
+	rows     map[int64]uint64 // key -> write ts
+	lastKeys []int64          // most recent writes, hidden by staleReads
+	ts       uint64
+	idents   atomic.Int64
+	searches atomic.Int64
+	reads    atomic.Int64
+	sessions sync.Map // identifier seen on calls
+	guar     sync.Map // guarantee timestamps seen, by level
+	dims     map[string]int64
+}
+
+func newFake(readClusters ...string) *fakeMilvus {
+	f := &fakeMilvus{readClusters: readClusters, colls: map[string]bool{}, loaded: map[string]bool{},
+		rows: map[int64]uint64{}, dims: map[string]int64{}}
+	a := "a"
+	f.leader.Store(&a)
+	return f
+}
+
+func startFake(t *testing.T, f *fakeMilvus) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	milvuspb.RegisterMilvusServiceServer(s, f)
+	go s.Serve(lis)
+	t.Cleanup(s.Stop)
+	return lis.Addr().String()
+}
+
+func ok() *commonpb.Status { return &commonpb.Status{} }
+
+func (f *fakeMilvus) next() uint64 {
+	f.ts++
+	return uint64(time.Now().UnixMilli())<<18 | f.ts&(1<<18-1)
+}
+
+func (f *fakeMilvus) noteSession(ctx context.Context) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("identifier"); len(v) > 0 {
+		f.sessions.Store(v[0], true)
+	}
+}
+
+func (f *fakeMilvus) readHeader(ctx context.Context) {
+	if len(f.readClusters) == 0 {
+		return
+	}
+	n := f.reads.Add(1)
+	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, f.readClusters[int(n)%len(f.readClusters)]))
+}
+
+func (f *fakeMilvus) Connect(ctx context.Context, _ *milvuspb.ConnectRequest) (*milvuspb.ConnectResponse, error) {
+	return &milvuspb.ConnectResponse{Status: ok(), Identifier: f.idents.Add(1) + 1000}, nil
+}
+
+func (f *fakeMilvus) HasCollection(_ context.Context, r *milvuspb.HasCollectionRequest) (*milvuspb.BoolResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &milvuspb.BoolResponse{Status: ok(), Value: f.colls[r.GetCollectionName()]}, nil
+}
+
+func (f *fakeMilvus) DropCollection(_ context.Context, r *milvuspb.DropCollectionRequest) (*commonpb.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.colls, r.GetCollectionName())
+	delete(f.loaded, r.GetCollectionName())
+	f.rows = map[int64]uint64{}
+	return ok(), nil
+}
+
+func (f *fakeMilvus) CreateCollection(_ context.Context, r *milvuspb.CreateCollectionRequest) (*commonpb.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.colls[r.GetCollectionName()] {
+		return &commonpb.Status{Code: 65535, Reason: "collection exists"}, nil
+	}
+	var s schemapb.CollectionSchema
+	if err := protoUnmarshal(r.GetSchema(), &s); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	for _, fs := range s.GetFields() {
+		for _, kv := range fs.GetTypeParams() {
+			if kv.GetKey() == "dim" {
+				d, _ := strconv.Atoi(kv.GetValue())
+				f.dims[r.GetCollectionName()] = int64(d)
+			}
+		}
+	}
+	f.colls[r.GetCollectionName()] = true
+	return ok(), nil
+}
+
+func (f *fakeMilvus) CreateIndex(context.Context, *milvuspb.CreateIndexRequest) (*commonpb.Status, error) {
+	return ok(), nil
+}
+
+func (f *fakeMilvus) LoadCollection(_ context.Context, r *milvuspb.LoadCollectionRequest) (*commonpb.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loaded[r.GetCollectionName()] = true
+	return ok(), nil
+}
+
+func (f *fakeMilvus) GetLoadState(_ context.Context, r *milvuspb.GetLoadStateRequest) (*milvuspb.GetLoadStateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := commonpb.LoadState_LoadStateNotLoad
+	if f.loaded[r.GetCollectionName()] {
+		st = commonpb.LoadState_LoadStateLoaded
+	}
+	return &milvuspb.GetLoadStateResponse{Status: ok(), State: st}, nil
+}
+
+func (f *fakeMilvus) write(ctx context.Context, coll string, fields []*schemapb.FieldData, n uint32) (*milvuspb.MutationResult, error) {
+	f.noteSession(ctx)
+	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, *f.leader.Load()))
+	var ids []int64
+	var vecLen int
+	var dim int64
+	for _, fd := range fields {
+		switch fd.GetFieldName() {
+		case fieldID:
+			ids = fd.GetScalars().GetLongData().GetData()
+		case fieldVector:
+			vecLen = len(fd.GetVectors().GetFloatVector().GetData())
+			dim = fd.GetVectors().GetDim()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.colls[coll] {
+		return &milvuspb.MutationResult{Status: &commonpb.Status{Code: 100, Reason: "collection not found"}}, nil
+	}
+	if len(ids) != int(n) || dim != f.dims[coll] || vecLen != int(n)*int(dim) {
+		return nil, status.Errorf(codes.InvalidArgument, "bad rows: %d ids, %d floats, dim %d, num_rows %d", len(ids), vecLen, dim, n)
+	}
+	ts := f.next()
+	for _, id := range ids {
+		f.rows[id] = ts
+	}
+	f.lastKeys = append(f.lastKeys, ids...)
+	if len(f.lastKeys) > 64 {
+		f.lastKeys = f.lastKeys[len(f.lastKeys)-64:]
+	}
+	return &milvuspb.MutationResult{Status: ok(), Timestamp: ts, InsertCnt: int64(len(ids))}, nil
+}
+
+func (f *fakeMilvus) Insert(ctx context.Context, r *milvuspb.InsertRequest) (*milvuspb.MutationResult, error) {
+	return f.write(ctx, r.GetCollectionName(), r.GetFieldsData(), r.GetNumRows())
+}
+
+func (f *fakeMilvus) Upsert(ctx context.Context, r *milvuspb.UpsertRequest) (*milvuspb.MutationResult, error) {
+	return f.write(ctx, r.GetCollectionName(), r.GetFieldsData(), r.GetNumRows())
+}
+
+func (f *fakeMilvus) Search(ctx context.Context, r *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
+	f.noteSession(ctx)
+	f.guar.Store(r.GetConsistencyLevel(), r.GetGuaranteeTimestamp())
+	n := f.searches.Add(1)
+	if f.failEvery > 0 && n%f.failEvery == 0 {
+		if (n/f.failEvery)%2 == 1 {
+			return &milvuspb.SearchResults{Status: &commonpb.Status{Code: 1100, Reason: "injected"}}, nil
+		}
+		return nil, status.Error(codes.Unavailable, "injected")
+	}
+	if r.GetPlaceholderGroup() == nil || r.GetNq() < 1 {
+		return nil, status.Error(codes.InvalidArgument, "no vectors")
+	}
+	f.readHeader(ctx)
+	time.Sleep(50 * time.Microsecond) // a latency well above the timer's resolution
+	return &milvuspb.SearchResults{Status: ok(), Results: &schemapb.SearchResultData{NumQueries: r.GetNq()}}, nil
+}
+
+func (f *fakeMilvus) Query(ctx context.Context, r *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+	f.noteSession(ctx)
+	f.readHeader(ctx)
+	expr := r.GetExpr()
+	i, j := strings.Index(expr, "["), strings.Index(expr, "]")
+	if !strings.HasPrefix(expr, fieldID+" in ") || i < 0 || j < i {
+		return &milvuspb.QueryResults{Status: &commonpb.Status{Code: 1100, Reason: "bad expr " + expr}}, nil
+	}
+	key, err := strconv.ParseInt(expr[i+1:j], 10, 64)
+	if err != nil {
+		return &milvuspb.QueryResults{Status: &commonpb.Status{Code: 1100, Reason: err.Error()}}, nil
+	}
+	f.mu.Lock()
+	_, found := f.rows[key]
+	if f.staleReads {
+		for _, k := range f.lastKeys {
+			if k == key {
+				found = false
+			}
+		}
+	}
+	f.mu.Unlock()
+	var data []int64
+	if found {
+		data = []int64{key}
+	}
+	return &milvuspb.QueryResults{Status: ok(), FieldsData: []*schemapb.FieldData{{
+		FieldName: fieldID, Type: schemapb.DataType_Int64,
+		Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
+			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: data}}}},
+	}}}, nil
+}

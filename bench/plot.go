@@ -1,0 +1,158 @@
+package bench
+
+import (
+	"fmt"
+	"image/color"
+	"io"
+	"math"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// WritePlot renders the report's timelines as a PNG: throughput (and
+// errors) per second on top, p99 latency per second below, one colour per
+// target, with leader changes and injected faults marked as vertical lines
+// across both panels.
+func (rep *Report) WritePlot(w io.Writer) error {
+	tput := plot.New()
+	tput.Title.Text = fmt.Sprintf("%s, %s, concurrency %d", rep.Config.Workload, rep.Config.Consistency, rep.Config.Concurrency)
+	tput.Y.Label.Text = "ops/s"
+	lat := plot.New()
+	lat.Y.Label.Text = "p99 ms"
+	lat.X.Label.Text = "seconds since measurement start"
+	for _, p := range []*plot.Plot{tput, lat} {
+		p.Add(plotter.NewGrid())
+		p.Legend.Top = true
+		p.Legend.Left = true
+	}
+
+	var xmax float64
+	for i, t := range rep.Targets {
+		col := plotutil.Color(i)
+		okLegend, errLegend, latLegend := true, true, true
+		for _, seg := range segments(t.Timeline) {
+			ok := make(plotter.XYs, len(seg))
+			errs := make(plotter.XYs, len(seg))
+			p99 := make(plotter.XYs, len(seg))
+			anyErr := false
+			for j, pt := range seg {
+				x := pt.T + 0.5 // the middle of its second
+				ok[j] = plotter.XY{X: x, Y: float64(pt.OK)}
+				errs[j] = plotter.XY{X: x, Y: float64(pt.Errors)}
+				p99[j] = plotter.XY{X: x, Y: pt.P99}
+				anyErr = anyErr || pt.Errors > 0
+				xmax = math.Max(xmax, pt.T+1)
+			}
+			if err := addLine(tput, ok, col, nil, t.Name, &okLegend); err != nil {
+				return err
+			}
+			if anyErr {
+				dash := []vg.Length{vg.Points(2), vg.Points(2)}
+				if err := addLine(tput, errs, col, dash, t.Name+" errors/s", &errLegend); err != nil {
+					return err
+				}
+			}
+			if err := addLine(lat, p99, col, nil, t.Name, &latLegend); err != nil {
+				return err
+			}
+		}
+	}
+
+	red := color.RGBA{R: 200, A: 255}
+	orange := color.RGBA{R: 230, G: 140, A: 255}
+	for _, t := range rep.Targets {
+		for _, lc := range t.LeaderChanges {
+			addMark(tput, lat, lc.At, red, fmt.Sprintf("leader %s→%s", lc.From, lc.To), []vg.Length{vg.Points(6), vg.Points(3)})
+			xmax = math.Max(xmax, lc.At)
+		}
+	}
+	for _, f := range rep.Faults {
+		addMark(tput, lat, f.At, orange, "fault: "+f.Name, []vg.Length{vg.Points(1), vg.Points(3)})
+		xmax = math.Max(xmax, f.At)
+	}
+
+	for _, p := range []*plot.Plot{tput, lat} {
+		p.X.Min = 0
+		p.X.Max = math.Max(1, xmax)
+		p.Y.Min = 0
+		if p.Y.Max <= 0 {
+			p.Y.Max = 1
+		}
+		p.Y.Max *= 1.1
+	}
+
+	img := vgimg.NewWith(vgimg.UseWH(10*vg.Inch, 7*vg.Inch), vgimg.UseDPI(96))
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2,
+		PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4, PadY: vg.Millimeter * 4}
+	cs := plot.Align([][]*plot.Plot{{tput}, {lat}}, tiles, dc)
+	tput.Draw(cs[0][0])
+	lat.Draw(cs[1][0])
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(w); err != nil {
+		return fmt.Errorf("writing the plot: %w", err)
+	}
+	return nil
+}
+
+// segments splits a timeline at the seconds a target was idle (its rounds
+// in compare mode), so lines do not bridge another target's turn.
+func segments(tl []Point) [][]Point {
+	var out [][]Point
+	start := 0
+	for i := 1; i <= len(tl); i++ {
+		if i == len(tl) || tl[i].T-tl[i-1].T > 1.5 {
+			if i > start {
+				out = append(out, tl[start:i])
+			}
+			start = i
+		}
+	}
+	return out
+}
+
+func addLine(p *plot.Plot, xys plotter.XYs, col color.Color, dashes []vg.Length, name string, legend *bool) error {
+	l, err := plotter.NewLine(xys)
+	if err != nil {
+		return fmt.Errorf("plotting %s: %w", name, err)
+	}
+	l.Color = col
+	l.Width = vg.Points(1.2)
+	l.Dashes = dashes
+	p.Add(l)
+	if *legend {
+		p.Legend.Add(name, l)
+		*legend = false
+	}
+	return nil
+}
+
+func addMark(top, bottom *plot.Plot, x float64, col color.Color, name string, dashes []vg.Length) {
+	style := draw.LineStyle{Color: col, Width: vg.Points(1.5), Dashes: dashes}
+	v := &vline{x: x, style: style}
+	top.Add(v)
+	bottom.Add(v)
+	top.Legend.Add(fmt.Sprintf("%s (%.1fs)", name, x), v)
+}
+
+// vline is a vertical line across the whole plot area at data x.
+type vline struct {
+	x     float64
+	style draw.LineStyle
+}
+
+func (v *vline) Plot(c draw.Canvas, p *plot.Plot) {
+	trX, _ := p.Transforms(&c)
+	x := trX(v.x)
+	c.StrokeLine2(v.style, x, c.Min.Y, x, c.Max.Y)
+}
+
+// Thumbnail draws the line in the legend.
+func (v *vline) Thumbnail(c *draw.Canvas) {
+	y := c.Center().Y
+	c.StrokeLine2(v.style, c.Min.X, y, c.Max.X, y)
+}

@@ -1,0 +1,387 @@
+package telemetry
+
+import (
+	"context"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Read routing reasons, the values of the reason label of
+// milvus_ha_proxy_reads_total.
+const (
+	// ReadAlternative: an eligible alternative served the read.
+	ReadAlternative = "alternative"
+	// ReadLeaderBalanced: the leader was among the eligible clusters
+	// (read.leader_serves_reads) and balancing chose it.
+	ReadLeaderBalanced = "leader_balanced"
+	// ReadLeaderLag: healthy alternatives exist but none had replicated up
+	// to the read's required timestamp (or their lag was unknown).
+	ReadLeaderLag = "leader_lag"
+	// ReadLeaderStrong: a Strong read with consistency.strong_reads: leader.
+	ReadLeaderStrong = "leader_strong"
+	// ReadLeaderUnhealthy: no alternative was usable at all (down, breaker
+	// open, quarantined, or none configured).
+	ReadLeaderUnhealthy = "leader_unhealthy"
+)
+
+// Outcomes of a write held during a leader change, the values of the
+// outcome label of milvus_ha_proxy_writes_held_total.
+const (
+	HoldReleased = "released"  // a leader appeared and the write went on
+	HoldTimedOut = "timed_out" // failover.write_hold ran out; Unavailable
+	HoldCanceled = "canceled"  // the client gave up first
+)
+
+// Results of failovers and switchovers, the values of their result label.
+const (
+	ResultOK      = "ok"
+	ResultRefused = "refused" // not attempted: unknown target, already leader, busy...
+	ResultFailed  = "failed"  // attempted and did not complete
+)
+
+// Request describes one proxied call, for RecordRequest.
+type Request struct {
+	// Method is the short gRPC method name ("Search", "Insert").
+	Method string
+	// Class is the routing class: read, write, ddl, admin...
+	Class string
+	// Cluster is the id of the cluster that served it; "" when the call
+	// never reached one.
+	Cluster string
+	// Role is that cluster's role when the call was routed.
+	Role string
+	// Code is the gRPC status code name ("OK", "Unavailable").
+	Code string
+	// Duration is the time the proxy took, end to end.
+	Duration time.Duration
+}
+
+// ClusterState is one cluster as the metrics report it, from the topology
+// snapshot at scrape time.
+type ClusterState struct {
+	ID          string
+	Role        string // leader | alternative | standby
+	Healthy     bool
+	Quarantined bool
+	// Breaker is closed, half-open or open.
+	Breaker string
+	// LagSeconds is how far this cluster's replication trails the leader.
+	// Ignored for the leader; reported as +Inf when LagKnown is false,
+	// since unknown lag counts as stale.
+	LagSeconds float64
+	LagKnown   bool
+	// Outstanding is the number of calls in flight to the cluster.
+	Outstanding int64
+}
+
+// State is the topology as the metrics report it.
+type State struct {
+	Epoch       uint64
+	FailingOver bool
+	Clusters    []ClusterState
+}
+
+// Metrics are the proxy's instruments. Every method is safe for concurrent
+// use and a no-op on a nil *Metrics, so packages can take one optionally.
+type Metrics struct {
+	requests     metric.Int64Counter
+	duration     metric.Float64Histogram
+	reads        metric.Int64Counter
+	retries      metric.Int64Counter
+	leaderChange metric.Int64Counter
+	failovers    metric.Int64Counter
+	switchovers  metric.Int64Counter
+	held         metric.Int64Counter
+	holdDuration metric.Float64Histogram
+	waiting      metric.Int64UpDownCounter
+
+	// Attribute sets are built once per distinct label combination and
+	// reused, so recording is a map lookup plus the instrument update.
+	reqOpts  sync.Map // requestKey -> *requestOpts
+	readOpts sync.Map // [2]string{cluster, reason} -> []metric.AddOption
+	oneOpts  sync.Map // oneKey -> *oneOpts
+
+	state atomic.Pointer[func() State]
+}
+
+type requestKey struct{ method, class, cluster, role, code string }
+
+type requestOpts struct {
+	count []metric.AddOption
+	dur   []metric.RecordOption
+}
+
+type oneKey struct{ key, value string }
+
+// Options are cached as slices: passing a cached slice with opts... costs
+// no allocation, where a fresh variadic argument would.
+type oneOpts struct {
+	add []metric.AddOption
+	rec []metric.RecordOption
+}
+
+// Label names.
+const (
+	labelMethod  = "method"
+	labelClass   = "class"
+	labelCluster = "cluster"
+	labelRole    = "role"
+	labelCode    = "code"
+	labelReason  = "reason"
+	labelOutcome = "outcome"
+	labelResult  = "result"
+	labelLeader  = "leader"
+)
+
+// rpcBuckets suit proxied RPCs: sub-millisecond cache hits to searches and
+// writes held through a failover.
+var rpcBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+func newMetrics(meter metric.Meter) (*Metrics, error) {
+	m := &Metrics{}
+	var err error
+	must := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	var e error
+	m.requests, e = meter.Int64Counter("milvus_ha_proxy_requests",
+		metric.WithDescription("Calls proxied, by gRPC method, routing class, serving cluster, its role and the gRPC status code."),
+		metric.WithUnit("{request}"))
+	must(e)
+	m.duration, e = meter.Float64Histogram("milvus_ha_proxy_request_duration",
+		metric.WithDescription("Time from a call's arrival at the proxy to its answer, by method, class and serving cluster."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(rpcBuckets...))
+	must(e)
+	m.reads, e = meter.Int64Counter("milvus_ha_proxy_reads",
+		metric.WithDescription("Reads routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_unhealthy."),
+		metric.WithUnit("{read}"))
+	must(e)
+	m.retries, e = meter.Int64Counter("milvus_ha_proxy_retries",
+		metric.WithDescription("Calls retried on another cluster after a transport failure, by method and class."),
+		metric.WithUnit("{retry}"))
+	must(e)
+	m.leaderChange, e = meter.Int64Counter("milvus_ha_proxy_leader_changes",
+		metric.WithDescription("Leader changes, by reason (failover, switchover, discovery) and new leader."),
+		metric.WithUnit("{change}"))
+	must(e)
+	m.failovers, e = meter.Int64Counter("milvus_ha_proxy_failovers",
+		metric.WithDescription("Failovers (forced promotions), by result: ok, refused, failed."),
+		metric.WithUnit("{failover}"))
+	must(e)
+	m.switchovers, e = meter.Int64Counter("milvus_ha_proxy_switchovers",
+		metric.WithDescription("Switchovers (planned leader changes), by result: ok, refused, failed."),
+		metric.WithUnit("{switchover}"))
+	must(e)
+	m.held, e = meter.Int64Counter("milvus_ha_proxy_writes_held",
+		metric.WithDescription("Writes held while no leader was available, by outcome: released, timed_out, canceled."),
+		metric.WithUnit("{write}"))
+	must(e)
+	m.holdDuration, e = meter.Float64Histogram("milvus_ha_proxy_write_hold_duration",
+		metric.WithDescription("How long held writes waited for a leader, by outcome."),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+	must(e)
+	m.waiting, e = meter.Int64UpDownCounter("milvus_ha_proxy_writes_waiting",
+		metric.WithDescription("Writes waiting for a leader right now."),
+		metric.WithUnit("{write}"))
+	must(e)
+
+	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
+		metric.WithDescription("How far each non-leader cluster's replication trails the leader; +Inf while unknown (a failed checkpoint poll counts as stale)."),
+		metric.WithUnit("s"))
+	must(e)
+	breaker, e := meter.Int64ObservableGauge("milvus_ha_proxy_breaker_state",
+		metric.WithDescription("Circuit breaker per cluster: 0 closed, 1 half-open, 2 open."))
+	must(e)
+	healthy, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_healthy",
+		metric.WithDescription("1 when the cluster's health probes pass, else 0; labelled with its current role."))
+	must(e)
+	quarantined, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_quarantined",
+		metric.WithDescription("1 when the cluster is quarantined (it holds data the leader lacks after a forced failover) and gets no reads."))
+	must(e)
+	outstanding, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_outstanding_requests",
+		metric.WithDescription("Calls in flight to each cluster."))
+	must(e)
+	epoch, e := meter.Int64ObservableGauge("milvus_ha_proxy_epoch",
+		metric.WithDescription("Leader changes since the proxy started."))
+	must(e)
+	failingOver, e := meter.Int64ObservableGauge("milvus_ha_proxy_failover_in_progress",
+		metric.WithDescription("1 while the leader is lost and no new leader is promoted yet (writes are held)."))
+	must(e)
+	if err != nil {
+		return nil, err
+	}
+
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		fn := m.state.Load()
+		if fn == nil {
+			return nil
+		}
+		st := (*fn)()
+		o.ObserveInt64(epoch, int64(st.Epoch))
+		o.ObserveInt64(failingOver, b2i(st.FailingOver))
+		for _, c := range st.Clusters {
+			id := metric.WithAttributeSet(attribute.NewSet(attribute.String(labelCluster, c.ID)))
+			o.ObserveInt64(healthy, b2i(c.Healthy), metric.WithAttributeSet(attribute.NewSet(
+				attribute.String(labelCluster, c.ID), attribute.String(labelRole, c.Role))))
+			o.ObserveInt64(quarantined, b2i(c.Quarantined), id)
+			o.ObserveInt64(outstanding, c.Outstanding, id)
+			if s, ok := breakerValue(c.Breaker); ok {
+				o.ObserveInt64(breaker, s, id)
+			}
+			if c.Role != "leader" {
+				v := c.LagSeconds
+				if !c.LagKnown {
+					v = math.Inf(1)
+				}
+				o.ObserveFloat64(lag, v, id)
+			}
+		}
+		return nil
+	}, lag, breaker, healthy, quarantined, outstanding, epoch, failingOver)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func breakerValue(s string) (int64, bool) {
+	switch s {
+	case "closed":
+		return 0, true
+	case "half-open", "half_open":
+		return 1, true
+	case "open":
+		return 2, true
+	}
+	return 0, false
+}
+
+// SetStateSource installs the function the gauges read at every scrape
+// (replication lag, breaker state, health, quarantine, outstanding calls,
+// epoch). It must be cheap and must not block: it runs on the scrape.
+// Until it is set those gauges are absent.
+func (m *Metrics) SetStateSource(fn func() State) {
+	if m == nil {
+		return
+	}
+	m.state.Store(&fn)
+}
+
+// RecordRequest counts one proxied call and its duration.
+func (m *Metrics) RecordRequest(ctx context.Context, r Request) {
+	if m == nil {
+		return
+	}
+	k := requestKey{r.Method, r.Class, r.Cluster, r.Role, r.Code}
+	v, ok := m.reqOpts.Load(k)
+	if !ok {
+		v, _ = m.reqOpts.LoadOrStore(k, &requestOpts{
+			count: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
+				attribute.String(labelMethod, r.Method), attribute.String(labelClass, r.Class),
+				attribute.String(labelCluster, r.Cluster), attribute.String(labelRole, r.Role),
+				attribute.String(labelCode, r.Code)))},
+			dur: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(
+				attribute.String(labelMethod, r.Method), attribute.String(labelClass, r.Class),
+				attribute.String(labelCluster, r.Cluster)))},
+		})
+	}
+	opts := v.(*requestOpts)
+	m.requests.Add(ctx, 1, opts.count...)
+	m.duration.Record(ctx, r.Duration.Seconds(), opts.dur...)
+}
+
+// RecordRead counts one read routed to cluster for reason (the Read*
+// constants).
+func (m *Metrics) RecordRead(ctx context.Context, cluster, reason string) {
+	if m == nil {
+		return
+	}
+	k := [2]string{cluster, reason}
+	v, ok := m.readOpts.Load(k)
+	if !ok {
+		v, _ = m.readOpts.LoadOrStore(k, []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
+			attribute.String(labelCluster, cluster), attribute.String(labelReason, reason)))})
+	}
+	m.reads.Add(ctx, 1, v.([]metric.AddOption)...)
+}
+
+// one returns the cached options for a single-label attribute set.
+func (m *Metrics) one(key, value string) *oneOpts {
+	k := oneKey{key, value}
+	if v, ok := m.oneOpts.Load(k); ok {
+		return v.(*oneOpts)
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(attribute.String(key, value)))
+	v, _ := m.oneOpts.LoadOrStore(k, &oneOpts{add: []metric.AddOption{o}, rec: []metric.RecordOption{o}})
+	return v.(*oneOpts)
+}
+
+// RecordRetry counts a call retried on another cluster.
+func (m *Metrics) RecordRetry(ctx context.Context, method, class string) {
+	if m == nil {
+		return
+	}
+	m.retries.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(
+		attribute.String(labelMethod, method), attribute.String(labelClass, class))))
+}
+
+// RecordLeaderChange counts a change of leader to newLeader; reason is
+// failover, switchover or discovery (the clusters changed it themselves).
+func (m *Metrics) RecordLeaderChange(ctx context.Context, reason, newLeader string) {
+	if m == nil {
+		return
+	}
+	m.leaderChange.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(
+		attribute.String(labelReason, reason), attribute.String(labelLeader, newLeader))))
+}
+
+// RecordFailover counts a failover attempt by result (Result* constants).
+func (m *Metrics) RecordFailover(ctx context.Context, result string) {
+	if m == nil {
+		return
+	}
+	m.failovers.Add(ctx, 1, m.one(labelResult, result).add...)
+}
+
+// RecordSwitchover counts a switchover attempt by result (Result* constants).
+func (m *Metrics) RecordSwitchover(ctx context.Context, result string) {
+	if m == nil {
+		return
+	}
+	m.switchovers.Add(ctx, 1, m.one(labelResult, result).add...)
+}
+
+// WriteHoldStarted marks a write that starts waiting for a leader; pair it
+// with exactly one WriteHoldEnded.
+func (m *Metrics) WriteHoldStarted(ctx context.Context) {
+	if m == nil {
+		return
+	}
+	m.waiting.Add(ctx, 1)
+}
+
+// WriteHoldEnded marks a held write that stopped waiting after waited, with
+// outcome (Hold* constants).
+func (m *Metrics) WriteHoldEnded(ctx context.Context, outcome string, waited time.Duration) {
+	if m == nil {
+		return
+	}
+	m.waiting.Add(ctx, -1)
+	opt := m.one(labelOutcome, outcome)
+	m.held.Add(ctx, 1, opt.add...)
+	m.holdDuration.Record(ctx, waited.Seconds(), opt.rec...)
+}

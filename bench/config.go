@@ -99,7 +99,7 @@ type Config struct {
 
 	Collection string      // default "bench_<dim>"
 	Dim        int         // default 128 (or the fvecs file's)
-	Preload    int         // rows loaded during setup; default 10000
+	Preload    int         // rows loaded during setup (and the key range of query and upsert)
 	Vectors    [][]float32 // optional data set (from an .fvecs file); nil: seeded generator
 	Seed       uint64      // generator and worker seed; default 1
 	TopK       int         // search limit; default 10
@@ -278,9 +278,6 @@ func (c Config) withDefaults() Config {
 		if len(c.Vectors) > 0 {
 			c.Dim = len(c.Vectors[0])
 		}
-	}
-	if c.Preload == 0 && c.Setup != SetupNone {
-		c.Preload = 10000
 	}
 	if c.Seed == 0 {
 		c.Seed = 1

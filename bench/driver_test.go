@@ -11,7 +11,19 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench/benchtest"
 )
+
+func startFake(t *testing.T, f *benchtest.Fake) string {
+	t.Helper()
+	addr, stop, err := f.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
 
 func baseConfig(addr string) Config {
 	return Config{
@@ -42,7 +54,7 @@ func checkLatency(t *testing.T, what string, l Latency) {
 }
 
 func TestRunSearch(t *testing.T) {
-	f := newFake("b", "c")
+	f := benchtest.New("b", "c")
 	cfg := baseConfig(startFake(t, f))
 	rep, err := Run(t.Context(), cfg)
 	if err != nil {
@@ -81,18 +93,13 @@ func TestRunSearch(t *testing.T) {
 	if len(rep.Setup) != 1 || rep.Setup[0].PreloadRows != 100 {
 		t.Errorf("setup = %+v", rep.Setup)
 	}
-	f.mu.Lock()
-	rows := len(f.rows)
-	f.mu.Unlock()
-	if rows != 100 {
+	if rows := f.Rows(); rows != 100 {
 		t.Errorf("server holds %d rows after preload, want 100", rows)
 	}
-	sessions := 0
-	f.sessions.Range(func(any, any) bool { sessions++; return true })
-	if sessions != 4 {
+	if sessions := f.Sessions(); sessions != 4 {
 		t.Errorf("%d distinct session identifiers seen, want one per worker (4)", sessions)
 	}
-	if g, _ := f.guar.Load(commonpb.ConsistencyLevel_Eventually); g != uint64(1) {
+	if g, _ := f.Guarantee(commonpb.ConsistencyLevel_Eventually); g != 1 {
 		t.Errorf("eventually search sent guarantee %v, want 1", g)
 	}
 
@@ -151,8 +158,8 @@ func TestRunMixedSessionReadsOwnWrites(t *testing.T) {
 		{"stale backend is caught", true, func(v *Verify) bool { return v.Misses == v.Checks }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFake() // no header: reads are labelled with the target
-			f.staleReads = tt.stale
+			f := benchtest.New() // no header: reads are labelled with the target
+			f.StaleReads = tt.stale
 			cfg := baseConfig(startFake(t, f))
 			cfg.Workload, cfg.ReadRatio, cfg.Consistency = WorkloadMixed, 0.5, Session
 			cfg.VerifyEvery = 1
@@ -179,7 +186,7 @@ func TestRunMixedSessionReadsOwnWrites(t *testing.T) {
 			if tr.ReadsByCluster["t"] != tr.ByOp["search"].OK+v.Checks {
 				t.Errorf("reads by cluster = %v", tr.ReadsByCluster)
 			}
-			if g, _ := f.guar.Load(commonpb.ConsistencyLevel_Session); g == nil || g.(uint64) <= 1 {
+			if g, _ := f.Guarantee(commonpb.ConsistencyLevel_Session); g <= 1 {
 				t.Errorf("session search after writes sent guarantee %v, want the last write's ts", g)
 			}
 			if tr.WriteGap == nil || tr.WriteGap.S <= 0 {
@@ -190,8 +197,8 @@ func TestRunMixedSessionReadsOwnWrites(t *testing.T) {
 }
 
 func TestRunErrorsByCode(t *testing.T) {
-	f := newFake("b")
-	f.failEvery = 10
+	f := benchtest.New("b")
+	f.FailEvery = 10
 	cfg := baseConfig(startFake(t, f))
 	cfg.Ops = 200
 	rep, err := Run(t.Context(), cfg)
@@ -219,13 +226,12 @@ func TestRunErrorsByCode(t *testing.T) {
 }
 
 func TestRunLeaderChangeAndFault(t *testing.T) {
-	f := newFake()
+	f := benchtest.New()
 	cfg := baseConfig(startFake(t, f))
 	cfg.Workload = WorkloadInsert
 	cfg.Ops, cfg.Duration = 0, 600*time.Millisecond
 	cfg.Faults = []Fault{{At: 200 * time.Millisecond, Name: "switch", Do: func(context.Context) error {
-		b := "b"
-		f.leader.Store(&b)
+		f.SetLeader("b")
 		return nil
 	}}, {At: 300 * time.Millisecond, Name: "broken", Do: func(context.Context) error { return errors.New("boom") }}}
 	rep, err := Run(t.Context(), cfg)
@@ -256,7 +262,7 @@ func TestRunLeaderChangeAndFault(t *testing.T) {
 }
 
 func TestRunCompare(t *testing.T) {
-	fa, fb := newFake("a"), newFake()
+	fa, fb := benchtest.New("a"), benchtest.New()
 	cfg := baseConfig(startFake(t, fa))
 	cfg.Targets = append(cfg.Targets, Target{Name: "direct", Addr: startFake(t, fb)})
 	cfg.Rounds = 2
@@ -281,13 +287,13 @@ func TestRunCompare(t *testing.T) {
 	if d := r.Throughput - want; d > 1e-9 || d < -1e-9 {
 		t.Errorf("throughput ratio %v, want %v", r.Throughput, want)
 	}
-	if fa.searches.Load() != 200 || fb.searches.Load() != 200 {
-		t.Errorf("searches: %d and %d, want 200 each", fa.searches.Load(), fb.searches.Load())
+	if fa.Searches() != 200 || fb.Searches() != 200 {
+		t.Errorf("searches: %d and %d, want 200 each", fa.Searches(), fb.Searches())
 	}
 }
 
 func TestRunCancel(t *testing.T) {
-	f := newFake()
+	f := benchtest.New()
 	cfg := baseConfig(startFake(t, f))
 	cfg.Ops, cfg.Duration = 0, time.Hour
 	ctx, cancel := context.WithCancel(t.Context())
@@ -304,7 +310,7 @@ func TestRunCancel(t *testing.T) {
 func TestRunQueryUpsert(t *testing.T) {
 	for _, w := range []Workload{WorkloadQuery, WorkloadUpsert, WorkloadInsert} {
 		t.Run(string(w), func(t *testing.T) {
-			f := newFake()
+			f := benchtest.New()
 			cfg := baseConfig(startFake(t, f))
 			cfg.Workload, cfg.Batch, cfg.Ops, cfg.Consistency = w, 5, 100, Strong
 			cfg.Concurrency = 1 // so "every 10th insert of a worker" is every 10th insert
@@ -316,9 +322,7 @@ func TestRunQueryUpsert(t *testing.T) {
 			if tr.ByOp[string(w)].OK != 100 || tr.Errors != 0 {
 				t.Fatalf("by op = %+v errors %v %v", tr.ByOp, tr.ErrorsByCode, tr.ErrorSamples)
 			}
-			f.mu.Lock()
-			rows := len(f.rows)
-			f.mu.Unlock()
+			rows := f.Rows()
 			want := map[Workload]int{WorkloadQuery: 100, WorkloadUpsert: 100, WorkloadInsert: 600}[w]
 			if rows != want {
 				t.Errorf("server holds %d rows, want %d", rows, want)
@@ -331,7 +335,7 @@ func TestRunQueryUpsert(t *testing.T) {
 }
 
 func TestRunFvecsVectors(t *testing.T) {
-	f := newFake()
+	f := benchtest.New()
 	cfg := baseConfig(startFake(t, f))
 	cfg.Dim = 0
 	cfg.Vectors = [][]float32{{1, 2, 3}, {4, 5, 6}}
@@ -343,7 +347,7 @@ func TestRunFvecsVectors(t *testing.T) {
 	if rep.Config.Dim != 3 || rep.Config.FileVectors != 2 || rep.Targets[0].OK != 20 {
 		t.Errorf("config %+v ok %d", rep.Config, rep.Targets[0].OK)
 	}
-	if f.dims["bench_3"] != 3 {
-		t.Errorf("collection dims = %v", f.dims)
+	if d := f.Dim("bench_3"); d != 3 {
+		t.Errorf("collection dim = %d, want 3", d)
 	}
 }

@@ -23,7 +23,9 @@ type command struct {
 // commands is the dispatch table. Adding a subcommand is one line here plus
 // its cmd_<name>.go file.
 func commands() map[string]command {
-	return map[string]command{}
+	return map[string]command{
+		"bench": {runBench, "benchmark the Milvus API through the proxy or directly"},
+	}
 }
 
 func main() {

@@ -1,4 +1,8 @@
-package bench
+// Package benchtest is a small in-memory Milvus API server for testing the
+// bench harness and its command without a simulator: it stores keys,
+// returns hybrid-style timestamps and the proxy's cluster header, and has
+// knobs for injected errors, leader changes and stale reads.
+package benchtest
 
 import (
 	"context"
@@ -7,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -17,23 +20,32 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
-// fakeMilvus is just enough of the Milvus API for the driver: an in-memory
-// key set, hybrid-ish timestamps, and the proxy's cluster header. Knobs
-// let tests inject errors, leader changes and stale reads.
-type fakeMilvus struct {
+// ClusterHeader is the proxy's response header naming the serving cluster.
+const ClusterHeader = "x-milvus-ha-cluster"
+
+// The field names the harness uses.
+const (
+	fieldID     = "id"
+	fieldVector = "vector"
+)
+
+// Fake is just enough of the Milvus API for the bench driver. Set its
+// knobs before Start.
+type Fake struct {
 	milvuspb.UnimplementedMilvusServiceServer
 
-	readClusters []string // reads rotate over these (header); none: no header
+	ReadClusters []string // reads rotate over these (header); none: no header
 	leader       atomic.Pointer[string]
 
-	// staleReads makes queries ignore the guarantee timestamp and miss the
+	// StaleReads makes queries ignore the guarantee timestamp and miss the
 	// most recent writes: a broken Session implementation.
-	staleReads bool
-	// failEvery makes every nth search fail with a Milvus status
-	// (odd n) or a gRPC Unavailable (n divisible by 2 means the other).
-	failEvery int64
+	StaleReads bool
+	// FailEvery makes every FailEvery-th search fail, alternately with
+	// Milvus status code 1100 and with gRPC Unavailable (both "injected").
+	FailEvery int64
 
 	mu       sync.Mutex
 	colls    map[string]bool
@@ -49,60 +61,98 @@ type fakeMilvus struct {
 	dims     map[string]int64
 }
 
-func newFake(readClusters ...string) *fakeMilvus {
-	f := &fakeMilvus{readClusters: readClusters, colls: map[string]bool{}, loaded: map[string]bool{},
+// New returns a fake whose reads report the given clusters in turn and
+// whose writes report leader "a".
+func New(readClusters ...string) *Fake {
+	f := &Fake{ReadClusters: readClusters, colls: map[string]bool{}, loaded: map[string]bool{},
 		rows: map[int64]uint64{}, dims: map[string]int64{}}
 	a := "a"
 	f.leader.Store(&a)
 	return f
 }
 
-func startFake(t *testing.T, f *fakeMilvus) string {
-	t.Helper()
+// Start serves the fake on a loopback port and returns its address and
+// a function that stops it.
+func (f *Fake) Start() (addr string, stop func(), err error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	s := grpc.NewServer()
 	milvuspb.RegisterMilvusServiceServer(s, f)
 	go s.Serve(lis)
-	t.Cleanup(s.Stop)
-	return lis.Addr().String()
+	return lis.Addr().String(), s.Stop, nil
+}
+
+// SetLeader changes the cluster writes report.
+func (f *Fake) SetLeader(id string) { f.leader.Store(&id) }
+
+// Rows is the number of distinct keys stored.
+func (f *Fake) Rows() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.rows)
+}
+
+// Dim is the dimension of a created collection's vector field.
+func (f *Fake) Dim(collection string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dims[collection]
+}
+
+// Sessions is the number of distinct "identifier" metadata values seen.
+func (f *Fake) Sessions() int {
+	n := 0
+	f.sessions.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// Searches is the number of Search calls served.
+func (f *Fake) Searches() int64 { return f.searches.Load() }
+
+// Guarantee is the guarantee_timestamp of the last search at a level.
+func (f *Fake) Guarantee(level commonpb.ConsistencyLevel) (uint64, bool) {
+	v, ok := f.guar.Load(level)
+	if !ok {
+		return 0, false
+	}
+	return v.(uint64), true
 }
 
 func ok() *commonpb.Status { return &commonpb.Status{} }
 
-func (f *fakeMilvus) next() uint64 {
+func (f *Fake) next() uint64 {
 	f.ts++
 	return uint64(time.Now().UnixMilli())<<18 | f.ts&(1<<18-1)
 }
 
-func (f *fakeMilvus) noteSession(ctx context.Context) {
+func (f *Fake) noteSession(ctx context.Context) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get("identifier"); len(v) > 0 {
 		f.sessions.Store(v[0], true)
 	}
 }
 
-func (f *fakeMilvus) readHeader(ctx context.Context) {
-	if len(f.readClusters) == 0 {
+func (f *Fake) readHeader(ctx context.Context) {
+	if len(f.ReadClusters) == 0 {
 		return
 	}
 	n := f.reads.Add(1)
-	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, f.readClusters[int(n)%len(f.readClusters)]))
+	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, f.ReadClusters[int(n)%len(f.ReadClusters)]))
 }
 
-func (f *fakeMilvus) Connect(ctx context.Context, _ *milvuspb.ConnectRequest) (*milvuspb.ConnectResponse, error) {
+func (f *Fake) Connect(ctx context.Context, _ *milvuspb.ConnectRequest) (*milvuspb.ConnectResponse, error) {
 	return &milvuspb.ConnectResponse{Status: ok(), Identifier: f.idents.Add(1) + 1000}, nil
 }
 
-func (f *fakeMilvus) HasCollection(_ context.Context, r *milvuspb.HasCollectionRequest) (*milvuspb.BoolResponse, error) {
+func (f *Fake) HasCollection(_ context.Context, r *milvuspb.HasCollectionRequest) (*milvuspb.BoolResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return &milvuspb.BoolResponse{Status: ok(), Value: f.colls[r.GetCollectionName()]}, nil
 }
 
-func (f *fakeMilvus) DropCollection(_ context.Context, r *milvuspb.DropCollectionRequest) (*commonpb.Status, error) {
+func (f *Fake) DropCollection(_ context.Context, r *milvuspb.DropCollectionRequest) (*commonpb.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.colls, r.GetCollectionName())
@@ -111,14 +161,14 @@ func (f *fakeMilvus) DropCollection(_ context.Context, r *milvuspb.DropCollectio
 	return ok(), nil
 }
 
-func (f *fakeMilvus) CreateCollection(_ context.Context, r *milvuspb.CreateCollectionRequest) (*commonpb.Status, error) {
+func (f *Fake) CreateCollection(_ context.Context, r *milvuspb.CreateCollectionRequest) (*commonpb.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.colls[r.GetCollectionName()] {
 		return &commonpb.Status{Code: 65535, Reason: "collection exists"}, nil
 	}
 	var s schemapb.CollectionSchema
-	if err := protoUnmarshal(r.GetSchema(), &s); err != nil {
+	if err := proto.Unmarshal(r.GetSchema(), &s); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	for _, fs := range s.GetFields() {
@@ -133,18 +183,18 @@ func (f *fakeMilvus) CreateCollection(_ context.Context, r *milvuspb.CreateColle
 	return ok(), nil
 }
 
-func (f *fakeMilvus) CreateIndex(context.Context, *milvuspb.CreateIndexRequest) (*commonpb.Status, error) {
+func (f *Fake) CreateIndex(context.Context, *milvuspb.CreateIndexRequest) (*commonpb.Status, error) {
 	return ok(), nil
 }
 
-func (f *fakeMilvus) LoadCollection(_ context.Context, r *milvuspb.LoadCollectionRequest) (*commonpb.Status, error) {
+func (f *Fake) LoadCollection(_ context.Context, r *milvuspb.LoadCollectionRequest) (*commonpb.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.loaded[r.GetCollectionName()] = true
 	return ok(), nil
 }
 
-func (f *fakeMilvus) GetLoadState(_ context.Context, r *milvuspb.GetLoadStateRequest) (*milvuspb.GetLoadStateResponse, error) {
+func (f *Fake) GetLoadState(_ context.Context, r *milvuspb.GetLoadStateRequest) (*milvuspb.GetLoadStateResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st := commonpb.LoadState_LoadStateNotLoad
@@ -154,7 +204,7 @@ func (f *fakeMilvus) GetLoadState(_ context.Context, r *milvuspb.GetLoadStateReq
 	return &milvuspb.GetLoadStateResponse{Status: ok(), State: st}, nil
 }
 
-func (f *fakeMilvus) write(ctx context.Context, coll string, fields []*schemapb.FieldData, n uint32) (*milvuspb.MutationResult, error) {
+func (f *Fake) write(ctx context.Context, coll string, fields []*schemapb.FieldData, n uint32) (*milvuspb.MutationResult, error) {
 	f.noteSession(ctx)
 	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, *f.leader.Load()))
 	var ids []int64
@@ -188,20 +238,20 @@ func (f *fakeMilvus) write(ctx context.Context, coll string, fields []*schemapb.
 	return &milvuspb.MutationResult{Status: ok(), Timestamp: ts, InsertCnt: int64(len(ids))}, nil
 }
 
-func (f *fakeMilvus) Insert(ctx context.Context, r *milvuspb.InsertRequest) (*milvuspb.MutationResult, error) {
+func (f *Fake) Insert(ctx context.Context, r *milvuspb.InsertRequest) (*milvuspb.MutationResult, error) {
 	return f.write(ctx, r.GetCollectionName(), r.GetFieldsData(), r.GetNumRows())
 }
 
-func (f *fakeMilvus) Upsert(ctx context.Context, r *milvuspb.UpsertRequest) (*milvuspb.MutationResult, error) {
+func (f *Fake) Upsert(ctx context.Context, r *milvuspb.UpsertRequest) (*milvuspb.MutationResult, error) {
 	return f.write(ctx, r.GetCollectionName(), r.GetFieldsData(), r.GetNumRows())
 }
 
-func (f *fakeMilvus) Search(ctx context.Context, r *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
+func (f *Fake) Search(ctx context.Context, r *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
 	f.noteSession(ctx)
 	f.guar.Store(r.GetConsistencyLevel(), r.GetGuaranteeTimestamp())
 	n := f.searches.Add(1)
-	if f.failEvery > 0 && n%f.failEvery == 0 {
-		if (n/f.failEvery)%2 == 1 {
+	if f.FailEvery > 0 && n%f.FailEvery == 0 {
+		if (n/f.FailEvery)%2 == 1 {
 			return &milvuspb.SearchResults{Status: &commonpb.Status{Code: 1100, Reason: "injected"}}, nil
 		}
 		return nil, status.Error(codes.Unavailable, "injected")
@@ -214,7 +264,7 @@ func (f *fakeMilvus) Search(ctx context.Context, r *milvuspb.SearchRequest) (*mi
 	return &milvuspb.SearchResults{Status: ok(), Results: &schemapb.SearchResultData{NumQueries: r.GetNq()}}, nil
 }
 
-func (f *fakeMilvus) Query(ctx context.Context, r *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+func (f *Fake) Query(ctx context.Context, r *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
 	f.noteSession(ctx)
 	f.readHeader(ctx)
 	expr := r.GetExpr()
@@ -228,7 +278,7 @@ func (f *fakeMilvus) Query(ctx context.Context, r *milvuspb.QueryRequest) (*milv
 	}
 	f.mu.Lock()
 	_, found := f.rows[key]
-	if f.staleReads {
+	if f.StaleReads {
 		for _, k := range f.lastKeys {
 			if k == key {
 				found = false

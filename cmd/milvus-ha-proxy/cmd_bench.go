@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench"
+)
+
+const benchUsage = `usage: milvus-ha-proxy bench --target [NAME=]ADDR [--compare [NAME=]ADDR[,...]]
+       --workload search|query|insert|upsert|mixed [--read-ratio 0.9]
+       --consistency strong|session|bounded|eventually|customized
+       --concurrency N (--duration D | --ops N) [--out FILE.json] [--plot FILE.png]
+
+Drives the Milvus API (raw gRPC) against the proxy, a cluster directly, or
+both in alternating rounds with the same seed (--compare), after setting up
+the collection (create, index, load, preload; timed separately). Prints a
+table; --out writes the same as JSON, --plot a PNG of throughput and p99
+per second with leader changes marked.
+
+flags:
+`
+
+// runBench is the bench subcommand.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	var (
+		target      = fs.String("target", "", "Milvus API endpoint to measure, `[NAME=]ADDR` (required)")
+		compare     = fs.String("compare", "", "other endpoints measured in alternating rounds, comma-separated `[NAME=]ADDR`s")
+		workload    = fs.String("workload", "", "search, query, insert, upsert or mixed (required)")
+		readRatio   = fs.Float64("read-ratio", 0.9, "mixed: share of operations that are searches")
+		consistency = fs.String("consistency", "bounded", "strong, session, bounded, eventually or customized")
+		concurrency = fs.Int("concurrency", 8, "workers (closed-loop clients, one Milvus session each) per target")
+		duration    = fs.Duration("duration", 0, "measured time per target (or --ops)")
+		ops         = fs.Int64("ops", 0, "measured operations per target (or --duration)")
+		rounds      = fs.Int("rounds", 0, "rounds the measurement is split in, alternating targets (default 1, or 4 with --compare)")
+		warmup      = fs.Duration("warmup", 0, "unrecorded load per target before measuring")
+		conns       = fs.Int("conns", 1, "gRPC connections per target; workers are spread over them")
+		dim         = fs.Int("dim", 0, "vector dimension (default 128, or the --fvecs file's)")
+		preload     = fs.Int("preload", 10000, "rows inserted during setup")
+		fvecs       = fs.String("fvecs", "", "load vectors from this .fvecs `FILE` instead of the seeded generator")
+		topk        = fs.Int("topk", 10, "search limit")
+		nq          = fs.Int("nq", 1, "query vectors per search")
+		batch       = fs.Int("batch", 1, "rows per insert or upsert")
+		seed        = fs.Uint64("seed", 1, "seed of the data, query and operation streams")
+		collection  = fs.String("collection", "", "collection `NAME` (default bench_<dim>); dropped and recreated by setup")
+		setupMode   = fs.String("setup", "each", "where to set up the collection: each target, first (targets front the same cluster) or none")
+		index       = fs.String("index", "AUTOINDEX", "index_type of the vector index (AUTOINDEX, FLAT, HNSW, IVF_FLAT, ...)")
+		metric      = fs.String("metric", "L2", "metric_type: L2, IP or COSINE")
+		shards      = fs.Int("shards", 1, "shards_num of the collection")
+		verifyEvery = fs.Int("verify-every", 10, "after every Nth insert of a worker, read the row back (strong/session/customized; -1: never)")
+		opTimeout   = fs.Duration("op-timeout", 10*time.Second, "deadline of each call")
+		out         = fs.String("out", "", "write the report as JSON to `FILE`")
+		plotFile    = fs.String("plot", "", "write a PNG plot to `FILE`")
+		token       = fs.String("token", "", "Milvus token (user:password or API key); default $MILVUS_TOKEN")
+		admin       = fs.String("admin", "", "proxy admin `URL`, polled for leader changes (/api/v1/topology)")
+		faultAt     = fs.Duration("fault-at", 0, "when to inject the --fault-post fault, after measurement starts")
+		faultPost   = fs.String("fault-post", "", "`URL` to POST at --fault-at (e.g. a sim control or the admin failover endpoint)")
+		faultBody   = fs.String("fault-body", "", "JSON body of the --fault-post request")
+		progress    = fs.Bool("progress", false, "print progress lines even when stderr is not a terminal")
+		verbose     = fs.Bool("v", false, "log setup steps to stderr")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2 // flag has printed the error, naming the flag, and the usage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	usageFail := func(err error) int {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 2
+	}
+
+	cfg := bench.Config{
+		ReadRatio:   *readRatio,
+		Concurrency: *concurrency,
+		Duration:    *duration,
+		Ops:         *ops,
+		Rounds:      *rounds,
+		Warmup:      *warmup,
+		Conns:       *conns,
+		Dim:         *dim,
+		Preload:     *preload,
+		TopK:        *topk,
+		NQ:          *nq,
+		Batch:       *batch,
+		Seed:        *seed,
+		Collection:  *collection,
+		Setup:       bench.SetupMode(*setupMode),
+		Index:       *index,
+		Metric:      strings.ToUpper(*metric),
+		Shards:      *shards,
+		VerifyEvery: *verifyEvery,
+		OpTimeout:   *opTimeout,
+		Token:       *token,
+		AdminURL:    *admin,
+	}
+	if cfg.Token == "" {
+		cfg.Token = os.Getenv("MILVUS_TOKEN")
+	}
+	// Flags whose zero value would silently mean "default" in bench.Config
+	// are checked here, where "0" is what the user typed.
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"concurrency", *concurrency}, {"conns", *conns}, {"topk", *topk}, {"nq", *nq}, {"batch", *batch}, {"shards", *shards}} {
+		if c.v <= 0 {
+			return usageFail(fmt.Errorf("--%s: must be positive", c.name))
+		}
+	}
+	if *verifyEvery == 0 {
+		return usageFail(errors.New("--verify-every: must be positive, or -1 for never"))
+	}
+	if *readRatio <= 0 && *workload == "mixed" {
+		return usageFail(errors.New("--read-ratio: must be in (0, 1]; use --workload insert for writes only"))
+	}
+	if *opTimeout <= 0 {
+		return usageFail(errors.New("--op-timeout: must be positive"))
+	}
+	var err error
+	if *workload == "" {
+		return usageFail(errors.New("--workload: required (" + joinWorkloads() + ")"))
+	}
+	if cfg.Workload, err = bench.ParseWorkload(*workload); err != nil {
+		return usageFail(err)
+	}
+	if cfg.Consistency, err = bench.ParseConsistency(*consistency); err != nil {
+		return usageFail(err)
+	}
+	if *target == "" {
+		return usageFail(errors.New("--target: required"))
+	}
+	t, err := parseTarget(*target)
+	if err != nil {
+		return usageFail(fmt.Errorf("--target: %w", err))
+	}
+	cfg.Targets = append(cfg.Targets, t)
+	if *compare != "" {
+		for _, s := range strings.Split(*compare, ",") {
+			t, err := parseTarget(strings.TrimSpace(s))
+			if err != nil {
+				return usageFail(fmt.Errorf("--compare: %w", err))
+			}
+			cfg.Targets = append(cfg.Targets, t)
+		}
+	}
+	if (*faultPost == "") != (*faultAt == 0) {
+		return usageFail(errors.New("--fault-at: --fault-at and --fault-post go together"))
+	}
+	if *faultPost != "" {
+		cfg.Faults = append(cfg.Faults, bench.Fault{At: *faultAt, Name: "POST " + *faultPost, Do: bench.HTTPPost(*faultPost, *faultBody)})
+	}
+	if err := checkOutputPath("out", *out); err != nil {
+		return usageFail(err)
+	}
+	if err := checkOutputPath("plot", *plotFile); err != nil {
+		return usageFail(err)
+	}
+	if *fvecs != "" {
+		limit := 0
+		if *preload > 0 {
+			limit = *preload + 1024 // the preload plus a pool to draw queries from
+		}
+		vecs, err := bench.ReadFvecsFile(*fvecs, limit)
+		if err != nil {
+			return usageFail(fmt.Errorf("--fvecs: %w", err))
+		}
+		cfg.Vectors = vecs
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageFail(err)
+	}
+
+	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
+		cfg.Progress, cfg.ProgressTTY = stderr, true
+	} else if *progress {
+		cfg.Progress = stderr
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	rep, runErr := bench.Run(ctx, cfg)
+	if rep == nil {
+		if bench.IsUsageError(runErr) {
+			return usageFail(runErr)
+		}
+		fmt.Fprintf(stderr, "bench: %v\n", runErr)
+		return 1
+	}
+	code := 0
+	if runErr != nil {
+		fmt.Fprintf(stderr, "bench: %v (partial report follows)\n", runErr)
+		code = 1
+	}
+	if err := rep.WriteTable(stdout); err != nil {
+		fmt.Fprintf(stderr, "bench: writing the table: %v\n", err)
+		code = 1
+	}
+	if *out != "" {
+		if err := writeFile(*out, rep.WriteJSON); err != nil {
+			fmt.Fprintf(stderr, "bench: --out: %v\n", err)
+			code = 1
+		}
+	}
+	if *plotFile != "" {
+		if err := writeFile(*plotFile, rep.WritePlot); err != nil {
+			fmt.Fprintf(stderr, "bench: --plot: %v\n", err)
+			code = 1
+		}
+	}
+	return code
+}
+
+func joinWorkloads() string {
+	s := make([]string, len(bench.Workloads))
+	for i, w := range bench.Workloads {
+		s[i] = string(w)
+	}
+	return strings.Join(s, ", ")
+}
+
+// parseTarget reads "[NAME=]ADDR".
+func parseTarget(s string) (bench.Target, error) {
+	name, addr, found := strings.Cut(s, "=")
+	if !found {
+		name, addr = "", s
+	}
+	if addr == "" || strings.ContainsAny(addr, " \t") {
+		return bench.Target{}, fmt.Errorf("bad endpoint %q (want [NAME=]HOST:PORT)", s)
+	}
+	if found && name == "" {
+		return bench.Target{}, fmt.Errorf("empty name in %q", s)
+	}
+	return bench.Target{Name: name, Addr: addr}, nil
+}
+
+// checkOutputPath fails early, before a long run, when a result could not
+// be written.
+func checkOutputPath(flagName, path string) error {
+	if path == "" {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("--%s: directory %s does not exist", flagName, dir)
+	}
+	return nil
+}
+
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -24,7 +24,10 @@ type command struct {
 // its cmd_<name>.go file.
 func commands() map[string]command {
 	return map[string]command{
-		"bench": {runBench, "benchmark the Milvus API through the proxy or directly"},
+		"bench":      {runBench, "benchmark the Milvus API through the proxy or directly"},
+		"status":     {runStatus, "print the topology: clusters, roles, health, breakers, replication lag"},
+		"switchover": {runSwitchover, "planned leader change with no data loss (--to ID)"},
+		"failover":   {runFailover, "forced promotion of a cluster to leader (--to ID)"},
 	}
 }
 

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
+)
+
+// runStatus prints the proxy's topology as a table, from its admin API.
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
+	asJSON := fs.Bool("json", false, "print the topology as JSON instead of a table")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the proxy")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: milvus-ha-proxy status [--admin URL] [--json]")
+		fmt.Fprintln(stderr, "\nPrints every cluster's role, health, breaker, replication lag and requests served.")
+		fs.PrintDefaults()
+	}
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	c, err := admin.NewClient(*adminURL, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "milvus-ha-proxy status: %v\n", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	v, err := c.Topology(ctx)
+	if err != nil {
+		reportAdminError(stderr, "status", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(v); err != nil {
+			fmt.Fprintf(stderr, "milvus-ha-proxy status: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	printStatus(stdout, v)
+	return 0
+}
+
+// parseFlags parses args and reports whether the command should stop, with
+// which code: 0 for -h, 2 for a bad flag or a stray argument.
+func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "milvus-ha-proxy %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		fs.Usage()
+		return 2, true
+	}
+	return 0, false
+}
+
+// reportAdminError explains a failed admin call in terms an operator can
+// act on.
+func reportAdminError(w io.Writer, cmd string, err error) {
+	var unreachable *admin.UnreachableError
+	var apiErr *admin.APIError
+	switch {
+	case errors.As(err, &unreachable):
+		fmt.Fprintf(w, "milvus-ha-proxy %s: %v\n(is the proxy running, with admin_listen at that address? otherwise pass --admin URL)\n", cmd, err)
+	case errors.As(err, &apiErr):
+		fmt.Fprintf(w, "milvus-ha-proxy %s: %v\n", cmd, apiErr)
+	default:
+		fmt.Fprintf(w, "milvus-ha-proxy %s: %v\n", cmd, err)
+	}
+}
+
+func printStatus(w io.Writer, v admin.View) {
+	// Headline: who leads and whether the proxy takes traffic.
+	leader := v.Leader
+	if leader == "" {
+		leader = "none"
+	}
+	head := []string{"leader " + leader, "epoch " + strconv.FormatUint(v.Epoch, 10)}
+	if v.Discovery != "" {
+		head = append(head, "discovery "+v.Discovery)
+	}
+	if v.FailoverMode != "" {
+		head = append(head, "failover "+v.FailoverMode)
+	}
+	switch {
+	case v.Draining:
+		head = append(head, "DRAINING")
+	case v.Ready:
+		head = append(head, "ready")
+	default:
+		head = append(head, "NOT READY: "+v.NotReadyReason)
+	}
+	fmt.Fprintln(w, strings.Join(head, " | "))
+	if v.FailingOver {
+		since := ""
+		if v.LeaderLostAt != nil {
+			since = " since " + v.LeaderLostAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "FAILOVER UNDER WAY: leader lost%s; writes are held\n", since)
+	}
+	fmt.Fprintln(w)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tROLE\tHEALTH\tBREAKER\tLAG\tSERVED\tIN FLIGHT")
+	for _, c := range v.Clusters {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", c.ID, c.Role, health(c), orDash(c.Breaker), lag(c), c.Served, c.Outstanding)
+	}
+	tw.Flush()
+
+	// Details that do not fit a column.
+	var notes []string
+	for _, c := range v.Clusters {
+		if !c.Healthy && c.HealthReason != "" {
+			notes = append(notes, fmt.Sprintf("%s is down: %s", c.ID, c.HealthReason))
+		}
+		if c.Role != "leader" && !c.LagKnown && c.LagReason != "" {
+			notes = append(notes, fmt.Sprintf("%s lag unknown (counts as stale, no reads that need fresh data): %s", c.ID, c.LagReason))
+		}
+		if c.Quarantined {
+			reason := c.QuarantineReason
+			if reason == "" {
+				reason = "it holds data the leader lacks"
+			}
+			notes = append(notes, fmt.Sprintf("%s is QUARANTINED (gets no reads): %s", c.ID, reason))
+		}
+	}
+	for _, s := range v.Salvage {
+		line := fmt.Sprintf("salvage (epoch %d): %s was promoted by force from %s at %s", s.Epoch, s.NewLeader, s.OldLeader, s.At.UTC().Format(time.RFC3339))
+		if len(s.Checkpoints) > 0 {
+			line += fmt.Sprintf("; salvage checkpoint %v", s.Checkpoints)
+		}
+		switch {
+		case s.Unreplicated != "":
+			line += "; the old leader held, never replicated: " + s.Unreplicated
+		case s.OldLeaderReturned:
+			line += "; the old leader is back and demoted"
+		default:
+			line += "; the old leader has not come back: what it held past the checkpoint is unknown"
+		}
+		notes = append(notes, line)
+	}
+	if lc := v.LastChange; lc != nil {
+		line := fmt.Sprintf("last change: %s %s -> %s at %s (epoch %d, %s, took %s)", lc.Kind, orDash(lc.From), lc.To,
+			lc.At.UTC().Format(time.RFC3339), lc.Epoch, orDash(lc.Result), seconds(lc.TookSeconds))
+		if lc.Message != "" {
+			line += ": " + lc.Message
+		}
+		notes = append(notes, line)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintln(w, n)
+		}
+	}
+}
+
+func health(c admin.ClusterView) string {
+	switch {
+	case c.Quarantined:
+		return "quarantined"
+	case c.Healthy:
+		return "healthy"
+	default:
+		return "DOWN"
+	}
+}
+
+func lag(c admin.ClusterView) string {
+	switch {
+	case c.Role == "leader":
+		return "-"
+	case !c.LagKnown:
+		return "unknown"
+	default:
+		return seconds(c.LagSeconds)
+	}
+}
+
+// seconds prints a duration in seconds the way an operator reads it.
+func seconds(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	default:
+		return d.Round(10 * time.Millisecond).String()
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"errors"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// maxLeaderAttempts bounds the sends of one leader-only call.
+const maxLeaderAttempts = 4
+
+// codeOutcomeUnknown is the merr code of the Milvus status that answers an
+// Insert whose outcome is unknown: merr's "unexpected error" (65535), which
+// is not retriable.
+const codeOutcomeUnknown = 1<<16 - 1
+
+// leaderCall sends a write, DDL or other leader-only call to the leader.
+//
+// When may it be sent again? The rule is CockroachDB's for ambiguous
+// results: a request is re-sent only when it provably never left the proxy
+// — the leader was not known (WaitLeader failed: a failover under way),
+// the leader's breaker refused it, or gRPC never created a transport
+// stream for it (no connection could be made). Once a stream existed, the
+// leader may have applied the request even though no answer came back, and
+// re-sending is safe only if applying it twice equals applying it once:
+// Upsert and Delete (the same rows end in the same state) and leader-only
+// reads get one more try, on the leader as it is then (possibly a new one
+// after a failover). Everything else returns the failure. An Insert whose
+// outcome is unknown is answered with a Milvus error status that says so,
+// not with a gRPC error: every SDK retries gRPC UNAVAILABLE (and most
+// retry UNKNOWN and INTERNAL) on its own, which would insert the rows
+// twice, while none retries a Milvus status (test/sdk/SDK_NOTES.md).
+func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
+	c.ev.Reason = ReasonLeaderOnly
+	resent := false
+	var lastErr error
+	backoff := 20 * time.Millisecond
+	for attempt := 0; attempt < maxLeaderAttempts; attempt++ {
+		if attempt > 0 && lastErr != nil && !resent {
+			// The previous attempt was never sent; give the topology a
+			// moment (a new leader, a breaker half-opening).
+			if err := s.pause(c, backoff); err != nil {
+				return nil, lastErr
+			}
+			backoff *= 2
+		}
+		cl, err := s.topo.WaitLeader(c.ctx)
+		if err != nil {
+			// Unavailable "failover under way": nothing was sent.
+			return nil, err
+		}
+		var p peer.Peer
+		resp, err := s.forward(c, cl, req, &p)
+		if err == nil {
+			s.afterLeader(c, req, resp)
+			return resp, nil
+		}
+		if c.ctx.Err() != nil {
+			return nil, err
+		}
+		var be *errBreaker
+		if errors.As(err, &be) {
+			lastErr = be.status()
+			continue
+		}
+		if p.Addr == nil {
+			// No transport stream: the request never left the proxy.
+			lastErr = err
+			continue
+		}
+		if !transportFailure(c.ctx, err) {
+			// The leader answered (Unimplemented, PermissionDenied,
+			// InvalidArgument...): that is the outcome.
+			return nil, err
+		}
+		if c.m.idempotent && !resent {
+			resent = true
+			lastErr = err
+			continue
+		}
+		return s.outcomeUnknown(c, cl, err)
+	}
+	return nil, lastErr
+}
+
+// pause waits for d, a newer topology, or the client's end.
+func (s *Server) pause(c *call, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.topo.Changed():
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+	return nil
+}
+
+// outcomeUnknown answers a call that reached the leader but got no answer.
+func (s *Server) outcomeUnknown(c *call, cl *topology.Cluster, err error) (*frame, error) {
+	st, _ := status.FromError(err)
+	if c.m.class == ClassWrite && !c.m.idempotent && c.m.layout.statusField != 0 {
+		reason := "milvus-ha-proxy: " + c.m.name + " outcome unknown: it was sent to leader " + cl.ID +
+			" and the connection failed before an answer (" + st.Code().String() + ": " + st.Message() +
+			"); the rows may or may not have been written, check before retrying"
+		b := appendStatusResponse(nil, &c.m.layout, int32(commonpb.ErrorCode_UnexpectedError), codeOutcomeUnknown, reason)
+		s.log.Warn("proxy: write outcome unknown", "method", c.m.name, "cluster", cl.ID, "err", err)
+		return frameFromBytes(b), nil
+	}
+	return nil, status.Errorf(st.Code(), "milvus-ha-proxy: %s sent to leader %s, outcome unknown: %s", c.m.name, cl.ID, st.Message())
+}
+
+// afterLeader records what a successful leader call means for the
+// client's session.
+func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
+	switch c.m.class {
+	case ClassWrite:
+		st, ts, ok := scanResponse(resp.bytes(), &c.m.layout)
+		if !ok || !st.ok() || ts == 0 {
+			return
+		}
+		var f readFields
+		if scanRequest(req.bytes(), &c.m.layout, &f) != nil || len(f.coll) == 0 {
+			return
+		}
+		s.sessions.RecordWrite(c.sessionKey(), c.db(f.db), string(f.coll), ts)
+	case ClassDDL:
+		st, _, ok := scanResponse(resp.bytes(), &c.m.layout)
+		if !ok || !st.ok() {
+			return
+		}
+		var f readFields
+		_ = scanRequest(req.bytes(), &c.m.layout, &f)
+		ts := s.ddlTimestamp(c)
+		db := c.db(f.db)
+		s.sessions.RecordDDL(c.sessionKey(), db, ts)
+		if mdDB := consistency.NormalizeDB(c.mdDB); mdDB != db {
+			// Database DDL names its target in db_name; the session's
+			// current database must see it too (ListDatabases).
+			s.sessions.RecordDDL(c.sessionKey(), mdDB, ts)
+		}
+		if c.m.invalidate {
+			ddlTargets(req.bytes(), &c.m.layout, func(dbField, name []byte) {
+				s.topo.InvalidateCollection(c.db(dbField), string(name))
+			})
+		}
+	}
+}
+
+// ddlTimestamp returns a timestamp at or after a DDL the leader has just
+// acknowledged. AllocTimestamp on the leader is exact: the TSO is
+// monotonic, so a timestamp allocated after the acknowledgement is above
+// the DDL's, and an alternative that replicated past it has the DDL.
+// LeaderNow would save a round trip, but it is an estimate that can run
+// behind the leader's TSO (clock drift, a stale calibration) and then a
+// Session read could land on an alternative without the DDL; DDL is rare
+// and slow, so the round trip is the right price. If AllocTimestamp fails,
+// the estimate plus a second of margin stands in: too high only keeps the
+// session's reads on the leader a little longer.
+func (s *Server) ddlTimestamp(c *call) uint64 {
+	ts, err := s.topo.AllocLeaderTimestamp(c.ctx)
+	if err == nil && ts != 0 {
+		return ts
+	}
+	est := max(s.topo.LeaderNow(), consistency.FromTime(time.Now()))
+	s.log.Warn("proxy: AllocTimestamp after DDL failed; using the estimate plus 1s", "method", c.m.name, "err", err)
+	return consistency.AddDuration(est, time.Second)
+}

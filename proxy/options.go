@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+)
+
+// Topology is what the proxy needs from the topology manager.
+type Topology interface {
+	// Snapshot returns the current routing view (an atomic load).
+	Snapshot() *topology.Snapshot
+	// Changed returns a channel closed when a newer snapshot is published.
+	Changed() <-chan struct{}
+	// WaitLeader returns the leader; during a failover it blocks up to
+	// write_hold and then fails with codes.Unavailable.
+	WaitLeader(ctx context.Context) (*topology.Cluster, error)
+	// Allow asks the cluster's circuit breaker for permission to send one
+	// request; done reports its outcome. err is set when the breaker is
+	// open (the request must not be sent).
+	Allow(clusterID string) (done func(success bool), err error)
+	// LeaderNow is a calibrated estimate of the leader's current TSO.
+	LeaderNow() uint64
+	// AllocLeaderTimestamp asks the leader for a fresh TSO.
+	AllocLeaderTimestamp(ctx context.Context) (uint64, error)
+	// Collection returns the collection's routing facts (cached
+	// DescribeCollection on the leader).
+	Collection(ctx context.Context, db, name string) (topology.CollectionInfo, error)
+	// InvalidateCollection drops the cached facts of db.name; name ""
+	// means every collection of db (after DropDatabase).
+	InvalidateCollection(db, name string)
+}
+
+// Router picks the cluster that serves a read (router.Router).
+type Router interface {
+	PickRead(snap *topology.Snapshot, req router.ReadRequest) router.Decision
+}
+
+// StrongReads says where Strong reads go (config consistency.strong_reads).
+type StrongReads string
+
+// Strong read policies.
+const (
+	// StrongLeader sends Strong reads to the leader, unchanged: the
+	// leader resolves "now" itself, exactly as without the proxy.
+	StrongLeader StrongReads = "leader"
+	// StrongWait takes a fresh timestamp from the leader and waits up to
+	// MaxWait for an alternative that has replicated it, else the leader.
+	StrongWait StrongReads = "wait"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Topology and Router are required.
+	Topology Topology
+	Router   Router
+
+	// StrongReads and MaxWait: config consistency.strong_reads and
+	// max_wait. Empty means StrongLeader.
+	StrongReads StrongReads
+	MaxWait     time.Duration
+	// BoundedStaleness: config consistency.bounded_staleness (0 means
+	// Milvus's default, 5s).
+	BoundedStaleness time.Duration
+	// EventuallyMaxLag: config consistency.eventually_max_lag (0: no cap).
+	EventuallyMaxLag time.Duration
+
+	// Sessions records the writes and DDL of client sessions. nil: a
+	// tracker of SessionCapacity entries.
+	Sessions        *consistency.Tracker
+	SessionCapacity int
+
+	// Creds are the server's transport credentials (TLS); nil: plaintext.
+	Creds credentials.TransportCredentials
+	// MaxMessageSize bounds messages in both directions, to clients and
+	// to backends. 0: 256 MiB, Milvus's own server default.
+	MaxMessageSize int
+	// ServerOptions are appended to the gRPC server's options (stats
+	// handlers, interceptors, keepalive overrides).
+	ServerOptions []grpc.ServerOption
+
+	// Observer, when set, is told about every call once it ends.
+	Observer Observer
+	// Logger: nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Observer receives one event per call the proxy handles. It runs on the
+// request path: keep it cheap. With a nil Observer nothing is computed.
+type Observer interface {
+	ObserveCall(ctx context.Context, ev CallEvent)
+}
+
+// CallEvent describes one finished call.
+type CallEvent struct {
+	Method string // short method name, e.g. "Search"
+	Class  Class
+	// Cluster and Role name the cluster that served the final attempt;
+	// empty when none did (no leader, local answer).
+	Cluster string
+	Role    topology.Role
+	// Reason is the routing reason: a router.Reason for reads, or one of
+	// the proxy's own (ReasonLeaderOnly, ReasonLocal, ...).
+	Reason string
+	// Level is the effective consistency level of a read, Required its
+	// required timestamp R (0 for none or for Strong on the leader).
+	Level    consistency.Level
+	Required uint64
+	// Code is the gRPC status of the call; MilvusCode the merr code of
+	// the response's Milvus status (0 on success or no status).
+	Code       codes.Code
+	MilvusCode int32
+	// Attempts counts the backends tried (retries after transport
+	// failures and fallbacks to the leader included).
+	Attempts int
+	Duration time.Duration
+}
+
+// Routing reasons of the proxy's own, next to router.Reason values.
+const (
+	ReasonLeaderOnly        = "leader_only"          // writes, DDL, leader-only methods
+	ReasonLocal             = "local"                // answered by the proxy
+	ReasonLeaderWait        = "leader_wait"          // no cluster known; waited for a leader
+	ReasonLeaderFallback    = "leader_fallback"      // an alternative could not serve it
+	ReasonLeaderNoCollInfo  = "leader_no_collection" // the collection's facts are unknown
+	ReasonLeaderStrongAlloc = "leader_strong_alloc"  // strong_reads: wait, AllocTimestamp failed
+)

@@ -1,0 +1,265 @@
+// Package proxy is the data path of milvus-ha-proxy: a gRPC server that
+// speaks milvus.proto.milvus.MilvusService by forwarding raw message bytes
+// to the cluster each call belongs on. Writes and DDL go to the leader;
+// reads go where their consistency level allows (DESIGN.md "Consistency
+// rules"). Only the handful of fields routing needs are read from a message
+// (protowire); a read's consistency fields are rewritten by appending, so a
+// Search carrying megabytes of vectors is never unmarshalled or
+// re-marshalled.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	// Clients may compress requests with gzip; decompressing them needs
+	// the compressor registered.
+	_ "google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// HeaderCluster names, on every response (and in the trailer of streams),
+// the cluster that served it.
+const HeaderCluster = "x-milvus-ha-cluster"
+
+// LocalCluster is the HeaderCluster value of answers the proxy gives
+// itself (CheckHealth).
+const LocalCluster = "milvus-ha-proxy"
+
+const defaultMaxMessageSize = 256 << 20
+
+// Server is the proxy's gRPC server.
+type Server struct {
+	topo     Topology
+	router   Router
+	sessions *consistency.Tracker
+	rules    consistency.Rules
+	strong   StrongReads
+	maxWait  time.Duration
+	maxLag   time.Duration
+	obs      Observer
+	log      *slog.Logger
+
+	codec    *rawCodec
+	callOpts []grpc.CallOption
+	methods  []*method
+	byName   map[string]*method
+
+	grpc   *grpc.Server
+	health *health.Server
+
+	draining atomic.Bool
+	headers  sync.Map // cluster id -> metadata.MD{HeaderCluster: id}, read-only once stored
+
+	stopOnce  sync.Once
+	stopWatch chan struct{}
+	watchDone chan struct{}
+}
+
+// New builds a Server. Nothing listens until Serve.
+func New(opts Options) (*Server, error) {
+	if opts.Topology == nil || opts.Router == nil {
+		return nil, errors.New("proxy: Options.Topology and Options.Router are required")
+	}
+	switch opts.StrongReads {
+	case "":
+		opts.StrongReads = StrongLeader
+	case StrongLeader, StrongWait:
+	default:
+		return nil, fmt.Errorf("proxy: strong_reads %q: want %q or %q", opts.StrongReads, StrongLeader, StrongWait)
+	}
+	if opts.BoundedStaleness <= 0 {
+		opts.BoundedStaleness = 5 * time.Second
+	}
+	if opts.MaxMessageSize <= 0 {
+		opts.MaxMessageSize = defaultMaxMessageSize
+	}
+	if opts.Sessions == nil {
+		opts.Sessions = consistency.NewTracker(opts.SessionCapacity)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	methods, err := buildMethods()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		topo:      opts.Topology,
+		router:    opts.Router,
+		sessions:  opts.Sessions,
+		rules:     consistency.Rules{BoundedStaleness: opts.BoundedStaleness},
+		strong:    opts.StrongReads,
+		maxWait:   opts.MaxWait,
+		maxLag:    opts.EventuallyMaxLag,
+		obs:       opts.Observer,
+		log:       opts.Logger,
+		codec:     newRawCodec(),
+		methods:   methods,
+		byName:    make(map[string]*method, len(methods)),
+		health:    health.NewServer(),
+		stopWatch: make(chan struct{}),
+		watchDone: make(chan struct{}),
+	}
+	s.callOpts = []grpc.CallOption{
+		grpc.ForceCodecV2(s.codec),
+		grpc.MaxCallRecvMsgSize(opts.MaxMessageSize),
+		grpc.MaxCallSendMsgSize(opts.MaxMessageSize),
+	}
+	for _, m := range methods {
+		s.byName[m.name] = m
+		if !m.classified {
+			s.log.Warn("proxy: method has no class; sending it to the leader", "method", m.name)
+		}
+	}
+
+	sopts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(s.codec),
+		grpc.UnknownServiceHandler(s.unknownMethod),
+		grpc.MaxRecvMsgSize(opts.MaxMessageSize),
+		grpc.MaxSendMsgSize(opts.MaxMessageSize),
+		// The SDKs ping every 5 s (Go) or 10 s (pymilvus) even when idle;
+		// grpc-go's default policy would answer GOAWAY too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if opts.Creds != nil {
+		sopts = append(sopts, grpc.Creds(opts.Creds))
+	}
+	sopts = append(sopts, opts.ServerOptions...)
+	s.grpc = grpc.NewServer(sopts...)
+	s.grpc.RegisterService(s.serviceDesc(), s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.updateHealth()
+	go s.watchTopology()
+	return s, nil
+}
+
+// serviceDesc is MilvusService as gRPC sees it: every method of the pinned
+// proto, each handled by the proxy with raw frames.
+func (s *Server) serviceDesc() *grpc.ServiceDesc {
+	sd := &grpc.ServiceDesc{
+		ServiceName: milvusServiceName,
+		HandlerType: (*any)(nil),
+		Metadata:    "milvus.proto",
+	}
+	for _, m := range s.methods {
+		if m.stream {
+			sd.Streams = append(sd.Streams, grpc.StreamDesc{
+				StreamName:    m.name,
+				Handler:       s.streamHandler(m),
+				ServerStreams: m.serverStreams,
+				ClientStreams: m.clientStreams,
+			})
+			continue
+		}
+		sd.Methods = append(sd.Methods, grpc.MethodDesc{MethodName: m.name, Handler: s.unaryHandler(m)})
+	}
+	return sd
+}
+
+// Serve accepts connections on lis until Shutdown. It returns nil after a
+// Shutdown.
+func (s *Server) Serve(lis net.Listener) error {
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown drains the server: health turns NOT_SERVING, new calls are
+// refused, calls in flight may finish until ctx is done; then the server
+// stops hard. It returns ctx.Err() when it had to cut calls.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.health.Shutdown() // NOT_SERVING, and stays so
+	s.stopOnce.Do(func() { close(s.stopWatch) })
+	<-s.watchDone
+
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-stopped
+		return ctx.Err()
+	}
+}
+
+// watchTopology keeps the health status in step with the topology:
+// SERVING while a leader is known.
+func (s *Server) watchTopology() {
+	defer close(s.watchDone)
+	for {
+		ch := s.topo.Changed()
+		s.updateHealth()
+		select {
+		case <-ch:
+		case <-s.stopWatch:
+			return
+		}
+	}
+}
+
+func (s *Server) updateHealth() {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if snap := s.topo.Snapshot(); snap != nil && snap.Leader != nil && !s.draining.Load() {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(milvusServiceName, st)
+}
+
+func (s *Server) unknownMethod(_ any, ss grpc.ServerStream) error {
+	name, _ := grpc.MethodFromServerStream(ss)
+	return status.Errorf(codes.Unimplemented, "milvus-ha-proxy: unknown method %s", name)
+}
+
+var errDraining = status.Error(codes.Unavailable, "milvus-ha-proxy: shutting down")
+
+// clusterHeader returns the (shared, read-only) header metadata naming a
+// cluster.
+func (s *Server) clusterHeader(id string) metadata.MD {
+	if v, ok := s.headers.Load(id); ok {
+		return v.(metadata.MD)
+	}
+	md := metadata.MD{HeaderCluster: []string{id}}
+	v, _ := s.headers.LoadOrStore(id, md)
+	return v.(metadata.MD)
+}
+
+// Methods returns the method table: every method of MilvusService with
+// its class, in descriptor order. For status pages and tests.
+func (s *Server) Methods() []MethodInfo {
+	out := make([]MethodInfo, len(s.methods))
+	for i, m := range s.methods {
+		out[i] = MethodInfo{Name: m.name, Class: m.class, Idempotent: m.idempotent, Stream: m.stream}
+	}
+	return out
+}
+
+// MethodInfo describes one method of the table.
+type MethodInfo struct {
+	Name       string
+	Class      Class
+	Idempotent bool
+	Stream     bool
+}

@@ -248,6 +248,35 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestAnchorsAndMergeKeys: YAML anchors and merge keys work, and a key
+// given next to a merge overrides the merged value.
+func TestAnchorsAndMergeKeys(t *testing.T) {
+	c, err := Parse([]byte(`
+discovery: static
+clusters:
+  - &base
+    id: a
+    uri: 127.0.0.1:1
+    token: shared
+    role: alternative
+  - <<: *base
+    id: b
+    uri: 127.0.0.1:2
+    role: leader
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Cluster("b")
+	if b.Token.Reveal() != "shared" || b.Role != RoleLeader || b.URI != "127.0.0.1:2" {
+		t.Errorf("merged cluster = %+v (token %q)", b, b.Token.Reveal())
+	}
+	_, err = Parse([]byte("x: &d {bogus: 1}\n"))
+	if err == nil || !strings.Contains(err.Error(), "x: unknown key") {
+		t.Errorf("unknown anchored key: %v", err)
+	}
+}
+
 func TestErrorsListsEveryProblem(t *testing.T) {
 	_, err := Parse([]byte(`
 discovery: static

@@ -195,9 +195,29 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	fields := yamlFields(v.Type())
+	// Merge keys (<<: *defaults) first, so that the mapping's own keys
+	// override what they bring, whatever the order in the file.
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+			val := n.Content[i+1]
+			if val.Kind == yaml.AliasNode {
+				val = val.Alias
+			}
+			srcs := []*yaml.Node{val}
+			if val.Kind == yaml.SequenceNode {
+				srcs = val.Content
+			}
+			for _, src := range srcs {
+				d.decode(src, v, path)
+			}
+		}
+	}
 	seen := make(map[string]int, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
+		if k.Kind == yaml.ScalarNode && k.Tag == "!!merge" {
+			continue
+		}
 		if k.Kind != yaml.ScalarNode {
 			d.fail(k, path, "keys must be plain names, got %s", nodeKind(k))
 			continue

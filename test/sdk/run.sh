@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Runs the drop-in SDK suites (pymilvus, Go, Node, Java) and the Milvus Lite
+# comparison. Used by `make test-sdk` (mk/sdk.mk), which installs the
+# dependencies first; run it from anywhere.
+#
+#   test/sdk/run.sh [all|lite|demo|compare|uri]...
+#
+#   lite     every suite directly against a fresh Milvus Lite server
+#            (validates the suites against a server we did not write)
+#   demo     every suite through `milvus-ha-proxy demo` (simulated clusters)
+#   compare  test/sdk/python/compare_lite.py: two Milvus Lite servers behind
+#            `milvus-ha-proxy serve` (static discovery), pymilvus through the
+#            proxy vs directly against the leader
+#   uri      every suite against $MILVUS_URI (an already running endpoint)
+#   all      lite, demo and compare (default)
+#
+# A target whose proxy subcommand does not exist yet in this build is
+# reported as skipped; once it exists, every failure counts.
+#
+# Environment: SDK_SUITES (default "python go node java"), PYTHON (default
+# .venv/bin/python), MILVUS_URI (for `uri`).
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+SUITES="${SDK_SUITES:-python go node java}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/milvus-sdk.XXXXXX")"
+PIDS=()
+TOTAL_PASS=0
+TOTAL_FAIL=0
+TOTAL_SKIP=0
+ROWS=()
+
+cleanup() {
+	local p
+	for p in "${PIDS[@]:-}"; do
+		[ -n "$p" ] || continue
+		kill "$p" 2>/dev/null
+	done
+	for p in "${PIDS[@]:-}"; do
+		[ -n "$p" ] || continue
+		wait "$p" 2>/dev/null
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+	"$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # host port seconds
+	"$PYTHON" - "$1" "$2" "$3" <<'EOF'
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.time() + secs
+while time.time() < deadline:
+    try:
+        socket.create_connection((host, port), 0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+EOF
+}
+
+version_of() {
+	case "$1" in
+	python) "$PYTHON" -c 'import pymilvus; print("pymilvus " + pymilvus.__version__)' 2>/dev/null ;;
+	go) echo "client/v2 $(grep -E 'github.com/milvus-io/milvus/client/v2 ' go.mod | awk '{print $2}')" ;;
+	node) echo "milvus2-sdk-node $(node -p 'require("./test/sdk/node/node_modules/@zilliz/milvus2-sdk-node/package.json").version' 2>/dev/null)" ;;
+	java) echo "milvus-sdk-java $(sed -n 's:.*<milvus.sdk.version>\(.*\)</milvus.sdk.version>.*:\1:p' test/sdk/java/pom.xml)" ;;
+	esac
+}
+
+# run_suite SDK TARGET URI [extra env...]: runs one suite, records its counts.
+run_suite() {
+	local sdk="$1" target="$2" uri="$3"
+	shift 3
+	local log="$WORK/$sdk-$target.log" rc t0 t1
+	echo "=== $sdk via $target ($uri)"
+	t0=$(date +%s.%N)
+	case "$sdk" in
+	python) env MILVUS_URI="$uri" "$@" "$PYTHON" test/sdk/python/scenario.py ;;
+	go) env MILVUS_URI="$uri" "$@" go test -count=1 -v -run 'TestScenario$' ./test/sdk/gosdk/ ;;
+	node) env MILVUS_URI="$uri" "$@" node test/sdk/node/scenario.js ;;
+	java) env MILVUS_URI="$uri" "$@" mvn -B -ntp -f test/sdk/java/pom.xml test ;;
+	esac >"$log" 2>&1
+	rc=$?
+	t1=$(date +%s.%N)
+	# Per-step lines and the suite's own summary; SDK noise stays in the log.
+	grep -E '^(PASS|FAIL|SKIP) |^# |^[0-9]+ passed, [0-9]+ failed|Tests run:|^--- FAIL|^ok |^FAIL' "$log" | sed 's/^/    /'
+	local summary p f s
+	summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)"
+	if [ -z "$summary" ]; then
+		echo "    (no summary line; last lines of the log:)"
+		tail -20 "$log" | sed 's/^/    | /'
+		p=0 f=1 s=0
+	else
+		p="$(echo "$summary" | sed -E 's/^([0-9]+) passed.*/\1/')"
+		f="$(echo "$summary" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')"
+		s="$(echo "$summary" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p')"
+		s="${s:-0}"
+		if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	fi
+	TOTAL_PASS=$((TOTAL_PASS + p))
+	TOTAL_FAIL=$((TOTAL_FAIL + f))
+	TOTAL_SKIP=$((TOTAL_SKIP + s))
+	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "$sdk" "$(version_of "$sdk")" "$target" "$p" "$f" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+}
+
+skip_target() { # target reason
+	echo "=== SKIP $1: $2"
+	ROWS+=("$(printf '%-9s %-28s %-8s %s' "-" "-" "$1" "skipped: $2")")
+}
+
+start_lite() { # name -> sets LITE_PORT
+	local name="$1"
+	LITE_PORT="$(free_port)"
+	"$PYTHON" -m milvus_lite server --data-dir "$WORK/$name" --host 127.0.0.1 --port "$LITE_PORT" \
+		>"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+	if ! wait_port 127.0.0.1 "$LITE_PORT" 60; then
+		echo "milvus-lite $name did not start:"
+		cat "$WORK/$name.log"
+		return 1
+	fi
+}
+
+build_proxy() {
+	[ -x "$WORK/milvus-ha-proxy" ] && return 0
+	go build -o "$WORK/milvus-ha-proxy" ./cmd/milvus-ha-proxy >"$WORK/build.log" 2>&1 || {
+		cat "$WORK/build.log"
+		return 1
+	}
+}
+
+# has_command NAME: whether this build's binary knows the subcommand.
+has_command() {
+	"$WORK/milvus-ha-proxy" "$1" --help >"$WORK/help-$1.log" 2>&1
+	local rc=$?
+	# an unknown subcommand is a usage error naming it; --help of a known
+	# one exits 0 (or 2 from flag.ErrHelp) and prints its flags.
+	if grep -qiE "unknown (sub)?command|not (yet )?implemented" "$WORK/help-$1.log"; then
+		return 1
+	fi
+	[ "$rc" -eq 0 ] || grep -q -- "-listen" "$WORK/help-$1.log"
+}
+
+target_lite() {
+	start_lite lite || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	local uri="http://127.0.0.1:$LITE_PORT" sdk
+	for sdk in $SUITES; do
+		case "$sdk" in
+		# Known Milvus Lite gaps: no search iterator v2, and the Go and Node
+		# SDKs have no v1 to fall back to (pymilvus and Java do); Java
+		# createIndex waits via AllocTimestamp, which Lite lacks
+		# (SDK_BACKEND=lite makes it not wait).
+		node | go) run_suite "$sdk" lite "$uri" SDK_BACKEND=lite SDK_SKIP=search_iterator ;;
+		*) run_suite "$sdk" lite "$uri" SDK_BACKEND=lite ;;
+		esac
+	done
+}
+
+target_demo() {
+	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	if ! has_command demo; then
+		skip_target demo "this build has no 'demo' subcommand yet"
+		TOTAL_SKIP=$((TOTAL_SKIP + 1))
+		return
+	fi
+	local port admin sdk
+	port="$(free_port)"
+	admin="$(free_port)"
+	"$WORK/milvus-ha-proxy" demo --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+		>"$WORK/demo.log" 2>&1 &
+	PIDS+=($!)
+	if ! wait_port 127.0.0.1 "$port" 60; then
+		echo "demo did not start:"
+		cat "$WORK/demo.log"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		return
+	fi
+	for sdk in $SUITES; do
+		run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo
+	done
+}
+
+target_compare() {
+	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	if ! has_command serve; then
+		skip_target compare "this build has no 'serve' subcommand yet"
+		TOTAL_SKIP=$((TOTAL_SKIP + 1))
+		return
+	fi
+	local log="$WORK/compare.log" rc t0 t1 summary p f
+	echo "=== Milvus Lite comparison (proxy vs leader)"
+	t0=$(date +%s.%N)
+	"$PYTHON" test/sdk/python/compare_lite.py --proxy-bin "$WORK/milvus-ha-proxy" >"$log" 2>&1
+	rc=$?
+	t1=$(date +%s.%N)
+	grep -vE '^\s*$' "$log" | grep -E '^(PASS|FAIL|SKIP|DIFF|SAME|ROUTE|STATUS|#)|passed, [0-9]+ failed' | sed 's/^/    /'
+	summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)"
+	if [ -z "$summary" ]; then
+		tail -30 "$log" | sed 's/^/    | /'
+		p=0 f=1
+	else
+		p="$(echo "$summary" | sed -E 's/^([0-9]+) passed.*/\1/')"
+		f="$(echo "$summary" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')"
+		if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+	fi
+	TOTAL_PASS=$((TOTAL_PASS + p))
+	TOTAL_FAIL=$((TOTAL_FAIL + f))
+	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "compare" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+}
+
+target_uri() {
+	local sdk
+	: "${MILVUS_URI:?set MILVUS_URI for the uri target}"
+	for sdk in $SUITES; do
+		run_suite "$sdk" uri "$MILVUS_URI"
+	done
+}
+
+TARGETS=("$@")
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(all)
+for t in "${TARGETS[@]}"; do
+	case "$t" in
+	all) target_lite; target_demo; target_compare ;;
+	lite) target_lite ;;
+	demo) target_demo ;;
+	compare) target_compare ;;
+	uri) target_uri ;;
+	*) echo "unknown target $t (want all|lite|demo|compare|uri)" >&2; exit 2 ;;
+	esac
+done
+
+echo
+printf '%-9s %-28s %-8s %6s %6s %6s %8s\n' SDK version target passed failed skip time
+for r in "${ROWS[@]:-}"; do echo "$r"; done
+echo
+echo "sdk: $TOTAL_PASS passed, $TOTAL_FAIL failed, $TOTAL_SKIP skipped"
+[ "$TOTAL_FAIL" -eq 0 ]

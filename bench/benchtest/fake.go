@@ -39,6 +39,7 @@ type Fake struct {
 
 	ReadClusters []string // reads rotate over these (header); none: no header
 	leader       atomic.Pointer[string]
+	stallUntil   atomic.Int64 // unix ns; writes before it wait for it
 
 	// StaleReads makes queries ignore the guarantee timestamp and miss the
 	// most recent writes: a broken Session implementation.
@@ -83,6 +84,10 @@ func (f *Fake) Start() (addr string, stop func(), err error) {
 	go s.Serve(lis)
 	return lis.Addr().String(), s.Stop, nil
 }
+
+// SetStall makes writes that arrive in the next d wait until d has
+// passed, as writes held during a failover do.
+func (f *Fake) SetStall(d time.Duration) { f.stallUntil.Store(time.Now().Add(d).UnixNano()) }
 
 // SetLeader changes the cluster writes report.
 func (f *Fake) SetLeader(id string) { f.leader.Store(&id) }
@@ -206,6 +211,13 @@ func (f *Fake) GetLoadState(_ context.Context, r *milvuspb.GetLoadStateRequest) 
 
 func (f *Fake) write(ctx context.Context, coll string, fields []*schemapb.FieldData, n uint32) (*milvuspb.MutationResult, error) {
 	f.noteSession(ctx)
+	if wait := time.Until(time.Unix(0, f.stallUntil.Load())); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	grpc.SetHeader(ctx, metadata.Pairs(ClusterHeader, *f.leader.Load()))
 	var ids []int64
 	var vecLen int

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench"
@@ -70,6 +71,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		faultAt     = fs.Duration("fault-at", 0, "when to inject the --fault-post fault, after measurement starts")
 		faultPost   = fs.String("fault-post", "", "`URL` to POST at --fault-at (e.g. a sim control or the admin failover endpoint)")
 		faultBody   = fs.String("fault-body", "", "JSON body of the --fault-post request")
+		faultKill   = fs.Int("fault-kill", 0, "`PID` to SIGKILL at --fault-at (a `sim` process: the leader dies)")
+		scenario    = fs.String("scenario", "", "run a scenario: overhead, read-scaling, failover or consistency-cost (see README)")
+		alts        = fs.String("alternatives", "", "consistency-cost: clusters whose replication lag to set, `ID[=CONTROL_URL],...` (default: the --admin topology's alternatives, controlled through --admin)")
+		lags        = fs.String("lags", "0s,100ms,1s", "consistency-cost: replication lags to measure under")
+		levels      = fs.String("levels", "strong,session,bounded,eventually,customized", "consistency-cost: levels to measure")
+		leader      = fs.String("leader", "", "consistency-cost: the leader's cluster id (default: learned from the writes' header)")
 		progress    = fs.Bool("progress", false, "print progress lines even when stderr is not a terminal")
 		verbose     = fs.Bool("v", false, "log setup steps to stderr")
 	)
@@ -87,6 +94,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 2
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
 	cfg := bench.Config{
 		ReadRatio:   *readRatio,
@@ -135,14 +144,28 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageFail(errors.New("--op-timeout: must be positive"))
 	}
 	var err error
-	if *workload == "" {
-		return usageFail(errors.New("--workload: required (" + joinWorkloads() + ")"))
+	switch *scenario {
+	case "":
+		if *workload == "" {
+			return usageFail(errors.New("--workload: required (" + joinWorkloads() + ")"))
+		}
+	case bench.ScenarioOverhead, bench.ScenarioReadScaling, bench.ScenarioFailover, bench.ScenarioConsistencyCost:
+		// A scenario picks its own workload, level and setup unless told.
+		if !set["setup"] {
+			cfg.Setup = ""
+		}
+	default:
+		return usageFail(fmt.Errorf("--scenario: unknown scenario %q (one of %s)", *scenario, strings.Join(bench.Scenarios, ", ")))
 	}
-	if cfg.Workload, err = bench.ParseWorkload(*workload); err != nil {
-		return usageFail(err)
+	if *workload != "" {
+		if cfg.Workload, err = bench.ParseWorkload(*workload); err != nil {
+			return usageFail(err)
+		}
 	}
-	if cfg.Consistency, err = bench.ParseConsistency(*consistency); err != nil {
-		return usageFail(err)
+	if *scenario == "" || set["consistency"] {
+		if cfg.Consistency, err = bench.ParseConsistency(*consistency); err != nil {
+			return usageFail(err)
+		}
 	}
 	if *target == "" {
 		return usageFail(errors.New("--target: required"))
@@ -161,11 +184,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			cfg.Targets = append(cfg.Targets, t)
 		}
 	}
-	if (*faultPost == "") != (*faultAt == 0) {
-		return usageFail(errors.New("--fault-at: --fault-at and --fault-post go together"))
+	if *faultPost != "" && *faultKill != 0 {
+		return usageFail(errors.New("--fault-kill: give --fault-post or --fault-kill, not both"))
+	}
+	if (*faultPost == "" && *faultKill == 0) != (*faultAt == 0) {
+		return usageFail(errors.New("--fault-at: --fault-at goes with --fault-post or --fault-kill"))
+	}
+	if *faultKill < 0 || *faultKill == os.Getpid() {
+		return usageFail(errors.New("--fault-kill: not a process to kill"))
 	}
 	if *faultPost != "" {
 		cfg.Faults = append(cfg.Faults, bench.Fault{At: *faultAt, Name: "POST " + *faultPost, Do: bench.HTTPPost(*faultPost, *faultBody)})
+	}
+	if *faultKill != 0 {
+		cfg.Faults = append(cfg.Faults, bench.Fault{At: *faultAt, Name: fmt.Sprintf("kill -9 %d", *faultKill), Do: killProcess(*faultKill)})
 	}
 	if err := checkOutputPath("out", *out); err != nil {
 		return usageFail(err)
@@ -184,8 +216,30 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		cfg.Vectors = vecs
 	}
-	if err := cfg.Validate(); err != nil {
-		return usageFail(err)
+	if *scenario == "" {
+		if err := cfg.Validate(); err != nil {
+			return usageFail(err)
+		}
+	} else {
+		// Validate with the scenario's defaults standing in for unset
+		// fields, so flag errors still exit 2 before anything runs.
+		probe := cfg
+		if probe.Workload == "" {
+			probe.Workload = bench.WorkloadSearch
+		}
+		if err := probe.Validate(); err != nil {
+			return usageFail(err)
+		}
+	}
+	var ccOpts bench.ConsistencyCostOptions
+	if *scenario == bench.ScenarioConsistencyCost {
+		if ccOpts, err = consistencyCostOptions(ctx, *admin, *alts, *lags, *levels, *leader); err != nil {
+			if bench.IsUsageError(err) {
+				return usageFail(err)
+			}
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
 	}
 
 	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
@@ -198,6 +252,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		level = slog.LevelInfo
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if *scenario != "" {
+		return runScenario(ctx, *scenario, cfg, ccOpts, *out, *plotFile, stdout, stderr)
+	}
 
 	rep, runErr := bench.Run(ctx, cfg)
 	if rep == nil {
@@ -229,6 +287,149 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	return code
+}
+
+// runScenario runs one of issue 7's scenarios and prints each run's table,
+// then the scenario's summary.
+func runScenario(ctx context.Context, name string, cfg bench.Config, cc bench.ConsistencyCostOptions, out, plotFile string, stdout, stderr io.Writer) int {
+	var s *bench.ScenarioReport
+	var err error
+	switch name {
+	case bench.ScenarioOverhead:
+		s, err = bench.Overhead(ctx, cfg)
+	case bench.ScenarioReadScaling:
+		s, err = bench.ReadScaling(ctx, cfg)
+	case bench.ScenarioFailover:
+		s, err = bench.Failover(ctx, cfg)
+	case bench.ScenarioConsistencyCost:
+		s, err = bench.ConsistencyCost(ctx, cfg, cc)
+	}
+	if s == nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		if bench.IsUsageError(err) {
+			return 2
+		}
+		return 1
+	}
+	code := 0
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v (partial results follow)\n", err)
+		code = 1
+	}
+	for _, r := range s.Runs {
+		fmt.Fprintf(stdout, "== %s\n", r.Label)
+		if err := r.Report.WriteTable(stdout); err != nil {
+			return 1
+		}
+		fmt.Fprintln(stdout)
+	}
+	if err := s.WriteTable(stdout); err != nil {
+		return 1
+	}
+	if out != "" {
+		if err := writeFile(out, s.WriteJSON); err != nil {
+			fmt.Fprintf(stderr, "bench: --out: %v\n", err)
+			code = 1
+		}
+	}
+	if plotFile != "" {
+		for i, r := range s.Runs {
+			path := plotFile
+			if len(s.Runs) > 1 {
+				ext := filepath.Ext(plotFile)
+				path = fmt.Sprintf("%s-%d%s", strings.TrimSuffix(plotFile, ext), i+1, ext)
+			}
+			if err := writeFile(path, r.Report.WritePlot); err != nil {
+				fmt.Fprintf(stderr, "bench: --plot: %v\n", err)
+				code = 1
+			}
+		}
+	}
+	return code
+}
+
+// consistencyCostOptions builds the lag controls: each alternative's
+// replication delay is set through its control URL (the simulator's fault
+// controls), by default the --admin URL of `demo`, where they live.
+func consistencyCostOptions(ctx context.Context, admin, alts, lags, levels, leader string) (bench.ConsistencyCostOptions, error) {
+	var o bench.ConsistencyCostOptions
+	for _, s := range strings.Split(lags, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			return o, &bench.UsageError{Flag: "lags", Msg: fmt.Sprintf("bad duration %q", s)}
+		}
+		o.Lags = append(o.Lags, d)
+	}
+	for _, s := range strings.Split(levels, ",") {
+		l, err := bench.ParseConsistency(strings.TrimSpace(s))
+		if err != nil {
+			return o, &bench.UsageError{Flag: "levels", Msg: err.Error()}
+		}
+		o.Levels = append(o.Levels, l)
+	}
+	o.Leader = leader
+	byURL := map[string][]string{}
+	var order []string
+	add := func(url, id string) {
+		if _, ok := byURL[url]; !ok {
+			order = append(order, url)
+		}
+		byURL[url] = append(byURL[url], id)
+	}
+	if alts == "" {
+		if admin == "" {
+			return o, &bench.UsageError{Flag: "admin", Msg: "consistency-cost needs --admin (or --alternatives ID=CONTROL_URL,...)"}
+		}
+		l, ids, err := bench.AdminTopology(ctx, admin)
+		if err != nil {
+			return o, fmt.Errorf("finding the alternatives: %w", err)
+		}
+		if len(ids) == 0 {
+			return o, errors.New("the admin topology lists no alternatives")
+		}
+		if o.Leader == "" {
+			o.Leader = l
+		}
+		for _, id := range ids {
+			add(admin, id)
+		}
+	} else {
+		for _, s := range strings.Split(alts, ",") {
+			id, url, found := strings.Cut(strings.TrimSpace(s), "=")
+			if !found {
+				url = admin
+			}
+			if id == "" || url == "" {
+				return o, &bench.UsageError{Flag: "alternatives", Msg: fmt.Sprintf("%q: want ID=CONTROL_URL, or ID with --admin", s)}
+			}
+			add(url, id)
+		}
+	}
+	setters := make([]func(context.Context, time.Duration) error, 0, len(order))
+	for _, u := range order {
+		setters = append(setters, bench.SimLagSetter(u, byURL[u]))
+	}
+	o.SetLag = func(ctx context.Context, d time.Duration) error {
+		for _, set := range setters {
+			if err := set(ctx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return o, nil
+}
+
+// killProcess is the fault that kills a `sim` process the way a machine
+// dies: SIGKILL, no chance to clean up.
+func killProcess(pid int) func(context.Context) error {
+	return func(context.Context) error {
+		p, err := os.FindProcess(pid)
+		if err != nil {
+			return err
+		}
+		return p.Signal(syscall.SIGKILL)
+	}
 }
 
 func joinWorkloads() string {

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench"
@@ -37,6 +41,13 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"bad setup", with("--setup", "twice"), "--setup"},
 		{"read ratio", with("--workload", "mixed", "--read-ratio", "0"), "--read-ratio"},
 		{"stray argument", with("extra"), "unexpected argument"},
+		{"unknown scenario", with("--scenario", "chaos"), "--scenario"},
+		{"failover without fault", []string{"--target", "x:1", "--scenario", "failover", "--ops", "5"}, "--fault-at"},
+		{"overhead without compare", []string{"--target", "x:1", "--scenario", "overhead", "--ops", "5"}, "--compare"},
+		{"consistency-cost without admin", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5"}, "--admin"},
+		{"bad lags", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5", "--alternatives", "b=http://127.0.0.1:1", "--lags", "soon"}, "--lags"},
+		{"bad levels", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5", "--alternatives", "b=http://127.0.0.1:1", "--levels", "strong,weak"}, "--levels"},
+		{"kill and post", with("--fault-at", "1s", "--fault-kill", "99999", "--fault-post", "http://127.0.0.1:1/"), "--fault-kill"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,5 +133,52 @@ func TestBenchCommandRuns(t *testing.T) {
 	defer img.Close()
 	if _, err := png.DecodeConfig(img); err != nil {
 		t.Errorf("plot is not a PNG: %v", err)
+	}
+}
+
+func TestBenchScenarioConsistencyCost(t *testing.T) {
+	f := benchtest.New("a", "b", "c")
+	addr, stop, err := f.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var mu sync.Mutex
+	var delays []string
+	ctl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/api/v1/topology":
+			fmt.Fprint(w, `{"leader":"a","clusters":[{"id":"a","role":"leader"},{"id":"b","role":"alternative"},{"id":"c","role":"alternative"}]}`)
+		case r.Method == http.MethodPost:
+			mu.Lock()
+			delays = append(delays, r.URL.Path+"?"+r.URL.RawQuery)
+			mu.Unlock()
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer ctl.Close()
+	out := filepath.Join(t.TempDir(), "cc.json")
+	var stdout, stderr bytes.Buffer
+	code := runBench(t.Context(), []string{"--target", addr, "--scenario", "consistency-cost", "--admin", ctl.URL,
+		"--lags", "0s,50ms", "--levels", "session,eventually", "--ops", "40", "--concurrency", "2", "--preload", "20", "--dim", "4",
+		"--out", out}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "reads on alternatives") || !strings.Contains(stdout.String(), "alt_share_eventually_50ms") {
+		t.Errorf("summary missing:\n%s", stdout.String())
+	}
+	// b and c, for each lag, then reset to 0.
+	want := "[/sim/b/replication/delay?d=0s /sim/c/replication/delay?d=0s /sim/b/replication/delay?d=50ms /sim/c/replication/delay?d=50ms /sim/b/replication/delay?d=0s /sim/c/replication/delay?d=0s]"
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(delays) != want {
+		t.Errorf("control calls %v\nwant %s", delays, want)
+	}
+	var s bench.ScenarioReport
+	data, _ := os.ReadFile(out)
+	if err := json.Unmarshal(data, &s); err != nil || len(s.Runs) != 4 || s.Scenario != "consistency-cost" {
+		t.Errorf("JSON: %v, %d runs", err, len(s.Runs))
 	}
 }

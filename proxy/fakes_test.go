@@ -217,6 +217,7 @@ type fakeTopo struct {
 	allocs      int
 	allocErr    error
 	leaderWait  chan struct{} // when set, WaitLeader blocks on it while there is no leader
+	onAllow     func(id string)
 }
 
 func newFakeTopo(tso *atomic.Uint64) *fakeTopo {
@@ -290,6 +291,9 @@ func (f *fakeTopo) WaitLeader(ctx context.Context) (*topology.Cluster, error) {
 }
 
 func (f *fakeTopo) Allow(id string) (func(bool), error) {
+	if f.onAllow != nil {
+		f.onAllow(id)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.open[id] {

@@ -248,6 +248,7 @@ func ConsistencyCost(ctx context.Context, base Config, o ConsistencyCostOptions)
 		Findings: map[string]float64{},
 	}
 	setupDone := false
+	learned := ""
 	defer func() {
 		// Leave the clusters as we found them: no artificial lag.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -272,9 +273,14 @@ func ConsistencyCost(ctx context.Context, base Config, o ConsistencyCostOptions)
 			label := fmt.Sprintf("lag=%s level=%s", lag, lvl)
 			s.Runs = append(s.Runs, ScenarioRun{Label: label, Report: rep})
 			t := rep.Targets[0]
+			// The leader as the writes saw it, remembered across runs (a
+			// short run may have drawn no write).
+			if l := busiest(t.WritesByCluster); l != "" && o.Leader == "" {
+				learned = l
+			}
 			leader := o.Leader
 			if leader == "" {
-				leader = busiest(t.WritesByCluster)
+				leader = learned
 			}
 			share := t.ReadShare(leader)
 			misses := "-"

@@ -105,7 +105,7 @@ func TestScenarioFailover(t *testing.T) {
 func TestScenarioConsistencyCost(t *testing.T) {
 	f := benchtest.New("a", "b", "c") // a third of reads on the leader
 	cfg := baseConfig(startFake(t, f))
-	cfg.Workload, cfg.Ops = "", 60
+	cfg.Workload, cfg.Ops = "", 200
 	var mu sync.Mutex
 	var lags []time.Duration
 	s, err := ConsistencyCost(t.Context(), cfg, ConsistencyCostOptions{

@@ -131,9 +131,9 @@ type Config struct {
 
 // Hard limits: the harness is bounded in time, operations and size.
 const (
-	MaxConcurrency = 1024 // the id layout has 10 bits for the worker
-	MaxTargets     = 64   // and 6 for the target
-	MaxDuration    = 24 * time.Hour
+	MaxConcurrency = 1024      // the id layout has 10 bits for the worker
+	MaxTargets     = 64        // and 6 for the target
+	MaxDuration    = time.Hour // per target; also bounds each --ops phase
 	MaxDim         = 32768
 )
 

@@ -222,10 +222,13 @@ func (r *runner) phase(ctx context.Context, ts *targetState, round int, dur time
 		rec.writeGap.reset(now)
 		rec.readGap.reset(now)
 	}
-	var timer *time.Timer
-	if dur > 0 {
-		timer = time.AfterFunc(dur, func() { stop.Store(true) })
+	// An --ops phase is bounded in time too, so a stalled target cannot
+	// keep the run going for ever.
+	limit := dur
+	if limit <= 0 {
+		limit = MaxDuration
 	}
+	timer := time.AfterFunc(limit, func() { stop.Store(true) })
 	// Cancellation stops new operations too; in-flight ones end with ctx.
 	unhook := context.AfterFunc(ctx, func() { stop.Store(true) })
 
@@ -248,9 +251,7 @@ func (r *runner) phase(ctx context.Context, ts *targetState, round int, dur time
 		}()
 	}
 	wg.Wait()
-	if timer != nil {
-		timer.Stop()
-	}
+	timer.Stop()
 	unhook()
 	elapsed := time.Since(start)
 	if rec != nil {
@@ -328,11 +329,10 @@ func (w *worker) finish(ctx context.Context, o *outcome, err error, hdr metadata
 	w.rec.record(o, &w.cur, msg)
 }
 
-func (w *worker) call(ctx context.Context) (context.Context, context.CancelFunc) {
-	// The worker's metadata context, bounded per call and by the run's ctx.
-	cctx, cancel := context.WithTimeout(w.ctx, w.r.cfg.OpTimeout)
-	stop := context.AfterFunc(ctx, cancel)
-	return cctx, func() { stop(); cancel() }
+// call bounds one call. w.ctx derives from the run's ctx (it carries the
+// session's metadata), so cancelling the run cancels calls in flight.
+func (w *worker) call(context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(w.ctx, w.r.cfg.OpTimeout)
 }
 
 func (w *worker) search(ctx context.Context) {

@@ -47,6 +47,8 @@ type Fake struct {
 	// FailEvery makes every FailEvery-th search fail, alternately with
 	// Milvus status code 1100 and with gRPC Unavailable (both "injected").
 	FailEvery int64
+	// SearchDelay is added to every search.
+	SearchDelay time.Duration
 
 	mu       sync.Mutex
 	colls    map[string]bool
@@ -272,7 +274,9 @@ func (f *Fake) Search(ctx context.Context, r *milvuspb.SearchRequest) (*milvuspb
 		return nil, status.Error(codes.InvalidArgument, "no vectors")
 	}
 	f.readHeader(ctx)
-	time.Sleep(50 * time.Microsecond) // a latency well above the timer's resolution
+	if d := f.SearchDelay; d > 0 {
+		time.Sleep(d)
+	}
 	return &milvuspb.SearchResults{Status: ok(), Results: &schemapb.SearchResultData{NumQueries: r.GetNq()}}, nil
 }
 

@@ -3,7 +3,7 @@
 # comparison. Used by `make test-sdk` (mk/sdk.mk), which installs the
 # dependencies first; run it from anywhere.
 #
-#   test/sdk/run.sh [all|lite|demo|compare|uri]...
+#   test/sdk/run.sh [all|lite|selftest|demo|compare|uri]...
 #
 #   lite     every suite directly against a fresh Milvus Lite server
 #            (validates the suites against a server we did not write)
@@ -11,8 +11,9 @@
 #   compare  test/sdk/python/compare_lite.py: two Milvus Lite servers behind
 #            `milvus-ha-proxy serve` (static discovery), pymilvus through the
 #            proxy vs directly against the leader
+#   selftest compare_lite.py against fake_proxy.py (tests the comparison)
 #   uri      every suite against $MILVUS_URI (an already running endpoint)
-#   all      lite, demo and compare (default)
+#   all      lite, selftest, demo and compare (default)
 #
 # A target whose proxy subcommand does not exist yet in this build is
 # reported as skipped; once it exists, every failure counts.
@@ -195,10 +196,23 @@ target_compare() {
 		TOTAL_SKIP=$((TOTAL_SKIP + 1))
 		return
 	fi
-	local log="$WORK/compare.log" rc t0 t1 summary p f
-	echo "=== Milvus Lite comparison (proxy vs leader)"
+	run_compare compare --proxy-bin "$WORK/milvus-ha-proxy"
+}
+
+# selftest: the comparison against fake_proxy.py (a byte-for-byte forwarder
+# that sends Eventually reads to b), so the comparison's own logic is tested
+# without the proxy.
+target_selftest() {
+	run_compare selftest --fake-proxy
+}
+
+run_compare() { # label args...
+	local label="$1"
+	shift
+	local log="$WORK/$label.log" rc t0 t1 summary p f
+	echo "=== Milvus Lite comparison ($label: proxy vs leader)"
 	t0=$(date +%s.%N)
-	"$PYTHON" test/sdk/python/compare_lite.py --proxy-bin "$WORK/milvus-ha-proxy" >"$log" 2>&1
+	"$PYTHON" test/sdk/python/compare_lite.py "$@" >"$log" 2>&1
 	rc=$?
 	t1=$(date +%s.%N)
 	grep -vE '^\s*$' "$log" | grep -E '^(PASS|FAIL|SKIP|DIFF|SAME|ROUTE|STATUS|#)|passed, [0-9]+ failed' | sed 's/^/    /'
@@ -213,7 +227,7 @@ target_compare() {
 	fi
 	TOTAL_PASS=$((TOTAL_PASS + p))
 	TOTAL_FAIL=$((TOTAL_FAIL + f))
-	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "compare" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "$label" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
 }
 
 target_uri() {
@@ -228,12 +242,13 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(all)
 for t in "${TARGETS[@]}"; do
 	case "$t" in
-	all) target_lite; target_demo; target_compare ;;
+	all) target_lite; target_selftest; target_demo; target_compare ;;
+	selftest) target_selftest ;;
 	lite) target_lite ;;
 	demo) target_demo ;;
 	compare) target_compare ;;
 	uri) target_uri ;;
-	*) echo "unknown target $t (want all|lite|demo|compare|uri)" >&2; exit 2 ;;
+	*) echo "unknown target $t (want all|lite|selftest|demo|compare|uri)" >&2; exit 2 ;;
 	esac
 done
 

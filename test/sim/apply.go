@@ -1,0 +1,463 @@
+package sim
+
+import (
+	"strconv"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/msgpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/protobuf/proto"
+)
+
+// bcState tracks the copies of one broadcast message (DDL and configuration
+// changes are written to every pchannel) seen so far.
+type bcState struct {
+	seen  []bool
+	ids   []int64 // local message id of each copy
+	count int
+}
+
+// noteCopy records that pchannel p holds a copy of the broadcast e and
+// reports whether it is the first copy and whether all copies are now in.
+func (c *Cluster) noteCopy(p int, e *entry) (first, complete bool, ids []int64) {
+	c.bcMu.Lock()
+	defer c.bcMu.Unlock()
+	st := c.bcSeen[e.ts]
+	if st == nil {
+		st = &bcState{seen: make([]bool, len(c.wals)), ids: make([]int64, len(c.wals))}
+		c.bcSeen[e.ts] = st
+	}
+	if st.seen[p] {
+		return false, false, nil
+	}
+	st.seen[p] = true
+	st.ids[p] = e.id
+	st.count++
+	first = st.count == 1
+	if st.count == len(c.wals) {
+		delete(c.bcSeen, e.ts)
+		return first, true, st.ids
+	}
+	return first, false, nil
+}
+
+// apply applies WAL message e of pchannel p to the cluster state. The caller
+// holds c.wals[p].mu (or is replaying). A configuration message whose copies
+// are now complete is returned for the caller to apply with applyConfig.
+//
+// Ordinary DDL takes effect with its first copy: data that follows it on any
+// pchannel then finds the collection. A configuration change takes effect
+// once every pchannel has it, so that everything the old source wrote before
+// it has arrived on every pchannel (the switchover guarantee).
+func (c *Cluster) apply(p int, e *entry) *pendingConfig {
+	c.tso.observe(e.ts)
+	if e.src != "" {
+		c.repl.setCheckpoint(e.src, p, ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts})
+	}
+	switch e.kind {
+	case kindTimeTick:
+		return nil
+	case kindInsert:
+		c.applyInsert(e)
+		return nil
+	case kindDelete:
+		c.applyDelete(e)
+		return nil
+	case kindAlterReplicaConfig:
+		_, complete, ids := c.noteCopy(p, e)
+		if !complete {
+			return nil
+		}
+		req := &milvuspb.UpdateReplicateConfigurationRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			c.log.Warn("undecodable replicate configuration message", "err", err)
+			return nil
+		}
+		return &pendingConfig{cfg: req.GetReplicateConfiguration(), force: req.GetForcePromote(), ts: e.ts, ids: ids, extra: e.extra}
+	}
+	if e.broadcast() {
+		if first, _, _ := c.noteCopy(p, e); !first {
+			return nil
+		}
+	}
+	if err := c.applyDDL(e); err != nil {
+		c.log.Warn("ddl message not applied", "type", e.kind, "ts", e.ts, "err", err)
+	}
+	return nil
+}
+
+func propInt(e *entry, key string) int64 {
+	v, _ := strconv.ParseInt(e.extra[key], 10, 64)
+	return v
+}
+
+func (c *Cluster) applyInsert(e *entry) {
+	req := &msgpb.InsertRequest{}
+	if err := proto.Unmarshal(e.payload, req); err != nil {
+		c.log.Warn("undecodable insert message", "err", err)
+		return
+	}
+	c.cat.mu.RLock()
+	coll := c.cat.colls[req.GetCollectionID()]
+	var part *partition
+	if coll != nil {
+		part = coll.partByID[req.GetPartitionID()]
+	}
+	c.cat.mu.RUnlock()
+	if coll == nil || part == nil {
+		c.log.Debug("insert for a dropped collection or partition ignored", "collection", req.GetCollectionID())
+		return
+	}
+	b, err := decodeFields(coll.fields, req.GetFieldsData(), int(req.GetNumRows()), true)
+	if err != nil {
+		c.log.Warn("insert message not applied", "collection", coll.name, "err", err)
+		return
+	}
+	coll.data.insert(b, part.id)
+}
+
+func (c *Cluster) applyDelete(e *entry) {
+	req := &msgpb.DeleteRequest{}
+	if err := proto.Unmarshal(e.payload, req); err != nil {
+		c.log.Warn("undecodable delete message", "err", err)
+		return
+	}
+	c.cat.mu.RLock()
+	coll := c.cat.colls[req.GetCollectionID()]
+	c.cat.mu.RUnlock()
+	if coll == nil {
+		return
+	}
+	coll.data.remove(pksFromIDs(req.GetPrimaryKeys()), req.GetPartitionID())
+}
+
+// applyDDL changes the catalog. Requests were validated by the primary before
+// they entered its WAL; here only what is needed to stay safe is checked.
+func (c *Cluster) applyDDL(e *entry) error {
+	cat := c.cat
+	switch e.kind {
+	case kindCreateDatabase:
+		req := &milvuspb.CreateDatabaseRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		if _, ok := cat.dbs[req.GetDbName()]; !ok {
+			cat.dbs[req.GetDbName()] = &database{id: propInt(e, propCollID), name: req.GetDbName(), created: e.ts, props: req.GetProperties(),
+				colls: map[string]*collection{}, aliases: map[string]*collection{}}
+		}
+	case kindDropDatabase:
+		req := &milvuspb.DropDatabaseRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		if d, ok := cat.dbs[req.GetDbName()]; ok && req.GetDbName() != defaultDB {
+			for _, coll := range d.colls {
+				delete(cat.colls, coll.id)
+			}
+			delete(cat.dbs, req.GetDbName())
+		}
+	case kindCreateCollection:
+		return c.applyCreateCollection(e)
+	case kindDropCollection:
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		delete(cat.colls, coll.id)
+		if coll.db.colls[coll.name] == coll {
+			delete(coll.db.colls, coll.name)
+		}
+		for a := range coll.aliases {
+			delete(coll.db.aliases, a)
+		}
+	case kindRenameCollection:
+		req := &milvuspb.RenameCollectionRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		newDB := coll.db
+		if req.GetNewDBName() != "" {
+			if d, ok := cat.dbs[req.GetNewDBName()]; ok {
+				newDB = d
+			}
+		}
+		delete(coll.db.colls, coll.name)
+		for a := range coll.aliases {
+			delete(coll.db.aliases, a)
+		}
+		if newDB != coll.db {
+			coll.aliases = map[string]bool{}
+		} else {
+			for a := range coll.aliases {
+				newDB.aliases[a] = coll
+			}
+		}
+		coll.db = newDB
+		coll.name = req.GetNewName()
+		coll.schema.Name = coll.name
+		coll.updated = e.ts
+		newDB.colls[coll.name] = coll
+	case kindAlterCollection:
+		req := &milvuspb.AlterCollectionRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		coll.props = mergeProps(coll.props, req.GetProperties(), req.GetDeleteKeys())
+		coll.updated = e.ts
+	case kindCreatePartition:
+		req := &milvuspb.CreatePartitionRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil || coll.parts[req.GetPartitionName()] != nil {
+			return nil
+		}
+		part := &partition{id: propInt(e, propPartID), name: req.GetPartitionName(), created: e.ts, loaded: coll.loaded}
+		coll.parts[part.name] = part
+		coll.partByID[part.id] = part
+	case kindDropPartition:
+		req := &milvuspb.DropPartitionRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		coll := cat.colls[propInt(e, propCollID)]
+		var part *partition
+		if coll != nil {
+			part = coll.parts[req.GetPartitionName()]
+			if part != nil {
+				delete(coll.parts, part.name)
+				delete(coll.partByID, part.id)
+			}
+		}
+		cat.mu.Unlock()
+		if part != nil {
+			coll.data.dropPartition(part.id)
+		}
+	case kindCreateIndex:
+		req := &milvuspb.CreateIndexRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		f := coll.byName[req.GetFieldName()]
+		if f == nil {
+			return nil
+		}
+		params := req.GetExtraParams()
+		metric, _ := kvGet(params, "metric_type")
+		coll.indexes[req.GetIndexName()] = &indexInfo{id: propInt(e, propIndexID), name: req.GetIndexName(), field: f, params: params, metric: metric, created: e.ts}
+	case kindDropIndex:
+		req := &milvuspb.DropIndexRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		for name, idx := range coll.indexes {
+			if name == req.GetIndexName() || req.GetIndexName() == "" && idx.field.name == req.GetFieldName() {
+				delete(coll.indexes, name)
+			}
+		}
+	case kindLoadCollection, kindReleaseCollection:
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		coll.loaded = e.kind == kindLoadCollection
+		for _, p := range coll.parts {
+			p.loaded = coll.loaded
+		}
+	case kindLoadPartitions, kindReleasePartitions:
+		var names []string
+		if e.kind == kindLoadPartitions {
+			req := &milvuspb.LoadPartitionsRequest{}
+			if err := proto.Unmarshal(e.payload, req); err != nil {
+				return err
+			}
+			names = req.GetPartitionNames()
+		} else {
+			req := &milvuspb.ReleasePartitionsRequest{}
+			if err := proto.Unmarshal(e.payload, req); err != nil {
+				return err
+			}
+			names = req.GetPartitionNames()
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		for _, n := range names {
+			if p := coll.parts[n]; p != nil {
+				p.loaded = e.kind == kindLoadPartitions
+			}
+		}
+		all := true
+		for _, p := range coll.parts {
+			all = all && p.loaded
+		}
+		coll.loaded = all
+	case kindCreateAlias, kindAlterAlias:
+		var alias, collName string
+		if e.kind == kindCreateAlias {
+			req := &milvuspb.CreateAliasRequest{}
+			if err := proto.Unmarshal(e.payload, req); err != nil {
+				return err
+			}
+			alias, collName = req.GetAlias(), req.GetCollectionName()
+		} else {
+			req := &milvuspb.AlterAliasRequest{}
+			if err := proto.Unmarshal(e.payload, req); err != nil {
+				return err
+			}
+			alias, collName = req.GetAlias(), req.GetCollectionName()
+		}
+		_ = collName
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		coll := cat.colls[propInt(e, propCollID)]
+		if coll == nil {
+			return nil
+		}
+		if old, ok := coll.db.aliases[alias]; ok {
+			delete(old.aliases, alias)
+		}
+		coll.db.aliases[alias] = coll
+		coll.aliases[alias] = true
+	case kindDropAlias:
+		req := &milvuspb.DropAliasRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+		cat.mu.Lock()
+		defer cat.mu.Unlock()
+		d := cat.dbs[e.extra[propDB]]
+		if d == nil {
+			return nil
+		}
+		if coll, ok := d.aliases[req.GetAlias()]; ok {
+			delete(coll.aliases, req.GetAlias())
+			delete(d.aliases, req.GetAlias())
+		}
+	default:
+		c.log.Warn("unknown message type ignored", "type", e.kind)
+	}
+	return nil
+}
+
+func mergeProps(cur, set []*commonpb.KeyValuePair, del []string) []*commonpb.KeyValuePair {
+	m := map[string]string{}
+	var order []string
+	for _, kv := range cur {
+		if _, ok := m[kv.GetKey()]; !ok {
+			order = append(order, kv.GetKey())
+		}
+		m[kv.GetKey()] = kv.GetValue()
+	}
+	for _, kv := range set {
+		if _, ok := m[kv.GetKey()]; !ok {
+			order = append(order, kv.GetKey())
+		}
+		m[kv.GetKey()] = kv.GetValue()
+	}
+	for _, k := range del {
+		delete(m, k)
+	}
+	var out []*commonpb.KeyValuePair
+	for _, k := range order {
+		if v, ok := m[k]; ok {
+			out = append(out, &commonpb.KeyValuePair{Key: k, Value: v})
+		}
+	}
+	return out
+}
+
+func (c *Cluster) applyCreateCollection(e *entry) error {
+	req := &milvuspb.CreateCollectionRequest{}
+	if err := proto.Unmarshal(e.payload, req); err != nil {
+		return err
+	}
+	schema := &schemapb.CollectionSchema{}
+	if err := proto.Unmarshal(req.GetSchema(), schema); err != nil {
+		return err
+	}
+	fields, desc, pk, dyn, err := buildFields(req.GetCollectionName(), schema)
+	if err != nil {
+		return err
+	}
+	pchIdx, err := splitInts(e.extra[propPChIdx])
+	if err != nil || len(pchIdx) == 0 {
+		return errParam("bad pchannel assignment %q", e.extra[propPChIdx])
+	}
+	id := propInt(e, propCollID)
+	coll := &collection{
+		id: id, name: req.GetCollectionName(), schema: desc, fields: fields, pk: pk, dyn: dyn,
+		byName: map[string]*fieldInfo{}, shards: int32(len(pchIdx)), consistency: req.GetConsistencyLevel(),
+		props: req.GetProperties(), created: e.ts, updated: e.ts,
+		parts: map[string]*partition{}, partByID: map[int64]*partition{}, indexes: map[string]*indexInfo{},
+		aliases: map[string]bool{}, data: newCollData(fields, pk),
+	}
+	for _, f := range fields {
+		coll.byName[f.name] = f
+	}
+	for shard, p := range pchIdx {
+		if p < 0 || p >= len(c.wals) {
+			p = shard % len(c.wals)
+		}
+		coll.pchIdx = append(coll.pchIdx, p)
+		coll.vchannels = append(coll.vchannels, vchannelName(c.pchannels[p], id, shard))
+	}
+	part := &partition{id: propInt(e, propPartID), name: defaultPartition, created: e.ts}
+	coll.parts[part.name] = part
+	coll.partByID[part.id] = part
+	c.cat.mu.Lock()
+	defer c.cat.mu.Unlock()
+	d := c.cat.dbs[e.extra[propDB]]
+	if d == nil {
+		return errDatabaseNotFound(e.extra[propDB])
+	}
+	if old := d.colls[coll.name]; old != nil {
+		// The source wins: a target that held a collection of the same name
+		// (a former primary rejoining) takes the source's.
+		delete(c.cat.colls, old.id)
+	}
+	coll.db = d
+	d.colls[coll.name] = coll
+	c.cat.colls[id] = coll
+	return nil
+}

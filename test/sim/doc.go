@@ -1,0 +1,32 @@
+// Package sim is an in-memory stand-in for a Milvus 2.6 cluster, faithful to
+// the parts of Milvus the proxy depends on. It serves
+// milvus.proto.milvus.MilvusService over gRPC: databases, collections,
+// partitions, aliases, indexes, load state, Insert/Upsert/Delete, brute-force
+// Search (L2, IP, COSINE) and Query with filter expressions, a hybrid-timestamp
+// TSO, a write-ahead log per physical channel with periodic time ticks,
+// guarantee-timestamp waits for every consistency level, and Milvus 2.6
+// replication (CDC): UpdateReplicateConfiguration, GetReplicateConfiguration,
+// GetReplicateInfo, CreateReplicateStream, force promotion with salvage
+// checkpoints and DumpMessages.
+//
+// State is a fold over the WAL: every write and every DDL is a WAL message,
+// applied to the in-memory catalog and data when appended (on a primary) or
+// when received through replication (on a secondary). With Options.DataDir the
+// WAL is written to disk and replayed on Start, so a killed process restarts
+// with its data.
+//
+// WAL messages as they travel in CreateReplicateStream and DumpMessages:
+//
+//   - ImmutableMessage.id.id is the decimal sequence number of the message in
+//     its pchannel's WAL (1, 2, 3, ...), WAL_name Test.
+//   - properties: "_t" message type (Insert, Delete, TimeTick, CreateCollection,
+//     AlterReplicateConfig, ...), "_tt" its hybrid timestamp (decimal),
+//     "_pch" the pchannel it was written to, and for data and DDL "_db",
+//     "_coll", "_cid" (database, collection name, collection id).
+//   - payload: msgpb.InsertRequest / msgpb.DeleteRequest for data, the milvuspb
+//     request (CreateCollectionRequest, CreateIndexRequest, ...) for DDL,
+//     milvuspb.UpdateReplicateConfigurationRequest for AlterReplicateConfig,
+//     empty for TimeTick.
+//
+// It is not the product: where it and real Milvus differ, real Milvus is right.
+package sim

@@ -1,0 +1,715 @@
+package sim
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/protobuf/proto"
+)
+
+// gracefulTime is Milvus's common.gracefulTime: the staleness Bounded
+// consistency tolerates.
+const gracefulTime = 5 * time.Second
+
+const maxTopK = 16384
+
+// guaranteeTS turns a read's consistency level and guarantee_timestamp into
+// the timestamp the read must wait for, as Milvus's proxy does
+// (parseGuaranteeTsFromConsistency / parseGuaranteeTs).
+func (c *Cluster) guaranteeTS(coll *collection, level commonpb.ConsistencyLevel, useDefault bool, g uint64) uint64 {
+	if useDefault {
+		level = coll.consistency
+	}
+	switch level {
+	case commonpb.ConsistencyLevel_Strong:
+		return c.tso.alloc()
+	case commonpb.ConsistencyLevel_Bounded:
+		return subPhysical(c.tso.alloc(), gracefulTime)
+	case commonpb.ConsistencyLevel_Eventually:
+		return 1
+	}
+	switch g {
+	case 0:
+		return c.tso.alloc()
+	case 2:
+		return subPhysical(c.tso.alloc(), gracefulTime)
+	}
+	return g
+}
+
+// readSnapshot is what a read needs from the catalog, copied under its lock.
+type readSnapshot struct {
+	coll  *collection
+	parts map[int64]bool // nil: every partition
+	// metric of the index on each vector field
+	metrics map[*fieldInfo]string
+}
+
+func (c *Cluster) snapshotForRead(ctx context.Context, db, name string, partitions []string) (*readSnapshot, error) {
+	c.cat.mu.RLock()
+	defer c.cat.mu.RUnlock()
+	coll, err := c.cat.resolveLocked(db, name)
+	if err != nil {
+		return nil, err
+	}
+	loaded, err := loadedLocked(coll, partitions)
+	if err != nil {
+		return nil, err
+	}
+	if !loaded {
+		return nil, errCollectionNotLoaded(coll.name)
+	}
+	snap := &readSnapshot{coll: coll, metrics: map[*fieldInfo]string{}}
+	if len(partitions) > 0 {
+		snap.parts = map[int64]bool{}
+		for _, n := range partitions {
+			snap.parts[coll.parts[n].id] = true
+		}
+	} else if !coll.loaded {
+		snap.parts = map[int64]bool{}
+		for _, p := range coll.parts {
+			if p.loaded {
+				snap.parts[p.id] = true
+			}
+		}
+	}
+	for _, f := range coll.vectorFields() {
+		snap.metrics[f] = coll.vectorMetricLocked(f)
+	}
+	return snap, nil
+}
+
+// acquire takes a search slot (Options.SearchConcurrency) and returns the
+// release function, which also pads the call to Options.SearchMinLatency.
+func (c *Cluster) acquire(ctx context.Context) (func(), error) {
+	start := time.Now()
+	if c.searchSem != nil {
+		select {
+		case c.searchSem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return func() {
+		if d := c.opts.SearchMinLatency - time.Since(start); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+		if c.searchSem != nil {
+			<-c.searchSem
+		}
+	}, nil
+}
+
+// outputPlan is the resolved output_fields of a read.
+type outputPlan struct {
+	fields  []*fieldInfo
+	dynKeys []string
+	dynAll  bool
+	names   []string
+	count   bool
+}
+
+func resolveOutputs(coll *collection, requested []string, query bool) (*outputPlan, error) {
+	op := &outputPlan{}
+	seen := map[string]bool{}
+	addField := func(f *fieldInfo) {
+		if !seen[f.name] {
+			seen[f.name] = true
+			op.fields = append(op.fields, f)
+			op.names = append(op.names, f.name)
+		}
+	}
+	for _, raw := range requested {
+		name := strings.TrimSpace(raw)
+		switch {
+		case name == "":
+			continue
+		case name == "*":
+			for _, f := range coll.fields {
+				if !f.dynamic {
+					addField(f)
+				}
+			}
+			if coll.dyn != nil {
+				op.dynAll = true
+			}
+		case strings.EqualFold(name, "count(*)"):
+			if !query {
+				return nil, errParam("count(*) is only supported in query")
+			}
+			op.count = true
+		case name == dynamicFieldName && coll.dyn != nil:
+			op.dynAll = true
+			if !seen[name] {
+				seen[name] = true
+				op.names = append(op.names, name)
+			}
+		default:
+			if f := coll.byName[name]; f != nil && !f.dynamic {
+				addField(f)
+			} else if coll.dyn != nil {
+				if !seen[name] {
+					seen[name] = true
+					op.dynKeys = append(op.dynKeys, name)
+					op.names = append(op.names, name)
+				}
+			} else {
+				return nil, errFieldNotFound(name, "output field "+name+" does not exist")
+			}
+		}
+	}
+	if op.count && (len(op.fields) > 0 || op.dynAll || len(op.dynKeys) > 0) {
+		return nil, errParam("count entities with other output fields is not allowed")
+	}
+	if query && !op.count && !seen[coll.pk.name] {
+		op.fields = append([]*fieldInfo{coll.pk}, op.fields...)
+		op.names = append([]string{coll.pk.name}, op.names...)
+	}
+	return op, nil
+}
+
+// render builds FieldData for rows; the caller holds d.mu for reading.
+func (op *outputPlan) render(coll *collection, d *collData, rows []int32) []*schemapb.FieldData {
+	var out []*schemapb.FieldData
+	for _, f := range op.fields {
+		out = append(out, d.cols[f.pos].fieldData(f, rows))
+	}
+	if coll.dyn != nil {
+		dc := d.cols[coll.dyn.pos]
+		switch {
+		case op.dynAll:
+			out = append(out, dc.fieldData(coll.dyn, rows))
+		case len(op.dynKeys) > 0:
+			out = append(out, dc.dynamicSubset(coll.dyn, rows, op.dynKeys))
+		}
+	}
+	return out
+}
+
+func kvMap(kvs []*commonpb.KeyValuePair) map[string]string {
+	m := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		m[kv.GetKey()] = kv.GetValue()
+	}
+	return m
+}
+
+// searchParams are the parsed search_params of a SearchRequest.
+type searchParams struct {
+	field      *fieldInfo
+	metric     string
+	topK       int
+	offset     int
+	round      int
+	radius     *float64
+	rangeLimit *float64
+}
+
+func parseSearchParams(snap *readSnapshot, kvs []*commonpb.KeyValuePair) (*searchParams, error) {
+	coll := snap.coll
+	m := kvMap(kvs)
+	sp := &searchParams{round: -1}
+	if name := m["anns_field"]; name != "" {
+		f := coll.byName[name]
+		if f == nil || !f.isVector() {
+			return nil, errFieldNotFound(name, "failed to get field schema by name")
+		}
+		sp.field = f
+	} else {
+		vfs := coll.vectorFields()
+		if len(vfs) != 1 {
+			return nil, errParam("multiple anns_fields exist, please specify a anns_field in search_params")
+		}
+		sp.field = vfs[0]
+	}
+	topk, ok := m["topk"]
+	if !ok {
+		topk, ok = m["limit"]
+	}
+	if !ok {
+		return nil, errParam("topk not found in search_params")
+	}
+	k, err := strconv.Atoi(topk)
+	if err != nil || k <= 0 || k > maxTopK {
+		return nil, errParam("%s [topk] is invalid, it should be in range [1, %d]", topk, maxTopK)
+	}
+	sp.topK = k
+	if v := m["offset"]; v != "" {
+		o, err := strconv.Atoi(v)
+		if err != nil || o < 0 || o >= maxTopK {
+			return nil, errParam("%s [offset] is invalid, it should be in range [0, %d]", v, maxTopK)
+		}
+		sp.offset = o
+	}
+	if sp.topK+sp.offset > maxTopK {
+		return nil, errParam("topk + offset should be in range [1, %d], but got %d", maxTopK, sp.topK+sp.offset)
+	}
+	if v := m["round_decimal"]; v != "" {
+		r, err := strconv.Atoi(v)
+		if err != nil || r < -1 || r > 6 {
+			return nil, errParam("round_decimal %s is invalid, it should be in range [-1, 6]", v)
+		}
+		sp.round = r
+	}
+	idxMetric := snap.metrics[sp.field]
+	sp.metric = idxMetric
+	if v := strings.ToUpper(m["metric_type"]); v != "" {
+		if idxMetric != "" && v != idxMetric {
+			return nil, errParam("metric type not match: invalid parameter[expected=%s][actual=%s]", idxMetric, v)
+		}
+		sp.metric = v
+	}
+	if !vectorMetrics[sp.metric] {
+		return nil, errParam("unsupported metric type %q for search", sp.metric)
+	}
+	if raw := m["params"]; raw != "" {
+		var p map[string]any
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			return nil, errParam("search params %q are not valid JSON: %v", raw, err)
+		}
+		num := func(key string) (*float64, error) {
+			v, ok := p[key]
+			if !ok {
+				return nil, nil
+			}
+			f, ok := v.(float64)
+			if !ok {
+				return nil, errParam("search param %s must be a number", key)
+			}
+			return &f, nil
+		}
+		if sp.radius, err = num("radius"); err != nil {
+			return nil, err
+		}
+		if sp.rangeLimit, err = num("range_filter"); err != nil {
+			return nil, err
+		}
+	}
+	if m["group_by_field"] != "" {
+		return nil, errUnsupported("search with group_by_field")
+	}
+	return sp, nil
+}
+
+// lessBetter reports whether smaller scores are better for the metric.
+func lessBetter(metric string) bool { return metric == "L2" }
+
+// queryVectors decodes the search input: a PlaceholderGroup of float vectors
+// (little-endian), or primary keys whose stored vectors are the queries.
+func queryVectors(req *milvuspb.SearchRequest, f *fieldInfo, d *collData) ([][]float32, error) {
+	if ids := req.GetIds(); ids != nil {
+		var out [][]float32
+		col := d.cols[f.pos]
+		for _, p := range pksFromIDs(ids) {
+			r, ok := d.lookup(p)
+			if !ok || !d.alive[r] {
+				return nil, errParam("primary key %s to search by does not exist", p)
+			}
+			out = append(out, col.vec[int(r)*f.dim:(int(r)+1)*f.dim])
+		}
+		if len(out) == 0 {
+			return nil, errParam("no primary keys to search by")
+		}
+		return out, nil
+	}
+	var pg commonpb.PlaceholderGroup
+	if err := proto.Unmarshal(req.GetPlaceholderGroup(), &pg); err != nil {
+		return nil, errParam("failed to unmarshal placeholder group: %v", err)
+	}
+	if len(pg.GetPlaceholders()) != 1 {
+		return nil, errParam("placeholder group must hold exactly one placeholder, got %d", len(pg.GetPlaceholders()))
+	}
+	ph := pg.GetPlaceholders()[0]
+	if ph.GetType() != commonpb.PlaceholderType_FloatVector {
+		return nil, errUnsupported("search with %s query vectors on float vector field %s", ph.GetType(), f.name)
+	}
+	if len(ph.GetValues()) == 0 {
+		return nil, errParam("nq (number of search vector per search request) should be in range [1, 16384], but got 0")
+	}
+	want := f.dim * 4
+	out := make([][]float32, len(ph.GetValues()))
+	for i, raw := range ph.GetValues() {
+		if len(raw) != want {
+			return nil, errParam("vector dimension mismatch, expected vector size(byte) %d, actual %d", want, len(raw))
+		}
+		v := make([]float32, f.dim)
+		for j := range v {
+			v[j] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*j:]))
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+func (s *service) Search(ctx context.Context, req *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
+	res, err := s.c.search(ctx, req)
+	if err != nil {
+		return &milvuspb.SearchResults{Status: statusOf(err)}, nil
+	}
+	return res, nil
+}
+
+func (c *Cluster) search(ctx context.Context, req *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
+	if len(req.GetSubReqs()) > 0 || req.GetFunctionScore() != nil {
+		return nil, errUnsupported("advanced search with sub requests or function score")
+	}
+	snap, err := c.snapshotForRead(ctx, dbOf(ctx, req.GetDbName()), req.GetCollectionName(), req.GetPartitionNames())
+	if err != nil {
+		return nil, err
+	}
+	coll := snap.coll
+	sp, err := parseSearchParams(snap, req.GetSearchParams())
+	if err != nil {
+		return nil, err
+	}
+	outs, err := resolveOutputs(coll, req.GetOutputFields(), false)
+	if err != nil {
+		return nil, err
+	}
+	var flt *filter
+	if strings.TrimSpace(req.GetDsl()) != "" {
+		if flt, err = compileFilter(req.GetDsl(), coll.exprEnv(req.GetExprTemplateValues())); err != nil {
+			return nil, err
+		}
+	}
+	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
+	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
+		return nil, err
+	}
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	d := coll.data
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	queries, err := queryVectors(req, sp.field, d)
+	if err != nil {
+		return nil, err
+	}
+	cands := candidates(d, snap.parts, flt)
+	k := sp.topK + sp.offset
+	res := &schemapb.SearchResultData{NumQueries: int64(len(queries)), TopK: int64(sp.topK), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
+	var allRows []int32
+	var allScores []float32
+	col := d.cols[sp.field.pos]
+	sel := newTopK(k, lessBetter(sp.metric))
+	for _, q := range queries {
+		sel.reset()
+		scanVectors(col, q, sp.metric, cands, d.alive, sel, sp)
+		rows, scores := sel.sorted()
+		if sp.offset < len(rows) {
+			rows, scores = rows[sp.offset:], scores[sp.offset:]
+		} else {
+			rows, scores = nil, nil
+		}
+		if sp.round >= 0 {
+			pow := math.Pow(10, float64(sp.round))
+			for i := range scores {
+				scores[i] = float32(math.Round(float64(scores[i])*pow) / pow)
+			}
+		}
+		res.Topks = append(res.Topks, int64(len(rows)))
+		allRows = append(allRows, rows...)
+		allScores = append(allScores, scores...)
+	}
+	pks := make([]pkValue, len(allRows))
+	for i, r := range allRows {
+		pks[i] = d.pkAt(r)
+	}
+	res.Ids = idsOf(coll.pk.typ, pks)
+	res.Scores = allScores
+	if allScores == nil {
+		res.Scores = []float32{}
+	}
+	res.FieldsData = outs.render(coll, d, allRows)
+	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: coll.name, SessionTs: g}, nil
+}
+
+// candidates lists the rows a read may return (alive, in the partitions,
+// matching the filter), or nil meaning "every alive row". The caller holds
+// d.mu for reading.
+func candidates(d *collData, parts map[int64]bool, flt *filter) []int32 {
+	if parts == nil && flt == nil {
+		return nil
+	}
+	var pred func(int32) bool
+	if flt != nil {
+		pred = flt.bind(d)
+	}
+	out := make([]int32, 0, d.nAlive)
+	for r := int32(0); r < int32(len(d.alive)); r++ {
+		if !d.alive[r] || parts != nil && !parts[d.part[r]] || pred != nil && !pred(r) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// scanVectors scores q against the candidate rows (every alive row when cands
+// is nil) into sel.
+func scanVectors(col *column, q []float32, metric string, cands []int32, alive []bool, sel *topK, sp *searchParams) {
+	dim := col.dim
+	var qinv float32
+	if metric == "COSINE" {
+		qinv = invNorm(q)
+	}
+	score := func(r int32) float32 {
+		v := col.vec[int(r)*dim : int(r)*dim+dim]
+		switch metric {
+		case "L2":
+			return l2sq(q, v)
+		case "IP":
+			return dot(q, v)
+		default:
+			return dot(q, v) * qinv * col.inv[r]
+		}
+	}
+	inRange := func(s float32) bool {
+		if sp.radius == nil && sp.rangeLimit == nil {
+			return true
+		}
+		x := float64(s)
+		if metric == "L2" {
+			return (sp.radius == nil || x < *sp.radius) && (sp.rangeLimit == nil || x >= *sp.rangeLimit)
+		}
+		return (sp.radius == nil || x > *sp.radius) && (sp.rangeLimit == nil || x <= *sp.rangeLimit)
+	}
+	if cands == nil {
+		for r := int32(0); r < int32(len(alive)); r++ {
+			if alive[r] {
+				if s := score(r); inRange(s) {
+					sel.push(s, r)
+				}
+			}
+		}
+		return
+	}
+	for _, r := range cands {
+		if s := score(r); inRange(s) {
+			sel.push(s, r)
+		}
+	}
+}
+
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return s0 + s1 + s2 + s3
+}
+
+func l2sq(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		d0 := a[i] - b[i]
+		d1 := a[i+1] - b[i+1]
+		d2 := a[i+2] - b[i+2]
+		d3 := a[i+3] - b[i+3]
+		s0 += d0 * d0
+		s1 += d1 * d1
+		s2 += d2 * d2
+		s3 += d3 * d3
+	}
+	for ; i < len(a); i++ {
+		d := a[i] - b[i]
+		s0 += d * d
+	}
+	return s0 + s1 + s2 + s3
+}
+
+// topK keeps the k best (score, row) pairs in a heap whose root is the worst
+// kept.
+type topK struct {
+	k      int
+	asc    bool // smaller is better
+	scores []float32
+	rows   []int32
+}
+
+func newTopK(k int, asc bool) *topK {
+	return &topK{k: k, asc: asc, scores: make([]float32, 0, k), rows: make([]int32, 0, k)}
+}
+
+func (t *topK) reset() { t.scores, t.rows = t.scores[:0], t.rows[:0] }
+
+// worse reports whether entry i is worse than entry j (ties: larger row is worse).
+func (t *topK) worse(si float32, ri int32, sj float32, rj int32) bool {
+	if si != sj {
+		if t.asc {
+			return si > sj
+		}
+		return si < sj
+	}
+	return ri > rj
+}
+
+func (t *topK) push(s float32, r int32) {
+	if len(t.scores) < t.k {
+		t.scores = append(t.scores, s)
+		t.rows = append(t.rows, r)
+		i := len(t.scores) - 1
+		for i > 0 {
+			p := (i - 1) / 2
+			if !t.worse(t.scores[i], t.rows[i], t.scores[p], t.rows[p]) {
+				break
+			}
+			t.scores[i], t.scores[p] = t.scores[p], t.scores[i]
+			t.rows[i], t.rows[p] = t.rows[p], t.rows[i]
+			i = p
+		}
+		return
+	}
+	if !t.worse(t.scores[0], t.rows[0], s, r) {
+		return
+	}
+	t.scores[0], t.rows[0] = s, r
+	i, n := 0, len(t.scores)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			break
+		}
+		w := l
+		if rr := l + 1; rr < n && t.worse(t.scores[rr], t.rows[rr], t.scores[l], t.rows[l]) {
+			w = rr
+		}
+		if !t.worse(t.scores[w], t.rows[w], t.scores[i], t.rows[i]) {
+			break
+		}
+		t.scores[i], t.scores[w] = t.scores[w], t.scores[i]
+		t.rows[i], t.rows[w] = t.rows[w], t.rows[i]
+		i = w
+	}
+}
+
+// sorted returns copies of the kept entries, best first.
+func (t *topK) sorted() ([]int32, []float32) {
+	idx := make([]int, len(t.scores))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(a, b int) bool {
+		return t.worse(t.scores[idx[b]], t.rows[idx[b]], t.scores[idx[a]], t.rows[idx[a]])
+	})
+	rows := make([]int32, len(idx))
+	scores := make([]float32, len(idx))
+	for i, j := range idx {
+		rows[i], scores[i] = t.rows[j], t.scores[j]
+	}
+	return rows, scores
+}
+
+func (s *service) Query(ctx context.Context, req *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+	res, err := s.c.query(ctx, req)
+	if err != nil {
+		return &milvuspb.QueryResults{Status: statusOf(err)}, nil
+	}
+	return res, nil
+}
+
+func (c *Cluster) query(ctx context.Context, req *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+	snap, err := c.snapshotForRead(ctx, dbOf(ctx, req.GetDbName()), req.GetCollectionName(), req.GetPartitionNames())
+	if err != nil {
+		return nil, err
+	}
+	coll := snap.coll
+	outs, err := resolveOutputs(coll, req.GetOutputFields(), true)
+	if err != nil {
+		return nil, err
+	}
+	params := kvMap(req.GetQueryParams())
+	limit, offset := -1, 0
+	if v, ok := params["limit"]; ok {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 0 {
+			return nil, errParam("limit [%s] is invalid, should be greater than or equal to 0", v)
+		}
+	}
+	if v, ok := params["offset"]; ok {
+		if offset, err = strconv.Atoi(v); err != nil || offset < 0 {
+			return nil, errParam("offset [%s] is invalid, should be greater than or equal to 0", v)
+		}
+	}
+	if limit >= 0 && limit+offset > maxTopK {
+		return nil, errParam("invalid max query result window, (offset+limit) should be in range [1, %d], but got %d", maxTopK, limit+offset)
+	}
+	expr := strings.TrimSpace(req.GetExpr())
+	if expr == "" && !outs.count && limit < 0 {
+		return nil, errParam("empty expression should be used with limit")
+	}
+	var flt *filter
+	if expr != "" {
+		if flt, err = compileFilter(expr, coll.exprEnv(req.GetExprTemplateValues())); err != nil {
+			return nil, err
+		}
+	}
+	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
+	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
+		return nil, err
+	}
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	d := coll.data
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	rows := candidates(d, snap.parts, flt)
+	if rows == nil {
+		rows = make([]int32, 0, d.nAlive)
+		for r := int32(0); r < int32(len(d.alive)); r++ {
+			if d.alive[r] {
+				rows = append(rows, r)
+			}
+		}
+	}
+	res := &milvuspb.QueryResults{Status: okStatus(), CollectionName: coll.name, PrimaryFieldName: coll.pk.name}
+	if outs.count {
+		res.OutputFields = []string{"count(*)"}
+		res.FieldsData = []*schemapb.FieldData{{Type: schemapb.DataType_Int64, FieldName: "count(*)",
+			Field: scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: []int64{int64(len(rows))}}}})}}
+		return res, nil
+	}
+	d.sortRowsByPK(rows)
+	if offset >= len(rows) {
+		rows = rows[:0]
+	} else {
+		rows = rows[offset:]
+	}
+	if limit >= 0 && limit < len(rows) {
+		rows = rows[:limit]
+	}
+	res.OutputFields = outs.names
+	res.FieldsData = outs.render(coll, d, rows)
+	return res, nil
+}

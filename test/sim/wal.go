@@ -1,0 +1,328 @@
+package sim
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Message types, named as Milvus 2.6 names its WAL messages where one exists.
+const (
+	kindTimeTick           = "TimeTick"
+	kindInsert             = "Insert"
+	kindDelete             = "Delete"
+	kindCreateDatabase     = "CreateDatabase"
+	kindDropDatabase       = "DropDatabase"
+	kindCreateCollection   = "CreateCollection"
+	kindDropCollection     = "DropCollection"
+	kindRenameCollection   = "RenameCollection"
+	kindAlterCollection    = "AlterCollection"
+	kindCreatePartition    = "CreatePartition"
+	kindDropPartition      = "DropPartition"
+	kindCreateIndex        = "CreateIndex"
+	kindDropIndex          = "DropIndex"
+	kindLoadCollection     = "LoadCollection"
+	kindReleaseCollection  = "ReleaseCollection"
+	kindLoadPartitions     = "LoadPartitions"
+	kindReleasePartitions  = "ReleasePartitions"
+	kindCreateAlias        = "CreateAlias"
+	kindDropAlias          = "DropAlias"
+	kindAlterAlias         = "AlterAlias"
+	kindAlterReplicaConfig = "AlterReplicateConfig"
+)
+
+// Property keys of WAL messages.
+const (
+	propType       = "_t"
+	propTimeTick   = "_tt"
+	propPChannel   = "_pch"
+	propBroadcast  = "_bc"
+	propDB         = "_db"
+	propColl       = "_coll"
+	propCollID     = "_cid"
+	propPartID     = "_pid"
+	propIndexID    = "_iid"
+	propPChIdx     = "_pchidx"
+	propFieldIDs   = "_fids"
+	propSalvage    = "_salvage."
+	propSrcCluster = "_src"
+	propSrcID      = "_srcid"
+	propSrcPch     = "_srcpch"
+)
+
+// entry is one WAL message.
+type entry struct {
+	id      int64
+	ts      uint64
+	kind    string
+	payload []byte
+	extra   map[string]string // type-specific properties, travel with the message
+
+	// Set when the message was received through replication; local only.
+	src    string
+	srcID  int64
+	srcPch string
+}
+
+func (e *entry) broadcast() bool { return e.extra[propBroadcast] == "1" }
+
+// immutable renders e as it travels in a replicate stream or DumpMessages.
+func (e *entry) immutable(pchannel string) *commonpb.ImmutableMessage {
+	props := make(map[string]string, len(e.extra)+3)
+	for k, v := range e.extra {
+		props[k] = v
+	}
+	props[propType] = e.kind
+	props[propTimeTick] = strconv.FormatUint(e.ts, 10)
+	props[propPChannel] = pchannel
+	return &commonpb.ImmutableMessage{
+		Id:         messageID(e.id),
+		Payload:    e.payload,
+		Properties: props,
+	}
+}
+
+func messageID(id int64) *commonpb.MessageID {
+	return &commonpb.MessageID{Id: strconv.FormatInt(id, 10), WALName: commonpb.WALName_Test}
+}
+
+func parseMessageID(m *commonpb.MessageID) (int64, error) {
+	if m == nil || m.GetId() == "" {
+		return 0, errors.New("empty message id")
+	}
+	id, err := strconv.ParseInt(m.GetId(), 10, 64)
+	if err != nil || id < 1 {
+		return 0, fmt.Errorf("malformed message id %q", m.GetId())
+	}
+	return id, nil
+}
+
+// entryFromImmutable decodes a message received from another cluster (or read
+// back from disk).
+func entryFromImmutable(m *commonpb.ImmutableMessage) (*entry, error) {
+	props := m.GetProperties()
+	kind := props[propType]
+	if kind == "" {
+		return nil, errors.New("message has no type property")
+	}
+	ts, err := strconv.ParseUint(props[propTimeTick], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("message has no valid time tick property: %w", err)
+	}
+	id, err := parseMessageID(m.GetId())
+	if err != nil {
+		return nil, err
+	}
+	e := &entry{id: id, ts: ts, kind: kind, payload: m.GetPayload()}
+	for k, v := range props {
+		switch k {
+		case propType, propTimeTick, propPChannel:
+		case propSrcCluster:
+			e.src = v
+		case propSrcID:
+			e.srcID, _ = strconv.ParseInt(v, 10, 64)
+		case propSrcPch:
+			e.srcPch = v
+		default:
+			if e.extra == nil {
+				e.extra = make(map[string]string)
+			}
+			e.extra[k] = v
+		}
+	}
+	return e, nil
+}
+
+// wal is the write-ahead log of one physical channel.
+type wal struct {
+	idx  int
+	name string
+
+	// mu serialises appends and the application of each appended message to
+	// the cluster state, so state changes happen in WAL order per pchannel.
+	mu sync.Mutex
+
+	emu     sync.RWMutex
+	entries []*entry
+	notify  chan struct{}
+
+	// served is the timestamp up to which this pchannel is applied: the
+	// largest message timestamp appended (time ticks included).
+	served atomic.Uint64
+
+	file *walFile // nil without DataDir
+}
+
+func newWAL(idx int, name string) *wal {
+	return &wal{idx: idx, name: name, notify: make(chan struct{})}
+}
+
+// appendLocked assigns e the next id, persists and publishes it. The caller
+// holds w.mu.
+func (w *wal) appendLocked(e *entry) error {
+	w.emu.RLock()
+	e.id = int64(len(w.entries)) + 1
+	w.emu.RUnlock()
+	if w.file != nil {
+		if err := w.file.write(e); err != nil {
+			return fmt.Errorf("persist wal %s: %w", w.name, err)
+		}
+	}
+	w.publish(e)
+	return nil
+}
+
+// publish makes e visible to readers (also used when loading from disk).
+func (w *wal) publish(e *entry) {
+	w.emu.Lock()
+	w.entries = append(w.entries, e)
+	close(w.notify)
+	w.notify = make(chan struct{})
+	w.emu.Unlock()
+	for {
+		cur := w.served.Load()
+		if e.ts <= cur || w.served.CompareAndSwap(cur, e.ts) {
+			break
+		}
+	}
+}
+
+func (w *wal) lastID() int64 {
+	w.emu.RLock()
+	defer w.emu.RUnlock()
+	return int64(len(w.entries))
+}
+
+// get returns the entry with id, or nil and a channel closed on the next
+// append when it does not exist yet.
+func (w *wal) get(id int64) (*entry, <-chan struct{}) {
+	w.emu.RLock()
+	defer w.emu.RUnlock()
+	if id >= 1 && id <= int64(len(w.entries)) {
+		return w.entries[id-1], nil
+	}
+	return nil, w.notify
+}
+
+// wait blocks until entry id exists.
+func (w *wal) wait(ctx context.Context, id int64) (*entry, error) {
+	for {
+		e, ch := w.get(id)
+		if e != nil {
+			return e, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// changed returns a channel closed on the next append.
+func (w *wal) changed() <-chan struct{} {
+	w.emu.RLock()
+	defer w.emu.RUnlock()
+	return w.notify
+}
+
+// walFile is the on-disk form of a WAL: length-prefixed ImmutableMessage
+// records, each written with one write(2) so that a process killed with -9
+// keeps every acknowledged message.
+type walFile struct {
+	mu     sync.Mutex
+	f      *os.File
+	closed bool
+}
+
+var errStoreClosed = errors.New("wal store closed")
+
+func (wf *walFile) write(e *entry) error {
+	m := e.immutable("")
+	delete(m.Properties, propPChannel)
+	if e.src != "" {
+		m.Properties[propSrcCluster] = e.src
+		m.Properties[propSrcID] = strconv.FormatInt(e.srcID, 10)
+		m.Properties[propSrcPch] = e.srcPch
+	}
+	body, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, binary.MaxVarintLen64+len(body))
+	n := binary.PutUvarint(buf, uint64(len(body)))
+	copy(buf[n:], body)
+	wf.mu.Lock()
+	defer wf.mu.Unlock()
+	if wf.closed {
+		return errStoreClosed
+	}
+	_, err = wf.f.Write(buf[:n+len(body)])
+	return err
+}
+
+func (wf *walFile) close() error {
+	wf.mu.Lock()
+	defer wf.mu.Unlock()
+	if wf.closed {
+		return nil
+	}
+	wf.closed = true
+	return wf.f.Close()
+}
+
+// openWALFile reads every complete record of path and opens it for appending.
+// A torn record at the end (the process died mid-write) is cut off.
+func openWALFile(path string) (*walFile, []*entry, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, nil, err
+	}
+	var entries []*entry
+	r := bufio.NewReader(f)
+	var good int64
+	for {
+		n, err := binary.ReadUvarint(r)
+		if err != nil {
+			break
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			break
+		}
+		var m commonpb.ImmutableMessage
+		if err := proto.Unmarshal(body, &m); err != nil {
+			break
+		}
+		e, err := entryFromImmutable(&m)
+		if err != nil || e.id != int64(len(entries))+1 {
+			break
+		}
+		entries = append(entries, e)
+		good += int64(uvarintLen(n)) + int64(n)
+	}
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return &walFile{f: f}, entries, nil
+}
+
+func uvarintLen(x uint64) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], x)
+}

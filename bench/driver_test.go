@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"image/png"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,13 @@ func TestRunSearch(t *testing.T) {
 	}
 	if sum != 400 || len(tr.Timeline) == 0 {
 		t.Errorf("timeline sums to %d over %d points, want 400", sum, len(tr.Timeline))
+	}
+	var active float64
+	for _, p := range tr.Timeline {
+		active += p.ActiveS
+	}
+	if math.Abs(active-tr.DurationS) > 1e-6 {
+		t.Errorf("timeline covers %vs measured, the target %vs", active, tr.DurationS)
 	}
 	if len(rep.Setup) != 1 || rep.Setup[0].PreloadRows != 100 {
 		t.Errorf("setup = %+v", rep.Setup)

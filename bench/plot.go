@@ -42,8 +42,8 @@ func (rep *Report) WritePlot(w io.Writer) error {
 			anyErr := false
 			for j, pt := range seg {
 				x := pt.T + 0.5 // the middle of its second
-				ok[j] = plotter.XY{X: x, Y: float64(pt.OK)}
-				errs[j] = plotter.XY{X: x, Y: float64(pt.Errors)}
+				ok[j] = plotter.XY{X: x, Y: pt.Rate}
+				errs[j] = plotter.XY{X: x, Y: float64(pt.Errors) / max(pt.ActiveS, 0.05)}
 				p99[j] = plotter.XY{X: x, Y: pt.P99}
 				anyErr = anyErr || pt.Errors > 0
 				xmax = math.Max(xmax, pt.T+1)

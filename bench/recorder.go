@@ -162,7 +162,7 @@ type recorder struct {
 	sampleMu sync.Mutex
 	samples  map[string]string
 
-	verifyChecks, verifyMisses atomic.Uint64
+	verifyChecks, verifyMisses, verifySkipped atomic.Uint64
 
 	tl timeline
 
@@ -176,6 +176,31 @@ type recorder struct {
 
 	active atomic.Int64 // measured ns, summed over this target's phases
 	ops    atomic.Uint64
+
+	// The target's phases, in seconds since t0, so a second it was only
+	// partly measured (a round's first and last) reports its rate over the
+	// part measured, instead of a dip.
+	phaseMu sync.Mutex
+	phases  [][2]float64
+}
+
+func (r *recorder) addPhase(from, to time.Duration) {
+	r.phaseMu.Lock()
+	r.phases = append(r.phases, [2]float64{from.Seconds(), to.Seconds()})
+	r.phaseMu.Unlock()
+}
+
+// activeIn is how much of [from, to) the target was measured.
+func (r *recorder) activeIn(from, to float64) float64 {
+	r.phaseMu.Lock()
+	defer r.phaseMu.Unlock()
+	var s float64
+	for _, p := range r.phases {
+		if lo, hi := max(from, p[0]), min(to, p[1]); hi > lo {
+			s += hi - lo
+		}
+	}
+	return s
 }
 
 func newRecorder(t0 time.Time) *recorder {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -93,14 +94,19 @@ type Verify struct {
 	Level  Consistency `json:"level"`
 	Checks uint64      `json:"checks"`
 	Misses uint64      `json:"misses"`
+	// Skipped counts checks not made because the write returned no
+	// timestamp to ask for.
+	Skipped uint64 `json:"skipped,omitempty"`
 }
 
 // Point is one second of a target's measurement.
 type Point struct {
-	T      float64 `json:"t_s"` // start of the second, since measurement start
-	OK     uint64  `json:"ok"`
-	Errors uint64  `json:"errors"`
-	P99    float64 `json:"p99_ms"` // of that second's successful calls
+	T       float64 `json:"t_s"`      // start of the second, since measurement start
+	ActiveS float64 `json:"active_s"` // how much of the second the target was measured
+	OK      uint64  `json:"ok"`
+	Errors  uint64  `json:"errors"`
+	Rate    float64 `json:"rate"`   // successful calls per second measured: OK / ActiveS
+	P99     float64 `json:"p99_ms"` // of that second's successful calls
 }
 
 // Gap is the longest interval without a successful operation of a class.
@@ -241,7 +247,8 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 	if wrote && cfg.VerifyEvery > 0 && (cfg.Workload == WorkloadInsert || cfg.Workload == WorkloadMixed) {
 		switch cfg.Consistency {
 		case Strong, Session, Customized:
-			tr.Verify = &Verify{Level: cfg.Consistency, Checks: rec.verifyChecks.Load(), Misses: rec.verifyMisses.Load()}
+			tr.Verify = &Verify{Level: cfg.Consistency, Checks: rec.verifyChecks.Load(), Misses: rec.verifyMisses.Load(),
+				Skipped: rec.verifySkipped.Load()}
 		}
 	}
 	rec.leaderMu.Lock()
@@ -257,14 +264,34 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 		tr.ReadGap = gap(&rec.readGap)
 	}
 	rec.tl.mu.Lock()
-	for i, s := range rec.tl.secs {
-		if s == nil {
+	// Every second the target was measured gets a point, including seconds
+	// in which nothing completed: an outage must show as zeros, not as a
+	// line bridging it.
+	rec.phaseMu.Lock()
+	last := 0.0
+	for _, p := range rec.phases {
+		last = max(last, p[1])
+	}
+	rec.phaseMu.Unlock()
+	n := max(len(rec.tl.secs), int(math.Ceil(last)))
+	for i := range n {
+		var s *second
+		if i < len(rec.tl.secs) {
+			s = rec.tl.secs[i]
+		}
+		active := rec.activeIn(float64(i), float64(i+1))
+		if s == nil && active == 0 {
 			continue
 		}
-		tr.Timeline = append(tr.Timeline, Point{
-			T: float64(i), OK: s.ok.Load(), Errors: s.errs.Load(),
-			P99: float64(s.lat.Quantile(0.99)) / 1e6,
-		})
+		p := Point{T: float64(i), ActiveS: active}
+		if s != nil {
+			p.OK, p.Errors = s.ok.Load(), s.errs.Load()
+			p.P99 = float64(s.lat.Quantile(0.99)) / 1e6
+		}
+		// A call can complete a hair after its phase's recorded end; the
+		// floor keeps such a sliver from turning into an absurd rate.
+		p.Rate = float64(p.OK) / max(p.ActiveS, 0.05)
+		tr.Timeline = append(tr.Timeline, p)
 	}
 	rec.tl.mu.Unlock()
 	return tr
@@ -348,6 +375,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		shares("writes per cluster", t.WritesByCluster)
 		if v := t.Verify; v != nil {
 			ew.printf("  read-your-writes (%s): %d misses in %d checks\n", v.Level, v.Misses, v.Checks)
+			if v.Skipped > 0 {
+				ew.printf("    %d checks skipped: the writes returned no timestamp\n", v.Skipped)
+			}
 		}
 		for _, lc := range t.LeaderChanges {
 			ew.printf("  leader change at %.2fs: %s -> %s (%s)\n", lc.At, lc.From, lc.To, lc.Source)

@@ -39,6 +39,7 @@ func TestRecorderKnownInputs(t *testing.T) {
 	rec.verified(true)
 	rec.verified(false)
 	rec.active.Store(int64(4 * time.Second))
+	rec.addPhase(0, 2500*time.Millisecond)
 
 	cfg := Config{Workload: WorkloadMixed, Consistency: Session, VerifyEvery: 1}
 	tr := rec.targetReport(Target{Name: "x", Addr: "127.0.0.1:1"}, &cfg)
@@ -87,10 +88,19 @@ func TestRecorderKnownInputs(t *testing.T) {
 		t.Errorf("verify = %+v", tr.Verify)
 	}
 	// Timeline: second 0 holds the 100 searches and 3 errors, second 2 the
-	// inserts; second 1 saw nothing.
-	if len(tr.Timeline) != 2 || tr.Timeline[0].T != 0 || tr.Timeline[0].OK != 100 || tr.Timeline[0].Errors != 3 ||
-		tr.Timeline[1].T != 2 || tr.Timeline[1].OK != 10 {
+	// inserts; second 1 saw nothing but was measured, so it is a zero.
+	if len(tr.Timeline) != 3 || tr.Timeline[0].T != 0 || tr.Timeline[0].OK != 100 || tr.Timeline[0].Errors != 3 ||
+		tr.Timeline[1].T != 1 || tr.Timeline[1].OK != 0 || tr.Timeline[1].Rate != 0 ||
+		tr.Timeline[2].T != 2 || tr.Timeline[2].OK != 10 {
 		t.Errorf("timeline = %+v", tr.Timeline)
+	}
+	// Second 2 was measured for half a second: its rate is per second
+	// measured, not per wall second.
+	if p := tr.Timeline[0]; p.ActiveS != 1 || p.Rate != 100 {
+		t.Errorf("second 0: active %v rate %v, want 1 and 100", p.ActiveS, p.Rate)
+	}
+	if p := tr.Timeline[2]; p.ActiveS != 0.5 || p.Rate != 20 {
+		t.Errorf("second 2: active %v rate %v, want 0.5 and 20", p.ActiveS, p.Rate)
 	}
 	if p := tr.Timeline[0].P99; math.Abs(p-99) > 99*0.04 {
 		t.Errorf("second 0 p99 = %v, want 99 within the timeline's 3%%", p)

@@ -3,23 +3,27 @@
 # comparison. Used by `make test-sdk` (mk/sdk.mk), which installs the
 # dependencies first; run it from anywhere.
 #
-#   test/sdk/run.sh [all|lite|selftest|demo|compare|uri]...
+#   test/sdk/run.sh [all|lite|selftest|demo|liteproxy|compare|uri]...
 #
 #   lite     every suite directly against a fresh Milvus Lite server
 #            (validates the suites against a server we did not write)
 #   demo     every suite through `milvus-ha-proxy demo` (simulated clusters)
+#   liteproxy every suite through `milvus-ha-proxy serve` in front of one
+#            Milvus Lite leader
 #   compare  test/sdk/python/compare_lite.py: two Milvus Lite servers behind
 #            `milvus-ha-proxy serve` (static discovery), pymilvus through the
 #            proxy vs directly against the leader
 #   selftest compare_lite.py against fake_proxy.py (tests the comparison)
-#   uri      every suite against $MILVUS_URI (an already running endpoint)
-#   all      lite, selftest, demo and compare (default)
+#   uri      every suite against $MILVUS_URI (an already running endpoint;
+#            SDK_BACKEND=lite when it is Milvus Lite or the proxy before one)
+#   all      lite, selftest, demo, liteproxy and compare (default)
 #
 # A target whose proxy subcommand does not exist yet in this build is
 # reported as skipped; once it exists, every failure counts.
 #
 # Environment: SDK_SUITES (default "python go node java"), PYTHON (default
-# .venv/bin/python), MILVUS_URI (for `uri`).
+# .venv/bin/python), MILVUS_URI (for `uri`), PROXY_BIN (a prebuilt
+# milvus-ha-proxy; default: go build ./cmd/milvus-ha-proxy).
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -131,6 +135,10 @@ start_lite() { # name -> sets LITE_PORT
 }
 
 build_proxy() {
+	if [ -n "${PROXY_BIN:-}" ]; then # a prebuilt binary
+		ln -sf "$(realpath "$PROXY_BIN")" "$WORK/milvus-ha-proxy"
+		return 0
+	fi
 	[ -x "$WORK/milvus-ha-proxy" ] && return 0
 	go build -o "$WORK/milvus-ha-proxy" ./cmd/milvus-ha-proxy >"$WORK/build.log" 2>&1 || {
 		cat "$WORK/build.log"
@@ -150,18 +158,54 @@ has_command() {
 	[ "$rc" -eq 0 ] || grep -q -- "-listen" "$WORK/help-$1.log"
 }
 
+# lite_suite SDK TARGET URI: one suite against a Milvus Lite backend (direct
+# or behind the proxy), with the known Milvus Lite gaps accounted for: no
+# search iterator v2, and the Go and Node SDKs have no v1 to fall back to
+# (pymilvus and Java do); Java createIndex waits via AllocTimestamp, which
+# Lite lacks (SDK_BACKEND=lite makes it not wait).
+lite_suite() {
+	case "$1" in
+	node | go) run_suite "$1" "$2" "$3" SDK_BACKEND=lite SDK_SKIP=search_iterator ;;
+	*) run_suite "$1" "$2" "$3" SDK_BACKEND=lite ;;
+	esac
+}
+
 target_lite() {
 	start_lite lite || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
 	local uri="http://127.0.0.1:$LITE_PORT" sdk
 	for sdk in $SUITES; do
-		case "$sdk" in
-		# Known Milvus Lite gaps: no search iterator v2, and the Go and Node
-		# SDKs have no v1 to fall back to (pymilvus and Java do); Java
-		# createIndex waits via AllocTimestamp, which Lite lacks
-		# (SDK_BACKEND=lite makes it not wait).
-		node | go) run_suite "$sdk" lite "$uri" SDK_BACKEND=lite SDK_SKIP=search_iterator ;;
-		*) run_suite "$sdk" lite "$uri" SDK_BACKEND=lite ;;
-		esac
+		lite_suite "$sdk" lite "$uri"
+	done
+}
+
+# liteproxy: every suite through `milvus-ha-proxy serve` in front of one
+# Milvus Lite leader (static discovery, no alternative): the drop-in claim
+# for all four SDKs against a server we did not write.
+target_liteproxy() {
+	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	if ! has_command serve; then
+		skip_target liteproxy "this build has no 'serve' subcommand yet"
+		TOTAL_SKIP=$((TOTAL_SKIP + 1))
+		return
+	fi
+	start_lite liteproxy-a || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	local port admin sdk
+	port="$(free_port)"
+	admin="$(free_port)"
+	printf '%s\n' "listen: 127.0.0.1:$port" "admin_listen: 127.0.0.1:$admin" "discovery: static" \
+		"clusters:" "  - id: a" "    uri: 127.0.0.1:$LITE_PORT" "    role: leader" \
+		"failover:" "  mode: manual" >"$WORK/liteproxy.yaml"
+	"$WORK/milvus-ha-proxy" serve --config "$WORK/liteproxy.yaml" --listen "127.0.0.1:$port" \
+		--admin-listen "127.0.0.1:$admin" >"$WORK/liteproxy.log" 2>&1 &
+	PIDS+=($!)
+	if ! wait_port 127.0.0.1 "$port" 60; then
+		echo "serve did not start:"
+		cat "$WORK/liteproxy.log"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		return
+	fi
+	for sdk in $SUITES; do
+		lite_suite "$sdk" liteproxy "http://127.0.0.1:$port"
 	done
 }
 
@@ -234,7 +278,11 @@ target_uri() {
 	local sdk
 	: "${MILVUS_URI:?set MILVUS_URI for the uri target}"
 	for sdk in $SUITES; do
-		run_suite "$sdk" uri "$MILVUS_URI"
+		if [ "${SDK_BACKEND:-}" = lite ]; then
+			lite_suite "$sdk" uri "$MILVUS_URI"
+		else
+			run_suite "$sdk" uri "$MILVUS_URI"
+		fi
 	done
 }
 
@@ -242,13 +290,14 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(all)
 for t in "${TARGETS[@]}"; do
 	case "$t" in
-	all) target_lite; target_selftest; target_demo; target_compare ;;
+	all) target_lite; target_selftest; target_demo; target_liteproxy; target_compare ;;
+	liteproxy) target_liteproxy ;;
 	selftest) target_selftest ;;
 	lite) target_lite ;;
 	demo) target_demo ;;
 	compare) target_compare ;;
 	uri) target_uri ;;
-	*) echo "unknown target $t (want all|lite|selftest|demo|compare|uri)" >&2; exit 2 ;;
+	*) echo "unknown target $t (want all|lite|selftest|demo|liteproxy|compare|uri)" >&2; exit 2 ;;
 	esac
 done
 

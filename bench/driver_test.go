@@ -7,7 +7,9 @@ import (
 	"errors"
 	"image/png"
 	"math"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -357,5 +359,37 @@ func TestRunFvecsVectors(t *testing.T) {
 	}
 	if d := f.Dim("bench_3"); d != 3 {
 		t.Errorf("collection dim = %d, want 3", d)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestRunProgress(t *testing.T) {
+	f := benchtest.New()
+	cfg := baseConfig(startFake(t, f))
+	cfg.Ops, cfg.Duration, cfg.Concurrency = 0, 1300*time.Millisecond, 2
+	var out syncBuffer
+	cfg.Progress = &out
+	if _, err := Run(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`^bench t  [0-9.]+s/1.3s  ops [1-9][0-9]*  [1-9][0-9]* ops/s  errors 0\n`)
+	if line := out.String(); !re.MatchString(line) {
+		t.Errorf("progress output %q", line)
 	}
 }

@@ -111,6 +111,7 @@ func (m *Manager) Collection(ctx context.Context, db, name string) (*CollectionI
 			next.err = status.Error(codes.Unavailable, "topology manager closed")
 			close(next.done)
 			m.colls.replace(k, next, nil)
+			return nil, next.err
 		}
 	}
 }

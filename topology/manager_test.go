@@ -272,7 +272,9 @@ func TestHealthVerdicts(t *testing.T) {
 	a, b := startFake(t, "a"), startFake(t, "b")
 	m := startManager(t, testOptions(DiscoveryStatic, cluster(a, RoleLeader), cluster(b, RoleAlternative)))
 	b.set(func(f *fakeMilvus) { f.healthy = false })
-	s := waitFor(t, m, "b unhealthy", func(s *Snapshot) bool { return !s.Cluster("b").Healthy && s.Cluster("b").HealthReason != "not probed yet" })
+	s := waitFor(t, m, "b unhealthy", func(s *Snapshot) bool {
+		return !s.Cluster("b").Healthy && s.Cluster("b").HealthReason != "not probed yet"
+	})
 	if !strings.Contains(s.Cluster("b").HealthReason, "querynode down") {
 		t.Fatalf("reason %q", s.Cluster("b").HealthReason)
 	}

@@ -28,6 +28,7 @@ func commands() map[string]command {
 		"status":     {runStatus, "print the topology: clusters, roles, health, breakers, replication lag"},
 		"switchover": {runSwitchover, "planned leader change with no data loss (--to ID)"},
 		"failover":   {runFailover, "forced promotion of a cluster to leader (--to ID)"},
+		"sim":        {runSim, "run one simulated Milvus cluster (for tests)"},
 	}
 }
 

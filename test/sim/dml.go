@@ -270,4 +270,3 @@ func (s *service) GetFlushState(ctx context.Context, req *milvuspb.GetFlushState
 	}
 	return &milvuspb.GetFlushStateResponse{Status: okStatus(), Flushed: s.c.servedTS(coll.pchIdx) >= req.GetFlushTs()}, nil
 }
-

@@ -228,8 +228,16 @@ target_demo() {
 		TOTAL_FAIL=$((TOTAL_FAIL + 1))
 		return
 	fi
+	# Features the simulator does not have (yet) are skipped by name:
+	# HybridSearch, and search iterator v2 for the Go and Node SDKs, which
+	# have no v1 to fall back to. SDK_DEMO_SKIP="" runs them all.
+	local skip="${SDK_DEMO_SKIP-hybrid_search}" skip_v2="${SDK_DEMO_SKIP_V2-search_iterator}"
+	echo "=== demo: skipping ${skip:-nothing} (all SDKs), ${skip_v2:-nothing} (go, node)"
 	for sdk in $SUITES; do
-		run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo
+		case "$sdk" in
+		go | node) run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo SDK_SKIP="$skip,$skip_v2" ;;
+		*) run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo SDK_SKIP="$skip" ;;
+		esac
 	done
 }
 

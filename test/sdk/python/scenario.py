@@ -124,8 +124,18 @@ class Scenario:
         return res
 
     def note_write(self, res: Dict[str, Any]) -> None:
-        ts = int(res.get("timestamp", 0) or 0) if isinstance(res, dict) else 0
-        self.last_write_ts = max(self.last_write_ts, ts)
+        """Remember the last write's timestamp. MilvusClient does not return
+        it; pymilvus keeps it in its Session cache (per endpoint, database
+        and collection), which is what it sends as Session's
+        guarantee_timestamp. Milvus Lite's writes carry 0."""
+        ts = 0
+        try:
+            from pymilvus.client import ts_utils
+            ts = ts_utils.get_collection_ts(
+                self.coll, self.client._get_connection().server_address, self.db) or 0
+        except Exception:  # noqa: BLE001 -- private API; fall back to the clock
+            ts = 0
+        self.last_write_ts = max(self.last_write_ts, int(ts))
 
     def count(self, **kwargs) -> int:
         res = self.client.query(self.coll, filter="", output_fields=["count(*)"], **kwargs)

@@ -144,7 +144,9 @@ func TestDiscoveryStatic(t *testing.T) {
 			f.set(func(f *fakeMilvus) { f.noReplicate = true })
 		}
 		m := startManager(t, testOptions(DiscoveryStatic, cluster(a, RoleLeader), cluster(b, RoleAlternative)))
-		s := waitFor(t, m, "lag reason", func(s *Snapshot) bool { return s.Cluster("b").LagReason == reasonNoReplicateInfo })
+		s := waitFor(t, m, "lag and discovery reasons", func(s *Snapshot) bool {
+			return s.Cluster("b").LagReason == reasonNoReplicateInfo && s.DiscoveryError != ""
+		})
 		if s.Leader == nil || s.Leader.ID != "a" || s.Cluster("b").CheckpointsKnown || !strings.Contains(s.DiscoveryError, "unimplemented") {
 			t.Fatalf("unexpected: %s", describe(s))
 		}

@@ -102,8 +102,7 @@ func registrySchema() *memdb.DBSchema {
 		tableClusters: {
 			Name: tableClusters,
 			Indexes: map[string]*memdb.IndexSchema{
-				"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				"role": {Name: "role", Indexer: &memdb.StringFieldIndex{Field: "Role"}},
+				"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 			},
 		},
 		tableMeta: {
@@ -163,20 +162,6 @@ func (t *regTxn) cluster(id string) *clusterRecord {
 // clusters returns every record in config order.
 func (t *regTxn) clusters() []*clusterRecord {
 	it, err := t.txn.Get(tableClusters, "id")
-	if err != nil {
-		return nil
-	}
-	var out []*clusterRecord
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*clusterRecord))
-	}
-	slices.SortFunc(out, func(a, b *clusterRecord) int { return a.Order - b.Order })
-	return out
-}
-
-// byRole returns the records with the given role, in config order.
-func (t *regTxn) byRole(role Role) []*clusterRecord {
-	it, err := t.txn.Get(tableClusters, "role", string(role))
 	if err != nil {
 		return nil
 	}

@@ -3,10 +3,11 @@
 # comparison. Used by `make test-sdk` (mk/sdk.mk), which installs the
 # dependencies first; run it from anywhere.
 #
-#   test/sdk/run.sh [all|lite|selftest|demo|liteproxy|compare|uri]...
+#   test/sdk/run.sh [all|lite|selftest|sim|demo|liteproxy|compare|uri]...
 #
 #   lite     every suite directly against a fresh Milvus Lite server
 #            (validates the suites against a server we did not write)
+#   sim      every suite directly against one `milvus-ha-proxy sim` cluster
 #   demo     every suite through `milvus-ha-proxy demo` (simulated clusters)
 #   liteproxy every suite through `milvus-ha-proxy serve` in front of one
 #            Milvus Lite leader
@@ -16,7 +17,7 @@
 #   selftest compare_lite.py against fake_proxy.py (tests the comparison)
 #   uri      every suite against $MILVUS_URI (an already running endpoint;
 #            SDK_BACKEND=lite when it is Milvus Lite or the proxy before one)
-#   all      lite, selftest, demo, liteproxy and compare (default)
+#   all      lite, selftest, sim, demo, liteproxy and compare (default)
 #
 # A target whose proxy subcommand does not exist yet in this build is
 # reported as skipped; once it exists, every failure counts.
@@ -209,6 +210,44 @@ target_liteproxy() {
 	done
 }
 
+# sim_suite SDK TARGET URI: one suite against the simulator (directly or
+# behind the proxy). Features the simulator does not have (yet) are skipped
+# by name: HybridSearch, and search iterator v2 for the Go and Node SDKs,
+# which have no v1 to fall back to. SDK_DEMO_SKIP="" SDK_DEMO_SKIP_V2=""
+# runs them all.
+sim_suite() {
+	local skip="${SDK_DEMO_SKIP-hybrid_search}" skip_v2="${SDK_DEMO_SKIP_V2-search_iterator}"
+	case "$1" in
+	go | node) run_suite "$1" "$2" "$3" SDK_BACKEND=sim SDK_SKIP="$skip,$skip_v2" ;;
+	*) run_suite "$1" "$2" "$3" SDK_BACKEND=sim SDK_SKIP="$skip" ;;
+	esac
+}
+
+# sim: every suite directly against one `milvus-ha-proxy sim` cluster, so a
+# failure through the proxy can be told apart from a simulator gap.
+target_sim() {
+	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	if ! has_command sim; then
+		skip_target sim "this build has no 'sim' subcommand yet"
+		TOTAL_SKIP=$((TOTAL_SKIP + 1))
+		return
+	fi
+	local port sdk
+	port="$(free_port)"
+	"$WORK/milvus-ha-proxy" sim --cluster-id a --listen "127.0.0.1:$port" >"$WORK/sim.log" 2>&1 &
+	PIDS+=($!)
+	if ! wait_port 127.0.0.1 "$port" 60; then
+		echo "sim did not start:"
+		cat "$WORK/sim.log"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		return
+	fi
+	echo "=== sim: skipping ${SDK_DEMO_SKIP-hybrid_search} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
+	for sdk in $SUITES; do
+		sim_suite "$sdk" sim "http://127.0.0.1:$port"
+	done
+}
+
 target_demo() {
 	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
 	if ! has_command demo; then
@@ -219,6 +258,7 @@ target_demo() {
 	local port admin sdk
 	port="$(free_port)"
 	admin="$(free_port)"
+	echo "=== demo: skipping ${SDK_DEMO_SKIP-hybrid_search} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
 	"$WORK/milvus-ha-proxy" demo --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
 		>"$WORK/demo.log" 2>&1 &
 	PIDS+=($!)
@@ -228,16 +268,8 @@ target_demo() {
 		TOTAL_FAIL=$((TOTAL_FAIL + 1))
 		return
 	fi
-	# Features the simulator does not have (yet) are skipped by name:
-	# HybridSearch, and search iterator v2 for the Go and Node SDKs, which
-	# have no v1 to fall back to. SDK_DEMO_SKIP="" runs them all.
-	local skip="${SDK_DEMO_SKIP-hybrid_search}" skip_v2="${SDK_DEMO_SKIP_V2-search_iterator}"
-	echo "=== demo: skipping ${skip:-nothing} (all SDKs), ${skip_v2:-nothing} (go, node)"
 	for sdk in $SUITES; do
-		case "$sdk" in
-		go | node) run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo SDK_SKIP="$skip,$skip_v2" ;;
-		*) run_suite "$sdk" demo "http://127.0.0.1:$port" SDK_BACKEND=demo SDK_SKIP="$skip" ;;
-		esac
+		sim_suite "$sdk" demo "http://127.0.0.1:$port"
 	done
 }
 
@@ -298,14 +330,15 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(all)
 for t in "${TARGETS[@]}"; do
 	case "$t" in
-	all) target_lite; target_selftest; target_demo; target_liteproxy; target_compare ;;
+	all) target_lite; target_selftest; target_sim; target_demo; target_liteproxy; target_compare ;;
+	sim) target_sim ;;
 	liteproxy) target_liteproxy ;;
 	selftest) target_selftest ;;
 	lite) target_lite ;;
 	demo) target_demo ;;
 	compare) target_compare ;;
 	uri) target_uri ;;
-	*) echo "unknown target $t (want all|lite|selftest|demo|liteproxy|compare|uri)" >&2; exit 2 ;;
+	*) echo "unknown target $t (want all|lite|selftest|sim|demo|liteproxy|compare|uri)" >&2; exit 2 ;;
 	esac
 done
 

@@ -63,6 +63,14 @@ func (c *collectionCache) replace(k collKey, prev, next *collEntry) bool {
 	return true
 }
 
+func (c *collectionCache) dropDB(db string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	nm := maps.Clone(*c.m.Load())
+	maps.DeleteFunc(nm, func(k collKey, _ *collEntry) bool { return k.db == db })
+	c.m.Store(&nm)
+}
+
 func (c *collectionCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -82,7 +90,17 @@ func normDB(db string) string {
 // there is no leader), with the proxy's own credentials. Concurrent misses
 // for the same collection share one call. A Milvus error status (e.g.
 // collection not found) comes back as a *StatusError and is not cached.
-func (m *Manager) Collection(ctx context.Context, db, name string) (*CollectionInfo, error) {
+func (m *Manager) Collection(ctx context.Context, db, name string) (CollectionInfo, error) {
+	info, err := m.collection(ctx, db, name)
+	if err != nil {
+		return CollectionInfo{}, err
+	}
+	// A copy of the header: PChannels stays shared and must not be
+	// modified by the caller.
+	return *info, nil
+}
+
+func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionInfo, error) {
 	k := collKey{normDB(db), name}
 	for {
 		s := m.Snapshot()
@@ -116,9 +134,15 @@ func (m *Manager) Collection(ctx context.Context, db, name string) (*CollectionI
 	}
 }
 
-// InvalidateCollection drops a collection from the cache (after DDL).
+// InvalidateCollection drops a collection from the cache (after DDL);
+// name "" drops every collection of db (after DropDatabase).
 func (m *Manager) InvalidateCollection(db, name string) {
-	k := collKey{normDB(db), name}
+	db = normDB(db)
+	if name == "" {
+		m.colls.dropDB(db)
+		return
+	}
+	k := collKey{db, name}
 	if e := m.colls.get(k); e != nil {
 		m.colls.replace(k, e, nil)
 	}

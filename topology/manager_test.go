@@ -439,7 +439,7 @@ func TestCollectionCache(t *testing.T) {
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
-	infos := make([]*CollectionInfo, 16)
+	infos := make([]CollectionInfo, 16)
 	for i := range infos {
 		wg.Go(func() {
 			info, err := m.Collection(ctx, "db1", "docs")
@@ -468,9 +468,13 @@ func TestCollectionCache(t *testing.T) {
 	if _, err := m.Collection(ctx, "db1", "docs"); err != nil || a.describeCalls.Load() != 2 {
 		t.Fatalf("invalidate did not refetch: %v, calls %d", err, a.describeCalls.Load())
 	}
+	m.InvalidateCollection("db1", "") // the whole database
+	if _, err := m.Collection(ctx, "db1", "docs"); err != nil || a.describeCalls.Load() != 3 {
+		t.Fatalf("database invalidate did not refetch: %v, calls %d", err, a.describeCalls.Load())
+	}
 
 	// A Milvus error comes back as a status the proxy can pass on, uncached.
-	for want := int32(3); want <= 4; want++ {
+	for want := int32(4); want <= 5; want++ {
 		_, err := m.Collection(ctx, "", "missing")
 		var se *StatusError
 		if !errors.As(err, &se) || se.Status.GetCode() != 100 || !strings.Contains(se.Status.GetReason(), "database=default") {

@@ -123,7 +123,6 @@ type Manager struct {
 	wg        sync.WaitGroup
 	startOnce sync.Once
 	closeOnce sync.Once
-	started   atomic.Bool
 }
 
 // New validates the options, creates one gRPC connection per cluster
@@ -272,7 +271,11 @@ func breakerState(s gobreaker.State) BreakerState {
 // no-op. Close stops them.
 func (m *Manager) Start() {
 	m.startOnce.Do(func() {
-		m.started.Store(true)
+		// Loss is measured from the start, not from New.
+		now := m.opts.Now().UnixNano()
+		for _, mb := range m.order {
+			mb.lastGood.Store(now)
+		}
 		m.goLoop(m.discoveryLoop)
 		for _, mb := range m.order {
 			m.goLoop(func(ctx context.Context) { m.probeLoop(ctx, mb) })
@@ -435,6 +438,11 @@ func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
 // timestamp: monotonic, never below a timestamp seen from the leader, and
 // an upper bound of the leader's clock (see leaderClock). Lock-free.
 func (m *Manager) LeaderNow() uint64 { return m.clock.now(m.opts.Now()) }
+
+// LeaderClockCalibrated reports whether LeaderNow is extrapolated from a
+// timestamp of the current leader (false: the local clock stands in, and
+// a caller that needs a bound should use AllocLeaderTimestamp).
+func (m *Manager) LeaderClockCalibrated() bool { return m.clock.calibrated() }
 
 // ObserveLeaderTimestamp feeds a timestamp the leader returned (e.g. a
 // MutationResult.timestamp) into the clock, so LeaderNow never goes below it.

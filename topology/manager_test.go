@@ -380,6 +380,9 @@ func TestLeaderClock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if !m.LeaderClockCalibrated() {
+			t.Fatal("clock not calibrated after AllocLeaderTimestamp")
+		}
 		var prev uint64
 		for range 1000 {
 			now := m.LeaderNow()

@@ -349,6 +349,9 @@ func TestLeaderLossDetection(t *testing.T) {
 	a, b := startFake(t, "a"), startFake(t, "b")
 	m := startManager(t, testOptions(DiscoveryStatic, cluster(a, RoleLeader), cluster(b, RoleAlternative)))
 	waitFor(t, m, "a healthy", func(s *Snapshot) bool { return s.Leader.Healthy })
+	if ok, why := m.Ready(); !ok {
+		t.Fatalf("not ready with a healthy leader: %s", why)
+	}
 	select {
 	case ev := <-m.LeaderLost():
 		t.Fatalf("healthy leader reported lost: %+v", ev)
@@ -366,6 +369,9 @@ func TestLeaderLossDetection(t *testing.T) {
 	s := m.Snapshot()
 	if s.LeaderLostAt.IsZero() || s.Leader == nil {
 		t.Fatalf("loss must be reported, the leader kept until a failover acts: %s", describe(s))
+	}
+	if ok, why := m.Ready(); ok || !strings.Contains(why, "leader a lost") {
+		t.Fatalf("Ready() = %v, %q with the leader lost", ok, why)
 	}
 	a.restart(t)
 	waitFor(t, m, "contact restored", func(s *Snapshot) bool { return s.LeaderLostAt.IsZero() })

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"fmt"
 	"slices"
 	"time"
 )
@@ -89,4 +90,24 @@ func ViewOf(s *Snapshot, discovery string, leaderNow uint64) View {
 		v.Clusters = append(v.Clusters, cv)
 	}
 	return v
+}
+
+// Ready reports whether the proxy can take writes: a leader is known, not
+// held for a failover, not declared lost, and answering probes. reason
+// says why not (for /readyz).
+func (m *Manager) Ready() (ok bool, reason string) {
+	s := m.Snapshot()
+	switch {
+	case s.FailingOver:
+		return false, "failover under way: " + s.HoldReason
+	case s.Leader == nil && s.DiscoveryError != "":
+		return false, "no leader: " + s.DiscoveryError
+	case s.Leader == nil:
+		return false, "no leader discovered yet"
+	case !s.LeaderLostAt.IsZero():
+		return false, fmt.Sprintf("leader %s lost at %s", s.Leader.ID, s.LeaderLostAt.Format(time.RFC3339Nano))
+	case !s.Leader.Healthy:
+		return false, fmt.Sprintf("leader %s unhealthy: %s", s.Leader.ID, s.Leader.HealthReason)
+	}
+	return true, ""
 }

@@ -24,6 +24,8 @@ type command struct {
 // its cmd_<name>.go file.
 func commands() map[string]command {
 	return map[string]command{
+		"serve":      {runServe, "run the proxy (--config FILE)"},
+		"demo":       {runDemo, "run simulated clusters a (leader), b, c and the proxy in front of them"},
 		"bench":      {runBench, "benchmark the Milvus API through the proxy or directly"},
 		"status":     {runStatus, "print the topology: clusters, roles, health, breakers, replication lag"},
 		"switchover": {runSwitchover, "planned leader change with no data loss (--to ID)"},

@@ -1,0 +1,266 @@
+// Package app assembles one running milvus-ha-proxy from a validated
+// config: topology manager, router, gRPC proxy, admin HTTP server and
+// telemetry. `serve`, `demo` and the end-to-end tests all start the proxy
+// through it, so what the tests prove is what the binary runs.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+)
+
+// Version is reported in traces and metrics.
+const Version = "0.1.0"
+
+// Options configure an App.
+type Options struct {
+	// Config is the validated configuration. Required.
+	Config *config.Config
+	// Logger: nil means slog.Default().
+	Logger *slog.Logger
+	// AdminHandlers are mounted on the admin server next to its own
+	// endpoints (demo mounts the simulator's fault controls on "/sim/").
+	AdminHandlers map[string]http.Handler
+	// SpanExporter, when set, receives the traces (tests).
+	SpanExporter sdktrace.SpanExporter
+}
+
+// App is one proxy process's worth of components. Start it once; stop it
+// with Shutdown.
+type App struct {
+	cfg    *config.Config
+	logger *slog.Logger
+
+	tel      *telemetry.Telemetry
+	topo     *topology.Manager
+	router   *router.Router
+	proxy    *proxy.Server
+	admin    *admin.Server
+	grpcLis  net.Listener
+	adminLis net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errc   chan error
+}
+
+// New builds every component; nothing listens or runs until Start.
+func New(ctx context.Context, opts Options) (*App, error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("app: no config")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	a := &App{cfg: cfg, logger: logger, errc: make(chan error, 2)}
+
+	tel, err := telemetry.New(ctx, telemetry.Options{
+		ServiceName:    cfg.Telemetry.ServiceName,
+		ServiceVersion: Version,
+		OTLPEndpoint:   cfg.Telemetry.OTLPEndpoint,
+		SampleRatio:    cfg.Telemetry.SampleRatio,
+		SpanExporter:   opts.SpanExporter,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: starting telemetry: %w", err)
+	}
+	a.tel = tel
+
+	topoOpts, err := topologyOptions(cfg, logger)
+	if err != nil {
+		a.closePartial(ctx)
+		return nil, err
+	}
+	a.topo, err = topology.New(topoOpts)
+	if err != nil {
+		a.closePartial(ctx)
+		return nil, fmt.Errorf("app: building topology: %w", err)
+	}
+	a.router = router.New(router.Options{
+		LeaderServesReads: cfg.Read.LeaderServesReads,
+		LeaderNow:         a.topo.LeaderNow,
+	})
+
+	var creds credentials.TransportCredentials
+	if cfg.TLS.CertFile != "" {
+		tc, err := cfg.TLS.Config()
+		if err != nil {
+			a.closePartial(ctx)
+			return nil, fmt.Errorf("app: tls: %w", err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	pOpts := proxy.Options{
+		Topology:         a.topo,
+		Router:           a.router,
+		StrongReads:      proxy.StrongReads(cfg.Consistency.StrongReads),
+		MaxWait:          cfg.Consistency.MaxWait.Std(),
+		BoundedStaleness: cfg.Consistency.BoundedStaleness.Std(),
+		EventuallyMaxLag: cfg.Consistency.EventuallyMaxLag.Std(),
+		Creds:            creds,
+		Observer:         &observer{tel: tel},
+		Logger:           logger,
+	}
+	if tel.TracingEnabled() {
+		pOpts.ServerOptions = append(pOpts.ServerOptions, tracingInterceptors(tel)...)
+	}
+	a.proxy, err = proxy.New(pOpts)
+	if err != nil {
+		a.closePartial(ctx)
+		return nil, fmt.Errorf("app: building proxy: %w", err)
+	}
+	tel.Metrics.SetStateSource(a.metricsState)
+
+	a.admin = admin.New(admin.Options{
+		Controller: &controller{app: a},
+		Metrics:    tel.MetricsHandler(),
+		Logger:     logger,
+	})
+	for pattern, h := range opts.AdminHandlers {
+		a.admin.Handle(pattern, h)
+	}
+	return a, nil
+}
+
+// closePartial releases what New built before it failed.
+func (a *App) closePartial(ctx context.Context) {
+	if a.topo != nil {
+		_ = a.topo.Close()
+	}
+	if a.tel != nil {
+		_ = a.tel.Shutdown(ctx)
+	}
+}
+
+// Start listens on the configured addresses and serves until Shutdown.
+// The listeners are bound before Start returns, so Addr is valid then.
+func (a *App) Start() error {
+	gl, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("app: listening for gRPC on %s: %w", a.cfg.Listen, err)
+	}
+	al, err := net.Listen("tcp", a.cfg.AdminListen)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("app: listening for admin HTTP on %s: %w", a.cfg.AdminListen, err)
+	}
+	a.grpcLis, a.adminLis = gl, al
+
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.topo.Start()
+	_ = ctx
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		if err := a.proxy.Serve(gl); err != nil {
+			a.errc <- fmt.Errorf("gRPC server: %w", err)
+		}
+	}()
+	go func() {
+		defer a.wg.Done()
+		if err := a.admin.Serve(al); err != nil {
+			a.errc <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	a.logger.Info("milvus-ha-proxy started", "grpc", gl.Addr().String(), "admin", al.Addr().String(),
+		"discovery", string(a.cfg.Discovery), "clusters", len(a.cfg.Clusters))
+	return nil
+}
+
+// Addr is the gRPC address the proxy listens on (after Start).
+func (a *App) Addr() string { return a.grpcLis.Addr().String() }
+
+// AdminAddr is the admin HTTP address (after Start).
+func (a *App) AdminAddr() string { return a.adminLis.Addr().String() }
+
+// Topology exposes the topology manager (tests, demo).
+func (a *App) Topology() *topology.Manager { return a.topo }
+
+// Errors reports a server that stopped on its own.
+func (a *App) Errors() <-chan error { return a.errc }
+
+// Shutdown drains: /readyz turns 503 and the gRPC health service
+// NOT_SERVING first, new calls are refused, calls in flight get until ctx
+// ends, then everything stops. It returns ctx's error when calls were cut.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.admin.SetDraining()
+	var errs []error
+	if err := a.proxy.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("draining gRPC calls: %w", err))
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
+	// The admin server outlives the drain so probes see 503, not a refused
+	// connection, while calls finish.
+	actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.admin.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("stopping admin server: %w", err))
+	}
+	if err := a.topo.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("closing topology: %w", err))
+	}
+	a.wg.Wait()
+	if err := a.tel.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("flushing telemetry: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// topologyOptions maps the config onto the topology manager's options.
+func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options, error) {
+	o := topology.Options{
+		Discovery:     string(cfg.Discovery),
+		PollInterval:  cfg.Replication.PollInterval.Std(),
+		ProbeInterval: cfg.Health.ProbeInterval.Std(),
+		ProbeTimeout:  cfg.Health.ProbeTimeout.Std(),
+		DetectAfter:   cfg.Failover.DetectAfter.Std(),
+		WriteHold:     cfg.Failover.WriteHold.Std(),
+		DialOptions:   proxy.BackendDialOptions(),
+		Logger:        logger,
+	}
+	for i := range cfg.Clusters {
+		c := &cfg.Clusters[i]
+		co := topology.ClusterOptions{
+			ID:    c.ID,
+			URI:   c.Address(),
+			Token: c.Token.Reveal(),
+			Role:  topology.Role(c.Role),
+		}
+		if c.Enabled() {
+			tc, err := c.TLSConfig()
+			if err != nil {
+				return o, fmt.Errorf("app: clusters[%d] (%s) tls: %w", i, c.ID, err)
+			}
+			co.TLS = credentials.NewTLS(tc)
+		}
+		o.Clusters = append(o.Clusters, co)
+	}
+	return o, nil
+}
+
+// compile-time checks that the adapters fit.
+var (
+	_ proxy.Topology   = (*topology.Manager)(nil)
+	_ admin.Controller = (*controller)(nil)
+)

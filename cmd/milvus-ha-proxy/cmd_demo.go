@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+)
+
+// runDemo starts simulated clusters a (leader), b, c... in this process,
+// joins them by replication exactly as a deployment would
+// (UpdateReplicateConfiguration on every cluster), and runs the proxy in
+// front of them with replicate discovery.
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:19530", "gRPC listen address of the proxy")
+	adminListen := fs.String("admin-listen", "127.0.0.1:9091", "admin HTTP listen address (also serves /sim/{id}/... fault controls)")
+	alternatives := fs.Int("alternatives", 2, "number of alternative clusters (b, c, ...)")
+	delay := fs.Duration("replication-delay", 0, "replication delay of every alternative")
+	pchannels := fs.Int("pchannels", 2, "physical channels per cluster")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "demo: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	case *alternatives < 0 || *alternatives > 25:
+		fmt.Fprintf(stderr, "demo: --alternatives must be in [0, 25], got %d\n", *alternatives)
+		return 2
+	case *delay < 0:
+		fmt.Fprintf(stderr, "demo: --replication-delay must not be negative\n")
+		return 2
+	}
+	logger, err := telemetry.NewLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 2
+	}
+
+	clusters := make([]*sim.Cluster, 0, *alternatives+1)
+	defer func() {
+		for _, c := range clusters {
+			c.Stop()
+		}
+	}()
+	for i := 0; i <= *alternatives; i++ {
+		id := string(rune('a' + i))
+		c, err := sim.Start(ctx, sim.Options{
+			ClusterID:        id,
+			PChannels:        *pchannels,
+			ReplicationDelay: *delay,
+			Logger:           logger.With("sim", id),
+		})
+		if err != nil {
+			logger.Error("cannot start simulated cluster", "cluster", id, "err", err)
+			return 1
+		}
+		clusters = append(clusters, c)
+	}
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
+	cancel()
+	if err != nil {
+		logger.Error("cannot join the clusters by replication", "err", err)
+		return 1
+	}
+
+	cfg := config.Default()
+	cfg.Listen, cfg.AdminListen = *listen, *adminListen
+	cfg.Discovery = config.DiscoveryReplicate
+	for _, c := range clusters {
+		cfg.Clusters = append(cfg.Clusters, config.Cluster{ID: c.ID(), URI: c.Addr()})
+	}
+	if err := cfg.Validate(); err != nil {
+		logger.Error("demo config is invalid", "err", err)
+		return 1
+	}
+	byID := func(id string) (*sim.Cluster, bool) {
+		for _, c := range clusters {
+			if c.ID() == id {
+				return c, true
+			}
+		}
+		return nil, false
+	}
+	fmt.Fprintf(stdout, "simulated clusters:")
+	for i, c := range clusters {
+		role := "alternative"
+		if i == 0 {
+			role = "leader"
+		}
+		fmt.Fprintf(stdout, " %s=%s (%s)", c.ID(), c.Addr(), role)
+	}
+	fmt.Fprintf(stdout, "\nconnect with: pymilvus MilvusClient(uri=\"http://%s\")  |  Go SDK milvusclient.New(ctx, &milvusclient.ClientConfig{Address: %q})\n", *listen, *listen)
+	fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause\n", *adminListen, *adminListen)
+	return runApp(ctx, app.Options{
+		Config:        cfg,
+		Logger:        logger,
+		AdminHandlers: map[string]http.Handler{"/sim/": sim.ControlHandler(byID)},
+	}, stdout)
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
+)
+
+// runServe runs the proxy from a config file until ctx is cancelled, then
+// drains for drain.grace_period.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config file (YAML); default $"+config.EnvConfig)
+	listen := fs.String("listen", "", "gRPC listen address (overrides listen)")
+	adminListen := fs.String("admin-listen", "", "admin HTTP listen address (overrides admin_listen)")
+	check := fs.Bool("check", false, "validate the config, print the effective config and exit")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	logFormat := fs.String("log-format", "", "text or json (overrides log.format)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	file, err := config.ResolvePath(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 2
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 2
+	}
+	overrideListen(cfg, *listen, *adminListen)
+	if *logLevel != "" {
+		cfg.Log.Level = *logLevel
+	}
+	if *logFormat != "" {
+		cfg.Log.Format = *logFormat
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 2
+	}
+	if *check {
+		fmt.Fprintf(stdout, "# %s: ok\n%s", file, cfg.String())
+		return 0
+	}
+	logger, err := telemetry.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		fmt.Fprintf(stderr, "serve: %v\n", err)
+		return 2
+	}
+	return runApp(ctx, app.Options{Config: cfg, Logger: logger}, stdout)
+}
+
+func overrideListen(cfg *config.Config, listen, adminListen string) {
+	if listen != "" {
+		cfg.Listen = listen
+	}
+	if adminListen != "" {
+		cfg.AdminListen = adminListen
+	}
+}
+
+// runApp starts the proxy, prints where it listens, waits for ctx (a
+// signal) or a server failure, then drains.
+func runApp(ctx context.Context, opts app.Options, stdout io.Writer) int {
+	logger := opts.Logger
+	a, err := app.New(ctx, opts)
+	if err != nil {
+		logger.Error("cannot build the proxy", "err", err)
+		return 1
+	}
+	if err := a.Start(); err != nil {
+		logger.Error("cannot start the proxy", "err", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "milvus-ha-proxy listening on %s (gRPC), admin on http://%s\n", a.Addr(), a.AdminAddr())
+	code := 0
+	select {
+	case <-ctx.Done():
+		logger.Info("signal received: draining", "grace_period", opts.Config.Drain.GracePeriod.Std().String())
+	case err := <-a.Errors():
+		logger.Error("server stopped", "err", err)
+		code = 1
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), opts.Config.Drain.GracePeriod.Std())
+	defer cancel()
+	if err := a.Shutdown(dctx); err != nil {
+		logger.Warn("drain ended with errors", "err", err)
+	}
+	logger.Info("stopped", slog.Int("exit", code))
+	return code
+}

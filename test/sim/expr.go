@@ -771,9 +771,9 @@ func check(n node) error {
 		if err := check(x.r); err != nil {
 			return err
 		}
-		_, lf := x.l.(*fieldNode)
-		_, rf := x.r.(*fieldNode)
-		if !lf && !rf {
+		_, ll := x.l.(*litNode)
+		_, rl := x.r.(*litNode)
+		if ll && rl {
 			return fmt.Errorf("a comparison needs at least one field, got %v %s %v", describeNode(x.l), x.op, describeNode(x.r))
 		}
 		return comparable(x.l.typ(), x.r.typ(), x.op)

@@ -89,9 +89,10 @@ func (c *Cluster) snapshotForRead(ctx context.Context, db, name string, partitio
 }
 
 // acquire takes a search slot (Options.SearchConcurrency) and returns the
-// release function, which also pads the call to Options.SearchMinLatency.
+// release function, which also pads the time the slot is held to
+// Options.SearchMinLatency: N slots each busy at least D model a cluster of
+// capacity N/D queries per second.
 func (c *Cluster) acquire(ctx context.Context) (func(), error) {
-	start := time.Now()
 	if c.searchSem != nil {
 		select {
 		case c.searchSem <- struct{}{}:
@@ -99,6 +100,7 @@ func (c *Cluster) acquire(ctx context.Context) (func(), error) {
 			return nil, ctx.Err()
 		}
 	}
+	start := time.Now()
 	return func() {
 		if d := c.opts.SearchMinLatency - time.Since(start); d > 0 {
 			t := time.NewTimer(d)

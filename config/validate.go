@@ -26,7 +26,8 @@ func (c *Config) validate(lines map[string]int) error {
 
 	checkListen(e, "listen", c.Listen)
 	checkListen(e, "admin_listen", c.AdminListen)
-	if c.Listen != "" && c.Listen == c.AdminListen {
+	// Port 0 asks the kernel for a free port, so two ":0" listeners differ.
+	if c.Listen != "" && c.Listen == c.AdminListen && !strings.HasSuffix(c.Listen, ":0") {
 		e.add("admin_listen", "same address as listen (%s); the admin API needs its own port", c.Listen)
 	}
 

@@ -99,6 +99,9 @@ type Cluster struct {
 
 	role atomic.Int32
 	repl replState
+	// inboundStreams counts accepted incoming replicate streams (tests use it
+	// to see that a source reconnected).
+	inboundStreams atomic.Int64
 
 	faults faults
 
@@ -376,8 +379,12 @@ func (c *Cluster) tickLoop() {
 			w.mu.Lock()
 			if role(c.role.Load()) != roleSecondary && !c.stopped() {
 				e := &entry{ts: c.tso.alloc(), kind: kindTimeTick}
-				if err := w.appendLocked(e); err != nil && !errors.Is(err, errStoreClosed) {
-					c.log.Warn("time tick append failed", "pchannel", w.name, "err", err)
+				if err := w.appendLocked(e); err != nil {
+					if !errors.Is(err, errStoreClosed) {
+						c.log.Warn("time tick append failed", "pchannel", w.name, "err", err)
+					}
+				} else {
+					w.advance(e.ts)
 				}
 			}
 			w.mu.Unlock()
@@ -493,6 +500,7 @@ func (c *Cluster) recover() error {
 		if pc := c.apply(it.p, e); pc != nil {
 			pendingCfg = append(pendingCfg, pc)
 		}
+		c.wals[it.p].advance(e.ts)
 		for _, pc := range pendingCfg {
 			c.applyConfig(pc, false)
 		}

@@ -49,6 +49,7 @@ func (c *Cluster) appendData(p int, kind string, coll *collection, build func(ts
 		return 0, newErr(codeServiceInternal, "%v", err)
 	}
 	c.apply(p, e)
+	w.advance(ts)
 	return ts, nil
 }
 

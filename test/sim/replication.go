@@ -443,6 +443,7 @@ func (c *Cluster) broadcastLocked(kind string, payload []byte, props map[string]
 		if pc := c.apply(p, e); pc != nil {
 			pending = pc
 		}
+		w.advance(ts)
 	}
 	if pending != nil {
 		// Applied while every pchannel is still locked: no time tick and no
@@ -524,6 +525,7 @@ func (c *Cluster) serveReplicateStream(stream milvuspb.MilvusService_CreateRepli
 	defer cancel(nil)
 	c.registerInbound(in)
 	defer c.unregisterInbound(in)
+	c.inboundStreams.Add(1)
 
 	queue := make(chan received, 256)
 	go func() {
@@ -696,6 +698,7 @@ func (c *Cluster) applyReplicated(p int, m *milvuspb.ReplicateMessage) (uint64, 
 		return 0, nil, err
 	}
 	pc := c.apply(p, local)
+	w.advance(local.ts)
 	return local.ts, pc, nil
 }
 

@@ -157,7 +157,8 @@ type wal struct {
 	notify  chan struct{}
 
 	// served is the timestamp up to which this pchannel is applied: the
-	// largest message timestamp appended (time ticks included).
+	// largest timestamp of a message appended and applied (time ticks
+	// included). It advances only after the message's effects are visible.
 	served atomic.Uint64
 
 	file *walFile // nil without DataDir
@@ -168,7 +169,7 @@ func newWAL(idx int, name string) *wal {
 }
 
 // appendLocked assigns e the next id, persists and publishes it. The caller
-// holds w.mu.
+// holds w.mu, applies e, then calls advance(e.ts).
 func (w *wal) appendLocked(e *entry) error {
 	w.emu.RLock()
 	e.id = int64(len(w.entries)) + 1
@@ -182,19 +183,31 @@ func (w *wal) appendLocked(e *entry) error {
 	return nil
 }
 
-// publish makes e visible to readers (also used when loading from disk).
+// publish makes e visible to WAL readers (also used when loading from disk).
 func (w *wal) publish(e *entry) {
 	w.emu.Lock()
 	w.entries = append(w.entries, e)
 	close(w.notify)
 	w.notify = make(chan struct{})
 	w.emu.Unlock()
+}
+
+// advance marks the pchannel applied up to ts and wakes readers waiting for
+// it.
+func (w *wal) advance(ts uint64) {
 	for {
 		cur := w.served.Load()
-		if e.ts <= cur || w.served.CompareAndSwap(cur, e.ts) {
+		if ts <= cur {
+			return
+		}
+		if w.served.CompareAndSwap(cur, ts) {
 			break
 		}
 	}
+	w.emu.Lock()
+	close(w.notify)
+	w.notify = make(chan struct{})
+	w.emu.Unlock()
 }
 
 func (w *wal) lastID() int64 {

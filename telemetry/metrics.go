@@ -12,7 +12,9 @@ import (
 )
 
 // Read routing reasons, the values of the reason label of
-// milvus_ha_proxy_reads_total.
+// milvus_ha_proxy_reads_total. They are the router's reasons
+// (router.Reason) and the proxy's own (proxy.Reason*), passed through as
+// they are; test/ops checks that the two lists agree.
 const (
 	// ReadAlternative: an eligible alternative served the read.
 	ReadAlternative = "alternative"
@@ -24,10 +26,30 @@ const (
 	ReadLeaderLag = "leader_lag"
 	// ReadLeaderStrong: a Strong read with consistency.strong_reads: leader.
 	ReadLeaderStrong = "leader_strong"
-	// ReadLeaderUnhealthy: no alternative was usable at all (down, breaker
-	// open, quarantined, or none configured).
-	ReadLeaderUnhealthy = "leader_unhealthy"
+	// ReadLeaderNoAlternative: no alternative was usable at all (down,
+	// breaker open, quarantined, or none configured).
+	ReadLeaderNoAlternative = "leader_no_alternative"
+	// ReadLeaderFallback: the alternative chosen answered that it could
+	// not serve the read (e.g. the collection is not there yet), so the
+	// leader did.
+	ReadLeaderFallback = "leader_fallback"
+	// ReadLeaderNoCollection: the collection's facts (pchannels, default
+	// level) were unknown, so the read went to the leader as sent.
+	ReadLeaderNoCollection = "leader_no_collection"
+	// ReadLeaderWait: no cluster was known (a failover under way); the
+	// read waited for a leader as writes do.
+	ReadLeaderWait = "leader_wait"
+	// ReadLeaderStrongAlloc: strong_reads: wait, but taking a timestamp
+	// from the leader failed, so the leader served the read.
+	ReadLeaderStrongAlloc = "leader_strong_alloc"
 )
+
+// ReadReasons lists every value of the reason label of
+// milvus_ha_proxy_reads_total, for documentation and tests.
+func ReadReasons() []string {
+	return []string{ReadAlternative, ReadLeaderBalanced, ReadLeaderLag, ReadLeaderStrong,
+		ReadLeaderNoAlternative, ReadLeaderFallback, ReadLeaderNoCollection, ReadLeaderWait, ReadLeaderStrongAlloc}
+}
 
 // Outcomes of a write held during a leader change, the values of the
 // outcome label of milvus_ha_proxy_writes_held_total.
@@ -160,7 +182,7 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(rpcBuckets...))
 	must(e)
 	m.reads, e = meter.Int64Counter("milvus_ha_proxy_reads",
-		metric.WithDescription("Reads routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_unhealthy."),
+		metric.WithDescription("Reads (Search, HybridSearch, Query) routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_no_alternative, leader_fallback, leader_no_collection, leader_wait, leader_strong_alloc."),
 		metric.WithUnit("{read}"))
 	must(e)
 	m.retries, e = meter.Int64Counter("milvus_ha_proxy_retries",

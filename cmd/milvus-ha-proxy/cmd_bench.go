@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench/lab"
 )
 
 const benchUsage = `usage: milvus-ha-proxy bench --target [NAME=]ADDR [--compare [NAME=]ADDR[,...]]
@@ -72,11 +73,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		faultPost   = fs.String("fault-post", "", "`URL` to POST at --fault-at (e.g. a sim control or the admin failover endpoint)")
 		faultBody   = fs.String("fault-body", "", "JSON body of the --fault-post request")
 		faultKill   = fs.Int("fault-kill", 0, "`PID` to SIGKILL at --fault-at (a `sim` process: the leader dies)")
-		scenario    = fs.String("scenario", "", "run a scenario: overhead, read-scaling, failover or consistency-cost (see README)")
+		scenario    = fs.String("scenario", "", "run a scenario: overhead, read-scaling, failover or consistency-cost; without --target on clusters and a proxy it starts itself (see bench/README.md)")
 		alts        = fs.String("alternatives", "", "consistency-cost: clusters whose replication lag to set, `ID[=CONTROL_URL],...` (default: the --admin topology's alternatives, controlled through --admin)")
 		lags        = fs.String("lags", "0s,100ms,1s", "consistency-cost: replication lags to measure under")
 		levels      = fs.String("levels", "strong,session,bounded,eventually,customized", "consistency-cost: levels to measure")
 		leader      = fs.String("leader", "", "consistency-cost: the leader's cluster id (default: learned from the writes' header)")
+		simCap      = fs.Int("sim-capacity", 0, "in-process read-scaling: searches each simulated cluster serves at once (default 2)")
+		simLat      = fs.Duration("sim-min-latency", 0, "in-process read-scaling: least time each search takes on a simulated cluster (default 10ms)")
+		noHAProxy   = fs.Bool("no-haproxy", false, "in-process overhead: do not add HAProxy as a third target even when it is on PATH")
 		progress    = fs.Bool("progress", false, "print progress lines even when stderr is not a terminal")
 		verbose     = fs.Bool("v", false, "log setup steps to stderr")
 	)
@@ -150,9 +154,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return usageFail(errors.New("--workload: required (" + joinWorkloads() + ")"))
 		}
 	case bench.ScenarioOverhead, bench.ScenarioReadScaling, bench.ScenarioFailover, bench.ScenarioConsistencyCost:
-		// A scenario picks its own workload, level and setup unless told.
+		// A scenario picks its own workload, level, setup and concurrency
+		// unless told.
 		if !set["setup"] {
 			cfg.Setup = ""
+		}
+		if !set["concurrency"] {
+			cfg.Concurrency = 0
 		}
 	default:
 		return usageFail(fmt.Errorf("--scenario: unknown scenario %q (one of %s)", *scenario, strings.Join(bench.Scenarios, ", ")))
@@ -167,14 +175,32 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return usageFail(err)
 		}
 	}
-	if *target == "" {
+	// A scenario without --target starts its own clusters and proxy.
+	inproc := *scenario != "" && *target == ""
+	switch {
+	case inproc:
+		for _, f := range []string{"compare", "admin", "alternatives", "leader", "fault-post", "fault-kill", "fault-body"} {
+			if set[f] {
+				return usageFail(fmt.Errorf("--%s: only with --target (the in-process scenario runs its own clusters)", f))
+			}
+		}
+	case *target == "":
 		return usageFail(errors.New("--target: required"))
+	default:
+		for _, f := range []string{"sim-capacity", "sim-min-latency", "no-haproxy"} {
+			if set[f] {
+				return usageFail(fmt.Errorf("--%s: only for in-process scenarios (without --target)", f))
+			}
+		}
+		t, err := parseTarget(*target)
+		if err != nil {
+			return usageFail(fmt.Errorf("--target: %w", err))
+		}
+		cfg.Targets = append(cfg.Targets, t)
 	}
-	t, err := parseTarget(*target)
-	if err != nil {
-		return usageFail(fmt.Errorf("--target: %w", err))
+	if *simCap < 0 || *simLat < 0 {
+		return usageFail(errors.New("--sim-capacity: capacity and latency must not be negative"))
 	}
-	cfg.Targets = append(cfg.Targets, t)
 	if *compare != "" {
 		for _, s := range strings.Split(*compare, ",") {
 			t, err := parseTarget(strings.TrimSpace(s))
@@ -187,8 +213,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if *faultPost != "" && *faultKill != 0 {
 		return usageFail(errors.New("--fault-kill: give --fault-post or --fault-kill, not both"))
 	}
-	if (*faultPost == "" && *faultKill == 0) != (*faultAt == 0) {
+	if !inproc && (*faultPost == "" && *faultKill == 0) != (*faultAt == 0) {
 		return usageFail(errors.New("--fault-at: --fault-at goes with --fault-post or --fault-kill"))
+	}
+	if *faultAt < 0 {
+		return usageFail(errors.New("--fault-at: must not be negative"))
 	}
 	if *faultKill < 0 || *faultKill == os.Getpid() {
 		return usageFail(errors.New("--fault-kill: not a process to kill"))
@@ -227,12 +256,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if probe.Workload == "" {
 			probe.Workload = bench.WorkloadSearch
 		}
+		if inproc {
+			probe.Targets = []bench.Target{{Addr: "in-process"}}
+		}
 		if err := probe.Validate(); err != nil {
 			return usageFail(err)
 		}
 	}
 	var ccOpts bench.ConsistencyCostOptions
-	if *scenario == bench.ScenarioConsistencyCost {
+	if inproc && *scenario == bench.ScenarioConsistencyCost {
+		// Only the levels and lags: the lab sets the lag itself.
+		if ccOpts.Levels, ccOpts.Lags, err = parseLevelsLags(*levels, *lags); err != nil {
+			return usageFail(err)
+		}
+	} else if *scenario == bench.ScenarioConsistencyCost {
 		if ccOpts, err = consistencyCostOptions(ctx, *admin, *alts, *lags, *levels, *leader); err != nil {
 			if bench.IsUsageError(err) {
 				return usageFail(err)
@@ -253,8 +290,30 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	if inproc {
+		run := func(ctx context.Context) (*bench.ScenarioReport, error) {
+			return lab.Run(ctx, *scenario, cfg, lab.ScenarioOptions{
+				Capacity: *simCap, MinLatency: *simLat, FaultAt: *faultAt, SkipHAProxy: *noHAProxy,
+				Levels: ccOpts.Levels, Lags: ccOpts.Lags,
+				Logger: cfg.Logger,
+			})
+		}
+		return runScenario(ctx, run, *out, *plotFile, stdout, stderr)
+	}
 	if *scenario != "" {
-		return runScenario(ctx, *scenario, cfg, ccOpts, *out, *plotFile, stdout, stderr)
+		run := func(ctx context.Context) (*bench.ScenarioReport, error) {
+			switch *scenario {
+			case bench.ScenarioOverhead:
+				return bench.Overhead(ctx, cfg)
+			case bench.ScenarioReadScaling:
+				return bench.ReadScaling(ctx, cfg)
+			case bench.ScenarioFailover:
+				return bench.Failover(ctx, cfg)
+			default:
+				return bench.ConsistencyCost(ctx, cfg, ccOpts)
+			}
+		}
+		return runScenario(ctx, run, *out, *plotFile, stdout, stderr)
 	}
 
 	rep, runErr := bench.Run(ctx, cfg)
@@ -291,19 +350,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // runScenario runs one of issue 7's scenarios and prints each run's table,
 // then the scenario's summary.
-func runScenario(ctx context.Context, name string, cfg bench.Config, cc bench.ConsistencyCostOptions, out, plotFile string, stdout, stderr io.Writer) int {
-	var s *bench.ScenarioReport
-	var err error
-	switch name {
-	case bench.ScenarioOverhead:
-		s, err = bench.Overhead(ctx, cfg)
-	case bench.ScenarioReadScaling:
-		s, err = bench.ReadScaling(ctx, cfg)
-	case bench.ScenarioFailover:
-		s, err = bench.Failover(ctx, cfg)
-	case bench.ScenarioConsistencyCost:
-		s, err = bench.ConsistencyCost(ctx, cfg, cc)
-	}
+func runScenario(ctx context.Context, run func(context.Context) (*bench.ScenarioReport, error), out, plotFile string, stdout, stderr io.Writer) int {
+	s, err := run(ctx)
 	if s == nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		if bench.IsUsageError(err) {
@@ -353,19 +401,9 @@ func runScenario(ctx context.Context, name string, cfg bench.Config, cc bench.Co
 // controls), by default the --admin URL of `demo`, where they live.
 func consistencyCostOptions(ctx context.Context, admin, alts, lags, levels, leader string) (bench.ConsistencyCostOptions, error) {
 	var o bench.ConsistencyCostOptions
-	for _, s := range strings.Split(lags, ",") {
-		d, err := time.ParseDuration(strings.TrimSpace(s))
-		if err != nil || d < 0 {
-			return o, &bench.UsageError{Flag: "lags", Msg: fmt.Sprintf("bad duration %q", s)}
-		}
-		o.Lags = append(o.Lags, d)
-	}
-	for _, s := range strings.Split(levels, ",") {
-		l, err := bench.ParseConsistency(strings.TrimSpace(s))
-		if err != nil {
-			return o, &bench.UsageError{Flag: "levels", Msg: err.Error()}
-		}
-		o.Levels = append(o.Levels, l)
+	var err error
+	if o.Levels, o.Lags, err = parseLevelsLags(levels, lags); err != nil {
+		return o, err
 	}
 	o.Leader = leader
 	byURL := map[string][]string{}
@@ -418,6 +456,26 @@ func consistencyCostOptions(ctx context.Context, admin, alts, lags, levels, lead
 		return nil
 	}
 	return o, nil
+}
+
+func parseLevelsLags(levels, lags string) ([]bench.Consistency, []time.Duration, error) {
+	var ls []bench.Consistency
+	var ds []time.Duration
+	for _, s := range strings.Split(lags, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			return nil, nil, &bench.UsageError{Flag: "lags", Msg: fmt.Sprintf("bad duration %q", s)}
+		}
+		ds = append(ds, d)
+	}
+	for _, s := range strings.Split(levels, ",") {
+		l, err := bench.ParseConsistency(strings.TrimSpace(s))
+		if err != nil {
+			return nil, nil, &bench.UsageError{Flag: "levels", Msg: err.Error()}
+		}
+		ls = append(ls, l)
+	}
+	return ls, ds, nil
 }
 
 // killProcess is the fault that kills a `sim` process the way a machine

@@ -47,6 +47,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"consistency-cost without admin", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5"}, "--admin"},
 		{"bad lags", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5", "--alternatives", "b=http://127.0.0.1:1", "--lags", "soon"}, "--lags"},
 		{"bad levels", []string{"--target", "x:1", "--scenario", "consistency-cost", "--ops", "5", "--alternatives", "b=http://127.0.0.1:1", "--levels", "strong,weak"}, "--levels"},
+		{"in-process with compare", []string{"--scenario", "overhead", "--ops", "5", "--compare", "x:1"}, "--compare"},
+		{"in-process bad levels", []string{"--scenario", "consistency-cost", "--ops", "5", "--levels", "weak"}, "--levels"},
+		{"sim flags with target", with("--sim-capacity", "2"), "--sim-capacity"},
 		{"kill and post", with("--fault-at", "1s", "--fault-kill", "99999", "--fault-post", "http://127.0.0.1:1/"), "--fault-kill"},
 	}
 	for _, tt := range tests {
@@ -180,5 +183,26 @@ func TestBenchScenarioConsistencyCost(t *testing.T) {
 	data, _ := os.ReadFile(out)
 	if err := json.Unmarshal(data, &s); err != nil || len(s.Runs) != 4 || s.Scenario != "consistency-cost" {
 		t.Errorf("JSON: %v, %d runs", err, len(s.Runs))
+	}
+}
+
+// A scenario without --target starts its own clusters and proxy.
+func TestBenchScenarioInProcess(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "o.json")
+	var stdout, stderr bytes.Buffer
+	code := runBench(t.Context(), []string{"--scenario", "overhead", "--ops", "100", "--concurrency", "2",
+		"--dim", "8", "--preload", "100", "--no-haproxy", "--out", out}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	for _, want := range []string{"scenario overhead", "ops/s vs direct", "throughput_ratio_proxy"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	var s bench.ScenarioReport
+	data, _ := os.ReadFile(out)
+	if err := json.Unmarshal(data, &s); err != nil || len(s.Runs) != 1 || len(s.Runs[0].Report.Targets) != 2 {
+		t.Errorf("JSON: %v, %+v", err, s.Runs)
 	}
 }

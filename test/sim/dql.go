@@ -374,19 +374,13 @@ func (c *Cluster) search(ctx context.Context, req *milvuspb.SearchRequest) (*mil
 		return nil, err
 	}
 	coll := snap.coll
-	sp, err := parseSearchParams(snap, req.GetSearchParams())
+	plan, err := planSearch(snap, req)
 	if err != nil {
 		return nil, err
 	}
 	outs, err := resolveOutputs(coll, req.GetOutputFields(), false)
 	if err != nil {
 		return nil, err
-	}
-	var flt *filter
-	if strings.TrimSpace(req.GetDsl()) != "" {
-		if flt, err = compileFilter(req.GetDsl(), coll.exprEnv(req.GetExprTemplateValues())); err != nil {
-			return nil, err
-		}
 	}
 	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
 	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
@@ -401,47 +395,264 @@ func (c *Cluster) search(ctx context.Context, req *milvuspb.SearchRequest) (*mil
 	d := coll.data
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	queries, err := queryVectors(req, sp.field, d)
+	hits, err := plan.run(d)
 	if err != nil {
 		return nil, err
 	}
-	cands := candidates(d, snap.parts, flt)
-	k := sp.topK + sp.offset
-	res := &schemapb.SearchResultData{NumQueries: int64(len(queries)), TopK: int64(sp.topK), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
+	sp := plan.sp
+	res := &schemapb.SearchResultData{NumQueries: int64(len(hits)), TopK: int64(sp.topK), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
 	var allRows []int32
-	var allScores []float32
-	col := d.cols[sp.field.pos]
-	sel := newTopK(k, lessBetter(sp.metric))
-	for _, q := range queries {
-		sel.reset()
-		scanVectors(col, q, sp.metric, cands, d.alive, sel, sp)
-		rows, scores := sel.sorted()
+	allScores := []float32{}
+	for _, h := range hits {
+		rows, scores := h.rows, h.scores
 		if sp.offset < len(rows) {
 			rows, scores = rows[sp.offset:], scores[sp.offset:]
 		} else {
 			rows, scores = nil, nil
 		}
-		if sp.round >= 0 {
-			pow := math.Pow(10, float64(sp.round))
-			for i := range scores {
-				scores[i] = float32(math.Round(float64(scores[i])*pow) / pow)
-			}
-		}
+		roundScores(scores, sp.round)
 		res.Topks = append(res.Topks, int64(len(rows)))
 		allRows = append(allRows, rows...)
 		allScores = append(allScores, scores...)
 	}
-	pks := make([]pkValue, len(allRows))
-	for i, r := range allRows {
-		pks[i] = d.pkAt(r)
-	}
-	res.Ids = idsOf(coll.pk.typ, pks)
+	res.Ids = idsOf(coll.pk.typ, pksAt(d, allRows))
 	res.Scores = allScores
-	if allScores == nil {
-		res.Scores = []float32{}
-	}
 	res.FieldsData = outs.render(coll, d, allRows)
 	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: coll.name, SessionTs: g}, nil
+}
+
+func roundScores(scores []float32, round int) {
+	if round < 0 {
+		return
+	}
+	pow := math.Pow(10, float64(round))
+	for i := range scores {
+		scores[i] = float32(math.Round(float64(scores[i])*pow) / pow)
+	}
+}
+
+func pksAt(d *collData, rows []int32) []pkValue {
+	pks := make([]pkValue, len(rows))
+	for i, r := range rows {
+		pks[i] = d.pkAt(r)
+	}
+	return pks
+}
+
+// searchPlan is one parsed ANN search (a Search, or one request of a
+// HybridSearch).
+type searchPlan struct {
+	req  *milvuspb.SearchRequest
+	sp   *searchParams
+	flt  *filter
+	snap *readSnapshot
+}
+
+// hitList is the best rows of one query, best first.
+type hitList struct {
+	rows   []int32
+	scores []float32
+}
+
+func planSearch(snap *readSnapshot, req *milvuspb.SearchRequest) (*searchPlan, error) {
+	sp, err := parseSearchParams(snap, req.GetSearchParams())
+	if err != nil {
+		return nil, err
+	}
+	plan := &searchPlan{req: req, sp: sp, snap: snap}
+	if strings.TrimSpace(req.GetDsl()) != "" {
+		if plan.flt, err = compileFilter(req.GetDsl(), snap.coll.exprEnv(req.GetExprTemplateValues())); err != nil {
+			return nil, err
+		}
+	}
+	return plan, nil
+}
+
+// run scans the collection for each query; the caller holds d.mu for
+// reading. Each hitList holds topK+offset entries at most.
+func (p *searchPlan) run(d *collData) ([]hitList, error) {
+	queries, err := queryVectors(p.req, p.sp.field, d)
+	if err != nil {
+		return nil, err
+	}
+	cands := candidates(d, p.snap.parts, p.flt)
+	col := d.cols[p.sp.field.pos]
+	sel := newTopK(p.sp.topK+p.sp.offset, lessBetter(p.sp.metric))
+	out := make([]hitList, len(queries))
+	for i, q := range queries {
+		sel.reset()
+		scanVectors(col, q, p.sp.metric, cands, d.alive, sel, p.sp)
+		out[i].rows, out[i].scores = sel.sorted()
+	}
+	return out, nil
+}
+
+func (s *service) HybridSearch(ctx context.Context, req *milvuspb.HybridSearchRequest) (*milvuspb.SearchResults, error) {
+	res, err := s.c.hybridSearch(ctx, req)
+	if err != nil {
+		return &milvuspb.SearchResults{Status: statusOf(err)}, nil
+	}
+	return res, nil
+}
+
+// hybridSearch runs every ANN request and fuses the results with the rank
+// parameters' reranker: rrf (score = sum 1/(k+rank)) or weighted (sum of
+// weight * normalised score), as Milvus does.
+func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRequest) (*milvuspb.SearchResults, error) {
+	if req.GetFunctionScore() != nil {
+		return nil, errUnsupported("hybrid search with function score")
+	}
+	if len(req.GetRequests()) == 0 {
+		return nil, errParam("hybrid search needs at least one search request")
+	}
+	snap, err := c.snapshotForRead(ctx, dbOf(ctx, req.GetDbName()), req.GetCollectionName(), req.GetPartitionNames())
+	if err != nil {
+		return nil, err
+	}
+	coll := snap.coll
+	var plans []*searchPlan
+	for _, sub := range req.GetRequests() {
+		plan, err := planSearch(snap, sub)
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, plan)
+	}
+	rank := kvMap(req.GetRankParams())
+	limit, err := strconv.Atoi(rank["limit"])
+	if err != nil || limit <= 0 || limit > maxTopK {
+		return nil, errParam("limit [%s] of hybrid search is invalid, it should be in range [1, %d]", rank["limit"], maxTopK)
+	}
+	offset := 0
+	if v := rank["offset"]; v != "" {
+		if offset, err = strconv.Atoi(v); err != nil || offset < 0 || offset+limit > maxTopK {
+			return nil, errParam("offset [%s] of hybrid search is invalid", v)
+		}
+	}
+	round := -1
+	if v := rank["round_decimal"]; v != "" {
+		if round, err = strconv.Atoi(v); err != nil || round < -1 || round > 6 {
+			return nil, errParam("round_decimal [%s] is invalid", v)
+		}
+	}
+	strategy := strings.ToLower(rank["strategy"])
+	if strategy == "" {
+		strategy = "rrf"
+	}
+	var rp struct {
+		K       *float64  `json:"k"`
+		Weights []float64 `json:"weights"`
+	}
+	if raw := rank["params"]; raw != "" {
+		if err := json.Unmarshal([]byte(raw), &rp); err != nil {
+			return nil, errParam("rank params %q are not valid JSON: %v", raw, err)
+		}
+	}
+	k := 60.0
+	switch strategy {
+	case "rrf":
+		if rp.K != nil {
+			if *rp.K <= 0 || *rp.K >= 16384 {
+				return nil, errParam("the rank param k should be in range (0, 16384), got %v", *rp.K)
+			}
+			k = *rp.K
+		}
+	case "weighted":
+		if len(rp.Weights) != len(plans) {
+			return nil, errParam("the length of weights param mismatch with ann search requests: want len = %d, but got %d", len(plans), len(rp.Weights))
+		}
+	default:
+		return nil, errParam("unsupported rerank strategy %q", strategy)
+	}
+	outs, err := resolveOutputs(coll, req.GetOutputFields(), false)
+	if err != nil {
+		return nil, err
+	}
+	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
+	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
+		return nil, err
+	}
+	release, err := c.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	d := coll.data
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var perPlan [][]hitList
+	nq := -1
+	for _, plan := range plans {
+		hits, err := plan.run(d)
+		if err != nil {
+			return nil, err
+		}
+		if nq >= 0 && len(hits) != nq {
+			return nil, errParam("the nq of every hybrid search request must be the same, got %d and %d", nq, len(hits))
+		}
+		nq = len(hits)
+		perPlan = append(perPlan, hits)
+	}
+	res := &schemapb.SearchResultData{NumQueries: int64(nq), TopK: int64(limit), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
+	var allRows []int32
+	allScores := []float32{}
+	for q := 0; q < nq; q++ {
+		fused := map[int32]float64{}
+		for j, hits := range perPlan {
+			h := hits[q]
+			for rank, r := range h.rows {
+				if strategy == "rrf" {
+					fused[r] += 1 / (k + float64(rank+1))
+				} else {
+					fused[r] += rp.Weights[j] * normalizeScore(plans[j].sp.metric, float64(h.scores[rank]))
+				}
+			}
+		}
+		rows := make([]int32, 0, len(fused))
+		for r := range fused {
+			rows = append(rows, r)
+		}
+		sort.Slice(rows, func(a, b int) bool {
+			if fused[rows[a]] != fused[rows[b]] {
+				return fused[rows[a]] > fused[rows[b]]
+			}
+			return rows[a] < rows[b]
+		})
+		if offset < len(rows) {
+			rows = rows[offset:]
+		} else {
+			rows = nil
+		}
+		if len(rows) > limit {
+			rows = rows[:limit]
+		}
+		scores := make([]float32, len(rows))
+		for i, r := range rows {
+			scores[i] = float32(fused[r])
+		}
+		roundScores(scores, round)
+		res.Topks = append(res.Topks, int64(len(rows)))
+		allRows = append(allRows, rows...)
+		allScores = append(allScores, scores...)
+	}
+	res.Ids = idsOf(coll.pk.typ, pksAt(d, allRows))
+	res.Scores = allScores
+	res.FieldsData = outs.render(coll, d, allRows)
+	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: coll.name, SessionTs: g}, nil
+}
+
+// normalizeScore maps a metric's score into [0, 1], larger better, as
+// Milvus's weighted reranker does.
+func normalizeScore(metric string, x float64) float64 {
+	switch metric {
+	case "L2":
+		return 1 - 2*math.Atan(x)/math.Pi
+	case "COSINE":
+		return (1 + x) / 2
+	default:
+		return 0.5 + math.Atan(x)/math.Pi
+	}
 }
 
 // candidates lists the rows a read may return (alive, in the partitions,

@@ -210,3 +210,56 @@ func TestSearchRawResultShape(t *testing.T) {
 		}
 	}
 }
+
+// TestHybridSearch fuses two ANN searches with RRF and weighted rerankers
+// through the Go SDK.
+func TestHybridSearch(t *testing.T) {
+	c := startCluster(t, Options{ClusterID: "h"})
+	cli := sdkClient(t, c)
+	ctx := tctx(t)
+	const dim = 8
+	schema := entity.NewSchema().WithName("hy").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("a").WithDataType(entity.FieldTypeFloatVector).WithDim(dim)).
+		WithField(entity.NewField().WithName("b").WithDataType(entity.FieldTypeFloatVector).WithDim(dim))
+	if err := cli.CreateCollection(ctx, milvusclient.NewCreateCollectionOption("hy", schema).WithIndexOptions(
+		milvusclient.NewCreateIndexOption("hy", "a", index.NewFlatIndex(entity.L2)),
+		milvusclient.NewCreateIndexOption("hy", "b", index.NewFlatIndex(entity.IP)))); err != nil {
+		t.Fatal(err)
+	}
+	task, err := cli.LoadCollection(ctx, milvusclient.NewLoadCollectionOption("hy"))
+	if err != nil || task.Await(ctx) != nil {
+		t.Fatal(err)
+	}
+	ra, rb := genRows(100, dim, 0, 1), genRows(100, dim, 0, 2)
+	if _, err := cli.Insert(ctx, milvusclient.NewColumnBasedInsertOption("hy").WithInt64Column("id", ra.ids).
+		WithFloatVectorColumn("a", dim, ra.vecs).WithFloatVectorColumn("b", dim, rb.vecs)); err != nil {
+		t.Fatal(err)
+	}
+	// The query for "a" is row 10's vector, the query for "b" row 20's: each
+	// wins its own search, so RRF ranks both on top.
+	reqA := milvusclient.NewAnnRequest("a", 5, entity.FloatVector(ra.vecs[10]))
+	reqB := milvusclient.NewAnnRequest("b", 5, entity.FloatVector(rb.vecs[20])).WithFilter("id >= 20")
+	sets, err := cli.HybridSearch(ctx, milvusclient.NewHybridSearchOption("hy", 4, reqA, reqB).WithReranker(milvusclient.NewRRFReranker()).WithConsistencyLevel(entity.ClStrong))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := sets[0].IDs.(*sdkcol.ColumnInt64).Data()
+	if len(ids) != 4 || !(ids[0] == 10 && ids[1] == 20 || ids[0] == 20 && ids[1] == 10) {
+		t.Fatalf("rrf ids %v scores %v", ids, sets[0].Scores)
+	}
+	if want := float32(1.0 / 61); math.Abs(float64(sets[0].Scores[0]-want)) > 1e-6 {
+		t.Fatalf("rrf top score %v want %v", sets[0].Scores[0], want)
+	}
+	sets, err = cli.HybridSearch(ctx, milvusclient.NewHybridSearchOption("hy", 3, reqA, reqB).WithReranker(milvusclient.NewWeightedReranker([]float64{1, 0})).WithConsistencyLevel(entity.ClStrong))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIDs, _ := bruteForce("L2", ra.vecs[10], ra.ids, ra.vecs, nil, 3)
+	if got := sets[0].IDs.(*sdkcol.ColumnInt64).Data(); fmt.Sprint(got) != fmt.Sprint(wantIDs) {
+		t.Fatalf("weighted [1,0] ids %v, want the L2 order %v", got, wantIDs)
+	}
+	if _, err := cli.HybridSearch(ctx, milvusclient.NewHybridSearchOption("hy", 3, reqA, reqB).WithReranker(milvusclient.NewWeightedReranker([]float64{1}))); err == nil {
+		t.Fatal("weighted reranker with the wrong number of weights accepted")
+	}
+}

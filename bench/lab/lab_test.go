@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -35,8 +36,14 @@ func TestOverhead(t *testing.T) {
 	if rep.Targets[0].Name != "proxy" || rep.Targets[1].Name != "direct" || len(s.Rows) != len(rep.Targets) {
 		t.Fatalf("targets %v rows %v", rep.Targets, s.Rows)
 	}
-	if rep.Targets[0].Errors+rep.Targets[1].Errors != 0 {
-		t.Errorf("errors: %v %v", rep.Targets[0].ErrorsByCode, rep.Targets[1].ErrorsByCode)
+	for _, tr := range rep.Targets {
+		if tr.Errors != 0 {
+			t.Errorf("%s: errors %v %v", tr.Name, tr.ErrorsByCode, tr.ErrorSamples)
+		}
+	}
+	// HAProxy joins as a third target when it is installed.
+	if _, err := exec.LookPath("haproxy"); err == nil && (len(rep.Targets) != 3 || rep.Targets[2].Name != "haproxy") {
+		t.Errorf("haproxy on PATH but targets are %d", len(rep.Targets))
 	}
 	if r := s.Findings["throughput_ratio_proxy"]; r <= 0 || r > 10 {
 		t.Errorf("throughput ratio %v", r)

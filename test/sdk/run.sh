@@ -271,6 +271,23 @@ target_demo() {
 	for sdk in $SUITES; do
 		sim_suite "$sdk" demo "http://127.0.0.1:$port"
 	done
+	# The suites passing is half of it: reads must also have been spread to
+	# the alternatives (Bounded, Eventually and Session reads qualify).
+	local served
+	served="$("$PYTHON" - "$admin" <<'EOF'
+import json, sys, urllib.request
+topo = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/topology", timeout=10))
+print(" ".join(f"{c['id']}({c['role']})={c.get('served', '?')}" for c in topo.get("clusters", [])))
+EOF
+)"
+	echo "=== demo: requests served per cluster: ${served:-unknown}"
+	if echo "$served" | grep -qE '\(alternative\)=[1-9]'; then
+		echo "    PASS demo_alternatives_served"
+		TOTAL_PASS=$((TOTAL_PASS + 1))
+	else
+		echo "    FAIL demo_alternatives_served: no alternative served a request"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+	fi
 }
 
 target_compare() {

@@ -33,7 +33,7 @@ const (
 	mOutstanding = "milvus_ha_proxy_cluster_outstanding_requests"
 )
 
-// waitLoaded waits until the collection is loaded on a cluster, asking it
+// waitLoaded waits until the collection is indexed and loaded on a cluster, asking it
 // directly (not through the proxy), so reads routed there can be served.
 func waitLoaded(t *testing.T, addr, coll string) {
 	t.Helper()
@@ -45,7 +45,17 @@ func waitLoaded(t *testing.T, addr, coll string) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return st.State == entity.LoadStateLoaded, fmt.Sprint(st.State)
+		if st.State != entity.LoadStateLoaded {
+			return false, fmt.Sprint(st.State)
+		}
+		// The simulator applies a replicated DDL on its first copy, one
+		// pchannel at a time: a load can land a moment before the index
+		// it follows, so wait for the index too.
+		idx, err := c.ListIndexes(ctx, milvusclient.NewListIndexOption(coll))
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(idx) > 0, fmt.Sprintf("indexes %v", idx)
 	})
 }
 

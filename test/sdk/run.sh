@@ -212,11 +212,11 @@ target_liteproxy() {
 
 # sim_suite SDK TARGET URI: one suite against the simulator (directly or
 # behind the proxy). Features the simulator does not have (yet) are skipped
-# by name: HybridSearch, and search iterator v2 for the Go and Node SDKs,
-# which have no v1 to fall back to. SDK_DEMO_SKIP="" SDK_DEMO_SKIP_V2=""
-# runs them all.
+# by name: search iterator v2 for the Go and Node SDKs, which have no v1 to
+# fall back to (SDK_DEMO_SKIP_V2, default search_iterator); SDK_DEMO_SKIP
+# adds steps to skip for every SDK (default none).
 sim_suite() {
-	local skip="${SDK_DEMO_SKIP-hybrid_search}" skip_v2="${SDK_DEMO_SKIP_V2-search_iterator}"
+	local skip="${SDK_DEMO_SKIP-}" skip_v2="${SDK_DEMO_SKIP_V2-search_iterator}"
 	case "$1" in
 	go | node) run_suite "$1" "$2" "$3" SDK_BACKEND=sim SDK_SKIP="$skip,$skip_v2" ;;
 	*) run_suite "$1" "$2" "$3" SDK_BACKEND=sim SDK_SKIP="$skip" ;;
@@ -242,7 +242,7 @@ target_sim() {
 		TOTAL_FAIL=$((TOTAL_FAIL + 1))
 		return
 	fi
-	echo "=== sim: skipping ${SDK_DEMO_SKIP-hybrid_search} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
+	echo "=== sim: skipping ${SDK_DEMO_SKIP:-nothing} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
 	for sdk in $SUITES; do
 		sim_suite "$sdk" sim "http://127.0.0.1:$port"
 	done
@@ -258,7 +258,7 @@ target_demo() {
 	local port admin sdk
 	port="$(free_port)"
 	admin="$(free_port)"
-	echo "=== demo: skipping ${SDK_DEMO_SKIP-hybrid_search} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
+	echo "=== demo: skipping ${SDK_DEMO_SKIP:-nothing} (all SDKs), ${SDK_DEMO_SKIP_V2-search_iterator} (go, node)"
 	"$WORK/milvus-ha-proxy" demo --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
 		>"$WORK/demo.log" 2>&1 &
 	PIDS+=($!)

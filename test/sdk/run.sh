@@ -117,6 +117,12 @@ run_suite() {
 	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "$sdk" "$(version_of "$sdk")" "$target" "$p" "$f" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
 }
 
+fail_target() { # target reason
+	echo "=== FAIL $1: $2"
+	ROWS+=("$(printf '%-9s %-28s %-8s %s' "-" "-" "$1" "FAILED: $2")")
+	TOTAL_FAIL=$((TOTAL_FAIL + 1))
+}
+
 skip_target() { # target reason
 	echo "=== SKIP $1: $2"
 	ROWS+=("$(printf '%-9s %-28s %-8s %s' "-" "-" "$1" "skipped: $2")")
@@ -183,7 +189,7 @@ target_lite() {
 # Milvus Lite leader (static discovery, no alternative): the drop-in claim
 # for all four SDKs against a server we did not write.
 target_liteproxy() {
-	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	build_proxy || { fail_target "$1" "go build ./cmd/milvus-ha-proxy failed"; return; }
 	if ! has_command serve; then
 		skip_target liteproxy "this build has no 'serve' subcommand yet"
 		TOTAL_SKIP=$((TOTAL_SKIP + 1))
@@ -226,7 +232,7 @@ sim_suite() {
 # sim: every suite directly against one `milvus-ha-proxy sim` cluster, so a
 # failure through the proxy can be told apart from a simulator gap.
 target_sim() {
-	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	build_proxy || { fail_target "$1" "go build ./cmd/milvus-ha-proxy failed"; return; }
 	if ! has_command sim; then
 		skip_target sim "this build has no 'sim' subcommand yet"
 		TOTAL_SKIP=$((TOTAL_SKIP + 1))
@@ -249,7 +255,7 @@ target_sim() {
 }
 
 target_demo() {
-	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	build_proxy || { fail_target "$1" "go build ./cmd/milvus-ha-proxy failed"; return; }
 	if ! has_command demo; then
 		skip_target demo "this build has no 'demo' subcommand yet"
 		TOTAL_SKIP=$((TOTAL_SKIP + 1))
@@ -291,7 +297,7 @@ EOF
 }
 
 target_compare() {
-	build_proxy || { TOTAL_FAIL=$((TOTAL_FAIL + 1)); return; }
+	build_proxy || { fail_target "$1" "go build ./cmd/milvus-ha-proxy failed"; return; }
 	if ! has_command serve; then
 		skip_target compare "this build has no 'serve' subcommand yet"
 		TOTAL_SKIP=$((TOTAL_SKIP + 1))
@@ -347,13 +353,13 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(all)
 for t in "${TARGETS[@]}"; do
 	case "$t" in
-	all) target_lite; target_selftest; target_sim; target_demo; target_liteproxy; target_compare ;;
-	sim) target_sim ;;
-	liteproxy) target_liteproxy ;;
+	all) target_lite; target_selftest; target_sim sim; target_demo demo; target_liteproxy liteproxy; target_compare compare ;;
+	sim) target_sim sim ;;
+	liteproxy) target_liteproxy liteproxy ;;
 	selftest) target_selftest ;;
 	lite) target_lite ;;
-	demo) target_demo ;;
-	compare) target_compare ;;
+	demo) target_demo demo ;;
+	compare) target_compare compare ;;
 	uri) target_uri ;;
 	*) echo "unknown target $t (want all|lite|selftest|sim|demo|liteproxy|compare|uri)" >&2; exit 2 ;;
 	esac

@@ -55,6 +55,8 @@ type App struct {
 	grpcLis  net.Listener
 	adminLis net.Listener
 
+	watches *watchEnder
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	errc   chan error
@@ -122,6 +124,8 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	if tel.TracingEnabled() {
 		pOpts.ServerOptions = append(pOpts.ServerOptions, tracingInterceptors(tel)...)
 	}
+	a.watches = newWatchEnder()
+	pOpts.ServerOptions = append(pOpts.ServerOptions, a.watches.interceptor())
 	a.proxy, err = proxy.New(pOpts)
 	if err != nil {
 		a.closePartial(ctx)
@@ -203,6 +207,7 @@ func (a *App) Errors() <-chan error { return a.errc }
 // ends, then everything stops. It returns ctx's error when calls were cut.
 func (a *App) Shutdown(ctx context.Context) error {
 	a.admin.SetDraining()
+	a.watches.drain()
 	var errs []error
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("draining gRPC calls: %w", err))

@@ -53,7 +53,10 @@ func (c *Cluster) noteCopy(p int, e *entry) (first, complete bool, ids []int64) 
 func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 	c.tso.observe(e.ts)
 	if e.src != "" {
-		c.repl.setCheckpoint(e.src, p, ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts})
+		c.repl.mu.Lock()
+		c.repl.ckpts[ckptKey{e.src, p}] = ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts}
+		c.repl.pchSource[p] = e.src
+		c.repl.mu.Unlock()
 	}
 	switch e.kind {
 	case kindTimeTick:
@@ -65,13 +68,18 @@ func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 		c.applyDelete(e)
 		return nil
 	case kindAlterReplicaConfig:
-		_, complete, ids := c.noteCopy(p, e)
-		if !complete {
-			return nil
-		}
 		req := &milvuspb.UpdateReplicateConfigurationRequest{}
 		if err := proto.Unmarshal(e.payload, req); err != nil {
 			c.log.Warn("undecodable replicate configuration message", "err", err)
+			return nil
+		}
+		// This pchannel now replicates from the source the configuration
+		// names (none when it makes this cluster a primary).
+		c.repl.mu.Lock()
+		c.repl.pchSource[p] = topologyOf(req.GetReplicateConfiguration(), c.id).source
+		c.repl.mu.Unlock()
+		_, complete, ids := c.noteCopy(p, e)
+		if !complete {
 			return nil
 		}
 		return &pendingConfig{cfg: req.GetReplicateConfiguration(), force: req.GetForcePromote(), ts: e.ts, ids: ids, extra: e.extra}

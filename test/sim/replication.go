@@ -52,6 +52,13 @@ type replState struct {
 	removedAt map[string][]int64
 	inbound   map[ckptKey]*inboundStream
 	cdc       map[string]*replicator
+	// pchSource[p] is the cluster local pchannel p currently replicates
+	// from. It moves to a new source when the configuration message naming
+	// it arrives on p (behind everything the old source wrote there), or
+	// when the old source has no live stream (it was lost and this cluster
+	// was re-attached elsewhere). A new source's messages are refused while
+	// the old one is still streaming, so they never interleave.
+	pchSource map[int]string
 }
 
 func (r *replState) init() {
@@ -63,12 +70,7 @@ func (r *replState) init() {
 	r.removedAt = map[string][]int64{}
 	r.inbound = map[ckptKey]*inboundStream{}
 	r.cdc = map[string]*replicator{}
-}
-
-func (r *replState) setCheckpoint(src string, p int, ck ckpt) {
-	r.mu.Lock()
-	r.ckpts[ckptKey{src, p}] = ck
-	r.mu.Unlock()
+	r.pchSource = map[int]string{}
 }
 
 func (r *replState) checkpoint(src string, p int) (ckpt, bool) {
@@ -684,6 +686,19 @@ func (c *Cluster) applyReplicated(p int, m *milvuspb.ReplicateMessage) (uint64, 
 	if role(c.role.Load()) != roleSecondary {
 		return 0, nil, errReplicateViolation("primary cluster cannot receive replicate message (cluster %s)", c.id)
 	}
+	c.repl.mu.Lock()
+	cur := c.repl.pchSource[p]
+	_, curLive := c.repl.inbound[ckptKey{cur, p}]
+	if cur != "" && cur != src {
+		if curLive {
+			c.repl.mu.Unlock()
+			return 0, nil, errReplicateViolation("pchannel %s of cluster %s still replicates from %s; %s must wait for the configuration message that hands it over",
+				c.pchannels[p], c.id, cur, src)
+		}
+		c.log.Info("pchannel taken over by a new replication source", "pchannel", c.pchannels[p], "old_source", cur, "source", src)
+	}
+	c.repl.pchSource[p] = src
+	c.repl.mu.Unlock()
 	if ck, ok := c.repl.checkpoint(src, p); ok {
 		if e.id <= ck.msgID {
 			return ck.ts, nil, nil

@@ -592,3 +592,65 @@ func TestReplicationWithAuth(t *testing.T) {
 	})
 }
 
+// TestSwitchoverWithLaggingThirdCluster: a -> {b, c} switches to b -> {a, c}
+// while c lags far behind a (paused, its incoming queues and the gRPC flow
+// control full). c must not apply b's messages on a pchannel before a's
+// remaining ones: every pchannel of c stays in timestamp order and ends with
+// every row exactly once.
+func TestSwitchoverWithLaggingThirdCluster(t *testing.T) {
+	a := startCluster(t, Options{ClusterID: "a"})
+	b := startCluster(t, Options{ClusterID: "b"})
+	c := startCluster(t, Options{ClusterID: "c"})
+	join(t, a, b, c)
+	ca, cb, cc := rawClient(t, a), rawClient(t, b), rawClient(t, c)
+	createCollection(t, ca, "lag", 4, 2, commonpb.ConsistencyLevel_Bounded, "L2")
+	waitCollection(t, cc, "lag")
+	c.PauseReplication()
+	const writes = 400
+	for i := 0; i < writes; i++ {
+		insertRange(t, ca, "lag", int64(1+i), 1)
+	}
+	cfg := ReplicationConfig(b, a, c)
+	ctx := tctx(t)
+	cDone := make(chan error, 1)
+	go func() { cDone <- UpdateReplicateConfiguration(ctx, c.Addr(), "", cfg, false) }()
+	for _, cl := range []*Cluster{a, b} {
+		if err := UpdateReplicateConfiguration(ctx, cl.Addr(), "", cfg, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := insertRange(t, cb, "lag", 1000, 20)
+	time.Sleep(100 * time.Millisecond) // b's CDC reaches c and queues up behind the pause
+	c.ResumeReplication()
+	if err := <-cDone; err != nil {
+		t.Fatal(err)
+	}
+	if n := sessionCount(t, cc, "lag", res.Timestamp); n != writes+20 {
+		t.Fatalf("c has %d rows, want %d", n, writes+20)
+	}
+	if n := sessionCount(t, ca, "lag", res.Timestamp); n != writes+20 {
+		t.Fatalf("a has %d rows, want %d", n, writes+20)
+	}
+	for p, w := range c.wals {
+		var prev uint64
+		for id := int64(1); id <= w.lastID(); id++ {
+			e, _ := w.get(id)
+			if e.src == "" {
+				continue // c's own configuration message from the join
+			}
+			if e.ts < prev {
+				t.Fatalf("c pchannel %d: message %d (%s from %s) has ts %d after %d", p, id, e.kind, e.src, e.ts, prev)
+			}
+			prev = e.ts
+		}
+	}
+	for _, src := range []string{"a", "b"} {
+		for p, ids := range srcIDs(c, src) {
+			for i := 1; i < len(ids); i++ {
+				if ids[i] != ids[i-1]+1 {
+					t.Fatalf("c pchannel %d from %s: ids %d then %d", p, src, ids[i-1], ids[i])
+				}
+			}
+		}
+	}
+}

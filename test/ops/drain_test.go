@@ -317,4 +317,3 @@ func tryGet(url string) (int, string, error) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), nil
 }
-

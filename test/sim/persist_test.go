@@ -69,6 +69,7 @@ func TestReplicationSurvivesRestarts(t *testing.T) {
 	ca := rawClient(t, a)
 	createCollection(t, ca, "rs", 4, 2, commonpb.ConsistencyLevel_Bounded, "L2")
 	res := insertRange(t, ca, "rs", 1, 10)
+	waitCollection(t, rawClient(t, b), "rs")
 	if n := sessionCount(t, rawClient(t, b), "rs", res.Timestamp); n != 10 {
 		t.Fatalf("count %d", n)
 	}

@@ -49,13 +49,21 @@ func insertRange(t testing.TB, cli milvuspb.MilvusServiceClient, coll string, fi
 	return insertRows(t, cli, coll, genRows(n, 4, first, first), 4)
 }
 
+// waitCollection waits until coll exists on a target and is loaded there.
+// Like Milvus, a read checks existence and load state before it waits for its
+// guarantee timestamp, so a read racing the replicated DDL gets "not found"
+// or "not loaded".
 func waitCollection(t testing.TB, cli milvuspb.MilvusServiceClient, coll string) *milvuspb.DescribeCollectionResponse {
 	t.Helper()
 	var desc *milvuspb.DescribeCollectionResponse
-	eventually(t, 5*time.Second, "collection "+coll+" to replicate", func() bool {
+	eventually(t, 5*time.Second, "collection "+coll+" to replicate and load", func() bool {
 		d, err := cli.DescribeCollection(tctx(t), &milvuspb.DescribeCollectionRequest{CollectionName: coll})
 		desc = d
-		return err == nil && d.GetStatus().GetCode() == 0
+		if err != nil || d.GetStatus().GetCode() != 0 {
+			return false
+		}
+		st, err := cli.GetLoadState(tctx(t), &milvuspb.GetLoadStateRequest{CollectionName: coll})
+		return err == nil && st.GetState() == commonpb.LoadState_LoadStateLoaded
 	})
 	return desc
 }
@@ -551,6 +559,7 @@ func TestFailoverReattachesOtherTargets(t *testing.T) {
 	ca, cb, cc := rawClient(t, a), rawClient(t, b), rawClient(t, c)
 	createCollection(t, ca, "fo", 4, 2, commonpb.ConsistencyLevel_Bounded, "L2")
 	res := insertRange(t, ca, "fo", 1, 10)
+	waitCollection(t, cb, "fo")
 	waitCollection(t, cc, "fo")
 	if sessionCount(t, cb, "fo", res.Timestamp) != 10 || sessionCount(t, cc, "fo", res.Timestamp) != 10 {
 		t.Fatal("targets did not catch up")

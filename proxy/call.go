@@ -10,23 +10,29 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"google.golang.org/grpc"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
-// call is the state of one client call, kept on the handler's stack.
+// call is the state of one client call, kept on the handler's stack. The
+// engine that received it (grpc-go server or frame relay) fills in how
+// the client's metadata travels on.
 type call struct {
-	m       *method
-	ctx     context.Context // the server context (headers go here)
-	out     context.Context // ctx with the client's metadata, for backends
-	mdDB    string          // the dbname header
-	ident   string          // the identifier header
-	session string          // computed on first use
+	m      *method
+	ctx    context.Context // the client call's cancellation and deadline
+	remote string          // the client's address, when the engine knows it
+	mdDB   string          // the dbname header
+	ident  string          // the identifier header
+
+	out context.Context     // grpc engine: ctx carrying the forwarded metadata
+	fwd []hpack.HeaderField // relay engine: the forwarded metadata
+
+	session string // computed on first use
 	served  *topology.Cluster
+	local   bool // answered by the proxy itself
 	ev      CallEvent
 }
 
@@ -36,12 +42,17 @@ func (c *call) sessionKey() string {
 	if c.session != "" {
 		return c.session
 	}
-	if c.ident != "" && c.ident != "0" {
+	switch {
+	case c.ident != "" && c.ident != "0":
 		c.session = "id:" + c.ident
-	} else if p, ok := peer.FromContext(c.ctx); ok && p.Addr != nil {
-		c.session = "conn:" + p.Addr.String()
-	} else {
-		c.session = "anonymous"
+	case c.remote != "":
+		c.session = "conn:" + c.remote
+	default:
+		if p, ok := peer.FromContext(c.ctx); ok && p.Addr != nil {
+			c.session = "conn:" + p.Addr.String()
+		} else {
+			c.session = "anonymous"
+		}
 	}
 	return c.session
 }
@@ -55,39 +66,16 @@ func (c *call) db(field []byte) string {
 	return consistency.NormalizeDB(c.mdDB)
 }
 
-func (s *Server) newCall(ctx context.Context, m *method) call {
-	c := call{m: m, ctx: ctx}
-	md, _ := metadata.FromIncomingContext(ctx) // a copy: ours to edit
-	for k, v := range md {
-		if !forwardable(k) {
-			delete(md, k)
-			continue
-		}
-		switch k {
-		case "dbname":
-			if len(v) > 0 {
-				c.mdDB = v[0]
-			}
-		case "identifier":
-			if len(v) > 0 {
-				c.ident = v[0]
-			}
-		}
-	}
-	c.out = metadata.NewOutgoingContext(ctx, md)
-	return c
-}
-
 // forwardable reports whether a client metadata key goes on to the
 // backend. Everything does (authorization, dbname, identifier, request
-// ids, trace context) except HTTP/2 pseudo-headers, hop-by-hop headers and
-// the keys gRPC itself owns on each hop.
+// ids, trace context, user-agent) except HTTP/2 pseudo-headers, hop-by-hop
+// headers and the keys gRPC owns on each hop.
 func forwardable(k string) bool {
 	if k == "" || k[0] == ':' {
 		return false
 	}
 	switch k {
-	case "content-type", "user-agent", "te", "host", "connection", "keep-alive",
+	case "content-type", "te", "host", "connection", "keep-alive",
 		"proxy-connection", "transfer-encoding", "upgrade",
 		"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "grpc-message-type",
 		"grpc-status", "grpc-message", "grpc-status-details-bin",
@@ -97,26 +85,9 @@ func forwardable(k string) bool {
 	return true
 }
 
-func (s *Server) unaryHandler(m *method) grpc.MethodHandler {
-	return func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-		req := &frame{}
-		if err := dec(req); err != nil {
-			return nil, err
-		}
-		if interceptor == nil {
-			return s.unary(ctx, m, req)
-		}
-		info := &grpc.UnaryServerInfo{Server: s, FullMethod: m.full}
-		return interceptor(ctx, req, info, func(ctx context.Context, r any) (any, error) {
-			return s.unary(ctx, m, r.(*frame))
-		})
-	}
-}
-
-// unary handles one unary call. The returned frame's bytes go to gRPC,
-// which frees them once written.
-func (s *Server) unary(ctx context.Context, m *method, req *frame) (any, error) {
-	defer req.free()
+// handle runs one unary call, whichever engine received it. The returned
+// frame is the response message; on error it is nil.
+func (s *Server) handle(c *call, req *frame) (*frame, error) {
 	if s.draining.Load() {
 		return nil, errDraining
 	}
@@ -124,20 +95,16 @@ func (s *Server) unary(ctx context.Context, m *method, req *frame) (any, error) 
 	if s.obs != nil {
 		start = time.Now()
 	}
-	c := s.newCall(ctx, m)
+	m := c.m
 	var resp *frame
 	var err error
 	switch m.class {
 	case ClassRead, ClassMetaRead:
-		resp, err = s.read(&c, req)
+		resp, err = s.read(c, req)
 	case ClassLocal:
-		resp, err = s.local(&c)
+		resp, err = s.local(c)
 	default:
-		resp, err = s.leaderCall(&c, req)
-	}
-	if c.served != nil {
-		// Errors from a backend carry the header too: they are its answer.
-		_ = grpc.SetHeader(ctx, s.clusterHeader(c.served.ID))
+		resp, err = s.leaderCall(c, req)
 	}
 	if s.obs != nil {
 		c.ev.Method, c.ev.Class, c.ev.Duration = m.name, m.class, time.Since(start)
@@ -153,7 +120,7 @@ func (s *Server) unary(ctx context.Context, m *method, req *frame) (any, error) 
 				}
 			}
 		}
-		s.obs.ObserveCall(ctx, c.ev)
+		s.obs.ObserveCall(c.ctx, c.ev)
 	}
 	if err != nil {
 		if resp != nil {
@@ -162,6 +129,19 @@ func (s *Server) unary(ctx context.Context, m *method, req *frame) (any, error) 
 		return nil, err
 	}
 	return resp, nil
+}
+
+// headerCluster returns the HeaderCluster value for a finished call, ""
+// when no cluster answered.
+func (c *call) headerCluster() string {
+	switch {
+	case c.local:
+		return LocalCluster
+	case c.served != nil:
+		// Errors from a backend carry the header too: they are its answer.
+		return c.served.ID
+	}
+	return ""
 }
 
 // errBreaker marks an attempt the cluster's breaker refused: nothing was
@@ -177,16 +157,20 @@ func (e *errBreaker) Error() string {
 	return "milvus-ha-proxy: circuit breaker of cluster " + e.cluster + " is open: " + e.err.Error()
 }
 
-// forward sends req to cluster cl once. p, when set, learns whether a
-// transport stream was created (the request may have left the proxy).
-func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, p *peer.Peer) (*frame, error) {
+// upstream is how an engine sends one unary request to a cluster.
+type upstream interface {
+	// roundTrip sends req to cl and waits for the answer. sent is false
+	// only when the request provably never reached the cluster; with
+	// wantSent false the engine may skip finding out and report true.
+	roundTrip(c *call, cl *topology.Cluster, req *frame, wantSent bool) (resp *frame, sent bool, err error)
+}
+
+// forward sends req to cluster cl once, through its breaker, keeping the
+// cluster's counters.
+func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, wantSent bool) (*frame, bool, error) {
 	done, err := s.topo.Allow(cl.ID)
 	if err != nil {
-		return nil, &errBreaker{cluster: cl.ID, err: err}
-	}
-	if cl.Conn == nil {
-		done(false)
-		return nil, status.Errorf(codes.Unavailable, "milvus-ha-proxy: no connection to cluster %s", cl.ID)
+		return nil, false, &errBreaker{cluster: cl.ID, err: err}
 	}
 	if cl.Outstanding != nil {
 		cl.Outstanding.Add(1)
@@ -196,21 +180,12 @@ func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, p *peer.Peer
 	}
 	c.ev.Attempts++
 	c.served = cl
-	resp := &frame{give: true}
-	opts := s.callOpts
-	if p != nil {
-		opts = append(opts[:len(opts):len(opts)], grpc.Peer(p))
-	}
-	err = cl.Conn.Invoke(c.out, c.m.full, req, resp, opts...)
+	resp, sent, err := s.up.roundTrip(c, cl, req, wantSent)
 	if cl.Outstanding != nil {
 		cl.Outstanding.Add(-1)
 	}
 	done(!transportFailure(c.ctx, err))
-	if err != nil {
-		resp.free()
-		return nil, err
-	}
-	return resp, nil
+	return resp, sent, err
 }
 
 // transportFailure reports whether err says the cluster failed to answer
@@ -406,7 +381,7 @@ func (s *Server) routeFrom(c *call, snap *topology.Snapshot, rr router.ReadReque
 			cl, reason = leader, ReasonLeaderWait
 		}
 		c.ev.Reason = reason
-		resp, err := s.forward(c, cl, req, nil)
+		resp, _, err := s.forward(c, cl, req, false)
 		if err != nil {
 			var be *errBreaker
 			if errors.As(err, &be) {
@@ -474,6 +449,6 @@ func (s *Server) local(c *call) (*frame, error) {
 		return nil, status.Errorf(codes.Internal, "milvus-ha-proxy: encoding CheckHealth: %v", err)
 	}
 	c.ev.Reason = ReasonLocal
-	_ = grpc.SetHeader(c.ctx, s.clusterHeader(LocalCluster))
+	c.local = true
 	return frameFromBytes(b), nil
 }

@@ -7,7 +7,6 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -54,8 +53,7 @@ func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
 			// Unavailable "failover under way": nothing was sent.
 			return nil, err
 		}
-		var p peer.Peer
-		resp, err := s.forward(c, cl, req, &p)
+		resp, sent, err := s.forward(c, cl, req, true)
 		if err == nil {
 			s.afterLeader(c, req, resp)
 			return resp, nil
@@ -68,8 +66,8 @@ func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
 			lastErr = be.status()
 			continue
 		}
-		if p.Addr == nil {
-			// No transport stream: the request never left the proxy.
+		if !sent {
+			// The request provably never reached the leader.
 			lastErr = err
 			continue
 		}
@@ -123,6 +121,9 @@ func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
 		st, ts, ok := scanResponse(resp.bytes(), &c.m.layout)
 		if !ok || !st.ok() || ts == 0 {
 			return
+		}
+		if w, ok := s.topo.(interface{ ObserveWrite(string, uint64) }); ok && c.served != nil {
+			w.ObserveWrite(c.served.ID, ts) // a switchover waits until the new leader has it
 		}
 		var f readFields
 		if scanRequest(req.bytes(), &c.m.layout, &f) != nil || len(f.coll) == 0 {

@@ -77,10 +77,10 @@ type Server struct {
 	obs      Observer
 	log      *slog.Logger
 
-	codec    *rawCodec
-	callOpts []grpc.CallOption
-	methods  []*method
-	byName   map[string]*method
+	codec   *rawCodec
+	up      upstream
+	methods []*method
+	byName  map[string]*method
 
 	grpc   *grpc.Server
 	health *health.Server
@@ -138,11 +138,11 @@ func New(opts Options) (*Server, error) {
 		stopWatch: make(chan struct{}),
 		watchDone: make(chan struct{}),
 	}
-	s.callOpts = []grpc.CallOption{
+	s.up = &grpcUpstream{callOpts: []grpc.CallOption{
 		grpc.ForceCodecV2(s.codec),
 		grpc.MaxCallRecvMsgSize(opts.MaxMessageSize),
 		grpc.MaxCallSendMsgSize(opts.MaxMessageSize),
-	}
+	}}
 	for _, m := range methods {
 		s.byName[m.name] = m
 		if !m.classified {
@@ -267,6 +267,13 @@ func (s *Server) unknownMethod(_ any, ss grpc.ServerStream) error {
 }
 
 var errDraining = status.Error(codes.Unavailable, "milvus-ha-proxy: shutting down")
+
+func (s *Server) grpcCallOpts() []grpc.CallOption {
+	if g, ok := s.up.(*grpcUpstream); ok {
+		return g.callOpts
+	}
+	return []grpc.CallOption{grpc.ForceCodecV2(s.codec)}
+}
 
 // clusterHeader returns the (shared, read-only) header metadata naming a
 // cluster.

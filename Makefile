@@ -1,8 +1,12 @@
-# `make test` installs what the tests need, then runs them all.
+# `make test` installs what the tests need, then runs them all:
+# vet + staticcheck, the Go tests with -race, and the SDK drop-in suites
+# (pymilvus, Go, Node, Java; Milvus Lite comparison) from mk/sdk.mk.
 GO ?= go
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
+STATICCHECK_VERSION ?= v0.8.2
+BIN := $(CURDIR)/.bin
 
-.PHONY: test test-go vet build
+.PHONY: test test-go vet lint build demo
 
 build:
 	$(GO) build ./...
@@ -10,7 +14,18 @@ build:
 vet:
 	$(GO) vet ./...
 
-test: vet test-go
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: vet $(BIN)/staticcheck
+	$(BIN)/staticcheck ./...
+
+test: lint test-go test-sdk
 
 test-go:
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+demo:
+	$(GO) run ./cmd/milvus-ha-proxy demo
+
+include mk/sdk.mk

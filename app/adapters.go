@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -13,6 +15,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
 // controller answers the admin API from the app's components.
@@ -29,6 +32,18 @@ func (c *controller) Topology(context.Context) admin.View {
 		Discovery:    tv.Discovery,
 		FailoverMode: string(a.cfg.Failover.Mode),
 		GeneratedAt:  time.Now(),
+	}
+	as := a.arbiter.Status()
+	v.LastChange = changeOf(as.LastChange)
+	for _, r := range as.Salvage {
+		sv := admin.Salvage{
+			Epoch: r.Epoch, OldLeader: r.OldLeader, NewLeader: r.NewLeader, At: r.At,
+			Checkpoints: r.Checkpoints, OldLeaderReturned: r.OldLeaderReturned,
+		}
+		if r.Unreplicated != nil {
+			sv.Unreplicated = r.Unreplicated.String()
+		}
+		v.Salvage = append(v.Salvage, sv)
 	}
 	for _, cv := range tv.Clusters {
 		out := admin.ClusterView{
@@ -64,17 +79,82 @@ func (c *controller) Ready() (bool, string) {
 }
 
 func (c *controller) Switchover(ctx context.Context, to string) (admin.Result, error) {
-	return admin.Result{}, fmt.Errorf("switchover to %s: %w: leader changes are not wired in this build", to, admin.ErrRefused)
+	ch, err := c.app.arbiter.Switchover(ctx, to)
+	return resultOf(ch), adminError(err)
 }
 
 func (c *controller) Failover(ctx context.Context, to string) (admin.Result, error) {
-	return admin.Result{}, fmt.Errorf("failover to %s: %w: leader changes are not wired in this build", to, admin.ErrRefused)
+	ch, err := c.app.arbiter.Failover(ctx, to)
+	return resultOf(ch), adminError(err)
+}
+
+// adminError wraps the arbiter's errors in the admin API's, so the HTTP
+// status says what happened (404 unknown cluster, 409 refused).
+func adminError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, topology.ErrUnknownCluster):
+		return fmt.Errorf("%w: %w", admin.ErrUnknownCluster, err)
+	case errors.Is(err, topology.ErrRefused):
+		return fmt.Errorf("%w: %w", admin.ErrRefused, err)
+	}
+	return err
+}
+
+// resultOf turns a leader change into the admin API's answer.
+func resultOf(ch topology.Change) admin.Result {
+	r := admin.Result{
+		Kind: ch.Kind, From: ch.From, To: ch.To, Epoch: ch.Epoch,
+		TookSeconds: ch.Took.Seconds(), WritesHeld: ch.WritesHeld,
+		SalvageCheckpoint: ch.Salvage, Message: ch.Message,
+	}
+	for id := range ch.Quarantined {
+		r.Quarantined = append(r.Quarantined, id)
+	}
+	slices.Sort(r.Quarantined)
+	if ch.Result == topology.ResultOK {
+		msg := fmt.Sprintf("writes held for %s", ch.Held.Round(time.Millisecond))
+		if r.Message != "" {
+			msg = r.Message + "; " + msg
+		}
+		r.Message = msg
+	}
+	return r
+}
+
+// changeOf renders a leader change for the topology view.
+func changeOf(ch *topology.Change) *admin.Change {
+	if ch == nil {
+		return nil
+	}
+	return &admin.Change{
+		Kind: ch.Kind, From: ch.From, To: ch.To, Epoch: ch.Epoch, At: ch.At,
+		TookSeconds: ch.Took.Seconds(), Result: ch.Result, Message: ch.Message,
+	}
+}
+
+// recordChange turns a leader change attempt into metrics.
+func (a *App) recordChange(ch topology.Change) {
+	ctx := context.Background()
+	m := a.tel.Metrics
+	switch ch.Kind {
+	case topology.KindFailover:
+		m.RecordFailover(ctx, ch.Result)
+	case topology.KindSwitchover:
+		m.RecordSwitchover(ctx, ch.Result)
+	}
+	if ch.Result == topology.ResultOK {
+		m.RecordLeaderChange(ctx, ch.Kind, ch.To)
+	}
 }
 
 // metricsState feeds the per-cluster gauges at scrape time.
 func (a *App) metricsState() telemetry.State {
 	tv := a.topo.View()
-	st := telemetry.State{Epoch: tv.Epoch, FailingOver: tv.FailingOver}
+	// A lost leader not yet replaced counts as failing over, in manual
+	// mode too: writes cannot go anywhere.
+	st := telemetry.State{Epoch: tv.Epoch, FailingOver: tv.FailingOver || tv.LeaderLostAt != nil}
 	for _, cv := range tv.Clusters {
 		cs := telemetry.ClusterState{
 			ID: cv.ID, Role: string(cv.Role), Healthy: cv.Healthy,

@@ -49,6 +49,7 @@ type App struct {
 
 	tel      *telemetry.Telemetry
 	topo     *topology.Manager
+	arbiter  *topology.Arbiter
 	router   *router.Router
 	proxy    *proxy.Server
 	admin    *admin.Server
@@ -91,10 +92,20 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, err
 	}
+	topoOpts.HoldObserver = tel.Metrics
 	a.topo, err = topology.New(topoOpts)
 	if err != nil {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building topology: %w", err)
+	}
+	a.arbiter, err = topology.NewArbiter(a.topo, topology.ArbiterOptions{
+		Mode:     string(cfg.Failover.Mode),
+		OnChange: a.recordChange,
+		Logger:   logger,
+	})
+	if err != nil {
+		a.closePartial(ctx)
+		return nil, fmt.Errorf("app: building the failover arbiter: %w", err)
 	}
 	a.router = router.New(router.Options{
 		LeaderServesReads: cfg.Read.LeaderServesReads,
@@ -171,6 +182,9 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.topo.Start()
+	// The arbiter runs as one of the topology's goroutines: it stops when
+	// Shutdown closes the topology.
+	a.arbiter.Start()
 	_ = ctx
 	a.wg.Add(2)
 	go func() {
@@ -198,6 +212,9 @@ func (a *App) AdminAddr() string { return a.adminLis.Addr().String() }
 
 // Topology exposes the topology manager (tests, demo).
 func (a *App) Topology() *topology.Manager { return a.topo }
+
+// Arbiter exposes the failover/switchover state machine (tests).
+func (a *App) Arbiter() *topology.Arbiter { return a.arbiter }
 
 // Errors reports a server that stopped on its own.
 func (a *App) Errors() <-chan error { return a.errc }
@@ -266,6 +283,8 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 
 // compile-time checks that the adapters fit.
 var (
-	_ proxy.Topology   = (*topology.Manager)(nil)
-	_ admin.Controller = (*controller)(nil)
+	_ proxy.Topology                            = (*topology.Manager)(nil)
+	_ admin.Controller                          = (*controller)(nil)
+	_ topology.HoldObserver                     = (*telemetry.Metrics)(nil)
+	_ interface{ ObserveWrite(string, uint64) } = (*topology.Manager)(nil)
 )

@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -52,6 +53,10 @@ type Promotion struct {
 	// Quarantine names alternatives that ran ahead of the salvage
 	// checkpoint, with the reason; they get no reads.
 	Quarantine map[string]string
+	// Demoted says the previous leader was demoted to a replication
+	// target of the new one (a switchover) rather than lost: it stays a
+	// target, and serves reads again once its checkpoints are polled.
+	Demoted bool
 }
 
 // InstallLeader makes p.Leader the leader: bumps the epoch, ends any hold,
@@ -89,6 +94,12 @@ func (m *Manager) InstallLeader(p Promotion) error {
 					r.CheckpointsKnown, r.Checkpoints, r.LagReason = false, nil, ""
 					r.Quarantined, r.QuarantineReason = false, ""
 					return
+				case r.ID == old && p.Demoted:
+					r.Role, r.Target = RoleAlternative, true
+					if r.StaticRole == RoleStandby {
+						r.Role = RoleStandby
+					}
+					r.LagReason = fmt.Sprintf("demoted to a target of %s; awaiting first checkpoint poll", p.Leader)
 				case r.ID == old:
 					r.Role, r.Target = RoleStandby, false
 					r.LagReason = fmt.Sprintf("former leader; never written to again until it rejoins as a target of %s", p.Leader)
@@ -138,3 +149,40 @@ func (m *Manager) SetQuarantine(id, reason string) error {
 }
 
 var errNoChange = errors.New("topology: no change")
+
+// rearmLossDetection forgets that the current leader was declared lost,
+// so the next check reports it again if it still is (after a failover
+// attempt that did not complete).
+func (m *Manager) rearmLossDetection() {
+	_ = m.reg.update(func(tx *regTxn) error {
+		return tx.modifyMeta(func(mr *metaRecord) { mr.LeaderLostAt = time.Time{} })
+	})
+}
+
+// setFenced fences a cluster (Allow refuses it) or lifts the fence.
+func (m *Manager) setFenced(id string, on bool) {
+	if mb := m.members[id]; mb != nil {
+		mb.fenced.Store(on)
+	}
+}
+
+// drain waits, up to max, until no request admitted by Allow before the
+// fence is still in flight to the cluster, and returns how many still
+// are. The cluster must be fenced first.
+func (m *Manager) drain(ctx context.Context, id string, max time.Duration) int64 {
+	mb := m.members[id]
+	if mb == nil {
+		return 0
+	}
+	deadline := time.Now().Add(max)
+	for {
+		n := mb.inflight.Load()
+		if n <= 0 || !time.Now().Before(deadline) || ctx.Err() != nil {
+			return n
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Millisecond):
+		}
+	}
+}

@@ -27,6 +27,11 @@ import (
 // does not let a request through.
 var ErrBreakerOpen = errors.New("circuit breaker open")
 
+// ErrFenced is returned (wrapped) by Allow for a cluster that is leaving
+// the leader role (a switchover demoting it, a failover replacing it):
+// nothing may be sent to it until the leader change is done.
+var ErrFenced = errors.New("cluster fenced during a leader change")
+
 // errDataPathFailure is what a failed data-path request tells the breaker.
 var errDataPathFailure = errors.New("data-path request failed")
 
@@ -69,6 +74,19 @@ type member struct {
 	lastGood    atomic.Int64
 	outstanding *atomic.Int64
 	served      *atomic.Int64
+
+	// fenced makes Allow refuse new data-path requests: the cluster is a
+	// leader being demoted, or a lost leader that must never be written
+	// to again. inflight counts requests between Allow and their done, so
+	// a demotion can wait for the ones already sent. Allow increments
+	// inflight before it reads fenced and the fencer sets fenced before
+	// it reads inflight, so no request slips past a drain unseen.
+	fenced   atomic.Bool
+	inflight atomic.Int64
+	// ackedWrite is the highest MutationResult.timestamp this proxy saw
+	// the cluster acknowledge (ObserveWrite): a switchover waits until
+	// the new leader covers it.
+	ackedWrite atomic.Uint64
 }
 
 // outgoing adds the proxy's own credentials (and the database) to a
@@ -111,6 +129,9 @@ type Manager struct {
 
 	clock leaderClock
 	colls collectionCache
+
+	// holdsStarted counts WaitLeader calls that had to wait for a leader.
+	holdsStarted atomic.Int64
 
 	lost          chan LeaderLoss
 	kickDiscovery chan struct{}
@@ -371,16 +392,27 @@ func (m *Manager) Rediscover() {
 // answer); false means a transport failure or timeout. A success also
 // counts as contact for leader-loss detection. The error wraps
 // ErrBreakerOpen when the breaker refuses.
+//
+// A fenced cluster (a leader being demoted, or a lost one) refuses too,
+// with an error that wraps ErrFenced: the request was never sent, so the
+// caller may send it again, to the leader it gets from WaitLeader.
 func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	mb := m.members[clusterID]
 	if mb == nil {
 		return nil, fmt.Errorf("topology: unknown cluster %q", clusterID)
 	}
+	mb.inflight.Add(1)
+	if mb.fenced.Load() {
+		mb.inflight.Add(-1)
+		return nil, fmt.Errorf("topology: cluster %q: %w", clusterID, ErrFenced)
+	}
 	d, err := mb.breaker.Allow()
 	if err != nil {
+		mb.inflight.Add(-1)
 		return nil, fmt.Errorf("topology: cluster %q: %w (%v)", clusterID, ErrBreakerOpen, err)
 	}
 	return func(success bool) {
+		mb.inflight.Add(-1)
 		if success {
 			mb.lastGood.Store(m.opts.Now().UnixNano())
 			d(nil)
@@ -394,6 +426,8 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 // is under way, or discovery has not found one yet) it waits up to
 // WriteHold for one, then fails with codes.Unavailable and a message
 // saying why.
+//
+// Each call that has to wait is reported to Options.HoldObserver.
 func (m *Manager) WaitLeader(ctx context.Context) (*Cluster, error) {
 	var timer *time.Timer
 	start := m.opts.Now()
@@ -401,19 +435,69 @@ func (m *Manager) WaitLeader(ctx context.Context) (*Cluster, error) {
 		ch := m.Changed()
 		s := m.Snapshot()
 		if s.Leader != nil {
+			if timer != nil {
+				m.holdEnded(ctx, HoldReleased, start)
+			}
 			return s.Leader, nil
 		}
 		if timer == nil {
 			timer = time.NewTimer(m.opts.WriteHold)
 			defer timer.Stop()
+			m.holdsStarted.Add(1)
+			if o := m.opts.HoldObserver; o != nil {
+				o.WriteHoldStarted(ctx)
+			}
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			m.holdEnded(ctx, HoldCanceled, start)
 			return nil, status.FromContextError(ctx.Err()).Err()
 		case <-timer.C:
+			m.holdEnded(ctx, HoldTimedOut, start)
 			return nil, m.noLeaderError(m.Snapshot(), m.opts.Now().Sub(start))
 		}
+	}
+}
+
+// Outcomes of a write held while no leader was available, as reported to
+// HoldObserver.WriteHoldEnded.
+const (
+	HoldReleased = "released"  // a leader appeared and the write went on
+	HoldTimedOut = "timed_out" // WriteHold ran out; Unavailable
+	HoldCanceled = "canceled"  // the client gave up first
+)
+
+// HoldObserver learns about writes held while there is no leader (the
+// telemetry's Metrics fits).
+type HoldObserver interface {
+	WriteHoldStarted(ctx context.Context)
+	WriteHoldEnded(ctx context.Context, outcome string, waited time.Duration)
+}
+
+func (m *Manager) holdEnded(ctx context.Context, outcome string, start time.Time) {
+	if o := m.opts.HoldObserver; o != nil {
+		o.WriteHoldEnded(context.WithoutCancel(ctx), outcome, m.opts.Now().Sub(start))
+	}
+}
+
+// ObserveWrite records a write the cluster acknowledged with the given
+// MutationResult.timestamp. A switchover waits until the new leader has
+// replicated the old leader's highest one on every pchannel; for the
+// current leader it also raises the clock's floor.
+func (m *Manager) ObserveWrite(clusterID string, ts uint64) {
+	mb := m.members[clusterID]
+	if mb == nil || ts == 0 {
+		return
+	}
+	for {
+		cur := mb.ackedWrite.Load()
+		if ts <= cur || mb.ackedWrite.CompareAndSwap(cur, ts) {
+			break
+		}
+	}
+	if s := m.Snapshot(); s.Leader != nil && s.Leader.ID == clusterID {
+		m.clock.observe(ts)
 	}
 }
 

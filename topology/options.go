@@ -64,6 +64,9 @@ type Options struct {
 	DetectAfter time.Duration
 	// WriteHold is how long WaitLeader waits for a leader (default 10s).
 	WriteHold time.Duration
+	// HoldObserver, when set, is told about every write WaitLeader holds
+	// (metrics).
+	HoldObserver HoldObserver
 
 	// Breaker tuning. BreakerFailures consecutive failures open a
 	// cluster's breaker (default 5); it stays open BreakerOpenFor (default

@@ -292,6 +292,7 @@ func (r *registry) build(tx *regTxn) *Snapshot {
 			LagReason:        rec.LagReason,
 			Salvage:          rec.Salvage,
 			PChannels:        rec.PChannels,
+			Target:           rec.Target,
 		}
 		if lv != nil {
 			c.Conn = lv.conn

@@ -68,6 +68,11 @@ type Cluster struct {
 	// Empty when the configuration is unknown.
 	PChannels []string
 
+	// Target: a replication target of the leader according to the
+	// replicate configuration (alternatives and standbys; not a former
+	// leader that has not rejoined).
+	Target bool
+
 	// Conn is the data-path connection (raw-bytes codec). Live.
 	Conn *grpc.ClientConn
 	// Outstanding counts requests in flight to this cluster, for power of

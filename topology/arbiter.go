@@ -1,0 +1,480 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+)
+
+// The Arbiter is the failover/switchover/demotion state machine. The
+// Manager detects and records; the Arbiter decides and drives Milvus's
+// own protocols (MILVUS_FACTS.md, "Replication"):
+//
+//	steady ──leader lost──▶ lost ──auto, or `failover --to`──▶ holding
+//	holding ──▶ promoting (force_promote on the chosen alternative)
+//	        ──▶ attaching (new configuration to the remaining alternatives)
+//	        ──▶ installing ──▶ steady
+//	steady ──`switchover --to`──▶ catching-up ──▶ holding ──▶ demoting (old
+//	        leader first) ──▶ promoting (target) ──▶ confirming (checkpoints
+//	        cover the last acknowledged write) ──▶ installing ──▶ steady
+//	steady ──former leader or unreachable alternative healthy again──▶
+//	        rejoining (salvage report, then a target of the leader) ──▶ steady
+//
+// Any failure before a promotion takes effect releases the held writes
+// and leaves the old topology; a switchover whose old leader already
+// demoted itself but whose target never confirmed stays "stuck", with
+// writes held, until `switchover --to` is retried or `failover --to` forces
+// it. One leader change runs at a time.
+
+// Failover modes (config failover.mode).
+const (
+	ModeAuto   = "auto"
+	ModeManual = "manual"
+)
+
+// Errors of leader changes; the admin adapter maps them onto HTTP codes.
+var (
+	// ErrUnknownCluster: the target is not a configured cluster.
+	ErrUnknownCluster = errors.New("unknown cluster")
+	// ErrRefused: the request is understood but not allowed now.
+	ErrRefused = errors.New("refused")
+)
+
+// Kinds of leader change.
+const (
+	KindFailover   = "failover"
+	KindSwitchover = "switchover"
+)
+
+// Results of a leader change.
+const (
+	ResultOK      = "ok"
+	ResultRefused = "refused"
+	ResultFailed  = "failed"
+)
+
+// Phases of the state machine, as Status reports them.
+const (
+	PhaseSteady     = "steady"
+	PhaseLost       = "leader lost; waiting for `failover --to`"
+	PhaseHolding    = "holding writes"
+	PhaseCatchingUp = "waiting for the target to catch up"
+	PhaseChoosing   = "choosing the alternative that replicated furthest"
+	PhasePromoting  = "promoting"
+	PhaseAttaching  = "attaching the remaining alternatives"
+	PhaseDemoting   = "demoting the old leader"
+	PhaseConfirming = "confirming the target covers the last acknowledged write"
+	PhaseInstalling = "installing the new leader"
+	PhaseStuck      = "stuck"
+	PhaseRejoining  = "rejoining a returning cluster"
+)
+
+// ArbiterOptions configure an Arbiter. Zero durations mean defaults.
+type ArbiterOptions struct {
+	// Mode is ModeAuto (default) or ModeManual.
+	Mode string
+	// CallTimeout bounds one Milvus call of a leader change (default 5s).
+	CallTimeout time.Duration
+	// CatchUpTimeout is how long a switchover waits, before it holds
+	// writes, for the target to replicate the leader's last acknowledged
+	// write (default 5s); a target further behind is refused.
+	CatchUpTimeout time.Duration
+	// DrainTimeout bounds the wait for requests already in flight to a
+	// leader being demoted (default 1s).
+	DrainTimeout time.Duration
+	// RejoinSettle is how long a returning former leader's own CDC gets to
+	// stop after it is demoted, before the leader's configuration names it
+	// (default 2s). Milvus's secondaries refuse a stream from a cluster
+	// that is not their source; one that did not would otherwise take
+	// the former leader's unreplicated messages once the new configuration
+	// lists it.
+	RejoinSettle time.Duration
+	// RetryBackoff is the first wait after a failed automatic failover or
+	// rejoin (default 1s, doubling up to 30s).
+	RetryBackoff time.Duration
+	// OnChange, when set, is called after every leader change attempt
+	// (metrics). It must not block.
+	OnChange func(Change)
+	// Logger defaults to the manager's.
+	Logger *slog.Logger
+}
+
+// Step is one timed part of a leader change, for finding where time goes.
+type Step struct {
+	Name string        `json:"name"`
+	Took time.Duration `json:"took"`
+}
+
+// Change is one leader change attempt.
+type Change struct {
+	Kind string `json:"kind"` // failover | switchover
+	// Auto: started by the arbiter on leader loss, not by an operator.
+	Auto   bool   `json:"auto"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Epoch  uint64 `json:"epoch"`
+	Result string `json:"result"` // ok | refused | failed
+	// Message says why a change failed or was refused, or what to know.
+	Message string    `json:"message,omitempty"`
+	At      time.Time `json:"at"`
+	// Took is the whole change; Held the time writes were held (from
+	// holding them to releasing them to the new leader).
+	Took time.Duration `json:"took"`
+	Held time.Duration `json:"held"`
+	// WritesHeld counts writes that had to wait for the new leader.
+	WritesHeld int64 `json:"writes_held"`
+	// Quarantined lists alternatives left without reads, with reasons.
+	Quarantined map[string]string `json:"quarantined,omitempty"`
+	// Salvage is the new leader's salvage checkpoint per pchannel
+	// (failover only).
+	Salvage []uint64 `json:"salvage,omitempty"`
+	Steps   []Step   `json:"steps,omitempty"`
+}
+
+// SalvageReport is what a forced promotion left behind.
+type SalvageReport struct {
+	Epoch     uint64    `json:"epoch"`
+	OldLeader string    `json:"old_leader"`
+	NewLeader string    `json:"new_leader"`
+	At        time.Time `json:"at"`
+	// Checkpoints are the new leader's salvage checkpoint (time ticks of
+	// the old leader's pchannels).
+	Checkpoints []uint64 `json:"checkpoints,omitempty"`
+	// OldLeaderReturned is set once the old leader is back and demoted.
+	OldLeaderReturned bool      `json:"old_leader_returned"`
+	ReturnedAt        time.Time `json:"returned_at,omitzero"`
+	// Unreplicated is what DumpMessages on the old leader returned past
+	// the salvage checkpoint; nil until the old leader returns.
+	Unreplicated *Unreplicated `json:"unreplicated,omitempty"`
+	// Error says what went wrong reading or demoting the old leader.
+	Error string `json:"error,omitempty"`
+}
+
+// PendingCluster is a cluster the arbiter waits for: a former leader to
+// rejoin, or an alternative that was unreachable during a failover.
+type PendingCluster struct {
+	ID        string `json:"id"`
+	Why       string `json:"why"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// ArbiterStatus is the arbiter's state for status and the admin API.
+type ArbiterStatus struct {
+	Mode       string           `json:"mode"`
+	Phase      string           `json:"phase"`
+	LastChange *Change          `json:"last_change,omitempty"`
+	Salvage    []SalvageReport  `json:"salvage,omitempty"`
+	Pending    []PendingCluster `json:"pending,omitempty"`
+}
+
+// pendingKind says what the arbiter waits to do with a cluster.
+type pendingKind int
+
+const (
+	// pendingFormerLeader: report its salvage and demote it to a target.
+	pendingFormerLeader pendingKind = iota
+	// pendingUnevaluated: it was unreachable during a failover; compare
+	// it with the salvage checkpoint, then attach or quarantine it.
+	pendingUnevaluated
+)
+
+type pendingCluster struct {
+	id   string
+	kind pendingKind
+	// source is the leader it replicated from when the failover
+	// happened; salvage the promoted leader's salvage checkpoint of
+	// source's pchannels; report indexes salvage reports (former leader).
+	source  string
+	salvage []*commonpb.ReplicateCheckpoint
+	entry   *commonpb.MilvusCluster // its replicate-configuration entry
+	report  int
+	lastErr string
+	backoff time.Duration
+	nextTry time.Time
+}
+
+// gapCheck is an alternative attached to a new leader while it stood
+// behind the salvage checkpoint: replication from the new leader starts
+// at the reconfiguration, so whatever it lacked between its own
+// checkpoint and the salvage checkpoint never reaches it. It is
+// quarantined until the former leader returns and DumpMessages shows the
+// gap held no data.
+type gapCheck struct {
+	id      string
+	source  string
+	from    []*commonpb.ReplicateCheckpoint // its checkpoints
+	salvage []uint64
+}
+
+// stuckSwitchover is a switchover whose old leader demoted itself but
+// whose target has not confirmed.
+type stuckSwitchover struct{ from, to string }
+
+// Arbiter drives leader changes for one Manager. Create it with
+// NewArbiter and Start it after the manager; it stops with the manager.
+type Arbiter struct {
+	m    *Manager
+	opts ArbiterOptions
+	log  *slog.Logger
+	sem  chan struct{} // one leader change or rejoin at a time
+
+	mu      sync.Mutex
+	phase   string
+	last    *Change
+	reports []SalvageReport
+	pending map[string]*pendingCluster
+	gaps    map[string]*gapCheck
+	stuck   *stuckSwitchover
+
+	startOnce sync.Once
+}
+
+// NewArbiter returns an arbiter for m.
+func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
+	switch opts.Mode {
+	case "":
+		opts.Mode = ModeAuto
+	case ModeAuto, ModeManual:
+	default:
+		return nil, fmt.Errorf("topology: unknown failover mode %q (want %q or %q)", opts.Mode, ModeAuto, ModeManual)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.CallTimeout, 5*time.Second)
+	def(&opts.CatchUpTimeout, 5*time.Second)
+	def(&opts.DrainTimeout, time.Second)
+	def(&opts.RejoinSettle, 2*time.Second)
+	def(&opts.RetryBackoff, time.Second)
+	if opts.Logger == nil {
+		opts.Logger = m.opts.Logger
+	}
+	return &Arbiter{
+		m: m, opts: opts,
+		log:     opts.Logger.With("component", "arbiter"),
+		sem:     make(chan struct{}, 1),
+		phase:   PhaseSteady,
+		pending: map[string]*pendingCluster{},
+		gaps:    map[string]*gapCheck{},
+	}, nil
+}
+
+// Start runs the arbiter's loop (leader-loss reports, returning clusters)
+// as one of the manager's goroutines; it stops when the manager closes.
+func (a *Arbiter) Start() {
+	a.startOnce.Do(func() { a.m.spawn(a.loop) })
+}
+
+// Status returns the arbiter's state. It never blocks on the network.
+func (a *Arbiter) Status() ArbiterStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := ArbiterStatus{Mode: a.opts.Mode, Phase: a.phase}
+	if a.last != nil {
+		c := *a.last
+		st.LastChange = &c
+	}
+	st.Salvage = slices.Clone(a.reports)
+	for _, p := range a.pending {
+		why := "former leader: report its salvage and demote it to a target once it is healthy"
+		if p.kind == pendingUnevaluated {
+			why = "unreachable during a failover: compare it with the salvage checkpoint once it is healthy"
+		}
+		st.Pending = append(st.Pending, PendingCluster{ID: p.id, Why: why, LastError: p.lastErr})
+	}
+	for _, g := range a.gaps {
+		st.Pending = append(st.Pending, PendingCluster{ID: g.id,
+			Why: fmt.Sprintf("attached behind the salvage checkpoint: quarantined until %s returns and shows what it missed", g.source)})
+	}
+	slices.SortFunc(st.Pending, func(x, y PendingCluster) int {
+		if x.ID < y.ID {
+			return -1
+		}
+		if x.ID > y.ID {
+			return 1
+		}
+		return 0
+	})
+	return st
+}
+
+func (a *Arbiter) setPhase(p string) {
+	a.mu.Lock()
+	changed := a.phase != p
+	a.phase = p
+	a.mu.Unlock()
+	if changed {
+		a.log.Debug("arbiter phase", "phase", p)
+	}
+}
+
+// acquire takes the one-change-at-a-time token without waiting.
+func (a *Arbiter) acquire() bool {
+	select {
+	case a.sem <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (a *Arbiter) release() { <-a.sem }
+
+// record stores a finished attempt and tells OnChange.
+func (a *Arbiter) record(c Change) {
+	a.mu.Lock()
+	cc := c
+	a.last = &cc
+	a.mu.Unlock()
+	if a.opts.OnChange != nil {
+		a.opts.OnChange(c)
+	}
+}
+
+// loop reacts to leader loss and looks after returning clusters.
+func (a *Arbiter) loop(ctx context.Context) {
+	t := time.NewTicker(a.m.opts.ProbeInterval)
+	defer t.Stop()
+	backoff := a.opts.RetryBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-a.m.LeaderLost():
+			if a.opts.Mode != ModeAuto {
+				a.setPhase(PhaseLost)
+				a.log.Warn("leader lost; failover.mode is manual: waiting for `milvus-ha-proxy failover --to ID`",
+					"leader", ev.ClusterID, "last_contact", ev.LastContact, "epoch", ev.Epoch)
+				continue
+			}
+			if _, err := a.autoFailover(ctx, ev); err != nil && !errors.Is(err, errNotNeeded) {
+				a.log.Error("automatic failover failed; retrying", "lost", ev.ClusterID, "err", err, "retry_in", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 30*time.Second)
+				// Report the loss again if it still stands.
+				a.m.rearmLossDetection()
+				continue
+			}
+			backoff = a.opts.RetryBackoff
+		case <-t.C:
+			a.tick(ctx)
+		}
+	}
+}
+
+// errNotNeeded: the leader recovered before the failover began.
+var errNotNeeded = errors.New("leader is no longer lost")
+
+// tick clears a stale "lost" phase and looks after returning clusters.
+func (a *Arbiter) tick(ctx context.Context) {
+	s := a.m.Snapshot()
+	a.mu.Lock()
+	if a.phase == PhaseLost && (s.Leader == nil || s.LeaderLostAt.IsZero()) && !s.FailingOver {
+		a.phase = PhaseSteady
+	}
+	a.mu.Unlock()
+	a.reconcile(ctx, s)
+}
+
+// autoFailover reacts to a leader-loss report in auto mode.
+func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, error) {
+	if !a.acquire() {
+		return Change{}, fmt.Errorf("%w: another leader change is under way", ErrRefused)
+	}
+	defer a.release()
+	s := a.m.Snapshot()
+	if s.Leader == nil || s.Leader.ID != ev.ClusterID || s.Epoch != ev.Epoch || s.LeaderLostAt.IsZero() {
+		return Change{}, errNotNeeded
+	}
+	return a.failover(ctx, s, ev.ClusterID, "", true)
+}
+
+// Failover force-promotes to (an operator's `failover --to`): the leader is
+// lost, or the operator says so. Writes are held meanwhile.
+func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
+	if !a.acquire() {
+		return a.refused(KindFailover, "", to, "another leader change is under way")
+	}
+	defer a.release()
+	s := a.m.Snapshot()
+	from := ""
+	switch {
+	case s.Leader != nil:
+		from = s.Leader.ID
+	case s.FailingOver:
+		from = s.LostLeader
+	}
+	if err := a.checkTarget(s, to); err != nil {
+		return a.refusedErr(KindFailover, from, to, err)
+	}
+	if from == "" {
+		return a.refused(KindFailover, from, to, "no leader is known to fail over from; check discovery in `milvus-ha-proxy status`")
+	}
+	if from == to {
+		return a.refused(KindFailover, from, to, to+" is already the leader")
+	}
+	c := s.Cluster(to)
+	if !c.Healthy {
+		return a.refused(KindFailover, from, to, fmt.Sprintf("%s is not healthy: %s", to, c.HealthReason))
+	}
+	return a.failover(ctx, s, from, to, false)
+}
+
+// checkTarget validates a target named by an operator.
+func (a *Arbiter) checkTarget(s *Snapshot, to string) error {
+	c := s.Cluster(to)
+	if c == nil {
+		return fmt.Errorf("%w %q", ErrUnknownCluster, to)
+	}
+	if c.Quarantined {
+		return fmt.Errorf("%w: %s is quarantined: %s", ErrRefused, to, c.QuarantineReason)
+	}
+	if c.Role != RoleLeader && !c.Target {
+		return fmt.Errorf("%w: %s is not a replication target of the leader: %s", ErrRefused, to, c.LagReason)
+	}
+	return nil
+}
+
+func (a *Arbiter) refused(kind, from, to, msg string) (Change, error) {
+	return a.refusedErr(kind, from, to, fmt.Errorf("%w: %s", ErrRefused, msg))
+}
+
+func (a *Arbiter) refusedErr(kind, from, to string, err error) (Change, error) {
+	c := Change{Kind: kind, From: from, To: to, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
+	if a.opts.OnChange != nil {
+		a.opts.OnChange(c)
+	}
+	return c, err
+}
+
+// stepper times the steps of a change.
+type stepper struct {
+	now   func() time.Time
+	last  time.Time
+	steps []Step
+}
+
+func newStepper(now func() time.Time) *stepper { return &stepper{now: now, last: now()} }
+
+func (s *stepper) done(name string) {
+	t := s.now()
+	s.steps = append(s.steps, Step{Name: name, Took: t.Sub(s.last)})
+	s.last = t
+}
+
+// callCtx bounds one Milvus call.
+func (a *Arbiter) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.opts.CallTimeout)
+}

@@ -1,0 +1,289 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+)
+
+// reconcile looks after clusters left behind by a forced failover: a
+// former leader that is healthy again is never written to, its salvage is
+// reported, and it is demoted to a (quarantined) target of the leader; an
+// alternative that was unreachable is compared with the salvage checkpoint
+// and attached or quarantined; an alternative attached behind the salvage
+// checkpoint gets its reads back once the former leader shows that the
+// gap held no data.
+func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
+	if s.FailingOver || s.Leader == nil {
+		return
+	}
+	now := a.m.opts.Now()
+	a.mu.Lock()
+	var due []*pendingCluster
+	for id, p := range a.pending {
+		c := s.Cluster(id)
+		if id == s.Leader.ID {
+			delete(a.pending, id) // promoted since: nothing to rejoin
+			continue
+		}
+		if c != nil && c.Healthy && !now.Before(p.nextTry) {
+			due = append(due, p)
+		}
+	}
+	var gaps []*gapCheck
+	for _, g := range a.gaps {
+		src := s.Cluster(g.source)
+		if _, waiting := a.pending[g.source]; !waiting && src != nil && src.Healthy {
+			gaps = append(gaps, g)
+		}
+	}
+	a.mu.Unlock()
+	if len(due) == 0 && len(gaps) == 0 {
+		return
+	}
+	if !a.acquire() {
+		return
+	}
+	defer a.release()
+	a.setPhase(PhaseRejoining)
+	defer a.setPhase(PhaseSteady)
+	for _, p := range due {
+		var err error
+		switch p.kind {
+		case pendingFormerLeader:
+			err = a.rejoinFormerLeader(ctx, p)
+		case pendingUnevaluated:
+			err = a.evaluate(ctx, p)
+		}
+		a.mu.Lock()
+		if err != nil {
+			p.lastErr = err.Error()
+			p.backoff = min(max(2*p.backoff, a.opts.RetryBackoff), 30*time.Second)
+			p.nextTry = a.m.opts.Now().Add(p.backoff)
+			a.log.Warn("returning cluster not handled yet; will retry", "cluster", p.id, "err", err, "retry_in", p.backoff)
+		} else {
+			delete(a.pending, p.id)
+		}
+		a.mu.Unlock()
+	}
+	for _, g := range gaps {
+		a.checkGap(ctx, g)
+	}
+}
+
+// rejoinFormerLeader reports what a former leader holds past the salvage
+// checkpoint, then makes it a target of the current leader. It is never
+// written to again; it stays quarantined (it lacks what the leader took
+// before it rejoined, and holds what never replicated).
+func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) error {
+	m := a.m
+	s := m.Snapshot()
+	leader := s.Leader.ID
+	oldMb, leaderMb := m.members[p.id], m.members[leader]
+
+	cctx, cancel := a.callCtx(ctx)
+	oldCfg, err := m.replicateConfig(cctx, oldMb)
+	cancel()
+	if err != nil {
+		return err
+	}
+	already := sourceOf(oldCfg) == leader
+
+	a.mu.Lock()
+	report := &a.reports[p.report]
+	known := report.Unreplicated != nil
+	a.mu.Unlock()
+	if !known {
+		var u Unreplicated
+		if already {
+			// Demoted behind our back: its WAL now also holds what it
+			// replicated from the leader, which cannot be told apart.
+			u.Incomplete = fmt.Sprintf("it rejoined %s before the proxy could read it", leader)
+		} else {
+			u, err = a.unreplicated(ctx, oldMb, p.salvage)
+			if err != nil {
+				return err
+			}
+		}
+		a.mu.Lock()
+		report.Unreplicated = &u
+		a.mu.Unlock()
+		a.log.Warn("former leader is back; what it held that never replicated", "cluster", p.id, "new_leader", leader, "unreplicated", u.String())
+	}
+
+	lctx, lcancel := a.callCtx(ctx)
+	leaderCfg, err := m.replicateConfig(lctx, leaderMb)
+	lcancel()
+	if err != nil {
+		return err
+	}
+	if !already || !targetOf(leaderCfg, leader, p.id) {
+		entry := entryOf(oldCfg, p.id)
+		if entry == nil {
+			entry = p.entry
+		}
+		if entry == nil || entryOf(leaderCfg, leader) == nil {
+			return fmt.Errorf("cannot build a configuration naming %s as a target of %s: an entry is missing", p.id, leader)
+		}
+		newCfg := withTarget(leaderCfg, leader, entry)
+		if !already {
+			// The former leader first, as in a switchover: it demotes
+			// itself and its own CDC stops. Only then does the
+			// configuration listing it reach the other targets (see
+			// ArbiterOptions.RejoinSettle).
+			if err := a.sendConfig(ctx, oldMb, newCfg); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(a.opts.RejoinSettle):
+			}
+		}
+		if err := a.sendConfig(ctx, leaderMb, newCfg); err != nil {
+			return err
+		}
+		for _, e := range newCfg.GetClusters() {
+			if id := e.GetClusterId(); id != leader && id != p.id {
+				a.sendInBackground(id, newCfg)
+			}
+		}
+	}
+
+	a.mu.Lock()
+	u := report.Unreplicated
+	report.OldLeaderReturned, report.ReturnedAt, report.Error = true, m.opts.Now(), ""
+	a.mu.Unlock()
+	reason := fmt.Sprintf("former leader, demoted to a target of %s after a forced failover: it holds %s past %s's salvage checkpoint and lacks what %s took before it rejoined; rebuild it before it serves reads",
+		leader, u, report.NewLeader, leader)
+	if err := m.SetQuarantine(p.id, reason); err != nil {
+		return err
+	}
+	// It refuses writes itself now, and the quarantine keeps reads away.
+	m.setFenced(p.id, false)
+	m.Rediscover()
+	a.log.Info("former leader rejoined as a quarantined target", "cluster", p.id, "leader", leader)
+	return nil
+}
+
+// unreplicated dumps, on a former leader, what lies past the salvage
+// checkpoint and up to its current timestamp (nothing writes to it).
+func (a *Arbiter) unreplicated(ctx context.Context, mb *member, salvage []*commonpb.ReplicateCheckpoint) (Unreplicated, error) {
+	cctx, cancel := a.callCtx(ctx)
+	resp, err := mb.rpc.AllocTimestamp(mb.outgoing(cctx, ""), &milvuspb.AllocTimestampRequest{})
+	cancel()
+	if err == nil {
+		err = statusErr("AllocTimestamp", mb.id, resp.GetStatus())
+	}
+	if err != nil {
+		return Unreplicated{}, fmt.Errorf("AllocTimestamp on %s: %w", mb.id, err)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 2*a.opts.CallTimeout)
+	defer dcancel()
+	return a.m.dumpPast(dctx, mb, salvage, resp.GetTimestamp()), nil
+}
+
+// evaluate compares an alternative that was unreachable during a failover
+// with the salvage checkpoint: ahead, it stays quarantined; otherwise it
+// is attached to the leader (and quarantined while behind).
+func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
+	m := a.m
+	s := m.Snapshot()
+	leader := s.Leader.ID
+	c := s.Cluster(p.id)
+	mb, leaderMb := m.members[p.id], m.members[leader]
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	cfg, err := m.replicateConfig(cctx, mb)
+	if err != nil {
+		return err
+	}
+	if sourceOf(cfg) == leader {
+		// Attached already (an earlier attempt, or an operator); its
+		// quarantine stays until someone decides otherwise.
+		return nil
+	}
+	cps, _, err := m.replicateInfo(cctx, mb, p.source, c.PChannels, len(p.salvage))
+	if err != nil {
+		return err
+	}
+	t, salv := ticks(cps), ticks(p.salvage)
+	aheadOn, behindOn := compareSalvage(t, salv)
+	if aheadOn >= 0 {
+		return m.SetQuarantine(p.id, fmt.Sprintf("ran ahead of the salvage checkpoint of %s on pchannel %d (%d > %d): it holds writes of %s that the leader lacks; rebuild it before it serves reads",
+			p.source, aheadOn, t[aheadOn], salv[aheadOn], p.source))
+	}
+	leaderCfg, err := m.replicateConfig(cctx, leaderMb)
+	if err != nil {
+		return err
+	}
+	entry := entryOf(cfg, p.id)
+	if entry == nil {
+		entry = p.entry
+	}
+	if entry == nil || entryOf(leaderCfg, leader) == nil {
+		return fmt.Errorf("cannot build a configuration naming %s as a target of %s: an entry is missing", p.id, leader)
+	}
+	newCfg := withTarget(leaderCfg, leader, entry)
+	if err := a.sendConfig(ctx, leaderMb, newCfg); err != nil {
+		return err
+	}
+	a.sendInBackground(p.id, newCfg)
+	m.Rediscover()
+	if behindOn >= 0 {
+		g := &gapCheck{id: p.id, source: p.source, from: cloneCheckpoints(cps), salvage: salv}
+		a.mu.Lock()
+		a.gaps[p.id] = g
+		a.mu.Unlock()
+		return m.SetQuarantine(p.id, fmt.Sprintf("attached to %s while behind the salvage checkpoint on pchannel %d (%d < %d): what lies between never reaches it; no reads until %s shows that gap held no data",
+			leader, behindOn, t[behindOn], salv[behindOn], p.source))
+	}
+	return m.SetQuarantine(p.id, "")
+}
+
+// checkGap asks the former leader what an alternative attached behind the
+// salvage checkpoint missed: nothing but time ticks, and it serves reads
+// again; data, and its quarantine says how much.
+func (a *Arbiter) checkGap(ctx context.Context, g *gapCheck) {
+	mb := a.m.members[g.source]
+	dctx, cancel := context.WithTimeout(ctx, 2*a.opts.CallTimeout)
+	defer cancel()
+	var u Unreplicated
+	for i, ck := range g.from {
+		var end uint64
+		if i < len(g.salvage) {
+			end = g.salvage[i]
+		}
+		u.add(a.m.dumpOne(dctx, mb, i, ck, end))
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	a.mu.Lock()
+	delete(a.gaps, g.id)
+	a.mu.Unlock()
+	var err error
+	if u.Messages() == 0 && u.Incomplete == "" {
+		err = a.m.SetQuarantine(g.id, "")
+		a.log.Info("alternative attached behind the salvage checkpoint missed no data; serving reads again", "cluster", g.id)
+	} else {
+		err = a.m.SetQuarantine(g.id, fmt.Sprintf("attached behind the salvage checkpoint and missed %s that never reach it; rebuild it before it serves reads", u))
+		a.log.Warn("alternative attached behind the salvage checkpoint missed data", "cluster", g.id, "missed", u.String())
+	}
+	if err != nil {
+		a.log.Error("updating quarantine", "cluster", g.id, "err", err)
+	}
+}
+
+// targetOf reports whether cfg makes target a target of source.
+func targetOf(cfg *commonpb.ReplicateConfiguration, source, target string) bool {
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if e.GetSourceClusterId() == source && e.GetTargetClusterId() == target {
+			return true
+		}
+	}
+	return false
+}

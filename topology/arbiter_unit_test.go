@@ -1,0 +1,257 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+)
+
+func TestChoose(t *testing.T) {
+	cand := func(id string, ticks ...uint64) candidate { return candidate{id: id, ticks: ticks} }
+	tests := []struct {
+		name  string
+		cands []candidate
+		want  []string // preference order
+	}{
+		{"one", []candidate{cand("b", 5, 5)}, []string{"b"}},
+		{"dominant wins", []candidate{cand("b", 5, 5), cand("c", 6, 7)}, []string{"c", "b"}},
+		{"equal: config order", []candidate{cand("b", 5, 5), cand("c", 5, 5)}, []string{"b", "c"}},
+		{"dominant by one pchannel", []candidate{cand("b", 5, 5), cand("c", 5, 6)}, []string{"c", "b"}},
+		// No one dominates: the highest minimum.
+		{"highest minimum", []candidate{cand("b", 9, 3), cand("c", 4, 5), cand("d", 2, 10)}, []string{"c", "b", "d"}},
+		{"highest minimum tie: config order", []candidate{cand("b", 9, 4), cand("c", 4, 5)}, []string{"b", "c"}},
+		{"unknown pchannel counts as zero", []candidate{cand("b", 5), cand("c", 4, 1)}, []string{"c", "b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, c := range preference(tt.cands) {
+				got = append(got, c.id)
+			}
+			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Fatalf("preference = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCompareSalvage(t *testing.T) {
+	tests := []struct {
+		name          string
+		cps, salvage  []uint64
+		ahead, behind int
+	}{
+		{"equal", []uint64{5, 6}, []uint64{5, 6}, -1, -1},
+		{"behind", []uint64{4, 6}, []uint64{5, 6}, -1, 0},
+		{"ahead", []uint64{5, 7}, []uint64{5, 6}, 1, -1},
+		{"both", []uint64{4, 7}, []uint64{5, 6}, 1, 0},
+		{"no salvage on a pchannel it has", []uint64{1, 0}, []uint64{0, 0}, 0, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := compareSalvage(tt.cps, tt.salvage)
+			if a != tt.ahead || b != tt.behind {
+				t.Fatalf("compareSalvage = %d, %d; want %d, %d", a, b, tt.ahead, tt.behind)
+			}
+		})
+	}
+}
+
+func entry(id string) *commonpb.MilvusCluster {
+	return &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: id + ":19530"},
+		Pchannels: []string{id + "-rootcoord-dml_0"}}
+}
+
+func edges(cfg *commonpb.ReplicateConfiguration) string {
+	var out []string
+	for _, e := range cfg.GetCrossClusterTopology() {
+		out = append(out, e.GetSourceClusterId()+">"+e.GetTargetClusterId())
+	}
+	return strings.Join(out, ",")
+}
+
+func clusterIDs(cfg *commonpb.ReplicateConfiguration) string {
+	var out []string
+	for _, c := range cfg.GetClusters() {
+		out = append(out, c.GetClusterId())
+	}
+	return strings.Join(out, ",")
+}
+
+func TestConfigBuilders(t *testing.T) {
+	abc := star(entry("a"), entry("b"), entry("c"))
+	if edges(abc) != "a>b,a>c" || clusterIDs(abc) != "a,b,c" {
+		t.Fatalf("star: %s / %s", clusterIDs(abc), edges(abc))
+	}
+	rev := reverseConfig(abc, "b")
+	if edges(rev) != "b>a,b>c" || clusterIDs(rev) != "a,b,c" {
+		t.Fatalf("reverse keeps the cluster order and reverses the star: %s / %s", clusterIDs(rev), edges(rev))
+	}
+	// Reversing the reversed configuration again is the same request (a
+	// retried switchover).
+	if again := reverseConfig(rev, "b"); edges(again) != edges(rev) || clusterIDs(again) != clusterIDs(rev) {
+		t.Fatalf("reverse is not idempotent: %s", edges(again))
+	}
+	bc := star(entry("b"), entry("c"))
+	with := withTarget(bc, "b", entry("a"))
+	if edges(with) != "b>c,b>a" || clusterIDs(with) != "b,c,a" {
+		t.Fatalf("withTarget: %s / %s", clusterIDs(with), edges(with))
+	}
+	if again := withTarget(with, "b", entry("a")); edges(again) != "b>c,b>a" {
+		t.Fatalf("withTarget twice: %s", edges(again))
+	}
+	alone := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry("b")}}
+	if !standaloneOf(alone, "b") || standaloneOf(alone, "a") || standaloneOf(bc, "b") {
+		t.Fatal("standaloneOf")
+	}
+	if w := withTarget(alone, "b", entry("a")); edges(w) != "b>a" || clusterIDs(w) != "b,a" {
+		t.Fatalf("withTarget on a standalone leader: %s / %s", clusterIDs(w), edges(w))
+	}
+}
+
+func TestMessageKind(t *testing.T) {
+	for in, want := range map[string]string{
+		"Insert": "insert", "2": "insert", "Delete": "delete", "3": "delete",
+		"TimeTick": "", "1": "", "AlterReplicateConfig": "", "CreateCollection": "ddl", "5": "ddl",
+	} {
+		if got := messageKind(in); got != want {
+			t.Errorf("messageKind(%q) = %q, want %q", in, got, want)
+		}
+	}
+	u := Unreplicated{Inserts: 2, DDL: 1, FirstTS: hts(1_700_000_000_000), LastTS: hts(1_700_000_001_500)}
+	if s := u.String(); !strings.Contains(s, "2 insert, 0 delete, 1 DDL") || !strings.Contains(s, "2023-11-14T22:13:20.000Z") {
+		t.Fatalf("String: %s", s)
+	}
+}
+
+// TestFenceDrain: a fenced cluster refuses new requests with ErrFenced,
+// and drain waits exactly for the ones admitted before.
+func TestFenceDrain(t *testing.T) {
+	a := startFake(t, "a")
+	a.cfg = star(entry("a"))
+	m, err := New(Options{Discovery: DiscoveryStatic, Clusters: []ClusterOptions{cluster(a, RoleLeader)}, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	done, err := m.Allow("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.setFenced("a", true)
+	if _, err := m.Allow("a"); !errors.Is(err, ErrFenced) {
+		t.Fatalf("fenced Allow: %v", err)
+	}
+	if n := m.drain(context.Background(), "a", 20*time.Millisecond); n != 1 {
+		t.Fatalf("drain with one request in flight returned %d", n)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		time.Sleep(10 * time.Millisecond)
+		done(true)
+	})
+	if n := m.drain(context.Background(), "a", 5*time.Second); n != 0 {
+		t.Fatalf("drain after the request finished: %d", n)
+	}
+	wg.Wait()
+	m.setFenced("a", false)
+	d, err := m.Allow("a")
+	if err != nil {
+		t.Fatalf("unfenced: %v", err)
+	}
+	d(true)
+}
+
+// holdRecorder records HoldObserver calls.
+type holdRecorder struct {
+	mu       sync.Mutex
+	started  int
+	outcomes []string
+}
+
+func (h *holdRecorder) WriteHoldStarted(context.Context) { h.mu.Lock(); h.started++; h.mu.Unlock() }
+func (h *holdRecorder) WriteHoldEnded(_ context.Context, outcome string, _ time.Duration) {
+	h.mu.Lock()
+	h.outcomes = append(h.outcomes, outcome)
+	h.mu.Unlock()
+}
+
+func TestWaitLeaderReportsHolds(t *testing.T) {
+	a, b := startFake(t, "a"), startFake(t, "b")
+	rec := &holdRecorder{}
+	m, err := New(Options{Discovery: DiscoveryStatic, WriteHold: 50 * time.Millisecond, HoldObserver: rec, Logger: discard(),
+		Clusters: []ClusterOptions{cluster(a, RoleLeader), cluster(b, RoleAlternative)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.WaitLeader(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.HoldWrites("test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.WaitLeader(context.Background()); err == nil {
+		t.Fatal("held write got a leader")
+	}
+	got := make(chan error, 1)
+	go func() { _, err := m.WaitLeader(context.Background()); got <- err }()
+	time.Sleep(10 * time.Millisecond)
+	if err := m.InstallLeader(Promotion{Leader: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("released write: %v", err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.started != 2 || strings.Join(rec.outcomes, ",") != HoldTimedOut+","+HoldReleased {
+		t.Fatalf("holds: started %d, outcomes %v", rec.started, rec.outcomes)
+	}
+	if m.holdsStarted.Load() != 2 {
+		t.Fatalf("holdsStarted %d", m.holdsStarted.Load())
+	}
+}
+
+func TestObserveWrite(t *testing.T) {
+	a := startFake(t, "a")
+	m, err := New(Options{Discovery: DiscoveryStatic, Clusters: []ClusterOptions{cluster(a, RoleLeader)}, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.ObserveWrite("a", hts(2000))
+	m.ObserveWrite("a", hts(1000))
+	m.ObserveWrite("nope", hts(3000))
+	if got := m.members["a"].ackedWrite.Load(); got != hts(2000) {
+		t.Fatalf("acked write %d", got)
+	}
+	if m.LeaderNow() < hts(2000) {
+		t.Fatal("the leader clock is below an acknowledged write")
+	}
+}
+
+func TestNewArbiterMode(t *testing.T) {
+	a := startFake(t, "a")
+	m, err := New(Options{Discovery: DiscoveryStatic, Clusters: []ClusterOptions{cluster(a, RoleLeader)}, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := NewArbiter(m, ArbiterOptions{Mode: "sometimes"}); err == nil {
+		t.Fatal("unknown mode accepted")
+	}
+	arb, err := NewArbiter(m, ArbiterOptions{})
+	if err != nil || arb.Status().Mode != ModeAuto || arb.Status().Phase != PhaseSteady {
+		t.Fatalf("default arbiter: %v %+v", err, arb.Status())
+	}
+}
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -40,6 +40,11 @@ func (rep *Report) WritePlot(w io.Writer) error {
 			errs := make(plotter.XYs, len(seg))
 			p99 := make(plotter.XYs, len(seg))
 			anyErr := false
+			seg = trimSlivers(seg)
+			if len(seg) == 0 {
+				continue
+			}
+			ok, errs, p99 = ok[:len(seg)], errs[:len(seg)], p99[:len(seg)]
 			for j, pt := range seg {
 				x := pt.T + 0.5 // the middle of its second
 				ok[j] = plotter.XY{X: x, Y: pt.Rate}
@@ -97,6 +102,19 @@ func (rep *Report) WritePlot(w io.Writer) error {
 		return fmt.Errorf("writing the plot: %w", err)
 	}
 	return nil
+}
+
+// trimSlivers drops a segment's first and last points when the target
+// was measured for only a sliver of that second (the rounding edges of a
+// phase), where a rate means little and would draw a false dip.
+func trimSlivers(seg []Point) []Point {
+	for len(seg) > 0 && seg[len(seg)-1].ActiveS < 0.2 {
+		seg = seg[:len(seg)-1]
+	}
+	for len(seg) > 0 && seg[0].ActiveS < 0.2 {
+		seg = seg[1:]
+	}
+	return seg
 }
 
 // segments splits a timeline at the seconds a target was idle (its rounds

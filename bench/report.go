@@ -280,7 +280,9 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 			s = rec.tl.secs[i]
 		}
 		active := rec.activeIn(float64(i), float64(i+1))
-		if s == nil && active == 0 {
+		// Skip slivers (a phase that ends a few ms into a second): their
+		// rate would be noise. Seconds with completions always count.
+		if s == nil && active < 0.05 {
 			continue
 		}
 		p := Point{T: float64(i), ActiveS: active}

@@ -119,7 +119,7 @@ func (c *Cluster) applyInsert(e *entry) {
 	}
 	b, err := decodeFields(coll.fields, req.GetFieldsData(), int(req.GetNumRows()), true)
 	if err != nil {
-		c.log.Warn("insert message not applied", "collection", coll.name, "err", err)
+		c.log.Warn("insert message not applied", "collection", coll.id, "err", err)
 		return
 	}
 	coll.data.insert(b, part.id)

@@ -49,6 +49,7 @@ func (c *Cluster) guaranteeTS(coll *collection, level commonpb.ConsistencyLevel,
 // readSnapshot is what a read needs from the catalog, copied under its lock.
 type readSnapshot struct {
 	coll  *collection
+	name  string         // the collection's name at the time of the read
 	parts map[int64]bool // nil: every partition
 	// metric of the index on each vector field
 	metrics map[*fieldInfo]string
@@ -68,7 +69,7 @@ func (c *Cluster) snapshotForRead(ctx context.Context, db, name string, partitio
 	if !loaded {
 		return nil, errCollectionNotLoaded(coll.name)
 	}
-	snap := &readSnapshot{coll: coll, metrics: map[*fieldInfo]string{}}
+	snap := &readSnapshot{coll: coll, name: coll.name, metrics: map[*fieldInfo]string{}}
 	if len(partitions) > 0 {
 		snap.parts = map[int64]bool{}
 		for _, n := range partitions {
@@ -418,7 +419,7 @@ func (c *Cluster) search(ctx context.Context, req *milvuspb.SearchRequest) (*mil
 	res.Ids = idsOf(coll.pk.typ, pksAt(d, allRows))
 	res.Scores = allScores
 	res.FieldsData = outs.render(coll, d, allRows)
-	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: coll.name, SessionTs: g}, nil
+	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: snap.name, SessionTs: g}, nil
 }
 
 func roundScores(scores []float32, round int) {
@@ -639,7 +640,7 @@ func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRe
 	res.Ids = idsOf(coll.pk.typ, pksAt(d, allRows))
 	res.Scores = allScores
 	res.FieldsData = outs.render(coll, d, allRows)
-	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: coll.name, SessionTs: g}, nil
+	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: snap.name, SessionTs: g}, nil
 }
 
 // normalizeScore maps a metric's score into [0, 1], larger better, as
@@ -906,7 +907,7 @@ func (c *Cluster) query(ctx context.Context, req *milvuspb.QueryRequest) (*milvu
 			}
 		}
 	}
-	res := &milvuspb.QueryResults{Status: okStatus(), CollectionName: coll.name, PrimaryFieldName: coll.pk.name}
+	res := &milvuspb.QueryResults{Status: okStatus(), CollectionName: snap.name, PrimaryFieldName: coll.pk.name}
 	if outs.count {
 		res.OutputFields = []string{"count(*)"}
 		res.FieldsData = []*schemapb.FieldData{{Type: schemapb.DataType_Int64, FieldName: "count(*)",

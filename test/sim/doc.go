@@ -28,5 +28,25 @@
 //     milvuspb.UpdateReplicateConfigurationRequest for AlterReplicateConfig,
 //     empty for TimeTick.
 //
+// Behaviour worth knowing (each as Milvus does it):
+//
+//   - Replication starts at the configuration message that made a cluster a
+//     target: data written before JoinReplication is not copied (Milvus CDC
+//     replicates incrementally).
+//   - Reads check that the collection exists and is loaded before they wait
+//     for their guarantee timestamp, so a read on a target that races the
+//     replicated CreateCollection/LoadCollection gets "collection not found"
+//     / "collection not loaded".
+//   - LoadCollection needs an index on every vector field; the metric of a
+//     search defaults to the index's, and a different one is refused.
+//   - DumpMessages starts at start_message_id inclusive (as the proto
+//     documents) and leaves out TimeTick and AlterReplicateConfig messages;
+//     without end_timetick it follows the WAL until cancelled.
+//   - A write refused by a secondary has code 65535 and a reason starting
+//     "code: STREAMING_CODE_REPLICATE_VIOLATION, cause: ..." that names the
+//     cluster a replication target (secondary).
+//   - A guarantee timestamp not reached within Options.GuaranteeTimeout gives
+//     code 10001 (Milvus's timeout code).
+//
 // It is not the product: where it and real Milvus differ, real Milvus is right.
 package sim

@@ -146,8 +146,13 @@ func TestFenceDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.setFenced("a", true)
-	if _, err := m.Allow("a"); !errors.Is(err, ErrFenced) {
-		t.Fatalf("fenced Allow: %v", err)
+	// A fenced leader's requests wait for the change to end...
+	refused := make(chan error, 1)
+	go func() { _, err := m.Allow("a"); refused <- err }()
+	select {
+	case err := <-refused:
+		t.Fatalf("fenced Allow returned before the change ended: %v", err)
+	case <-time.After(50 * time.Millisecond):
 	}
 	if n := m.drain(context.Background(), "a", 20*time.Millisecond); n != 1 {
 		t.Fatalf("drain with one request in flight returned %d", n)
@@ -161,7 +166,19 @@ func TestFenceDrain(t *testing.T) {
 		t.Fatalf("drain after the request finished: %d", n)
 	}
 	wg.Wait()
+	// ...and are refused (never sent) once it ends: the fence lifts and
+	// the next snapshot is published (an abandoned change releases the
+	// writes).
 	m.setFenced("a", false)
+	if err := m.HoldWrites("x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ReleaseWrites(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-refused; !errors.Is(err, ErrFenced) {
+		t.Fatalf("fenced Allow: %v", err)
+	}
 	d, err := m.Allow("a")
 	if err != nil {
 		t.Fatalf("unfenced: %v", err)

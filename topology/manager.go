@@ -395,7 +395,11 @@ func (m *Manager) Rediscover() {
 //
 // A fenced cluster (a leader being demoted, or a lost one) refuses too,
 // with an error that wraps ErrFenced: the request was never sent, so the
-// caller may send it again, to the leader it gets from WaitLeader.
+// caller may send it again. The refusal comes only once the leader change
+// is over (a new leader is installed, or the change was abandoned), at
+// most WriteHold later: a caller that picked the old leader from a
+// snapshot taken just before writes were held then finds the new leader
+// in the next one, instead of finding no leader at all.
 func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	mb := m.members[clusterID]
 	if mb == nil {
@@ -404,6 +408,7 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	mb.inflight.Add(1)
 	if mb.fenced.Load() {
 		mb.inflight.Add(-1)
+		m.waitFenceResolved(mb)
 		return nil, fmt.Errorf("topology: cluster %q: %w", clusterID, ErrFenced)
 	}
 	d, err := mb.breaker.Allow()
@@ -420,6 +425,30 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 		}
 		d(errDataPathFailure)
 	}, nil
+}
+
+// waitFenceResolved waits, up to WriteHold, until a fenced cluster is
+// unfenced or another cluster leads.
+func (m *Manager) waitFenceResolved(mb *member) {
+	var timer *time.Timer
+	for {
+		ch := m.Changed()
+		s := m.Snapshot()
+		if !mb.fenced.Load() || (s.Leader != nil && s.Leader.ID != mb.id) {
+			return
+		}
+		if timer == nil {
+			timer = time.NewTimer(m.opts.WriteHold)
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return
+		case <-m.ctx.Done():
+			return
+		}
+	}
 }
 
 // WaitLeader returns the current leader. While there is none (a failover

@@ -253,22 +253,29 @@ func safeURI(s string) string {
 // (plaintext) and https://host:port (TLS), and returns host:port.
 func ParseOTLPEndpoint(s string) (hostport string, insecure bool, err error) {
 	insecure = true
+	shown := safeURI(s)
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", false, fmt.Errorf("invalid endpoint %q", s)
+			return "", false, fmt.Errorf("invalid endpoint %q", shown)
 		}
 		switch u.Scheme {
 		case "http":
 		case "https":
 			insecure = false
 		default:
-			return "", false, fmt.Errorf("endpoint %q: unknown scheme %q (want http or https, or plain host:port)", s, u.Scheme)
+			return "", false, fmt.Errorf("endpoint %q: unknown scheme %q (want http or https, or plain host:port)", shown, u.Scheme)
+		}
+		if u.User != nil {
+			// Dropping them silently would export unauthenticated.
+			return "", false, fmt.Errorf("endpoint %q: credentials in the endpoint are not supported; set OTEL_EXPORTER_OTLP_HEADERS instead", shown)
 		}
 		if u.Port() == "" {
-			return "", false, fmt.Errorf("endpoint %q: missing port (the OTLP/gRPC port is usually 4317)", s)
+			return "", false, fmt.Errorf("endpoint %q: missing port (the OTLP/gRPC port is usually 4317)", shown)
 		}
 		s = u.Host
+	} else if strings.Contains(s, "@") {
+		return "", false, fmt.Errorf("endpoint %q: want host:port, http://host:port or https://host:port", shown)
 	}
 	if err := checkHostPort(s); err != nil {
 		return "", false, fmt.Errorf("endpoint: %w", err)

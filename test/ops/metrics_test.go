@@ -174,6 +174,8 @@ func TestMetricsCountTraffic(t *testing.T) {
 	if v := after.sum(mFailingOver, nil); v != 0 {
 		t.Errorf("%s = %v, want 0", mFailingOver, v)
 	}
+	// Whatever the running proxy serves is documented, as served.
+	checkScrapeDocumented(t, after)
 	if t.Failed() {
 		t.Logf("reads by reason after: %v", after.labelValues(mReads, "reason"))
 	}

@@ -10,8 +10,8 @@
 //     timestamp for the collection's pchannels covers the required
 //     timestamp R.
 //   - Unknown lag (CheckpointsKnown false) counts as stale: such an
-//     alternative is eligible only for reads that require nothing (R == 0,
-//     Eventually) and set no lag cap, because neither a bound nor a lag can
+//     alternative is eligible only for Eventually reads (R == 0) that set
+//     no lag cap, because neither a bound nor a lag can
 //     be proven. This is how backends without a replication API (Milvus
 //     Lite) still serve Eventually reads.
 //   - Among the eligible, plus the leader when LeaderServesReads, power of
@@ -44,6 +44,12 @@ type ReadRequest struct {
 	// Exclude lists cluster ids already tried for this request (a retry
 	// after a transport failure).
 	Exclude []string
+	// Eventually marks a read at level Eventually. Only such reads may go
+	// to an alternative whose lag is unknown: a Session read that
+	// requires nothing yet (no write seen) still needs an alternative
+	// known to replicate, or its client's writes made through another
+	// session could be arbitrarily far behind.
+	Eventually bool
 	// Strong marks a Strong read under `strong_reads: leader`: it goes to
 	// the leader without looking at alternatives (ReasonLeaderStrong).
 	// Under `strong_reads: wait` leave it false and set Required instead.
@@ -150,13 +156,14 @@ func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
 			!c.Healthy || c.Breaker == topology.BreakerOpen || excluded(req.Exclude, c.ID) {
 			continue
 		}
-		if req.Required == 0 && req.MaxLag <= 0 {
-			// Eventually without a cap: any replica will do, known lag
-			// or not.
+		ts, ok := c.ReplicatedFor(req.PChannels)
+		if !ok && req.Eventually && req.Required == 0 && req.MaxLag <= 0 {
+			// Eventually without a cap accepts any replica, even one whose
+			// lag cannot be measured (a backend without the replication
+			// API). Every other level needs proof: unknown lag is stale.
 			cands = append(cands, c)
 			continue
 		}
-		ts, ok := c.ReplicatedFor(req.PChannels)
 		if !ok || ts < req.Required {
 			lagging = true
 			continue

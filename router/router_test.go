@@ -101,7 +101,15 @@ func TestPickRead(t *testing.T) {
 		{
 			name: "unknown lag still serves eventually",
 			snap: snap(cl("a", topology.RoleLeader), cl("b", topology.RoleAlternative, unknown)),
+			req:  ReadRequest{Eventually: true},
 			want: "b", reason: ReasonAlternative,
+		},
+		{
+			// A Session read with no write seen yet requires nothing, but
+			// unknown lag may hide anything: only Eventually accepts it.
+			name: "unknown lag does not serve a session read that requires nothing",
+			snap: snap(cl("a", topology.RoleLeader), cl("b", topology.RoleAlternative, unknown)),
+			want: "a", reason: ReasonLeaderLag,
 		},
 		{
 			name: "unknown lag is left out under an eventually cap",
@@ -238,6 +246,7 @@ func TestPickRead(t *testing.T) {
 		{
 			name: "p2c prefers the less busy alternative",
 			snap: snap(cl("a", topology.RoleLeader), cl("b", topology.RoleAlternative, busy(5)), cl("c", topology.RoleAlternative, busy(1))),
+			req:  ReadRequest{Eventually: true},
 			want: "c", reason: ReasonAlternative,
 		},
 	}
@@ -268,7 +277,7 @@ func TestP2CDistribution(t *testing.T) {
 		r := New(Options{})
 		counts := map[string]int{}
 		for range n {
-			counts[r.PickRead(s, ReadRequest{}).Cluster.ID]++
+			counts[r.PickRead(s, ReadRequest{Eventually: true}).Cluster.ID]++
 		}
 		if counts["a"] != 0 {
 			t.Fatalf("leader got %d reads without leader_serves_reads", counts["a"])
@@ -286,7 +295,7 @@ func TestP2CDistribution(t *testing.T) {
 		r := New(Options{})
 		counts := map[string]int{}
 		for range n {
-			counts[r.PickRead(s, ReadRequest{}).Cluster.ID]++
+			counts[r.PickRead(s, ReadRequest{Eventually: true}).Cluster.ID]++
 		}
 		// b is picked only if paired with itself, which p2c never does.
 		if counts["b"] != 0 {
@@ -304,7 +313,7 @@ func TestP2CDistribution(t *testing.T) {
 		r := New(Options{LeaderServesReads: true})
 		counts := map[string]int{}
 		for i := range n {
-			c := r.PickRead(s, ReadRequest{}).Cluster
+			c := r.PickRead(s, ReadRequest{Eventually: true}).Cluster
 			counts[c.ID]++
 			c.Outstanding.Add(1)
 			for _, x := range s.Clusters[1:] {

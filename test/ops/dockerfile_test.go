@@ -249,4 +249,3 @@ func ignored(pat, file string) bool {
 	}
 	return false
 }
-

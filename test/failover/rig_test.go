@@ -1,0 +1,392 @@
+package failover_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+)
+
+const (
+	collName  = "ha"
+	pchannels = 2
+)
+
+// rigOptions shape a rig.
+type rigOptions struct {
+	mode        string        // failover.mode; default auto
+	detectAfter time.Duration // default 1s
+	extraSim    []string      // extra flags for every sim
+}
+
+// rig is three simulated clusters a -> b, c (separate processes) and the
+// proxy in front of them.
+type rig struct {
+	t    testing.TB
+	ids  []string
+	sims map[string]*simProc
+	app  *app.App
+	pch  int // the leader pchannel index the collection lives on
+}
+
+func newRig(t testing.TB, o rigOptions) *rig {
+	t.Helper()
+	if o.mode == "" {
+		o.mode = "auto"
+	}
+	if o.detectAfter == 0 {
+		o.detectAfter = time.Second
+	}
+	r := &rig{t: t, ids: []string{"a", "b", "c"}, sims: map[string]*simProc{}}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, id := range r.ids {
+		wg.Go(func() {
+			p := startSim(t, id, o.extraSim...)
+			mu.Lock()
+			r.sims[id] = p
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(r.sims) != 3 {
+		t.FailNow()
+	}
+	r.join("a", "b", "c")
+
+	var yaml strings.Builder
+	fmt.Fprintf(&yaml, "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndiscovery: replicate\nclusters:\n")
+	for _, id := range r.ids {
+		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
+	}
+	fmt.Fprintf(&yaml, "failover:\n  mode: %s\n  detect_after: %s\n  write_hold: 10s\n", o.mode, o.detectAfter)
+	cfg, err := config.Parse([]byte(yaml.String()))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, yaml.String())
+	}
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "proxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a, err := app.New(context.Background(), app.Options{Config: cfg, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.app = a
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+		logFile.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logFile.Name()); err == nil {
+				t.Logf("proxy log (last 6000 bytes):\n%s", tail(b, 6000))
+			}
+		}
+	})
+	r.waitTopology("a leads, b and c polled", 20*time.Second, func(s *topology.Snapshot) bool {
+		return s.Leader != nil && s.Leader.ID == "a" && s.Cluster("b").CheckpointsKnown && s.Cluster("c").CheckpointsKnown
+	})
+	r.setup()
+	return r
+}
+
+// join sends the same replicate configuration (source -> targets) to
+// every cluster, as a deployment does.
+func (r *rig) join(source string, targets ...string) {
+	r.t.Helper()
+	entry := func(id string) *commonpb.MilvusCluster {
+		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].addr}}
+		for i := range pchannels {
+			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
+		}
+		return e
+	}
+	cfg := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry(source)}}
+	for _, t := range targets {
+		cfg.Clusters = append(cfg.Clusters, entry(t))
+		cfg.CrossClusterTopology = append(cfg.CrossClusterTopology, &commonpb.CrossClusterTopology{SourceClusterId: source, TargetClusterId: t})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(targets)+1)
+	for i, id := range append([]string{source}, targets...) {
+		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].addr, "", cfg, false) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			r.t.Fatalf("joining replication: %v", err)
+		}
+	}
+}
+
+// waitTopology waits until cond holds for the proxy's topology.
+func (r *rig) waitTopology(what string, d time.Duration, cond func(s *topology.Snapshot) bool) *topology.Snapshot {
+	r.t.Helper()
+	m := r.app.Topology()
+	deadline := time.After(d)
+	for {
+		ch := m.Changed()
+		s := m.Snapshot()
+		if cond(s) {
+			return s
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			v, _ := json.MarshalIndent(m.View(), "", "  ")
+			r.t.Fatalf("timed out after %s waiting for %s; topology:\n%s", d, what, v)
+		}
+	}
+}
+
+// setup creates, indexes and loads the collection through the proxy and
+// waits until every alternative can serve it.
+func (r *rig) setup() {
+	r.t.Helper()
+	c := dialProxy(r.t, r.app.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
+		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
+		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
+		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
+	}})
+	st, err := c.rpc.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
+		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
+	mustOK(r.t, "CreateCollection", st, err)
+	st, err = c.rpc.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
+		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
+	mustOK(r.t, "CreateIndex", st, err)
+	st, err = c.rpc.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
+	mustOK(r.t, "LoadCollection", st, err)
+	d, err := c.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
+	mustOK(r.t, "DescribeCollection", d.GetStatus(), err)
+	pch := d.GetPhysicalChannelNames()
+	if len(pch) != 1 {
+		r.t.Fatalf("physical channels %v", pch)
+	}
+	i := strings.LastIndex(pch[0], "_")
+	r.pch, err = strconv.Atoi(pch[0][i+1:])
+	if err != nil {
+		r.t.Fatalf("physical channel %q: %v", pch[0], err)
+	}
+	for _, id := range []string{"b", "c"} {
+		dc := r.direct(id)
+		eventually(r.t, id+" serves the collection", 15*time.Second, func() bool {
+			_, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 1)
+			return err == nil
+		})
+	}
+}
+
+// direct is a client of one cluster itself, bypassing the proxy.
+func (r *rig) direct(id string) *client { return dialProxy(r.t, r.sims[id].addr) }
+
+// checkpoint reads, on cluster id, how far it replicated the source's
+// pchannel the collection lives on.
+func (r *rig) checkpoint(id, source string) (uint64, error) {
+	c := r.direct(id)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	res, err := c.rpc.GetReplicateInfo(ctx, &milvuspb.GetReplicateInfoRequest{SourceClusterId: source, TargetPchannel: sim.PChannelName(id, r.pch)})
+	if err != nil {
+		return 0, err
+	}
+	return res.GetCheckpoint().GetTimeTick(), nil
+}
+
+// adminGet fetches an admin endpoint.
+func (r *rig) adminGet(path string) (int, []byte) {
+	r.t.Helper()
+	resp, err := http.Get("http://" + r.app.AdminAddr() + path)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// adminPost posts an action and decodes the answer.
+func (r *rig) adminPost(path, to string) (int, admin.Result, admin.ErrorBody) {
+	r.t.Helper()
+	resp, err := http.Post("http://"+r.app.AdminAddr()+path, "application/json", strings.NewReader(fmt.Sprintf(`{"to":%q}`, to)))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var res admin.Result
+	var eb admin.ErrorBody
+	dec := json.NewDecoder(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		_ = dec.Decode(&res)
+	} else {
+		_ = dec.Decode(&eb)
+	}
+	return resp.StatusCode, res, eb
+}
+
+// view fetches /api/v1/topology.
+func (r *rig) view() admin.View {
+	r.t.Helper()
+	code, b := r.adminGet("/api/v1/topology")
+	if code != http.StatusOK {
+		r.t.Fatalf("/api/v1/topology: %d %s", code, b)
+	}
+	var v admin.View
+	if err := json.Unmarshal(b, &v); err != nil {
+		r.t.Fatal(err)
+	}
+	return v
+}
+
+// client is a raw Milvus client (one gRPC connection: one proxy session).
+type client struct {
+	rpc  milvuspb.MilvusServiceClient
+	conn *grpc.ClientConn
+}
+
+func dialProxy(t testing.TB, addr string) *client {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &client{rpc: milvuspb.NewMilvusServiceClient(conn), conn: conn}
+}
+
+func mustOK(t testing.TB, what string, st *commonpb.Status, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if st.GetCode() != 0 || st.GetErrorCode() != commonpb.ErrorCode_Success {
+		t.Fatalf("%s: milvus error %d: %s", what, st.GetCode(), st.GetReason())
+	}
+}
+
+// row is one row read back.
+type row struct{ pk, val int64 }
+
+// keys queries the given primary keys at a consistency level and returns
+// the rows found (duplicates included).
+func (c *client) keys(level commonpb.ConsistencyLevel, pks ...int64) ([]row, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return c.query(ctx, level, 0, nil, pks...)
+}
+
+func (c *client) query(ctx context.Context, level commonpb.ConsistencyLevel, guarantee uint64, opts []grpc.CallOption, pks ...int64) ([]row, error) {
+	var b strings.Builder
+	b.WriteString("pk in [")
+	for i, pk := range pks {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(pk, 10))
+	}
+	b.WriteByte(']')
+	res, err := c.rpc.Query(ctx, &milvuspb.QueryRequest{CollectionName: collName, Expr: b.String(),
+		OutputFields: []string{"pk", "val"}, ConsistencyLevel: level, GuaranteeTimestamp: guarantee}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if st := res.GetStatus(); st.GetCode() != 0 {
+		return nil, fmt.Errorf("milvus error %d: %s", st.GetCode(), st.GetReason())
+	}
+	var pkCol, valCol []int64
+	for _, f := range res.GetFieldsData() {
+		switch f.GetFieldName() {
+		case "pk":
+			pkCol = f.GetScalars().GetLongData().GetData()
+		case "val":
+			valCol = f.GetScalars().GetLongData().GetData()
+		}
+	}
+	out := make([]row, len(pkCol))
+	for i := range pkCol {
+		out[i].pk = pkCol[i]
+		if i < len(valCol) {
+			out[i].val = valCol[i]
+		}
+	}
+	return out, nil
+}
+
+// rows builds an insert/upsert request.
+func rowsRequest(pks, vals []int64) (fields []*schemapb.FieldData, n uint32) {
+	vec := make([]float32, 0, 2*len(pks))
+	for _, pk := range pks {
+		vec = append(vec, float32(pk%1000), 1)
+	}
+	return []*schemapb.FieldData{
+		{FieldName: "pk", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
+			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: pks}}}}},
+		{FieldName: "val", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
+			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: vals}}}}},
+		{FieldName: "v", Type: schemapb.DataType_FloatVector, Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{
+			Dim: 2, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vec}}}}},
+	}, uint32(len(pks))
+}
+
+// presence asks a cluster directly which keys it holds, and how often.
+func (r *rig) presence(id string, pks []int64) map[int64]int {
+	r.t.Helper()
+	c := r.direct(id)
+	out := map[int64]int{}
+	for i := 0; i < len(pks); i += 500 {
+		batch := pks[i:min(i+500, len(pks))]
+		rows, err := c.keys(commonpb.ConsistencyLevel_Strong, batch...)
+		if err != nil {
+			r.t.Fatalf("reading keys on %s: %v", id, err)
+		}
+		for _, row := range rows {
+			out[row.pk]++
+		}
+	}
+	return out
+}
+
+func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -309,4 +309,3 @@ func (r *rig) metrics() []byte {
 	}
 	return b
 }
-

@@ -129,7 +129,10 @@ func TestSimSecondaryAcceptsForeignSource(t *testing.T) {
 	createOn(t, ca)
 	writeOn(t, ca, false, 1, 1)
 	for _, cl := range []*client{cb, cc} {
-		eventually(t, "1 replicated", 10*time.Second, func() bool { rows, err := cl.keys(commonpb.ConsistencyLevel_Eventually, 1); return err == nil && len(rows) == 1 })
+		eventually(t, "1 replicated", 10*time.Second, func() bool {
+			rows, err := cl.keys(commonpb.ConsistencyLevel_Eventually, 1)
+			return err == nil && len(rows) == 1
+		})
 	}
 	b.PauseReplication()
 	c.PauseReplication()

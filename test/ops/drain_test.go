@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
 )
 
@@ -316,4 +318,40 @@ func tryGet(url string) (int, string, error) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), nil
+}
+
+// TestDrainWithIdleWatcherNotServing: a health watcher that was already
+// told NOT_SERVING before the drain (no leader known) must not hold the
+// drain up either.
+func TestDrainWithIdleWatcherNotServing(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close()
+	cfg := config.Default()
+	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Clusters = []config.Cluster{{ID: "a", URI: dead}} // replicate discovery: no leader ever
+	a := startApp(t, cfg, app.Options{})
+
+	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	watch, err := healthpb.NewHealthClient(conn).Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health with no leader: %v, %v; want NOT_SERVING", r, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with an idle health watcher: %v (it waited out the grace period)", err)
+	}
 }

@@ -167,7 +167,7 @@ func TestLogsCarryNoCredential(t *testing.T) {
 
 // TestServeLogsCarryNoCredential: the binary at --log-level debug
 // --log-format json, with the token in its config and an OTLP collector
-// that is down, serving authenticated clients and then stopped by SIGTERM:
+// that is down, serving authenticated clients and then stopped by SIGINT:
 // its stderr has only JSON lines and no credential; its --check output
 // and its config errors carry none either.
 func TestServeLogsCarryNoCredential(t *testing.T) {
@@ -190,11 +190,12 @@ drain: {grace_period: 5s}
 	cmd, grpcAddr, adminAddr, stderr := startServe(t, bin, nil, "--config", path, "--log-level", "debug", "--log-format", "json")
 	waitReady(t, adminAddr, 1)
 	credentialTraffic(t, grpcAddr)
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	// SIGINT (Ctrl-C) drains like SIGTERM and exits 0.
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("serve: %v\n%s", err, stderr())
+		t.Fatalf("serve after SIGINT: %v, want exit 0\n%s", err, stderr())
 	}
 	logs := stderr()
 	assertNoCredential(t, "serve's stderr", logs)

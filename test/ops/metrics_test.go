@@ -65,7 +65,7 @@ func waitLoaded(t *testing.T, addr, coll string) {
 // cluster, role, code and routing reason; and that the per-cluster gauges
 // (replication lag, breaker, health) describe the topology.
 func TestMetricsCountTraffic(t *testing.T) {
-	const N, M, K = 7, 11, 5
+	const N, M, K = 7, 21, 5
 	sims := startSims(t, 3, nil)
 	cfg := replicateConfig(sims)
 	// The leader takes no share of reads, so every Eventually read must go

@@ -183,9 +183,22 @@ func (r *rig) setup() {
 	st, err := c.rpc.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
 		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
 	mustOK(r.t, "CreateCollection", st, err)
+	// Each DDL reaches every alternative before the next one is sent: the
+	// simulator applies a DDL with the first of its per-pchannel copies
+	// without ordering that against the next DDL's first copy on another
+	// pchannel, and a LoadCollection can be dropped for a collection not
+	// created yet (TestSimDDLApplyOrder).
+	r.replicated("the collection", func(dc *client) bool {
+		d, err := dc.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
+		return err == nil && d.GetStatus().GetCode() == 0
+	})
 	st, err = c.rpc.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
 		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
 	mustOK(r.t, "CreateIndex", st, err)
+	r.replicated("the index", func(dc *client) bool {
+		d, err := dc.rpc.DescribeIndex(ctx, &milvuspb.DescribeIndexRequest{CollectionName: collName, FieldName: "v"})
+		return err == nil && d.GetStatus().GetCode() == 0 && len(d.GetIndexDescriptions()) == 1
+	})
 	st, err = c.rpc.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
 	mustOK(r.t, "LoadCollection", st, err)
 	d, err := c.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
@@ -201,10 +214,43 @@ func (r *rig) setup() {
 	}
 	for _, id := range []string{"b", "c"} {
 		dc := r.direct(id)
-		eventually(r.t, id+" serves the collection", 15*time.Second, func() bool {
-			_, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 1)
-			return err == nil
-		})
+		var lastErr error
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if _, lastErr = dc.keys(commonpb.ConsistencyLevel_Eventually, 1); lastErr == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				r.t.Fatalf("%s does not serve the collection after 15s: %v\nsimulator status:\n%s", id, lastErr, r.simStatus())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// simStatus fetches every simulator's own status (role, checkpoints) for
+// failure messages.
+func (r *rig) simStatus() string {
+	var b strings.Builder
+	for _, id := range r.ids {
+		resp, err := http.Get("http://" + r.sims[id].ctl + "/sim/" + id + "/status")
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", id, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Fprintf(&b, "%s: %s\n", id, body)
+	}
+	return b.String()
+}
+
+// replicated waits until cond holds on both alternatives.
+func (r *rig) replicated(what string, cond func(dc *client) bool) {
+	r.t.Helper()
+	for _, id := range []string{"b", "c"} {
+		dc := r.direct(id)
+		eventually(r.t, what+" on "+id, 15*time.Second, func() bool { return cond(dc) })
 	}
 }
 

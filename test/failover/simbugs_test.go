@@ -165,3 +165,40 @@ func TestSimSecondaryAcceptsForeignSource(t *testing.T) {
 		}
 	}
 }
+
+// TestSimDDLApplyOrder: a secondary applies each DDL with the first of its
+// per-pchannel copies, but the copies of consecutive DDLs arrive on
+// independent streams: the second pchannel's copy of LoadCollection can be
+// applied before the first pchannel's copy of CreateCollection, and is
+// then dropped ("collection not loaded" forever, though the checkpoints
+// are caught up). Milvus keeps DDL in order on the control channel.
+func TestSimDDLApplyOrder(t *testing.T) {
+	simBugsOnly(t)
+	ctx := context.Background()
+	for i := range 300 {
+		a := startInProcess(t, "a", "", "127.0.0.1:0")
+		b, c := startInProcess(t, "b", "", "127.0.0.1:0"), startInProcess(t, "c", "", "127.0.0.1:0")
+		if err := sim.JoinReplication(ctx, a, b, c); err != nil {
+			t.Fatal(err)
+		}
+		createOn(t, dialProxy(t, a.Addr()))
+		for _, s := range []*sim.Cluster{b, c} {
+			cl := dialProxy(t, s.Addr())
+			var err error
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) {
+				if _, err = cl.keys(commonpb.ConsistencyLevel_Eventually, 1); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("round %d: secondary %s never serves the collection: %v", i, s.ID(), err)
+			}
+			cl.conn.Close()
+		}
+		a.Stop()
+		b.Stop()
+		c.Stop()
+	}
+}

@@ -110,7 +110,9 @@ func grpcMessage(err error) string {
 // watchLoop publishes breaker state changes (gobreaker reports them under
 // its own lock, so they are handed over here) and detects leader loss.
 func (m *Manager) watchLoop(ctx context.Context) {
-	tick := min(m.opts.ProbeInterval, m.opts.DetectAfter/4)
+	// Loss is declared at most one tick late: a fine tick keeps failover
+	// close to DetectAfter (checkLeader is two atomic loads).
+	tick := max(5*time.Millisecond, min(m.opts.ProbeInterval, m.opts.DetectAfter/20))
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {

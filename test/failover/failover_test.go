@@ -44,7 +44,7 @@ func TestKillLeader(t *testing.T) {
 		return s.Leader != nil && s.Leader.ID != "a"
 	})
 	newLeader := s.Leader.ID
-	ch := r.app.Arbiter().Status().LastChange
+	ch := r.lastChange(newLeader)
 	if ch == nil || ch.Kind != topology.KindFailover || !ch.Auto || ch.From != "a" || ch.To != newLeader || ch.Result != topology.ResultOK || ch.Epoch != 1 {
 		t.Fatalf("last change %+v", ch)
 	}
@@ -73,8 +73,8 @@ func TestKillLeader(t *testing.T) {
 	t.Logf("history: %s", summary(ops))
 
 	lastGood, firstGood := writeGap(ops, "a", newLeader, killAt)
-	t.Logf("failover: last good write %s before the kill, first good write %s after it: failover time %s (detected and promoted %s after the kill; writes held %s; steps %v)",
-		killAt.Sub(lastGood).Round(time.Millisecond), firstGood.Sub(killAt).Round(time.Millisecond),
+	t.Logf("failover: last good write (old leader) at kill%+dms, first good write (new leader) at kill%+dms: failover time %s (promoted %s after the kill; writes held %s; steps %v)",
+		lastGood.Sub(killAt).Milliseconds(), firstGood.Sub(killAt).Milliseconds(),
 		firstGood.Sub(lastGood).Round(time.Millisecond), ch.At.Sub(killAt).Round(time.Millisecond), ch.Held.Round(time.Millisecond), ch.Steps)
 
 	// Every acknowledged insert replicated before the kill is on the new

@@ -245,6 +245,18 @@ func (r *rig) simStatus() string {
 	return b.String()
 }
 
+// lastChange waits until the arbiter has recorded a leader change to a
+// cluster (the new leader's snapshot is published just before).
+func (r *rig) lastChange(to string) *topology.Change {
+	r.t.Helper()
+	var ch *topology.Change
+	eventually(r.t, "the leader change to "+to+" recorded", 10*time.Second, func() bool {
+		ch = r.app.Arbiter().Status().LastChange
+		return ch != nil && ch.To == to
+	})
+	return ch
+}
+
 // replicated waits until cond holds on both alternatives.
 func (r *rig) replicated(what string, cond func(dc *client) bool) {
 	r.t.Helper()

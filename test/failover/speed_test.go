@@ -64,7 +64,7 @@ func TestFailoverSpeed(t *testing.T) {
 			killAt := time.Now()
 			r.sims["a"].kill()
 			s := r.waitTopology("a new leader", 20*time.Second, func(s *topology.Snapshot) bool { return s.Leader != nil && s.Leader.ID != "a" })
-			ch := r.app.Arbiter().Status().LastChange
+			ch := r.lastChange(s.Leader.ID)
 			installed := ch.At.Add(ch.Took)
 			eventually(t, "a write on the new leader", 15*time.Second, func() bool {
 				for _, o := range l.snapshot() {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/encoding"
 	// Registers the "proto" codec we delegate non-frame messages to.
 	_ "google.golang.org/grpc/encoding/proto"
@@ -25,6 +26,13 @@ type frame struct {
 	parts   [4]mem.Buffer // backing for data+tail in Marshal, no allocation
 	give    bool
 	flat    []byte // contiguous copy, only for multi-buffer messages
+	// hdr and trl are a backend's response headers and trailers, as the
+	// relay engine received them.
+	hdr, trl []hpack.HeaderField
+	// compressed: the relay received the message with the compressed flag.
+	compressed bool
+	// pooled is the pool buffer backing data, for the relay's assembler.
+	pooled *[]byte
 }
 
 // bytes returns the message as one contiguous slice. A message received

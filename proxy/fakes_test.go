@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -412,7 +413,12 @@ func newEnv(t *testing.T, mut ...func(*Options)) *env {
 	e.topo.colls["default.sessioncoll"] = topology.CollectionInfo{DB: "default", Name: "sessioncoll",
 		ConsistencyLevel: int32(commonpb.ConsistencyLevel_Session), PChannels: []int{1}}
 
+	engine := EngineRelay
+	if strings.Contains(t.Name(), "/grpc") {
+		engine = EngineGRPC
+	}
 	opts := Options{
+		Engine:   engine,
 		Topology: e.topo,
 		Router:   router.New(router.Options{LeaderNow: e.topo.LeaderNow, Rand: firstPick}),
 		Observer: e.events,
@@ -448,6 +454,13 @@ func newEnv(t *testing.T, mut ...func(*Options)) *env {
 	e.conn = conn
 	e.client = milvuspb.NewMilvusServiceClient(conn)
 	return e
+}
+
+// bothEngines runs a test against each engine; newEnv picks the engine
+// from the subtest's name.
+func bothEngines(t *testing.T, f func(t *testing.T)) {
+	t.Run("relay", f)
+	t.Run("grpc", f)
 }
 
 // ctx returns a context carrying the metadata an SDK sends.

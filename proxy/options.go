@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
@@ -79,11 +80,23 @@ type Options struct {
 
 	// Creds are the server's transport credentials (TLS); nil: plaintext.
 	Creds credentials.TransportCredentials
+
+	// Engine selects how calls are carried: EngineRelay (default) speaks
+	// HTTP/2 frames on both sides; EngineGRPC uses a grpc-go server and
+	// the topology's grpc-go connections.
+	Engine Engine
+	// DialBackend opens the relay engine's connection to a cluster. nil:
+	// TCP to the cluster's URI.
+	DialBackend func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
+	// BackendCreds returns the transport credentials (TLS) for the relay
+	// engine's connections to a cluster; nil or a nil result: plaintext.
+	BackendCreds func(c *topology.Cluster) credentials.TransportCredentials
 	// MaxMessageSize bounds messages in both directions, to clients and
 	// to backends. 0: 256 MiB, Milvus's own server default.
 	MaxMessageSize int
 	// ServerOptions are appended to the gRPC server's options (stats
-	// handlers, interceptors, keepalive overrides).
+	// handlers, interceptors, keepalive overrides): grpc engine only. With
+	// the relay engine, Observer is the hook.
 	ServerOptions []grpc.ServerOption
 
 	// Observer, when set, is told about every call once it ends.
@@ -91,6 +104,15 @@ type Options struct {
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
+
+// Engine names a transport implementation.
+type Engine string
+
+// Engines.
+const (
+	EngineRelay Engine = "relay"
+	EngineGRPC  Engine = "grpc"
+)
 
 // Observer receives one event per call the proxy handles. It runs on the
 // request path: keep it cheap. With a nil Observer nothing is computed.

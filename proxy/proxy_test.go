@@ -64,7 +64,9 @@ func forwarded(r recorded) (commonpb.ConsistencyLevel, uint64, bool) {
 	panic("not a read")
 }
 
-func TestReadRouting(t *testing.T) {
+func TestReadRouting(t *testing.T) { bothEngines(t, testReadRouting) }
+
+func testReadRouting(t *testing.T) {
 	e := newEnv(t)
 	now := e.tso.Load()
 	bounded := consistency.SubDuration(now, 5*time.Second)
@@ -141,7 +143,9 @@ func TestReadRouting(t *testing.T) {
 	}
 }
 
-func TestQueryAndHybridSearchRewrite(t *testing.T) {
+func TestQueryAndHybridSearchRewrite(t *testing.T) { bothEngines(t, testQueryAndHybridSearchRewrite) }
+
+func testQueryAndHybridSearchRewrite(t *testing.T) {
 	e := newEnv(t)
 	now := e.tso.Load()
 	e.topo.setCheckpoint("b", now)
@@ -171,7 +175,9 @@ func TestQueryAndHybridSearchRewrite(t *testing.T) {
 // TestSessionReadYourWrites: a Session read after a write through the proxy
 // demands the write's timestamp; alternatives serve it once they have
 // replicated that far. Another session is not held back.
-func TestSessionReadYourWrites(t *testing.T) {
+func TestSessionReadYourWrites(t *testing.T) { bothEngines(t, testSessionReadYourWrites) }
+
+func testSessionReadYourWrites(t *testing.T) {
 	e := newEnv(t)
 	ctx := e.ctx("identifier", "7")
 	e.topo.setCheckpoint("b", e.start)
@@ -229,7 +235,9 @@ func TestSessionReadYourWrites(t *testing.T) {
 	}
 }
 
-func TestMetadataPassesThrough(t *testing.T) {
+func TestMetadataPassesThrough(t *testing.T) { bothEngines(t, testMetadataPassesThrough) }
+
+func testMetadataPassesThrough(t *testing.T) {
 	e := newEnv(t)
 	e.topo.mu.Lock()
 	e.topo.colls["db1.coll"] = e.topo.colls["default.coll"]
@@ -271,6 +279,10 @@ func TestMetadataPassesThrough(t *testing.T) {
 }
 
 func TestReadRetriesAfterTransportFailure(t *testing.T) {
+	bothEngines(t, testReadRetriesAfterTransportFailure)
+}
+
+func testReadRetriesAfterTransportFailure(t *testing.T) {
 	e := newEnv(t)
 	unavailable := func() error { return status.Error(codes.Unavailable, "connection reset") }
 	e.backends["b"].setFail("Search", unavailable)
@@ -319,6 +331,10 @@ func TestReadRetriesAfterTransportFailure(t *testing.T) {
 }
 
 func TestReadFallsBackWhenAlternativeCannotServe(t *testing.T) {
+	bothEngines(t, testReadFallsBackWhenAlternativeCannotServe)
+}
+
+func testReadFallsBackWhenAlternativeCannotServe(t *testing.T) {
 	e := newEnv(t)
 	for _, code := range []int32{100, 101, 800} {
 		e.resetBackends()
@@ -340,7 +356,9 @@ func TestReadFallsBackWhenAlternativeCannotServe(t *testing.T) {
 	}
 }
 
-func TestWriteRules(t *testing.T) {
+func TestWriteRules(t *testing.T) { bothEngines(t, testWriteRules) }
+
+func testWriteRules(t *testing.T) {
 	t.Run("insert with unknown outcome is not retried", func(t *testing.T) {
 		e := newEnv(t)
 		e.backends["a"].setFail("Insert", func() error { return status.Error(codes.Unavailable, "connection reset") })
@@ -405,8 +423,8 @@ func TestWriteRules(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer dead.Close()
-		good := e.topo.Snapshot().Leader.Conn
-		e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn = dead })
+		good, goodURI := e.topo.Snapshot().Leader.Conn, e.topo.Snapshot().Leader.URI
+		e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn, s.Leader.URI = dead, "127.0.0.1:1" })
 		var once sync.Once
 		e.topo.onAllow = func(id string) {
 			once.Do(func() {
@@ -414,7 +432,7 @@ func TestWriteRules(t *testing.T) {
 				// reachable again.
 				go func() {
 					time.Sleep(5 * time.Millisecond)
-					e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn = good })
+					e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn, s.Leader.URI = good, goodURI })
 				}()
 			})
 		}
@@ -443,6 +461,10 @@ func TestWriteRules(t *testing.T) {
 }
 
 func TestDDLRecordsSessionAndInvalidates(t *testing.T) {
+	bothEngines(t, testDDLRecordsSessionAndInvalidates)
+}
+
+func testDDLRecordsSessionAndInvalidates(t *testing.T) {
 	e := newEnv(t)
 	ctx := e.ctx("identifier", "5")
 	e.topo.setCheckpoint("b", e.start)
@@ -492,7 +514,9 @@ func TestDDLRecordsSessionAndInvalidates(t *testing.T) {
 	}
 }
 
-func TestUnimplemented(t *testing.T) {
+func TestUnimplemented(t *testing.T) { bothEngines(t, testUnimplemented) }
+
+func testUnimplemented(t *testing.T) {
 	e := newEnv(t)
 	var hdr metadata.MD
 	_, err := e.client.GetReplicas(e.ctx(), &milvuspb.GetReplicasRequest{}, grpc.Header(&hdr))
@@ -513,7 +537,9 @@ func TestUnimplemented(t *testing.T) {
 	}
 }
 
-func TestCheckHealthIsLocal(t *testing.T) {
+func TestCheckHealthIsLocal(t *testing.T) { bothEngines(t, testCheckHealthIsLocal) }
+
+func testCheckHealthIsLocal(t *testing.T) {
 	e := newEnv(t)
 	var hdr metadata.MD
 	res, err := e.client.CheckHealth(e.ctx(), &milvuspb.CheckHealthRequest{}, grpc.Header(&hdr))
@@ -533,7 +559,9 @@ func TestCheckHealthIsLocal(t *testing.T) {
 	}
 }
 
-func TestHealthServiceFollowsLeader(t *testing.T) {
+func TestHealthServiceFollowsLeader(t *testing.T) { bothEngines(t, testHealthServiceFollowsLeader) }
+
+func testHealthServiceFollowsLeader(t *testing.T) {
 	e := newEnv(t)
 	hc := healthpb.NewHealthClient(e.conn)
 	waitFor := func(want healthpb.HealthCheckResponse_ServingStatus) {
@@ -558,7 +586,9 @@ func TestHealthServiceFollowsLeader(t *testing.T) {
 	waitFor(healthpb.HealthCheckResponse_SERVING)
 }
 
-func TestStreamProxied(t *testing.T) {
+func TestStreamProxied(t *testing.T) { bothEngines(t, testStreamProxied) }
+
+func testStreamProxied(t *testing.T) {
 	e := newEnv(t)
 	st, err := e.client.DumpMessages(e.ctx("authorization", "tok"), &milvuspb.DumpMessagesRequest{Pchannel: "a-rootcoord-dml_0"})
 	if err != nil {
@@ -590,7 +620,9 @@ func TestStreamProxied(t *testing.T) {
 	}
 }
 
-func TestShutdownDrainsInFlightCalls(t *testing.T) {
+func TestShutdownDrainsInFlightCalls(t *testing.T) { bothEngines(t, testShutdownDrainsInFlightCalls) }
+
+func testShutdownDrainsInFlightCalls(t *testing.T) {
 	e := newEnv(t)
 	e.backends["a"].setDelay(300 * time.Millisecond)
 	done := make(chan error, 1)
@@ -614,7 +646,9 @@ func TestShutdownDrainsInFlightCalls(t *testing.T) {
 	}
 }
 
-func TestShutdownCutsCallsAtDeadline(t *testing.T) {
+func TestShutdownCutsCallsAtDeadline(t *testing.T) { bothEngines(t, testShutdownCutsCallsAtDeadline) }
+
+func testShutdownCutsCallsAtDeadline(t *testing.T) {
 	e := newEnv(t)
 	e.backends["a"].setDelay(10 * time.Second)
 	done := make(chan error, 1)
@@ -635,7 +669,9 @@ func TestShutdownCutsCallsAtDeadline(t *testing.T) {
 	}
 }
 
-func TestStrongReadsWait(t *testing.T) {
+func TestStrongReadsWait(t *testing.T) { bothEngines(t, testStrongReadsWait) }
+
+func testStrongReadsWait(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.StrongReads, o.MaxWait = StrongWait, 5*time.Second })
 	e.topo.setCheckpoint("b", e.start)
 	e.topo.setCheckpoint("c", e.start)
@@ -677,7 +713,9 @@ func TestStrongReadsWait(t *testing.T) {
 	}
 }
 
-func TestCountersAndObserver(t *testing.T) {
+func TestCountersAndObserver(t *testing.T) { bothEngines(t, testCountersAndObserver) }
+
+func testCountersAndObserver(t *testing.T) {
 	e := newEnv(t)
 	for i := 0; i < 5; i++ {
 		if _, err := e.client.Search(e.ctx(), search("coll", Eventually, 0, false)); err != nil {
@@ -702,6 +740,10 @@ func TestCountersAndObserver(t *testing.T) {
 }
 
 func TestSessionKeyFallsBackToConnection(t *testing.T) {
+	bothEngines(t, testSessionKeyFallsBackToConnection)
+}
+
+func testSessionKeyFallsBackToConnection(t *testing.T) {
 	e := newEnv(t)
 	e.topo.setCheckpoint("b", e.start)
 	e.topo.setCheckpoint("c", e.start)
@@ -733,7 +775,10 @@ func TestSessionKeyFallsBackToConnection(t *testing.T) {
 	}
 }
 
-func TestUnaryInterceptorRuns(t *testing.T) {
+// ServerOptions (interceptors, stats handlers) belong to the grpc engine.
+func TestUnaryInterceptorRuns(t *testing.T) { t.Run("grpc", testUnaryInterceptorRuns) }
+
+func testUnaryInterceptorRuns(t *testing.T) {
 	var seen atomic.Value
 	e := newEnv(t, func(o *Options) {
 		o.ServerOptions = append(o.ServerOptions, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

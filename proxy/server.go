@@ -22,6 +22,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	// Clients may compress requests with gzip; decompressing them needs
 	// the compressor registered.
 	_ "google.golang.org/grpc/encoding/gzip"
@@ -77,13 +78,25 @@ type Server struct {
 	obs      Observer
 	log      *slog.Logger
 
+	engine  Engine
+	creds   credentials.TransportCredentials
+	maxMsg  int
 	codec   *rawCodec
 	up      upstream
 	methods []*method
 	byName  map[string]*method
+	byPath  map[string]*method
+	// grpcOpts are the call options for the clusters' grpc-go connections.
+	grpcOpts []grpc.CallOption
 
-	grpc   *grpc.Server
-	health *health.Server
+	// One of the engines.
+	grpc  *grpc.Server
+	relay *relayServer
+
+	health   *health.Server // grpc engine's health service
+	hmu      sync.Mutex
+	hstatus  healthpb.HealthCheckResponse_ServingStatus
+	hchanged chan struct{} // closed when hstatus changes
 
 	draining atomic.Bool
 	headers  sync.Map // cluster id -> metadata.MD{HeaderCluster: id}, read-only once stored
@@ -97,6 +110,13 @@ type Server struct {
 func New(opts Options) (*Server, error) {
 	if opts.Topology == nil || opts.Router == nil {
 		return nil, errors.New("proxy: Options.Topology and Options.Router are required")
+	}
+	switch opts.Engine {
+	case "":
+		opts.Engine = EngineRelay
+	case EngineRelay, EngineGRPC:
+	default:
+		return nil, fmt.Errorf("proxy: engine %q: want %q or %q", opts.Engine, EngineRelay, EngineGRPC)
 	}
 	switch opts.StrongReads {
 	case "":
@@ -131,24 +151,39 @@ func New(opts Options) (*Server, error) {
 		maxLag:    opts.EventuallyMaxLag,
 		obs:       opts.Observer,
 		log:       opts.Logger,
+		engine:    opts.Engine,
+		creds:     opts.Creds,
+		maxMsg:    opts.MaxMessageSize,
 		codec:     newRawCodec(),
 		methods:   methods,
 		byName:    make(map[string]*method, len(methods)),
-		health:    health.NewServer(),
+		byPath:    make(map[string]*method, len(methods)),
+		hchanged:  make(chan struct{}),
 		stopWatch: make(chan struct{}),
 		watchDone: make(chan struct{}),
 	}
-	s.up = &grpcUpstream{callOpts: []grpc.CallOption{
+	grpcUp := &grpcUpstream{callOpts: []grpc.CallOption{
 		grpc.ForceCodecV2(s.codec),
 		grpc.MaxCallRecvMsgSize(opts.MaxMessageSize),
 		grpc.MaxCallSendMsgSize(opts.MaxMessageSize),
 	}}
+	s.up = grpcUp
+	s.grpcOpts = grpcUp.callOpts
 	for _, m := range methods {
 		s.byName[m.name] = m
+		s.byPath[m.full] = m
 		if !m.classified {
 			s.log.Warn("proxy: method has no class; sending it to the leader", "method", m.name)
 		}
 	}
+	if opts.Engine == EngineRelay {
+		s.up = newRelayUpstream(s, &opts)
+		s.relay = newRelayServer(s)
+		s.updateHealth()
+		go s.watchTopology()
+		return s, nil
+	}
+	s.health = health.NewServer()
 
 	sopts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(s.codec),
@@ -206,6 +241,9 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 // Serve accepts connections on lis until Shutdown. It returns nil after a
 // Shutdown.
 func (s *Server) Serve(lis net.Listener) error {
+	if s.relay != nil {
+		return s.relay.serve(lis)
+	}
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -218,9 +256,19 @@ func (s *Server) Serve(lis net.Listener) error {
 // stops hard. It returns ctx.Err() when it had to cut calls.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
-	s.health.Shutdown() // NOT_SERVING, and stays so
 	s.stopOnce.Do(func() { close(s.stopWatch) })
 	<-s.watchDone
+	s.updateHealth() // NOT_SERVING, and stays so
+	if s.health != nil {
+		s.health.Shutdown()
+	}
+	if s.relay != nil {
+		err := s.relay.shutdown(ctx)
+		if up, ok := s.up.(*relayUpstream); ok {
+			up.close()
+		}
+		return err
+	}
 
 	stopped := make(chan struct{})
 	go func() {
@@ -257,8 +305,25 @@ func (s *Server) updateHealth() {
 	if snap := s.topo.Snapshot(); snap != nil && snap.Leader != nil && !s.draining.Load() {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
-	s.health.SetServingStatus("", st)
-	s.health.SetServingStatus(milvusServiceName, st)
+	s.hmu.Lock()
+	if st != s.hstatus {
+		s.hstatus = st
+		close(s.hchanged)
+		s.hchanged = make(chan struct{})
+	}
+	s.hmu.Unlock()
+	if s.health != nil {
+		s.health.SetServingStatus("", st)
+		s.health.SetServingStatus(milvusServiceName, st)
+	}
+}
+
+// healthState returns the serving status and a channel closed when it
+// changes.
+func (s *Server) healthState() (healthpb.HealthCheckResponse_ServingStatus, <-chan struct{}) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	return s.hstatus, s.hchanged
 }
 
 func (s *Server) unknownMethod(_ any, ss grpc.ServerStream) error {
@@ -268,12 +333,7 @@ func (s *Server) unknownMethod(_ any, ss grpc.ServerStream) error {
 
 var errDraining = status.Error(codes.Unavailable, "milvus-ha-proxy: shutting down")
 
-func (s *Server) grpcCallOpts() []grpc.CallOption {
-	if g, ok := s.up.(*grpcUpstream); ok {
-		return g.callOpts
-	}
-	return []grpc.CallOption{grpc.ForceCodecV2(s.codec)}
-}
+func (s *Server) grpcCallOpts() []grpc.CallOption { return s.grpcOpts }
 
 // clusterHeader returns the (shared, read-only) header metadata naming a
 // cluster.

@@ -1,0 +1,780 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
+	gstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// relayUpstream keeps raw HTTP/2 connections to the clusters and sends
+// unary calls over them as frames.
+type relayUpstream struct {
+	s      *Server
+	dialFn func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
+	creds  func(c *topology.Cluster) credentials.TransportCredentials
+	maxMsg int
+	mu     sync.Mutex
+	pools  map[string]*upool // by cluster id
+	closed bool
+}
+
+// upool is the connections to one cluster.
+type upool struct {
+	uri     string
+	conns   []*uconn
+	dialing chan struct{} // closed when the dial under way ends
+	dialErr error
+}
+
+const maxConnsPerCluster = 8
+
+func newRelayUpstream(s *Server, opts *Options) *relayUpstream {
+	return &relayUpstream{s: s, dialFn: opts.DialBackend, creds: opts.BackendCreds, maxMsg: opts.MaxMessageSize,
+		pools: map[string]*upool{}}
+}
+
+// conn returns a connection to cl with room for one more stream, dialing
+// one if needed.
+func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return nil, errConnClosed
+		}
+		p := r.pools[cl.ID]
+		if p == nil || p.uri != cl.URI {
+			if p != nil {
+				for _, u := range p.conns {
+					u.retire()
+				}
+			}
+			p = &upool{uri: cl.URI}
+			r.pools[cl.ID] = p
+		}
+		live := p.conns[:0]
+		var pick *uconn
+		for _, u := range p.conns {
+			if u.dead() {
+				continue
+			}
+			live = append(live, u)
+			if pick == nil && u.hasRoom() {
+				pick = u
+			}
+		}
+		p.conns = live
+		if pick != nil {
+			r.mu.Unlock()
+			return pick, nil
+		}
+		if len(p.conns) >= maxConnsPerCluster && len(p.conns) > 0 {
+			pick = p.conns[0] // the server will refuse; the caller may retry
+			r.mu.Unlock()
+			return pick, nil
+		}
+		if p.dialing != nil {
+			wait := p.dialing
+			r.mu.Unlock()
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			r.mu.Lock()
+			err := p.dialErr
+			r.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		done := make(chan struct{})
+		p.dialing = done
+		r.mu.Unlock()
+
+		u, err := r.dial(ctx, cl)
+		r.mu.Lock()
+		p.dialing, p.dialErr = nil, err
+		if err == nil {
+			if r.closed {
+				u.retire()
+				err = errConnClosed
+			} else {
+				p.conns = append(p.conns, u)
+			}
+		}
+		close(done)
+		r.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return u, nil
+	}
+}
+
+// splitURI turns a cluster URI (host:port, or with an http, https, grpc
+// or tcp scheme) into an address and whether TLS is implied.
+func splitURI(uri string) (addr string, tls bool) {
+	for _, p := range []string{"https://", "grpcs://"} {
+		if strings.HasPrefix(uri, p) {
+			return strings.TrimSuffix(strings.TrimPrefix(uri, p), "/"), true
+		}
+	}
+	for _, p := range []string{"http://", "grpc://", "tcp://"} {
+		uri = strings.TrimPrefix(uri, p)
+	}
+	return strings.TrimSuffix(uri, "/"), false
+}
+
+func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addr, useTLS := splitURI(cl.URI)
+	var nc net.Conn
+	var err error
+	if r.dialFn != nil {
+		nc, err = r.dialFn(ctx, cl)
+	} else {
+		nc, err = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dialing cluster %s at %s: %w", cl.ID, addr, err)
+	}
+	scheme := "http"
+	var creds credentials.TransportCredentials
+	if r.creds != nil {
+		creds = r.creds(cl)
+	}
+	if creds != nil {
+		authority := addr
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			authority = h
+		}
+		nc, _, err = creds.ClientHandshake(ctx, authority, nc)
+		if err != nil {
+			return nil, fmt.Errorf("TLS handshake with cluster %s at %s: %w", cl.ID, addr, err)
+		}
+		scheme = "https"
+	} else if useTLS {
+		nc.Close()
+		return nil, fmt.Errorf("cluster %s: %s needs TLS but no backend credentials are configured", cl.ID, cl.URI)
+	}
+	u := newUconn(r, cl.ID, addr, scheme, nc)
+	if err := u.start(); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("HTTP/2 handshake with cluster %s at %s: %w", cl.ID, addr, err)
+	}
+	return u, nil
+}
+
+func (r *relayUpstream) close() {
+	r.mu.Lock()
+	r.closed = true
+	pools := r.pools
+	r.pools = map[string]*upool{}
+	r.mu.Unlock()
+	for _, p := range pools {
+		for _, u := range p.conns {
+			u.fail(errConnClosed)
+		}
+	}
+}
+
+// uconn is one HTTP/2 connection to a cluster.
+type uconn struct {
+	r         *relayUpstream
+	cluster   string
+	authority string
+	scheme    string
+	nc        net.Conn
+	fr        *http2.Framer
+	w         h2writer
+	flow      flow
+
+	mu            sync.Mutex
+	streams       map[uint32]*ustream
+	nextID        uint32
+	maxConcurrent uint32
+	goingAway     bool
+	goAwayLast    uint32
+	closed        bool
+	closeErr      error
+	recvConn      int // DATA received and not yet returned as window
+	fixed         [6]hpack.HeaderField
+}
+
+func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) *uconn {
+	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
+		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1}
+	bw := bufio.NewWriterSize(nc, 32<<10)
+	u.fr = http2.NewFramer(bw, bufio.NewReaderSize(nc, 32<<10))
+	u.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	u.fr.MaxHeaderListSize = 16 << 20
+	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	u.w.init(bw, u.fr)
+	u.flow.init()
+	u.fixed = [6]hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: scheme}, {Name: ":path"},
+		{Name: ":authority", Value: authority}, {Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
+	}
+	return u
+}
+
+func (u *uconn) start() error {
+	u.w.lock()
+	_, _ = u.w.bw.WriteString(http2.ClientPreface)
+	u.w.err = u.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
+	)
+	if u.w.err == nil {
+		u.w.err = u.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
+	}
+	err := u.w.err
+	u.w.unlock()
+	if err != nil {
+		return err
+	}
+	go u.readLoop()
+	return nil
+}
+
+func (u *uconn) dead() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.closed || u.goingAway
+}
+
+func (u *uconn) hasRoom() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return uint32(len(u.streams)) < u.maxConcurrent && u.nextID < 1<<31-1
+}
+
+// retire stops new streams on u and closes it once the last one ends.
+func (u *uconn) retire() {
+	u.mu.Lock()
+	u.goingAway = true
+	idle := len(u.streams) == 0
+	u.mu.Unlock()
+	if idle {
+		u.fail(errConnClosed)
+	}
+}
+
+// ustream is one call in flight on a uconn.
+type ustream struct {
+	id   uint32
+	sf   streamFlow
+	done chan struct{}
+
+	// Filled by the reader goroutine before done is closed.
+	gotHeaders bool
+	hdr        []hpack.HeaderField
+	trailers   []hpack.HeaderField
+	prefix     [5]byte
+	nprefix    int
+	body       []byte // the response message, once its length is known
+	bodyBuf    *[]byte
+	want       int // its length
+	recv       int // stream DATA not yet returned as window
+	err        error
+	refused    bool // never processed by the server: safe to resend
+}
+
+var errRefused = errors.New("refused by the server before processing")
+
+// roundTrip implements upstream.
+func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ bool) (*frame, bool, error) {
+	u, err := r.conn(c.ctx, cl)
+	if err != nil {
+		if c.ctx.Err() != nil {
+			return nil, false, gstatus.FromContextError(c.ctx.Err()).Err()
+		}
+		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: %v", err)
+	}
+	us := &ustream{done: make(chan struct{})}
+	written, err := u.send(c, us, req)
+	if err != nil && !written {
+		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: sending to cluster %s: %v", cl.ID, err)
+	}
+	if err != nil {
+		if u.abort(us.id, http2.ErrCodeCancel, err) {
+			return nil, true, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: sending to cluster %s: %v", cl.ID, err)
+		}
+		<-us.done // the reader finished it first: take its outcome
+	} else {
+		select {
+		case <-us.done:
+		case <-c.ctx.Done():
+			if u.abort(us.id, http2.ErrCodeCancel, errStreamReset) {
+				return nil, true, gstatus.FromContextError(c.ctx.Err()).Err()
+			}
+			<-us.done
+		}
+	}
+	if us.refused {
+		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: cluster %s %v", cl.ID, errRefused)
+	}
+	if us.err != nil {
+		us.freeBody()
+		return nil, true, us.err
+	}
+	if err := us.statusErr(cl.ID); err != nil {
+		us.freeBody()
+		return nil, true, err
+	}
+	resp := &frame{give: true, hdr: us.hdr, trl: us.trailers}
+	*us.bodyBuf = us.body
+	resp.data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
+	return resp, true, nil
+}
+
+// send opens the stream and writes the request. written reports whether
+// any frame of it was handed to the connection.
+func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error) {
+	var parts [5][]byte
+	n := 0
+	for _, b := range req.data {
+		if n < len(parts)-1 {
+			parts[n] = b.ReadOnlyData()
+			n++
+		}
+	}
+	if len(req.data) > len(parts)-1 {
+		parts[0], n = req.data.Materialize(), 1
+	}
+	if len(req.tail) > 0 {
+		parts[n] = req.tail
+		n++
+	}
+	size := 5
+	for _, p := range parts[:n] {
+		size += len(p)
+	}
+
+	u.w.lock()
+	u.mu.Lock()
+	if u.closed || u.goingAway || u.nextID >= 1<<31-1 {
+		err := u.closeErr
+		u.mu.Unlock()
+		u.w.unlock()
+		if err == nil {
+			err = errConnClosed
+		}
+		return false, err
+	}
+	us.id = u.nextID
+	u.nextID += 2
+	u.streams[us.id] = us
+	u.flow.mu.Lock()
+	us.sf.win = u.flow.initial
+	u.flow.mu.Unlock()
+	u.mu.Unlock()
+
+	var extra [2]hpack.HeaderField
+	ne := 0
+	if dl, ok := c.ctx.Deadline(); ok {
+		extra[ne] = hpack.HeaderField{Name: "grpc-timeout", Value: encodeGRPCTimeout(time.Until(dl))}
+		ne++
+	}
+	fixed := u.fixed
+	fixed[2].Value = c.m.full
+	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.fwd)
+	if u.w.err != nil {
+		err := u.w.err
+		u.w.unlock()
+		return true, err
+	}
+	// Most requests fit the windows: their DATA leaves with the HEADERS.
+	if u.flow.tryTake(&us.sf, size) {
+		var prefix [5]byte
+		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
+		rest := size - 5
+		u.w.writeData(us.id, rest == 0, prefix[:])
+		for _, p := range parts[:n] {
+			if len(p) > 0 {
+				rest -= len(p)
+				u.w.writeData(us.id, rest == 0, p)
+			}
+		}
+		err := u.w.err
+		u.w.unlock()
+		return true, err
+	}
+	u.w.unlock()
+	return true, sendMessage(c.ctx, &u.w, &u.flow, &us.sf, us.id, true, parts[:n]...)
+}
+
+// abort ends stream id with err and resets it on the wire. It reports
+// whether it ended the stream (false: it had ended already, and its
+// outcome stands). Whoever ends a stream writes its outcome; a stream
+// ended by abort must not be read further.
+func (u *uconn) abort(id uint32, code http2.ErrCode, err error) bool {
+	if !u.finish(id, func(us *ustream) { us.err = err }) {
+		return false
+	}
+	u.w.lock()
+	if u.w.err == nil {
+		u.w.err = u.fr.WriteRSTStream(id, code)
+	}
+	u.w.unlock()
+	return true
+}
+
+// finish removes stream id and wakes its waiter. It reports whether the
+// stream was still open.
+func (u *uconn) finish(id uint32, set func(*ustream)) bool {
+	u.mu.Lock()
+	us := u.streams[id]
+	if us == nil {
+		u.mu.Unlock()
+		return false
+	}
+	delete(u.streams, id)
+	idle := u.goingAway && len(u.streams) == 0
+	u.mu.Unlock()
+	if set != nil {
+		set(us)
+	}
+	u.flow.resetStream(&us.sf)
+	close(us.done)
+	if idle {
+		u.fail(errConnClosed)
+	}
+	return true
+}
+
+// fail closes the connection and fails every stream on it.
+func (u *uconn) fail(err error) {
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return
+	}
+	u.closed = true
+	u.closeErr = err
+	streams := u.streams
+	u.streams = map[uint32]*ustream{}
+	u.mu.Unlock()
+	u.flow.close()
+	_ = u.nc.Close()
+	for _, us := range streams {
+		us.err = gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: connection to cluster %s lost: %v", u.cluster, err)
+		close(us.done)
+	}
+}
+
+func (u *uconn) readLoop() {
+	for {
+		f, err := u.fr.ReadFrame()
+		if err != nil {
+			u.fail(err)
+			return
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			u.onHeaders(f)
+		case *http2.DataFrame:
+			u.onData(f)
+		case *http2.SettingsFrame:
+			if f.IsAck() {
+				continue
+			}
+			u.onSettings(f)
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				u.w.lock()
+				if u.w.err == nil {
+					u.w.err = u.fr.WritePing(true, f.Data)
+				}
+				u.w.unlock()
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				u.flow.addConn(int64(f.Increment))
+			} else {
+				u.mu.Lock()
+				us := u.streams[f.StreamID]
+				u.mu.Unlock()
+				if us != nil {
+					u.flow.addStream(&us.sf, int64(f.Increment))
+				}
+			}
+		case *http2.RSTStreamFrame:
+			u.finish(f.StreamID, func(us *ustream) {
+				if f.ErrCode == http2.ErrCodeRefusedStream {
+					us.refused = true
+					return
+				}
+				us.err = gstatus.Errorf(rstCode(f.ErrCode), "milvus-ha-proxy: cluster %s reset the stream: %v", u.cluster, f.ErrCode)
+			})
+		case *http2.GoAwayFrame:
+			u.onGoAway(f)
+		}
+	}
+}
+
+func rstCode(c http2.ErrCode) codes.Code {
+	switch c {
+	case http2.ErrCodeCancel:
+		return codes.Canceled
+	case http2.ErrCodeEnhanceYourCalm:
+		return codes.ResourceExhausted
+	case http2.ErrCodeInadequateSecurity:
+		return codes.PermissionDenied
+	case http2.ErrCodeRefusedStream:
+		return codes.Unavailable
+	}
+	return codes.Internal
+}
+
+func (u *uconn) onSettings(f *http2.SettingsFrame) {
+	_ = f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			u.w.lock()
+			u.w.maxFrame = s.Val
+			u.w.unlock()
+		case http2.SettingMaxConcurrentStreams:
+			u.mu.Lock()
+			u.maxConcurrent = s.Val
+			u.mu.Unlock()
+		case http2.SettingInitialWindowSize:
+			u.mu.Lock()
+			u.flow.mu.Lock()
+			delta := int64(s.Val) - u.flow.initial
+			u.flow.initial = int64(s.Val)
+			for _, us := range u.streams {
+				us.sf.win += delta
+			}
+			u.flow.cond.Broadcast()
+			u.flow.mu.Unlock()
+			u.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			u.w.lock()
+			u.w.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			u.w.unlock()
+		}
+		return nil
+	})
+	u.w.lock()
+	if u.w.err == nil {
+		u.w.err = u.fr.WriteSettingsAck()
+	}
+	u.w.unlock()
+}
+
+func (u *uconn) onGoAway(f *http2.GoAwayFrame) {
+	u.mu.Lock()
+	u.goingAway = true
+	u.goAwayLast = f.LastStreamID
+	var refused []uint32
+	for id := range u.streams {
+		if id > f.LastStreamID {
+			refused = append(refused, id)
+		}
+	}
+	idle := len(u.streams) == len(refused)
+	u.mu.Unlock()
+	for _, id := range refused {
+		u.finish(id, func(us *ustream) { us.refused = true })
+	}
+	if idle {
+		u.fail(fmt.Errorf("cluster %s sent GOAWAY (%v)", u.cluster, f.ErrCode))
+	}
+}
+
+func (u *uconn) onHeaders(f *http2.MetaHeadersFrame) {
+	u.mu.Lock()
+	us := u.streams[f.StreamID]
+	u.mu.Unlock()
+	if us == nil {
+		return
+	}
+	if !us.gotHeaders {
+		us.gotHeaders = true
+		us.hdr = f.Fields
+		if !f.StreamEnded() {
+			return
+		}
+	} else {
+		us.trailers = f.Fields
+	}
+	if !f.StreamEnded() {
+		// A second HEADERS without END_STREAM: not gRPC.
+		u.finish(f.StreamID, func(us *ustream) {
+			us.err = gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s sent unexpected headers", u.cluster)
+		})
+		return
+	}
+	if us.trailers == nil {
+		us.trailers = us.hdr // trailers-only response
+	}
+	u.finish(f.StreamID, nil)
+}
+
+func (u *uconn) onData(f *http2.DataFrame) {
+	n := int(f.Header().Length)
+	u.mu.Lock()
+	us := u.streams[f.StreamID]
+	u.recvConn += n
+	sendConn := 0
+	if u.recvConn >= relayConnUpdate {
+		sendConn, u.recvConn = u.recvConn, 0
+	}
+	u.mu.Unlock()
+	sendStream := 0
+	var err error
+	if us != nil {
+		err = us.appendData(f.Data(), u.r.maxMsg)
+		us.recv += n
+		if !f.StreamEnded() && us.recv >= relayStreamUpdate {
+			sendStream, us.recv = us.recv, 0
+		}
+	}
+	if sendConn > 0 || sendStream > 0 {
+		u.w.lock()
+		if sendConn > 0 && u.w.err == nil {
+			u.w.err = u.fr.WriteWindowUpdate(0, uint32(sendConn))
+		}
+		if sendStream > 0 && u.w.err == nil {
+			u.w.err = u.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
+		}
+		u.w.unlock()
+	}
+	if us == nil {
+		return
+	}
+	if err != nil {
+		u.abort(f.StreamID, http2.ErrCodeCancel, err)
+		return
+	}
+	if f.StreamEnded() {
+		u.finish(f.StreamID, func(us *ustream) {
+			us.err = gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s ended the stream without trailers", u.cluster)
+		})
+	}
+}
+
+// appendData adds DATA to the response message, allocating it from the
+// pool once the 5-byte prefix gives its length.
+func (us *ustream) appendData(p []byte, maxMsg int) error {
+	for len(p) > 0 {
+		if us.nprefix < 5 {
+			k := copy(us.prefix[us.nprefix:], p)
+			us.nprefix += k
+			p = p[k:]
+			if us.nprefix < 5 {
+				return nil
+			}
+			if us.prefix[0] != 0 {
+				return gstatus.Errorf(codes.Internal, "milvus-ha-proxy: compressed response from a backend (none was asked for)")
+			}
+			if us.bodyBuf != nil {
+				return gstatus.Errorf(codes.Internal, "milvus-ha-proxy: more than one message in a unary response")
+			}
+			size := int(binary.BigEndian.Uint32(us.prefix[1:]))
+			if size > maxMsg {
+				return gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: response of %d bytes exceeds the limit of %d", size, maxMsg)
+			}
+			us.bodyBuf = mem.DefaultBufferPool().Get(size)
+			us.body, us.want = (*us.bodyBuf)[:0], size
+			continue
+		}
+		k := min(us.want-len(us.body), len(p))
+		if k == 0 {
+			// Bytes past the message: the start of a second one.
+			us.nprefix = 0
+			continue
+		}
+		us.body = append(us.body, p[:k]...)
+		p = p[k:]
+	}
+	return nil
+}
+
+func (us *ustream) freeBody() {
+	if us.bodyBuf != nil {
+		mem.DefaultBufferPool().Put(us.bodyBuf)
+		us.bodyBuf, us.body = nil, nil
+	}
+}
+
+// statusErr reads the call's outcome from the response headers and
+// trailers: nil for grpc-status 0 with a complete message.
+func (us *ustream) statusErr(cluster string) error {
+	var code, msg, details, httpStatus string
+	for _, f := range us.hdr {
+		if f.Name == ":status" {
+			httpStatus = f.Value
+		}
+	}
+	for _, f := range us.trailers {
+		switch f.Name {
+		case "grpc-status":
+			code = f.Value
+		case "grpc-message":
+			msg = f.Value
+		case "grpc-status-details-bin":
+			details = f.Value
+		}
+	}
+	if httpStatus != "" && httpStatus != "200" && code == "" {
+		return &backendError{st: gstatus.Newf(httpStatusCode(httpStatus), "cluster %s answered HTTP %s", cluster, httpStatus)}
+	}
+	if code == "0" {
+		if us.bodyBuf == nil || len(us.body) != us.want {
+			return gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s sent no complete response message", cluster)
+		}
+		return nil
+	}
+	if code == "" {
+		return gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s sent no grpc-status", cluster)
+	}
+	c := codes.Unknown
+	var v uint32
+	if _, err := fmt.Sscan(code, &v); err == nil {
+		c = codes.Code(v)
+	}
+	st := gstatus.New(c, decodeGRPCMessage(msg))
+	if details != "" {
+		if b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(details, "=")); err == nil {
+			var sp status.Status
+			if proto.Unmarshal(b, &sp) == nil {
+				st = gstatus.FromProto(&sp)
+			}
+		}
+	}
+	return &backendError{st: st, hdr: us.hdr, trailers: us.trailers}
+}
+
+// backendError is a gRPC error a cluster answered, with its headers and
+// trailers as received so the relay can pass them on unchanged.
+type backendError struct {
+	st            *gstatus.Status
+	hdr, trailers []hpack.HeaderField
+}
+
+func (e *backendError) Error() string               { return e.st.Err().Error() }
+func (e *backendError) GRPCStatus() *gstatus.Status { return e.st }

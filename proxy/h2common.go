@@ -1,0 +1,401 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+)
+
+// The relay engine speaks HTTP/2 itself on both sides (frames parsed and
+// written with golang.org/x/net/http2's Framer and hpack), so that a
+// request costs one read and one write per hop and no goroutine hand-offs
+// beyond one to the worker that routes it. Shared pieces live here.
+
+const (
+	// Receive windows we grant peers: per stream and per connection.
+	relayStreamWindow = 4 << 20
+	relayConnWindow   = 16 << 20
+	// Our SETTINGS_MAX_FRAME_SIZE: peers may send DATA frames this big.
+	relayMaxReadFrame = 1 << 20
+	// Credit is returned once this much of a window has been consumed.
+	relayStreamUpdate = relayStreamWindow / 4
+	relayConnUpdate   = relayConnWindow / 4
+	// Initial peer values until their SETTINGS say otherwise.
+	http2DefaultWindow   = 65535
+	http2DefaultMaxFrame = 16384
+)
+
+var errConnClosed = errors.New("milvus-ha-proxy: connection closed")
+
+// h2writer serializes frame writes on one connection. Writers that find
+// others queued behind them skip the flush: the last one out flushes for
+// all, so concurrent responses leave in one write syscall.
+type h2writer struct {
+	mu      sync.Mutex
+	waiting atomic.Int32
+	bw      *bufio.Writer
+	fr      *http2.Framer // writes only here; the reader goroutine reads
+	henc    *hpack.Encoder
+	hbuf    bytes.Buffer
+	hdr     [9]byte
+	err     error // sticky: the first write error
+	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
+	maxFrame uint32
+}
+
+func (w *h2writer) init(bw *bufio.Writer, fr *http2.Framer) {
+	w.bw, w.fr = bw, fr
+	w.henc = hpack.NewEncoder(&w.hbuf)
+	w.maxFrame = http2DefaultMaxFrame
+}
+
+func (w *h2writer) lock() {
+	w.waiting.Add(1)
+	w.mu.Lock()
+	w.waiting.Add(-1)
+}
+
+// unlock flushes unless another writer is queued, then releases.
+func (w *h2writer) unlock() {
+	if w.err == nil && w.waiting.Load() == 0 && w.bw.Buffered() > 0 {
+		w.err = w.bw.Flush()
+	}
+	w.mu.Unlock()
+}
+
+// writeHeaders encodes fields and writes them as HEADERS (+CONTINUATION).
+// Must hold the lock: HPACK state follows the order frames are written.
+func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderField) {
+	if w.err != nil {
+		return
+	}
+	w.hbuf.Reset()
+	for _, fs := range fields {
+		for _, f := range fs {
+			_ = w.henc.WriteField(f)
+		}
+	}
+	block := w.hbuf.Bytes()
+	max := int(w.maxFrame)
+	first := true
+	for first || len(block) > 0 {
+		frag := block
+		if len(frag) > max {
+			frag = frag[:max]
+		}
+		block = block[len(frag):]
+		if first {
+			w.err = w.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			w.err = w.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		if w.err != nil {
+			return
+		}
+	}
+}
+
+// writeData writes p as DATA frames no larger than the peer allows. The
+// caller holds the lock and the flow-control credit for len(p).
+func (w *h2writer) writeData(id uint32, end bool, p []byte) {
+	for w.err == nil {
+		n := len(p)
+		if n > int(w.maxFrame) {
+			n = int(w.maxFrame)
+		}
+		last := end && n == len(p)
+		// The frame header by hand, the payload straight into the
+		// buffer: no intermediate copy as Framer.WriteData would make.
+		binary.BigEndian.PutUint32(w.hdr[0:4], uint32(n)<<8)
+		w.hdr[3] = byte(http2.FrameData)
+		w.hdr[4] = 0
+		if last {
+			w.hdr[4] = byte(http2.FlagDataEndStream)
+		}
+		binary.BigEndian.PutUint32(w.hdr[5:9], id&(1<<31-1))
+		if _, w.err = w.bw.Write(w.hdr[:]); w.err != nil {
+			return
+		}
+		if _, w.err = w.bw.Write(p[:n]); w.err != nil {
+			return
+		}
+		p = p[n:]
+		if len(p) == 0 {
+			return
+		}
+	}
+}
+
+// flow tracks the peer's flow-control windows for what we send on one
+// connection: the connection window and each stream's.
+type flow struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	conn    int64
+	initial int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	closed  bool
+}
+
+func (f *flow) init() {
+	f.cond.L = &f.mu
+	f.conn = http2DefaultWindow
+	f.initial = http2DefaultWindow
+}
+
+// streamFlow is one stream's send window, guarded by its connection's flow.
+type streamFlow struct {
+	win   int64
+	reset bool // the stream is gone: stop waiting
+}
+
+// take reserves up to want bytes of credit, waiting while both windows
+// allow nothing. It fails when the stream or connection ends, or ctx does.
+func (f *flow) take(ctx context.Context, sf *streamFlow, want int) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var stop func() bool
+	for !f.closed && !sf.reset && (f.conn <= 0 || sf.win <= 0) {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if stop == nil {
+			stop = context.AfterFunc(ctx, func() {
+				f.mu.Lock()
+				f.cond.Broadcast()
+				f.mu.Unlock()
+			})
+			defer stop()
+		}
+		f.cond.Wait()
+	}
+	if f.closed {
+		return 0, errConnClosed
+	}
+	if sf.reset {
+		return 0, errStreamReset
+	}
+	n := int64(want)
+	n = min(n, f.conn, sf.win)
+	f.conn -= n
+	sf.win -= n
+	return int(n), nil
+}
+
+var errStreamReset = errors.New("milvus-ha-proxy: stream reset")
+
+// tryTake reserves exactly n bytes if both windows allow it now.
+func (f *flow) tryTake(sf *streamFlow, n int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || sf.reset || f.conn < int64(n) || sf.win < int64(n) {
+		return false
+	}
+	f.conn -= int64(n)
+	sf.win -= int64(n)
+	return true
+}
+
+func (f *flow) addConn(n int64) {
+	f.mu.Lock()
+	f.conn += n
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *flow) addStream(sf *streamFlow, n int64) {
+	f.mu.Lock()
+	sf.win += n
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *flow) resetStream(sf *streamFlow) {
+	f.mu.Lock()
+	sf.reset = true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *flow) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// sendMessage writes one gRPC message (5-byte prefix, then parts) as DATA
+// on stream id, taking flow-control credit as it goes. A message that fits
+// the windows goes out under one lock hold.
+func sendMessage(ctx context.Context, w *h2writer, f *flow, sf *streamFlow, id uint32, end bool, parts ...[]byte) error {
+	var prefix [5]byte
+	total := 0
+	for _, p := range parts {
+		total += len(p)
+	}
+	binary.BigEndian.PutUint32(prefix[1:], uint32(total))
+	remaining := total + 5
+	if f.tryTake(sf, remaining) {
+		w.lock()
+		remaining -= 5
+		w.writeData(id, end && remaining == 0, prefix[:])
+		for _, p := range parts {
+			if len(p) > 0 {
+				remaining -= len(p)
+				w.writeData(id, end && remaining == 0, p)
+			}
+		}
+		err := w.err
+		w.unlock()
+		return err
+	}
+	write := func(p []byte) error {
+		for len(p) > 0 {
+			n, err := f.take(ctx, sf, len(p))
+			if err != nil {
+				return err
+			}
+			remaining -= n
+			w.lock()
+			w.writeData(id, end && remaining == 0, p[:n])
+			err = w.err
+			w.unlock()
+			if err != nil {
+				return err
+			}
+			p = p[n:]
+		}
+		return nil
+	}
+	if err := write(prefix[:]); err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if err := write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// grpc-timeout: "<digits><unit>", at most 8 digits.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	if n > int64(1<<63-1)/int64(unit) {
+		return 1<<63 - 1, true
+	}
+	return time.Duration(n) * unit, true
+}
+
+func encodeGRPCTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "1n"
+	}
+	// The coarsest unit that keeps 8 digits, rounding up.
+	for _, u := range []struct {
+		d time.Duration
+		s byte
+	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}, {time.Hour, 'H'}} {
+		n := (d + u.d - 1) / u.d
+		if n < 1e8 {
+			return strconv.FormatInt(int64(n), 10) + string(u.s)
+		}
+	}
+	return "99999999H"
+}
+
+// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
+func encodeGRPCMessage(msg string) string {
+	ok := true
+	for i := 0; i < len(msg); i++ {
+		if c := msg[i]; c < ' ' || c > '~' || c == '%' {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return msg
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte("0123456789ABCDEF"[c>>4])
+		b.WriteByte("0123456789ABCDEF"[c&15])
+	}
+	return b.String()
+}
+
+func decodeGRPCMessage(msg string) string {
+	if !strings.Contains(msg, "%") {
+		return msg
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		if msg[i] == '%' && i+2 < len(msg) {
+			if v, err := strconv.ParseUint(msg[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(msg[i])
+	}
+	return b.String()
+}
+
+// httpStatusCode maps a non-200 HTTP status from a backend to a gRPC code
+// (gRPC's http-grpc-status-mapping).
+func httpStatusCode(s string) codes.Code {
+	switch s {
+	case "400":
+		return codes.Internal
+	case "401":
+		return codes.Unauthenticated
+	case "403":
+		return codes.PermissionDenied
+	case "404":
+		return codes.Unimplemented
+	case "429", "502", "503", "504":
+		return codes.Unavailable
+	}
+	return codes.Unknown
+}

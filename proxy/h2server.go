@@ -1,0 +1,1167 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	gstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// relayMaxStreams is the SETTINGS_MAX_CONCURRENT_STREAMS we grant clients.
+const relayMaxStreams = 4096
+
+// relayServer is the client-facing half of the relay engine.
+type relayServer struct {
+	s        *Server
+	work     chan *dstream
+	stopW    chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup // workers
+	active   sync.WaitGroup // streams being handled
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*dconn]struct{}
+	draining  bool
+}
+
+func newRelayServer(s *Server) *relayServer {
+	r := &relayServer{s: s, work: make(chan *dstream), stopW: make(chan struct{}),
+		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
+	n := 4 * runtime.GOMAXPROCS(0)
+	r.wg.Add(n)
+	for i := 0; i < n; i++ {
+		go r.worker()
+	}
+	return r
+}
+
+// worker runs unary calls. Long-lived workers keep their grown stacks; when
+// all are busy, dispatch starts a goroutine instead of queueing.
+func (r *relayServer) worker() {
+	defer r.wg.Done()
+	for {
+		select {
+		case st := <-r.work:
+			st.d.runUnary(st)
+		case <-r.stopW:
+			return
+		}
+	}
+}
+
+func (r *relayServer) dispatch(st *dstream) {
+	select {
+	case r.work <- st:
+	default:
+		go st.d.runUnary(st)
+	}
+}
+
+func (r *relayServer) serve(lis net.Listener) error {
+	r.mu.Lock()
+	if r.draining {
+		r.mu.Unlock()
+		return grpc.ErrServerStopped
+	}
+	r.listeners[lis] = struct{}{}
+	r.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := lis.Accept()
+		if err != nil {
+			r.mu.Lock()
+			draining := r.draining
+			delete(r.listeners, lis)
+			r.mu.Unlock()
+			if draining {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go r.handshake(nc)
+	}
+}
+
+func (r *relayServer) handshake(nc net.Conn) {
+	if creds := r.s.creds; creds != nil {
+		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		c, _, err := creds.ServerHandshake(nc)
+		if err != nil {
+			r.s.log.Debug("proxy: TLS handshake failed", "remote", nc.RemoteAddr(), "err", err)
+			nc.Close()
+			return
+		}
+		_ = c.SetDeadline(time.Time{})
+		nc = c
+	}
+	d := newDconn(r, nc)
+	r.mu.Lock()
+	if r.draining {
+		r.mu.Unlock()
+		nc.Close()
+		return
+	}
+	r.conns[d] = struct{}{}
+	r.mu.Unlock()
+	d.serve()
+	r.mu.Lock()
+	delete(r.conns, d)
+	r.mu.Unlock()
+}
+
+// shutdown stops accepting, tells every client to go away, waits for the
+// calls in flight until ctx ends, then closes everything.
+func (r *relayServer) shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.draining = true
+	for lis := range r.listeners {
+		lis.Close()
+	}
+	conns := make([]*dconn, 0, len(r.conns))
+	for d := range r.conns {
+		conns = append(conns, d)
+	}
+	r.mu.Unlock()
+	for _, d := range conns {
+		d.goAway()
+	}
+	done := make(chan struct{})
+	go func() {
+		r.active.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r.mu.Lock()
+	for d := range r.conns {
+		d.close(errConnClosed)
+	}
+	r.mu.Unlock()
+	r.stopOnce.Do(func() { close(r.stopW) })
+	if err == nil {
+		r.wg.Wait()
+	} // else calls were cut; their workers end as their contexts do.
+	return err
+}
+
+// dconn is one client connection.
+type dconn struct {
+	r      *relayServer
+	s      *Server
+	nc     net.Conn
+	remote string
+	fr     *http2.Framer
+	w      h2writer
+	flow   flow
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	streams  map[uint32]*dstream
+	maxID    uint32 // highest stream id the client opened
+	goneAway bool   // we sent GOAWAY: no new streams
+	lastID   uint32 // the GOAWAY's last stream id
+	closed   bool
+	recvConn int
+}
+
+func newDconn(r *relayServer, nc net.Conn) *dconn {
+	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{}}
+	bw := bufio.NewWriterSize(nc, 32<<10)
+	d.fr = http2.NewFramer(bw, bufio.NewReaderSize(nc, 32<<10))
+	d.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	d.fr.MaxHeaderListSize = 16 << 20
+	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	d.w.init(bw, d.fr)
+	d.flow.init()
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return d
+}
+
+// dstream kinds.
+const (
+	kindUnary = iota
+	kindStream
+	kindHealthCheck
+	kindHealthWatch
+)
+
+// dstream is one client call.
+type dstream struct {
+	d      *dconn
+	id     uint32
+	kind   int
+	m      *method
+	fwd    []hpack.HeaderField
+	mdDB   string
+	ident  string
+	gzip   bool // the client compresses its messages with gzip
+	ctx    context.Context
+	cancel context.CancelFunc
+	sf     streamFlow
+
+	// Request assembly, by the reader goroutine.
+	msg    msgAssembler
+	recv   int  // stream DATA not yet returned as window
+	ended  bool // the client half-closed
+	queued bool // a unary request went to a worker
+
+	// Streaming methods: complete messages for the backend.
+	in *msgQueue
+}
+
+func (d *dconn) serve() {
+	defer d.close(errConnClosed)
+	_ = d.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pre := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(d.nc, pre); err != nil || string(pre) != http2.ClientPreface {
+		return
+	}
+	_ = d.nc.SetReadDeadline(time.Time{})
+	d.w.lock()
+	d.w.err = d.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: relayMaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
+	)
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
+	}
+	d.w.unlock()
+	for {
+		f, err := d.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				d.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				d.w.lock()
+				if d.w.err == nil {
+					d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCode(ce), nil)
+				}
+				d.w.unlock()
+			}
+			return
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			d.onHeaders(f)
+		case *http2.DataFrame:
+			d.onData(f)
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				d.onSettings(f)
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				d.w.lock()
+				if d.w.err == nil {
+					d.w.err = d.fr.WritePing(true, f.Data)
+				}
+				d.w.unlock()
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				d.flow.addConn(int64(f.Increment))
+			} else if st := d.stream(f.StreamID); st != nil {
+				d.flow.addStream(&st.sf, int64(f.Increment))
+			}
+		case *http2.RSTStreamFrame:
+			if st := d.stream(f.StreamID); st != nil {
+				d.endStream(st)
+			}
+		case *http2.GoAwayFrame:
+			// The client opens no more streams; those in flight finish.
+		}
+	}
+}
+
+func (d *dconn) maxStreamID() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.maxID
+}
+
+func (d *dconn) stream(id uint32) *dstream {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.streams[id]
+}
+
+// goAway refuses new streams and closes the connection once the ones in
+// flight are done.
+func (d *dconn) goAway() {
+	d.mu.Lock()
+	if d.goneAway || d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.goneAway = true
+	d.lastID = d.maxID
+	idle := len(d.streams) == 0
+	d.mu.Unlock()
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteGoAway(d.lastID, http2.ErrCodeNo, nil)
+	}
+	d.w.unlock()
+	if idle {
+		d.close(errConnClosed)
+	}
+}
+
+func (d *dconn) close(err error) {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	d.closed = true
+	streams := d.streams
+	d.streams = map[uint32]*dstream{}
+	d.mu.Unlock()
+	d.cancel()
+	d.flow.close()
+	for _, st := range streams {
+		st.cancel()
+		if st.in != nil {
+			st.in.close(err)
+		}
+		if !st.queued && st.kind != kindStream {
+			d.r.active.Done()
+		}
+	}
+	_ = d.nc.Close()
+}
+
+func (d *dconn) onSettings(f *http2.SettingsFrame) {
+	_ = f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			d.w.lock()
+			d.w.maxFrame = s.Val
+			d.w.unlock()
+		case http2.SettingInitialWindowSize:
+			d.mu.Lock()
+			d.flow.mu.Lock()
+			delta := int64(s.Val) - d.flow.initial
+			d.flow.initial = int64(s.Val)
+			for _, st := range d.streams {
+				st.sf.win += delta
+			}
+			d.flow.cond.Broadcast()
+			d.flow.mu.Unlock()
+			d.mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			d.w.lock()
+			d.w.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			d.w.unlock()
+		}
+		return nil
+	})
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteSettingsAck()
+	}
+	d.w.unlock()
+}
+
+var (
+	healthCheckPath = "/grpc.health.v1.Health/Check"
+	healthWatchPath = "/grpc.health.v1.Health/Watch"
+)
+
+func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
+	id := f.StreamID
+	d.mu.Lock()
+	if st := d.streams[id]; st != nil {
+		// Trailers from a client: gRPC sends none; treat as a half close.
+		d.mu.Unlock()
+		if f.StreamEnded() {
+			d.onClientEnd(st)
+		}
+		return
+	}
+	if id%2 == 0 || id <= d.maxID {
+		d.mu.Unlock()
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return
+	}
+	d.maxID = id
+	refuse := d.goneAway || d.closed
+	d.mu.Unlock()
+	if refuse {
+		d.resetStream(id, http2.ErrCodeRefusedStream)
+		return
+	}
+
+	st := &dstream{d: d, id: id}
+	var path string
+	var timeout time.Duration
+	hasTimeout := false
+	fwd := f.Fields[:0]
+	for _, hf := range f.Fields {
+		switch hf.Name {
+		case ":path":
+			path = hf.Value
+			continue
+		case "grpc-timeout":
+			timeout, hasTimeout = parseGRPCTimeout(hf.Value)
+			continue
+		case "grpc-encoding":
+			st.gzip = hf.Value == "gzip"
+			if hf.Value != "gzip" && hf.Value != "identity" {
+				d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unsupported grpc-encoding "+hf.Value)
+				return
+			}
+			continue
+		case "dbname":
+			st.mdDB = hf.Value
+		case "identifier":
+			st.ident = hf.Value
+		}
+		if forwardable(hf.Name) {
+			fwd = append(fwd, hf)
+		}
+	}
+	st.fwd = fwd
+	switch path {
+	case healthCheckPath:
+		st.kind = kindHealthCheck
+	case healthWatchPath:
+		st.kind = kindHealthWatch
+	default:
+		m := d.s.byPath[path]
+		if m == nil {
+			d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unknown method "+path)
+			if !f.StreamEnded() {
+				d.resetStream(id, http2.ErrCodeNo)
+			}
+			return
+		}
+		st.m = m
+		if m.stream {
+			st.kind = kindStream
+		}
+	}
+	if hasTimeout {
+		st.ctx, st.cancel = context.WithTimeout(d.ctx, timeout)
+	} else {
+		st.ctx, st.cancel = context.WithCancel(d.ctx)
+	}
+	d.r.active.Add(1)
+	d.mu.Lock()
+	d.flow.mu.Lock()
+	st.sf.win = d.flow.initial
+	d.flow.mu.Unlock()
+	d.streams[id] = st
+	d.mu.Unlock()
+	if st.kind == kindStream {
+		st.in = newMsgQueue()
+		go d.runStream(st)
+	}
+	if f.StreamEnded() {
+		d.onClientEnd(st)
+	}
+}
+
+// onData takes request DATA. Connection credit is returned as it is
+// read; stream credit as unary messages are buffered (they are bounded by
+// the message size limit) or, for streaming methods, once the backend took
+// the message.
+func (d *dconn) onData(f *http2.DataFrame) {
+	n := int(f.Header().Length)
+	d.mu.Lock()
+	st := d.streams[f.StreamID]
+	d.recvConn += n
+	sendConn := 0
+	if d.recvConn >= relayConnUpdate {
+		sendConn, d.recvConn = d.recvConn, 0
+	}
+	d.mu.Unlock()
+	sendStream := 0
+	if st != nil && !st.ended {
+		msgs, err := st.msg.append(f.Data(), d.s.maxMsg)
+		if err != nil {
+			d.failStream(st, err)
+			st = nil
+		} else if st.in != nil {
+			for _, m := range msgs {
+				st.in.push(m)
+			}
+			st.msg.done = st.msg.done[:0]
+			st.recv += n
+		} else {
+			st.recv += n
+			if !f.StreamEnded() && st.recv >= relayStreamUpdate {
+				sendStream, st.recv = st.recv, 0
+			}
+		}
+	}
+	if sendConn > 0 || sendStream > 0 {
+		d.w.lock()
+		if sendConn > 0 && d.w.err == nil {
+			d.w.err = d.fr.WriteWindowUpdate(0, uint32(sendConn))
+		}
+		if sendStream > 0 && d.w.err == nil {
+			d.w.err = d.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
+		}
+		d.w.unlock()
+	}
+	if st != nil && f.StreamEnded() {
+		d.onClientEnd(st)
+	}
+}
+
+// onClientEnd runs when the client half-closes a stream.
+func (d *dconn) onClientEnd(st *dstream) {
+	if st.ended {
+		return
+	}
+	st.ended = true
+	switch st.kind {
+	case kindStream:
+		st.in.close(io.EOF)
+	default:
+		st.queued = true
+		d.r.dispatch(st)
+	}
+}
+
+// returnCredit gives a stream's consumed window back to the client.
+func (d *dconn) returnCredit(id uint32, n int) {
+	if n <= 0 {
+		return
+	}
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteWindowUpdate(id, uint32(n))
+	}
+	d.w.unlock()
+}
+
+func (d *dconn) resetStream(id uint32, code http2.ErrCode) {
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteRSTStream(id, code)
+	}
+	d.w.unlock()
+}
+
+// endStream forgets a stream: the client reset it, or its call is over.
+func (d *dconn) endStream(st *dstream) {
+	d.mu.Lock()
+	_, open := d.streams[st.id]
+	delete(d.streams, st.id)
+	idle := d.goneAway && len(d.streams) == 0
+	d.mu.Unlock()
+	st.cancel()
+	d.flow.resetStream(&st.sf)
+	if st.in != nil {
+		st.in.close(errStreamReset)
+	}
+	if open && !st.queued && st.kind != kindStream {
+		// Its worker never ran: it holds no share of active.
+		d.r.active.Done()
+	}
+	if idle {
+		d.close(errConnClosed)
+	}
+}
+
+// failStream answers a stream with an error before any worker has it.
+func (d *dconn) failStream(st *dstream, err error) {
+	st.ended = true
+	st.queued = true // the answer below stands in for the worker
+	d.respondHeadersOnly(st.id, gstatus.Code(err), gstatus.Convert(err).Message())
+	d.resetStream(st.id, http2.ErrCodeNo)
+	d.endStream(st)
+	d.r.active.Done()
+}
+
+var (
+	hdrStatus200   = hpack.HeaderField{Name: ":status", Value: "200"}
+	hdrContentType = hpack.HeaderField{Name: "content-type", Value: "application/grpc"}
+	hdrGRPCStatus0 = hpack.HeaderField{Name: "grpc-status", Value: "0"}
+)
+
+// respondHeadersOnly answers a call with a trailers-only response.
+func (d *dconn) respondHeadersOnly(id uint32, code codes.Code, msg string, extra ...hpack.HeaderField) {
+	fields := []hpack.HeaderField{hdrStatus200, hdrContentType,
+		{Name: "grpc-status", Value: itoa(int(code))}}
+	if msg != "" {
+		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(msg)})
+	}
+	fields = append(fields, extra...)
+	d.w.lock()
+	d.w.writeHeaders(id, true, fields)
+	d.w.unlock()
+}
+
+func itoa(n int) string {
+	if n >= 0 && n < 10 {
+		return string(rune('0' + n))
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// runUnary handles one unary call on a worker.
+func (d *dconn) runUnary(st *dstream) {
+	defer d.r.active.Done()
+	defer d.endStream(st)
+	req, err := st.request()
+	if err != nil {
+		d.respondErr(st, nil, err)
+		return
+	}
+	defer req.free()
+	switch st.kind {
+	case kindHealthCheck:
+		d.healthCheck(st, req)
+		return
+	case kindHealthWatch:
+		d.healthWatch(st, req)
+		return
+	}
+	c := call{m: st.m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
+	resp, err := d.s.handle(&c, req)
+	if err != nil {
+		d.respondErr(st, &c, err)
+		return
+	}
+	d.respond(st, c.headerCluster(), resp)
+	resp.free()
+}
+
+// request returns the stream's single request message, decompressed.
+func (st *dstream) request() (*frame, error) {
+	msgs := st.msg.done
+	if len(msgs) != 1 || st.msg.partial() {
+		for _, m := range msgs {
+			m.free()
+		}
+		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: a unary call needs exactly one request message, got %d", len(msgs))
+	}
+	m := msgs[0]
+	st.msg.done = nil
+	return st.decompress(m)
+}
+
+func (st *dstream) decompress(m *frame) (*frame, error) {
+	if !m.compressed {
+		return m, nil
+	}
+	defer m.free()
+	if !st.gzip {
+		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: compressed message without grpc-encoding")
+	}
+	comp := encoding.GetCompressor("gzip")
+	if comp == nil {
+		return nil, gstatus.Errorf(codes.Unimplemented, "milvus-ha-proxy: gzip not available")
+	}
+	r, err := comp.Decompress(bytes.NewReader(m.bytes()))
+	if err != nil {
+		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: gzip: %v", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(r, int64(st.d.s.maxMsg)+1))
+	if err != nil {
+		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: gzip: %v", err)
+	}
+	if len(b) > st.d.s.maxMsg {
+		return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message larger than %d bytes", st.d.s.maxMsg)
+	}
+	return &frame{data: mem.BufferSlice{mem.SliceBuffer(b)}}, nil
+}
+
+// respond writes a successful unary response: headers, message, trailers,
+// in one write when the client's windows allow.
+func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
+	if st.ctx.Err() != nil {
+		return // reset by the client
+	}
+	var hdrBuf [8]hpack.HeaderField
+	hdr := append(hdrBuf[:0], hdrStatus200, hdrContentType)
+	hdr = appendPassHeaders(hdr, resp.hdr)
+	if cluster != "" {
+		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+	}
+	trl := resp.trl
+	if len(trl) == 0 {
+		trl = []hpack.HeaderField{hdrGRPCStatus0}
+	}
+	var parts [4][]byte
+	n := 0
+	size := 5
+	for _, b := range resp.data {
+		if n < len(parts)-1 {
+			parts[n] = b.ReadOnlyData()
+			size += len(parts[n])
+			n++
+		}
+	}
+	if len(resp.data) > len(parts)-1 {
+		parts[0], n = resp.data.Materialize(), 1
+		size = 5 + len(parts[0])
+	}
+	if len(resp.tail) > 0 {
+		parts[n] = resp.tail
+		size += len(resp.tail)
+		n++
+	}
+	if d.flow.tryTake(&st.sf, size) {
+		var prefix [5]byte
+		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
+		d.w.lock()
+		d.w.writeHeaders(st.id, false, hdr)
+		d.w.writeData(st.id, false, prefix[:])
+		for _, p := range parts[:n] {
+			if len(p) > 0 {
+				d.w.writeData(st.id, false, p)
+			}
+		}
+		d.w.writeHeaders(st.id, true, trl)
+		d.w.unlock()
+		return
+	}
+	d.w.lock()
+	d.w.writeHeaders(st.id, false, hdr)
+	d.w.unlock()
+	if err := sendMessage(st.ctx, &d.w, &d.flow, &st.sf, st.id, false, parts[:n]...); err != nil {
+		d.resetStream(st.id, http2.ErrCodeInternal)
+		return
+	}
+	d.w.lock()
+	d.w.writeHeaders(st.id, true, trl)
+	d.w.unlock()
+}
+
+// appendPassHeaders adds a backend's response headers that mean something
+// to the client (its own metadata), skipping what HTTP/2 and gRPC own.
+func appendPassHeaders(dst, src []hpack.HeaderField) []hpack.HeaderField {
+	for _, f := range src {
+		if forwardable(f.Name) && f.Name != HeaderCluster {
+			dst = append(dst, f)
+		}
+	}
+	return dst
+}
+
+// respondErr answers a call that failed. A backend's error goes back with
+// its own headers and trailers.
+func (d *dconn) respondErr(st *dstream, c *call, err error) {
+	if st.ctx.Err() != nil && st.d.ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+		if gstatus.Code(err) == codes.Canceled {
+			return // reset by the client
+		}
+	}
+	cluster := ""
+	if c != nil {
+		cluster = c.headerCluster()
+	}
+	var be *backendError
+	if errors.As(err, &be) && be.trailers != nil {
+		trailersOnly := sameFields(be.hdr, be.trailers)
+		if cluster == "" && trailersOnly {
+			d.w.lock()
+			d.w.writeHeaders(st.id, true, []hpack.HeaderField{hdrStatus200, hdrContentType}, passTrailers(be.trailers))
+			d.w.unlock()
+			return
+		}
+		// Headers of their own, so that clients see HeaderCluster as a
+		// header (in a trailers-only response it would be a trailer).
+		hdr := []hpack.HeaderField{hdrStatus200, hdrContentType}
+		if !trailersOnly {
+			hdr = appendPassHeaders(hdr, be.hdr)
+		}
+		if cluster != "" {
+			hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+		}
+		d.w.lock()
+		d.w.writeHeaders(st.id, false, hdr)
+		d.w.writeHeaders(st.id, true, passTrailers(be.trailers))
+		d.w.unlock()
+		return
+	}
+	s := gstatus.Convert(err)
+	var extra []hpack.HeaderField
+	if p := s.Proto(); len(p.GetDetails()) > 0 {
+		if b, err := proto.Marshal(p); err == nil {
+			extra = append(extra, hpack.HeaderField{Name: "grpc-status-details-bin", Value: base64.RawStdEncoding.EncodeToString(b)})
+		}
+	}
+	if cluster != "" {
+		d.w.lock()
+		d.w.writeHeaders(st.id, false, []hpack.HeaderField{hdrStatus200, hdrContentType, {Name: HeaderCluster, Value: cluster}})
+		d.w.unlock()
+		trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
+		if s.Message() != "" {
+			trl = append(trl, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(s.Message())})
+		}
+		d.w.lock()
+		d.w.writeHeaders(st.id, true, trl, extra)
+		d.w.unlock()
+		return
+	}
+	d.respondHeadersOnly(st.id, s.Code(), s.Message(), extra...)
+}
+
+func sameFields(a, b []hpack.HeaderField) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}
+
+// passTrailers drops the pseudo-header and content-type of a trailers-only
+// response (we write our own).
+func passTrailers(fs []hpack.HeaderField) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, len(fs))
+	for _, f := range fs {
+		if f.Name != ":status" && f.Name != "content-type" && f.Name != HeaderCluster {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// runStream proxies a streaming method to the leader: messages from the
+// client go to the backend as they arrive (over the cluster's grpc-go
+// connection), messages from the backend come back under the client's
+// flow control. Rare admin calls, so clarity over speed.
+func (d *dconn) runStream(st *dstream) {
+	defer d.r.active.Done()
+	defer d.endStream(st)
+	c := call{m: st.m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
+	fail := func(err error) { d.respondErr(st, &c, err) }
+	if d.s.draining.Load() {
+		fail(errDraining)
+		return
+	}
+	cl, err := d.s.topo.WaitLeader(st.ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if cl.Conn == nil {
+		fail(gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: no connection to cluster %s", cl.ID))
+		return
+	}
+	done, err := d.s.topo.Allow(cl.ID)
+	if err != nil {
+		fail((&errBreaker{cluster: cl.ID, err: err}).status())
+		return
+	}
+	c.served = cl
+	countStart(cl)
+	defer countEnd(cl)
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(st.ctx, fieldsMD(st.fwd)))
+	defer cancel()
+	desc := &grpc.StreamDesc{StreamName: st.m.name, ServerStreams: st.m.serverStreams, ClientStreams: st.m.clientStreams}
+	cs, err := cl.Conn.NewStream(ctx, desc, st.m.full, d.s.grpcCallOpts()...)
+	if err != nil {
+		done(!transportFailure(st.ctx, err))
+		fail(err)
+		return
+	}
+	go func() {
+		for {
+			m, err := st.in.pop(ctx)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					_ = cs.CloseSend()
+				} else {
+					cancel()
+				}
+				return
+			}
+			n := m.len() + 5
+			m, err = st.decompress(m)
+			if err != nil {
+				cancel()
+				return
+			}
+			err = cs.SendMsg(m)
+			m.free()
+			if err != nil {
+				return // the backend ended the stream; RecvMsg reports why
+			}
+			d.returnCredit(st.id, n)
+		}
+	}()
+	hdr, err := cs.Header()
+	if err != nil {
+		done(!transportFailure(st.ctx, err))
+		fail(err)
+		return
+	}
+	clusterField := hpack.HeaderField{Name: HeaderCluster, Value: cl.ID}
+	headers := append(mdFields([]hpack.HeaderField{hdrStatus200, hdrContentType}, hdr), clusterField)
+	d.w.lock()
+	d.w.writeHeaders(st.id, false, headers)
+	d.w.unlock()
+	for {
+		m := &frame{}
+		err := cs.RecvMsg(m)
+		if err != nil {
+			s := gstatus.Convert(err)
+			if errors.Is(err, io.EOF) {
+				s = gstatus.New(codes.OK, "")
+				done(true)
+			} else {
+				done(!transportFailure(st.ctx, err))
+			}
+			trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
+			if s.Message() != "" {
+				trl = append(trl, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(s.Message())})
+			}
+			trl = append(mdFields(trl, cs.Trailer()), clusterField)
+			d.w.lock()
+			d.w.writeHeaders(st.id, true, trl)
+			d.w.unlock()
+			return
+		}
+		err = sendMessage(st.ctx, &d.w, &d.flow, &st.sf, st.id, false, m.bytes())
+		m.free()
+		if err != nil {
+			done(true)
+			d.resetStream(st.id, http2.ErrCodeCancel)
+			return
+		}
+	}
+}
+
+func countStart(cl *topology.Cluster) {
+	if cl.Outstanding != nil {
+		cl.Outstanding.Add(1)
+	}
+	if cl.Served != nil {
+		cl.Served.Add(1)
+	}
+}
+
+func countEnd(cl *topology.Cluster) {
+	if cl.Outstanding != nil {
+		cl.Outstanding.Add(-1)
+	}
+}
+
+// fieldsMD turns forwarded header fields into gRPC metadata.
+func fieldsMD(fs []hpack.HeaderField) metadata.MD {
+	md := make(metadata.MD, len(fs))
+	for _, f := range fs {
+		if f.Name == "user-agent" {
+			continue
+		}
+		v := f.Value
+		if strings.HasSuffix(f.Name, "-bin") {
+			if b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(v, "=")); err == nil {
+				v = string(b)
+			}
+		}
+		md[f.Name] = append(md[f.Name], v)
+	}
+	return md
+}
+
+// mdFields appends gRPC metadata as header fields, skipping reserved keys.
+func mdFields(dst []hpack.HeaderField, md metadata.MD) []hpack.HeaderField {
+	for k, vs := range md {
+		if !forwardable(k) || k == HeaderCluster {
+			continue
+		}
+		for _, v := range vs {
+			if strings.HasSuffix(k, "-bin") {
+				v = base64.RawStdEncoding.EncodeToString([]byte(v))
+			}
+			dst = append(dst, hpack.HeaderField{Name: k, Value: v})
+		}
+	}
+	return dst
+}
+
+// msgAssembler cuts a stream's DATA into gRPC messages (5-byte prefix:
+// compressed flag, big-endian length), each in one pooled buffer.
+type msgAssembler struct {
+	prefix  [5]byte
+	nprefix int
+	cur     *frame
+	body    []byte
+	want    int
+	done    []*frame
+}
+
+func (a *msgAssembler) partial() bool { return a.nprefix > 0 || a.cur != nil }
+
+// append consumes p and returns the messages it completed.
+func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
+	first := len(a.done)
+	for len(p) > 0 || (a.cur != nil && len(a.body) == a.want) {
+		if a.cur == nil {
+			k := copy(a.prefix[a.nprefix:], p)
+			a.nprefix += k
+			p = p[k:]
+			if a.nprefix < 5 {
+				break
+			}
+			size := int(binary.BigEndian.Uint32(a.prefix[1:]))
+			if size > maxMsg {
+				return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message of %d bytes exceeds the limit of %d", size, maxMsg)
+			}
+			buf := mem.DefaultBufferPool().Get(size)
+			a.body, a.want = (*buf)[:0], size
+			a.cur = &frame{compressed: a.prefix[0] == 1, pooled: buf}
+			a.nprefix = 0
+		}
+		k := min(a.want-len(a.body), len(p))
+		a.body = append(a.body, p[:k]...)
+		p = p[k:]
+		if len(a.body) == a.want {
+			*a.cur.pooled = a.body
+			a.cur.data = mem.BufferSlice{mem.NewBuffer(a.cur.pooled, mem.DefaultBufferPool())}
+			a.done = append(a.done, a.cur)
+			a.cur, a.body = nil, nil
+		}
+	}
+	return a.done[first:], nil
+}
+
+// msgQueue hands a streaming call's messages from the connection's reader
+// to the goroutine sending them on.
+type msgQueue struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	q    []*frame
+	err  error
+}
+
+func newMsgQueue() *msgQueue {
+	q := &msgQueue{}
+	q.cond.L = &q.mu
+	return q
+}
+
+func (q *msgQueue) push(m *frame) {
+	q.mu.Lock()
+	q.q = append(q.q, m)
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+func (q *msgQueue) close(err error) {
+	q.mu.Lock()
+	if q.err == nil {
+		q.err = err
+	}
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+func (q *msgQueue) pop(ctx context.Context) (*frame, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { q.close(ctx.Err()) })
+	defer stop()
+	for len(q.q) == 0 && q.err == nil {
+		q.cond.Wait()
+	}
+	if len(q.q) > 0 {
+		m := q.q[0]
+		q.q = q.q[1:]
+		return m, nil
+	}
+	return nil, q.err
+}
+
+// healthCheck answers grpc.health.v1.Health/Check.
+func (d *dconn) healthCheck(st *dstream, req *frame) {
+	var in healthpb.HealthCheckRequest
+	if err := proto.Unmarshal(req.bytes(), &in); err != nil {
+		d.respondErr(st, nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
+		return
+	}
+	if in.GetService() != "" && in.GetService() != milvusServiceName {
+		d.respondErr(st, nil, gstatus.Error(codes.NotFound, "unknown service"))
+		return
+	}
+	status, _ := d.s.healthState()
+	b, _ := proto.Marshal(&healthpb.HealthCheckResponse{Status: status})
+	d.respond(st, "", frameFromBytes(b))
+}
+
+// healthWatch answers grpc.health.v1.Health/Watch: the status now and at
+// every change, until the client leaves or the proxy drains.
+func (d *dconn) healthWatch(st *dstream, req *frame) {
+	var in healthpb.HealthCheckRequest
+	if err := proto.Unmarshal(req.bytes(), &in); err != nil {
+		d.respondErr(st, nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
+		return
+	}
+	known := in.GetService() == "" || in.GetService() == milvusServiceName
+	d.w.lock()
+	d.w.writeHeaders(st.id, false, []hpack.HeaderField{hdrStatus200, hdrContentType})
+	d.w.unlock()
+	last := healthpb.HealthCheckResponse_ServingStatus(-1)
+	for {
+		status, changed := d.s.healthState()
+		if !known {
+			status = healthpb.HealthCheckResponse_SERVICE_UNKNOWN
+		}
+		if status != last {
+			b, _ := proto.Marshal(&healthpb.HealthCheckResponse{Status: status})
+			if err := sendMessage(st.ctx, &d.w, &d.flow, &st.sf, st.id, false, b); err != nil {
+				return
+			}
+			last = status
+		}
+		if d.s.draining.Load() {
+			break
+		}
+		select {
+		case <-changed:
+		case <-st.ctx.Done():
+			return
+		}
+	}
+	d.w.lock()
+	d.w.writeHeaders(st.id, true, []hpack.HeaderField{hdrGRPCStatus0})
+	d.w.unlock()
+}

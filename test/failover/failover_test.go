@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -279,6 +281,14 @@ func TestManualFailover(t *testing.T) {
 	if o := l.write(c, 0, opInsert, 7, 7); o.out != acked {
 		t.Fatalf("write: %s", o.err)
 	}
+	// Replicated before the kill, so a forced failover must keep it.
+	for _, id := range []string{"b", "c"} {
+		dc := r.direct(id)
+		eventually(t, "7 on "+id, 10*time.Second, func() bool {
+			rows, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 7)
+			return err == nil && len(rows) == 1
+		})
+	}
 	r.sims["a"].kill()
 	r.waitTopology("loss detected", 15*time.Second, func(s *topology.Snapshot) bool { return !s.LeaderLostAt.IsZero() })
 	time.Sleep(1500 * time.Millisecond)
@@ -305,7 +315,7 @@ func TestManualFailover(t *testing.T) {
 	if o := l.write(c, 0, opInsert, 8, 8); o.out != acked || o.cluster != "c" {
 		t.Fatalf("write after the failover: %+v", o)
 	}
-	if rows, err := c.keys(0, 7, 8); err != nil || len(rows) != 2 {
+	if rows, err := c.keys(commonpb.ConsistencyLevel_Strong, 7, 8); err != nil || len(rows) != 2 {
 		t.Fatalf("Strong read after the failover: %v %v", rows, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,13 +140,13 @@ func (t *benchTopo) Collection(context.Context, string, string) (topology.Collec
 }
 func (t *benchTopo) InvalidateCollection(string, string) {}
 
-func ourProxy(b *testing.B, backend string) string {
+func ourProxy(b *testing.B, backend string, engine Engine) string {
 	topo := &benchTopo{changed: make(chan struct{}), info: topology.CollectionInfo{DB: "default", Name: "coll",
 		ConsistencyLevel: int32(commonpb.ConsistencyLevel_Bounded), PChannels: []int{0, 1}}}
 	snap := &topology.Snapshot{PublishedAt: time.Now()}
 	far := consistency.FromTime(time.Now().Add(time.Hour))
 	for i, id := range []string{"a", "b", "c"} {
-		c := &topology.Cluster{ID: id, Role: topology.RoleAlternative, Order: i, Healthy: true, Breaker: topology.BreakerClosed,
+		c := &topology.Cluster{ID: id, URI: backend, Role: topology.RoleAlternative, Order: i, Healthy: true, Breaker: topology.BreakerClosed,
 			Checkpoints: []uint64{far, far}, CheckpointsKnown: true, Conn: dial(b, backend, BackendDialOptions()...),
 			Outstanding: &atomic.Int64{}, Served: &atomic.Int64{}}
 		if id == "a" {
@@ -155,7 +156,7 @@ func ourProxy(b *testing.B, backend string) string {
 		snap.Clusters = append(snap.Clusters, c)
 	}
 	topo.snap = snap
-	srv, err := New(Options{Topology: topo, Router: router.New(router.Options{LeaderNow: topo.LeaderNow})})
+	srv, err := New(Options{Engine: engine, Topology: topo, Router: router.New(router.Options{LeaderNow: topo.LeaderNow})})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -196,7 +197,11 @@ func cpuTime() time.Duration {
 func BenchmarkSearch(b *testing.B) {
 	backend := startBenchBackend(b)
 	benchTarget(b, "direct", backend, nil)
-	for _, kind := range []string{"naive", "raw", "proxy"} {
+	kinds := []string{"haproxy", "naive", "raw", "proxy-grpc", "proxy"}
+	if k := os.Getenv("PROXY_BENCH_KINDS"); k != "" {
+		kinds = strings.Split(k, ",")
+	}
+	for _, kind := range kinds {
 		addr, child := spawnBenchProxy(b, kind, backend)
 		benchTarget(b, kind, addr, child)
 	}
@@ -231,7 +236,9 @@ func benchChild(kind, backend string) int {
 			up, _ := grpc.NewClient(backend, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			addr = rawPassThrough(b, up)
 		case "proxy":
-			addr = ourProxy(b, backend)
+			addr = ourProxy(b, backend, EngineRelay)
+		case "proxy-grpc":
+			addr = ourProxy(b, backend, EngineGRPC)
 		default:
 			if f := extraBenchChildren[kind]; f != nil {
 				addr = f(backend)
@@ -240,6 +247,13 @@ func benchChild(kind, backend string) int {
 	}()
 	if addr == "" {
 		return 2
+	}
+	if f := os.Getenv("PROXY_BENCH_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err == nil {
+			_ = pprof.StartCPUProfile(out)
+			defer func() { pprof.StopCPUProfile(); out.Close() }()
+		}
 	}
 	fmt.Println(addr)
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the parent closes it

@@ -48,7 +48,9 @@ type relayServer struct {
 func newRelayServer(s *Server) *relayServer {
 	r := &relayServer{s: s, work: make(chan *dstream), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
-	n := 4 * runtime.GOMAXPROCS(0)
+	// Workers block on backend round trips, so there are many: enough
+	// that new goroutines (whose stacks grow on every call) are rare.
+	n := max(64, 16*runtime.GOMAXPROCS(0))
 	r.wg.Add(n)
 	for i := 0; i < n; i++ {
 		go r.worker()

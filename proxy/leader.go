@@ -36,54 +36,78 @@ const codeOutcomeUnknown = 1<<16 - 1
 // twice, while none retries a Milvus status (test/sdk/SDK_NOTES.md).
 func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
 	c.ev.Reason = ReasonLeaderOnly
-	resent := false
-	var lastErr error
-	backoff := 20 * time.Millisecond
-	for attempt := 0; attempt < maxLeaderAttempts; attempt++ {
-		if attempt > 0 && lastErr != nil && !resent {
+	var ls leaderState
+	return s.runLeader(c, &ls, req)
+}
+
+// leaderState carries a leader-only call across its attempts.
+type leaderState struct {
+	attempts int
+	resent   bool          // an ambiguous attempt was already repeated
+	pause    bool          // the last attempt was never sent: wait a little
+	backoff  time.Duration // the next pause
+	lastErr  error
+}
+
+// runLeader attempts a leader-only call until an outcome is final.
+func (s *Server) runLeader(c *call, ls *leaderState, req *frame) (*frame, error) {
+	for ls.attempts < maxLeaderAttempts {
+		if ls.pause {
 			// The previous attempt was never sent; give the topology a
 			// moment (a new leader, a breaker half-opening).
-			if err := s.pause(c, backoff); err != nil {
-				return nil, lastErr
+			if ls.backoff == 0 {
+				ls.backoff = 20 * time.Millisecond
 			}
-			backoff *= 2
+			if err := s.pause(c, ls.backoff); err != nil {
+				return nil, ls.lastErr
+			}
+			ls.backoff *= 2
 		}
+		ls.attempts++
 		cl, err := s.topo.WaitLeader(c.ctx)
 		if err != nil {
 			// Unavailable "failover under way": nothing was sent.
 			return nil, err
 		}
 		resp, sent, err := s.forward(c, cl, req, true)
-		if err == nil {
-			s.afterLeader(c, req, resp)
-			return resp, nil
+		if resp, err, done := s.leaderResult(c, ls, cl, req, resp, sent, err); done {
+			return resp, err
 		}
-		if c.ctx.Err() != nil {
-			return nil, err
-		}
-		var be *errBreaker
-		if errors.As(err, &be) {
-			lastErr = be.status()
-			continue
-		}
-		if !sent {
-			// The request provably never reached the leader.
-			lastErr = err
-			continue
-		}
-		if !transportFailure(c.ctx, err) {
-			// The leader answered (Unimplemented, PermissionDenied,
-			// InvalidArgument...): that is the outcome.
-			return nil, err
-		}
-		if c.m.idempotent && !resent {
-			resent = true
-			lastErr = err
-			continue
-		}
-		return s.outcomeUnknown(c, cl, err)
 	}
-	return nil, lastErr
+	return nil, ls.lastErr
+}
+
+// leaderResult judges one attempt of a leader-only call; done reports a
+// final outcome.
+func (s *Server) leaderResult(c *call, ls *leaderState, cl *topology.Cluster, req, resp *frame, sent bool, err error) (*frame, error, bool) {
+	if err == nil {
+		s.afterLeader(c, req, resp)
+		return resp, nil, true
+	}
+	if c.ctx.Err() != nil {
+		return nil, err, true
+	}
+	var be *errBreaker
+	if errors.As(err, &be) {
+		ls.lastErr, ls.pause = be.status(), true
+		return nil, nil, false
+	}
+	if !sent {
+		// The request provably never reached the leader.
+		ls.lastErr, ls.pause = err, true
+		return nil, nil, false
+	}
+	if !transportFailure(c.ctx, err) {
+		// The leader answered (Unimplemented, PermissionDenied,
+		// InvalidArgument...): that is the outcome.
+		return nil, err, true
+	}
+	if c.m.idempotent && !ls.resent {
+		ls.resent, ls.lastErr, ls.pause = true, err, false
+		return nil, nil, false
+	}
+	resp, err = s.outcomeUnknown(c, cl, err)
+	return resp, err, true
 }
 
 // pause waits for d, a newer topology, or the client's end.
@@ -147,7 +171,7 @@ func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
 		}
 		if c.m.invalidate {
 			ddlTargets(req.bytes(), &c.m.layout, func(dbField, name []byte) {
-				s.topo.InvalidateCollection(c.db(dbField), string(name))
+				s.invalidate(c.db(dbField), string(name))
 			})
 		}
 	}

@@ -1,0 +1,315 @@
+package proxy
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// A read is routed as a small state machine — prepare, then attempt and
+// judge the outcome until one is final — so that the relay engine can run
+// the common case inline on its connection goroutines and hand a read to a
+// worker, state and all, only when something must wait.
+
+// readState carries one read across its attempts.
+type readState struct {
+	snap     *topology.Snapshot
+	rr       router.ReadRequest
+	excl     [8]string
+	dec      router.Decision
+	attempts int
+	lastErr  error
+}
+
+// prepareRead works out what the read requires, rewrites its consistency
+// fields, and makes the first routing decision. With fast set it must not
+// block: it reports slow when it would have to (collection facts not in
+// the cache, AllocTimestamp for strong_reads: wait), and the caller starts
+// over on a worker with fast unset.
+func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slow bool, err error) {
+	m := c.m
+	var f readFields
+	if err := scanRequest(req.bytes(), &m.layout, &f); err != nil {
+		return false, status.Errorf(codes.InvalidArgument, "milvus-ha-proxy: %s request: %v", m.name, err)
+	}
+	db := c.db(f.db)
+	coll := string(f.coll)
+	rs.rr = router.ReadRequest{Exclude: rs.excl[:0]}
+	rs.snap = s.topo.Snapshot()
+	req.tail = nil
+
+	if m.class == ClassMetaRead {
+		// Metadata carries no consistency fields: treat it as a Session
+		// read that must see the session's own DDL (and writes, for
+		// statistics).
+		rs.rr.Required = s.sessions.Session(c.sessionKey(), db, coll)
+		c.ev.Level, c.ev.Required = consistency.Session, rs.rr.Required
+		rs.dec = s.router.PickRead(rs.snap, rs.rr)
+		return false, nil
+	}
+
+	if coll == "" {
+		s.planLeader(rs, ReasonLeaderNoCollInfo)
+		return false, nil
+	}
+	info, ok := s.colls.get(db, coll)
+	if !ok {
+		if fast {
+			return true, nil
+		}
+		if info, err = s.collection(c, db, coll); err != nil {
+			// Unknown to the leader too, most likely: let it answer.
+			s.planLeader(rs, ReasonLeaderNoCollInfo)
+			return false, nil
+		}
+	}
+	rs.rr.PChannels = info.PChannels
+	d := consistency.Resolve(consistency.ReadFields{
+		Level:      consistency.Level(f.level),
+		Guarantee:  f.guarantee,
+		UseDefault: f.useDefault,
+		Iterator:   f.iterator,
+	}, consistency.Level(info.ConsistencyLevel))
+	c.ev.Level = d.Level
+
+	unchanged := d.Pinned
+	strongWait := false
+	switch d.Level {
+	case consistency.Strong:
+		if s.strong == StrongLeader {
+			// The leader resolves "now" itself: forward as sent.
+			rs.rr.Strong = true
+			unchanged = true
+			break
+		}
+		if fast {
+			return true, nil
+		}
+		ts, err := s.topo.AllocLeaderTimestamp(c.ctx)
+		if err != nil {
+			s.log.Debug("proxy: AllocTimestamp for a Strong read failed; using the leader", "err", err)
+			s.planLeader(rs, ReasonLeaderStrongAlloc)
+			return false, nil
+		}
+		rs.rr.Required = ts
+		strongWait = true
+	case consistency.Session:
+		rs.rr.Required = s.rules.Required(d, s.sessions.Session(c.sessionKey(), db, coll), 0)
+	case consistency.Bounded:
+		rs.rr.Required = s.rules.Required(d, 0, s.topo.LeaderNow())
+	case consistency.Eventually:
+		rs.rr.MaxLag = s.maxLag
+	default:
+		rs.rr.Required = s.rules.Required(d, 0, 0)
+	}
+	c.ev.Required = rs.rr.Required
+	if !unchanged {
+		level, g := consistency.Forward(rs.rr.Required)
+		req.tail = appendConsistency(req.tailBuf[:0], &m.layout, int32(level), g)
+	}
+	if strongWait {
+		if err := s.waitForAlternative(c, rs); err != nil {
+			return false, err
+		}
+	}
+	rs.dec = s.router.PickRead(rs.snap, rs.rr)
+	return false, nil
+}
+
+// planLeader sends the read to the leader as sent (and, should the leader
+// fail at the transport level, wherever the router sends a Strong read).
+func (s *Server) planLeader(rs *readState, reason string) {
+	rs.rr = router.ReadRequest{Strong: true, Exclude: rs.excl[:0]}
+	rs.dec = s.router.PickRead(rs.snap, rs.rr)
+	if rs.dec.Cluster != nil {
+		rs.dec.Reason = router.Reason(reason)
+	}
+}
+
+// waitForAlternative serves strong_reads: wait: it waits up to max_wait
+// for an alternative that has replicated the leader's fresh timestamp.
+func (s *Server) waitForAlternative(c *call, rs *readState) error {
+	if s.maxWait <= 0 {
+		return nil
+	}
+	var timer *time.Timer
+	for {
+		ch := s.topo.Changed()
+		rs.snap = s.topo.Snapshot()
+		if s.router.PickRead(rs.snap, rs.rr).Reason != router.ReasonLeaderLag {
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(s.maxWait)
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil
+		case <-c.ctx.Done():
+			return status.FromContextError(c.ctx.Err()).Err()
+		}
+	}
+}
+
+// readTarget returns the cluster for the next attempt. wait is set when no
+// cluster is known at all (a failover under way): the caller waits for
+// the leader (blocking) and sends there.
+func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait bool, err error) {
+	rs.attempts++
+	if rs.attempts > len(rs.snap.Clusters)+1 {
+		if rs.lastErr == nil {
+			rs.lastErr = status.Error(codes.Unavailable, "milvus-ha-proxy: no cluster could serve the read")
+		}
+		return nil, false, rs.lastErr
+	}
+	if rs.dec.Cluster == nil {
+		if rs.lastErr != nil {
+			return nil, false, rs.lastErr
+		}
+		c.ev.Reason = ReasonLeaderWait
+		return nil, true, nil
+	}
+	c.ev.Reason = string(rs.dec.Reason)
+	return rs.dec.Cluster, false, nil
+}
+
+// readResult judges one attempt. done reports a final outcome (resp or
+// err); otherwise rs holds the next decision. After a transport failure
+// the read moves to another eligible cluster and finally the leader; when
+// an alternative answers that it cannot serve the read, to the leader. A
+// read in flight is never cut because its cluster's lag grew: lag only
+// steers new reads.
+func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *frame, err error) (*frame, error, bool) {
+	if err != nil {
+		var be *errBreaker
+		switch {
+		case errors.As(err, &be):
+			rs.lastErr = be.status()
+		case retryableRead(c.ctx, err):
+			rs.lastErr = err
+		default:
+			return nil, err, true
+		}
+		rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
+		rs.snap = s.topo.Snapshot()
+		rs.dec = s.router.PickRead(rs.snap, rs.rr)
+		return nil, nil, false
+	}
+	if cl.Role != topology.RoleLeader {
+		if st, _, ok := scanResponse(resp.bytes(), &c.m.layout); ok && cannotServe(st) {
+			leader := s.topo.Snapshot().Leader
+			if leader != nil && leader.ID != cl.ID && !contains(rs.rr.Exclude, leader.ID) {
+				resp.free()
+				rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
+				rs.dec = router.Decision{Cluster: leader, Reason: ReasonLeaderFallback}
+				return nil, nil, false
+			}
+		}
+	}
+	return resp, nil, true
+}
+
+// read routes a Search, HybridSearch, Query or metadata read, blocking
+// where it must.
+func (s *Server) read(c *call, req *frame) (*frame, error) {
+	var rs readState
+	if _, err := s.prepareRead(c, req, &rs, false); err != nil {
+		return nil, err
+	}
+	return s.runRead(c, &rs, req)
+}
+
+// runRead attempts a prepared read until an outcome is final.
+func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
+	for {
+		cl, wait, err := s.readTarget(c, rs)
+		if err != nil {
+			return nil, err
+		}
+		if wait {
+			if cl, err = s.topo.WaitLeader(c.ctx); err != nil {
+				return nil, err
+			}
+		}
+		resp, _, err := s.forward(c, cl, req, false)
+		if resp, err, done := s.readResult(c, rs, cl, resp, err); done {
+			return resp, err
+		}
+	}
+}
+
+// collection returns a collection's routing facts from the topology and
+// caches them.
+func (s *Server) collection(c *call, db, name string) (topology.CollectionInfo, error) {
+	info, err := s.topo.Collection(c.ctx, db, name)
+	if err == nil {
+		s.colls.put(db, name, info)
+	}
+	return info, err
+}
+
+// invalidate drops a collection's facts here and in the topology; name ""
+// means all of db.
+func (s *Server) invalidate(db, name string) {
+	s.colls.invalidate(db, name)
+	s.topo.InvalidateCollection(db, name)
+}
+
+// collCache keeps Topology.Collection answers for a moment, so that the
+// relay engine can route a read without calling out (which may block on a
+// cache miss in the topology). The proxy drops entries on the DDL it
+// forwards; changes made elsewhere are seen within collCacheTTL on top of
+// the topology's own cache.
+type collCache struct {
+	mu sync.RWMutex
+	m  map[collKey]collEntry
+}
+
+type collKey struct{ db, name string }
+
+type collEntry struct {
+	info topology.CollectionInfo
+	at   time.Time
+}
+
+const (
+	collCacheTTL = time.Second
+	collCacheMax = 10000
+)
+
+func (cc *collCache) get(db, name string) (topology.CollectionInfo, bool) {
+	cc.mu.RLock()
+	e, ok := cc.m[collKey{db, name}]
+	cc.mu.RUnlock()
+	if !ok || time.Since(e.at) > collCacheTTL {
+		return topology.CollectionInfo{}, false
+	}
+	return e.info, true
+}
+
+func (cc *collCache) put(db, name string, info topology.CollectionInfo) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.m == nil || len(cc.m) >= collCacheMax {
+		cc.m = make(map[collKey]collEntry)
+	}
+	cc.m[collKey{db, name}] = collEntry{info: info, at: time.Now()}
+}
+
+func (cc *collCache) invalidate(db, name string) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	for k := range cc.m {
+		if k.db == db && (name == "" || k.name == name) {
+			delete(cc.m, k)
+		}
+	}
+}

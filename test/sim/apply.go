@@ -85,9 +85,19 @@ func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 		return &pendingConfig{cfg: req.GetReplicateConfiguration(), force: req.GetForcePromote(), ts: e.ts, ids: ids, extra: e.extra}
 	}
 	if e.broadcast() {
+		// Only the first copy applies the DDL, and the others return (their
+		// pchannel then counts as served past it) only once it took effect:
+		// the lock spans counting and applying. So a DDL is applied before
+		// anything behind any of its copies, the next DDL included (Milvus
+		// applies DDL in order on its control channel).
+		c.ddlApplyMu.Lock()
+		defer c.ddlApplyMu.Unlock()
 		if first, _, _ := c.noteCopy(p, e); !first {
 			return nil
 		}
+	}
+	if c.opts.beforeDDL != nil {
+		c.opts.beforeDDL(e)
 	}
 	if err := c.applyDDL(e); err != nil {
 		c.log.Warn("ddl message not applied", "type", e.kind, "ts", e.ts, "err", err)

@@ -36,6 +36,10 @@ type Options struct {
 	SearchMinLatency  time.Duration     // capacity: each search/query takes at least this long
 	DataDir           string            // optional: persist the WAL here and replay it on Start
 	Logger            *slog.Logger
+
+	// beforeDDL, when set (package tests only), runs just before a DDL
+	// takes effect, while ddlApplyMu is held.
+	beforeDDL func(e *entry)
 }
 
 func (o *Options) setDefaults() error {
@@ -96,6 +100,13 @@ type Cluster struct {
 
 	bcMu   sync.Mutex
 	bcSeen map[uint64]*bcState
+
+	// ddlApplyMu is held from the moment a copy of a broadcast DDL is
+	// counted until the DDL has taken effect. The copies of one DDL arrive
+	// on independent pchannels: without it a later copy would be counted
+	// (and its pchannel marked served, and the next DDL on that pchannel
+	// applied) while the first copy is still being applied.
+	ddlApplyMu sync.Mutex
 
 	role atomic.Int32
 	repl replState

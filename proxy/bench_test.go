@@ -202,6 +202,12 @@ func BenchmarkSearch(b *testing.B) {
 		kinds = strings.Split(k, ",")
 	}
 	for _, kind := range kinds {
+		if kind == "proxy-inproc" {
+			// In this process: its allocations show in
+			// process-allocs/op, next to direct's.
+			benchTarget(b, kind, ourProxy(b, backend, EngineRelay), nil)
+			continue
+		}
 		addr, child := spawnBenchProxy(b, kind, backend)
 		benchTarget(b, kind, addr, child)
 	}
@@ -276,6 +282,36 @@ type childProc struct {
 	pid int
 }
 
+// counters returns the child's read and write syscalls (/proc/pid/io) and
+// context switches (/proc/pid/status), all threads: noise-free signs of
+// how much work a request costs.
+func (c *childProc) counters() (reads, writes, ctxsw int64) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", c.pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+				reads, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+				writes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", c.pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", c.pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasSuffix(strings.Fields(line + " x")[0], "ctxt_switches:") {
+				v, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+				ctxsw += v
+			}
+		}
+	}
+	return reads, writes, ctxsw
+}
+
 // cpu returns the child's user+system CPU time.
 func (c *childProc) cpu() time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.pid))
@@ -339,8 +375,10 @@ func benchTarget(b *testing.B, name, addr string, child *childProc) {
 			runtime.ReadMemStats(&ms0)
 			cpu0 := cpuTime()
 			var child0 time.Duration
+			var r0, w0, cs0 int64
 			if child != nil {
 				child0 = child.cpu()
+				r0, w0, cs0 = child.counters()
 			}
 			b.ResetTimer()
 			if conc == 1 {
@@ -365,6 +403,11 @@ func benchTarget(b *testing.B, name, addr string, child *childProc) {
 			b.StopTimer()
 			if child != nil {
 				b.ReportMetric(float64(child.cpu()-child0)/float64(time.Microsecond)/float64(b.N), "proxy-cpu-µs/op")
+				r1, w1, cs1 := child.counters()
+				n := float64(b.N)
+				b.ReportMetric(float64(r1-r0)/n, "reads/op")
+				b.ReportMetric(float64(w1-w0)/n, "writes/op")
+				b.ReportMetric(float64(cs1-cs0)/n, "ctxsw/op")
 			}
 			cpu := float64(cpuTime()-cpu0) / float64(time.Microsecond) / float64(b.N)
 			runtime.ReadMemStats(&ms1)

@@ -29,6 +29,7 @@ type call struct {
 	fwd []hpack.HeaderField // relay engine: the forwarded metadata
 
 	session string // computed on first use
+	start   time.Time
 	served  *topology.Cluster
 	local   bool // answered by the proxy itself
 	ev      CallEvent
@@ -89,14 +90,12 @@ func (s *Server) handle(c *call, req *frame) (*frame, error) {
 	if s.draining.Load() {
 		return nil, errDraining
 	}
-	var start time.Time
 	if s.obs != nil {
-		start = time.Now()
+		c.start = time.Now()
 	}
-	m := c.m
 	var resp *frame
 	var err error
-	switch m.class {
+	switch c.m.class {
 	case ClassRead, ClassMetaRead:
 		resp, err = s.read(c, req)
 	case ClassLocal:
@@ -104,8 +103,15 @@ func (s *Server) handle(c *call, req *frame) (*frame, error) {
 	default:
 		resp, err = s.leaderCall(c, req)
 	}
+	return s.finishCall(c, resp, err)
+}
+
+// finishCall reports a finished call to the observer and settles the
+// response.
+func (s *Server) finishCall(c *call, resp *frame, err error) (*frame, error) {
 	if s.obs != nil {
-		c.ev.Method, c.ev.Class, c.ev.Duration = m.name, m.class, time.Since(start)
+		m := c.m
+		c.ev.Method, c.ev.Class, c.ev.Duration = m.name, m.class, time.Since(c.start)
 		c.ev.Code = status.Code(err)
 		if c.served != nil {
 			c.ev.Cluster, c.ev.Role = c.served.ID, c.served.Role

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -50,6 +51,8 @@ type fakeBackend struct {
 	// response carries.
 	status map[string]int32
 	delay  time.Duration
+	// Query "sleep" calls that started, and that saw their cancellation.
+	sleeping, canceled int
 }
 
 func startBackend(t testing.TB, id string, tso *atomic.Uint64) *fakeBackend {
@@ -60,7 +63,7 @@ func startBackend(t testing.TB, id string, tso *atomic.Uint64) *fakeBackend {
 		t.Fatal(err)
 	}
 	b.addr = lis.Addr().String()
-	b.srv = grpc.NewServer(grpc.UnaryInterceptor(b.intercept))
+	b.srv = grpc.NewServer(grpc.UnaryInterceptor(b.intercept), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	milvuspb.RegisterMilvusServiceServer(b.srv, b)
 	go func() { _ = b.srv.Serve(lis) }()
 	t.Cleanup(b.srv.Stop)
@@ -145,8 +148,37 @@ func (b *fakeBackend) HybridSearch(_ context.Context, r *milvuspb.HybridSearchRe
 	return &milvuspb.SearchResults{Status: b.st("HybridSearch"), CollectionName: r.GetCollectionName()}, nil
 }
 
-func (b *fakeBackend) Query(_ context.Context, r *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
-	return &milvuspb.QueryResults{Status: b.st("Query"), CollectionName: r.GetCollectionName()}, nil
+// Query answers "big:<n>" expressions with n bytes of field data, and
+// "sleep" ones by waiting until the call is canceled.
+func (b *fakeBackend) Query(ctx context.Context, r *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+	res := &milvuspb.QueryResults{Status: b.st("Query"), CollectionName: r.GetCollectionName()}
+	var n int
+	if _, err := fmt.Sscanf(r.GetExpr(), "big:%d", &n); err == nil {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i * 13)
+		}
+		res.FieldsData = []*schemapb.FieldData{{FieldName: "v", Field: &schemapb.FieldData_Vectors{
+			Vectors: &schemapb.VectorField{Data: &schemapb.VectorField_BinaryVector{BinaryVector: data}}}}}
+	}
+	if r.GetExpr() == "sleep" {
+		b.mu.Lock()
+		b.sleeping++
+		b.mu.Unlock()
+		<-ctx.Done()
+		b.mu.Lock()
+		b.canceled++
+		b.mu.Unlock()
+		return nil, ctx.Err()
+	}
+	if r.GetExpr() == "deadline" {
+		dl, ok := ctx.Deadline()
+		if !ok {
+			return nil, status.Error(codes.FailedPrecondition, "no deadline reached the backend")
+		}
+		res.OutputFields = []string{time.Until(dl).Round(time.Second).String()}
+	}
+	return res, nil
 }
 
 func (b *fakeBackend) mutation(method string, n int) *milvuspb.MutationResult {
@@ -160,7 +192,13 @@ func (b *fakeBackend) mutation(method string, n int) *milvuspb.MutationResult {
 }
 
 func (b *fakeBackend) Insert(_ context.Context, r *milvuspb.InsertRequest) (*milvuspb.MutationResult, error) {
-	return b.mutation("Insert", int(r.GetNumRows())), nil
+	res := b.mutation("Insert", int(r.GetNumRows()))
+	// Echo the size of the column data received, so big requests can be
+	// checked end to end.
+	for _, f := range r.GetFieldsData() {
+		res.InsertCnt += int64(len(f.GetVectors().GetBinaryVector()))
+	}
+	return res, nil
 }
 
 func (b *fakeBackend) Upsert(_ context.Context, r *milvuspb.UpsertRequest) (*milvuspb.MutationResult, error) {
@@ -446,7 +484,8 @@ func newEnv(t *testing.T, mut ...func(*Options)) *env {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}

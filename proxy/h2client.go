@@ -130,6 +130,23 @@ func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn,
 	}
 }
 
+// connNow returns a live connection to cl with room for a stream, or nil
+// when getting one would mean dialing.
+func (r *relayUpstream) connNow(cl *topology.Cluster) *uconn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.pools[cl.ID]
+	if p == nil || p.uri != cl.URI {
+		return nil
+	}
+	for _, u := range p.conns {
+		if !u.dead() && u.hasRoom() {
+			return u
+		}
+	}
+	return nil
+}
+
 // splitURI turns a cluster URI (host:port, or with an http, https, grpc
 // or tcp scheme) into an address and whether TLS is implied.
 func splitURI(uri string) (addr string, tls bool) {
@@ -193,7 +210,7 @@ func (r *relayUpstream) close() {
 	r.mu.Unlock()
 	for _, p := range pools {
 		for _, u := range p.conns {
-			u.fail(errConnClosed)
+			u.fail(errConnClosed, nil)
 		}
 	}
 }
@@ -205,9 +222,11 @@ type uconn struct {
 	authority string
 	scheme    string
 	nc        net.Conn
+	br        *bufio.Reader
 	fr        *http2.Framer
 	w         h2writer
 	flow      flow
+	fl        flushList // the reader goroutine's deferred flushes
 
 	mu            sync.Mutex
 	streams       map[uint32]*ustream
@@ -225,7 +244,8 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
 		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1}
 	bw := bufio.NewWriterSize(nc, 32<<10)
-	u.fr = http2.NewFramer(bw, bufio.NewReaderSize(nc, 32<<10))
+	u.br = bufio.NewReaderSize(nc, 32<<10)
+	u.fr = http2.NewFramer(bw, u.br)
 	u.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	u.fr.MaxHeaderListSize = 16 << 20
 	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
@@ -278,7 +298,7 @@ func (u *uconn) retire() {
 	idle := len(u.streams) == 0
 	u.mu.Unlock()
 	if idle {
-		u.fail(errConnClosed)
+		go u.fail(errConnClosed, nil) // not under the caller's locks
 	}
 }
 
@@ -287,6 +307,9 @@ type ustream struct {
 	id   uint32
 	sf   streamFlow
 	done chan struct{}
+	// onDone, when set, replaces done: it runs where the stream ends (on
+	// the reader goroutine, normally), with that goroutine's flush list.
+	onDone func(us *ustream, fl *flushList)
 
 	// Filled by the reader goroutine before done is closed.
 	gotHeaders bool
@@ -333,26 +356,43 @@ func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ b
 			<-us.done
 		}
 	}
+	return us.result(cl.ID)
+}
+
+// result is a finished stream's outcome: the response, or the error and
+// whether the request may have been processed.
+func (us *ustream) result(cluster string) (*frame, bool, error) {
 	if us.refused {
-		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: cluster %s %v", cl.ID, errRefused)
+		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: cluster %s %v", cluster, errRefused)
 	}
 	if us.err != nil {
 		us.freeBody()
 		return nil, true, us.err
 	}
-	if err := us.statusErr(cl.ID); err != nil {
+	if err := us.statusErr(cluster); err != nil {
 		us.freeBody()
 		return nil, true, err
 	}
 	resp := &frame{give: true, hdr: us.hdr, trl: us.trailers}
 	*us.bodyBuf = us.body
 	resp.data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
+	us.bodyBuf, us.body = nil, nil
 	return resp, true, nil
 }
 
-// send opens the stream and writes the request. written reports whether
-// any frame of it was handed to the connection.
+var errWouldBlock = errors.New("milvus-ha-proxy: would block")
+
+// send opens the stream and writes the request, waiting for flow-control
+// credit if it must. written reports whether any frame of it was handed to
+// the connection.
 func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error) {
+	return u.open(c, us, req, nil)
+}
+
+// open opens the stream and writes the request. With fl set it never
+// waits: a request the windows do not admit at once is not sent
+// (errWouldBlock, nothing written), and the flush is left to fl.
+func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written bool, err error) {
 	var parts [5][]byte
 	n := 0
 	for _, b := range req.data {
@@ -389,7 +429,19 @@ func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error)
 	u.streams[us.id] = us
 	u.flow.mu.Lock()
 	us.sf.win = u.flow.initial
+	fits := !u.flow.closed && u.flow.conn >= int64(size) && us.sf.win >= int64(size)
+	if fits {
+		u.flow.conn -= int64(size)
+		us.sf.win -= int64(size)
+	}
 	u.flow.mu.Unlock()
+	if !fits && fl != nil {
+		// Skipping a stream id is allowed: it is implicitly closed.
+		delete(u.streams, us.id)
+		u.mu.Unlock()
+		u.w.unlock()
+		return false, errWouldBlock
+	}
 	u.mu.Unlock()
 
 	var extra [2]hpack.HeaderField
@@ -407,7 +459,7 @@ func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error)
 		return true, err
 	}
 	// Most requests fit the windows: their DATA leaves with the HEADERS.
-	if u.flow.tryTake(&us.sf, size) {
+	if fits {
 		var prefix [5]byte
 		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		rest := size - 5
@@ -419,7 +471,7 @@ func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error)
 			}
 		}
 		err := u.w.err
-		u.w.unlock()
+		u.w.unlockDefer(fl)
 		return true, err
 	}
 	u.w.unlock()
@@ -445,6 +497,11 @@ func (u *uconn) abort(id uint32, code http2.ErrCode, err error) bool {
 // finish removes stream id and wakes its waiter. It reports whether the
 // stream was still open.
 func (u *uconn) finish(id uint32, set func(*ustream)) bool {
+	return u.finishFL(id, set, nil)
+}
+
+// finishFL is finish on a goroutine with a flush list.
+func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 	u.mu.Lock()
 	us := u.streams[id]
 	if us == nil {
@@ -458,15 +515,23 @@ func (u *uconn) finish(id uint32, set func(*ustream)) bool {
 		set(us)
 	}
 	u.flow.resetStream(&us.sf)
-	close(us.done)
+	us.complete(fl)
 	if idle {
-		u.fail(errConnClosed)
+		u.fail(errConnClosed, fl)
 	}
 	return true
 }
 
+func (us *ustream) complete(fl *flushList) {
+	if us.onDone != nil {
+		us.onDone(us, fl)
+		return
+	}
+	close(us.done)
+}
+
 // fail closes the connection and fails every stream on it.
-func (u *uconn) fail(err error) {
+func (u *uconn) fail(err error, fl *flushList) {
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
@@ -481,15 +546,19 @@ func (u *uconn) fail(err error) {
 	_ = u.nc.Close()
 	for _, us := range streams {
 		us.err = gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: connection to cluster %s lost: %v", u.cluster, err)
-		close(us.done)
+		us.complete(fl)
 	}
 }
 
 func (u *uconn) readLoop() {
 	for {
+		if u.br.Buffered() == 0 {
+			u.fl.flush() // everything this read produced, in one write each
+		}
 		f, err := u.fr.ReadFrame()
 		if err != nil {
-			u.fail(err)
+			u.fl.flush()
+			u.fail(err, nil)
 			return
 		}
 		switch f := f.(type) {
@@ -522,13 +591,13 @@ func (u *uconn) readLoop() {
 				}
 			}
 		case *http2.RSTStreamFrame:
-			u.finish(f.StreamID, func(us *ustream) {
+			u.finishFL(f.StreamID, func(us *ustream) {
 				if f.ErrCode == http2.ErrCodeRefusedStream {
 					us.refused = true
 					return
 				}
 				us.err = gstatus.Errorf(rstCode(f.ErrCode), "milvus-ha-proxy: cluster %s reset the stream: %v", u.cluster, f.ErrCode)
-			})
+			}, &u.fl)
 		case *http2.GoAwayFrame:
 			u.onGoAway(f)
 		}
@@ -598,10 +667,10 @@ func (u *uconn) onGoAway(f *http2.GoAwayFrame) {
 	idle := len(u.streams) == len(refused)
 	u.mu.Unlock()
 	for _, id := range refused {
-		u.finish(id, func(us *ustream) { us.refused = true })
+		u.finishFL(id, func(us *ustream) { us.refused = true }, &u.fl)
 	}
 	if idle {
-		u.fail(fmt.Errorf("cluster %s sent GOAWAY (%v)", u.cluster, f.ErrCode))
+		u.fail(fmt.Errorf("cluster %s sent GOAWAY (%v)", u.cluster, f.ErrCode), &u.fl)
 	}
 }
 
@@ -631,7 +700,7 @@ func (u *uconn) onHeaders(f *http2.MetaHeadersFrame) {
 	if us.trailers == nil {
 		us.trailers = us.hdr // trailers-only response
 	}
-	u.finish(f.StreamID, nil)
+	u.finishFL(f.StreamID, nil, &u.fl)
 }
 
 func (u *uconn) onData(f *http2.DataFrame) {
@@ -661,7 +730,7 @@ func (u *uconn) onData(f *http2.DataFrame) {
 		if sendStream > 0 && u.w.err == nil {
 			u.w.err = u.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
 		}
-		u.w.unlock()
+		u.w.unlockDefer(&u.fl)
 	}
 	if us == nil {
 		return
@@ -671,9 +740,9 @@ func (u *uconn) onData(f *http2.DataFrame) {
 		return
 	}
 	if f.StreamEnded() {
-		u.finish(f.StreamID, func(us *ustream) {
+		u.finishFL(f.StreamID, func(us *ustream) {
 			us.err = gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s ended the stream without trailers", u.cluster)
-		})
+		}, &u.fl)
 	}
 }
 

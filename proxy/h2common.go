@@ -74,6 +74,43 @@ func (w *h2writer) unlock() {
 	w.mu.Unlock()
 }
 
+// unlockDefer releases without flushing and leaves the flush to fl, the
+// list of the goroutine that will flush before it blocks (nil: flush now).
+// Readers use it to send everything one read produced in one write.
+func (w *h2writer) unlockDefer(fl *flushList) {
+	if fl == nil {
+		w.unlock()
+		return
+	}
+	w.mu.Unlock()
+	fl.add(w)
+}
+
+// flushList is the writers a goroutine has written to without flushing.
+type flushList struct {
+	ws []*h2writer
+}
+
+func (fl *flushList) add(w *h2writer) {
+	for _, x := range fl.ws {
+		if x == w {
+			return
+		}
+	}
+	fl.ws = append(fl.ws, w)
+}
+
+// flush flushes every writer on the list (or leaves it to a writer queued
+// behind, which flushes on its way out).
+func (fl *flushList) flush() {
+	for i, w := range fl.ws {
+		w.lock()
+		w.unlock()
+		fl.ws[i] = nil
+	}
+	fl.ws = fl.ws[:0]
+}
+
 // writeHeaders encodes fields and writes them as HEADERS (+CONTINUATION).
 // Must hold the lock: HPACK state follows the order frames are written.
 func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderField) {

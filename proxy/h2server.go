@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
@@ -184,6 +185,8 @@ type dconn struct {
 	s      *Server
 	nc     net.Conn
 	remote string
+	br     *bufio.Reader
+	fl     flushList // the reader goroutine's deferred flushes
 	fr     *http2.Framer
 	w      h2writer
 	flow   flow
@@ -202,7 +205,8 @@ type dconn struct {
 func newDconn(r *relayServer, nc net.Conn) *dconn {
 	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{}}
 	bw := bufio.NewWriterSize(nc, 32<<10)
-	d.fr = http2.NewFramer(bw, bufio.NewReaderSize(nc, 32<<10))
+	d.br = bufio.NewReaderSize(nc, 32<<10)
+	d.fr = http2.NewFramer(bw, d.br)
 	d.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	d.fr.MaxHeaderListSize = 16 << 20
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
@@ -242,13 +246,16 @@ type dstream struct {
 
 	// Streaming methods: complete messages for the backend.
 	in *msgQueue
+
+	// abortUp is the backend stream a fast-path call waits on.
+	abortUp atomic.Pointer[upRef]
 }
 
 func (d *dconn) serve() {
 	defer d.close(errConnClosed)
 	_ = d.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	pre := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(d.nc, pre); err != nil || string(pre) != http2.ClientPreface {
+	if _, err := io.ReadFull(d.br, pre); err != nil || string(pre) != http2.ClientPreface {
 		return
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
@@ -262,7 +269,11 @@ func (d *dconn) serve() {
 		d.w.err = d.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
 	}
 	d.w.unlock()
+	defer d.fl.flush()
 	for {
+		if d.br.Buffered() == 0 {
+			d.fl.flush() // everything this read produced, in one write each
+		}
 		f, err := d.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -295,7 +306,7 @@ func (d *dconn) serve() {
 				if d.w.err == nil {
 					d.w.err = d.fr.WritePing(true, f.Data)
 				}
-				d.w.unlock()
+				d.w.unlockDefer(&d.fl)
 			}
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {
@@ -305,6 +316,9 @@ func (d *dconn) serve() {
 			}
 		case *http2.RSTStreamFrame:
 			if st := d.stream(f.StreamID); st != nil {
+				if up := st.abortUp.Load(); up != nil {
+					up.abort()
+				}
 				d.endStream(st)
 			}
 		case *http2.GoAwayFrame:
@@ -543,7 +557,7 @@ func (d *dconn) onData(f *http2.DataFrame) {
 		if sendStream > 0 && d.w.err == nil {
 			d.w.err = d.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
 		}
-		d.w.unlock()
+		d.w.unlockDefer(&d.fl)
 	}
 	if st != nil && f.StreamEnded() {
 		d.onClientEnd(st)
@@ -561,7 +575,7 @@ func (d *dconn) onClientEnd(st *dstream) {
 		st.in.close(io.EOF)
 	default:
 		st.queued = true
-		d.r.dispatch(st)
+		d.startUnary(st, &d.fl)
 	}
 }
 
@@ -778,6 +792,47 @@ func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
 	d.w.writeHeaders(st.id, true, trl)
 	d.w.unlock()
 }
+
+// respondNow writes a successful response if the client's windows admit it
+// at once, leaving the flush to fl; it reports false (nothing written)
+// otherwise.
+func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushList) bool {
+	if st.ctx.Err() != nil {
+		return true // reset by the client: nothing to write
+	}
+	size := 5 + resp.len()
+	if !d.flow.tryTake(&st.sf, size) {
+		return false
+	}
+	var hdrBuf [8]hpack.HeaderField
+	hdr := append(hdrBuf[:0], hdrStatus200, hdrContentType)
+	hdr = appendPassHeaders(hdr, resp.hdr)
+	if cluster != "" {
+		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+	}
+	trl := resp.trl
+	if len(trl) == 0 {
+		trl = trailersOK
+	}
+	var prefix [5]byte
+	binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
+	d.w.lock()
+	d.w.writeHeaders(st.id, false, hdr)
+	d.w.writeData(st.id, false, prefix[:])
+	for _, b := range resp.data {
+		if p := b.ReadOnlyData(); len(p) > 0 {
+			d.w.writeData(st.id, false, p)
+		}
+	}
+	if len(resp.tail) > 0 {
+		d.w.writeData(st.id, false, resp.tail)
+	}
+	d.w.writeHeaders(st.id, true, trl)
+	d.w.unlockDefer(fl)
+	return true
+}
+
+var trailersOK = []hpack.HeaderField{hdrGRPCStatus0}
 
 // appendPassHeaders adds a backend's response headers that mean something
 // to the client (its own metadata), skipping what HTTP/2 and gRPC own.

@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/testdata"
+)
+
+// Tests of HTTP/2 and gRPC edge cases: they run on both engines, but they
+// exist for the relay, which implements the protocol itself.
+
+func bigVector(n int) []*schemapb.FieldData {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	return []*schemapb.FieldData{{FieldName: "v", Field: &schemapb.FieldData_Vectors{
+		Vectors: &schemapb.VectorField{Data: &schemapb.VectorField_BinaryVector{BinaryVector: data}}}}}
+}
+
+// TestLargeMessages sends and receives messages far larger than every
+// flow-control window and frame size on the way.
+func TestLargeMessages(t *testing.T) { bothEngines(t, testLargeMessages) }
+
+func testLargeMessages(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []int{0, 1, 16<<10 - 5, 70 << 10, 9 << 20} {
+		res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1, FieldsData: bigVector(n)})
+		if err != nil {
+			t.Fatalf("insert %d bytes: %v", n, err)
+		}
+		if res.GetInsertCnt() != int64(1+n) {
+			t.Fatalf("insert %d bytes: backend saw %d", n, res.GetInsertCnt()-1)
+		}
+		q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", n), ConsistencyLevel: Eventually})
+		if err != nil {
+			t.Fatalf("query %d bytes: %v", n, err)
+		}
+		got := q.GetFieldsData()
+		want := bigVector(n)[0].GetVectors().GetBinaryVector()
+		if n > 0 && (len(got) != 1 || !bytes.Equal(got[0].GetVectors().GetBinaryVector(), want)) {
+			t.Fatalf("query %d bytes: response corrupted", n)
+		}
+	}
+}
+
+// TestConcurrentCalls runs many calls at once over one client connection,
+// mixing large and small ones, reads and writes.
+func TestConcurrentCalls(t *testing.T) { bothEngines(t, testConcurrentCalls) }
+
+func testConcurrentCalls(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				switch (g + i) % 3 {
+				case 0:
+					if _, err := e.client.Search(e.ctx(), search("coll", Eventually, 0, false)); err != nil {
+						errs <- err
+						return
+					}
+				case 1:
+					n := (g*i*997)%(300<<10) + 1
+					res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1, FieldsData: bigVector(n)})
+					if err != nil || res.GetInsertCnt() != int64(1+n) {
+						errs <- fmt.Errorf("insert %d: %v %v", n, res.GetInsertCnt(), err)
+						return
+					}
+				case 2:
+					n := (g*i*131)%(200<<10) + 1
+					q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", n), ConsistencyLevel: Eventually})
+					if err != nil || len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != n {
+						errs <- fmt.Errorf("query %d: %v", n, err)
+						return
+					}
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestCancelReachesBackend: a client that gives up cancels the backend call.
+func TestCancelReachesBackend(t *testing.T) { bothEngines(t, testCancelReachesBackend) }
+
+func testCancelReachesBackend(t *testing.T) {
+	e := newEnv(t)
+	// Warm the connections so that the fast path takes the call.
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.client.Query(ctx, &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
+		done <- err
+	}()
+	b := e.backends["b"]
+	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
+	cancel()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Fatalf("err %v", err)
+	}
+	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
+}
+
+// TestDeadlineReachesBackend: the client's deadline travels on.
+func TestDeadlineReachesBackend(t *testing.T) { bothEngines(t, testDeadlineReachesBackend) }
+
+func testDeadlineReachesBackend(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := e.client.Query(ctx, &milvuspb.QueryRequest{CollectionName: "coll", Expr: "deadline", ConsistencyLevel: Eventually})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.GetOutputFields(); len(got) != 1 || (got[0] != "30s" && got[0] != "29s") {
+		t.Fatalf("backend saw deadline in %v", got)
+	}
+}
+
+// TestBackendLostMidRead: the alternative serving a read dies; the read
+// moves on.
+func TestBackendLostMidRead(t *testing.T) { bothEngines(t, testBackendLostMidRead) }
+
+func testBackendLostMidRead(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.client.Search(e.ctx(), search("coll", Eventually, 0, false)); err != nil {
+		t.Fatal(err)
+	}
+	e.backends["b"].srv.Stop()
+	var hdr metadata.MD
+	if _, err := e.client.Search(e.ctx(), search("coll", Eventually, 0, false), grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	if got := hdr.Get(HeaderCluster); len(got) != 1 || got[0] == "b" {
+		t.Fatalf("served by %v", got)
+	}
+}
+
+// TestBackendGoAway: a backend shutting down gracefully refuses new
+// streams; nothing is lost.
+func TestBackendGoAway(t *testing.T) { bothEngines(t, testBackendGoAway) }
+
+func testBackendGoAway(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 3; i++ {
+		if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Replace the leader's server by a new one on the same address
+	// after a graceful stop.
+	a := e.backends["a"]
+	a.srv.GracefulStop()
+	lis, err := net.Listen("tcp", a.addr)
+	if err != nil {
+		t.Skipf("cannot reuse %s: %v", a.addr, err)
+	}
+	a.srv = grpc.NewServer(grpc.UnaryInterceptor(a.intercept), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	milvuspb.RegisterMilvusServiceServer(a.srv, a)
+	go func() { _ = a.srv.Serve(lis) }()
+	t.Cleanup(a.srv.Stop)
+	a.reset()
+	res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+	if err != nil || res.GetStatus().GetCode() != 0 {
+		t.Fatalf("%v %v", res.GetStatus(), err)
+	}
+	if n := len(a.received("Insert")); n != 1 {
+		t.Fatalf("insert reached the new server %d times", n)
+	}
+}
+
+// TestGzipRequests: a client that compresses its requests is understood;
+// the backend gets them plain.
+func TestGzipRequests(t *testing.T) { bothEngines(t, testGzipRequests) }
+
+func testGzipRequests(t *testing.T) {
+	e := newEnv(t)
+	res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1, FieldsData: bigVector(100 << 10)},
+		grpc.UseCompressor(gzip.Name))
+	if err != nil || res.GetInsertCnt() != 1+100<<10 {
+		t.Fatalf("%v %v", res, err)
+	}
+	if _, err := e.client.Search(e.ctx(), search("coll", Session, 0, false), grpc.UseCompressor(gzip.Name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHealthWatch follows the serving status as a stream.
+func TestHealthWatch(t *testing.T) { bothEngines(t, testHealthWatch) }
+
+func testHealthWatch(t *testing.T) {
+	e := newEnv(t)
+	w, err := healthpb.NewHealthClient(e.conn).Watch(e.ctx(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := w.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("%v %v", m, err)
+	}
+	e.topo.publish(func(s *topology.Snapshot) { s.Leader = nil })
+	if m, err := w.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("%v %v", m, err)
+	}
+}
+
+// TestTLS serves clients over TLS with Options.Creds.
+func TestTLS(t *testing.T) { bothEngines(t, testTLS) }
+
+func testTLS(t *testing.T) {
+	cert, err := tls.LoadX509KeyPair(testdata.Path("x509/server1_cert.pem"), testdata.Path("x509/server1_key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(o *Options) {
+		o.Creds = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})
+	})
+	cc, err := credentials.NewClientTLSFromFile(testdata.Path("x509/server_ca_cert.pem"), "x.test.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(cc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := milvuspb.NewMilvusServiceClient(conn).Search(e.ctx(), search("coll", Eventually, 0, false)); err != nil {
+		t.Fatal(err)
+	}
+	// A plaintext client is refused.
+	plain, _ := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer plain.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := milvuspb.NewMilvusServiceClient(plain).Search(ctx, search("coll", Eventually, 0, false)); err == nil {
+		t.Fatal("plaintext accepted")
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -451,9 +451,9 @@ func newEnv(t *testing.T, mut ...func(*Options)) *env {
 	e.topo.colls["default.sessioncoll"] = topology.CollectionInfo{DB: "default", Name: "sessioncoll",
 		ConsistencyLevel: int32(commonpb.ConsistencyLevel_Session), PChannels: []int{1}}
 
-	engine := EngineRelay
-	if strings.Contains(t.Name(), "/grpc") {
-		engine = EngineGRPC
+	engine := EngineGRPC
+	if strings.Contains(t.Name(), "/relay") {
+		engine = EngineRelay
 	}
 	opts := Options{
 		Engine:   engine,

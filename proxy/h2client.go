@@ -180,10 +180,12 @@ func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn,
 	if r.creds != nil {
 		creds = r.creds(cl)
 	}
+	authority := addr
 	if creds != nil {
-		authority := addr
-		if h, _, err := net.SplitHostPort(addr); err == nil {
-			authority = h
+		// As grpc-go does: a server name set on the credentials is the
+		// authority, else the address.
+		if sn := creds.Info().ServerName; sn != "" {
+			authority = sn
 		}
 		nc, _, err = creds.ClientHandshake(ctx, authority, nc)
 		if err != nil {
@@ -194,7 +196,7 @@ func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn,
 		nc.Close()
 		return nil, fmt.Errorf("cluster %s: %s needs TLS but no backend credentials are configured", cl.ID, cl.URI)
 	}
-	u := newUconn(r, cl.ID, addr, scheme, nc)
+	u := newUconn(r, cl.ID, authority, scheme, nc)
 	if err := u.start(); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("HTTP/2 handshake with cluster %s at %s: %w", cl.ID, addr, err)

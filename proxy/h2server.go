@@ -249,6 +249,42 @@ type dstream struct {
 
 	// abortUp is the backend stream a fast-path call waits on.
 	abortUp atomic.Pointer[upRef]
+
+	// With Options.CallHook: what to call once the call's outcome is known.
+	hookMu  sync.Mutex
+	hookEnd func(error)
+	outcome error
+	decided bool
+}
+
+// decide records the call's outcome (the first one stands), for the hook.
+func (st *dstream) decide(err error) {
+	if st.hookEnd == nil {
+		return
+	}
+	st.hookMu.Lock()
+	if !st.decided {
+		st.outcome, st.decided = err, true
+	}
+	st.hookMu.Unlock()
+}
+
+// endHook calls the hook's end function, once.
+func (st *dstream) endHook() {
+	if st.hookEnd == nil {
+		return
+	}
+	st.hookMu.Lock()
+	end := st.hookEnd
+	st.hookEnd = nil
+	err := st.outcome
+	if !st.decided {
+		err = gstatus.Error(codes.Canceled, "milvus-ha-proxy: call ended without an answer")
+	}
+	st.hookMu.Unlock()
+	if end != nil {
+		end(err)
+	}
 }
 
 func (d *dconn) serve() {
@@ -319,6 +355,7 @@ func (d *dconn) serve() {
 				if up := st.abortUp.Load(); up != nil {
 					up.abort()
 				}
+				st.decide(gstatus.Error(codes.Canceled, "milvus-ha-proxy: the client reset the stream"))
 				d.endStream(st)
 			}
 		case *http2.GoAwayFrame:
@@ -500,6 +537,19 @@ func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
 	} else {
 		st.ctx, st.cancel = context.WithCancel(d.ctx)
 	}
+	if hook := d.s.hook; hook != nil {
+		// The hook sees (and may change) the metadata going on, as a
+		// grpc interceptor would; user-agent is kept as it came.
+		var keep []hpack.HeaderField
+		for _, hf := range st.fwd {
+			if hf.Name == "user-agent" {
+				keep = append(keep, hf)
+			}
+		}
+		md := fieldsMD(st.fwd)
+		st.ctx, st.hookEnd = hook(st.ctx, path, md)
+		st.fwd = mdFields(keep, md)
+	}
 	d.r.active.Add(1)
 	d.mu.Lock()
 	d.flow.mu.Lock()
@@ -601,6 +651,7 @@ func (d *dconn) resetStream(id uint32, code http2.ErrCode) {
 
 // endStream forgets a stream: the client reset it, or its call is over.
 func (d *dconn) endStream(st *dstream) {
+	st.endHook()
 	d.mu.Lock()
 	_, open := d.streams[st.id]
 	delete(d.streams, st.id)
@@ -622,6 +673,7 @@ func (d *dconn) endStream(st *dstream) {
 
 // failStream answers a stream with an error before any worker has it.
 func (d *dconn) failStream(st *dstream, err error) {
+	st.decide(err)
 	st.ended = true
 	st.queued = true // the answer below stands in for the worker
 	d.respondHeadersOnly(st.id, gstatus.Code(err), gstatus.Convert(err).Message())
@@ -734,6 +786,7 @@ func (st *dstream) decompress(m *frame) (*frame, error) {
 // respond writes a successful unary response: headers, message, trailers,
 // in one write when the client's windows allow.
 func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
+	st.decide(nil)
 	if st.ctx.Err() != nil {
 		return // reset by the client
 	}
@@ -798,6 +851,7 @@ func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
 // otherwise.
 func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushList) bool {
 	if st.ctx.Err() != nil {
+		st.decide(nil)
 		return true // reset by the client: nothing to write
 	}
 	size := 5 + resp.len()
@@ -829,6 +883,7 @@ func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushLi
 	}
 	d.w.writeHeaders(st.id, true, trl)
 	d.w.unlockDefer(fl)
+	st.decide(nil)
 	return true
 }
 
@@ -848,6 +903,7 @@ func appendPassHeaders(dst, src []hpack.HeaderField) []hpack.HeaderField {
 // respondErr answers a call that failed. A backend's error goes back with
 // its own headers and trailers.
 func (d *dconn) respondErr(st *dstream, c *call, err error) {
+	st.decide(err)
 	if st.ctx.Err() != nil && st.d.ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 		if gstatus.Code(err) == codes.Canceled {
 			return // reset by the client
@@ -1006,6 +1062,7 @@ func (d *dconn) runStream(st *dstream) {
 			} else {
 				done(!transportFailure(st.ctx, err))
 			}
+			st.decide(s.Err())
 			trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
 			if s.Message() != "" {
 				trl = append(trl, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(s.Message())})
@@ -1218,6 +1275,7 @@ func (d *dconn) healthWatch(st *dstream, req *frame) {
 			return
 		}
 	}
+	st.decide(nil)
 	d.w.lock()
 	d.w.writeHeaders(st.id, true, []hpack.HeaderField{hdrGRPCStatus0})
 	d.w.unlock()

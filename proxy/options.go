@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 )
 
 // Topology is what the proxy needs from the topology manager.
@@ -81,10 +82,18 @@ type Options struct {
 	// Creds are the server's transport credentials (TLS); nil: plaintext.
 	Creds credentials.TransportCredentials
 
-	// Engine selects how calls are carried: EngineRelay (default) speaks
-	// HTTP/2 frames on both sides; EngineGRPC uses a grpc-go server and
-	// the topology's grpc-go connections.
+	// Engine selects how calls are carried. EngineGRPC (the default) is a
+	// grpc-go server with the topology's grpc-go connections behind it:
+	// ServerOptions (interceptors, stats handlers) apply. EngineRelay
+	// speaks HTTP/2 frames on both sides and costs about half the CPU per
+	// call; with it, CallHook stands in for interceptors and BackendCreds
+	// for the TLS of the topology's connections.
 	Engine Engine
+	// CallHook (relay engine) runs when a call starts, with the client's
+	// metadata: changes to md go on to the backend (e.g. a trace context
+	// injected), the returned context is the call's, and end is called
+	// once with the call's outcome.
+	CallHook func(ctx context.Context, fullMethod string, md metadata.MD) (_ context.Context, end func(error))
 	// DialBackend opens the relay engine's connection to a cluster. nil:
 	// TCP to the cluster's URI.
 	DialBackend func(ctx context.Context, c *topology.Cluster) (net.Conn, error)

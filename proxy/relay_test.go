@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,5 +274,127 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 5s")
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestCallHook: the relay engine's stand-in for interceptors sees the
+// client's metadata, may change what the backend gets, and learns the
+// outcome.
+func TestCallHook(t *testing.T) {
+	type seen struct {
+		method, auth string
+		err          error
+	}
+	var mu sync.Mutex
+	var got []seen
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.CallHook = func(ctx context.Context, method string, md metadata.MD) (context.Context, func(error)) {
+			s := seen{method: method}
+			if v := md.Get("authorization"); len(v) > 0 {
+				s.auth = v[0]
+			}
+			md.Set("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")
+			return ctx, func(err error) {
+				s.err = err
+				mu.Lock()
+				got = append(got, s)
+				mu.Unlock()
+			}
+		}
+	})
+	ctx := e.ctx("authorization", "tok", "traceparent", "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01")
+	for i := 0; i < 2; i++ { // the second one takes the fast path
+		if _, err := e.client.Search(ctx, search("coll", Eventually, 0, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.backends["b"].setFail("Search", func() error { return status.Error(codes.PermissionDenied, "no") })
+	_, _ = e.client.Search(ctx, search("coll", Eventually, 0, false))
+	_, rec := e.lastRead("Search")
+	if tp := rec.md.Get("traceparent"); len(tp) != 1 || tp[0] != "00-11111111111111111111111111111111-2222222222222222-01" {
+		t.Fatalf("backend traceparent %v", tp)
+	}
+	if a := rec.md.Get("authorization"); len(a) != 1 || a[0] != "tok" {
+		t.Fatalf("backend authorization %v", a)
+	}
+	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	for i, s := range got {
+		if s.method != "/milvus.proto.milvus.MilvusService/Search" || s.auth != "tok" {
+			t.Fatalf("call %d: %+v", i, s)
+		}
+	}
+	if got[0].err != nil || got[1].err != nil || status.Code(got[2].err) != codes.PermissionDenied {
+		t.Fatalf("outcomes %v %v %v", got[0].err, got[1].err, got[2].err)
+	}
+}
+
+// TestRelayDrainEndsHealthWatch: a Watch already told NOT_SERVING does not
+// hold the drain.
+func TestRelayDrainEndsHealthWatch(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	e.topo.publish(func(s *topology.Snapshot) { s.Leader = nil })
+	w, err := healthpb.NewHealthClient(e.conn).Watch(e.ctx(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool {
+		m, err := w.Recv()
+		return err == nil && m.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("drain took %v", d)
+	}
+}
+
+// TestRelayBackendTLS: the relay reaches clusters over TLS with
+// BackendCreds.
+func TestRelayBackendTLS(t *testing.T) {
+	cert, err := tls.LoadX509KeyPair(testdata.Path("x509/server1_cert.pem"), testdata.Path("x509/server1_key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := credentials.NewClientTLSFromFile(testdata.Path("x509/server_ca_cert.pem"), "x.test.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tso := &atomic.Uint64{}
+	tso.Store(1 << 40)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fakeBackend{id: "a", tso: tso, fail: map[string]func() error{}, status: map[string]int32{}}
+	b.srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})), grpc.UnaryInterceptor(b.intercept))
+	milvuspb.RegisterMilvusServiceServer(b.srv, b)
+	go func() { _ = b.srv.Serve(lis) }()
+	defer b.srv.Stop()
+
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.BackendCreds = func(c *topology.Cluster) credentials.TransportCredentials {
+			if c.ID == "a" {
+				return cc
+			}
+			return nil
+		}
+	})
+	e.topo.publish(func(s *topology.Snapshot) { s.Leader.URI = lis.Addr().String() })
+	for i := 0; i < 2; i++ {
+		res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 2})
+		if err != nil || res.GetStatus().GetCode() != 0 {
+			t.Fatalf("%v %v", res, err)
+		}
+	}
+	if n := len(b.received("Insert")); n != 2 {
+		t.Fatalf("TLS backend got %d inserts", n)
 	}
 }

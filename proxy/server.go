@@ -79,6 +79,7 @@ type Server struct {
 	log      *slog.Logger
 
 	engine  Engine
+	hook    func(ctx context.Context, fullMethod string, md metadata.MD) (context.Context, func(error))
 	creds   credentials.TransportCredentials
 	maxMsg  int
 	codec   *rawCodec
@@ -114,7 +115,7 @@ func New(opts Options) (*Server, error) {
 	}
 	switch opts.Engine {
 	case "":
-		opts.Engine = EngineRelay
+		opts.Engine = EngineGRPC
 	case EngineRelay, EngineGRPC:
 	default:
 		return nil, fmt.Errorf("proxy: engine %q: want %q or %q", opts.Engine, EngineRelay, EngineGRPC)
@@ -153,6 +154,7 @@ func New(opts Options) (*Server, error) {
 		obs:       opts.Observer,
 		log:       opts.Logger,
 		engine:    opts.Engine,
+		hook:      opts.CallHook,
 		creds:     opts.Creds,
 		maxMsg:    opts.MaxMessageSize,
 		codec:     newRawCodec(),
@@ -260,6 +262,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() { close(s.stopWatch) })
 	<-s.watchDone
 	s.updateHealth() // NOT_SERVING, and stays so
+	// Wake every health watcher even if the status did not change: the
+	// relay ends Watch streams on drain, so one cannot hold the drain.
+	s.hmu.Lock()
+	close(s.hchanged)
+	s.hchanged = make(chan struct{})
+	s.hmu.Unlock()
 	if s.health != nil {
 		s.health.Shutdown()
 	}

@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -52,20 +54,12 @@ func (c *Cluster) noteCopy(p int, e *entry) (first, complete bool, ids []int64) 
 // it has arrived on every pchannel (the switchover guarantee).
 func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 	c.tso.observe(e.ts)
-	if e.src != "" {
-		c.repl.mu.Lock()
-		c.repl.ckpts[ckptKey{e.src, p}] = ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts}
-		c.repl.pchSource[p] = e.src
-		c.repl.mu.Unlock()
-	}
+	c.noteReplicated(p, e)
 	switch e.kind {
 	case kindTimeTick:
 		return nil
-	case kindInsert:
-		c.applyInsert(e)
-		return nil
-	case kindDelete:
-		c.applyDelete(e)
+	case kindInsert, kindDelete:
+		c.applyData(e)
 		return nil
 	case kindAlterReplicaConfig:
 		req := &milvuspb.UpdateReplicateConfigurationRequest{}
@@ -110,11 +104,75 @@ func propInt(e *entry, key string) int64 {
 	return v
 }
 
-func (c *Cluster) applyInsert(e *entry) {
+// noteReplicated records how far replication got on pchannel p when e was
+// received from another cluster.
+func (c *Cluster) noteReplicated(p int, e *entry) {
+	if e.src == "" {
+		return
+	}
+	c.repl.mu.Lock()
+	c.repl.ckpts[ckptKey{e.src, p}] = ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts}
+	c.repl.pchSource[p] = e.src
+	c.repl.mu.Unlock()
+}
+
+// applyGroup applies the messages of one atomic group (see propGroupNext):
+// an upsert's Delete and Insert, written with one timestamp, become
+// visible to readers together, as Milvus makes them visible together (it
+// writes them as one transaction and reads at a timestamp). The caller
+// holds c.wals[p].mu (or is replaying).
+func (c *Cluster) applyGroup(p int, es []*entry) *pendingConfig {
+	if len(es) == 1 {
+		return c.apply(p, es[0])
+	}
+	for _, e := range es {
+		if e.kind != kindInsert && e.kind != kindDelete {
+			// Only data is grouped; anything else takes effect one by one.
+			var pc *pendingConfig
+			for _, e := range es {
+				if x := c.apply(p, e); x != nil {
+					pc = x
+				}
+			}
+			return pc
+		}
+	}
+	last := es[len(es)-1]
+	c.tso.observe(last.ts)
+	c.noteReplicated(p, last)
+	c.applyData(es...)
+	return nil
+}
+
+// dataOp is a decoded Insert or Delete message.
+type dataOp struct {
+	coll *collection
+	ins  *batch // the rows of an Insert; nil for a Delete
+	del  []pkValue
+	part int64 // Insert: the partition; Delete: the partition, 0 for any
+}
+
+// decodeData decodes an Insert or Delete message. ok is false when there is
+// nothing to apply (a dropped collection or partition, a bad message).
+func (c *Cluster) decodeData(e *entry) (op dataOp, ok bool) {
+	if e.kind == kindDelete {
+		req := &msgpb.DeleteRequest{}
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			c.log.Warn("undecodable delete message", "err", err)
+			return op, false
+		}
+		c.cat.mu.RLock()
+		coll := c.cat.colls[req.GetCollectionID()]
+		c.cat.mu.RUnlock()
+		if coll == nil {
+			return op, false
+		}
+		return dataOp{coll: coll, del: pksFromIDs(req.GetPrimaryKeys()), part: req.GetPartitionID()}, true
+	}
 	req := &msgpb.InsertRequest{}
 	if err := proto.Unmarshal(e.payload, req); err != nil {
 		c.log.Warn("undecodable insert message", "err", err)
-		return
+		return op, false
 	}
 	c.cat.mu.RLock()
 	coll := c.cat.colls[req.GetCollectionID()]
@@ -125,29 +183,47 @@ func (c *Cluster) applyInsert(e *entry) {
 	c.cat.mu.RUnlock()
 	if coll == nil || part == nil {
 		c.log.Debug("insert for a dropped collection or partition ignored", "collection", req.GetCollectionID())
-		return
+		return op, false
 	}
 	b, err := decodeFields(coll.fields, req.GetFieldsData(), int(req.GetNumRows()), true)
 	if err != nil {
 		c.log.Warn("insert message not applied", "collection", coll.id, "err", err)
-		return
+		return op, false
 	}
-	coll.data.insert(b, part.id)
+	return dataOp{coll: coll, ins: b, part: part.id}, true
 }
 
-func (c *Cluster) applyDelete(e *entry) {
-	req := &msgpb.DeleteRequest{}
-	if err := proto.Unmarshal(e.payload, req); err != nil {
-		c.log.Warn("undecodable delete message", "err", err)
-		return
+// applyData applies data messages, in order, holding the rows of every
+// collection they touch for writing throughout: a reader sees all of them
+// or none.
+func (c *Cluster) applyData(es ...*entry) {
+	ops := make([]dataOp, 0, len(es))
+	for _, e := range es {
+		if op, ok := c.decodeData(e); ok {
+			ops = append(ops, op)
+		}
 	}
-	c.cat.mu.RLock()
-	coll := c.cat.colls[req.GetCollectionID()]
-	c.cat.mu.RUnlock()
-	if coll == nil {
-		return
+	var colls []*collection
+	for _, op := range ops {
+		if !slices.Contains(colls, op.coll) {
+			colls = append(colls, op.coll)
+		}
 	}
-	coll.data.remove(pksFromIDs(req.GetPrimaryKeys()), req.GetPartitionID())
+	// One lock order for every writer.
+	slices.SortFunc(colls, func(a, b *collection) int { return cmp.Compare(a.id, b.id) })
+	for _, coll := range colls {
+		coll.data.mu.Lock()
+	}
+	for _, op := range ops {
+		if op.ins != nil {
+			op.coll.data.insertLocked(op.ins, op.part)
+		} else {
+			op.coll.data.removeLocked(op.del, op.part)
+		}
+	}
+	for _, coll := range colls {
+		coll.data.mu.Unlock()
+	}
 }
 
 // applyDDL changes the catalog. Requests were validated by the primary before

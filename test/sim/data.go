@@ -477,6 +477,11 @@ func (d *collData) lookup(p pkValue) (int32, bool) {
 func (d *collData) insert(b *batch, part int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.insertLocked(b, part)
+}
+
+// insertLocked is insert with d.mu held.
+func (d *collData) insertLocked(b *batch, part int64) {
 	for r := 0; r < b.n; r++ {
 		row := int32(len(d.alive))
 		for i, c := range d.cols {
@@ -503,6 +508,11 @@ func (d *collData) insert(b *batch, part int64) {
 func (d *collData) remove(pks []pkValue, part int64) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.removeLocked(pks, part)
+}
+
+// removeLocked is remove with d.mu held.
+func (d *collData) removeLocked(pks []pkValue, part int64) int {
 	n := 0
 	for _, p := range pks {
 		r, ok := d.lookup(p)

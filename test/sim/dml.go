@@ -28,10 +28,19 @@ func (c *Cluster) dmlTarget(db, collName, partName string) (*collection, *partit
 	return coll, part, nil
 }
 
-// appendData appends one data message to pchannel p, applies it and returns
-// its timestamp. The timestamp is allocated under the pchannel lock, so each
-// pchannel's WAL is in timestamp order.
-func (c *Cluster) appendData(p int, kind string, coll *collection, build func(ts uint64) proto.Message) (uint64, error) {
+// dataMsg is a data message to append: its type, and its payload given
+// the timestamp.
+type dataMsg struct {
+	kind  string
+	build func(ts uint64) proto.Message
+}
+
+// appendData appends data messages of coll to pchannel p with one
+// timestamp, applies them and returns the timestamp. Several messages form
+// a group (propGroupNext) that readers, here and on every target, see
+// whole or not at all. The timestamp is allocated under the pchannel lock,
+// so each pchannel's WAL is in timestamp order.
+func (c *Cluster) appendData(p int, coll *collection, msgs ...dataMsg) (uint64, error) {
 	w := c.wals[p]
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -39,16 +48,22 @@ func (c *Cluster) appendData(p int, kind string, coll *collection, build func(ts
 		return 0, newErr(codeServiceUnavailable, "cluster %s is shutting down", c.id)
 	}
 	ts := c.tso.alloc()
-	payload, err := proto.Marshal(build(ts))
-	if err != nil {
-		return 0, newErr(codeServiceInternal, "encode %s message: %v", kind, err)
+	es := make([]*entry, len(msgs))
+	for i, m := range msgs {
+		payload, err := proto.Marshal(m.build(ts))
+		if err != nil {
+			return 0, newErr(codeServiceInternal, "encode %s message: %v", m.kind, err)
+		}
+		extra := map[string]string{propDB: coll.db.name, propColl: coll.name, propCollID: strconv.FormatInt(coll.id, 10)}
+		if i < len(msgs)-1 {
+			extra[propGroupNext] = "1"
+		}
+		es[i] = &entry{ts: ts, kind: m.kind, payload: payload, extra: extra}
 	}
-	e := &entry{ts: ts, kind: kind, payload: payload, extra: map[string]string{
-		propDB: coll.db.name, propColl: coll.name, propCollID: strconv.FormatInt(coll.id, 10)}}
-	if err := w.appendLocked(e); err != nil {
+	if err := w.appendLocked(es...); err != nil {
 		return 0, newErr(codeServiceInternal, "%v", err)
 	}
-	c.apply(p, e)
+	c.applyGroup(p, es)
 	w.advance(ts)
 	return ts, nil
 }
@@ -63,7 +78,10 @@ func repeatTS(ts uint64, n int) []uint64 {
 
 // write implements Insert and Upsert: rows are hashed by primary key onto the
 // collection's shards and each shard's rows become one message on its
-// pchannel (an upsert writes a Delete then an Insert, as Milvus 2.6 does).
+// pchannel. An upsert writes a Delete then an Insert at one timestamp, as
+// one group that readers see whole: Milvus 2.6 writes them in one
+// transaction and reads at a timestamp, so a read never finds an upserted
+// key missing.
 func (c *Cluster) write(ctx context.Context, db, collName, partName string, fds []*schemapb.FieldData, numRows uint32, upsert bool) (*milvuspb.MutationResult, error) {
 	c.ddlMu.RLock()
 	defer c.ddlMu.RUnlock()
@@ -106,24 +124,24 @@ func (c *Cluster) write(ctx context.Context, db, collName, partName string, fds 
 		}
 		p := coll.pchIdx[sh]
 		vch := coll.vchannels[sh]
+		var msgs []dataMsg
 		if upsert {
 			shardPKs := make([]pkValue, len(rows))
 			for i, r := range rows {
 				shardPKs[i] = pks[r]
 			}
-			if _, err := c.appendData(p, kindDelete, coll, func(ts uint64) proto.Message {
+			msgs = append(msgs, dataMsg{kindDelete, func(ts uint64) proto.Message {
 				return &msgpb.DeleteRequest{ShardName: vch, DbName: coll.db.name, CollectionName: coll.name, CollectionID: coll.id,
 					PrimaryKeys: idsOf(coll.pk.typ, shardPKs), Timestamps: repeatTS(ts, len(rows)), NumRows: int64(len(rows))}
-			}); err != nil {
-				return nil, err
-			}
+			}})
 		}
 		fdata := b.subsetFieldData(coll.fields, rows)
-		ts, err := c.appendData(p, kindInsert, coll, func(ts uint64) proto.Message {
+		msgs = append(msgs, dataMsg{kindInsert, func(ts uint64) proto.Message {
 			return &msgpb.InsertRequest{ShardName: vch, DbName: coll.db.name, CollectionName: coll.name, PartitionName: part.name,
 				DbID: coll.db.id, CollectionID: coll.id, PartitionID: part.id, Timestamps: repeatTS(ts, len(rows)),
 				FieldsData: fdata, NumRows: uint64(len(rows)), Version: msgpb.InsertDataVersion_ColumnBased}
-		})
+		}})
+		ts, err := c.appendData(p, coll, msgs...)
 		if err != nil {
 			return nil, err
 		}
@@ -225,10 +243,10 @@ func (c *Cluster) delete(ctx context.Context, req *milvuspb.DeleteRequest) (*mil
 			continue
 		}
 		vch := coll.vchannels[sh]
-		ts, err := c.appendData(coll.pchIdx[sh], kindDelete, coll, func(ts uint64) proto.Message {
+		ts, err := c.appendData(coll.pchIdx[sh], coll, dataMsg{kindDelete, func(ts uint64) proto.Message {
 			return &msgpb.DeleteRequest{ShardName: vch, DbName: coll.db.name, CollectionName: coll.name, PartitionName: req.GetPartitionName(),
 				CollectionID: coll.id, PartitionID: partID, PrimaryKeys: idsOf(coll.pk.typ, keys), Timestamps: repeatTS(ts, len(keys)), NumRows: int64(len(keys))}
-		})
+		}})
 		if err != nil {
 			return nil, err
 		}

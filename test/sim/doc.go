@@ -23,6 +23,11 @@
 //     AlterReplicateConfig, ...), "_tt" its hybrid timestamp (decimal),
 //     "_pch" the pchannel it was written to, and for data and DDL "_db",
 //     "_coll", "_cid" (database, collection name, collection id).
+//   - "_grpnext" = "1" marks a message that takes effect together with the
+//     next one on its pchannel: an upsert is a Delete and an Insert with one
+//     timestamp, written, replicated (confirmed with its last message) and
+//     made visible to reads as a unit, as Milvus 2.6 writes it in one
+//     transaction. A checkpoint never falls inside such a group.
 //   - payload: msgpb.InsertRequest / msgpb.DeleteRequest for data, the milvuspb
 //     request (CreateCollectionRequest, CreateIndexRequest, ...) for DDL,
 //     milvuspb.UpdateReplicateConfigurationRequest for AlterReplicateConfig,

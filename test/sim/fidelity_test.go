@@ -1,6 +1,9 @@
 package sim
 
 import (
+	"fmt"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,5 +44,94 @@ func TestReplicatedDDLAppliedInOrder(t *testing.T) {
 	sr := resp(t)(cb.Search(tctx(t), req)).(*milvuspb.SearchResults)
 	if got := len(sr.GetResults().GetScores()); got != 3 {
 		t.Fatalf("search on the target found %d hits, want 3", got)
+	}
+}
+
+// TestUpsertVisibleWhole: Milvus writes an upsert's Delete and Insert in
+// one transaction and reads at a timestamp, so no read, on the primary or
+// on a target, finds an upserted key missing while upserts of it run.
+func TestUpsertVisibleWhole(t *testing.T) {
+	a := startCluster(t, Options{ClusterID: "a"})
+	b := startCluster(t, Options{ClusterID: "b"})
+	join(t, a, b)
+	ca, cb := rawClient(t, a), rawClient(t, b)
+	createCollection(t, ca, "ups", 4, 2, commonpb.ConsistencyLevel_Strong, "L2")
+	const n = 8
+	upsert := func(seed int64) error {
+		r := genRows(n, 4, 1, seed)
+		res, err := ca.Upsert(tctx(t), &milvuspb.UpsertRequest{CollectionName: "ups", FieldsData: r.fieldData(4), NumRows: n})
+		if err == nil && res.GetStatus().GetCode() != 0 {
+			err = fmt.Errorf("milvus error %d: %s", res.GetStatus().GetCode(), res.GetStatus().GetReason())
+		}
+		return err
+	}
+	if err := upsert(0); err != nil {
+		t.Fatal(err)
+	}
+	waitCollection(t, cb, "ups")
+	eventually(t, 5*time.Second, "the rows to replicate", func() bool {
+		return count(t, cb, "ups", commonpb.ConsistencyLevel_Eventually, 0) == n
+	})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for seed := int64(1); ; seed++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := upsert(seed); err != nil {
+				t.Errorf("upsert: %v", err)
+				return
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	for i := 0; i < 200; i++ {
+		if got := count(t, ca, "ups", commonpb.ConsistencyLevel_Strong, 0); got != n {
+			t.Fatalf("read %d on the primary counted %d rows during upserts, want %d", i, got, n)
+		}
+		if got := count(t, cb, "ups", commonpb.ConsistencyLevel_Eventually, 0); got != n {
+			t.Fatalf("read %d on the target counted %d rows during upserts, want %d", i, got, n)
+		}
+	}
+}
+
+// TestWALFileCutsIncompleteGroup: a group is written with one write, but
+// should its end be missing from a WAL file, the whole group is cut off on
+// open, as a torn record is.
+func TestWALFileCutsIncompleteGroup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "wal.log")
+	wf, es, err := openWALFile(path)
+	if err != nil || len(es) != 0 {
+		t.Fatalf("new wal file: %v, %d entries", err, len(es))
+	}
+	single := &entry{id: 1, ts: 10, kind: kindInsert}
+	group := []*entry{
+		{id: 2, ts: 11, kind: kindDelete, extra: map[string]string{propGroupNext: "1"}},
+		{id: 3, ts: 11, kind: kindInsert},
+	}
+	half := &entry{id: 4, ts: 12, kind: kindDelete, extra: map[string]string{propGroupNext: "1"}}
+	for _, w := range [][]*entry{{single}, group, {half}} {
+		if err := wf.write(w...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wf.close()
+	wf, es, err = openWALFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 3 || es[2].id != 3 || es[1].ts != 11 || !es[1].groupNext() {
+		t.Fatalf("reopened wal has %d entries, want the single message and the whole group", len(es))
+	}
+	// The cut is on disk: what is appended next follows the group.
+	if err := wf.write(&entry{id: 4, ts: 13, kind: kindInsert}); err != nil {
+		t.Fatal(err)
+	}
+	wf.close()
+	if _, es, err = openWALFile(path); err != nil || len(es) != 4 || es[3].ts != 13 {
+		t.Fatalf("after append: %v, %d entries", err, len(es))
 	}
 }

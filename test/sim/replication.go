@@ -547,6 +547,7 @@ func (c *Cluster) serveReplicateStream(stream milvuspb.MilvusService_CreateRepli
 			}
 		}
 	}()
+	var group []*milvuspb.ReplicateMessage
 	for {
 		var q received
 		var ok bool
@@ -561,7 +562,17 @@ func (c *Cluster) serveReplicateStream(stream milvuspb.MilvusService_CreateRepli
 		if err := c.holdIncoming(ctx, q.arrival); err != nil {
 			return streamEnd(ctx)
 		}
-		ts, pc, err := c.applyReplicated(p, q.msg)
+		group = append(group, q.msg)
+		if q.msg.GetMessage().GetProperties()[propGroupNext] == "1" {
+			// The group is appended, applied and confirmed with its last
+			// message (Milvus confirms a transaction at its commit).
+			if len(group) > maxGroup {
+				return status.Error(codes.FailedPrecondition, errReplicateViolation("replicate stream from %s: a message group longer than %d", src, maxGroup).Error())
+			}
+			continue
+		}
+		ts, pc, err := c.applyReplicated(p, group)
+		group = nil
 		if err != nil {
 			return status.Error(codes.FailedPrecondition, err.Error())
 		}
@@ -671,14 +682,27 @@ func (c *Cluster) unregisterInbound(in *inboundStream) {
 	c.repl.mu.Unlock()
 }
 
-// applyReplicated appends one replicated message to local pchannel p and
-// applies it. Messages at or below the checkpoint are duplicates of a resent
-// stream and are skipped; a gap is a violation.
-func (c *Cluster) applyReplicated(p int, m *milvuspb.ReplicateMessage) (uint64, *pendingConfig, error) {
-	e, err := entryFromImmutable(m.GetMessage())
-	if err != nil {
-		return 0, nil, errReplicateViolation("malformed replicate message: %v", err)
+// maxGroup bounds the messages of one group a replicate stream may send.
+const maxGroup = 1024
+
+// applyReplicated appends replicated messages (one, or one group that takes
+// effect whole) to local pchannel p and applies them. Messages at or below
+// the checkpoint are duplicates of a resent stream and are skipped; a gap
+// is a violation.
+func (c *Cluster) applyReplicated(p int, msgs []*milvuspb.ReplicateMessage) (uint64, *pendingConfig, error) {
+	es := make([]*entry, len(msgs))
+	for i, m := range msgs {
+		e, err := entryFromImmutable(m.GetMessage())
+		if err != nil {
+			return 0, nil, errReplicateViolation("malformed replicate message: %v", err)
+		}
+		if i > 0 && e.id != es[0].id+int64(i) {
+			return 0, nil, errReplicateViolation("replicate stream has a gap inside a message group: expected message %d, got %d", es[0].id+int64(i), e.id)
+		}
+		es[i] = e
 	}
+	e, last := es[0], es[len(es)-1]
+	m := msgs[0]
 	src := m.GetSourceClusterId()
 	w := c.wals[p]
 	w.mu.Lock()
@@ -700,21 +724,24 @@ func (c *Cluster) applyReplicated(p int, m *milvuspb.ReplicateMessage) (uint64, 
 	c.repl.pchSource[p] = src
 	c.repl.mu.Unlock()
 	if ck, ok := c.repl.checkpoint(src, p); ok {
-		if e.id <= ck.msgID {
+		if last.id <= ck.msgID {
 			return ck.ts, nil, nil
 		}
 		if e.id != ck.msgID+1 {
 			return 0, nil, errReplicateViolation("replicate stream from %s has a gap on %s: expected message %d, got %d", src, m.GetMessage().GetProperties()[propPChannel], ck.msgID+1, e.id)
 		}
 	}
-	local := &entry{ts: e.ts, kind: e.kind, payload: e.payload, extra: e.extra,
-		src: src, srcID: e.id, srcPch: m.GetMessage().GetProperties()[propPChannel]}
-	if err := w.appendLocked(local); err != nil {
+	locals := make([]*entry, len(es))
+	for i, e := range es {
+		locals[i] = &entry{ts: e.ts, kind: e.kind, payload: e.payload, extra: e.extra,
+			src: src, srcID: e.id, srcPch: msgs[i].GetMessage().GetProperties()[propPChannel]}
+	}
+	if err := w.appendLocked(locals...); err != nil {
 		return 0, nil, err
 	}
-	pc := c.apply(p, local)
-	w.advance(local.ts)
-	return local.ts, pc, nil
+	pc := c.applyGroup(p, locals)
+	w.advance(last.ts)
+	return last.ts, pc, nil
 }
 
 // dumpMessages implements DumpMessages: the Insert, Delete and DDL messages

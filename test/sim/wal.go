@@ -58,6 +58,11 @@ const (
 	propSrcCluster = "_src"
 	propSrcID      = "_srcid"
 	propSrcPch     = "_srcpch"
+	// propGroupNext ("1") marks a message whose effect comes together with
+	// the next message of its pchannel: the messages of such a group (an
+	// upsert's Delete and Insert) share one timestamp, are written and
+	// replicated as a unit, and become visible to readers together.
+	propGroupNext = "_grpnext"
 )
 
 // entry is one WAL message.
@@ -75,6 +80,10 @@ type entry struct {
 }
 
 func (e *entry) broadcast() bool { return e.extra[propBroadcast] == "1" }
+
+// groupNext reports whether e takes effect together with the next message
+// of its pchannel (see propGroupNext).
+func (e *entry) groupNext() bool { return e.extra[propGroupNext] == "1" }
 
 // immutable renders e as it travels in a replicate stream or DumpMessages.
 func (e *entry) immutable(pchannel string) *commonpb.ImmutableMessage {
@@ -168,25 +177,30 @@ func newWAL(idx int, name string) *wal {
 	return &wal{idx: idx, name: name, notify: make(chan struct{})}
 }
 
-// appendLocked assigns e the next id, persists and publishes it. The caller
-// holds w.mu, applies e, then calls advance(e.ts).
-func (w *wal) appendLocked(e *entry) error {
+// appendLocked assigns es the next ids, persists them with one write and
+// publishes them. The caller holds w.mu, applies them, then calls
+// advance(ts).
+func (w *wal) appendLocked(es ...*entry) error {
 	w.emu.RLock()
-	e.id = int64(len(w.entries)) + 1
+	next := int64(len(w.entries)) + 1
 	w.emu.RUnlock()
+	for i, e := range es {
+		e.id = next + int64(i)
+	}
 	if w.file != nil {
-		if err := w.file.write(e); err != nil {
+		if err := w.file.write(es...); err != nil {
 			return fmt.Errorf("persist wal %s: %w", w.name, err)
 		}
 	}
-	w.publish(e)
+	w.publish(es...)
 	return nil
 }
 
-// publish makes e visible to WAL readers (also used when loading from disk).
-func (w *wal) publish(e *entry) {
+// publish makes es visible to WAL readers (also used when loading from
+// disk).
+func (w *wal) publish(es ...*entry) {
 	w.emu.Lock()
-	w.entries = append(w.entries, e)
+	w.entries = append(w.entries, es...)
 	close(w.notify)
 	w.notify = make(chan struct{})
 	w.emu.Unlock()
@@ -250,8 +264,9 @@ func (w *wal) changed() <-chan struct{} {
 }
 
 // walFile is the on-disk form of a WAL: length-prefixed ImmutableMessage
-// records, each written with one write(2) so that a process killed with -9
-// keeps every acknowledged message.
+// records, each append (one message, or one group) written with one
+// write(2) so that a process killed with -9 keeps every acknowledged
+// message and never half a group.
 type walFile struct {
 	mu     sync.Mutex
 	f      *os.File
@@ -260,27 +275,29 @@ type walFile struct {
 
 var errStoreClosed = errors.New("wal store closed")
 
-func (wf *walFile) write(e *entry) error {
-	m := e.immutable("")
-	delete(m.Properties, propPChannel)
-	if e.src != "" {
-		m.Properties[propSrcCluster] = e.src
-		m.Properties[propSrcID] = strconv.FormatInt(e.srcID, 10)
-		m.Properties[propSrcPch] = e.srcPch
+func (wf *walFile) write(es ...*entry) error {
+	var buf []byte
+	for _, e := range es {
+		m := e.immutable("")
+		delete(m.Properties, propPChannel)
+		if e.src != "" {
+			m.Properties[propSrcCluster] = e.src
+			m.Properties[propSrcID] = strconv.FormatInt(e.srcID, 10)
+			m.Properties[propSrcPch] = e.srcPch
+		}
+		body, err := proto.Marshal(m)
+		if err != nil {
+			return err
+		}
+		buf = binary.AppendUvarint(buf, uint64(len(body)))
+		buf = append(buf, body...)
 	}
-	body, err := proto.Marshal(m)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, binary.MaxVarintLen64+len(body))
-	n := binary.PutUvarint(buf, uint64(len(body)))
-	copy(buf[n:], body)
 	wf.mu.Lock()
 	defer wf.mu.Unlock()
 	if wf.closed {
 		return errStoreClosed
 	}
-	_, err = wf.f.Write(buf[:n+len(body)])
+	_, err := wf.f.Write(buf)
 	return err
 }
 
@@ -295,7 +312,8 @@ func (wf *walFile) close() error {
 }
 
 // openWALFile reads every complete record of path and opens it for appending.
-// A torn record at the end (the process died mid-write) is cut off.
+// A torn record at the end (the process died mid-write), and an incomplete
+// group before it, are cut off.
 func openWALFile(path string) (*walFile, []*entry, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -303,7 +321,8 @@ func openWALFile(path string) (*walFile, []*entry, error) {
 	}
 	var entries []*entry
 	r := bufio.NewReader(f)
-	var good int64
+	var off, good int64 // good: the end of the last complete group
+	complete := 0
 	for {
 		n, err := binary.ReadUvarint(r)
 		if err != nil {
@@ -322,8 +341,12 @@ func openWALFile(path string) (*walFile, []*entry, error) {
 			break
 		}
 		entries = append(entries, e)
-		good += int64(uvarintLen(n)) + int64(n)
+		off += int64(uvarintLen(n)) + int64(n)
+		if !e.groupNext() {
+			good, complete = off, len(entries)
+		}
 	}
+	entries = entries[:complete]
 	if err := f.Truncate(good); err != nil {
 		f.Close()
 		return nil, nil, err

@@ -68,9 +68,18 @@ func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 			return nil
 		}
 		// This pchannel now replicates from the source the configuration
-		// names (none when it makes this cluster a primary).
+		// names (none when it makes this cluster a primary). A new source
+		// starts afresh, as Milvus starts a new secondary state with an
+		// empty checkpoint: a checkpoint of it from an earlier epoch is
+		// stale (unless this very message came from it).
+		source := topologyOf(req.GetReplicateConfiguration(), c.id).source
 		c.repl.mu.Lock()
-		c.repl.pchSource[p] = topologyOf(req.GetReplicateConfiguration(), c.id).source
+		if c.repl.pchSource[p] != source {
+			if source != e.src {
+				delete(c.repl.ckpts, ckptKey{source, p})
+			}
+			c.repl.pchSource[p] = source
+		}
 		c.repl.mu.Unlock()
 		_, complete, ids := c.noteCopy(p, e)
 		if !complete {
@@ -112,7 +121,6 @@ func (c *Cluster) noteReplicated(p int, e *entry) {
 	}
 	c.repl.mu.Lock()
 	c.repl.ckpts[ckptKey{e.src, p}] = ckpt{srcPch: e.srcPch, msgID: e.srcID, ts: e.ts}
-	c.repl.pchSource[p] = e.src
 	c.repl.mu.Unlock()
 }
 

@@ -135,3 +135,59 @@ func TestWALFileCutsIncompleteGroup(t *testing.T) {
 		t.Fatalf("after append: %v, %d entries", err, len(es))
 	}
 }
+
+// TestSecondaryRefusesForeignSource: Milvus's replicate interceptor takes
+// a replicated message only from the source its configuration names
+// ("cluster id mismatch" otherwise). Here a crashes with a write its
+// secondaries never got, b is promoted and c follows b; a comes back still
+// a primary streaming that write, and b's configuration lists a again.
+// Whatever happens to b's stream to c, c never applies a's write.
+func TestSecondaryRefusesForeignSource(t *testing.T) {
+	aDir := t.TempDir()
+	a := startCluster(t, Options{ClusterID: "a", DataDir: aDir})
+	b := startCluster(t, Options{ClusterID: "b"})
+	c := startCluster(t, Options{ClusterID: "c"})
+	join(t, a, b, c)
+	ca, cb, cc := rawClient(t, a), rawClient(t, b), rawClient(t, c)
+	createCollection(t, ca, "fs", 4, 2, commonpb.ConsistencyLevel_Strong, "L2")
+	insertRange(t, ca, "fs", 1, 1)
+	for _, cli := range []milvuspb.MilvusServiceClient{cb, cc} {
+		waitCollection(t, cli, "fs")
+		eventually(t, 5*time.Second, "the first row to replicate", func() bool {
+			return count(t, cli, "fs", commonpb.ConsistencyLevel_Eventually, 0) == 1
+		})
+	}
+	b.PauseReplication()
+	c.PauseReplication()
+	insertRange(t, ca, "fs", 2, 1) // reaches neither
+	addr := a.Addr()
+	a.Crash()
+	b.ResumeReplication()
+	c.ResumeReplication()
+	ctx := tctx(t)
+	if err := UpdateReplicateConfiguration(ctx, b.Addr(), "", &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{b.Config()}}, true); err != nil {
+		t.Fatal(err)
+	}
+	join(t, b, c)
+	a = startCluster(t, Options{ClusterID: "a", DataDir: aDir, Listen: addr})
+	if err := UpdateReplicateConfiguration(ctx, b.Addr(), "", ReplicationConfig(b, c, a), false); err != nil {
+		t.Fatal(err)
+	}
+	rowTwo := func() int {
+		res := resp(t)(cc.Query(tctx(t), &milvuspb.QueryRequest{CollectionName: "fs", Expr: "id == 2", OutputFields: []string{"id"},
+			ConsistencyLevel: commonpb.ConsistencyLevel_Eventually})).(*milvuspb.QueryResults)
+		return len(longs(fieldByName(res.GetFieldsData(), "id")))
+	}
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
+		c.DropStream() // b's stream breaks; a's would take over if c let it
+		time.Sleep(30 * time.Millisecond)
+		if rowTwo() > 0 {
+			t.Fatal("c, a secondary of b, applied a write streamed by a, which is not its source")
+		}
+	}
+	// c still follows b.
+	res := insertRange(t, cb, "fs", 3, 1)
+	if n := sessionCount(t, cc, "fs", res.GetTimestamp()); n != 2 {
+		t.Fatalf("c has %d rows after b's write, want 2 (rows 1 and 3)", n)
+	}
+}

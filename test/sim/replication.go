@@ -53,11 +53,13 @@ type replState struct {
 	inbound   map[ckptKey]*inboundStream
 	cdc       map[string]*replicator
 	// pchSource[p] is the cluster local pchannel p currently replicates
-	// from. It moves to a new source when the configuration message naming
-	// it arrives on p (behind everything the old source wrote there), or
-	// when the old source has no live stream (it was lost and this cluster
-	// was re-attached elsewhere). A new source's messages are refused while
-	// the old one is still streaming, so they never interleave.
+	// from. As in Milvus's replicate interceptor, only a configuration
+	// message moves it (when it arrives on p, behind everything the old
+	// source wrote there), and every other message must come from it: a
+	// message from another cluster is a violation ("cluster id mismatch").
+	// A configuration message from another cluster is taken (Milvus lets
+	// them all through), but not while the current source is streaming on
+	// p, so the streams of two sources never interleave.
 	pchSource map[int]string
 }
 
@@ -146,15 +148,6 @@ func (c *Cluster) applyConfig(pc *pendingConfig, live bool) {
 	for t := range old.targets {
 		if !now.targets[t] {
 			r.removedAt[t] = append([]int64(nil), pc.ids...)
-		}
-	}
-	if now.role == roleSecondary {
-		// A checkpoint from an earlier epoch of this source is stale: the
-		// source starts again from this configuration message.
-		for k, ck := range r.ckpts {
-			if k.src == now.source && ck.ts < pc.ts {
-				delete(r.ckpts, k)
-			}
 		}
 	}
 	if pc.force {
@@ -713,17 +706,21 @@ func (c *Cluster) applyReplicated(p int, msgs []*milvuspb.ReplicateMessage) (uin
 	c.repl.mu.Lock()
 	cur := c.repl.pchSource[p]
 	_, curLive := c.repl.inbound[ckptKey{cur, p}]
-	if cur != "" && cur != src {
-		if curLive {
-			c.repl.mu.Unlock()
+	c.repl.mu.Unlock()
+	fromSource := src == cur
+	if !fromSource {
+		if e.kind != kindAlterReplicaConfig || len(es) != 1 {
+			return 0, nil, errReplicateViolation("cluster id mismatch, current: %s, expected: %s (pchannel %s of cluster %s replicates from %s)",
+				src, cur, c.pchannels[p], c.id, cur)
+		}
+		if cur != "" && curLive {
 			return 0, nil, errReplicateViolation("pchannel %s of cluster %s still replicates from %s; %s must wait for the configuration message that hands it over",
 				c.pchannels[p], c.id, cur, src)
 		}
-		c.log.Info("pchannel taken over by a new replication source", "pchannel", c.pchannels[p], "old_source", cur, "source", src)
 	}
-	c.repl.pchSource[p] = src
-	c.repl.mu.Unlock()
-	if ck, ok := c.repl.checkpoint(src, p); ok {
+	// A checkpoint of a cluster that is not the source is from an earlier
+	// epoch: it neither deduplicates nor orders this configuration message.
+	if ck, ok := c.repl.checkpoint(src, p); ok && fromSource {
 		if last.id <= ck.msgID {
 			return ck.ts, nil, nil
 		}

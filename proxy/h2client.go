@@ -229,6 +229,7 @@ type uconn struct {
 	w         h2writer
 	flow      flow
 	fl        flushList // the reader goroutine's deferred flushes
+	hr        *headerReader
 
 	mu            sync.Mutex
 	streams       map[uint32]*ustream
@@ -248,9 +249,8 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
-	u.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	u.fr.MaxHeaderListSize = 16 << 20
 	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	u.hr = newHeaderReader()
 	u.w.init(bw, u.fr)
 	u.flow.init()
 	u.fixed = [6]hpack.HeaderField{
@@ -564,8 +564,16 @@ func (u *uconn) readLoop() {
 			return
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			u.onHeaders(f)
+		case *http2.HeadersFrame, *http2.ContinuationFrame:
+			fields, complete, err := u.hr.read(f)
+			if err != nil {
+				u.fl.flush()
+				u.fail(err, nil)
+				return
+			}
+			if complete {
+				u.onHeaders(u.hr.streamID, u.hr.endStream, fields)
+			}
 		case *http2.DataFrame:
 			u.onData(f)
 		case *http2.SettingsFrame:
@@ -621,6 +629,10 @@ func rstCode(c http2.ErrCode) codes.Code {
 }
 
 func (u *uconn) onSettings(f *http2.SettingsFrame) {
+	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
+		u.fail(fmt.Errorf("cluster %s sent invalid SETTINGS: %w", u.cluster, err), nil)
+		return
+	}
 	_ = f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingMaxFrameSize:
@@ -676,25 +688,29 @@ func (u *uconn) onGoAway(f *http2.GoAwayFrame) {
 	}
 }
 
-func (u *uconn) onHeaders(f *http2.MetaHeadersFrame) {
+func (u *uconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 	u.mu.Lock()
-	us := u.streams[f.StreamID]
+	us := u.streams[id]
 	u.mu.Unlock()
 	if us == nil {
 		return
 	}
+	if fields == nil {
+		u.abort(id, http2.ErrCodeCancel, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s sent a header list that is too large", u.cluster))
+		return
+	}
 	if !us.gotHeaders {
 		us.gotHeaders = true
-		us.hdr = f.Fields
-		if !f.StreamEnded() {
+		us.hdr = fields
+		if !ended {
 			return
 		}
 	} else {
-		us.trailers = f.Fields
+		us.trailers = fields
 	}
-	if !f.StreamEnded() {
+	if !ended {
 		// A second HEADERS without END_STREAM: not gRPC.
-		u.finish(f.StreamID, func(us *ustream) {
+		u.finish(id, func(us *ustream) {
 			us.err = gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s sent unexpected headers", u.cluster)
 		})
 		return
@@ -702,7 +718,7 @@ func (u *uconn) onHeaders(f *http2.MetaHeadersFrame) {
 	if us.trailers == nil {
 		us.trailers = us.hdr // trailers-only response
 	}
-	u.finishFL(f.StreamID, nil, &u.fl)
+	u.finishFL(id, nil, &u.fl)
 }
 
 func (u *uconn) onData(f *http2.DataFrame) {

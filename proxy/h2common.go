@@ -436,3 +436,65 @@ func httpStatusCode(s string) codes.Code {
 	}
 	return codes.Unknown
 }
+
+// headerReader decodes header blocks (HEADERS + CONTINUATION) with the
+// connection's HPACK decoder into one exactly sized slice per block: the
+// x/net MetaHeadersFrame path grows a fresh slice field by field and
+// re-validates every name, measurable on a proxy's hot path. The Framer
+// still enforces the frame order of a header block.
+type headerReader struct {
+	dec       *hpack.Decoder
+	buf       []hpack.HeaderField // scratch, reused
+	size      int
+	tooLarge  bool
+	streamID  uint32
+	endStream bool
+}
+
+const maxHeaderList = 16 << 20
+
+func newHeaderReader() *headerReader {
+	h := &headerReader{buf: make([]hpack.HeaderField, 0, 32)}
+	h.dec = hpack.NewDecoder(4096, h.emit)
+	h.dec.SetMaxStringLength(maxHeaderList)
+	return h
+}
+
+func (h *headerReader) emit(f hpack.HeaderField) {
+	h.size += len(f.Name) + len(f.Value) + 32
+	if h.size > maxHeaderList {
+		h.tooLarge = true
+		return
+	}
+	h.buf = append(h.buf, f)
+}
+
+// read takes a HEADERS or CONTINUATION frame. It returns the block's
+// fields once the block is complete (nil before), or a connection error.
+func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete bool, err error) {
+	var frag []byte
+	var end bool
+	switch f := f.(type) {
+	case *http2.HeadersFrame:
+		h.buf, h.size, h.tooLarge = h.buf[:0], 0, false
+		h.streamID, h.endStream = f.StreamID, f.StreamEnded()
+		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
+	case *http2.ContinuationFrame:
+		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
+	}
+	if _, err := h.dec.Write(frag); err != nil {
+		return nil, false, http2.ConnectionError(http2.ErrCodeCompression)
+	}
+	if !end {
+		return nil, false, nil
+	}
+	if err := h.dec.Close(); err != nil {
+		return nil, false, http2.ConnectionError(http2.ErrCodeCompression)
+	}
+	if h.tooLarge {
+		return nil, true, nil // the caller refuses the stream
+	}
+	fields = make([]hpack.HeaderField, len(h.buf))
+	copy(fields, h.buf)
+	return fields, true, nil
+}

@@ -188,6 +188,7 @@ type dconn struct {
 	br     *bufio.Reader
 	fl     flushList // the reader goroutine's deferred flushes
 	fr     *http2.Framer
+	hr     *headerReader
 	w      h2writer
 	flow   flow
 	ctx    context.Context
@@ -207,9 +208,8 @@ func newDconn(r *relayServer, nc net.Conn) *dconn {
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	d.br = bufio.NewReaderSize(nc, 32<<10)
 	d.fr = http2.NewFramer(bw, d.br)
-	d.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	d.fr.MaxHeaderListSize = 16 << 20
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	d.hr = newHeaderReader()
 	d.w.init(bw, d.fr)
 	d.flow.init()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -328,8 +328,19 @@ func (d *dconn) serve() {
 			return
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			d.onHeaders(f)
+		case *http2.HeadersFrame, *http2.ContinuationFrame:
+			fields, complete, err := d.hr.read(f)
+			if err != nil {
+				d.w.lock()
+				if d.w.err == nil {
+					d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCodeCompression, nil)
+				}
+				d.w.unlock()
+				return
+			}
+			if complete {
+				d.onHeaders(d.hr.streamID, d.hr.endStream, fields)
+			}
 		case *http2.DataFrame:
 			d.onData(f)
 		case *http2.SettingsFrame:
@@ -423,6 +434,15 @@ func (d *dconn) close(err error) {
 }
 
 func (d *dconn) onSettings(f *http2.SettingsFrame) {
+	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
+		d.w.lock()
+		if d.w.err == nil {
+			d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCodeProtocol, nil)
+		}
+		d.w.unlock()
+		d.close(err)
+		return
+	}
 	_ = f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingMaxFrameSize:
@@ -459,13 +479,12 @@ var (
 	healthWatchPath = "/grpc.health.v1.Health/Watch"
 )
 
-func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
-	id := f.StreamID
+func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 	d.mu.Lock()
 	if st := d.streams[id]; st != nil {
 		// Trailers from a client: gRPC sends none; treat as a half close.
 		d.mu.Unlock()
-		if f.StreamEnded() {
+		if ended {
 			d.onClientEnd(st)
 		}
 		return
@@ -476,10 +495,17 @@ func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
 		return
 	}
 	d.maxID = id
-	refuse := d.goneAway || d.closed
+	refuse := d.goneAway || d.closed || len(d.streams) >= relayMaxStreams
 	d.mu.Unlock()
 	if refuse {
 		d.resetStream(id, http2.ErrCodeRefusedStream)
+		return
+	}
+	if fields == nil {
+		d.respondHeadersOnly(id, codes.ResourceExhausted, "milvus-ha-proxy: header list too large")
+		if !ended {
+			d.resetStream(id, http2.ErrCodeNo)
+		}
 		return
 	}
 
@@ -487,8 +513,8 @@ func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
 	var path string
 	var timeout time.Duration
 	hasTimeout := false
-	fwd := f.Fields[:0]
-	for _, hf := range f.Fields {
+	fwd := fields[:0]
+	for _, hf := range fields {
 		switch hf.Name {
 		case ":path":
 			path = hf.Value
@@ -522,7 +548,7 @@ func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
 		m := d.s.byPath[path]
 		if m == nil {
 			d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unknown method "+path)
-			if !f.StreamEnded() {
+			if !ended {
 				d.resetStream(id, http2.ErrCodeNo)
 			}
 			return
@@ -561,7 +587,7 @@ func (d *dconn) onHeaders(f *http2.MetaHeadersFrame) {
 		st.in = newMsgQueue()
 		go d.runStream(st)
 	}
-	if f.StreamEnded() {
+	if ended {
 		d.onClientEnd(st)
 	}
 }

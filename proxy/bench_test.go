@@ -29,13 +29,26 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
-// The benchmarks compare, in one process, a Search (dim 128, top 10)
-// sent directly to a backend, through a naive grpc-go proxy (generated
-// server + generated client: full decode and re-encode), through a raw
-// pass-through (UnknownServiceHandler + bytes codec, routing nothing), and
-// through this proxy (routing by consistency). Client and backend run in
-// the same process, so CPU and allocations are reported as added over the
-// direct run: that is the proxy's own cost per request.
+// BenchmarkSearch compares a Search (dim 128, top 10, the Go SDK's default
+// consistency fields) sent directly to a backend with the same Search
+// through, side by side:
+//
+//	haproxy     HAProxy, h2 frontend and h2 backend (skipped if not installed)
+//	naive       generated grpc-go server + generated client (decode, re-encode)
+//	raw         grpc-go UnknownServiceHandler + bytes codec, routing nothing
+//	proxy-grpc  this proxy, grpc engine, routing by consistency
+//	proxy       this proxy, relay engine, routing by consistency
+//	proxy-inproc the relay in this process, for its allocations
+//
+// Each proxy but proxy-inproc runs in a child process; proxy-cpu-µs/op is
+// that process's CPU time per request (/proc/<pid>/stat), with its read
+// and write syscalls and context switches per request (/proc/<pid>/io and
+// task status). Latency percentiles are at concurrency 1. Environment:
+// PROXY_BENCH_KINDS (comma list), PROXY_BENCH_PROCS (GOMAXPROCS of the
+// proxy and HAProxy's nbthread, default 2), PROXY_BENCH_CPUPROFILE (a CPU
+// profile of the child). For example:
+//
+//	PROXY_BENCH_PROCS=1 go test -run x -bench BenchmarkSearch -benchtime 20000x -count 3 ./proxy
 
 type benchBackend struct {
 	milvuspb.UnimplementedMilvusServiceServer

@@ -73,6 +73,8 @@ type Options struct {
 	BoundedStaleness time.Duration
 	// EventuallyMaxLag: config consistency.eventually_max_lag (0: no cap).
 	EventuallyMaxLag time.Duration
+	// (read.leader_serves_reads belongs to the Router:
+	// router.Options.LeaderServesReads.)
 
 	// Sessions records the writes and DDL of client sessions. nil: a
 	// tracker of SessionCapacity entries.

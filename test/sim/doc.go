@@ -52,6 +52,19 @@
 //     cluster a replication target (secondary).
 //   - A guarantee timestamp not reached within Options.GuaranteeTimeout gives
 //     code 10001 (Milvus's timeout code).
+//   - A secondary takes replicated messages on a pchannel only from the
+//     source its configuration names there (others: "cluster id mismatch",
+//     a replicate violation). Only a configuration message moves a
+//     pchannel to a new source; one from another cluster is taken once the
+//     current source no longer streams on that pchannel.
+//   - A replicated DDL takes effect with its first copy, and in order: no
+//     later copy of it, nor anything behind one, is applied before it.
+//   - GetReplicateConfiguration clears the clusters' tokens. On a cluster
+//     never given a configuration, it and GetReplicateInfo answer only once
+//     one arrives, so a caller with a deadline gets DEADLINE_EXCEEDED, as
+//     Milvus 2.6 does (milvus-io/milvus#52686). A cluster meant to stand
+//     alone can be given the one-cluster configuration (itself, no
+//     topology), which is what a force promotion leaves.
 //
 // It is not the product: where it and real Milvus differ, real Milvus is right.
 package sim

@@ -1,14 +1,21 @@
 package sim
 
 import (
+	"context"
+	"encoding/base64"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // Regression tests for places where the simulator once differed from
@@ -162,6 +169,20 @@ func TestSecondaryRefusesForeignSource(t *testing.T) {
 	insertRange(t, ca, "fs", 2, 1) // reaches neither
 	addr := a.Addr()
 	a.Crash()
+	// Resume only once a's streams are gone: a message already received
+	// and held by the pause would otherwise still be applied.
+	for _, s := range []*Cluster{b, c} {
+		eventually(t, 5*time.Second, "a's streams to end", func() bool {
+			s.repl.mu.Lock()
+			defer s.repl.mu.Unlock()
+			for k := range s.repl.inbound {
+				if k.src == "a" {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	b.ResumeReplication()
 	c.ResumeReplication()
 	ctx := tctx(t)
@@ -189,5 +210,77 @@ func TestSecondaryRefusesForeignSource(t *testing.T) {
 	res := insertRange(t, cb, "fs", 3, 1)
 	if n := sessionCount(t, cc, "fs", res.GetTimestamp()); n != 2 {
 		t.Fatalf("c has %d rows after b's write, want 2 (rows 1 and 3)", n)
+	}
+}
+
+// TestReplicateConfigurationOfUnconfiguredCluster: on a cluster never
+// given a replicate configuration, Milvus 2.6 answers neither
+// GetReplicateConfiguration nor GetReplicateInfo before the caller's
+// deadline (milvus-io/milvus#52686); a waiting call answers once a
+// configuration arrives. Tokens never come back.
+func TestReplicateConfigurationOfUnconfiguredCluster(t *testing.T) {
+	users := map[string]string{"root": "Milvus"}
+	a := startCluster(t, Options{ClusterID: "a", Users: users})
+	cli := rawClient(t, a)
+	auth := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", base64.StdEncoding.EncodeToString([]byte("root:Milvus")))
+	}
+	short, cancel := context.WithTimeout(auth(context.Background()), 200*time.Millisecond)
+	defer cancel()
+	if _, err := cli.GetReplicateConfiguration(short, &milvuspb.GetReplicateConfigurationRequest{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("GetReplicateConfiguration on a cluster never configured: %v, want DEADLINE_EXCEEDED", err)
+	}
+	short, cancel = context.WithTimeout(auth(context.Background()), 200*time.Millisecond)
+	defer cancel()
+	if _, err := cli.GetReplicateInfo(short, &milvuspb.GetReplicateInfoRequest{SourceClusterId: "x", TargetPchannel: a.PChannels()[0]}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("GetReplicateInfo on a cluster never configured: %v, want DEADLINE_EXCEEDED", err)
+	}
+
+	// A call that waits answers once the cluster is configured: here with
+	// the one-cluster configuration a primary standing alone has.
+	got := make(chan *milvuspb.GetReplicateConfigurationResponse, 1)
+	waiting := make(chan error, 1)
+	go func() {
+		r, err := cli.GetReplicateConfiguration(auth(tctx(t)), &milvuspb.GetReplicateConfigurationRequest{})
+		waiting <- err
+		got <- r
+	}()
+	eventually(t, 5*time.Second, "the call to wait", func() bool { return a.configWaits.Load() == 1 })
+	select {
+	case err := <-waiting:
+		t.Fatalf("GetReplicateConfiguration answered before any configuration: %v", err)
+	default:
+	}
+	alone := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{a.Config()}}
+	if err := UpdateReplicateConfiguration(tctx(t), a.Addr(), a.tokenFor(), alone, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waiting; err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	ok(t)(r.GetStatus(), nil)
+	want := proto.Clone(alone).(*commonpb.ReplicateConfiguration)
+	want.Clusters[0].ConnectionParam.Token = ""
+	if alone.Clusters[0].GetConnectionParam().GetToken() == "" || !proto.Equal(r.GetConfiguration(), want) {
+		t.Fatalf("configuration %v, want %v (the token cleared)", r.GetConfiguration(), want)
+	}
+	if a.Role() != "primary" {
+		t.Fatalf("a standing alone is %s", a.Role())
+	}
+
+	// Stopping the cluster ends a call still waiting on another one.
+	b := startCluster(t, Options{ClusterID: "b"})
+	cb := rawClient(t, b)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := cb.GetReplicateConfiguration(tctx(t), &milvuspb.GetReplicateConfigurationRequest{})
+		ended <- err
+	}()
+	eventually(t, 5*time.Second, "the call to wait", func() bool { return b.configWaits.Load() == 1 })
+	b.Stop()
+	// Ended by the cluster (not cut off by the server's forced stop).
+	if err := <-ended; status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		t.Fatalf("a call waiting on a stopping cluster: %v", err)
 	}
 }

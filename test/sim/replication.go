@@ -88,6 +88,37 @@ func (r *replState) config() *commonpb.ReplicateConfiguration {
 	return r.cfg
 }
 
+// awaitConfigured returns the replicate configuration, waiting while the
+// cluster has never been given one. Milvus 2.6 behaves so: its proxy reads
+// the configuration from the streaming coordinator's assignment watcher,
+// which holds "no configuration" as a nil helper and waits for a non-nil
+// one (its test blocks_when_version_set_but_config_nil asserts it), so
+// GetReplicateConfiguration and GetReplicateInfo on a cluster never
+// configured return only at the caller's deadline, as DEADLINE_EXCEEDED
+// (milvus-io/milvus#52686, reported on 2.6.17 and hotfix-2.6.22). They
+// answer as soon as a configuration arrives; a cluster that is only to
+// stand alone can be given the one-cluster configuration (itself, no
+// topology), which is what a force promotion leaves.
+func (c *Cluster) awaitConfigured(ctx context.Context) (*commonpb.ReplicateConfiguration, error) {
+	c.configWaits.Add(1)
+	defer c.configWaits.Add(-1)
+	for {
+		c.repl.mu.Lock()
+		cfg, changed := c.repl.cfg, c.repl.changed
+		c.repl.mu.Unlock()
+		if cfg != nil {
+			return cfg, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-c.ctx.Done():
+			return nil, status.Errorf(codes.Unavailable, "cluster %s is shutting down", c.id)
+		}
+	}
+}
+
 // topology is the role information derived from a configuration.
 type topology struct {
 	role    role

@@ -1043,15 +1043,35 @@ func (s *service) UpdateReplicateConfiguration(ctx context.Context, req *milvusp
 	return statusOf(s.c.updateReplicateConfiguration(ctx, req)), nil
 }
 
+// GetReplicateConfiguration answers, as Milvus 2.6 does, with the current
+// configuration, tokens cleared (replicateutil.SanitizeReplicateConfiguration),
+// and on a cluster never given one only once it has one (see
+// awaitConfigured).
 func (s *service) GetReplicateConfiguration(ctx context.Context, req *milvuspb.GetReplicateConfigurationRequest) (*milvuspb.GetReplicateConfigurationResponse, error) {
-	cfg := s.c.repl.config()
-	if cfg == nil {
-		cfg = &commonpb.ReplicateConfiguration{}
+	cfg, err := s.c.awaitConfigured(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return &milvuspb.GetReplicateConfigurationResponse{Status: okStatus(), Configuration: proto.Clone(cfg).(*commonpb.ReplicateConfiguration)}, nil
+	return &milvuspb.GetReplicateConfigurationResponse{Status: okStatus(), Configuration: sanitizeConfig(cfg)}, nil
+}
+
+// sanitizeConfig copies cfg without the clusters' tokens.
+func sanitizeConfig(cfg *commonpb.ReplicateConfiguration) *commonpb.ReplicateConfiguration {
+	out := proto.Clone(cfg).(*commonpb.ReplicateConfiguration)
+	for _, mc := range out.GetClusters() {
+		if mc.GetConnectionParam() != nil {
+			mc.ConnectionParam.Token = ""
+		}
+	}
+	return out
 }
 
 func (s *service) GetReplicateInfo(ctx context.Context, req *milvuspb.GetReplicateInfoRequest) (*milvuspb.GetReplicateInfoResponse, error) {
+	// Milvus reads the configuration on the way in, so this too waits on a
+	// cluster never configured.
+	if _, err := s.c.awaitConfigured(ctx); err != nil {
+		return nil, err
+	}
 	return s.c.getReplicateInfo(req)
 }
 

@@ -104,6 +104,8 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 	case consistency.Bounded:
 		rs.rr.Required = s.rules.Required(d, 0, s.topo.LeaderNow())
 	case consistency.Eventually:
+		// Only Eventually accepts alternatives whose lag is unknown.
+		rs.rr.Eventually = true
 		rs.rr.MaxLag = s.maxLag
 	default:
 		rs.rr.Required = s.rules.Required(d, 0, 0)

@@ -59,12 +59,16 @@
 //     current source no longer streams on that pchannel.
 //   - A replicated DDL takes effect with its first copy, and in order: no
 //     later copy of it, nor anything behind one, is applied before it.
-//   - GetReplicateConfiguration clears the clusters' tokens. On a cluster
-//     never given a configuration, it and GetReplicateInfo answer only once
-//     one arrives, so a caller with a deadline gets DEADLINE_EXCEEDED, as
+//   - On a cluster never given a replicate configuration,
+//     GetReplicateConfiguration and GetReplicateInfo answer only once one
+//     arrives, so a caller with a deadline gets DEADLINE_EXCEEDED, as
 //     Milvus 2.6 does (milvus-io/milvus#52686). A cluster meant to stand
 //     alone can be given the one-cluster configuration (itself, no
 //     topology), which is what a force promotion leaves.
+//
+// Known deviation: Milvus clears the clusters' tokens in what
+// GetReplicateConfiguration returns; the simulator does not yet (see
+// TestSimGetReplicateConfigurationClearsTokens).
 //
 // It is not the product: where it and real Milvus differ, real Milvus is right.
 package sim

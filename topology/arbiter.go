@@ -232,6 +232,12 @@ type Arbiter struct {
 	gaps    map[string]*gapCheck
 	stuck   *stuckSwitchover
 
+	// bgCancel cancels background configuration calls (sendInBackground)
+	// still waiting for their answer.
+	bgMu     sync.Mutex
+	bgSeq    uint64
+	bgCancel map[uint64]context.CancelFunc
+
 	startOnce sync.Once
 }
 
@@ -259,11 +265,12 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	}
 	return &Arbiter{
 		m: m, opts: opts,
-		log:     opts.Logger.With("component", "arbiter"),
-		sem:     make(chan struct{}, 1),
-		phase:   PhaseSteady,
-		pending: map[string]*pendingCluster{},
-		gaps:    map[string]*gapCheck{},
+		log:      opts.Logger.With("component", "arbiter"),
+		sem:      make(chan struct{}, 1),
+		phase:    PhaseSteady,
+		pending:  map[string]*pendingCluster{},
+		gaps:     map[string]*gapCheck{},
+		bgCancel: map[uint64]context.CancelFunc{},
 	}, nil
 }
 
@@ -398,6 +405,7 @@ func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, erro
 	if s.Leader == nil || s.Leader.ID != ev.ClusterID || s.Epoch != ev.Epoch || s.LeaderLostAt.IsZero() {
 		return Change{}, errNotNeeded
 	}
+	a.cancelBackground()
 	return a.failover(ctx, s, ev.ClusterID, "", true)
 }
 
@@ -429,6 +437,7 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 	if !c.Healthy {
 		return a.refused(KindFailover, from, to, fmt.Sprintf("%s is not healthy: %s", to, c.HealthReason))
 	}
+	a.cancelBackground()
 	return a.failover(ctx, s, from, to, false)
 }
 

@@ -408,17 +408,49 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 
 // sendInBackground sends a configuration to a cluster without waiting
 // for its answer (a secondary answers only once the configuration reached
-// it through CDC).
+// it through CDC, which happens whether or not it was asked). The call is
+// cancelled when the next leader change begins: a secondary still waiting
+// for an old configuration when it is promoted could otherwise apply that
+// old configuration as a primary.
 func (a *Arbiter) sendInBackground(id string, cfg *commonpb.ReplicateConfiguration) {
 	mb := a.m.members[id]
 	if mb == nil {
 		return
 	}
-	a.m.spawn(func(ctx context.Context) {
-		cctx, cancel := context.WithTimeout(ctx, 6*a.opts.CallTimeout)
-		defer cancel()
-		if err := a.m.updateReplicateConfig(cctx, mb, cfg, false); err != nil && ctx.Err() == nil {
+	// Registered before the goroutine starts, so a change that begins
+	// right after this returns cancels it.
+	cctx, cancel := context.WithTimeout(context.Background(), 6*a.opts.CallTimeout)
+	a.bgMu.Lock()
+	a.bgSeq++
+	seq := a.bgSeq
+	a.bgCancel[seq] = cancel
+	a.bgMu.Unlock()
+	done := func() {
+		cancel()
+		a.bgMu.Lock()
+		delete(a.bgCancel, seq)
+		a.bgMu.Unlock()
+	}
+	started := a.m.spawn(func(ctx context.Context) {
+		defer done()
+		stop := context.AfterFunc(ctx, cancel) // the manager is closing
+		defer stop()
+		if err := a.m.updateReplicateConfig(cctx, mb, cfg, false); err != nil && cctx.Err() == nil {
 			a.log.Warn("a cluster did not confirm the new replicate configuration", "cluster", id, "err", err)
 		}
 	})
+	if !started {
+		done()
+	}
+}
+
+// cancelBackground cancels every background configuration call still
+// waiting for its answer.
+func (a *Arbiter) cancelBackground() {
+	a.bgMu.Lock()
+	defer a.bgMu.Unlock()
+	for seq, c := range a.bgCancel {
+		c()
+		delete(a.bgCancel, seq)
+	}
 }

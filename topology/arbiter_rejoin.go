@@ -48,6 +48,7 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 		return
 	}
 	defer a.release()
+	a.cancelBackground()
 	a.setPhase(PhaseRejoining)
 	defer a.setPhase(PhaseSteady)
 	for _, p := range due {

@@ -3,6 +3,7 @@ package topology_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -117,9 +118,10 @@ func TestArbiterSwitchover(t *testing.T) {
 	if got := topologyOf(ca.replicateConfig()); got != "b>a,b>c" {
 		t.Fatalf("old leader's configuration %s", got)
 	}
-	eventually(t, "a and c follow b", 10*time.Second, func() bool {
-		return dial(t, r.c.Addr()).has("docs", 100)[100] && ca.has("docs", 100)[100]
-	})
+	cc := dial(t, r.c.Addr())
+	eventuallyOr(t, "a and c follow b", 10*time.Second, func() bool {
+		return cc.has("docs", 100)[100] && ca.has("docs", 100)[100]
+	}, func() string { return fmt.Sprintf("a %+v\nb %+v\nc %+v", r.a.Status(), r.b.Status(), r.c.Status()) })
 	waitSnap(t, r.m, "a an alternative again", func(s *topology.Snapshot) bool {
 		a := s.Cluster("a")
 		return a.Role == topology.RoleAlternative && a.CheckpointsKnown && !a.Quarantined

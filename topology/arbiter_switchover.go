@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"google.golang.org/protobuf/proto"
 )
 
 // Switchover makes to the leader with no acknowledged write lost (a
@@ -62,6 +61,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 		return a.refused(KindSwitchover, from, to, "the leader's pchannels are unknown (discovery has not read a replicate configuration)")
 	}
 	fromMb, toMb := m.members[from], m.members[to]
+	a.cancelBackground()
 
 	st := newStepper(m.opts.Now)
 	ch := Change{Kind: KindSwitchover, From: from, To: to, At: m.opts.Now()}
@@ -226,7 +226,7 @@ func (a *Arbiter) sendConfig(ctx context.Context, mb *member, cfg *commonpb.Repl
 	vctx, vcancel := a.callCtx(ctx)
 	cur, verr := a.m.replicateConfig(vctx, mb)
 	vcancel()
-	if verr == nil && proto.Equal(cur, cfg) {
+	if verr == nil && sameConfig(cur, cfg) {
 		return nil
 	}
 	return err

@@ -272,3 +272,36 @@ func TestNewArbiterMode(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestCredentialsInConfigs: Milvus returns configurations without tokens;
+// the proxy fills in its own token per cluster where an entry has none,
+// keeps any token given, and compares configurations without tokens.
+func TestCredentialsInConfigs(t *testing.T) {
+	a, b := startFake(t, "a"), startFake(t, "b")
+	m, err := New(Options{Discovery: DiscoveryStatic, Logger: discard(), Clusters: []ClusterOptions{
+		{ID: "a", URI: a.addr, Role: RoleLeader, Token: "root:secret"},
+		{ID: "b", URI: b.addr, Role: RoleAlternative},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cfg := star(entry("a"), entry("b"), entry("c"))
+	cfg.Clusters[2].ConnectionParam.Token = "given"
+	got := m.withCredentials(cfg)
+	if tok := got.GetClusters()[0].GetConnectionParam().GetToken(); tok != "root:secret" {
+		t.Fatalf("a's token %q", tok)
+	}
+	if tok := got.GetClusters()[1].GetConnectionParam().GetToken(); tok != "" {
+		t.Fatalf("b has no proxy token, got %q", tok)
+	}
+	if tok := got.GetClusters()[2].GetConnectionParam().GetToken(); tok != "given" {
+		t.Fatalf("a given token was replaced: %q", tok)
+	}
+	if cfg.GetClusters()[0].GetConnectionParam().GetToken() != "" {
+		t.Fatal("withCredentials changed its input")
+	}
+	if !sameConfig(cfg, got) || sameConfig(cfg, star(entry("a"), entry("b"))) {
+		t.Fatal("sameConfig")
+	}
+}

@@ -126,6 +126,9 @@ type Manager struct {
 	reg     *registry
 	members map[string]*member // fixed after New
 	order   []*member
+	// tokens are the proxy's own credentials per cluster, for the
+	// connection entries of replicate configurations it sends.
+	tokens map[string]string
 
 	clock leaderClock
 	colls collectionCache
@@ -158,6 +161,7 @@ func New(opts Options) (*Manager, error) {
 		opts:          o,
 		log:           o.Logger.With("component", "topology"),
 		members:       make(map[string]*member, len(o.Clusters)),
+		tokens:        make(map[string]string, len(o.Clusters)),
 		lost:          make(chan LeaderLoss, 1),
 		kickDiscovery: make(chan struct{}, 1),
 		kickBreakers:  make(chan struct{}, 1),
@@ -177,6 +181,7 @@ func New(opts Options) (*Manager, error) {
 		}
 		mb.lastGood.Store(now.UnixNano())
 		m.members[co.ID] = mb
+		m.tokens[co.ID] = co.Token
 		m.order = append(m.order, mb)
 		rec := &clusterRecord{
 			ID: co.ID, Order: i, URI: co.URI, StaticRole: co.Role,

@@ -27,7 +27,10 @@ type ClusterOptions struct {
 	URI string
 	// Token is the proxy's own credential ("user:password" or an API key)
 	// for its topology and health calls only. Client requests carry the
-	// client's own credentials. Never logged.
+	// client's own credentials. Never logged. A leader change also puts it
+	// in this cluster's connection entry of the replicate configurations
+	// it sends, where the entry has none: Milvus never returns tokens, and
+	// the source's CDC logs in to its targets with them.
 	Token string
 	// TLS, when not nil, secures the connection; nil means plaintext.
 	TLS credentials.TransportCredentials

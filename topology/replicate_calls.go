@@ -40,7 +40,7 @@ func (m *Manager) replicateConfig(ctx context.Context, mb *member) (*commonpb.Re
 // call can block as long as replication does.
 func (m *Manager) updateReplicateConfig(ctx context.Context, mb *member, cfg *commonpb.ReplicateConfiguration, force bool) error {
 	st, err := mb.rpc.UpdateReplicateConfiguration(mb.outgoing(ctx, ""), &milvuspb.UpdateReplicateConfigurationRequest{
-		ReplicateConfiguration: cfg, ForcePromote: force,
+		ReplicateConfiguration: m.withCredentials(cfg), ForcePromote: force,
 	})
 	if err == nil {
 		err = statusErr("UpdateReplicateConfiguration", mb.id, st)
@@ -53,6 +53,42 @@ func (m *Manager) updateReplicateConfig(ctx context.Context, mb *member, cfg *co
 		return fmt.Errorf("%s on %s: %w", what, mb.id, err)
 	}
 	return nil
+}
+
+// withCredentials fills in the connection token of every cluster whose
+// entry has none with the proxy's own token for that cluster. Milvus
+// never returns tokens (GetReplicateConfiguration sanitizes them), so a
+// configuration rebuilt from one would otherwise leave the source's CDC
+// unable to log in to its targets. Deterministic: the same input always
+// yields the same request, so a retried change sends identical ones.
+func (m *Manager) withCredentials(cfg *commonpb.ReplicateConfiguration) *commonpb.ReplicateConfiguration {
+	out := proto.Clone(cfg).(*commonpb.ReplicateConfiguration)
+	for _, c := range out.GetClusters() {
+		tok := m.tokens[c.GetClusterId()]
+		if tok == "" || c.GetConnectionParam().GetToken() != "" {
+			continue
+		}
+		if c.ConnectionParam == nil {
+			c.ConnectionParam = &commonpb.ConnectionParam{}
+		}
+		c.ConnectionParam.Token = tok
+	}
+	return out
+}
+
+// sameConfig compares configurations as Milvus returns them: tokens left
+// out.
+func sameConfig(a, b *commonpb.ReplicateConfiguration) bool {
+	strip := func(c *commonpb.ReplicateConfiguration) *commonpb.ReplicateConfiguration {
+		c = proto.Clone(c).(*commonpb.ReplicateConfiguration)
+		for _, e := range c.GetClusters() {
+			if e.GetConnectionParam() != nil {
+				e.ConnectionParam.Token = ""
+			}
+		}
+		return c
+	}
+	return proto.Equal(strip(a), strip(b))
 }
 
 // replicateInfo reads, on cluster mb, how far it replicated each of the

@@ -158,3 +158,16 @@ func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// eventuallyOr is eventually, describing the state with state() when it
+// times out.
+func eventuallyOr(t testing.TB, what string, d time.Duration, cond func() bool, state func() string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s:\n%s", d, what, state())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

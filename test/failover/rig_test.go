@@ -183,22 +183,9 @@ func (r *rig) setup() {
 	st, err := c.rpc.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
 		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
 	mustOK(r.t, "CreateCollection", st, err)
-	// Each DDL reaches every alternative before the next one is sent: the
-	// simulator applies a DDL with the first of its per-pchannel copies
-	// without ordering that against the next DDL's first copy on another
-	// pchannel, and a LoadCollection can be dropped for a collection not
-	// created yet (TestSimDDLApplyOrder).
-	r.replicated("the collection", func(dc *client) bool {
-		d, err := dc.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
-		return err == nil && d.GetStatus().GetCode() == 0
-	})
 	st, err = c.rpc.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
 		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
 	mustOK(r.t, "CreateIndex", st, err)
-	r.replicated("the index", func(dc *client) bool {
-		d, err := dc.rpc.DescribeIndex(ctx, &milvuspb.DescribeIndexRequest{CollectionName: collName, FieldName: "v"})
-		return err == nil && d.GetStatus().GetCode() == 0 && len(d.GetIndexDescriptions()) == 1
-	})
 	st, err = c.rpc.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
 	mustOK(r.t, "LoadCollection", st, err)
 	d, err := c.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
@@ -255,15 +242,6 @@ func (r *rig) lastChange(to string) *topology.Change {
 		return ch != nil && ch.To == to
 	})
 	return ch
-}
-
-// replicated waits until cond holds on both alternatives.
-func (r *rig) replicated(what string, cond func(dc *client) bool) {
-	r.t.Helper()
-	for _, id := range []string{"b", "c"} {
-		dc := r.direct(id)
-		eventually(r.t, what+" on "+id, 15*time.Second, func() bool { return cond(dc) })
-	}
 }
 
 // direct is a client of one cluster itself, bypassing the proxy.

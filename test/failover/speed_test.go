@@ -110,7 +110,7 @@ func TestSwitchoverSpeed(t *testing.T) {
 		to := order[i%len(order)]
 		code, _, eb := r.adminPost("/api/v1/switchover", to)
 		if code != http.StatusOK {
-			t.Fatalf("switchover %d to %s: %d %+v", i, to, code, eb)
+			t.Fatalf("switchover %d to %s: %d %+v\nsimulator status:\n%s", i, to, code, eb, r.simStatus())
 		}
 		ch := r.app.Arbiter().Status().LastChange
 		held = append(held, ch.Held)

@@ -495,7 +495,8 @@ func (m *Manager) WaitLeader(ctx context.Context) (*Cluster, error) {
 }
 
 // Outcomes of a write held while no leader was available, as reported to
-// HoldObserver.WriteHoldEnded.
+// HoldObserver.WriteHoldEnded; the same values as telemetry's outcome
+// label (telemetry.HoldReleased...), so its Metrics can observe directly.
 const (
 	HoldReleased = "released"  // a leader appeared and the write went on
 	HoldTimedOut = "timed_out" // WriteHold ran out; Unavailable

@@ -7,10 +7,13 @@ import (
 	"slices"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
@@ -196,36 +199,58 @@ func (o *observer) ObserveCall(ctx context.Context, ev proxy.CallEvent) {
 	}
 }
 
-// tracingInterceptors start one span per call, continuing the client's
-// trace context, and hand the span's context to the backend in place of
-// the client's (the proxy forwards incoming metadata as it is).
-func tracingInterceptors(tel *telemetry.Telemetry) []grpc.ServerOption {
-	tracer := tel.Tracer()
-	prop := tel.Propagator
+// tracer starts one server span per call, continuing the client's trace
+// context, and hands the span's context to the backend in place of the
+// client's (the proxy forwards incoming metadata as it is).
+type tracer struct {
+	tel *telemetry.Telemetry
+}
+
+// start extracts the client's context from md, starts the span and
+// injects it into md (which goes on to the backend).
+func (t tracer) start(ctx context.Context, fullMethod string, md metadata.MD) (context.Context, trace.Span) {
+	ctx = t.tel.Propagator.Extract(ctx, metadataCarrier(md))
+	ctx, span := t.tel.Tracer().Start(ctx, fullMethod, trace.WithSpanKind(trace.SpanKindServer))
+	t.tel.Propagator.Inject(ctx, metadataCarrier(md))
+	return ctx, span
+}
+
+// end marks failed calls so tracing backends flag them, with the gRPC code
+// as OpenTelemetry's rpc conventions name it.
+func (tracer) end(span trace.Span, err error) {
+	code := status.Code(err)
+	span.SetAttributes(attribute.Int64("rpc.grpc.status_code", int64(code)))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(otelcodes.Error, code.String())
+	}
+	span.End()
+}
+
+// hook is the relay engine's stand-in for interceptors.
+func (t tracer) hook(ctx context.Context, fullMethod string, md metadata.MD) (context.Context, func(error)) {
+	ctx, span := t.start(ctx, fullMethod, md)
+	return ctx, func(err error) { t.end(span, err) }
+}
+
+// interceptors serve the grpc engine.
+func (t tracer) interceptors() []grpc.ServerOption {
 	start := func(ctx context.Context, fullMethod string) (context.Context, trace.Span) {
 		md, _ := metadata.FromIncomingContext(ctx)
-		ctx = prop.Extract(ctx, metadataCarrier(md))
-		ctx, span := tracer.Start(ctx, fullMethod, trace.WithSpanKind(trace.SpanKindServer))
 		out := md.Copy()
-		prop.Inject(ctx, metadataCarrier(out))
+		ctx, span := t.start(ctx, fullMethod, out)
 		return metadata.NewIncomingContext(ctx, out), span
 	}
 	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		ctx, span := start(ctx, info.FullMethod)
-		defer span.End()
 		resp, err := h(ctx, req)
-		if err != nil {
-			span.RecordError(err)
-		}
+		t.end(span, err)
 		return resp, err
 	}
 	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		ctx, span := start(ss.Context(), info.FullMethod)
-		defer span.End()
 		err := h(srv, &tracedStream{ServerStream: ss, ctx: ctx})
-		if err != nil {
-			span.RecordError(err)
-		}
+		t.end(span, err)
 		return err
 	}
 	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream)}

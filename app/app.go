@@ -92,6 +92,12 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, err
 	}
+	backendCreds := map[string]credentials.TransportCredentials{}
+	for _, co := range topoOpts.Clusters {
+		if co.TLS != nil {
+			backendCreds[co.ID] = co.TLS
+		}
+	}
 	topoOpts.HoldObserver = tel.Metrics
 	a.topo, err = topology.New(topoOpts)
 	if err != nil {
@@ -132,11 +138,25 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Observer:         &observer{tel: tel},
 		Logger:           logger,
 	}
-	if tel.TracingEnabled() {
-		pOpts.ServerOptions = append(pOpts.ServerOptions, tracingInterceptors(tel)...)
+	tr := tracer{tel: tel}
+	switch cfg.Engine {
+	case config.EngineGRPC:
+		pOpts.Engine = proxy.EngineGRPC
+		if tel.TracingEnabled() {
+			pOpts.ServerOptions = append(pOpts.ServerOptions, tr.interceptors()...)
+		}
+		a.watches = newWatchEnder()
+		pOpts.ServerOptions = append(pOpts.ServerOptions, a.watches.interceptor())
+	default:
+		// The relay ends health watches on drain by itself.
+		pOpts.Engine = proxy.EngineRelay
+		if tel.TracingEnabled() {
+			pOpts.CallHook = tr.hook
+		}
+		pOpts.BackendCreds = func(c *topology.Cluster) credentials.TransportCredentials {
+			return backendCreds[c.ID]
+		}
 	}
-	a.watches = newWatchEnder()
-	pOpts.ServerOptions = append(pOpts.ServerOptions, a.watches.interceptor())
 	a.proxy, err = proxy.New(pOpts)
 	if err != nil {
 		a.closePartial(ctx)
@@ -224,7 +244,9 @@ func (a *App) Errors() <-chan error { return a.errc }
 // ends, then everything stops. It returns ctx's error when calls were cut.
 func (a *App) Shutdown(ctx context.Context) error {
 	a.admin.SetDraining()
-	a.watches.drain()
+	if a.watches != nil {
+		a.watches.drain()
+	}
 	var errs []error
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("draining gRPC calls: %w", err))

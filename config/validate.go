@@ -42,6 +42,9 @@ func (c *Config) validate(lines map[string]int) error {
 		e.add("tls."+kerr.key, "%v", kerr.err)
 	}
 
+	if c.Engine != EngineRelay && c.Engine != EngineGRPC {
+		e.add("engine", "unknown value %q (want relay or grpc)", c.Engine)
+	}
 	if c.Read.Balance != "p2c" {
 		e.add("read.balance", "unknown value %q (want p2c)", c.Read.Balance)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -153,8 +154,18 @@ func (r *relayServer) shutdown(ctx context.Context) error {
 		conns = append(conns, d)
 	}
 	r.mu.Unlock()
+	phases := make([]<-chan struct{}, 0, len(conns))
 	for _, d := range conns {
-		d.goAway()
+		phases = append(phases, d.goAway())
+	}
+	// Streams still on the wire when the drain began are accepted until
+	// each connection's final GOAWAY; only then is "no call in flight"
+	// meaningful.
+	for _, ch := range phases {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
 	}
 	done := make(chan struct{})
 	go func() {
@@ -194,13 +205,15 @@ type dconn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	streams  map[uint32]*dstream
-	maxID    uint32 // highest stream id the client opened
-	goneAway bool   // we sent GOAWAY: no new streams
-	lastID   uint32 // the GOAWAY's last stream id
-	closed   bool
-	recvConn int
+	mu         sync.Mutex
+	streams    map[uint32]*dstream
+	maxID      uint32        // highest stream id the client opened
+	draining   bool          // first GOAWAY phase sent (streams still accepted)
+	goneAwayCh chan struct{} // closed when the second phase is sent
+	goneAway   bool          // we sent the final GOAWAY: no new streams
+	lastID     uint32        // the GOAWAY's last stream id
+	closed     bool
+	recvConn   int
 }
 
 func newDconn(r *relayServer, nc net.Conn) *dconn {
@@ -348,6 +361,9 @@ func (d *dconn) serve() {
 				d.onSettings(f)
 			}
 		case *http2.PingFrame:
+			if f.IsAck() && f.Data == drainPing {
+				d.finishGoAway()
+			}
 			if !f.IsAck() {
 				d.w.lock()
 				if d.w.err == nil {
@@ -387,18 +403,82 @@ func (d *dconn) stream(id uint32) *dstream {
 	return d.streams[id]
 }
 
-// goAway refuses new streams and closes the connection once the ones in
-// flight are done.
-func (d *dconn) goAway() {
+// drainPing is the payload of the PING that ends the first phase of a
+// graceful GOAWAY.
+var drainPing = [8]byte{'m', 'h', 'p', 'd', 'r', 'a', 'i', 'n'}
+
+// drainPingTimeout bounds the wait for the client's PING ack.
+const drainPingTimeout = time.Second
+
+// goAway starts a graceful GOAWAY in two phases, as grpc-go's server does:
+// a GOAWAY with the largest stream id and a PING first, so streams the
+// client sent before it saw the GOAWAY (still on the wire) are not
+// refused; then, once the PING comes back (or after drainPingTimeout), the
+// real GOAWAY naming the last stream accepted. The returned channel is
+// closed once the second phase is sent; the connection closes when its
+// last stream ends.
+func (d *dconn) goAway() <-chan struct{} {
 	d.mu.Lock()
-	if d.goneAway || d.closed {
+	if d.draining || d.closed {
+		ch := d.goneAwayCh
+		d.mu.Unlock()
+		if ch == nil {
+			ch = make(chan struct{})
+			close(ch)
+		}
+		return ch
+	}
+	d.draining = true
+	d.goneAwayCh = make(chan struct{})
+	ch := d.goneAwayCh
+	d.mu.Unlock()
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteGoAway(math.MaxInt32, http2.ErrCodeNo, nil)
+	}
+	if d.w.err == nil {
+		d.w.err = d.fr.WritePing(false, drainPing)
+	}
+	failed := d.w.err != nil
+	d.w.unlock()
+	if failed {
+		d.finishGoAway()
+		return ch
+	}
+	go func() {
+		t := time.NewTimer(drainPingTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			d.finishGoAway()
+		case <-ch:
+		case <-d.ctx.Done():
+			d.finishGoAway()
+		}
+	}()
+	return ch
+}
+
+// finishGoAway is the second phase of goAway: no new streams after the
+// last one accepted.
+func (d *dconn) finishGoAway() {
+	d.mu.Lock()
+	if d.goneAway {
 		d.mu.Unlock()
 		return
 	}
 	d.goneAway = true
 	d.lastID = d.maxID
 	idle := len(d.streams) == 0
+	closed := d.closed
+	ch := d.goneAwayCh
 	d.mu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+	if closed {
+		return
+	}
 	d.w.lock()
 	if d.w.err == nil {
 		d.w.err = d.fr.WriteGoAway(d.lastID, http2.ErrCodeNo, nil)

@@ -498,3 +498,51 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 	copy(fields, h.buf)
 	return fields, true, nil
 }
+
+// inflight counts calls being handled. Unlike a sync.WaitGroup it may be
+// waited on while calls still start (streams the client sent before it saw
+// a GOAWAY), and a wait can be given up when its context ends.
+type inflight struct {
+	n    atomic.Int64
+	mu   sync.Mutex
+	idle chan struct{} // closed when n drops to zero; nil when no one waits
+}
+
+func (a *inflight) Add(k int) { a.n.Add(int64(k)) }
+
+func (a *inflight) Done() {
+	n := a.n.Add(-1)
+	if n > 0 {
+		return
+	}
+	if n < 0 {
+		panic("proxy: inflight counter below zero")
+	}
+	a.mu.Lock()
+	if a.idle != nil {
+		close(a.idle)
+		a.idle = nil
+	}
+	a.mu.Unlock()
+}
+
+// wait returns once no call is in flight, or with ctx's error.
+func (a *inflight) wait(ctx context.Context) error {
+	for {
+		a.mu.Lock()
+		if a.n.Load() == 0 {
+			a.mu.Unlock()
+			return nil
+		}
+		if a.idle == nil {
+			a.idle = make(chan struct{})
+		}
+		ch := a.idle
+		a.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -39,7 +39,8 @@ type relayServer struct {
 	stopW    chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup // workers
-	active   sync.WaitGroup // streams being handled
+	active   inflight       // streams being handled
+	connWG   sync.WaitGroup // client connections being served
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -134,7 +135,11 @@ func (r *relayServer) handshake(nc net.Conn) {
 		return
 	}
 	r.conns[d] = struct{}{}
+	// Added under mu while not draining: shutdown's Wait, which starts
+	// after draining is set, never races an Add.
+	r.connWG.Add(1)
 	r.mu.Unlock()
+	defer r.connWG.Done()
 	d.serve()
 	r.mu.Lock()
 	delete(r.conns, d)
@@ -167,22 +172,33 @@ func (r *relayServer) shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	done := make(chan struct{})
-	go func() {
-		r.active.Wait()
-		close(done)
-	}()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
+	err := r.active.wait(ctx)
+	if err == nil {
+		// Every call is answered, but fast-path answers may still sit in
+		// a connection's buffer: close gracefully and wait for that.
+		r.mu.Lock()
+		for d := range r.conns {
+			d.closeGracefully()
+		}
+		r.mu.Unlock()
+		conns := make(chan struct{})
+		go func() {
+			r.connWG.Wait()
+			close(conns)
+		}()
+		select {
+		case <-conns:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
 	}
-	r.mu.Lock()
-	for d := range r.conns {
-		d.close(errConnClosed)
+	if err != nil {
+		r.mu.Lock()
+		for d := range r.conns {
+			d.close(errConnClosed)
+		}
+		r.mu.Unlock()
 	}
-	r.mu.Unlock()
 	r.stopOnce.Do(func() { close(r.stopW) })
 	if err == nil {
 		r.wg.Wait()
@@ -204,6 +220,9 @@ type dconn struct {
 	flow   flow
 	ctx    context.Context
 	cancel context.CancelFunc
+	// readerDone is closed when serve's read loop has ended: the client
+	// closed the connection, or it failed.
+	readerDone chan struct{}
 
 	mu         sync.Mutex
 	streams    map[uint32]*dstream
@@ -212,12 +231,14 @@ type dconn struct {
 	goneAwayCh chan struct{} // closed when the second phase is sent
 	goneAway   bool          // we sent the final GOAWAY: no new streams
 	lastID     uint32        // the GOAWAY's last stream id
+	closing    bool          // closeGracefully started
 	closed     bool
 	recvConn   int
 }
 
 func newDconn(r *relayServer, nc net.Conn) *dconn {
-	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{}}
+	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{},
+		readerDone: make(chan struct{})}
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	d.br = bufio.NewReaderSize(nc, 32<<10)
 	d.fr = http2.NewFramer(bw, d.br)
@@ -302,6 +323,7 @@ func (st *dstream) endHook() {
 
 func (d *dconn) serve() {
 	defer d.close(errConnClosed)
+	defer close(d.readerDone)
 	_ = d.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	pre := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(d.br, pre); err != nil || string(pre) != http2.ClientPreface {
@@ -485,8 +507,46 @@ func (d *dconn) finishGoAway() {
 	}
 	d.w.unlock()
 	if idle {
-		d.close(errConnClosed)
+		d.closeGracefully()
 	}
+}
+
+// closeLinger bounds how long a gracefully closed connection waits for the
+// client to close its side.
+const closeLinger = time.Second
+
+// closeGracefully closes a connection whose calls are all answered. What
+// is still buffered goes out first: a fast-path answer leaves its flush to
+// the backend connection's reader goroutine, which may not have run yet.
+// The socket itself is closed once the client has closed its side (it does
+// on a GOAWAY with no streams left), or after closeLinger: closing while
+// the client's frames (PING acks, WINDOW_UPDATEs) sit unread makes the
+// kernel answer with a RST, and the client may then drop answers it had
+// not read yet (as grpc-go's server does, grpc/grpc-go#5358).
+func (d *dconn) closeGracefully() {
+	d.mu.Lock()
+	if d.closed || d.closing {
+		d.mu.Unlock()
+		return
+	}
+	d.closing = true
+	d.mu.Unlock()
+	go func() {
+		// A client that does not read cannot hold the flush (or us)
+		// past closeLinger: close unblocks it.
+		t := time.AfterFunc(closeLinger, func() { d.close(errConnClosed) })
+		defer t.Stop()
+		d.w.lock()
+		if d.w.err == nil && d.w.bw.Buffered() > 0 {
+			d.w.err = d.w.bw.Flush()
+		}
+		d.w.unlock()
+		select {
+		case <-d.readerDone:
+		case <-d.ctx.Done():
+		}
+		d.close(errConnClosed)
+	}()
 }
 
 func (d *dconn) close(err error) {
@@ -773,7 +833,7 @@ func (d *dconn) endStream(st *dstream) {
 		d.r.active.Done()
 	}
 	if idle {
-		d.close(errConnClosed)
+		d.closeGracefully()
 	}
 }
 

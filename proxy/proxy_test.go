@@ -624,13 +624,38 @@ func TestShutdownDrainsInFlightCalls(t *testing.T) { bothEngines(t, testShutdown
 
 func testShutdownDrainsInFlightCalls(t *testing.T) {
 	e := newEnv(t)
-	e.backends["a"].setDelay(300 * time.Millisecond)
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
-		done <- err
-	}()
-	for e.totalReceived("Insert") == 0 {
+	// Warm the backend connections: the relay then answers on its fast
+	// path, whose answers wait in the client connection's buffer for the
+	// backend connection's reader to flush them; a drain that closed the
+	// connection once the last call ended lost them (the client saw the
+	// connection close before its answer).
+	for _, lvl := range []commonpb.ConsistencyLevel{Strong, Eventually} {
+		if _, err := e.client.Search(e.ctx(), search("coll", lvl, 0, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, b := range e.backends {
+		b.setDelay(300 * time.Millisecond)
+	}
+	const n = 40
+	e.resetBackends()
+	done := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			var err error
+			if i%4 == 0 {
+				_, err = e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+			} else {
+				lvl := Strong
+				if i%2 == 1 {
+					lvl = Eventually
+				}
+				_, err = e.client.Search(e.ctx(), search("coll", lvl, 0, false))
+			}
+			done <- err
+		}()
+	}
+	for e.totalReceived("Insert")+e.totalReceived("Search") < n {
 		time.Sleep(time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -638,8 +663,10 @@ func testShutdownDrainsInFlightCalls(t *testing.T) {
 	if err := e.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := <-done; err != nil {
-		t.Fatalf("in-flight insert cut: %v", err)
+	for i := 0; i < n; i++ {
+		if err := <-done; err != nil {
+			t.Errorf("in-flight call cut: %v", err)
+		}
 	}
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll"}); err == nil {
 		t.Fatal("call accepted after shutdown")

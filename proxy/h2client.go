@@ -7,9 +7,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
@@ -18,6 +21,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	gstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -30,8 +34,13 @@ type relayUpstream struct {
 	dialFn func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
 	creds  func(c *topology.Cluster) credentials.TransportCredentials
 	maxMsg int
+	ka     keepalive.ClientParameters
+	log    *slog.Logger
 	mu     sync.Mutex
 	pools  map[string]*upool // by cluster id
+	// kaTime is a cluster's keepalive interval once it answered GOAWAY
+	// too_many_pings (doubled each time); absent: ka.Time.
+	kaTime map[string]time.Duration
 	closed bool
 }
 
@@ -46,8 +55,15 @@ type upool struct {
 const maxConnsPerCluster = 8
 
 func newRelayUpstream(s *Server, opts *Options) *relayUpstream {
+	ka := opts.BackendKeepalive
+	if ka.Time <= 0 {
+		ka = DefaultBackendKeepalive
+	}
+	if ka.Timeout <= 0 {
+		ka.Timeout = DefaultBackendKeepalive.Timeout
+	}
 	return &relayUpstream{s: s, dialFn: opts.DialBackend, creds: opts.BackendCreds, maxMsg: opts.MaxMessageSize,
-		pools: map[string]*upool{}}
+		ka: ka, log: s.log, pools: map[string]*upool{}, kaTime: map[string]time.Duration{}}
 }
 
 // conn returns a connection to cl with room for one more stream, dialing
@@ -230,6 +246,10 @@ type uconn struct {
 	flow      flow
 	fl        flushList // the reader goroutine's deferred flushes
 	hr        *headerReader
+	// activity is set by the reader on every frame; the keepalive
+	// goroutine clears it and pings when it stayed clear for a period.
+	activity atomic.Bool
+	done     chan struct{} // closed by fail
 
 	mu            sync.Mutex
 	streams       map[uint32]*ustream
@@ -245,7 +265,7 @@ type uconn struct {
 
 func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
-		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1}
+		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1, done: make(chan struct{})}
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
@@ -278,7 +298,91 @@ func (u *uconn) start() error {
 		return err
 	}
 	go u.readLoop()
+	go u.keepalive()
 	return nil
+}
+
+// keepalivePing is the payload of our keepalive PINGs.
+var keepalivePing = [8]byte{'m', 'h', 'p', 'k', 'a', 'l', 'v', 'e'}
+
+// keepalive pings the cluster after a keepalive period in which nothing
+// was read (so between one and two periods of silence), and fails the
+// connection, with every call on it, when nothing at all is read within
+// the timeout after the ping: any frame proves the peer alive, as in
+// grpc-go.
+func (u *uconn) keepalive() {
+	t := time.NewTimer(u.r.keepaliveTime(u.cluster))
+	defer t.Stop()
+	for {
+		select {
+		case <-u.done:
+			return
+		case <-t.C:
+		}
+		if u.activity.Swap(false) {
+			t.Reset(u.r.keepaliveTime(u.cluster))
+			continue
+		}
+		if !u.r.ka.PermitWithoutStream {
+			u.mu.Lock()
+			idle := len(u.streams) == 0
+			u.mu.Unlock()
+			if idle {
+				t.Reset(u.r.keepaliveTime(u.cluster))
+				continue
+			}
+		}
+		u.w.lock()
+		if u.w.err == nil {
+			u.w.err = u.fr.WritePing(false, keepalivePing)
+		}
+		u.w.unlock()
+		// Wait for any frame up to the timeout, looking every period
+		// (as grpc-go), so that a quick answer puts us back on the
+		// period rather than after the whole timeout.
+		period := u.r.keepaliveTime(u.cluster)
+		alive := false
+		for left := u.r.ka.Timeout; left > 0 && !alive; left -= period {
+			t.Reset(min(period, left))
+			select {
+			case <-u.done:
+				return
+			case <-t.C:
+			}
+			alive = u.activity.Swap(false)
+		}
+		if !alive {
+			u.fail(fmt.Errorf("no answer from cluster %s to a keepalive ping within %v", u.cluster, u.r.ka.Timeout), nil)
+			return
+		}
+		t.Reset(period)
+	}
+}
+
+// keepaliveTime is the keepalive period for a cluster's connections.
+func (r *relayUpstream) keepaliveTime(cluster string) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d, ok := r.kaTime[cluster]; ok {
+		return d
+	}
+	return r.ka.Time
+}
+
+// tooManyPings halves the keepalive pings to a cluster that complained,
+// as grpc-go's client does.
+func (r *relayUpstream) tooManyPings(cluster string) {
+	r.mu.Lock()
+	d, ok := r.kaTime[cluster]
+	if !ok {
+		d = r.ka.Time
+	}
+	if d < math.MaxInt64/2 {
+		d *= 2
+	}
+	r.kaTime[cluster] = d
+	r.mu.Unlock()
+	r.log.Warn("proxy: cluster answered GOAWAY too_many_pings; pinging less often", "cluster", cluster, "keepalive_time", d)
 }
 
 func (u *uconn) dead() bool {
@@ -544,6 +648,7 @@ func (u *uconn) fail(err error, fl *flushList) {
 	streams := u.streams
 	u.streams = map[uint32]*ustream{}
 	u.mu.Unlock()
+	close(u.done)
 	u.flow.close()
 	_ = u.nc.Close()
 	for _, us := range streams {
@@ -562,6 +667,9 @@ func (u *uconn) readLoop() {
 			u.fl.flush()
 			u.fail(err, nil)
 			return
+		}
+		if !u.activity.Load() {
+			u.activity.Store(true)
 		}
 		switch f := f.(type) {
 		case *http2.HeadersFrame, *http2.ContinuationFrame:
@@ -669,6 +777,9 @@ func (u *uconn) onSettings(f *http2.SettingsFrame) {
 }
 
 func (u *uconn) onGoAway(f *http2.GoAwayFrame) {
+	if f.ErrCode == http2.ErrCodeEnhanceYourCalm && string(f.DebugData()) == "too_many_pings" {
+		u.r.tooManyPings(u.cluster)
+	}
 	u.mu.Lock()
 	u.goingAway = true
 	u.goAwayLast = f.LastStreamID

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -102,6 +103,14 @@ type Options struct {
 	// BackendCreds returns the transport credentials (TLS) for the relay
 	// engine's connections to a cluster; nil or a nil result: plaintext.
 	BackendCreds func(c *topology.Cluster) credentials.TransportCredentials
+	// BackendKeepalive (relay engine) pings a cluster's connection after
+	// Time without a frame from it and closes the connection when nothing
+	// arrives within Timeout, so that a cluster gone silent (host down,
+	// network partition) fails its calls instead of holding them until
+	// their deadlines. Zero Time: DefaultBackendKeepalive. A cluster that
+	// answers GOAWAY too_many_pings gets half as many pings from then on,
+	// as grpc-go does.
+	BackendKeepalive keepalive.ClientParameters
 	// MaxMessageSize bounds messages in both directions, to clients and
 	// to backends. 0: 256 MiB, Milvus's own server default.
 	MaxMessageSize int
@@ -115,6 +124,11 @@ type Options struct {
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultBackendKeepalive is what the topology's grpc-go connections to
+// the clusters use too; Milvus permits pings every 5 s, with or without
+// calls.
+var DefaultBackendKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
 // Engine names a transport implementation.
 type Engine string

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/testdata"
@@ -396,5 +398,122 @@ func TestRelayBackendTLS(t *testing.T) {
 	}
 	if n := len(b.received("Insert")); n != 2 {
 		t.Fatalf("TLS backend got %d inserts", n)
+	}
+}
+
+// silentConn stands for a network path that goes dead without a FIN or
+// RST (host down, partition): once frozen, nothing written arrives and
+// nothing more is read.
+type silentConn struct {
+	net.Conn
+	frozen *atomic.Bool
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *silentConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.frozen.Load() {
+		<-c.closed
+		return 0, net.ErrClosed
+	}
+	return n, err
+}
+
+func (c *silentConn) Write(p []byte) (int, error) {
+	if c.frozen.Load() {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *silentConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// pingTolerantBackend is a leader whose server permits pings at any rate.
+func pingTolerantBackend(t *testing.T) *fakeBackend {
+	tso := &atomic.Uint64{}
+	tso.Store(1 << 40)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fakeBackend{id: "a", tso: tso, addr: lis.Addr().String(), fail: map[string]func() error{}, status: map[string]int32{}}
+	b.srv = grpc.NewServer(grpc.UnaryInterceptor(b.intercept),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Nanosecond, PermitWithoutStream: true}))
+	milvuspb.RegisterMilvusServiceServer(b.srv, b)
+	go func() { _ = b.srv.Serve(lis) }()
+	t.Cleanup(b.srv.Stop)
+	return b
+}
+
+// TestRelayKeepaliveDetectsSilentBackend: keepalive pings keep an idle
+// connection to a live cluster, and fail the calls on one whose cluster
+// went silent, instead of holding them until their deadlines.
+func TestRelayKeepaliveDetectsSilentBackend(t *testing.T) {
+	b := pingTolerantBackend(t)
+	var frozen atomic.Bool
+	var dials atomic.Int32
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.BackendKeepalive = keepalive.ClientParameters{Time: 50 * time.Millisecond, Timeout: 100 * time.Millisecond, PermitWithoutStream: true}
+		o.DialBackend = func(ctx context.Context, c *topology.Cluster) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.URI)
+			if err != nil {
+				return nil, err
+			}
+			dials.Add(1)
+			return &silentConn{Conn: nc, frozen: &frozen, closed: make(chan struct{})}, nil
+		}
+	})
+	e.topo.publish(func(s *topology.Snapshot) { s.Leader.URI = b.addr })
+	insert := func() (*milvuspb.MutationResult, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return e.client.Insert(ctx, &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+	}
+	if _, err := insert(); err != nil {
+		t.Fatal(err)
+	}
+	// Idle for many keepalive periods: pings are answered, the
+	// connection stays.
+	time.Sleep(500 * time.Millisecond)
+	if _, err := insert(); err != nil {
+		t.Fatal(err)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials to a live cluster, want 1", n)
+	}
+	frozen.Store(true)
+	// The insert was sent: its outcome is unknown, and the proxy says so
+	// (a Milvus status) once the keepalive gives the connection up, well
+	// before the call's deadline.
+	res, err := insert()
+	if err != nil || !strings.Contains(res.GetStatus().GetReason(), "keepalive") {
+		t.Fatalf("insert to a silent cluster: %v, %v; want an outcome-unknown status naming the keepalive", res.GetStatus(), err)
+	}
+	frozen.Store(false)
+	if _, err := insert(); err != nil {
+		t.Fatalf("insert after the cluster came back: %v", err)
+	}
+}
+
+// TestRelayKeepaliveBacksOffOnTooManyPings: a cluster whose server allows
+// fewer pings (grpc-go's default policy) answers GOAWAY too_many_pings;
+// the relay halves its pings to it, as grpc-go does, and calls go on.
+func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.BackendKeepalive = keepalive.ClientParameters{Time: 20 * time.Millisecond, Timeout: time.Second, PermitWithoutStream: true}
+	})
+	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
+		t.Fatal(err)
+	}
+	up := e.srv.up.(*relayUpstream)
+	waitUntil(t, func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
+	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -161,6 +161,13 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 			}
 		}
 	}
+	if leader == "" && len(m.order) == 1 && answered(m.order[0].id) && len(answers[m.order[0].id].cfg.GetClusters()) == 0 {
+		// One standalone cluster that was never joined by replication:
+		// its configuration is empty, and it is the only place writes can
+		// go, so it leads.
+		leader = m.order[0].id
+		claims[leader] = true
+	}
 	if leader == "" {
 		msg := "no configured cluster is named replication source by the replicate configuration"
 		switch {

@@ -72,12 +72,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		clusters = append(clusters, c)
 	}
-	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
-	cancel()
-	if err != nil {
-		logger.Error("cannot join the clusters by replication", "err", err)
-		return 1
+	if len(clusters) > 1 {
+		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
+		cancel()
+		if err != nil {
+			logger.Error("cannot join the clusters by replication", "err", err)
+			return 1
+		}
 	}
 
 	cfg := config.Default()

@@ -573,3 +573,26 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 	}
 	return true
 }
+
+// TestDiscoveryReplicateStandalone: one cluster never joined by replication
+// answers an empty configuration; it is the only place writes can go, so
+// it leads. Two such clusters do not: nothing says which is the source.
+func TestDiscoveryReplicateStandalone(t *testing.T) {
+	a := startFake(t, "a")
+	a.set(func(f *fakeMilvus) { f.cfg = &commonpb.ReplicateConfiguration{} })
+	m := startManager(t, testOptions(DiscoveryReplicate, cluster(a, "")))
+	s := waitFor(t, m, "leader a", func(s *Snapshot) bool { return s.Leader != nil })
+	if s.Leader.ID != "a" {
+		t.Fatalf("leader %s, want a: %s", s.Leader.ID, describe(s))
+	}
+
+	x, y := startFake(t, "x"), startFake(t, "y")
+	for _, f := range []*fakeMilvus{x, y} {
+		f.set(func(f *fakeMilvus) { f.cfg = &commonpb.ReplicateConfiguration{} })
+	}
+	m2 := startManager(t, testOptions(DiscoveryReplicate, cluster(x, ""), cluster(y, "")))
+	s2 := waitFor(t, m2, "discovery error", func(s *Snapshot) bool { return s.DiscoveryError != "" })
+	if s2.Leader != nil {
+		t.Fatalf("two unjoined clusters got a leader: %s", describe(s2))
+	}
+}

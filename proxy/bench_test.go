@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -43,8 +44,8 @@ import (
 // Each proxy but proxy-inproc runs in a child process; proxy-cpu-µs/op is
 // that process's CPU time per request (/proc/<pid>/stat), with its read
 // and write syscalls and context switches per request (/proc/<pid>/io and
-// task status). Latency percentiles are at concurrency 1. Environment:
-// PROXY_BENCH_KINDS (comma list), PROXY_BENCH_PROCS (GOMAXPROCS of the
+// task status). Latency percentiles are per call, at each concurrency.
+// Environment: PROXY_BENCH_KINDS (comma list), PROXY_BENCH_PROCS (GOMAXPROCS of the
 // proxy and HAProxy's nbthread, default 2), PROXY_BENCH_CPUPROFILE (a CPU
 // profile of the child). For example:
 //
@@ -404,12 +405,21 @@ func benchTarget(b *testing.B, name, addr string, child *childProc) {
 				}
 			} else {
 				b.SetParallelism(max(1, (conc+runtime.GOMAXPROCS(0)-1)/runtime.GOMAXPROCS(0)))
+				var mu sync.Mutex
 				b.RunParallel(func(pb *testing.PB) {
+					var mine []time.Duration
+					defer func() {
+						mu.Lock()
+						lat = append(lat, mine...)
+						mu.Unlock()
+					}()
 					for pb.Next() {
+						t0 := time.Now()
 						if _, err := client.Search(ctx, req); err != nil {
 							b.Error(err)
 							return
 						}
+						mine = append(mine, time.Since(t0))
 					}
 				})
 			}
@@ -430,7 +440,7 @@ func benchTarget(b *testing.B, name, addr string, child *childProc) {
 			if child == nil {
 				b.ReportMetric(cpu, "cpu-µs/op")
 			}
-			if conc == 1 && len(lat) > 0 {
+			if len(lat) > 0 {
 				sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 				b.ReportMetric(float64(lat[len(lat)/2])/1e3, "p50-µs")
 				b.ReportMetric(float64(lat[len(lat)*99/100])/1e3, "p99-µs")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -515,5 +517,47 @@ func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
 	waitUntil(t, func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRelayAnswersClientPings: the SDKs ping every 5 s (Go) or 10 s
+// (pymilvus), also between calls; the relay acks every PING and never
+// answers GOAWAY too_many_pings. (The grpc engine permits pings every 5 s
+// with or without calls: its server's keepalive.EnforcementPolicy.)
+func TestRelayAnswersClientPings(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	nc, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(nc, nc)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	const pings = 20
+	for i := 0; i < pings; i++ {
+		if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks := 0
+	for acks < pings {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d acks: %v", acks, err)
+		}
+		switch f := f.(type) {
+		case *http2.PingFrame:
+			if f.IsAck() {
+				acks++
+			}
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v %q after %d acks", f.ErrCode, f.DebugData(), acks)
+		}
 	}
 }

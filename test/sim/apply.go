@@ -69,13 +69,22 @@ func (c *Cluster) apply(p int, e *entry) *pendingConfig {
 		}
 		// This pchannel now replicates from the source the configuration
 		// names (none when it makes this cluster a primary). A new source
-		// starts afresh, as Milvus starts a new secondary state with an
-		// empty checkpoint: a checkpoint of it from an earlier epoch is
-		// stale (unless this very message came from it).
-		source := topologyOf(req.GetReplicateConfiguration(), c.id).source
+		// starts afresh, as Milvus starts a new secondary state: a
+		// checkpoint of it from an earlier epoch is stale.
+		cfg := req.GetReplicateConfiguration()
+		source := topologyOf(cfg, c.id).source
 		c.repl.mu.Lock()
 		if c.repl.pchSource[p] != source {
-			if source != e.src {
+			switch {
+			case source == "" || source == e.src:
+				// A primary; or this message came from the new source
+				// (noteReplicated made it the checkpoint).
+			case e.src != "" && len(clusterOf(cfg, source).GetPchannels()) > p:
+				// Handed over by the old source: the new source applied
+				// this very message, so all it sends from now on is newer
+				// than it. Its time tick is the floor (see applyReplicated).
+				c.repl.ckpts[ckptKey{source, p}] = ckpt{srcPch: clusterOf(cfg, source).GetPchannels()[p], ts: e.ts}
+			default:
 				delete(c.repl.ckpts, ckptKey{source, p})
 			}
 			c.repl.pchSource[p] = source

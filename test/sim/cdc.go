@@ -180,9 +180,12 @@ func (c *Cluster) replicateSession(target string, p int) (progressed, done bool,
 		}
 		next = ck + 1
 	}
-	if next < 1 {
-		next = 1
-	}
+	// A checkpoint before the configuration message that made target a
+	// target is the target's from an earlier epoch of this source (it
+	// followed another cluster since): replication starts at that message,
+	// never earlier. Resuming from the stale one would resend old messages
+	// and take an old configuration message for the end of this edge.
+	next = max(next, start, 1)
 	if removed > 0 && next > removed {
 		return false, true, nil
 	}

@@ -81,7 +81,10 @@ type ClusterStatus struct {
 	Delay       string             `json:"replication_delay"`
 	Served      map[string]uint64  `json:"served_ts"`
 	Checkpoints []CheckpointStatus `json:"checkpoints,omitempty"`
-	Salvage     map[string]string  `json:"salvage,omitempty"`
+	// PChannelSources names, per pchannel of a secondary, the cluster it
+	// takes replicated messages from.
+	PChannelSources map[string]string `json:"pchannel_sources,omitempty"`
+	Salvage         map[string]string `json:"salvage,omitempty"`
 }
 
 // CheckpointStatus is how far replication from one source pchannel got.
@@ -103,6 +106,14 @@ func (c *Cluster) Status() ClusterStatus {
 	c.repl.mu.Lock()
 	st.Source = c.repl.source
 	st.Targets = keys(c.repl.targets)
+	for p, src := range c.repl.pchSource {
+		if src != "" {
+			if st.PChannelSources == nil {
+				st.PChannelSources = map[string]string{}
+			}
+			st.PChannelSources[c.pchannels[p]] = src
+		}
+	}
 	for k, ck := range c.repl.ckpts {
 		st.Checkpoints = append(st.Checkpoints, CheckpointStatus{Source: k.src, SourcePChannel: ck.srcPch, PChannel: c.pchannels[k.p], MessageID: ck.msgID, TimeTick: ck.ts})
 	}

@@ -26,8 +26,18 @@ const (
 // ckpt is how far replication from one source pchannel has been applied.
 type ckpt struct {
 	srcPch string
-	msgID  int64 // the source's message id
+	msgID  int64 // the source's message id; 0: none yet, ts is a floor
 	ts     uint64
+}
+
+// proto renders ck as Milvus reports a checkpoint (no message id when none
+// was replicated yet).
+func (ck ckpt) proto(src string) *commonpb.ReplicateCheckpoint {
+	out := &commonpb.ReplicateCheckpoint{ClusterId: src, Pchannel: ck.srcPch, TimeTick: ck.ts}
+	if ck.msgID > 0 {
+		out.MessageId = messageID(ck.msgID)
+	}
+	return out
 }
 
 type ckptKey struct {
@@ -334,6 +344,7 @@ func (c *Cluster) updateReplicateConfiguration(ctx context.Context, req *milvusp
 	if err := c.validateConfig(cfg); err != nil {
 		return err
 	}
+	waitOnly := false
 	for {
 		c.repl.mu.Lock()
 		same := c.repl.cfg != nil && proto.Equal(c.repl.cfg, cfg) || c.repl.cfg == nil && len(cfg.GetClusters()) == 0
@@ -342,9 +353,14 @@ func (c *Cluster) updateReplicateConfiguration(ctx context.Context, req *milvusp
 		if same {
 			return nil
 		}
-		if role(c.role.Load()) == roleSecondary {
+		if waitOnly || role(c.role.Load()) == roleSecondary {
 			// Milvus: a secondary cannot broadcast; it answers once the
-			// primary's configuration message has reached it through CDC.
+			// primary's configuration message has reached it through CDC
+			// (waitUntilPrimaryChangeOrConfigurationSame). It keeps waiting
+			// for that configuration even if the cluster turns primary
+			// meanwhile: it never broadcasts a configuration it was only
+			// to wait for, which by then may be an old one.
+			waitOnly = true
 			select {
 			case <-changed:
 				continue
@@ -425,8 +441,7 @@ func (c *Cluster) forcePromote(cfg *commonpb.ReplicateConfiguration) error {
 	salvage := func(extra map[string]string) {
 		for p := range c.wals {
 			if ck, ok := c.repl.checkpoint(source, p); ok {
-				extra[propSalvage+strconv.Itoa(p)] = formatSalvage(&commonpb.ReplicateCheckpoint{
-					ClusterId: source, Pchannel: ck.srcPch, MessageId: messageID(ck.msgID), TimeTick: ck.ts})
+				extra[propSalvage+strconv.Itoa(p)] = formatSalvage(ck.proto(source))
 			}
 		}
 	}
@@ -500,7 +515,7 @@ func (c *Cluster) getReplicateInfo(req *milvuspb.GetReplicateInfoRequest) (*milv
 		resp.SalvageCheckpoint = proto.Clone(sc).(*commonpb.ReplicateCheckpoint)
 	}
 	if ck, ok := r.ckpts[ckptKey{src, p}]; ok {
-		resp.Checkpoint = &commonpb.ReplicateCheckpoint{ClusterId: src, Pchannel: ck.srcPch, MessageId: messageID(ck.msgID), TimeTick: ck.ts}
+		resp.Checkpoint = ck.proto(src)
 		return resp, nil
 	}
 	if mc := clusterOf(r.cfg, src); mc != nil && src != c.id && role(c.role.Load()) == roleSecondary {
@@ -737,6 +752,7 @@ func (c *Cluster) applyReplicated(p int, msgs []*milvuspb.ReplicateMessage) (uin
 	c.repl.mu.Lock()
 	cur := c.repl.pchSource[p]
 	_, curLive := c.repl.inbound[ckptKey{cur, p}]
+	curCk, curHas := c.repl.ckpts[ckptKey{cur, p}]
 	c.repl.mu.Unlock()
 	fromSource := src == cur
 	if !fromSource {
@@ -748,14 +764,27 @@ func (c *Cluster) applyReplicated(p int, msgs []*milvuspb.ReplicateMessage) (uin
 			return 0, nil, errReplicateViolation("pchannel %s of cluster %s still replicates from %s; %s must wait for the configuration message that hands it over",
 				c.pchannels[p], c.id, cur, src)
 		}
+		if curHas && e.ts <= curCk.ts {
+			// Older than what this pchannel has: Milvus's CDC never sends
+			// it (it reads from past the target's checkpoint time tick).
+			return curCk.ts, nil, nil
+		}
 	}
 	// A checkpoint of a cluster that is not the source is from an earlier
 	// epoch: it neither deduplicates nor orders this configuration message.
 	if ck, ok := c.repl.checkpoint(src, p); ok && fromSource {
-		if last.id <= ck.msgID {
+		switch {
+		case ck.msgID == 0:
+			// Nothing from this source since the configuration message
+			// that made it the source (ck.ts): anything not newer is from
+			// an earlier epoch, resent from a stale checkpoint, and is
+			// skipped as Milvus's CDC skips it.
+			if last.ts <= ck.ts {
+				return ck.ts, nil, nil
+			}
+		case last.id <= ck.msgID:
 			return ck.ts, nil, nil
-		}
-		if e.id != ck.msgID+1 {
+		case e.id != ck.msgID+1:
 			return 0, nil, errReplicateViolation("replicate stream from %s has a gap on %s: expected message %d, got %d", src, m.GetMessage().GetProperties()[propPChannel], ck.msgID+1, e.id)
 		}
 	}

@@ -65,10 +65,9 @@
 //     Milvus 2.6 does (milvus-io/milvus#52686). A cluster meant to stand
 //     alone can be given the one-cluster configuration (itself, no
 //     topology), which is what a force promotion leaves.
-//
-// Known deviation: Milvus clears the clusters' tokens in what
-// GetReplicateConfiguration returns; the simulator does not yet (see
-// TestSimGetReplicateConfigurationClearsTokens).
+//   - GetReplicateConfiguration returns the configuration without the
+//     clusters' tokens; a configuration built from it must get them back
+//     from elsewhere.
 //
 // It is not the product: where it and real Milvus differ, real Milvus is right.
 package sim

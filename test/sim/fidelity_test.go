@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,7 +12,9 @@ import (
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -283,31 +284,50 @@ func TestReplicateConfigurationOfUnconfiguredCluster(t *testing.T) {
 	}
 }
 
-// TestSimGetReplicateConfigurationClearsTokens: Milvus 2.6 clears the
+// TestGetReplicateConfigurationClearsTokens: Milvus 2.6 clears the
 // clusters' tokens in what GetReplicateConfiguration returns
 // (replicateutil.SanitizeReplicateConfiguration, in every version that has
-// the call). The simulator does not yet: the proxy's topology package
-// builds the configurations of a switchover and a failover from this
-// answer, so with tokens cleared the new primary's CDC cannot authenticate
-// to clusters with auth on (topology's TestArbiterSwitchover and
-// TestArbiterAutoFailover then fail). Fix: clear the tokens in
-// service.GetReplicateConfiguration once topology takes tokens from its own
-// configuration.
-func TestSimGetReplicateConfigurationClearsTokens(t *testing.T) {
-	if os.Getenv("MHP_SIM_BUGS") == "" {
-		t.Skip("known simulator deviation from Milvus; run with MHP_SIM_BUGS=1")
-	}
+// the call); the cluster itself keeps them, so replication still
+// authenticates.
+func TestGetReplicateConfigurationClearsTokens(t *testing.T) {
 	users := map[string]string{"root": "Milvus"}
 	a := startCluster(t, Options{ClusterID: "a", Users: users})
 	b := startCluster(t, Options{ClusterID: "b", Users: users})
 	join(t, a, b)
 	ctx := metadata.AppendToOutgoingContext(tctx(t), "authorization", base64.StdEncoding.EncodeToString([]byte("root:Milvus")))
 	r := resp(t)(rawClient(t, a).GetReplicateConfiguration(ctx, &milvuspb.GetReplicateConfigurationRequest{})).(*milvuspb.GetReplicateConfigurationResponse)
+	if len(r.GetConfiguration().GetClusters()) != 2 {
+		t.Fatalf("configuration %v, want a and b", r.GetConfiguration())
+	}
 	for _, mc := range r.GetConfiguration().GetClusters() {
-		if mc.GetConnectionParam().GetToken() != "" {
-			t.Errorf("cluster %s: GetReplicateConfiguration returned its token", mc.GetClusterId())
+		if mc.GetConnectionParam().GetToken() != "" || mc.GetConnectionParam().GetUri() == "" {
+			t.Errorf("cluster %s: connection %v, want the uri without the token", mc.GetClusterId(), mc.GetConnectionParam())
 		}
 	}
+	if a.Config().GetConnectionParam().GetToken() == "" {
+		t.Fatal("test clusters have no token")
+	}
+	// Replication still authenticates with the tokens the cluster keeps.
+	createCollection(t, rawClientAuth(t, a), "tok", 4, 1, commonpb.ConsistencyLevel_Strong, "L2")
+	eventually(t, 5*time.Second, "the collection to replicate", func() bool {
+		d, err := rawClient(t, b).DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: "tok"})
+		return err == nil && d.GetStatus().GetCode() == 0
+	})
+}
+
+// rawClientAuth is rawClient sending root:Milvus on every call.
+func rawClientAuth(t testing.TB, c *Cluster) milvuspb.MilvusServiceClient {
+	t.Helper()
+	tok := base64.StdEncoding.EncodeToString([]byte("root:Milvus"))
+	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(metadata.AppendToOutgoingContext(ctx, "authorization", tok), method, req, reply, cc, opts...)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return milvuspb.NewMilvusServiceClient(conn)
 }
 
 // TestRepeatedSwitchovers: switchovers a -> b -> c -> a ... by the

@@ -1044,20 +1044,21 @@ func (s *service) UpdateReplicateConfiguration(ctx context.Context, req *milvusp
 }
 
 // GetReplicateConfiguration answers, as Milvus 2.6 does, with the current
-// configuration, and on a cluster never given one only once it has one
-// (see awaitConfigured).
-//
-// Known deviation: Milvus also clears the clusters' tokens
-// (replicateutil.SanitizeReplicateConfiguration); the simulator still
-// returns them, because the proxy's topology package rebuilds the
-// configurations it sends from this answer and would lose the tokens (see
-// TestSimGetReplicateConfigurationClearsTokens).
+// configuration without the clusters' tokens
+// (replicateutil.SanitizeReplicateConfiguration), and on a cluster never
+// given one only once it has one (see awaitConfigured).
 func (s *service) GetReplicateConfiguration(ctx context.Context, req *milvuspb.GetReplicateConfigurationRequest) (*milvuspb.GetReplicateConfigurationResponse, error) {
 	cfg, err := s.c.awaitConfigured(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &milvuspb.GetReplicateConfigurationResponse{Status: okStatus(), Configuration: proto.Clone(cfg).(*commonpb.ReplicateConfiguration)}, nil
+	out := proto.Clone(cfg).(*commonpb.ReplicateConfiguration)
+	for _, mc := range out.GetClusters() {
+		if mc.GetConnectionParam() != nil {
+			mc.ConnectionParam.Token = ""
+		}
+	}
+	return &milvuspb.GetReplicateConfigurationResponse{Status: okStatus(), Configuration: out}, nil
 }
 
 func (s *service) GetReplicateInfo(ctx context.Context, req *milvuspb.GetReplicateInfoRequest) (*milvuspb.GetReplicateInfoResponse, error) {

@@ -244,7 +244,8 @@ func (c *Cluster) Crash() {
 // repl.mu before bg.Add).
 func (c *Cluster) replBarrier() {
 	c.repl.mu.Lock()
-	c.repl.mu.Unlock() //nolint:staticcheck // empty critical section is the barrier
+	//lint:ignore SA2001 the empty critical section is the barrier
+	c.repl.mu.Unlock()
 }
 
 func (c *Cluster) closeFiles() {

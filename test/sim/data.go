@@ -503,15 +503,9 @@ func (d *collData) insertLocked(b *batch, part int64) {
 	}
 }
 
-// remove deletes the rows with the given primary keys (in partition part, or
-// any partition when part is 0) and reports how many existed.
-func (d *collData) remove(pks []pkValue, part int64) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.removeLocked(pks, part)
-}
-
-// removeLocked is remove with d.mu held.
+// removeLocked deletes the rows with the given primary keys (in partition
+// part, or any partition when part is 0) and reports how many existed. The
+// caller holds d.mu.
 func (d *collData) removeLocked(pks []pkValue, part int64) int {
 	n := 0
 	for _, p := range pks {

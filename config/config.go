@@ -73,7 +73,7 @@ type Config struct {
 	Discovery   Discovery   `yaml:"discovery" doc:"How cluster roles are learned: replicate (GetReplicateConfiguration on the clusters) or static (the role keys below)."`
 	Clusters    []Cluster   `yaml:"clusters" doc:"Every Milvus cluster the proxy may talk to, in order of preference (the order breaks ties)."`
 	TLS         ServerTLS   `yaml:"tls,omitempty" doc:"TLS for Milvus clients connecting to the proxy. Off when cert_file is empty."`
-	Engine      Engine      `yaml:"engine" doc:"How calls are carried: grpc (a grpc-go server and client; the default) or relay (HTTP/2 frames relayed between client and cluster: about half the CPU per call, experimental)."`
+	Engine      Engine      `yaml:"engine" doc:"How calls are carried: relay (the default: the proxy speaks HTTP/2 itself on both sides and relays frames between client and cluster, at about half the CPU per call of grpc) or grpc (a grpc-go server in front of grpc-go client connections)."`
 	Read        Read        `yaml:"read" doc:"Where reads go."`
 	Consistency Consistency `yaml:"consistency" doc:"How consistency levels map to required timestamps."`
 	Replication Replication `yaml:"replication" doc:"Tracking of replication progress on the alternatives."`
@@ -179,7 +179,7 @@ func Default() *Config {
 		Listen:      "0.0.0.0:19530",
 		AdminListen: "127.0.0.1:9091",
 		Discovery:   DiscoveryReplicate,
-		Engine:      EngineGRPC,
+		Engine:      EngineRelay,
 		Read: Read{
 			LeaderServesReads: true,
 			Balance:           "p2c",

@@ -162,9 +162,10 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 		}
 	}
 	if leader == "" && len(m.order) == 1 && answered(m.order[0].id) && len(answers[m.order[0].id].cfg.GetClusters()) == 0 {
-		// One standalone cluster that was never joined by replication:
-		// its configuration is empty, and it is the only place writes can
-		// go, so it leads.
+		// One standalone cluster whose configuration is empty: it is the
+		// only place writes can go, so it leads. (Milvus 2.6 blocks
+		// instead until a configuration is set, milvus#52686; its fix
+		// answers an empty configuration.)
 		leader = m.order[0].id
 		claims[leader] = true
 	}

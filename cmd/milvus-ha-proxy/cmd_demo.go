@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
@@ -72,14 +74,20 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		clusters = append(clusters, c)
 	}
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	if len(clusters) > 1 {
-		jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
-		cancel()
-		if err != nil {
-			logger.Error("cannot join the clusters by replication", "err", err)
-			return 1
-		}
+	} else {
+		// A lone cluster gets a configuration naming only itself, so
+		// replicate discovery finds it as the source (Milvus 2.6 answers
+		// GetReplicateConfiguration only once one was set).
+		err = sim.UpdateReplicateConfiguration(jctx, clusters[0].Addr(), "",
+			&commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{clusters[0].Config()}}, false)
+	}
+	cancel()
+	if err != nil {
+		logger.Error("cannot configure replication", "err", err)
+		return 1
 	}
 
 	cfg := config.Default()

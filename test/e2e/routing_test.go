@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 // TestSessionReadYourWrites: 1,000 rounds of insert then Session search by
@@ -28,7 +29,7 @@ func TestSessionReadYourWrites(t *testing.T) {
 	}
 	e := startEnv(t, envOptions{alternatives: 2, delay: 300 * time.Millisecond})
 	c, rec := e.client(t)
-	e.makeCollection(t, c, "ryw")
+	testenv.MakeCollection(t, c, "ryw")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -36,7 +37,7 @@ func TestSessionReadYourWrites(t *testing.T) {
 	servedBy := map[string]int{}
 	for i := 0; i < rounds; i++ {
 		id := int64(i)
-		if err := e.insert(ctx, c, "ryw", id); err != nil {
+		if err := testenv.Insert(ctx, c, "ryw", id); err != nil {
 			t.Fatal(err)
 		}
 		if writer := rec.served("Insert"); writer != "a" {
@@ -48,7 +49,7 @@ func TestSessionReadYourWrites(t *testing.T) {
 		if waited {
 			time.Sleep(450 * time.Millisecond)
 		}
-		found, err := searchID(ctx, c, "ryw", id, entity.ClSession)
+		found, err := testenv.SearchID(ctx, c, "ryw", id, entity.ClSession)
 		if err != nil {
 			t.Fatalf("round %d: session search: %v", i, err)
 		}
@@ -81,16 +82,16 @@ func TestSessionReadYourWrites(t *testing.T) {
 func TestEventuallySpread(t *testing.T) {
 	e := startEnv(t, envOptions{alternatives: 2})
 	c, rec := e.client(t)
-	e.makeCollection(t, c, "spread")
+	testenv.MakeCollection(t, c, "spread")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := e.insert(ctx, c, "spread", 1, 2, 3); err != nil {
+	if err := testenv.Insert(ctx, c, "spread", 1, 2, 3); err != nil {
 		t.Fatal(err)
 	}
 	const n = 300
 	servedBy := map[string]int{}
 	for i := 0; i < n; i++ {
-		if _, err := searchID(ctx, c, "spread", 1, entity.ClEventually); err != nil {
+		if _, err := testenv.SearchID(ctx, c, "spread", 1, entity.ClEventually); err != nil {
 			t.Fatal(err)
 		}
 		servedBy[rec.served("Search")]++
@@ -112,17 +113,17 @@ func TestBoundedFollowsLag(t *testing.T) {
 		c.Read.LeaderServesReads = false
 	}})
 	c, rec := e.client(t)
-	e.makeCollection(t, c, "bounded")
+	testenv.MakeCollection(t, c, "bounded")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := e.insert(ctx, c, "bounded", 7); err != nil {
+	if err := testenv.Insert(ctx, c, "bounded", 7); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
 	count := func(n int) map[string]int {
 		by := map[string]int{}
 		for i := 0; i < n; i++ {
-			if _, err := searchID(ctx, c, "bounded", 7, entity.ClBounded); err != nil {
+			if _, err := testenv.SearchID(ctx, c, "bounded", 7, entity.ClBounded); err != nil {
 				t.Fatal(err)
 			}
 			by[rec.served("Search")]++
@@ -156,7 +157,7 @@ func TestBoundedFollowsLag(t *testing.T) {
 func TestStrongAndWritesGoToLeader(t *testing.T) {
 	e := startEnv(t, envOptions{alternatives: 2})
 	c, rec := e.client(t)
-	e.makeCollection(t, c, "strong")
+	testenv.MakeCollection(t, c, "strong")
 	for _, m := range []string{"CreateCollection", "CreateIndex", "LoadCollection"} {
 		if got := rec.served(m); got != "a" {
 			t.Errorf("%s served by %q, want a", m, got)
@@ -165,13 +166,13 @@ func TestStrongAndWritesGoToLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for i := int64(0); i < 50; i++ {
-		if err := e.insert(ctx, c, "strong", i); err != nil {
+		if err := testenv.Insert(ctx, c, "strong", i); err != nil {
 			t.Fatal(err)
 		}
 		if got := rec.served("Insert"); got != "a" {
 			t.Fatalf("insert %d served by %q, want a", i, got)
 		}
-		found, err := searchID(ctx, c, "strong", i, entity.ClStrong)
+		found, err := testenv.SearchID(ctx, c, "strong", i, entity.ClStrong)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,4 +231,3 @@ func TestUnimplementedPassThrough(t *testing.T) {
 		t.Fatalf("unknown method error does not name the method: %v", err)
 	}
 }
-

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 const (
@@ -202,8 +203,8 @@ func TestDockerfile(t *testing.T) {
 	}
 
 	// The HEALTHCHECK command: 0 while the admin API answers, 1 when not.
-	sims := startSims(t, 1, nil)
-	a := startApp(t, replicateConfig(sims), app.Options{})
+	sims := testenv.StartSims(t, testenv.Options{Clusters: 1})
+	a := testenv.StartApp(t, replicateConfig(sims), app.Options{})
 	hargs := replaceArg(health[1:], "127.0.0.1:9091", a.AdminAddr())
 	if code, out, errOut := runBinary(t, bin, nil, hargs...); code != 0 {
 		t.Errorf("health check %v against a running proxy: exit %d, want 0\n%s%s", hargs, code, out, errOut)

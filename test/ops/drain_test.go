@@ -28,6 +28,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 const slowSearch = 300 * time.Millisecond
@@ -36,7 +37,7 @@ const slowSearch = 300 * time.Millisecond
 // slowSearch, with a loaded collection "drain".
 func slowSims(t *testing.T) []*sim.Cluster {
 	t.Helper()
-	return startSims(t, 2, func(o *sim.Options) { o.SearchMinLatency = slowSearch })
+	return testenv.StartSims(t, testenv.Options{Clusters: 2, Sim: func(o *sim.Options) { o.SearchMinLatency = slowSearch }})
 }
 
 // load fires n concurrent searches (half Strong, half Eventually) through
@@ -55,7 +56,7 @@ func load(c *milvusclient.Client, n int) <-chan error {
 			if i%2 == 1 {
 				cl = entity.ClEventually
 			}
-			res, err := c.Search(ctx, milvusclient.NewSearchOption("drain", 1, []entity.Vector{entity.FloatVector(vec(int64(i)))}).
+			res, err := c.Search(ctx, milvusclient.NewSearchOption("drain", 1, []entity.Vector{entity.FloatVector(testenv.Vec(int64(i)))}).
 				WithANNSField("vec").WithConsistencyLevel(cl))
 			switch {
 			case err != nil:
@@ -75,17 +76,17 @@ func load(c *milvusclient.Client, n int) <-chan error {
 // at addr and waits until the alternative has it.
 func prepareDrain(t *testing.T, sims []*sim.Cluster, addr string) *milvusclient.Client {
 	t.Helper()
-	c := sdkClient(t, addr, nil)
-	makeCollection(t, c, "drain")
+	c := testenv.Connect(t, addr, nil)
+	testenv.MakeCollection(t, c, "drain")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := insert(ctx, c, "drain", 1, 2, 3); err != nil {
+	if err := testenv.Insert(ctx, c, "drain", 1, 2, 3); err != nil {
 		t.Fatal(err)
 	}
 	waitLoaded(t, sims[1].Addr(), "drain")
 	// A Strong search warms the SDK's schema cache, so the load below is
 	// searches only.
-	if err := search(ctx, c, "drain", 1, entity.ClStrong); err != nil {
+	if err := testenv.Search(ctx, c, "drain", 1, entity.ClStrong); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -95,13 +96,31 @@ func prepareDrain(t *testing.T, sims []*sim.Cluster, addr string) *milvusclient.
 // clusters.
 func waitInFlight(t *testing.T, adminAddr string, n int64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d calls in flight", n), func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d calls in flight", n), func() (bool, string) {
 		var sum int64
-		for _, c := range topologyView(t, adminAddr).Clusters {
+		for _, c := range testenv.Topology(t, adminAddr).Clusters {
 			sum += c.Outstanding
 		}
 		return sum == n, fmt.Sprint(sum)
 	})
+}
+
+// watchHealth connects to the proxy at addr and starts a gRPC health
+// Watch on that connection; t.Cleanup ends the watch and closes it.
+func watchHealth(t *testing.T, addr string) (*grpc.ClientConn, healthpb.Health_WatchClient) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	wctx, wcancel := context.WithCancel(context.Background())
+	t.Cleanup(wcancel)
+	watch, err := healthpb.NewHealthClient(conn).Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, watch
 }
 
 // TestDrainUnderLoad: with many slow calls in flight, Shutdown turns
@@ -114,22 +133,12 @@ func TestDrainUnderLoad(t *testing.T) {
 	const inflight = 40
 	sims := slowSims(t)
 	cfg := replicateConfig(sims)
-	a := startApp(t, cfg, app.Options{})
-	waitReady(t, a.AdminAddr(), 1)
+	a := testenv.StartApp(t, cfg, app.Options{})
+	testenv.WaitReady(t, a.AdminAddr(), 1)
 	c := prepareDrain(t, sims, a.Addr())
 
 	// A health watcher and a plain client, both connected before the drain.
-	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	wctx, wcancel := context.WithCancel(context.Background())
-	defer wcancel()
-	watch, err := healthpb.NewHealthClient(conn).Watch(wctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, watch := watchHealth(t, a.Addr())
 	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health before the drain: %v, %v; want SERVING", r, err)
 	}
@@ -269,7 +278,7 @@ drain: {grace_period: 15s}
 `, sims[0].Addr(), sims[1].Addr())
 	path := writeFile(t, t.TempDir(), "proxy.yaml", yaml)
 	cmd, grpcAddr, adminAddr, stderr := startServe(t, bin, nil, "--config", path, "--log-format", "json")
-	waitReady(t, adminAddr, 1)
+	testenv.WaitReady(t, adminAddr, 1)
 	c := prepareDrain(t, sims, grpcAddr)
 
 	results := load(c, inflight)
@@ -333,19 +342,9 @@ func TestDrainWithIdleWatcherNotServing(t *testing.T) {
 	cfg := config.Default()
 	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Clusters = []config.Cluster{{ID: "a", URI: dead}} // replicate discovery: no leader ever
-	a := startApp(t, cfg, app.Options{})
+	a := testenv.StartApp(t, cfg, app.Options{})
 
-	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	wctx, wcancel := context.WithCancel(context.Background())
-	defer wcancel()
-	watch, err := healthpb.NewHealthClient(conn).Watch(wctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, watch := watchHealth(t, a.Addr())
 	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("health with no leader: %v, %v; want NOT_SERVING", r, err)
 	}

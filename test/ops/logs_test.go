@@ -21,6 +21,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 const (
@@ -73,7 +74,7 @@ func (s *syncBuffer) String() string {
 }
 
 func authSims(t *testing.T, n int) []*sim.Cluster {
-	return startSims(t, n, func(o *sim.Options) { o.Users = map[string]string{user: password} })
+	return testenv.StartSims(t, testenv.Options{Clusters: n, Sim: func(o *sim.Options) { o.Users = map[string]string{user: password} }})
 }
 
 // credentialTraffic drives the proxy at addr with clients that
@@ -81,19 +82,19 @@ func authSims(t *testing.T, n int) []*sim.Cluster {
 // and every consistency level.
 func credentialTraffic(t *testing.T, addr string) {
 	t.Helper()
-	c := sdkClient(t, addr, &milvusclient.ClientConfig{Username: user, Password: password})
-	makeCollection(t, c, "secrets")
+	c := testenv.Connect(t, addr, &milvusclient.ClientConfig{Username: user, Password: password})
+	testenv.MakeCollection(t, c, "secrets")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := insert(ctx, c, "secrets", 1, 2, 3); err != nil {
+	if err := testenv.Insert(ctx, c, "secrets", 1, 2, 3); err != nil {
 		t.Fatal(err)
 	}
 	for _, cl := range []entity.ConsistencyLevel{entity.ClStrong, entity.ClSession, entity.ClBounded, entity.ClEventually} {
-		if err := search(ctx, c, "secrets", 1, cl); err != nil {
+		if err := testenv.Search(ctx, c, "secrets", 1, cl); err != nil {
 			t.Fatalf("search %v: %v", cl, err)
 		}
 	}
-	k := sdkClient(t, addr, &milvusclient.ClientConfig{APIKey: token})
+	k := testenv.Connect(t, addr, &milvusclient.ClientConfig{APIKey: token})
 	if _, err := k.ListCollections(ctx, milvusclient.NewListCollectionOption()); err != nil {
 		t.Fatalf("client with a token: %v", err)
 	}
@@ -130,15 +131,15 @@ func TestLogsCarryNoCredential(t *testing.T) {
 		cfg.Clusters[i].Token = config.NewSecret(token)
 	}
 	cfg.Failover.Mode = config.FailoverManual
-	a := startApp(t, cfg, app.Options{Logger: logger})
-	waitReady(t, a.AdminAddr(), 2)
+	a := testenv.StartApp(t, cfg, app.Options{Logger: logger})
+	testenv.WaitReady(t, a.AdminAddr(), 2)
 	// What the proxy logs of its own config at debug level.
 	logger.Debug("effective config", "config", cfg.String(), "clusters", cfg.Clusters)
 
 	credentialTraffic(t, a.Addr())
 	sims[2].Crash()
-	waitFor(t, 10*time.Second, "c reported down", func() (bool, string) {
-		for _, c := range topologyView(t, a.AdminAddr()).Clusters {
+	testenv.WaitFor(t, 10*time.Second, "c reported down", func() (bool, string) {
+		for _, c := range testenv.Topology(t, a.AdminAddr()).Clusters {
 			if c.ID == "c" {
 				return !c.Healthy, c.HealthReason
 			}
@@ -188,7 +189,7 @@ drain: {grace_period: 5s}
 	path := writeFile(t, dir, "proxy.yaml", yaml)
 
 	cmd, grpcAddr, adminAddr, stderr := startServe(t, bin, nil, "--config", path, "--log-level", "debug", "--log-format", "json")
-	waitReady(t, adminAddr, 1)
+	testenv.WaitReady(t, adminAddr, 1)
 	credentialTraffic(t, grpcAddr)
 	// SIGINT (Ctrl-C) drains like SIGTERM and exits 0.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {

@@ -11,11 +11,11 @@ import (
 	"github.com/milvus-io/milvus/client/v2/entity"
 	"github.com/milvus-io/milvus/client/v2/milvusclient"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 // Metric names as the Prometheus exposition writes them (the otel
@@ -37,8 +37,8 @@ const (
 // directly (not through the proxy), so reads routed there can be served.
 func waitLoaded(t *testing.T, addr, coll string) {
 	t.Helper()
-	c := sdkClient(t, addr, nil)
-	waitFor(t, 15*time.Second, "collection "+coll+" loaded on "+addr, func() (bool, string) {
+	c := testenv.Connect(t, addr, nil)
+	testenv.WaitFor(t, 15*time.Second, "collection "+coll+" loaded on "+addr, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		st, err := c.GetLoadState(ctx, milvusclient.NewGetLoadStateOption(coll))
@@ -66,18 +66,19 @@ func waitLoaded(t *testing.T, addr, coll string) {
 // (replication lag, breaker, health) describe the topology.
 func TestMetricsCountTraffic(t *testing.T) {
 	const N, M, K = 7, 21, 5
-	sims := startSims(t, 3, nil)
-	cfg := replicateConfig(sims)
-	// The leader takes no share of reads, so every Eventually read must go
-	// to an alternative (reason alternative) and every Strong read to the
-	// leader (strong_reads: leader, reason leader_strong): exact counts.
-	cfg.Read.LeaderServesReads = false
-	cfg.Consistency.StrongReads = config.StrongReadsLeader
-	a := startApp(t, cfg, app.Options{})
-	waitReady(t, a.AdminAddr(), 2)
+	e := testenv.Start(t, testenv.Options{Clusters: 3, Config: func(cfg *config.Config) {
+		fastProbes(cfg)
+		// The leader takes no share of reads, so every Eventually read must
+		// go to an alternative (reason alternative) and every Strong read to
+		// the leader (strong_reads: leader, reason leader_strong): exact
+		// counts.
+		cfg.Read.LeaderServesReads = false
+		cfg.Consistency.StrongReads = config.StrongReadsLeader
+	}})
+	sims, a := e.Sims, e.App
 
-	c := sdkClient(t, a.Addr(), nil)
-	makeCollection(t, c, "metrics")
+	c := testenv.Connect(t, a.Addr(), nil)
+	testenv.MakeCollection(t, c, "metrics")
 	for _, s := range sims[1:] {
 		waitLoaded(t, s.Addr(), "metrics")
 	}
@@ -85,23 +86,23 @@ func TestMetricsCountTraffic(t *testing.T) {
 	defer cancel()
 	// Warm the SDK's schema cache, so the measured window holds only the
 	// calls below (the SDK describes a collection once, then caches it).
-	if err := search(ctx, c, "metrics", 0, entity.ClStrong); err != nil {
+	if err := testenv.Search(ctx, c, "metrics", 0, entity.ClStrong); err != nil {
 		t.Fatal(err)
 	}
 
 	before := scrape(t, a.AdminAddr())
 	for i := int64(0); i < N; i++ {
-		if err := insert(ctx, c, "metrics", i); err != nil {
+		if err := testenv.Insert(ctx, c, "metrics", i); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i := int64(0); i < M; i++ {
-		if err := search(ctx, c, "metrics", i, entity.ClEventually); err != nil {
+		if err := testenv.Search(ctx, c, "metrics", i, entity.ClEventually); err != nil {
 			t.Fatalf("eventually search %d: %v", i, err)
 		}
 	}
 	for i := int64(0); i < K; i++ {
-		if err := search(ctx, c, "metrics", i, entity.ClStrong); err != nil {
+		if err := testenv.Search(ctx, c, "metrics", i, entity.ClStrong); err != nil {
 			t.Fatalf("strong search %d: %v", i, err)
 		}
 	}
@@ -186,31 +187,31 @@ func TestMetricsCountTraffic(t *testing.T) {
 // the leader with reason leader_lag; when it dies its breaker opens, it is
 // reported unhealthy and reads go to the leader for lack of alternatives.
 func TestMetricsLagAndBreakerFollowFaults(t *testing.T) {
-	sims := startSims(t, 2, nil)
-	cfg := replicateConfig(sims)
-	cfg.Read.LeaderServesReads = false
-	cfg.Consistency.BoundedStaleness = config.Duration(200 * time.Millisecond)
-	a := startApp(t, cfg, app.Options{})
-	waitReady(t, a.AdminAddr(), 1)
-	c := sdkClient(t, a.Addr(), nil)
-	makeCollection(t, c, "lag")
+	e := testenv.Start(t, testenv.Options{Clusters: 2, Config: func(cfg *config.Config) {
+		fastProbes(cfg)
+		cfg.Read.LeaderServesReads = false
+		cfg.Consistency.BoundedStaleness = config.Duration(200 * time.Millisecond)
+	}})
+	sims, a := e.Sims, e.App
+	c := testenv.Connect(t, a.Addr(), nil)
+	testenv.MakeCollection(t, c, "lag")
 	waitLoaded(t, sims[1].Addr(), "lag")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := search(ctx, c, "lag", 0, entity.ClStrong); err != nil {
+	if err := testenv.Search(ctx, c, "lag", 0, entity.ClStrong); err != nil {
 		t.Fatal(err)
 	}
 
 	type L = map[string]string
 	sims[1].PauseReplication()
-	waitFor(t, 10*time.Second, "b's lag gauge to exceed 0.5s", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "b's lag gauge to exceed 0.5s", func() (bool, string) {
 		v := scrape(t, a.AdminAddr()).sum(mLag, L{"cluster": "b"})
 		return v > 0.5, fmt.Sprint(v)
 	})
 	before := scrape(t, a.AdminAddr())
 	const B = 4
 	for i := int64(0); i < B; i++ {
-		if err := search(ctx, c, "lag", i, entity.ClBounded); err != nil {
+		if err := testenv.Search(ctx, c, "lag", i, entity.ClBounded); err != nil {
 			t.Fatalf("bounded search: %v", err)
 		}
 	}
@@ -221,13 +222,13 @@ func TestMetricsLagAndBreakerFollowFaults(t *testing.T) {
 	sims[1].ResumeReplication()
 
 	sims[1].Crash()
-	waitFor(t, 10*time.Second, "b's breaker to open and b to be unhealthy", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "b's breaker to open and b to be unhealthy", func() (bool, string) {
 		m := scrape(t, a.AdminAddr())
 		br, h := m.sum(mBreaker, L{"cluster": "b"}), m.sum(mHealthy, L{"cluster": "b"})
 		return br == 2 && h == 0, fmt.Sprintf("breaker %v healthy %v", br, h)
 	})
 	before = scrape(t, a.AdminAddr())
-	if err := search(ctx, c, "lag", 1, entity.ClEventually); err != nil {
+	if err := testenv.Search(ctx, c, "lag", 1, entity.ClEventually); err != nil {
 		t.Fatalf("eventually search with b down: %v", err)
 	}
 	after = scrape(t, a.AdminAddr())

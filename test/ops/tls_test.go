@@ -30,6 +30,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 // pki is a CA and the certificates the TLS tests use, written as PEM files.
@@ -200,7 +201,7 @@ func tlsCall(addr string, tc *tls.Config) error {
 func TestTLSClientToProxy(t *testing.T) {
 	dir := t.TempDir()
 	p := newPKI(t, dir)
-	sims := startSims(t, 1, nil)
+	sims := testenv.StartSims(t, testenv.Options{Clusters: 1})
 	cfgFor := func(mutual bool) *config.Config {
 		cfg := config.Default()
 		cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
@@ -214,13 +215,13 @@ func TestTLSClientToProxy(t *testing.T) {
 	}
 
 	t.Run("server TLS", func(t *testing.T) {
-		a := startApp(t, cfgFor(false), app.Options{})
-		waitReady(t, a.AdminAddr(), 0)
+		a := testenv.StartApp(t, cfgFor(false), app.Options{})
+		testenv.WaitReady(t, a.AdminAddr(), 0)
 		if err := tlsCall(a.Addr(), &tls.Config{RootCAs: pool(t, p.caFile)}); err != nil {
 			t.Fatalf("client trusting the CA: %v", err)
 		}
 		// The Go SDK, as users connect it.
-		c := sdkClient(t, a.Addr(), &milvusclient.ClientConfig{DialOptions: []grpc.DialOption{
+		c := testenv.Connect(t, a.Addr(), &milvusclient.ClientConfig{DialOptions: []grpc.DialOption{
 			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool(t, p.caFile)})),
 		}})
 		if _, err := c.ListCollections(context.Background(), milvusclient.NewListCollectionOption()); err != nil {
@@ -236,8 +237,8 @@ func TestTLSClientToProxy(t *testing.T) {
 	})
 
 	t.Run("mutual TLS", func(t *testing.T) {
-		a := startApp(t, cfgFor(true), app.Options{})
-		waitReady(t, a.AdminAddr(), 0)
+		a := testenv.StartApp(t, cfgFor(true), app.Options{})
+		testenv.WaitReady(t, a.AdminAddr(), 0)
 		good := &tls.Config{RootCAs: pool(t, p.caFile), Certificates: []tls.Certificate{keyPair(t, p.clientCert, p.clientKey)}}
 		if err := tlsCall(a.Addr(), good); err != nil {
 			t.Fatalf("client with a certificate from the CA: %v", err)
@@ -339,7 +340,7 @@ func (r *tlsRelay) clientCNs() []string {
 func TestTLSProxyToCluster(t *testing.T) {
 	dir := t.TempDir()
 	p := newPKI(t, dir)
-	s := startSims(t, 1, nil)[0]
+	s := testenv.StartSims(t, testenv.Options{Clusters: 1})[0]
 	relay := startTLSRelay(t, s.Addr(), &tls.Config{
 		Certificates: []tls.Certificate{keyPair(t, p.clusterCert, p.clusterKey)},
 		ClientCAs:    pool(t, p.caFile),
@@ -358,16 +359,16 @@ func TestTLSProxyToCluster(t *testing.T) {
 	good := config.ClusterTLS{CAFile: p.caFile, CertFile: p.clientCert, KeyFile: p.clientKey, ServerName: "milvus-a.internal"}
 
 	t.Run("mutual TLS to the cluster", func(t *testing.T) {
-		a := startApp(t, cfgFor(good), app.Options{})
-		waitReady(t, a.AdminAddr(), 0)
-		c := sdkClient(t, a.Addr(), nil)
-		makeCollection(t, c, "tls")
+		a := testenv.StartApp(t, cfgFor(good), app.Options{})
+		testenv.WaitReady(t, a.AdminAddr(), 0)
+		c := testenv.Connect(t, a.Addr(), nil)
+		testenv.MakeCollection(t, c, "tls")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := insert(ctx, c, "tls", 1, 2); err != nil {
+		if err := testenv.Insert(ctx, c, "tls", 1, 2); err != nil {
 			t.Fatal(err)
 		}
-		if err := search(ctx, c, "tls", 1, entity.ClStrong); err != nil {
+		if err := testenv.Search(ctx, c, "tls", 1, entity.ClStrong); err != nil {
 			t.Fatalf("search over cluster TLS: %v", err)
 		}
 		cns := relay.clientCNs()
@@ -395,10 +396,10 @@ func TestTLSProxyToCluster(t *testing.T) {
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
-			a := startApp(t, cfgFor(tc.tls), app.Options{})
+			a := testenv.StartApp(t, cfgFor(tc.tls), app.Options{})
 			var reason string
-			waitFor(t, 10*time.Second, "cluster a reported unhealthy", func() (bool, string) {
-				v := topologyView(t, a.AdminAddr())
+			testenv.WaitFor(t, 10*time.Second, "cluster a reported unhealthy", func() (bool, string) {
+				v := testenv.Topology(t, a.AdminAddr())
 				for _, c := range v.Clusters {
 					if c.ID == "a" && !c.Healthy && strings.HasPrefix(c.HealthReason, "health probe") {
 						reason = c.HealthReason

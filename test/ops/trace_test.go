@@ -15,6 +15,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry/otlptest"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
 const (
@@ -44,7 +45,7 @@ func TestTraceContinuesClientAndReachesBackend(t *testing.T) {
 	}
 	t.Cleanup(col.Stop)
 
-	sims := startSims(t, 2, nil)
+	sims := testenv.StartSims(t, testenv.Options{Clusters: 2})
 	relays := map[string]*mdRelay{}
 	cfg := replicateConfig(sims)
 	for i, s := range sims {
@@ -54,15 +55,15 @@ func TestTraceContinuesClientAndReachesBackend(t *testing.T) {
 	}
 	cfg.Read.LeaderServesReads = false // the Bounded read must go to b
 	cfg.Telemetry.OTLPEndpoint = col.Endpoint
-	a := startApp(t, cfg, app.Options{})
-	waitReady(t, a.AdminAddr(), 1)
+	a := testenv.StartApp(t, cfg, app.Options{})
+	testenv.WaitReady(t, a.AdminAddr(), 1)
 
-	c := sdkClient(t, a.Addr(), nil)
-	makeCollection(t, c, "traced")
+	c := testenv.Connect(t, a.Addr(), nil)
+	testenv.MakeCollection(t, c, "traced")
 	waitLoaded(t, sims[1].Addr(), "traced")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := insert(ctx, c, "traced", 1); err != nil {
+	if err := testenv.Insert(ctx, c, "traced", 1); err != nil {
 		t.Fatal(err)
 	}
 	// Let b catch up past the Bounded read's required timestamp, so it is
@@ -71,7 +72,7 @@ func TestTraceContinuesClientAndReachesBackend(t *testing.T) {
 	tctx := metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+clientTrace+"-"+clientSpan+"-01")
 	before := len(relays["b"].calls(searchMethod))
 	sent := time.Now()
-	if err := search(tctx, c, "traced", 1, entity.ClBounded); err != nil {
+	if err := testenv.Search(tctx, c, "traced", 1, entity.ClBounded); err != nil {
 		t.Fatalf("traced search: %v", err)
 	}
 

@@ -408,6 +408,8 @@ func (u *uconn) retire() {
 	}
 }
 
+func (us *ustream) sendFlow() *streamFlow { return &us.sf }
+
 // ustream is one call in flight on a uconn.
 type ustream struct {
 	id   uint32
@@ -741,39 +743,7 @@ func (u *uconn) onSettings(f *http2.SettingsFrame) {
 		u.fail(fmt.Errorf("cluster %s sent invalid SETTINGS: %w", u.cluster, err), nil)
 		return
 	}
-	_ = f.ForeachSetting(func(s http2.Setting) error {
-		switch s.ID {
-		case http2.SettingMaxFrameSize:
-			u.w.lock()
-			u.w.maxFrame = s.Val
-			u.w.unlock()
-		case http2.SettingMaxConcurrentStreams:
-			u.mu.Lock()
-			u.maxConcurrent = s.Val
-			u.mu.Unlock()
-		case http2.SettingInitialWindowSize:
-			u.mu.Lock()
-			u.flow.mu.Lock()
-			delta := int64(s.Val) - u.flow.initial
-			u.flow.initial = int64(s.Val)
-			for _, us := range u.streams {
-				us.sf.win += delta
-			}
-			u.flow.cond.Broadcast()
-			u.flow.mu.Unlock()
-			u.mu.Unlock()
-		case http2.SettingHeaderTableSize:
-			u.w.lock()
-			u.w.henc.SetMaxDynamicTableSizeLimit(s.Val)
-			u.w.unlock()
-		}
-		return nil
-	})
-	u.w.lock()
-	if u.w.err == nil {
-		u.w.err = u.fr.WriteSettingsAck()
-	}
-	u.w.unlock()
+	applySettings(f, &u.w, &u.flow, &u.mu, &u.streams, &u.maxConcurrent)
 }
 
 func (u *uconn) onGoAway(f *http2.GoAwayFrame) {

@@ -272,6 +272,52 @@ func (f *flow) close() {
 	f.mu.Unlock()
 }
 
+// sendFlower is a stream with a send window: *ustream and *dstream.
+type sendFlower interface{ sendFlow() *streamFlow }
+
+// applySettings applies a peer's SETTINGS frame, whose values the caller
+// has validated, and acks it. mu guards *streams (read under it: a closing
+// connection replaces the map) and is taken before f.mu, as everywhere.
+// maxConcurrent, when not nil, takes SETTINGS_MAX_CONCURRENT_STREAMS under
+// mu; a nil one ignores the setting.
+func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, mu *sync.Mutex, streams *map[uint32]S, maxConcurrent *uint32) {
+	_ = sf.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			w.lock()
+			w.maxFrame = s.Val
+			w.unlock()
+		case http2.SettingMaxConcurrentStreams:
+			if maxConcurrent != nil {
+				mu.Lock()
+				*maxConcurrent = s.Val
+				mu.Unlock()
+			}
+		case http2.SettingInitialWindowSize:
+			mu.Lock()
+			f.mu.Lock()
+			delta := int64(s.Val) - f.initial
+			f.initial = int64(s.Val)
+			for _, st := range *streams {
+				st.sendFlow().win += delta
+			}
+			f.cond.Broadcast()
+			f.mu.Unlock()
+			mu.Unlock()
+		case http2.SettingHeaderTableSize:
+			w.lock()
+			w.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			w.unlock()
+		}
+		return nil
+	})
+	w.lock()
+	if w.err == nil {
+		w.err = w.fr.WriteSettingsAck()
+	}
+	w.unlock()
+}
+
 // sendMessage writes one gRPC message (5-byte prefix, then parts) as DATA
 // on stream id, taking flow-control credit as it goes. A message that fits
 // the windows goes out under one lock hold.

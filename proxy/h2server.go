@@ -258,6 +258,8 @@ const (
 	kindHealthWatch
 )
 
+func (st *dstream) sendFlow() *streamFlow { return &st.sf }
+
 // dstream is one client call.
 type dstream struct {
 	d      *dconn
@@ -583,35 +585,7 @@ func (d *dconn) onSettings(f *http2.SettingsFrame) {
 		d.close(err)
 		return
 	}
-	_ = f.ForeachSetting(func(s http2.Setting) error {
-		switch s.ID {
-		case http2.SettingMaxFrameSize:
-			d.w.lock()
-			d.w.maxFrame = s.Val
-			d.w.unlock()
-		case http2.SettingInitialWindowSize:
-			d.mu.Lock()
-			d.flow.mu.Lock()
-			delta := int64(s.Val) - d.flow.initial
-			d.flow.initial = int64(s.Val)
-			for _, st := range d.streams {
-				st.sf.win += delta
-			}
-			d.flow.cond.Broadcast()
-			d.flow.mu.Unlock()
-			d.mu.Unlock()
-		case http2.SettingHeaderTableSize:
-			d.w.lock()
-			d.w.henc.SetMaxDynamicTableSizeLimit(s.Val)
-			d.w.unlock()
-		}
-		return nil
-	})
-	d.w.lock()
-	if d.w.err == nil {
-		d.w.err = d.fr.WriteSettingsAck()
-	}
-	d.w.unlock()
+	applySettings(f, &d.w, &d.flow, &d.mu, &d.streams, nil)
 }
 
 var (

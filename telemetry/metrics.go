@@ -164,83 +164,98 @@ const (
 // writes held through a failover.
 var rpcBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
+// instruments creates instruments on meter and keeps the first error, so
+// newMetrics reads as a list.
+type instruments struct {
+	meter metric.Meter
+	err   error
+}
+
+func (b *instruments) keep(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+func (b *instruments) counter(name, desc, unit string) metric.Int64Counter {
+	c, err := b.meter.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit(unit))
+	b.keep(err)
+	return c
+}
+
+// seconds is a histogram of durations with the given bucket boundaries.
+func (b *instruments) seconds(name, desc string, buckets ...float64) metric.Float64Histogram {
+	h, err := b.meter.Float64Histogram(name, metric.WithDescription(desc),
+		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(buckets...))
+	b.keep(err)
+	return h
+}
+
+// gauge is a unitless observable gauge, read by newMetrics' callback.
+func (b *instruments) gauge(name, desc string) metric.Int64ObservableGauge {
+	g, err := b.meter.Int64ObservableGauge(name, metric.WithDescription(desc))
+	b.keep(err)
+	return g
+}
+
 func newMetrics(meter metric.Meter) (*Metrics, error) {
-	m := &Metrics{}
-	var err error
-	must := func(e error) {
-		if err == nil {
-			err = e
-		}
+	b := &instruments{meter: meter}
+	m := &Metrics{
+		requests: b.counter("milvus_ha_proxy_requests",
+			"Calls proxied, by gRPC method, routing class, serving cluster, its role and the gRPC status code.",
+			"{request}"),
+		duration: b.seconds("milvus_ha_proxy_request_duration",
+			"Time from a call's arrival at the proxy to its answer, by method, class and serving cluster.",
+			rpcBuckets...),
+		reads: b.counter("milvus_ha_proxy_reads",
+			"Reads (Search, HybridSearch, Query) routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_no_alternative, leader_fallback, leader_no_collection, leader_wait, leader_strong_alloc.",
+			"{read}"),
+		retries: b.counter("milvus_ha_proxy_retries",
+			"Calls retried on another cluster after a transport failure, by method and class.",
+			"{retry}"),
+		leaderChange: b.counter("milvus_ha_proxy_leader_changes",
+			"Leader changes, by reason (failover, switchover, discovery) and new leader.",
+			"{change}"),
+		failovers: b.counter("milvus_ha_proxy_failovers",
+			"Failovers (forced promotions), by result: ok, refused, failed.",
+			"{failover}"),
+		switchovers: b.counter("milvus_ha_proxy_switchovers",
+			"Switchovers (planned leader changes), by result: ok, refused, failed.",
+			"{switchover}"),
+		held: b.counter("milvus_ha_proxy_writes_held",
+			"Writes held while no leader was available, by outcome: released, timed_out, canceled.",
+			"{write}"),
+		holdDuration: b.seconds("milvus_ha_proxy_write_hold_duration",
+			"How long held writes waited for a leader, by outcome.",
+			.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
 	}
 	var e error
-	m.requests, e = meter.Int64Counter("milvus_ha_proxy_requests",
-		metric.WithDescription("Calls proxied, by gRPC method, routing class, serving cluster, its role and the gRPC status code."),
-		metric.WithUnit("{request}"))
-	must(e)
-	m.duration, e = meter.Float64Histogram("milvus_ha_proxy_request_duration",
-		metric.WithDescription("Time from a call's arrival at the proxy to its answer, by method, class and serving cluster."),
-		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(rpcBuckets...))
-	must(e)
-	m.reads, e = meter.Int64Counter("milvus_ha_proxy_reads",
-		metric.WithDescription("Reads (Search, HybridSearch, Query) routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_no_alternative, leader_fallback, leader_no_collection, leader_wait, leader_strong_alloc."),
-		metric.WithUnit("{read}"))
-	must(e)
-	m.retries, e = meter.Int64Counter("milvus_ha_proxy_retries",
-		metric.WithDescription("Calls retried on another cluster after a transport failure, by method and class."),
-		metric.WithUnit("{retry}"))
-	must(e)
-	m.leaderChange, e = meter.Int64Counter("milvus_ha_proxy_leader_changes",
-		metric.WithDescription("Leader changes, by reason (failover, switchover, discovery) and new leader."),
-		metric.WithUnit("{change}"))
-	must(e)
-	m.failovers, e = meter.Int64Counter("milvus_ha_proxy_failovers",
-		metric.WithDescription("Failovers (forced promotions), by result: ok, refused, failed."),
-		metric.WithUnit("{failover}"))
-	must(e)
-	m.switchovers, e = meter.Int64Counter("milvus_ha_proxy_switchovers",
-		metric.WithDescription("Switchovers (planned leader changes), by result: ok, refused, failed."),
-		metric.WithUnit("{switchover}"))
-	must(e)
-	m.held, e = meter.Int64Counter("milvus_ha_proxy_writes_held",
-		metric.WithDescription("Writes held while no leader was available, by outcome: released, timed_out, canceled."),
-		metric.WithUnit("{write}"))
-	must(e)
-	m.holdDuration, e = meter.Float64Histogram("milvus_ha_proxy_write_hold_duration",
-		metric.WithDescription("How long held writes waited for a leader, by outcome."),
-		metric.WithUnit("s"), metric.WithExplicitBucketBoundaries(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-	must(e)
 	m.waiting, e = meter.Int64UpDownCounter("milvus_ha_proxy_writes_waiting",
 		metric.WithDescription("Writes waiting for a leader right now."),
 		metric.WithUnit("{write}"))
-	must(e)
+	b.keep(e)
 
 	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
 		metric.WithDescription("How far each non-leader cluster's replication trails the leader; +Inf while unknown (a failed checkpoint poll counts as stale)."),
 		metric.WithUnit("s"))
-	must(e)
-	breaker, e := meter.Int64ObservableGauge("milvus_ha_proxy_breaker_state",
-		metric.WithDescription("Circuit breaker per cluster: 0 closed, 1 half-open, 2 open."))
-	must(e)
-	healthy, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_healthy",
-		metric.WithDescription("1 when the cluster's health probes pass, else 0; labelled with its current role."))
-	must(e)
-	quarantined, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_quarantined",
-		metric.WithDescription("1 when the cluster is quarantined (it holds data the leader lacks after a forced failover) and gets no reads."))
-	must(e)
-	outstanding, e := meter.Int64ObservableGauge("milvus_ha_proxy_cluster_outstanding_requests",
-		metric.WithDescription("Calls in flight to each cluster."))
-	must(e)
-	epoch, e := meter.Int64ObservableGauge("milvus_ha_proxy_epoch",
-		metric.WithDescription("Leader changes since the proxy started."))
-	must(e)
-	failingOver, e := meter.Int64ObservableGauge("milvus_ha_proxy_failover_in_progress",
-		metric.WithDescription("1 while the leader is lost and no new leader is promoted yet (writes are held)."))
-	must(e)
-	if err != nil {
-		return nil, err
+	b.keep(e)
+	breaker := b.gauge("milvus_ha_proxy_breaker_state",
+		"Circuit breaker per cluster: 0 closed, 1 half-open, 2 open.")
+	healthy := b.gauge("milvus_ha_proxy_cluster_healthy",
+		"1 when the cluster's health probes pass, else 0; labelled with its current role.")
+	quarantined := b.gauge("milvus_ha_proxy_cluster_quarantined",
+		"1 when the cluster is quarantined (it holds data the leader lacks after a forced failover) and gets no reads.")
+	outstanding := b.gauge("milvus_ha_proxy_cluster_outstanding_requests",
+		"Calls in flight to each cluster.")
+	epoch := b.gauge("milvus_ha_proxy_epoch",
+		"Leader changes since the proxy started.")
+	failingOver := b.gauge("milvus_ha_proxy_failover_in_progress",
+		"1 while the leader is lost and no new leader is promoted yet (writes are held).")
+	if b.err != nil {
+		return nil, b.err
 	}
 
-	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		fn := m.state.Load()
 		if fn == nil {
 			return nil

@@ -106,6 +106,18 @@ func (c *catalog) resolve(db, name string) (*collection, error) {
 	return c.resolveLocked(db, name)
 }
 
+// inspect resolves db/name and runs check (when not nil) on the collection,
+// both under the read lock, so that check sees the catalog as resolved.
+func (c *catalog) inspect(db, name string, check func(coll *collection) error) (*collection, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	coll, err := c.resolveLocked(db, name)
+	if err == nil && check != nil {
+		err = check(coll)
+	}
+	return coll, err
+}
+
 func validName(kind, name string) error {
 	if name == "" {
 		return errParam("%s name should not be empty", kind)

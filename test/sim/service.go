@@ -74,6 +74,44 @@ func (c *Cluster) broadcastDDL(kind string, req proto.Message, props map[string]
 	return err
 }
 
+// collectionDDL broadcasts req as kind on the collection db/name addresses,
+// with its properties; c.ddl must be running. check (when not nil) inspects
+// the collection under the catalog's read lock first; it answers skip for a
+// request Milvus takes as an idempotent no-op, which then succeeds unsent.
+func (c *Cluster) collectionDDL(db, name, kind string, req proto.Message, check func(coll *collection) (skip bool, err error)) error {
+	skip := false
+	coll, err := c.cat.inspect(db, name, func(coll *collection) (err error) {
+		if check != nil {
+			skip, err = check(coll)
+		}
+		return err
+	})
+	if err != nil || skip {
+		return err
+	}
+	return c.broadcastDDL(kind, req, collProps(coll))
+}
+
+// collectionDDL runs c.collectionDDL as one DDL and answers its status.
+func (s *service) collectionDDL(ctx context.Context, reqDB, name, kind string, req proto.Message, check func(coll *collection) (skip bool, err error)) (*commonpb.Status, error) {
+	db := dbOf(ctx, reqDB)
+	return statusOf(s.c.ddl(func() error {
+		return s.c.collectionDDL(db, name, kind, req, check)
+	})), nil
+}
+
+// missingPartitionLocked is the error for the last of names coll lacks, nil
+// when it has them all. Caller holds the catalog's lock.
+func missingPartitionLocked(coll *collection, names []string) error {
+	var err error
+	for _, n := range names {
+		if coll.parts[n] == nil {
+			err = errPartitionNotFound(n)
+		}
+	}
+	return err
+}
+
 func collProps(coll *collection) map[string]string {
 	return map[string]string{propDB: coll.db.name, propColl: coll.name, propCollID: strconv.FormatInt(coll.id, 10)}
 }
@@ -403,15 +441,7 @@ func (s *service) RenameCollection(ctx context.Context, req *milvuspb.RenameColl
 }
 
 func (s *service) AlterCollection(ctx context.Context, req *milvuspb.AlterCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
-		coll, err := c.cat.resolve(db, req.GetCollectionName())
-		if err != nil {
-			return err
-		}
-		return c.broadcastDDL(kindAlterCollection, req, collProps(coll))
-	})), nil
+	return s.collectionDDL(ctx, req.GetDbName(), req.GetCollectionName(), kindAlterCollection, req, nil)
 }
 
 func (s *service) GetCollectionStatistics(ctx context.Context, req *milvuspb.GetCollectionStatisticsRequest) (*milvuspb.GetCollectionStatisticsResponse, error) {
@@ -435,23 +465,18 @@ func (s *service) CreatePartition(ctx context.Context, req *milvuspb.CreateParti
 		if err := validName("partition", req.GetPartitionName()); err != nil {
 			return err
 		}
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
-		var exists bool
-		var n int
-		if err == nil {
-			exists = coll.parts[req.GetPartitionName()] != nil
-			n = len(coll.parts)
-		}
-		c.cat.mu.RUnlock()
-		if err != nil {
-			return err
-		}
-		if exists {
+		exists := false
+		coll, err := c.cat.inspect(db, req.GetCollectionName(), func(coll *collection) error {
+			if exists = coll.parts[req.GetPartitionName()] != nil; exists {
+				return nil
+			}
+			if n := len(coll.parts); n >= 1024 {
+				return errParam("partition number (%d) exceeds max configuration (1024), collection: %s", n, coll.name)
+			}
 			return nil
-		}
-		if n >= 1024 {
-			return errParam("partition number (%d) exceeds max configuration (1024), collection: %s", n, coll.name)
+		})
+		if err != nil || exists {
+			return err
 		}
 		props := collProps(coll)
 		props[propPartID] = strconv.FormatInt(c.allocID(), 10)
@@ -466,25 +491,16 @@ func (s *service) DropPartition(ctx context.Context, req *milvuspb.DropPartition
 		if req.GetPartitionName() == defaultPartition {
 			return errParam("default partition cannot be deleted")
 		}
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
-		var part *partition
-		loaded := false
-		if err == nil {
-			part = coll.parts[req.GetPartitionName()]
-			loaded = part != nil && part.loaded
-		}
-		c.cat.mu.RUnlock()
-		if err != nil {
-			return err
-		}
-		if part == nil {
-			return nil
-		}
-		if loaded {
-			return errParam("partition cannot be dropped, partition is loaded, please release it first")
-		}
-		return c.broadcastDDL(kindDropPartition, req, collProps(coll))
+		return c.collectionDDL(db, req.GetCollectionName(), kindDropPartition, req, func(coll *collection) (bool, error) {
+			part := coll.parts[req.GetPartitionName()]
+			if part == nil {
+				return true, nil
+			}
+			if part.loaded {
+				return false, errParam("partition cannot be dropped, partition is loaded, please release it first")
+			}
+			return false, nil
+		})
 	})), nil
 }
 
@@ -860,26 +876,18 @@ func (s *service) DropIndex(ctx context.Context, req *milvuspb.DropIndexRequest)
 	c := s.c
 	db := dbOf(ctx, req.GetDbName())
 	return statusOf(c.ddl(func() error {
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
 		var idxs []*indexInfo
-		loaded := false
-		if err == nil {
-			idxs = matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName())
-			loaded = coll.loaded
-			for _, p := range coll.parts {
-				loaded = loaded || p.loaded
+		coll, err := c.cat.inspect(db, req.GetCollectionName(), func(coll *collection) error {
+			if idxs = matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName()); len(idxs) == 0 {
+				return nil
 			}
-		}
-		c.cat.mu.RUnlock()
-		if err != nil {
-			return err
-		}
-		if len(idxs) == 0 {
+			if loaded, _ := loadedLocked(coll, nil); loaded {
+				return errParam("index cannot be dropped, collection is loaded, please release it first")
+			}
 			return nil
-		}
-		if loaded {
-			return errParam("index cannot be dropped, collection is loaded, please release it first")
+		})
+		if err != nil || len(idxs) == 0 {
+			return err
 		}
 		out := &milvuspb.DropIndexRequest{DbName: db, CollectionName: coll.name, FieldName: req.GetFieldName(), IndexName: idxs[0].name}
 		return c.broadcastDDL(kindDropIndex, out, collProps(coll))
@@ -898,81 +906,34 @@ func (c *Cluster) checkVectorIndexesLocked(coll *collection) error {
 }
 
 func (s *service) LoadCollection(ctx context.Context, req *milvuspb.LoadCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
-		if err == nil {
-			err = c.checkVectorIndexesLocked(coll)
+	return s.collectionDDL(ctx, req.GetDbName(), req.GetCollectionName(), kindLoadCollection, req, func(coll *collection) (bool, error) {
+		if err := s.c.checkVectorIndexesLocked(coll); err != nil {
+			return false, err
 		}
-		loaded := err == nil && coll.loaded
-		c.cat.mu.RUnlock()
-		if err != nil || loaded {
-			return err
-		}
-		return c.broadcastDDL(kindLoadCollection, req, collProps(coll))
-	})), nil
+		return coll.loaded, nil
+	})
 }
 
 func (s *service) ReleaseCollection(ctx context.Context, req *milvuspb.ReleaseCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
-		coll, err := c.cat.resolve(db, req.GetCollectionName())
-		if err != nil {
-			return err
-		}
-		return c.broadcastDDL(kindReleaseCollection, req, collProps(coll))
-	})), nil
+	return s.collectionDDL(ctx, req.GetDbName(), req.GetCollectionName(), kindReleaseCollection, req, nil)
 }
 
 func (s *service) LoadPartitions(ctx context.Context, req *milvuspb.LoadPartitionsRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
-		if err == nil {
-			err = c.checkVectorIndexesLocked(coll)
+	return s.collectionDDL(ctx, req.GetDbName(), req.GetCollectionName(), kindLoadPartitions, req, func(coll *collection) (bool, error) {
+		if err := s.c.checkVectorIndexesLocked(coll); err != nil {
+			return false, err
 		}
-		if err == nil {
-			if len(req.GetPartitionNames()) == 0 {
-				err = errParam("partition names should not be empty")
-			}
-			for _, n := range req.GetPartitionNames() {
-				if coll.parts[n] == nil {
-					err = errPartitionNotFound(n)
-				}
-			}
+		if len(req.GetPartitionNames()) == 0 {
+			return false, errParam("partition names should not be empty")
 		}
-		c.cat.mu.RUnlock()
-		if err != nil {
-			return err
-		}
-		return c.broadcastDDL(kindLoadPartitions, req, collProps(coll))
-	})), nil
+		return false, missingPartitionLocked(coll, req.GetPartitionNames())
+	})
 }
 
 func (s *service) ReleasePartitions(ctx context.Context, req *milvuspb.ReleasePartitionsRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
-		c.cat.mu.RLock()
-		coll, err := c.cat.resolveLocked(db, req.GetCollectionName())
-		if err == nil {
-			for _, n := range req.GetPartitionNames() {
-				if coll.parts[n] == nil {
-					err = errPartitionNotFound(n)
-				}
-			}
-		}
-		c.cat.mu.RUnlock()
-		if err != nil {
-			return err
-		}
-		return c.broadcastDDL(kindReleasePartitions, req, collProps(coll))
-	})), nil
+	return s.collectionDDL(ctx, req.GetDbName(), req.GetCollectionName(), kindReleasePartitions, req, func(coll *collection) (bool, error) {
+		return false, missingPartitionLocked(coll, req.GetPartitionNames())
+	})
 }
 
 // loadedLocked reports whether the named partitions (all when none) are loaded.

@@ -439,6 +439,13 @@ type collData struct {
 	pkStr  map[string]int32
 }
 
+// aliveRows is how many rows are alive (inserted, not deleted).
+func (d *collData) aliveRows() int {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.nAlive
+}
+
 func newCollData(fields []*fieldInfo, pk *fieldInfo) *collData {
 	d := &collData{fields: fields, pk: pk, cols: make([]*column, len(fields))}
 	for i, f := range fields {

@@ -449,11 +449,8 @@ func (s *service) GetCollectionStatistics(ctx context.Context, req *milvuspb.Get
 	if err != nil {
 		return &milvuspb.GetCollectionStatisticsResponse{Status: statusOf(err)}, nil
 	}
-	coll.data.mu.RLock()
-	n := coll.data.nAlive
-	coll.data.mu.RUnlock()
 	return &milvuspb.GetCollectionStatisticsResponse{Status: okStatus(),
-		Stats: []*commonpb.KeyValuePair{{Key: "row_count", Value: strconv.Itoa(n)}}}, nil
+		Stats: []*commonpb.KeyValuePair{{Key: "row_count", Value: strconv.Itoa(coll.data.aliveRows())}}}, nil
 }
 
 // partitions
@@ -549,16 +546,13 @@ func (s *service) ShowPartitions(ctx context.Context, req *milvuspb.ShowPartitio
 }
 
 func (s *service) GetPartitionStatistics(ctx context.Context, req *milvuspb.GetPartitionStatisticsRequest) (*milvuspb.GetPartitionStatisticsResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
 	var part *partition
-	if err == nil {
+	coll, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
 		if part = coll.parts[req.GetPartitionName()]; part == nil {
-			err = errPartitionNotFound(req.GetPartitionName())
+			return errPartitionNotFound(req.GetPartitionName())
 		}
-	}
-	cat.mu.RUnlock()
+		return nil
+	})
 	if err != nil {
 		return &milvuspb.GetPartitionStatisticsResponse{Status: statusOf(err)}, nil
 	}
@@ -814,23 +808,17 @@ func matchIndexesLocked(coll *collection, fieldName, indexName string) []*indexI
 }
 
 func (s *service) DescribeIndex(ctx context.Context, req *milvuspb.DescribeIndexRequest) (*milvuspb.DescribeIndexResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
 	var idxs []*indexInfo
-	if err == nil {
-		idxs = matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName())
-		if len(idxs) == 0 {
-			err = errIndexNotFound(coll.name)
+	coll, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
+		if idxs = matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName()); len(idxs) == 0 {
+			return errIndexNotFound(coll.name)
 		}
-	}
-	cat.mu.RUnlock()
+		return nil
+	})
 	if err != nil {
 		return &milvuspb.DescribeIndexResponse{Status: statusOf(err)}, nil
 	}
-	coll.data.mu.RLock()
-	rows := int64(coll.data.nAlive)
-	coll.data.mu.RUnlock()
+	rows := int64(coll.data.aliveRows())
 	resp := &milvuspb.DescribeIndexResponse{Status: okStatus()}
 	for _, idx := range idxs {
 		resp.IndexDescriptions = append(resp.IndexDescriptions, &milvuspb.IndexDescription{
@@ -841,14 +829,19 @@ func (s *service) DescribeIndex(ctx context.Context, req *milvuspb.DescribeIndex
 	return resp, nil
 }
 
-func (s *service) GetIndexState(ctx context.Context, req *milvuspb.GetIndexStateRequest) (*milvuspb.GetIndexStateResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
-	if err == nil && len(matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName())) == 0 {
-		err = errIndexNotFound(coll.name)
+// indexesExistLocked answers errIndexNotFound when no index of coll matches a
+// DescribeIndex-like request. Caller holds the catalog's lock.
+func indexesExistLocked(coll *collection, fieldName, indexName string) error {
+	if len(matchIndexesLocked(coll, fieldName, indexName)) == 0 {
+		return errIndexNotFound(coll.name)
 	}
+	return nil
+}
+
+func (s *service) GetIndexState(ctx context.Context, req *milvuspb.GetIndexStateRequest) (*milvuspb.GetIndexStateResponse, error) {
+	_, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
+		return indexesExistLocked(coll, req.GetFieldName(), req.GetIndexName())
+	})
 	if err != nil {
 		return &milvuspb.GetIndexStateResponse{Status: statusOf(err)}, nil
 	}
@@ -856,19 +849,13 @@ func (s *service) GetIndexState(ctx context.Context, req *milvuspb.GetIndexState
 }
 
 func (s *service) GetIndexBuildProgress(ctx context.Context, req *milvuspb.GetIndexBuildProgressRequest) (*milvuspb.GetIndexBuildProgressResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
-	if err == nil && len(matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName())) == 0 {
-		err = errIndexNotFound(coll.name)
-	}
-	cat.mu.RUnlock()
+	coll, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
+		return indexesExistLocked(coll, req.GetFieldName(), req.GetIndexName())
+	})
 	if err != nil {
 		return &milvuspb.GetIndexBuildProgressResponse{Status: statusOf(err)}, nil
 	}
-	coll.data.mu.RLock()
-	rows := int64(coll.data.nAlive)
-	coll.data.mu.RUnlock()
+	rows := int64(coll.data.aliveRows())
 	return &milvuspb.GetIndexBuildProgressResponse{Status: okStatus(), IndexedRows: rows, TotalRows: rows}, nil
 }
 

@@ -821,16 +821,7 @@ func (u *uconn) onData(f *http2.DataFrame) {
 			sendStream, us.recv = us.recv, 0
 		}
 	}
-	if sendConn > 0 || sendStream > 0 {
-		u.w.lock()
-		if sendConn > 0 && u.w.err == nil {
-			u.w.err = u.fr.WriteWindowUpdate(0, uint32(sendConn))
-		}
-		if sendStream > 0 && u.w.err == nil {
-			u.w.err = u.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
-		}
-		u.w.unlockDefer(&u.fl)
-	}
+	u.w.writeWindowUpdates(f.StreamID, sendConn, sendStream, &u.fl)
 	if us == nil {
 		return
 	}

@@ -111,6 +111,23 @@ func (fl *flushList) flush() {
 	fl.ws = fl.ws[:0]
 }
 
+// writeWindowUpdates returns conn bytes of connection window and stream
+// bytes of stream id's window to the peer (nothing for a zero count),
+// leaving the flush to fl as unlockDefer does.
+func (w *h2writer) writeWindowUpdates(id uint32, conn, stream int, fl *flushList) {
+	if conn <= 0 && stream <= 0 {
+		return
+	}
+	w.lock()
+	if conn > 0 && w.err == nil {
+		w.err = w.fr.WriteWindowUpdate(0, uint32(conn))
+	}
+	if stream > 0 && w.err == nil {
+		w.err = w.fr.WriteWindowUpdate(id, uint32(stream))
+	}
+	w.unlockDefer(fl)
+}
+
 // writeHeaders encodes fields and writes them as HEADERS (+CONTINUATION).
 // Must hold the lock: HPACK state follows the order frames are written.
 func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderField) {

@@ -739,16 +739,7 @@ func (d *dconn) onData(f *http2.DataFrame) {
 			}
 		}
 	}
-	if sendConn > 0 || sendStream > 0 {
-		d.w.lock()
-		if sendConn > 0 && d.w.err == nil {
-			d.w.err = d.fr.WriteWindowUpdate(0, uint32(sendConn))
-		}
-		if sendStream > 0 && d.w.err == nil {
-			d.w.err = d.fr.WriteWindowUpdate(f.StreamID, uint32(sendStream))
-		}
-		d.w.unlockDefer(&d.fl)
-	}
+	d.w.writeWindowUpdates(f.StreamID, sendConn, sendStream, &d.fl)
 	if st != nil && f.StreamEnded() {
 		d.onClientEnd(st)
 	}
@@ -771,14 +762,7 @@ func (d *dconn) onClientEnd(st *dstream) {
 
 // returnCredit gives a stream's consumed window back to the client.
 func (d *dconn) returnCredit(id uint32, n int) {
-	if n <= 0 {
-		return
-	}
-	d.w.lock()
-	if d.w.err == nil {
-		d.w.err = d.fr.WriteWindowUpdate(id, uint32(n))
-	}
-	d.w.unlock()
+	d.w.writeWindowUpdates(id, 0, n, nil)
 }
 
 func (d *dconn) resetStream(id uint32, code http2.ErrCode) {

@@ -106,6 +106,20 @@ func (c *catalog) resolve(db, name string) (*collection, error) {
 	return c.resolveLocked(db, name)
 }
 
+// collectionLocked finds db and, by its own name (not an alias), one of its
+// collections. Caller holds mu.
+func (c *catalog) collectionLocked(db, name string) (*database, *collection, error) {
+	d := c.dbs[db]
+	if d == nil {
+		return nil, nil, errDatabaseNotFound(db)
+	}
+	coll := d.colls[name]
+	if coll == nil {
+		return nil, nil, errCollectionNotFound(db, name)
+	}
+	return d, coll, nil
+}
+
 // inspect resolves db/name and runs check (when not nil) on the collection,
 // both under the read lock, so that check sees the catalog as resolved.
 func (c *catalog) inspect(db, name string, check func(coll *collection) error) (*collection, error) {

@@ -92,12 +92,18 @@ func (c *Cluster) collectionDDL(db, name, kind string, req proto.Message, check 
 	return c.broadcastDDL(kind, req, collProps(coll))
 }
 
+// ddl runs fn as one DDL (see Cluster.ddl) on the database a request with
+// db_name reqDB addresses, and answers its status as Milvus does.
+func (s *service) ddl(ctx context.Context, reqDB string, fn func(c *Cluster, db string) error) (*commonpb.Status, error) {
+	db := dbOf(ctx, reqDB)
+	return statusOf(s.c.ddl(func() error { return fn(s.c, db) })), nil
+}
+
 // collectionDDL runs c.collectionDDL as one DDL and answers its status.
 func (s *service) collectionDDL(ctx context.Context, reqDB, name, kind string, req proto.Message, check func(coll *collection) (skip bool, err error)) (*commonpb.Status, error) {
-	db := dbOf(ctx, reqDB)
-	return statusOf(s.c.ddl(func() error {
-		return s.c.collectionDDL(db, name, kind, req, check)
-	})), nil
+	return s.ddl(ctx, reqDB, func(c *Cluster, db string) error {
+		return c.collectionDDL(db, name, kind, req, check)
+	})
 }
 
 // missingPartitionLocked is the error for the last of names coll lacks, nil
@@ -218,10 +224,8 @@ func (s *service) DescribeDatabase(ctx context.Context, req *milvuspb.DescribeDa
 // collections
 
 func (s *service) CreateCollection(ctx context.Context, req *milvuspb.CreateCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
 	name := req.GetCollectionName()
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		if err := validName("collection", name); err != nil {
 			return err
 		}
@@ -273,13 +277,11 @@ func (s *service) CreateCollection(ctx context.Context, req *milvuspb.CreateColl
 			propDB: db, propColl: name, propCollID: strconv.FormatInt(id, 10),
 			propPartID: strconv.FormatInt(c.allocID(), 10), propPChIdx: joinInts(pch),
 		})
-	})), nil
+	})
 }
 
 func (s *service) DropCollection(ctx context.Context, req *milvuspb.DropCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		c.cat.mu.RLock()
 		d := c.cat.dbs[db]
 		var coll *collection
@@ -299,7 +301,7 @@ func (s *service) DropCollection(ctx context.Context, req *milvuspb.DropCollecti
 			return nil // Milvus drops idempotently
 		}
 		return c.broadcastDDL(kindDropCollection, req, collProps(coll))
-	})), nil
+	})
 }
 
 func (s *service) HasCollection(ctx context.Context, req *milvuspb.HasCollectionRequest) (*milvuspb.BoolResponse, error) {
@@ -397,9 +399,7 @@ func (s *service) ShowCollections(ctx context.Context, req *milvuspb.ShowCollect
 }
 
 func (s *service) RenameCollection(ctx context.Context, req *milvuspb.RenameCollectionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		if err := validName("collection", req.GetNewName()); err != nil {
 			return err
 		}
@@ -408,13 +408,9 @@ func (s *service) RenameCollection(ctx context.Context, req *milvuspb.RenameColl
 		err := func() error {
 			c.cat.mu.RLock()
 			defer c.cat.mu.RUnlock()
-			d := c.cat.dbs[db]
-			if d == nil {
-				return errDatabaseNotFound(db)
-			}
-			coll := d.colls[req.GetOldName()]
-			if coll == nil {
-				return errCollectionNotFound(db, req.GetOldName())
+			_, coll, err := c.cat.collectionLocked(db, req.GetOldName())
+			if err != nil {
+				return err
 			}
 			newDB := db
 			if req.GetNewDBName() != "" {
@@ -437,7 +433,7 @@ func (s *service) RenameCollection(ctx context.Context, req *milvuspb.RenameColl
 			return err
 		}
 		return c.broadcastDDL(kindRenameCollection, out, props)
-	})), nil
+	})
 }
 
 func (s *service) AlterCollection(ctx context.Context, req *milvuspb.AlterCollectionRequest) (*commonpb.Status, error) {
@@ -456,9 +452,7 @@ func (s *service) GetCollectionStatistics(ctx context.Context, req *milvuspb.Get
 // partitions
 
 func (s *service) CreatePartition(ctx context.Context, req *milvuspb.CreatePartitionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		if err := validName("partition", req.GetPartitionName()); err != nil {
 			return err
 		}
@@ -478,13 +472,11 @@ func (s *service) CreatePartition(ctx context.Context, req *milvuspb.CreateParti
 		props := collProps(coll)
 		props[propPartID] = strconv.FormatInt(c.allocID(), 10)
 		return c.broadcastDDL(kindCreatePartition, req, props)
-	})), nil
+	})
 }
 
 func (s *service) DropPartition(ctx context.Context, req *milvuspb.DropPartitionRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		if req.GetPartitionName() == defaultPartition {
 			return errParam("default partition cannot be deleted")
 		}
@@ -498,7 +490,7 @@ func (s *service) DropPartition(ctx context.Context, req *milvuspb.DropPartition
 			}
 			return false, nil
 		})
-	})), nil
+	})
 }
 
 func (s *service) HasPartition(ctx context.Context, req *milvuspb.HasPartitionRequest) (*milvuspb.BoolResponse, error) {
@@ -571,9 +563,7 @@ func (s *service) GetPartitionStatistics(ctx context.Context, req *milvuspb.GetP
 // aliases
 
 func (s *service) CreateAlias(ctx context.Context, req *milvuspb.CreateAliasRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		if err := validName("alias", req.GetAlias()); err != nil {
 			return err
 		}
@@ -581,13 +571,9 @@ func (s *service) CreateAlias(ctx context.Context, req *milvuspb.CreateAliasRequ
 		err := func() error {
 			c.cat.mu.RLock()
 			defer c.cat.mu.RUnlock()
-			d := c.cat.dbs[db]
-			if d == nil {
-				return errDatabaseNotFound(db)
-			}
-			coll := d.colls[req.GetCollectionName()]
-			if coll == nil {
-				return errCollectionNotFound(db, req.GetCollectionName())
+			d, coll, err := c.cat.collectionLocked(db, req.GetCollectionName())
+			if err != nil {
+				return err
 			}
 			if d.colls[req.GetAlias()] != nil {
 				return newErr(codeAliasConflict, "alias and collection name conflict[database=%s][alias=%s]", db, req.GetAlias())
@@ -605,24 +591,18 @@ func (s *service) CreateAlias(ctx context.Context, req *milvuspb.CreateAliasRequ
 			return err
 		}
 		return c.broadcastDDL(kindCreateAlias, req, props)
-	})), nil
+	})
 }
 
 func (s *service) AlterAlias(ctx context.Context, req *milvuspb.AlterAliasRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		var props map[string]string
 		err := func() error {
 			c.cat.mu.RLock()
 			defer c.cat.mu.RUnlock()
-			d := c.cat.dbs[db]
-			if d == nil {
-				return errDatabaseNotFound(db)
-			}
-			coll := d.colls[req.GetCollectionName()]
-			if coll == nil {
-				return errCollectionNotFound(db, req.GetCollectionName())
+			d, coll, err := c.cat.collectionLocked(db, req.GetCollectionName())
+			if err != nil {
+				return err
 			}
 			if _, ok := d.aliases[req.GetAlias()]; !ok {
 				return newErr(codeAliasNotFound, "alias not found[database=%s][alias=%s]", db, req.GetAlias())
@@ -634,13 +614,11 @@ func (s *service) AlterAlias(ctx context.Context, req *milvuspb.AlterAliasReques
 			return err
 		}
 		return c.broadcastDDL(kindAlterAlias, req, props)
-	})), nil
+	})
 }
 
 func (s *service) DropAlias(ctx context.Context, req *milvuspb.DropAliasRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		c.cat.mu.RLock()
 		d := c.cat.dbs[db]
 		exists := false
@@ -655,7 +633,7 @@ func (s *service) DropAlias(ctx context.Context, req *milvuspb.DropAliasRequest)
 			return nil
 		}
 		return c.broadcastDDL(kindDropAlias, req, map[string]string{propDB: db})
-	})), nil
+	})
 }
 
 func (s *service) DescribeAlias(ctx context.Context, req *milvuspb.DescribeAliasRequest) (*milvuspb.DescribeAliasResponse, error) {
@@ -704,9 +682,7 @@ func (s *service) ListAliases(ctx context.Context, req *milvuspb.ListAliasesRequ
 var vectorMetrics = map[string]bool{"L2": true, "IP": true, "COSINE": true}
 
 func (s *service) CreateIndex(ctx context.Context, req *milvuspb.CreateIndexRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		var out *milvuspb.CreateIndexRequest
 		var props map[string]string
 		err := func() error {
@@ -772,7 +748,7 @@ func (s *service) CreateIndex(ctx context.Context, req *milvuspb.CreateIndexRequ
 			return err
 		}
 		return c.broadcastDDL(kindCreateIndex, out, props)
-	})), nil
+	})
 }
 
 func samePairs(a, b []*commonpb.KeyValuePair) bool {
@@ -860,9 +836,7 @@ func (s *service) GetIndexBuildProgress(ctx context.Context, req *milvuspb.GetIn
 }
 
 func (s *service) DropIndex(ctx context.Context, req *milvuspb.DropIndexRequest) (*commonpb.Status, error) {
-	c := s.c
-	db := dbOf(ctx, req.GetDbName())
-	return statusOf(c.ddl(func() error {
+	return s.ddl(ctx, req.GetDbName(), func(c *Cluster, db string) error {
 		var idxs []*indexInfo
 		coll, err := c.cat.inspect(db, req.GetCollectionName(), func(coll *collection) error {
 			if idxs = matchIndexesLocked(coll, req.GetFieldName(), req.GetIndexName()); len(idxs) == 0 {
@@ -878,7 +852,7 @@ func (s *service) DropIndex(ctx context.Context, req *milvuspb.DropIndexRequest)
 		}
 		out := &milvuspb.DropIndexRequest{DbName: db, CollectionName: coll.name, FieldName: req.GetFieldName(), IndexName: idxs[0].name}
 		return c.broadcastDDL(kindDropIndex, out, collProps(coll))
-	})), nil
+	})
 }
 
 // load state

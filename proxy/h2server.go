@@ -915,15 +915,7 @@ func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
 		return // reset by the client
 	}
 	var hdrBuf [8]hpack.HeaderField
-	hdr := append(hdrBuf[:0], hdrStatus200, hdrContentType)
-	hdr = appendPassHeaders(hdr, resp.hdr)
-	if cluster != "" {
-		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
-	}
-	trl := resp.trl
-	if len(trl) == 0 {
-		trl = []hpack.HeaderField{hdrGRPCStatus0}
-	}
+	hdr, trl := responseHeaders(&hdrBuf, cluster, resp)
 	var parts [4][]byte
 	n := 0
 	size := 5
@@ -983,15 +975,7 @@ func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushLi
 		return false
 	}
 	var hdrBuf [8]hpack.HeaderField
-	hdr := append(hdrBuf[:0], hdrStatus200, hdrContentType)
-	hdr = appendPassHeaders(hdr, resp.hdr)
-	if cluster != "" {
-		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
-	}
-	trl := resp.trl
-	if len(trl) == 0 {
-		trl = trailersOK
-	}
+	hdr, trl := responseHeaders(&hdrBuf, cluster, resp)
 	var prefix [5]byte
 	binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 	d.w.lock()
@@ -1012,6 +996,22 @@ func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushLi
 }
 
 var trailersOK = []hpack.HeaderField{hdrGRPCStatus0}
+
+// responseHeaders builds a successful response's headers in buf (status,
+// content type, the backend's passable headers, the serving cluster when
+// known) and picks its trailers: the backend's, or a bare OK.
+func responseHeaders(buf *[8]hpack.HeaderField, cluster string, resp *frame) (hdr, trl []hpack.HeaderField) {
+	hdr = append(buf[:0], hdrStatus200, hdrContentType)
+	hdr = appendPassHeaders(hdr, resp.hdr)
+	if cluster != "" {
+		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+	}
+	trl = resp.trl
+	if len(trl) == 0 {
+		trl = trailersOK
+	}
+	return hdr, trl
+}
 
 // appendPassHeaders adds a backend's response headers that mean something
 // to the client (its own metadata), skipping what HTTP/2 and gRPC own.

@@ -275,201 +275,136 @@ func (c *Cluster) applyDDL(e *entry) error {
 	case kindCreateCollection:
 		return c.applyCreateCollection(e)
 	case kindDropCollection:
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		delete(cat.colls, coll.id)
-		if coll.db.colls[coll.name] == coll {
-			delete(coll.db.colls, coll.name)
-		}
-		for a := range coll.aliases {
-			delete(coll.db.aliases, a)
-		}
+		return cat.applyToColl(e, nil, func(coll *collection) {
+			delete(cat.colls, coll.id)
+			if coll.db.colls[coll.name] == coll {
+				delete(coll.db.colls, coll.name)
+			}
+			for a := range coll.aliases {
+				delete(coll.db.aliases, a)
+			}
+		})
 	case kindRenameCollection:
 		req := &milvuspb.RenameCollectionRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		newDB := coll.db
-		if req.GetNewDBName() != "" {
-			if d, ok := cat.dbs[req.GetNewDBName()]; ok {
-				newDB = d
+		return cat.applyToColl(e, req, func(coll *collection) {
+			newDB := coll.db
+			if req.GetNewDBName() != "" {
+				if d, ok := cat.dbs[req.GetNewDBName()]; ok {
+					newDB = d
+				}
 			}
-		}
-		delete(coll.db.colls, coll.name)
-		for a := range coll.aliases {
-			delete(coll.db.aliases, a)
-		}
-		if newDB != coll.db {
-			coll.aliases = map[string]bool{}
-		} else {
+			delete(coll.db.colls, coll.name)
 			for a := range coll.aliases {
-				newDB.aliases[a] = coll
+				delete(coll.db.aliases, a)
 			}
-		}
-		coll.db = newDB
-		coll.name = req.GetNewName()
-		coll.schema.Name = coll.name
-		coll.updated = e.ts
-		newDB.colls[coll.name] = coll
+			if newDB != coll.db {
+				coll.aliases = map[string]bool{}
+			} else {
+				for a := range coll.aliases {
+					newDB.aliases[a] = coll
+				}
+			}
+			coll.db = newDB
+			coll.name = req.GetNewName()
+			coll.schema.Name = coll.name
+			coll.updated = e.ts
+			newDB.colls[coll.name] = coll
+		})
 	case kindAlterCollection:
 		req := &milvuspb.AlterCollectionRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		coll.props = mergeProps(coll.props, req.GetProperties(), req.GetDeleteKeys())
-		coll.updated = e.ts
+		return cat.applyToColl(e, req, func(coll *collection) {
+			coll.props = mergeProps(coll.props, req.GetProperties(), req.GetDeleteKeys())
+			coll.updated = e.ts
+		})
 	case kindCreatePartition:
 		req := &milvuspb.CreatePartitionRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil || coll.parts[req.GetPartitionName()] != nil {
-			return nil
-		}
-		part := &partition{id: propInt(e, propPartID), name: req.GetPartitionName(), created: e.ts, loaded: coll.loaded}
-		coll.parts[part.name] = part
-		coll.partByID[part.id] = part
+		return cat.applyToColl(e, req, func(coll *collection) {
+			if coll.parts[req.GetPartitionName()] != nil {
+				return
+			}
+			part := &partition{id: propInt(e, propPartID), name: req.GetPartitionName(), created: e.ts, loaded: coll.loaded}
+			coll.parts[part.name] = part
+			coll.partByID[part.id] = part
+		})
 	case kindDropPartition:
 		req := &milvuspb.DropPartitionRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		coll := cat.colls[propInt(e, propCollID)]
+		var data *collData
 		var part *partition
-		if coll != nil {
-			part = coll.parts[req.GetPartitionName()]
+		err := cat.applyToColl(e, req, func(coll *collection) {
+			data, part = coll.data, coll.parts[req.GetPartitionName()]
 			if part != nil {
 				delete(coll.parts, part.name)
 				delete(coll.partByID, part.id)
 			}
-		}
-		cat.mu.Unlock()
+		})
+		// The rows go after the catalog is released: data has its own lock.
 		if part != nil {
-			coll.data.dropPartition(part.id)
+			data.dropPartition(part.id)
 		}
+		return err
 	case kindCreateIndex:
 		req := &milvuspb.CreateIndexRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		f := coll.byName[req.GetFieldName()]
-		if f == nil {
-			return nil
-		}
-		params := req.GetExtraParams()
-		metric, _ := kvGet(params, "metric_type")
-		coll.indexes[req.GetIndexName()] = &indexInfo{id: propInt(e, propIndexID), name: req.GetIndexName(), field: f, params: params, metric: metric, created: e.ts}
+		return cat.applyToColl(e, req, func(coll *collection) {
+			f := coll.byName[req.GetFieldName()]
+			if f == nil {
+				return
+			}
+			params := req.GetExtraParams()
+			metric, _ := kvGet(params, "metric_type")
+			coll.indexes[req.GetIndexName()] = &indexInfo{id: propInt(e, propIndexID), name: req.GetIndexName(), field: f, params: params, metric: metric, created: e.ts}
+		})
 	case kindDropIndex:
 		req := &milvuspb.DropIndexRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		for name, idx := range coll.indexes {
-			if name == req.GetIndexName() || req.GetIndexName() == "" && idx.field.name == req.GetFieldName() {
-				delete(coll.indexes, name)
+		return cat.applyToColl(e, req, func(coll *collection) {
+			for name, idx := range coll.indexes {
+				if name == req.GetIndexName() || req.GetIndexName() == "" && idx.field.name == req.GetFieldName() {
+					delete(coll.indexes, name)
+				}
 			}
-		}
+		})
 	case kindLoadCollection, kindReleaseCollection:
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		coll.loaded = e.kind == kindLoadCollection
-		for _, p := range coll.parts {
-			p.loaded = coll.loaded
-		}
+		return cat.applyToColl(e, nil, func(coll *collection) {
+			coll.loaded = e.kind == kindLoadCollection
+			for _, p := range coll.parts {
+				p.loaded = coll.loaded
+			}
+		})
 	case kindLoadPartitions, kindReleasePartitions:
-		var names []string
+		var req interface {
+			proto.Message
+			GetPartitionNames() []string
+		} = &milvuspb.ReleasePartitionsRequest{}
 		if e.kind == kindLoadPartitions {
-			req := &milvuspb.LoadPartitionsRequest{}
-			if err := proto.Unmarshal(e.payload, req); err != nil {
-				return err
+			req = &milvuspb.LoadPartitionsRequest{}
+		}
+		return cat.applyToColl(e, req, func(coll *collection) {
+			for _, n := range req.GetPartitionNames() {
+				if p := coll.parts[n]; p != nil {
+					p.loaded = e.kind == kindLoadPartitions
+				}
 			}
-			names = req.GetPartitionNames()
-		} else {
-			req := &milvuspb.ReleasePartitionsRequest{}
-			if err := proto.Unmarshal(e.payload, req); err != nil {
-				return err
+			all := true
+			for _, p := range coll.parts {
+				all = all && p.loaded
 			}
-			names = req.GetPartitionNames()
-		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		for _, n := range names {
-			if p := coll.parts[n]; p != nil {
-				p.loaded = e.kind == kindLoadPartitions
-			}
-		}
-		all := true
-		for _, p := range coll.parts {
-			all = all && p.loaded
-		}
-		coll.loaded = all
+			coll.loaded = all
+		})
 	case kindCreateAlias, kindAlterAlias:
-		var alias, collName string
+		var req interface {
+			proto.Message
+			GetAlias() string
+		} = &milvuspb.AlterAliasRequest{}
 		if e.kind == kindCreateAlias {
-			req := &milvuspb.CreateAliasRequest{}
-			if err := proto.Unmarshal(e.payload, req); err != nil {
-				return err
+			req = &milvuspb.CreateAliasRequest{}
+		}
+		return cat.applyToColl(e, req, func(coll *collection) {
+			alias := req.GetAlias()
+			if old, ok := coll.db.aliases[alias]; ok {
+				delete(old.aliases, alias)
 			}
-			alias, collName = req.GetAlias(), req.GetCollectionName()
-		} else {
-			req := &milvuspb.AlterAliasRequest{}
-			if err := proto.Unmarshal(e.payload, req); err != nil {
-				return err
-			}
-			alias, collName = req.GetAlias(), req.GetCollectionName()
-		}
-		_ = collName
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		coll := cat.colls[propInt(e, propCollID)]
-		if coll == nil {
-			return nil
-		}
-		if old, ok := coll.db.aliases[alias]; ok {
-			delete(old.aliases, alias)
-		}
-		coll.db.aliases[alias] = coll
-		coll.aliases[alias] = true
+			coll.db.aliases[alias] = coll
+			coll.aliases[alias] = true
+		})
 	case kindDropAlias:
 		req := &milvuspb.DropAliasRequest{}
 		if err := proto.Unmarshal(e.payload, req); err != nil {
@@ -487,6 +422,23 @@ func (c *Cluster) applyDDL(e *entry) error {
 		}
 	default:
 		c.log.Warn("unknown message type ignored", "type", e.kind)
+	}
+	return nil
+}
+
+// applyToColl decodes e's payload into req (unless nil) and runs fn on the
+// collection e names, holding the catalog for writing. A collection since
+// dropped is left alone: the message is stale, not wrong.
+func (cat *catalog) applyToColl(e *entry, req proto.Message, fn func(coll *collection)) error {
+	if req != nil {
+		if err := proto.Unmarshal(e.payload, req); err != nil {
+			return err
+		}
+	}
+	cat.mu.Lock()
+	defer cat.mu.Unlock()
+	if coll := cat.colls[propInt(e, propCollID)]; coll != nil {
+		fn(coll)
 	}
 	return nil
 }

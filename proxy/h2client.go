@@ -804,14 +804,7 @@ func (u *uconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 
 func (u *uconn) onData(f *http2.DataFrame) {
 	n := int(f.Header().Length)
-	u.mu.Lock()
-	us := u.streams[f.StreamID]
-	u.recvConn += n
-	sendConn := 0
-	if u.recvConn >= relayConnUpdate {
-		sendConn, u.recvConn = u.recvConn, 0
-	}
-	u.mu.Unlock()
+	us, sendConn := recvData(&u.mu, &u.streams, &u.recvConn, f.StreamID, n)
 	sendStream := 0
 	var err error
 	if us != nil {

@@ -335,6 +335,22 @@ func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, 
 	w.unlock()
 }
 
+// recvData finds the stream a DATA frame of n bytes is for (the zero S
+// when it is gone) and counts n against the connection's receive window,
+// all under mu, which guards *streams and *recvConn. It returns the
+// connection credit to give back now: everything consumed once that
+// reaches relayConnUpdate, else 0.
+func recvData[S any](mu *sync.Mutex, streams *map[uint32]S, recvConn *int, id uint32, n int) (st S, sendConn int) {
+	mu.Lock()
+	st = (*streams)[id]
+	*recvConn += n
+	if *recvConn >= relayConnUpdate {
+		sendConn, *recvConn = *recvConn, 0
+	}
+	mu.Unlock()
+	return st, sendConn
+}
+
 // sendMessage writes one gRPC message (5-byte prefix, then parts) as DATA
 // on stream id, taking flow-control credit as it goes. A message that fits
 // the windows goes out under one lock hold.

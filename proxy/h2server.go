@@ -712,14 +712,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 // the message.
 func (d *dconn) onData(f *http2.DataFrame) {
 	n := int(f.Header().Length)
-	d.mu.Lock()
-	st := d.streams[f.StreamID]
-	d.recvConn += n
-	sendConn := 0
-	if d.recvConn >= relayConnUpdate {
-		sendConn, d.recvConn = d.recvConn, 0
-	}
-	d.mu.Unlock()
+	st, sendConn := recvData(&d.mu, &d.streams, &d.recvConn, f.StreamID, n)
 	sendStream := 0
 	if st != nil && !st.ended {
 		msgs, err := st.msg.append(f.Data(), d.s.maxMsg)

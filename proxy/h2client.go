@@ -284,14 +284,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 func (u *uconn) start() error {
 	u.w.lock()
 	_, _ = u.w.bw.WriteString(http2.ClientPreface)
-	u.w.err = u.fr.WriteSettings(
-		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
-	)
-	if u.w.err == nil {
-		u.w.err = u.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
-	}
+	u.w.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	err := u.w.err
 	u.w.unlock()
 	if err != nil {
@@ -693,11 +686,7 @@ func (u *uconn) readLoop() {
 			u.onSettings(f)
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				u.w.lock()
-				if u.w.err == nil {
-					u.w.err = u.fr.WritePing(true, f.Data)
-				}
-				u.w.unlock()
+				u.w.writePingAck(f.Data, nil)
 			}
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {

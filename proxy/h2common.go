@@ -111,6 +111,29 @@ func (fl *flushList) flush() {
 	fl.ws = fl.ws[:0]
 }
 
+// writeSettings starts a connection under the lock: our SETTINGS (first,
+// then the relay's stream window and largest readable frame) and the
+// connection window grown to relayConnWindow.
+func (w *h2writer) writeSettings(first http2.Setting) {
+	w.err = w.fr.WriteSettings(
+		first,
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
+	)
+	if w.err == nil {
+		w.err = w.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
+	}
+}
+
+// writePingAck answers a PING, leaving the flush to fl (nil: now).
+func (w *h2writer) writePingAck(data [8]byte, fl *flushList) {
+	w.lock()
+	if w.err == nil {
+		w.err = w.fr.WritePing(true, data)
+	}
+	w.unlockDefer(fl)
+}
+
 // writeWindowUpdates returns conn bytes of connection window and stream
 // bytes of stream id's window to the peer (nothing for a zero count),
 // leaving the flush to fl as unlockDefer does.

@@ -333,14 +333,7 @@ func (d *dconn) serve() {
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
 	d.w.lock()
-	d.w.err = d.fr.WriteSettings(
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: relayMaxStreams},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
-	)
-	if d.w.err == nil {
-		d.w.err = d.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
-	}
+	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: relayMaxStreams})
 	d.w.unlock()
 	defer d.fl.flush()
 	for {
@@ -389,11 +382,7 @@ func (d *dconn) serve() {
 				d.finishGoAway()
 			}
 			if !f.IsAck() {
-				d.w.lock()
-				if d.w.err == nil {
-					d.w.err = d.fr.WritePing(true, f.Data)
-				}
-				d.w.unlockDefer(&d.fl)
+				d.w.writePingAck(f.Data, &d.fl)
 			}
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {

@@ -587,11 +587,7 @@ func (u *uconn) abort(id uint32, code http2.ErrCode, err error) bool {
 	if !u.finish(id, func(us *ustream) { us.err = err }) {
 		return false
 	}
-	u.w.lock()
-	if u.w.err == nil {
-		u.w.err = u.fr.WriteRSTStream(id, code)
-	}
-	u.w.unlock()
+	u.w.writeRSTStream(id, code)
 	return true
 }
 

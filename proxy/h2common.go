@@ -134,6 +134,15 @@ func (w *h2writer) writePingAck(data [8]byte, fl *flushList) {
 	w.unlockDefer(fl)
 }
 
+// writeRSTStream resets stream id with code and flushes.
+func (w *h2writer) writeRSTStream(id uint32, code http2.ErrCode) {
+	w.lock()
+	if w.err == nil {
+		w.err = w.fr.WriteRSTStream(id, code)
+	}
+	w.unlock()
+}
+
 // writeWindowUpdates returns conn bytes of connection window and stream
 // bytes of stream id's window to the peer (nothing for a zero count),
 // leaving the flush to fl as unlockDefer does.

@@ -349,11 +349,7 @@ func (d *dconn) serve() {
 			}
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
-				d.w.lock()
-				if d.w.err == nil {
-					d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCode(ce), nil)
-				}
-				d.w.unlock()
+				d.goAwayNow(http2.ErrCode(ce))
 			}
 			return
 		}
@@ -361,11 +357,7 @@ func (d *dconn) serve() {
 		case *http2.HeadersFrame, *http2.ContinuationFrame:
 			fields, complete, err := d.hr.read(f)
 			if err != nil {
-				d.w.lock()
-				if d.w.err == nil {
-					d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCodeCompression, nil)
-				}
-				d.w.unlock()
+				d.goAwayNow(http2.ErrCodeCompression)
 				return
 			}
 			if complete {
@@ -402,6 +394,16 @@ func (d *dconn) serve() {
 			// The client opens no more streams; those in flight finish.
 		}
 	}
+}
+
+// goAwayNow sends GOAWAY with code, naming the highest stream seen (read
+// under the writer's lock, after any frame written before it).
+func (d *dconn) goAwayNow(code http2.ErrCode) {
+	d.w.lock()
+	if d.w.err == nil {
+		d.w.err = d.fr.WriteGoAway(d.maxStreamID(), code, nil)
+	}
+	d.w.unlock()
 }
 
 func (d *dconn) maxStreamID() uint32 {
@@ -566,11 +568,7 @@ func (d *dconn) close(err error) {
 
 func (d *dconn) onSettings(f *http2.SettingsFrame) {
 	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
-		d.w.lock()
-		if d.w.err == nil {
-			d.w.err = d.fr.WriteGoAway(d.maxStreamID(), http2.ErrCodeProtocol, nil)
-		}
-		d.w.unlock()
+		d.goAwayNow(http2.ErrCodeProtocol)
 		d.close(err)
 		return
 	}
@@ -748,11 +746,7 @@ func (d *dconn) returnCredit(id uint32, n int) {
 }
 
 func (d *dconn) resetStream(id uint32, code http2.ErrCode) {
-	d.w.lock()
-	if d.w.err == nil {
-		d.w.err = d.fr.WriteRSTStream(id, code)
-	}
-	d.w.unlock()
+	d.w.writeRSTStream(id, code)
 }
 
 // endStream forgets a stream: the client reset it, or its call is over.

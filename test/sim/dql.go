@@ -93,6 +93,27 @@ func (c *Cluster) snapshotForRead(ctx context.Context, db, name string, partitio
 // release function, which also pads the time the slot is held to
 // Options.SearchMinLatency: N slots each busy at least D model a cluster of
 // capacity N/D queries per second.
+// consistentRead is what a read request says about the consistency it wants.
+type consistentRead interface {
+	GetConsistencyLevel() commonpb.ConsistencyLevel
+	GetUseDefaultConsistency() bool
+	GetGuaranteeTimestamp() uint64
+}
+
+// awaitRead waits until coll's pchannels are applied up to the timestamp
+// req's consistency asks for, then takes a read slot (see acquire). It
+// answers that timestamp and the slot's release.
+func (c *Cluster) awaitRead(ctx context.Context, coll *collection, req consistentRead) (g uint64, release func(), err error) {
+	g = c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
+	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
+		return 0, nil, err
+	}
+	if release, err = c.acquire(ctx); err != nil {
+		return 0, nil, err
+	}
+	return g, release, nil
+}
+
 func (c *Cluster) acquire(ctx context.Context) (func(), error) {
 	if c.searchSem != nil {
 		select {
@@ -383,11 +404,7 @@ func (c *Cluster) search(ctx context.Context, req *milvuspb.SearchRequest) (*mil
 	if err != nil {
 		return nil, err
 	}
-	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
-	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
-		return nil, err
-	}
-	release, err := c.acquire(ctx)
+	g, release, err := c.awaitRead(ctx, coll, req)
 	if err != nil {
 		return nil, err
 	}
@@ -569,11 +586,7 @@ func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRe
 	if err != nil {
 		return nil, err
 	}
-	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
-	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
-		return nil, err
-	}
-	release, err := c.acquire(ctx)
+	g, release, err := c.awaitRead(ctx, coll, req)
 	if err != nil {
 		return nil, err
 	}
@@ -885,11 +898,7 @@ func (c *Cluster) query(ctx context.Context, req *milvuspb.QueryRequest) (*milvu
 			return nil, err
 		}
 	}
-	g := c.guaranteeTS(coll, req.GetConsistencyLevel(), req.GetUseDefaultConsistency(), req.GetGuaranteeTimestamp())
-	if err := c.waitServed(ctx, coll.pchIdx, g); err != nil {
-		return nil, err
-	}
-	release, err := c.acquire(ctx)
+	_, release, err := c.awaitRead(ctx, coll, req)
 	if err != nil {
 		return nil, err
 	}

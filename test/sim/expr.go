@@ -447,34 +447,22 @@ func (p *parser) expect(k tokKind, what string) (token, error) {
 	return t, nil
 }
 
-func (p *parser) parseOr() (node, error) {
-	l, err := p.parseAnd()
-	if err != nil {
-		return nil, err
-	}
-	for p.peek().kind == tkOr {
-		p.next()
-		r, err := p.parseAnd()
-		if err != nil {
-			return nil, err
-		}
-		l = &logicNode{and: false, l: l, r: r}
-	}
-	return l, nil
-}
+func (p *parser) parseOr() (node, error)  { return p.parseLogic(tkOr, false, p.parseAnd) }
+func (p *parser) parseAnd() (node, error) { return p.parseLogic(tkAnd, true, p.parseCmp) }
 
-func (p *parser) parseAnd() (node, error) {
-	l, err := p.parseCmp()
+// parseLogic parses operand {op operand}, grouping to the left.
+func (p *parser) parseLogic(op tokKind, and bool, operand func() (node, error)) (node, error) {
+	l, err := operand()
 	if err != nil {
 		return nil, err
 	}
-	for p.peek().kind == tkAnd {
+	for p.peek().kind == op {
 		p.next()
-		r, err := p.parseCmp()
+		r, err := operand()
 		if err != nil {
 			return nil, err
 		}
-		l = &logicNode{and: true, l: l, r: r}
+		l = &logicNode{and: and, l: l, r: r}
 	}
 	return l, nil
 }

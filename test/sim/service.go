@@ -494,14 +494,15 @@ func (s *service) DropPartition(ctx context.Context, req *milvuspb.DropPartition
 }
 
 func (s *service) HasPartition(ctx context.Context, req *milvuspb.HasPartitionRequest) (*milvuspb.BoolResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
+	has := false
+	_, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
+		has = coll.parts[req.GetPartitionName()] != nil
+		return nil
+	})
 	if err != nil {
 		return &milvuspb.BoolResponse{Status: statusOf(err)}, nil
 	}
-	return &milvuspb.BoolResponse{Status: okStatus(), Value: coll.parts[req.GetPartitionName()] != nil}, nil
+	return &milvuspb.BoolResponse{Status: okStatus(), Value: has}, nil
 }
 
 func (s *service) ShowPartitions(ctx context.Context, req *milvuspb.ShowPartitionsRequest) (*milvuspb.ShowPartitionsResponse, error) {
@@ -923,14 +924,11 @@ func loadedLocked(coll *collection, partitions []string) (bool, error) {
 }
 
 func (s *service) GetLoadState(ctx context.Context, req *milvuspb.GetLoadStateRequest) (*milvuspb.GetLoadStateResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
-	if err != nil {
-		return &milvuspb.GetLoadStateResponse{Status: statusOf(err)}, nil
-	}
-	loaded, err := loadedLocked(coll, req.GetPartitionNames())
+	loaded := false
+	_, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) (err error) {
+		loaded, err = loadedLocked(coll, req.GetPartitionNames())
+		return err
+	})
 	if err != nil {
 		return &milvuspb.GetLoadStateResponse{Status: statusOf(err)}, nil
 	}
@@ -942,19 +940,15 @@ func (s *service) GetLoadState(ctx context.Context, req *milvuspb.GetLoadStateRe
 }
 
 func (s *service) GetLoadingProgress(ctx context.Context, req *milvuspb.GetLoadingProgressRequest) (*milvuspb.GetLoadingProgressResponse, error) {
-	cat := s.c.cat
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	coll, err := cat.resolveLocked(dbOf(ctx, req.GetDbName()), req.GetCollectionName())
+	_, err := s.c.cat.inspect(dbOf(ctx, req.GetDbName()), req.GetCollectionName(), func(coll *collection) error {
+		loaded, err := loadedLocked(coll, req.GetPartitionNames())
+		if err == nil && !loaded {
+			err = errCollectionNotLoaded(coll.name)
+		}
+		return err
+	})
 	if err != nil {
 		return &milvuspb.GetLoadingProgressResponse{Status: statusOf(err)}, nil
-	}
-	loaded, err := loadedLocked(coll, req.GetPartitionNames())
-	if err != nil {
-		return &milvuspb.GetLoadingProgressResponse{Status: statusOf(err)}, nil
-	}
-	if !loaded {
-		return &milvuspb.GetLoadingProgressResponse{Status: statusOf(errCollectionNotLoaded(coll.name))}, nil
 	}
 	return &milvuspb.GetLoadingProgressResponse{Status: okStatus(), Progress: 100, RefreshProgress: 100}, nil
 }

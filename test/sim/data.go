@@ -111,10 +111,7 @@ func (c *column) fieldData(f *fieldInfo, rows []int32) *schemapb.FieldData {
 	fd := &schemapb.FieldData{Type: f.typ, FieldName: f.name, FieldId: f.id, IsDynamic: f.dynamic}
 	switch f.typ {
 	case schemapb.DataType_Bool:
-		d := make([]bool, len(rows))
-		for i, r := range rows {
-			d[i] = c.b[r]
-		}
+		d := pick(c.b, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_BoolData{BoolData: &schemapb.BoolArray{Data: d}}})
 	case schemapb.DataType_Int8, schemapb.DataType_Int16, schemapb.DataType_Int32:
 		d := make([]int32, len(rows))
@@ -123,34 +120,19 @@ func (c *column) fieldData(f *fieldInfo, rows []int32) *schemapb.FieldData {
 		}
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_IntData{IntData: &schemapb.IntArray{Data: d}}})
 	case schemapb.DataType_Int64:
-		d := make([]int64, len(rows))
-		for i, r := range rows {
-			d[i] = c.i64[r]
-		}
+		d := pick(c.i64, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: d}}})
 	case schemapb.DataType_Float:
-		d := make([]float32, len(rows))
-		for i, r := range rows {
-			d[i] = c.f32[r]
-		}
+		d := pick(c.f32, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_FloatData{FloatData: &schemapb.FloatArray{Data: d}}})
 	case schemapb.DataType_Double:
-		d := make([]float64, len(rows))
-		for i, r := range rows {
-			d[i] = c.f64[r]
-		}
+		d := pick(c.f64, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_DoubleData{DoubleData: &schemapb.DoubleArray{Data: d}}})
 	case schemapb.DataType_VarChar, schemapb.DataType_String:
-		d := make([]string, len(rows))
-		for i, r := range rows {
-			d[i] = c.s[r]
-		}
+		d := pick(c.s, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_StringData{StringData: &schemapb.StringArray{Data: d}}})
 	case schemapb.DataType_JSON:
-		d := make([][]byte, len(rows))
-		for i, r := range rows {
-			d[i] = c.raw[r]
-		}
+		d := pick(c.raw, rows)
 		fd.Field = scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_JsonData{JsonData: &schemapb.JSONArray{Data: d}}})
 	case schemapb.DataType_FloatVector:
 		d := make([]float32, 0, len(rows)*c.dim)
@@ -177,6 +159,15 @@ func (c *column) dynamicSubset(f *fieldInfo, rows []int32, keys []string) *schem
 	}
 	return &schemapb.FieldData{Type: schemapb.DataType_JSON, FieldName: f.name, FieldId: f.id, IsDynamic: true,
 		Field: scalars(&schemapb.ScalarField{Data: &schemapb.ScalarField_JsonData{JsonData: &schemapb.JSONArray{Data: d}}})}
+}
+
+// pick copies the values of col at rows, in order.
+func pick[T any](col []T, rows []int32) []T {
+	out := make([]T, len(rows))
+	for i, r := range rows {
+		out[i] = col[r]
+	}
+	return out
 }
 
 func scalars(s *schemapb.ScalarField) *schemapb.FieldData_Scalars {

@@ -27,7 +27,16 @@ type collEntry struct {
 	info    *CollectionInfo
 	err     error
 	epoch   uint64
+	leader  string // the leader the entry was loaded under ("" for none)
 	expires time.Time
+}
+
+// leaderOf names a snapshot's leader, "" when there is none.
+func leaderOf(s *Snapshot) string {
+	if s.Leader == nil {
+		return ""
+	}
+	return s.Leader.ID
 }
 
 // collectionCache is a copy-on-write map: lookups are one atomic load and
@@ -108,7 +117,9 @@ func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionI
 		if e != nil {
 			select {
 			case <-e.done:
-				if e.err == nil && e.epoch == s.Epoch && m.opts.Now().Before(e.expires) {
+				// Pchannel names carry the leader's id: an entry loaded under
+				// another leader (or none) is stale.
+				if e.err == nil && e.epoch == s.Epoch && e.leader == leaderOf(s) && m.opts.Now().Before(e.expires) {
 					return e.info, nil
 				}
 				// Expired, failed or from another leader: load again.
@@ -121,7 +132,7 @@ func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionI
 				}
 			}
 		}
-		next := &collEntry{done: make(chan struct{}), epoch: s.Epoch}
+		next := &collEntry{done: make(chan struct{}), epoch: s.Epoch, leader: leaderOf(s)}
 		if !m.colls.replace(k, e, next) {
 			continue // someone else got there first; use theirs
 		}

@@ -280,10 +280,12 @@ func (m *Manager) recordClaims(tx *regTxn, claims map[string]bool) error {
 }
 
 // afterLeaderChange resets what belonged to the previous leader: its
-// clock and the collection cache (pchannel names carry the leader's id).
+// clock. The collection cache needs no reset: its entries remember the
+// epoch and leader they were loaded under, and the snapshot that names a
+// new leader is published before this runs, so clearing here would also
+// drop entries already loaded from the new leader.
 func (m *Manager) afterLeaderChange(epoch uint64) {
 	m.clock.reset(epoch)
-	m.colls.clear()
 }
 
 // discoverStatic keeps the configured roles and only learns pchannel names

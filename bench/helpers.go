@@ -27,7 +27,7 @@ func (r *runner) pollAdmin(ctx context.Context) {
 		} else if leader != "" {
 			if ts := r.active.Load(); ts != nil {
 				now := time.Now()
-				ts.rec.observeLeader(leader, now, now.Sub(r.t0), "admin")
+				ts.rec.observeLeader(leader, now, now, now.Sub(r.t0), "admin")
 			}
 		}
 		select {

@@ -168,11 +168,13 @@ type recorder struct {
 
 	writeGap, readGap gapTracker
 
-	leaderMu     sync.Mutex
-	leader       string
-	leaderStart  time.Time // start of the call that showed the current leader
-	leaderEvents []LeaderChange
-	leaderFast   atomic.Pointer[string] // == leader; read without the mutex
+	leaderMu sync.Mutex
+	leader   string
+	// leaderLastEnd is when the latest call served by the current leader
+	// ended (UnixNano); read without the mutex on the fast path.
+	leaderLastEnd atomic.Int64
+	leaderEvents  []LeaderChange
+	leaderFast    atomic.Pointer[string] // == leader; read without the mutex
 
 	active atomic.Int64 // measured ns, summed over this target's phases
 	ops    atomic.Uint64
@@ -242,7 +244,7 @@ func (r *recorder) record(o *outcome, cur *workerCursor, errMsg string) {
 		r.writeGap.success(int64(since))
 		if o.cluster != "" {
 			r.writes.add(o.cluster, 1)
-			r.observeLeader(o.cluster, o.start, since, "header")
+			r.observeLeader(o.cluster, o.start, o.start.Add(o.latency), since, "header")
 		}
 	} else {
 		r.readGap.success(int64(since))
@@ -267,25 +269,38 @@ func (r *recorder) sample(key, msg string, st *commonpb.Status) {
 }
 
 // observeLeader notes the cluster a write went to (or the admin API's
-// leader); a change from the last one seen is a leader change. Concurrent
-// writes complete out of order, so a write to the old leader that started
-// before the write that revealed the new one is no change back: only calls
-// that started later count.
-func (r *recorder) observeLeader(id string, start time.Time, since time.Duration, source string) {
+// leader). Concurrent writes complete out of order, and a write that
+// started before a switch may be served by either side of it, so a call
+// proves a change only when it started after every call the current leader
+// served had ended: then no reordering can explain it.
+func (r *recorder) observeLeader(id string, start, ended time.Time, since time.Duration, source string) {
+	end := ended.UnixNano()
 	if p := r.leaderFast.Load(); p != nil && *p == id {
-		return
+		for {
+			last := r.leaderLastEnd.Load()
+			if end <= last || r.leaderLastEnd.CompareAndSwap(last, end) {
+				return
+			}
+		}
 	}
 	r.leaderMu.Lock()
 	defer r.leaderMu.Unlock()
-	if id == r.leader || start.Before(r.leaderStart) {
+	if id == r.leader {
+		if end > r.leaderLastEnd.Load() {
+			r.leaderLastEnd.Store(end)
+		}
 		return
+	}
+	if r.leader != "" && start.UnixNano() < r.leaderLastEnd.Load() {
+		return // overlaps a call the current leader served: no proof yet
 	}
 	if r.leader != "" {
 		r.leaderEvents = append(r.leaderEvents, LeaderChange{
 			At: since.Seconds(), From: r.leader, To: id, Source: source,
 		})
 	}
-	r.leader, r.leaderStart = id, start
+	r.leader = id
+	r.leaderLastEnd.Store(end)
 	r.leaderFast.Store(&id)
 }
 

@@ -68,18 +68,9 @@ func (c *controller) Topology(context.Context) admin.View {
 	return v
 }
 
-func (c *controller) Ready() (bool, string) {
-	s := c.app.topo.Snapshot()
-	switch {
-	case s.Leader == nil && s.FailingOver:
-		return false, "no leader: failover under way"
-	case s.Leader == nil:
-		return false, "no leader known yet"
-	case !s.Leader.Healthy:
-		return false, fmt.Sprintf("leader %s unreachable: %s", s.Leader.ID, s.Leader.HealthReason)
-	}
-	return true, ""
-}
+// Ready is the topology's own verdict (leader known, reachable, not lost,
+// no failover under way); the admin server adds draining.
+func (c *controller) Ready() (bool, string) { return c.app.topo.Ready() }
 
 func (c *controller) Switchover(ctx context.Context, to string) (admin.Result, error) {
 	ch, err := c.app.arbiter.Switchover(ctx, to)

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
 func startSim(t *testing.T, o sim.Options) *sim.Cluster {

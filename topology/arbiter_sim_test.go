@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 

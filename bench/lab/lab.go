@@ -1,5 +1,5 @@
 // Package lab runs the benchmark scenarios of issue 7 by themselves: it
-// starts simulated Milvus clusters (test/sim) joined by replication and the
+// starts simulated Milvus clusters (sim) joined by replication and the
 // proxy (app) in this process, on loopback ports, points the bench harness
 // at them, injects the scenario's faults through the simulator's handles,
 // and tears everything down.
@@ -17,7 +17,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
 // Options shape one lab: a leader "a" and Alternatives more clusters

@@ -13,8 +13,8 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
 )
 
 // runDemo starts simulated clusters a (leader), b, c... in this process,

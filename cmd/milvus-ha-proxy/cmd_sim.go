@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
 // runSim runs one simulated Milvus cluster in this process until ctx is

@@ -25,7 +25,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 

@@ -11,12 +11,12 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
 // Where the simulator differs from Milvus in ways this suite ran into. Each
 // test fails on the simulator as it is; they run with MHP_SIM_BUGS=1 so
-// `make test` stays green until test/sim is fixed.
+// `make test` stays green until sim is fixed.
 
 func simBugsOnly(t *testing.T) {
 	if os.Getenv("MHP_SIM_BUGS") == "" {
@@ -77,7 +77,7 @@ func writeOn(t *testing.T, c *client, upsert bool, pk, val int64) {
 // over), so the source's CDC resumes from there and the pchannel never
 // advances. (Three other deviations this suite found — non-atomic upsert,
 // DDL applied out of order, a stream taken from a non-source — were fixed
-// in test/sim with regression tests there.)
+// in sim with regression tests there.)
 func TestSimRepeatedSwitchovers(t *testing.T) {
 	simBugsOnly(t)
 	ctx := context.Background()

@@ -3,7 +3,7 @@
 // client's and reach the backend, a drain under load loses no call, bad
 // configs exit 2 naming the key, TLS works both ways and refuses a wrong
 // CA, no log line carries a credential, and the reference docs match the
-// code. Every test starts its own simulated clusters (test/sim) and its own
+// code. Every test starts its own simulated clusters (sim) and its own
 // proxy (package app, or the built binary) on 127.0.0.1:0, with the
 // harness shared with test/e2e (test/testenv).
 package ops
@@ -30,7 +30,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 

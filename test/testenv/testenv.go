@@ -1,5 +1,5 @@
 // Package testenv is the harness the end-to-end suites (test/e2e,
-// test/ops) share: simulated clusters (test/sim) joined by replication,
+// test/ops) share: simulated clusters (sim) joined by replication,
 // the real proxy (package app) in front of them on 127.0.0.1:0, a wait
 // until it is ready, the Go SDK connected to it, and a small collection
 // (id int64 primary key, vec float vector of Dim) to drive traffic with.
@@ -21,7 +21,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
 // LogEnv is the environment variable that, when set, sends the sims' and

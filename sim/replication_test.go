@@ -241,6 +241,17 @@ func TestDropStreamResumesWithoutLossOrDuplication(t *testing.T) {
 	const batches, per = 60, 5
 	for i := 0; i < batches; i++ {
 		last = insertRange(t, ca, "drop", int64(1+i*per), per)
+		if i%12 == 11 {
+			// The ticker alone may not fire before a fast machine has
+			// written every batch: also drop on a schedule of our own and
+			// wait for the source's CDC to reconnect before writing on.
+			n := b.inboundStreams.Load()
+			b.DropStream()
+			deadline := time.Now().Add(10 * time.Second)
+			for b.inboundStreams.Load() == n && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		}
 	}
 	close(stop)
 	wg.Wait()

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -283,7 +284,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 
 func (u *uconn) start() error {
 	u.w.lock()
-	_, _ = u.w.bw.WriteString(http2.ClientPreface)
+	_, _ = io.WriteString(u.w.bw, http2.ClientPreface)
 	u.w.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	err := u.w.err
 	u.w.unlock()

@@ -432,6 +432,14 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	}, nil
 }
 
+// Fenced reports whether Allow would refuse clusterID as fenced (after
+// waiting for the change to settle): callers that must not block ask
+// first and make the attempt where waiting is allowed.
+func (m *Manager) Fenced(clusterID string) bool {
+	mb := m.members[clusterID]
+	return mb != nil && mb.fenced.Load()
+}
+
 // waitFenceResolved waits, up to WriteHold, until a fenced cluster is
 // unfenced or another cluster leads.
 func (m *Manager) waitFenceResolved(mb *member) {

@@ -257,6 +257,7 @@ type fakeTopo struct {
 	allocErr    error
 	leaderWait  chan struct{} // when set, WaitLeader blocks on it while there is no leader
 	onAllow     func(id string)
+	failures    map[string]int // done(false) per cluster: what the breaker would count
 }
 
 func newFakeTopo(tso *atomic.Uint64) *fakeTopo {
@@ -338,7 +339,27 @@ func (f *fakeTopo) Allow(id string) (func(bool), error) {
 	if f.open[id] {
 		return nil, errors.New("breaker open")
 	}
-	return func(bool) {}, nil
+	return func(ok bool) {
+		if !ok {
+			f.mu.Lock()
+			if f.failures == nil {
+				f.failures = map[string]int{}
+			}
+			f.failures[id]++
+			f.mu.Unlock()
+		}
+	}, nil
+}
+
+// failed returns the breaker failures counted so far, per cluster.
+func (f *fakeTopo) failed() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int{}
+	for id, n := range f.failures {
+		out[id] = n
+	}
+	return out
 }
 
 func (f *fakeTopo) setOpen(id string, open bool) {

@@ -333,6 +333,9 @@ type dstream struct {
 	abortUp atomic.Pointer[upRef]
 
 	// With Options.CallHook: what to call once the call's outcome is known.
+	// hooked is set before the stream is published and never changes;
+	// hookEnd is cleared (under hookMu) once called.
+	hooked  bool
 	hookMu  sync.Mutex
 	hookEnd func(error)
 	outcome error
@@ -341,7 +344,7 @@ type dstream struct {
 
 // decide records the call's outcome (the first one stands), for the hook.
 func (st *dstream) decide(err error) {
-	if st.hookEnd == nil {
+	if !st.hooked {
 		return
 	}
 	st.hookMu.Lock()
@@ -353,7 +356,7 @@ func (st *dstream) decide(err error) {
 
 // endHook calls the hook's end function, once.
 func (st *dstream) endHook() {
-	if st.hookEnd == nil {
+	if !st.hooked {
 		return
 	}
 	st.hookMu.Lock()
@@ -394,8 +397,13 @@ func (d *dconn) serve() {
 				continue
 			}
 			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				d.goAwayNow(http2.ErrCode(ce))
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				// RFC 9113 section 4.2: a frame over our
+				// SETTINGS_MAX_FRAME_SIZE is a connection error.
+				d.goAwayNow(http2.ErrCodeFrameSize)
 			}
 			return
 		}
@@ -430,6 +438,10 @@ func (d *dconn) serve() {
 			}
 		case *http2.RSTStreamFrame:
 			if st := d.stream(f.StreamID); st != nil {
+				// The call's context ends first, so that whoever
+				// judges the aborted backend stream sees a client's
+				// cancel, not a cluster's failure.
+				st.cancel()
 				if up := st.abortUp.Load(); up != nil {
 					up.abort()
 				}
@@ -721,6 +733,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 		}
 		md := fieldsMD(st.fwd)
 		st.ctx, st.hookEnd = hook(st.ctx, path, md)
+		st.hooked = st.hookEnd != nil
 		st.fwd = mdFields(keep, md)
 	}
 	d.r.active.Add(1)

@@ -730,3 +730,59 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 		return len(e.srv.relay.conns) == 1
 	})
 }
+
+// TestBreakerCountsOnlyClusterFailures: a client's cancels and resets,
+// and a backend's own error answers, are not failures of the cluster;
+// the write the backend rejected comes back as its answer, not as
+// "outcome unknown".
+func TestBreakerCountsOnlyClusterFailures(t *testing.T) {
+	bothEngines(t, testBreakerCountsOnlyClusterFailures)
+}
+
+func testBreakerCountsOnlyClusterFailures(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.backends["b"]
+	for i := 1; i <= 5; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.client.Query(ctx, &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
+			done <- err
+		}()
+		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == i })
+		cancel()
+		if err := <-done; status.Code(err) != codes.Canceled {
+			t.Fatalf("canceled call: %v", err)
+		}
+		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == i })
+	}
+	for _, code := range []codes.Code{codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled} {
+		e.backends["a"].setFail("Insert", func() error { return status.Error(code, "rejected by the backend") })
+		_, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+		if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), "rejected by the backend") {
+			t.Fatalf("backend's %v answer came back as %v", code, err)
+		}
+	}
+	if f := e.topo.failed(); len(f) > 0 {
+		t.Fatalf("breaker failures counted: %v", f)
+	}
+}
+
+// TestRelayFrameTooLarge: a frame over the proxy's SETTINGS_MAX_FRAME_SIZE
+// is a connection error FRAME_SIZE_ERROR (RFC 9113 section 4.2).
+func TestRelayFrameTooLarge(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	c := dialRaw(t, e.addr, 0)
+	if err := c.headers(1, false, grpcHeaders("Search")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteData(1, true, make([]byte, relayMaxReadFrame+1)); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeFrameSize {
+		t.Fatalf("GOAWAY %v", code)
+	}
+}

@@ -152,6 +152,9 @@ func (t *benchTopo) AllocLeaderTimestamp(context.Context) (uint64, error) {
 func (t *benchTopo) Collection(context.Context, string, string) (topology.CollectionInfo, error) {
 	return t.info, nil
 }
+func (t *benchTopo) CachedCollection(string, string) (topology.CollectionInfo, bool, error) {
+	return t.info, true, nil
+}
 func (t *benchTopo) InvalidateCollection(string, string) {}
 
 func ourProxy(b *testing.B, backend string, engine Engine) string {

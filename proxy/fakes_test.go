@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -182,7 +182,7 @@ func (b *fakeBackend) Query(ctx context.Context, r *milvuspb.QueryRequest) (*mil
 }
 
 func (b *fakeBackend) mutation(method string, n int) *milvuspb.MutationResult {
-	ts := b.tso.Add(1 << consistency.LogicalBits)
+	ts := b.tso.Add(1 << hybridts.LogicalBits)
 	ids := make([]int64, n)
 	for i := range ids {
 		ids[i] = int64(i + 1)
@@ -423,7 +423,7 @@ func firstPick() uint64 { return 0 }
 func newEnv(t *testing.T, mut ...func(*Options)) *env {
 	t.Helper()
 	tso := &atomic.Uint64{}
-	start := consistency.FromTime(time.Now())
+	start := hybridts.Now()
 	tso.Store(start)
 	e := &env{t: t, tso: tso, backends: map[string]*fakeBackend{}, topo: newFakeTopo(tso), events: &eventLog{}, start: start}
 	snap := &topology.Snapshot{PublishedAt: time.Now()}

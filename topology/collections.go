@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -87,13 +88,6 @@ func (c *collectionCache) clear() {
 	c.m.Store(&empty)
 }
 
-func normDB(db string) string {
-	if db == "" {
-		return "default"
-	}
-	return db
-}
-
 // Collection returns what routing needs about a collection, from a cache
 // filled by DescribeCollection on the leader (on an alternative while
 // there is no leader), with the proxy's own credentials. Concurrent misses
@@ -110,7 +104,7 @@ func (m *Manager) Collection(ctx context.Context, db, name string) (CollectionIn
 }
 
 func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionInfo, error) {
-	k := collKey{normDB(db), name}
+	k := collKey{consistency.NormalizeDB(db), name}
 	for {
 		s := m.Snapshot()
 		e := m.colls.get(k)
@@ -148,7 +142,7 @@ func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionI
 // InvalidateCollection drops a collection from the cache (after DDL);
 // name "" drops every collection of db (after DropDatabase).
 func (m *Manager) InvalidateCollection(db, name string) {
-	db = normDB(db)
+	db = consistency.NormalizeDB(db)
 	if name == "" {
 		m.colls.dropDB(db)
 		return

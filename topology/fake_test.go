@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
@@ -178,7 +179,7 @@ func (f *fakeMilvus) AllocTimestamp(ctx context.Context, _ *milvuspb.AllocTimest
 	off := f.tsoOffset
 	f.mu.Unlock()
 	ms := time.Now().Add(off).UnixMilli()
-	return &milvuspb.AllocTimestampResponse{Status: okStatus, Timestamp: uint64(ms)<<18 | 7}, nil
+	return &milvuspb.AllocTimestampResponse{Status: okStatus, Timestamp: hybridts.Compose(ms, 7)}, nil
 }
 
 func (f *fakeMilvus) DescribeCollection(ctx context.Context, req *milvuspb.DescribeCollectionRequest) (*milvuspb.DescribeCollectionResponse, error) {

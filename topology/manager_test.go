@@ -11,13 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-func hts(ms int64) uint64 { return uint64(ms) << logicalBits }
+func hts(ms int64) uint64 { return hybridts.Compose(ms, 0) }
 
 func cluster(f *fakeMilvus, role Role) ClusterOptions {
 	return ClusterOptions{ID: f.id, URI: f.addr, Role: role, Token: "root:Milvus"}
@@ -399,7 +400,7 @@ func TestLeaderClock(t *testing.T) {
 		}
 		// The estimate follows the leader's clock (10s ahead of ours), not ours.
 		local := time.Now().UnixMilli()
-		if d := PhysicalMillis(prev) - local; d < 9000 || d > 11000 {
+		if d := hybridts.Physical(prev) - local; d < 9000 || d > 11000 {
 			t.Fatalf("estimate is %dms ahead of the local clock, want about 10000", d)
 		}
 		m.ObserveLeaderTimestamp(prev + hts(60_000))
@@ -413,19 +414,19 @@ func TestLeaderClock(t *testing.T) {
 		// The leader answered with 5000ms while our call took 100ms: its
 		// clock at t0+100ms is at most 5100ms.
 		c.calibrate(0, t0, hts(1_000_000))
-		if got := PhysicalMillis(c.now(t0.Add(100 * time.Millisecond))); got != 1_000_100 {
+		if got := hybridts.Physical(c.now(t0.Add(100 * time.Millisecond))); got != 1_000_100 {
 			t.Fatalf("estimate %d, want 1000100", got)
 		}
-		if got := PhysicalMillis(c.now(t0)); got != 1_000_100 {
+		if got := hybridts.Physical(c.now(t0)); got != 1_000_100 {
 			t.Fatalf("estimate went back to %d", got)
 		}
 		c.calibrate(7, t0, hts(5)) // a sample from another epoch is ignored
-		if got := PhysicalMillis(c.now(t0.Add(200 * time.Millisecond))); got != 1_000_200 {
+		if got := hybridts.Physical(c.now(t0.Add(200 * time.Millisecond))); got != 1_000_200 {
 			t.Fatalf("stale-epoch sample used: %d", got)
 		}
 		c.reset(1)
 		c.calibrate(1, t0, hts(500))
-		if got := PhysicalMillis(c.now(t0.Add(time.Millisecond))); got != 501 {
+		if got := hybridts.Physical(c.now(t0.Add(time.Millisecond))); got != 501 {
 			t.Fatalf("after reset: %d, want 501", got)
 		}
 	})

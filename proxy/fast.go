@@ -18,15 +18,15 @@ import (
 
 // fastCall is a unary call on the fast path.
 type fastCall struct {
-	s     *Server
-	st    *dstream
-	req   *frame
-	c     call
-	rs    readState
-	ls    leaderState
-	cl    *topology.Cluster
-	done  func(bool) // the breaker's
-	us    ustream
+	s      *Server
+	st     *dstream
+	req    *frame
+	c      call
+	rs     readState
+	ls     leaderState
+	cl     *topology.Cluster
+	done   func(bool) // the breaker's
+	us     ustream
 	write  bool // a leader call (else a read)
 	resent bool // a refused attempt was sent again
 }

@@ -708,7 +708,7 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 	if tc, ok := bad.nc.(*net.TCPConn); ok {
 		_ = tc.SetReadBuffer(4 << 10)
 	}
-	for i := uint32(0); i < 40; i++ {
+	for i := uint32(0); i < 20; i++ {
 		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000000",
 			ConsistencyLevel: commonpb.ConsistencyLevel_Bounded})
 	}
@@ -719,7 +719,9 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("bystander errors: %v", errs[0])
 	}
-	if slowest > 2*time.Second {
+	// Generous for a loaded machine: without the writer goroutine, one
+	// call stalls until the backend connection's keepalive gives up.
+	if slowest > 5*time.Second {
 		t.Errorf("a bystander call took %v", slowest)
 	}
 	// The reader's connection is closed after WriteTimeout; only the

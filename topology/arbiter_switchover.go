@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 )
 
@@ -335,7 +336,7 @@ func (a *Arbiter) waitCaughtUp(ctx context.Context, to string, bar uint64, timeo
 		case <-t.C:
 			lag := "unknown"
 			if ts, ok := c.ReplicatedFor(nil); ok {
-				lag = (time.Duration(PhysicalMillis(bar)-PhysicalMillis(ts)) * time.Millisecond).String()
+				lag = (time.Duration(hybridts.Physical(bar)-hybridts.Physical(ts)) * time.Millisecond).String()
 			} else if c.LagReason != "" {
 				lag += " (" + c.LagReason + ")"
 			}

@@ -98,12 +98,6 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 		fc.slowAttempt(cl)
 		return
 	}
-	if f, ok := s.topo.(fenceChecker); ok && f.Fenced(cl.ID) {
-		// Allow would wait for the leader change to settle: not on
-		// the client connection's reader goroutine.
-		fc.slowAttempt(cl)
-		return
-	}
 	done, err := s.topo.Allow(cl.ID)
 	if err != nil {
 		fc.slowAttempt(cl) // the worker meets the open breaker and moves on
@@ -221,10 +215,6 @@ func (fc *fastCall) toWorker(run func() (*frame, error)) {
 		fc.end()
 	}()
 }
-
-// fenceChecker is the part of the topology that tells, without waiting,
-// that Allow would wait (topology.Manager.Fenced).
-type fenceChecker interface{ Fenced(clusterID string) bool }
 
 // upRef names a backend stream a fast call waits on, so that a client's
 // RST_STREAM can reset it too.

@@ -119,8 +119,9 @@ type ServerTLS struct {
 
 // Read is the read-routing policy.
 type Read struct {
-	LeaderServesReads bool   `yaml:"leader_serves_reads" doc:"Whether the leader takes a share of reads alongside eligible alternatives. It always serves reads no alternative can."`
-	Balance           string `yaml:"balance" doc:"Load balancing among eligible clusters: p2c (power of two choices on outstanding requests)."`
+	LeaderServesReads  bool     `yaml:"leader_serves_reads" doc:"Whether the leader takes a share of reads alongside eligible alternatives. It always serves reads no alternative can."`
+	Balance            string   `yaml:"balance" doc:"Load balancing among eligible clusters: p2c (power of two choices on outstanding requests)."`
+	DescribeFailureTTL Duration `yaml:"describe_failure_ttl" doc:"How long a failed DescribeCollection (collection not found, or the leader overloaded, restarting or not implementing it) is remembered before it is asked again. Reads meanwhile go to the leader as sent and get its own answer, so a struggling leader sees one DescribeCollection per collection per period instead of one per read. 0: not remembered."`
 }
 
 // Consistency is how levels turn into required timestamps.
@@ -181,8 +182,9 @@ func Default() *Config {
 		Discovery:   DiscoveryReplicate,
 		Engine:      EngineRelay,
 		Read: Read{
-			LeaderServesReads: true,
-			Balance:           "p2c",
+			LeaderServesReads:  true,
+			Balance:            "p2c",
+			DescribeFailureTTL: Duration(time.Second),
 		},
 		Consistency: Consistency{
 			BoundedStaleness: Duration(5 * time.Second),

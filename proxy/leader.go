@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"google.golang.org/grpc/status"
@@ -192,7 +193,7 @@ func (s *Server) ddlTimestamp(c *call) uint64 {
 	if err == nil && ts != 0 {
 		return ts
 	}
-	est := max(s.topo.LeaderNow(), consistency.FromTime(time.Now()))
+	est := max(s.topo.LeaderNow(), hybridts.Now())
 	s.log.Warn("proxy: AllocTimestamp after DDL failed; using the estimate plus 1s", "method", c.m.name, "err", err)
-	return consistency.AddDuration(est, time.Second)
+	return hybridts.AddDuration(est, time.Second)
 }

@@ -34,8 +34,14 @@ type Topology interface {
 	// AllocLeaderTimestamp asks the leader for a fresh TSO.
 	AllocLeaderTimestamp(ctx context.Context) (uint64, error)
 	// Collection returns the collection's routing facts (cached
-	// DescribeCollection on the leader).
+	// DescribeCollection on the leader); failures are cached too, for a
+	// shorter time.
 	Collection(ctx context.Context, db, name string) (topology.CollectionInfo, error)
+	// CachedCollection is Collection without calling out or blocking: ok
+	// reports whether a cached answer (success or failure) exists for the
+	// current leader. The relay engine routes with it on its connection
+	// goroutines.
+	CachedCollection(db, name string) (info topology.CollectionInfo, ok bool, err error)
 	// InvalidateCollection drops the cached facts of db.name; name ""
 	// means every collection of db (after DropDatabase).
 	InvalidateCollection(db, name string)

@@ -168,6 +168,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Controller: &controller{app: a},
 		Metrics:    tel.MetricsHandler(),
 		Logger:     logger,
+		Pprof:      cfg.AdminPprof,
 	})
 	for pattern, h := range opts.AdminHandlers {
 		a.admin.Handle(pattern, h)

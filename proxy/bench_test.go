@@ -143,6 +143,9 @@ func (t *benchTopo) Changed() <-chan struct{}     { return t.changed }
 func (t *benchTopo) WaitLeader(context.Context) (*topology.Cluster, error) {
 	return t.snap.Leader, nil
 }
+func (t *benchTopo) WaitWritable(context.Context, *topology.WriteWait) (*topology.Cluster, error) {
+	return t.snap.Leader, nil
+}
 func allowDone(bool)                                  {}
 func (t *benchTopo) Allow(string) (func(bool), error) { return allowDone, nil }
 func (t *benchTopo) LeaderNow() uint64                { return hybridts.Now() }

@@ -259,6 +259,7 @@ type fakeTopo struct {
 	allocErr    error
 	leaderWait  chan struct{} // when set, WaitLeader blocks on it while there is no leader
 	onAllow     func(id string)
+	waits       map[*topology.WriteWait]int // WaitWritable calls per write
 }
 
 func newFakeTopo(tso *atomic.Uint64) *fakeTopo {
@@ -329,6 +330,30 @@ func (f *fakeTopo) WaitLeader(ctx context.Context) (*topology.Cluster, error) {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// WaitWritable hands out the leader as WaitLeader does; a call that comes
+// back (its attempt was never sent) waits 5ms, and the fourth time it
+// gives up as write_hold running out would.
+func (f *fakeTopo) WaitWritable(ctx context.Context, w *topology.WriteWait) (*topology.Cluster, error) {
+	f.mu.Lock()
+	if f.waits == nil {
+		f.waits = map[*topology.WriteWait]int{}
+	}
+	n := f.waits[w]
+	f.waits[w] = n + 1
+	f.mu.Unlock()
+	if n >= 4 {
+		return nil, status.Errorf(codes.Unavailable, "no writable leader within write_hold (last attempt: %v)", w.LastNotSent())
+	}
+	if n > 0 {
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	return f.WaitLeader(ctx)
 }
 
 func (f *fakeTopo) Allow(id string) (func(bool), error) {

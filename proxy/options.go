@@ -25,6 +25,10 @@ type Topology interface {
 	// WaitLeader returns the leader; during a failover it blocks up to
 	// write_hold and then fails with codes.Unavailable.
 	WaitLeader(ctx context.Context) (*topology.Cluster, error)
+	// WaitWritable returns the leader a write may be sent to now, waiting
+	// across a call's attempts (one WriteWait per call) up to write_hold
+	// while there is none, it is fenced, or it refused the last attempt.
+	WaitWritable(ctx context.Context, w *topology.WriteWait) (*topology.Cluster, error)
 	// Allow asks the cluster's circuit breaker for permission to send one
 	// request; done reports its outcome. err is set when the breaker is
 	// open (the request must not be sent).

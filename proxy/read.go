@@ -193,10 +193,23 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 // steers new reads.
 func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *frame, err error) (*frame, error, bool) {
 	if err != nil {
-		var be *errBreaker
+		var na notAdmitted
+		var fenced *errFenced
 		switch {
-		case errors.As(err, &be):
-			rs.lastErr = be.status()
+		case errors.As(err, &fenced):
+			// A leader change is taking cl out: when no other cluster
+			// may serve the read, it waits for the new leader.
+			rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
+			rs.snap = s.topo.Snapshot()
+			rs.dec = s.router.PickRead(rs.snap, rs.rr)
+			if rs.dec.Cluster == nil {
+				rs.lastErr = nil
+			} else {
+				rs.lastErr = fenced.status()
+			}
+			return nil, nil, false
+		case errors.As(err, &na):
+			rs.lastErr = na.status()
 		case retryableRead(c.ctx, err):
 			rs.lastErr = err
 		default:

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,11 @@ type Options struct {
 	HistoryInterval time.Duration
 	// HistoryWindow is how much history is kept; default 10m.
 	HistoryWindow time.Duration
+	// Pprof serves Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/ (config admin_pprof). Off by default: a CPU profile
+	// or execution trace costs the proxy while it runs, and the profiles
+	// show the process's command line and code layout.
+	Pprof bool
 }
 
 // Server is the admin HTTP server.
@@ -45,6 +51,7 @@ type Server struct {
 	ctl     Controller
 	log     *slog.Logger
 	timeout time.Duration
+	pprof   bool
 	mux     *http.ServeMux
 	srv     *http.Server
 	hist    *sampler
@@ -92,6 +99,17 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /ui", s.ui)
 	s.mux.HandleFunc("POST /api/v1/switchover", s.actionHandler("switchover", s.ctl.Switchover))
 	s.mux.HandleFunc("POST /api/v1/failover", s.actionHandler("failover", s.ctl.Failover))
+	if o.Pprof {
+		s.pprof = true
+		// Index serves every named profile (heap, goroutine, allocs,
+		// block, mutex, threadcreate) under /debug/pprof/NAME.
+		s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -156,6 +174,10 @@ GET  /api/v1/history      the topology sampled over the last minutes, and leader
 POST /api/v1/switchover   {"to":"ID"}  planned leader change, no data loss
 POST /api/v1/failover     {"to":"ID"}  forced promotion
 `)
+	if s.pprof {
+		fmt.Fprint(w, `GET  /debug/pprof/         Go runtime profiles (go tool pprof http://ADDR/debug/pprof/profile)
+`)
+	}
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

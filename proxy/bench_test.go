@@ -143,6 +143,9 @@ func (t *benchTopo) Changed() <-chan struct{}     { return t.changed }
 func (t *benchTopo) WaitLeader(context.Context) (*topology.Cluster, error) {
 	return t.snap.Leader, nil
 }
+func (t *benchTopo) WaitWritable(context.Context, *topology.WriteWait) (*topology.Cluster, error) {
+	return t.snap.Leader, nil
+}
 func allowDone(bool)                                  {}
 func (t *benchTopo) Allow(string) (func(bool), error) { return allowDone, nil }
 func (t *benchTopo) LeaderNow() uint64                { return hybridts.Now() }
@@ -151,6 +154,9 @@ func (t *benchTopo) AllocLeaderTimestamp(context.Context) (uint64, error) {
 }
 func (t *benchTopo) Collection(context.Context, string, string) (topology.CollectionInfo, error) {
 	return t.info, nil
+}
+func (t *benchTopo) CachedCollection(string, string) (topology.CollectionInfo, bool, error) {
+	return t.info, true, nil
 }
 func (t *benchTopo) InvalidateCollection(string, string) {}
 

@@ -76,6 +76,23 @@ type Step struct {
 	Took  time.Duration `json:"took"`
 }
 
+// String is the step in one line: name, cluster, duration and error.
+func (s Step) String() string {
+	out := s.Name
+	if s.Cluster != "" {
+		out += "@" + s.Cluster
+	}
+	if s.Done() {
+		out += " " + s.Took.Round(time.Microsecond).String()
+	} else {
+		out += " (running)"
+	}
+	if s.Error != "" {
+		out += ": " + s.Error
+	}
+	return out
+}
+
 // Done reports whether the step ended.
 func (s Step) Done() bool { return !s.End.IsZero() }
 

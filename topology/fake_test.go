@@ -42,6 +42,7 @@ type fakeMilvus struct {
 
 	describeCalls atomic.Int32
 	describeDelay time.Duration
+	describeErr   error // a gRPC error DescribeCollection fails with
 
 	addr string
 	srv  *grpc.Server
@@ -186,11 +187,14 @@ func (f *fakeMilvus) DescribeCollection(ctx context.Context, req *milvuspb.Descr
 	f.record(ctx, "DescribeCollection")
 	f.describeCalls.Add(1)
 	f.mu.Lock()
-	delay := f.describeDelay
+	delay, failWith := f.describeDelay, f.describeErr
 	resp, ok := f.colls[req.GetDbName()+"/"+req.GetCollectionName()]
 	f.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if failWith != nil {
+		return nil, failWith
 	}
 	if !ok {
 		return &milvuspb.DescribeCollectionResponse{Status: &commonpb.Status{

@@ -1,8 +1,8 @@
-// Package admin is the proxy's admin HTTP server (DESIGN.md "Ports and
-// endpoints"): health and readiness for load balancers and orchestrators,
-// Prometheus metrics, the topology, and the switchover and failover
-// actions. It is meant for a private address (default 127.0.0.1:9091):
-// anyone who can reach it can move the leader.
+// Package admin is the proxy's admin HTTP server: health and readiness for
+// load balancers and orchestrators, Prometheus metrics, the topology and
+// its recent history, a status page for people (/ui), and the switchover
+// and failover actions. It is meant for a private address (default
+// 127.0.0.1:9091): anyone who can reach it can move the leader.
 package admin
 
 import (
@@ -34,6 +34,11 @@ type Options struct {
 	// action does not stop when the HTTP client goes away: abandoning a
 	// leader change half way is worse than finishing it.
 	ActionTimeout time.Duration
+	// HistoryInterval is how often the topology is sampled for
+	// /api/v1/history and the status page; default 2s.
+	HistoryInterval time.Duration
+	// HistoryWindow is how much history is kept; default 10m.
+	HistoryWindow time.Duration
 	// Pprof serves Go's runtime profiles (net/http/pprof) under
 	// /debug/pprof/ (config admin_pprof). Off by default: a CPU profile
 	// or execution trace costs the proxy while it runs, and the profiles
@@ -49,6 +54,7 @@ type Server struct {
 	pprof   bool
 	mux     *http.ServeMux
 	srv     *http.Server
+	hist    *sampler
 
 	draining atomic.Bool
 	// action serializes switchovers and failovers: a second request while
@@ -69,11 +75,18 @@ func New(o Options) *Server {
 	if o.ActionTimeout <= 0 {
 		o.ActionTimeout = 2 * time.Minute
 	}
+	if o.HistoryInterval <= 0 {
+		o.HistoryInterval = 2 * time.Second
+	}
+	if o.HistoryWindow <= 0 {
+		o.HistoryWindow = 10 * time.Minute
+	}
 	s := &Server{
 		ctl:     o.Controller,
 		log:     o.Logger,
 		timeout: o.ActionTimeout,
 		mux:     http.NewServeMux(),
+		hist:    newSampler(o.Controller, o.HistoryInterval, o.HistoryWindow),
 	}
 	s.mux.HandleFunc("GET /{$}", s.index)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
@@ -82,6 +95,8 @@ func New(o Options) *Server {
 		s.mux.Handle("GET /metrics", o.Metrics)
 	}
 	s.mux.HandleFunc("GET /api/v1/topology", s.topology)
+	s.mux.HandleFunc("GET /api/v1/history", s.historyHandler)
+	s.mux.HandleFunc("GET /ui", s.ui)
 	s.mux.HandleFunc("POST /api/v1/switchover", s.actionHandler("switchover", s.ctl.Switchover))
 	s.mux.HandleFunc("POST /api/v1/failover", s.actionHandler("failover", s.ctl.Failover))
 	if o.Pprof {
@@ -115,8 +130,10 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // server).
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Serve serves on lis until Shutdown; it then returns nil.
+// Serve serves on lis until Shutdown; it then returns nil. The history
+// sampler runs from the first Serve to Shutdown.
 func (s *Server) Serve(lis net.Listener) error {
+	s.hist.run()
 	if err := s.srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin: serve %s: %w", lis.Addr(), err)
 	}
@@ -127,7 +144,10 @@ func (s *Server) Serve(lis net.Listener) error {
 // requests in flight (a running switchover included) to finish.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
-	s.shutdown.Do(func() { err = s.srv.Shutdown(ctx) })
+	s.shutdown.Do(func() {
+		err = s.srv.Shutdown(ctx)
+		s.hist.close()
+	})
 	return err
 }
 
@@ -148,7 +168,9 @@ func (s *Server) index(w http.ResponseWriter, _ *http.Request) {
 GET  /healthz             200 while the process runs
 GET  /readyz              200 while a leader is known and reachable and the proxy is not draining
 GET  /metrics             Prometheus metrics
+GET  /ui                  status page: clusters, roles, health, lag and reads over the last minutes, leader changes
 GET  /api/v1/topology     clusters, roles, health, lag (JSON; milvus-ha-proxy status prints it)
+GET  /api/v1/history      the topology sampled over the last minutes, and leader changes (JSON)
 POST /api/v1/switchover   {"to":"ID"}  planned leader change, no data loss
 POST /api/v1/failover     {"to":"ID"}  forced promotion
 `)

@@ -94,9 +94,11 @@ type ClusterView struct {
 	// Quarantined clusters hold data the leader lacks and get no reads.
 	Quarantined      bool   `json:"quarantined"`
 	QuarantineReason string `json:"quarantine_reason,omitempty"`
-	// Outstanding is calls in flight; Served is calls sent since start.
+	// Outstanding is calls in flight; Served is calls sent since start,
+	// Reads the reads (Search, Query, metadata reads...) among them.
 	Outstanding int64 `json:"outstanding"`
 	Served      int64 `json:"served"`
+	Reads       int64 `json:"reads"`
 }
 
 // Change is one leader change.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -62,6 +64,7 @@ func (c *controller) Topology(context.Context) admin.View {
 			QuarantineReason: cv.QuarantineReason,
 			Outstanding:      cv.Outstanding,
 			Served:           cv.RequestsServed,
+			Reads:            a.obs.readsOf(cv.ID),
 		}
 		if cv.LagSeconds != nil {
 			out.LagSeconds, out.LagKnown = *cv.LagSeconds, true
@@ -181,8 +184,21 @@ func (a *App) metricsState() telemetry.State {
 	return st
 }
 
-// observer turns the proxy's call events into metrics and span attributes.
-type observer struct{ tel *telemetry.Telemetry }
+// observer turns the proxy's call events into metrics and span attributes,
+// and counts reads per cluster for the admin API (the status page plots
+// their rate).
+type observer struct {
+	tel   *telemetry.Telemetry
+	reads sync.Map // cluster id -> *atomic.Int64
+}
+
+// readsOf returns how many reads cluster id has served.
+func (o *observer) readsOf(id string) int64 {
+	if n, ok := o.reads.Load(id); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
 
 func (o *observer) ObserveCall(ctx context.Context, ev proxy.CallEvent) {
 	class := ev.Class.String()
@@ -192,6 +208,13 @@ func (o *observer) ObserveCall(ctx context.Context, ev proxy.CallEvent) {
 	})
 	if ev.Class == proxy.ClassRead {
 		o.tel.Metrics.RecordRead(ctx, ev.Cluster, ev.Reason)
+		if ev.Cluster != "" {
+			n, ok := o.reads.Load(ev.Cluster)
+			if !ok {
+				n, _ = o.reads.LoadOrStore(ev.Cluster, new(atomic.Int64))
+			}
+			n.(*atomic.Int64).Add(1)
+		}
 	}
 	if ev.Attempts > 1 {
 		o.tel.Metrics.RecordRetry(ctx, ev.Method, class)

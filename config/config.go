@@ -70,6 +70,7 @@ const (
 type Config struct {
 	Listen      string      `yaml:"listen" doc:"gRPC listen address (host:port) for Milvus clients; --listen overrides it."`
 	AdminListen string      `yaml:"admin_listen" doc:"Admin HTTP listen address: /metrics, /healthz, /readyz, /api/v1/...; --admin-listen overrides it. Keep it off public networks: it can trigger failovers."`
+	AdminPprof  bool        `yaml:"admin_pprof" doc:"Serve Go's runtime profiles on the admin port under /debug/pprof/ (go tool pprof http://ADMIN/debug/pprof/profile). Off by default: a CPU profile or trace costs CPU while it runs."`
 	Discovery   Discovery   `yaml:"discovery" doc:"How cluster roles are learned: replicate (GetReplicateConfiguration on the clusters) or static (the role keys below)."`
 	Clusters    []Cluster   `yaml:"clusters" doc:"Every Milvus cluster the proxy may talk to, in order of preference (the order breaks ties)."`
 	TLS         ServerTLS   `yaml:"tls,omitempty" doc:"TLS for Milvus clients connecting to the proxy. Off when cert_file is empty."`

@@ -43,6 +43,7 @@ func TestParseMinimalTakesDefaults(t *testing.T) {
 	}{
 		{"listen", c.Listen, "0.0.0.0:19530"},
 		{"admin_listen", c.AdminListen, "127.0.0.1:9091"},
+		{"admin_pprof", c.AdminPprof, false},
 		{"read.leader_serves_reads", c.Read.LeaderServesReads, true},
 		{"read.balance", c.Read.Balance, "p2c"},
 		{"read.describe_failure_ttl", c.Read.DescribeFailureTTL.Std(), time.Second},
@@ -458,7 +459,7 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 		seen[k.Key] = true
 	}
 	for _, key := range []string{
-		"listen", "admin_listen", "discovery", "clusters", "clusters[].id", "clusters[].uri", "clusters[].token",
+		"listen", "admin_listen", "admin_pprof", "discovery", "clusters", "clusters[].id", "clusters[].uri", "clusters[].token",
 		"clusters[].tls.ca_file", "clusters[].tls.cert_file", "clusters[].tls.key_file", "clusters[].tls.server_name",
 		"clusters[].tls.insecure_skip_verify", "clusters[].role", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
 		"read.leader_serves_reads", "read.balance", "read.describe_failure_ttl", "consistency.bounded_staleness", "consistency.strong_reads",

@@ -105,7 +105,65 @@ type probe struct {
 // not meet yet, each with the reason. They are shown in the table as
 // KNOWN and do not fail the test unless MHP_ABUSE_STRICT=1; any other
 // failure does. Remove an entry as soon as the engine meets it.
-var knownFailures = map[string]map[string]string{}
+var knownFailures = map[string]map[string]string{
+	// The relay writes answers to client sockets from the backend
+	// connection's reader, without a write deadline: one full socket
+	// stalls every answer on that backend connection.
+	"slow-reader/relay": {failThroughput: "a never-reading client stalls the backend connection's reader"},
+	// A client's RST_STREAM reaches the call as a transport failure and
+	// counts against the cluster's breaker.
+	"cancel-8/s/relay": {
+		failErrors:     "client cancels count as cluster failures: the breaker opens",
+		failThroughput: "client cancels count as cluster failures: the breaker opens",
+	},
+	"rapid-reset-max/relay": {
+		failErrors:     "resets count as cluster failures: the breaker opens",
+		failNewConn:    "resets count as cluster failures: the breaker is still open after",
+		failThroughput: "resets are not counted per connection nor answered with ENHANCE_YOUR_CALM",
+	},
+	"rapid-reset-max/grpc": {failThroughput: "grpc-go serves every reset stream's handler: the abuser takes the CPU"},
+	// transportFailure reads the backend's Internal (it could not decode
+	// the request) as a lost connection (both engines).
+	"garbage-insert-5/s/relay": {failProbe: "the backend's refusal is answered as an unknown outcome"},
+	"garbage-insert-5/s/grpc":  {failProbe: "the backend's refusal is answered as an unknown outcome"},
+	// Both engines decode up to 16 MiB of header block before refusing
+	// it; the flood takes the CPU.
+	"continuation-flood/relay":  {failThroughput: "up to 16 MiB of CONTINUATION decoded per connection"},
+	"continuation-flood/grpc":   {failThroughput: "up to 16 MiB of CONTINUATION decoded per connection"},
+	"unary-no-end-stream/relay": {failProbe: "a unary stream's messages are collected until END_STREAM"},
+	// EMFILE from accept ends the relay's serve loop and the process.
+	"idle-tcp-over-fd-limit/relay": {
+		failErrors:     "the process exits on EMFILE",
+		failExited:     "the process exits on EMFILE",
+		failNewConn:    "the process exits on EMFILE",
+		failThroughput: "the process exits on EMFILE",
+	},
+	// Answers are buffered whole while the client grants no window (no
+	// back-pressure on the backend stream).
+	// back-pressure on the backend stream), and the backend connection
+	// the bystander shares stalls meanwhile.
+	"zero-window-4MiB-answers/relay": {
+		failRSS:        "answers held whole while the client's window is closed",
+		failThroughput: "the shared backend connection stalls behind the held answers",
+	},
+	"zero-window-4MiB-answers/grpc": {
+		failRSS:        "answers held whole while the client's window is closed",
+		failThroughput: "the shared backend connection stalls behind the held answers",
+	},
+	// 8 MiB header fields are accepted (16 MiB header list) and forwarded:
+	// the backend spends seconds decoding them while every call waits.
+	"8MiB-header/relay": {
+		failErrors:     "8 MiB headers decoded and forwarded upstream",
+		failNewConn:    "8 MiB headers decoded and forwarded upstream",
+		failThroughput: "8 MiB headers decoded and forwarded upstream",
+	},
+	"8MiB-header/grpc": {
+		failErrors:     "8 MiB headers decoded and forwarded upstream",
+		failNewConn:    "8 MiB headers decoded and forwarded upstream",
+		failRSS:        "8 MiB headers decoded and forwarded upstream",
+		failThroughput: "8 MiB headers decoded and forwarded upstream",
+	},
+}
 
 // cell is the outcome of one probe against one target.
 type cell struct {

@@ -34,4 +34,5 @@ demo:
 
 include mk/sdk.mk
 include mk/prereq.mk
+include mk/chaos.mk
 include mk/abuse.mk

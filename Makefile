@@ -34,3 +34,4 @@ demo:
 
 include mk/sdk.mk
 include mk/prereq.mk
+include mk/chaos.mk

@@ -121,6 +121,9 @@ type Options struct {
 	// answers GOAWAY too_many_pings gets half as many pings from then on,
 	// as grpc-go does.
 	BackendKeepalive keepalive.ClientParameters
+	// RelayLimits (relay engine) bound each client connection's streams,
+	// output and memory; zero fields take DefaultRelayLimits.
+	RelayLimits RelayLimits
 	// MaxMessageSize bounds messages in both directions, to clients and
 	// to backends. 0: 256 MiB, Milvus's own server default.
 	MaxMessageSize int

@@ -189,7 +189,7 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Engine == EngineRelay {
 		s.up = newRelayUpstream(s, &opts)
-		s.relay = newRelayServer(s)
+		s.relay = newRelayServer(s, opts.RelayLimits)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
@@ -81,12 +80,16 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *user != "" {
 		opts.Users = map[string]string{*user: *password}
 	}
-	c, err := sim.Start(ctx, opts)
+	// A fleet of one: its controls can also crash the cluster in place
+	// and restart it (POST /sim/{id}/crash, /restart) while the process
+	// keeps running.
+	fleet := sim.NewFleet()
+	c, err := fleet.Start(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "sim: %v\n", err)
 		return 1
 	}
-	defer c.Stop()
+	defer fleet.Stop()
 	var ctl *http.Server
 	var ctlAddr string
 	if *control != "" {
@@ -97,9 +100,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		ctlAddr = lis.Addr().String()
 		ctl = &http.Server{
-			Handler: sim.ControlHandler(func(want string) (*sim.Cluster, bool) {
-				return c, strings.EqualFold(want, c.ID())
-			}),
+			Handler:           fleet.Handler(),
 			ReadHeaderTimeout: 5 * time.Second,
 		}
 		go ctl.Serve(lis)

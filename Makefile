@@ -35,3 +35,4 @@ demo:
 include mk/sdk.mk
 include mk/prereq.mk
 include mk/chaos.mk
+include mk/abuse.mk

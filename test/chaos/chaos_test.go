@@ -108,7 +108,12 @@ type world struct {
 	leader      string
 	dead        map[string]bool
 	paused      map[string]bool
-	quarantined map[string]bool
+	quarantined map[string]bool // as the proxy last reported
+	// diverged are former leaders of a lossy change: whatever the proxy
+	// says (it forgets across a restart), they hold data the leader lacks
+	// until rebuilt, so the schedule never counts on them as a failover
+	// candidate.
+	diverged map[string]bool
 }
 
 // chaosEnv reads the knobs (see the package comment).
@@ -225,7 +230,8 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 	defer l.stop()
 	time.Sleep(500 * time.Millisecond)
 
-	w := &world{kinds: env.kinds, leader: "a", dead: map[string]bool{}, paused: map[string]bool{}, quarantined: map[string]bool{}}
+	w := &world{kinds: env.kinds, leader: "a", dead: map[string]bool{}, paused: map[string]bool{},
+		quarantined: map[string]bool{}, diverged: map[string]bool{}}
 	atRisk := map[int64]bool{}
 	var lossy []window
 	fail := func(format string, a ...any) {
@@ -401,7 +407,7 @@ func (w *world) choose(rng *rand.Rand, ids []string) (stepKind, string, bool) {
 			continue
 		}
 		others = append(others, id)
-		if !w.quarantined[id] {
+		if !w.quarantined[id] && !w.diverged[id] {
 			alive = append(alive, id)
 		}
 		if w.paused[id] {
@@ -488,11 +494,15 @@ func (r *rig) do(s *step, w *world) {
 		res, err := r.adm.Failover(ctx, s.target)
 		s.result = result(res, err)
 		if err == nil {
+			if res.From != "" && res.From != res.To {
+				w.diverged[res.From] = true
+			}
 			w.leader = res.To
 		}
 	case stepKillLeader:
 		r.sims[s.target].signal(syscall.SIGKILL)
 		w.dead[s.target] = true
+		w.diverged[s.target] = true
 		s.result = "killed"
 	case stepRestartSim:
 		if err := r.sims[s.target].restart(); err != nil {

@@ -400,6 +400,7 @@ func (a *Arbiter) loop(ctx context.Context) {
 	t := time.NewTicker(a.m.opts.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
+	a.resume(ctx)
 	for {
 		select {
 		case <-ctx.Done():

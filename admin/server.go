@@ -57,10 +57,6 @@ type Server struct {
 	hist    *sampler
 
 	draining atomic.Bool
-	// action serializes switchovers and failovers: a second request while
-	// one runs is refused with 409 instead of queueing behind it.
-	action   sync.Mutex
-	running  atomic.Pointer[string]
 	shutdown sync.Once
 }
 
@@ -237,19 +233,9 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
-		if !s.action.TryLock() {
-			what := "another leader change"
-			if p := s.running.Load(); p != nil {
-				what = *p
-			}
-			writeError(w, http.StatusConflict, "busy", fmt.Sprintf("%s refused: %s is under way; wait for it and check `milvus-ha-proxy status`", kind, what))
-			return
-		}
-		defer s.action.Unlock()
-		desc := fmt.Sprintf("a %s to %s", kind, to)
-		s.running.Store(&desc)
-		defer s.running.Store(nil)
-
+		// The controller serializes leader changes: one requested while
+		// another runs waits for it (a bounded time), or is refused with
+		// what is under way.
 		s.log.Info(kind+" requested", "to", to, "remote", r.RemoteAddr)
 		// Detached from the request: a client that disconnects must not
 		// abandon a leader change half way.
@@ -260,7 +246,11 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 		if err != nil {
 			status, code := classify(err)
 			s.log.Warn(kind+" failed", "to", to, "code", code, "err", err, "took", time.Since(start))
-			writeError(w, status, code, fmt.Sprintf("%s to %s: %v", kind, to, err))
+			msg := err.Error()
+			if !strings.HasPrefix(msg, kind) {
+				msg = fmt.Sprintf("%s to %s: %s", kind, to, msg)
+			}
+			writeError(w, status, code, msg)
 			return
 		}
 		if res.Kind == "" {

@@ -485,10 +485,12 @@ func (d *dconn) serve() {
 			switch {
 			case errors.As(err, &ce):
 				d.goAwayNow(http2.ErrCode(ce), "")
+				d.lingerRead()
 			case errors.Is(err, http2.ErrFrameTooLarge):
 				// RFC 9113 section 4.2: a frame over our
 				// SETTINGS_MAX_FRAME_SIZE is a connection error.
 				d.goAwayNow(http2.ErrCodeFrameSize, "")
+				d.lingerRead()
 			}
 			return
 		}
@@ -498,9 +500,20 @@ func (d *dconn) serve() {
 			d.r.s.relayEvent(RelayConnClosed, ce.reason())
 			d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "code", ce.code, "err", ce.msg)
 			d.goAwayNow(ce.code, ce.debug)
+			d.lingerRead()
 			return
 		}
 	}
+}
+
+// lingerRead reads and drops what the client still sends, for at most
+// closeLinger, after a GOAWAY that ends the connection: closing a socket
+// with unread bytes makes the kernel send a RST, and the client may lose
+// the GOAWAY that says why (Go's net/http2 server waits the same way).
+func (d *dconn) lingerRead() {
+	d.out.signal()
+	_ = d.nc.SetReadDeadline(time.Now().Add(closeLinger))
+	_, _ = io.Copy(io.Discard, d.br)
 }
 
 // connError is a connection error (RFC 9113 section 5.4.1): the

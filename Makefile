@@ -1,6 +1,7 @@
 # `make test` installs what the tests need, then runs them all:
-# vet + staticcheck, the Go tests with -race, and the SDK drop-in suites
-# (pymilvus, Go, Node, Java; Milvus Lite comparison) from mk/sdk.mk.
+# vet + staticcheck, the Go tests with -race, the SDK drop-in suites
+# (pymilvus, Go, Node, Java; Milvus Lite comparison) from mk/sdk.mk, and a
+# real Milvus 2.3.5 behind the proxy from mk/milvus.mk.
 GO ?= go
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 STATICCHECK_VERSION ?= v0.8.2
@@ -20,7 +21,7 @@ $(BIN)/staticcheck:
 lint: vet $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
-test: lint test-go test-sdk
+test: lint test-go test-sdk test-milvus
 
 test-go:
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -29,3 +30,4 @@ demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo
 
 include mk/sdk.mk
+include mk/milvus.mk

@@ -1,7 +1,8 @@
-# `make test` installs what the tests need, then runs them all:
-# vet + staticcheck, the Go tests with -race, the SDK drop-in suites
-# (pymilvus, Go, Node, Java; Milvus Lite comparison) from mk/sdk.mk, and a
-# real Milvus 2.3.5 behind the proxy from mk/milvus.mk.
+# `make test` checks the prerequisites (mk/prereq.mk), installs what the
+# tests need, then runs them all: vet + staticcheck, the Go tests with
+# -race, the SDK drop-in suites (pymilvus, Go, Node, Java; Milvus Lite
+# comparison) from mk/sdk.mk, and a real Milvus 2.3.5 behind the proxy
+# from mk/milvus.mk.
 GO ?= go
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 STATICCHECK_VERSION ?= v0.8.2
@@ -21,7 +22,10 @@ $(BIN)/staticcheck:
 lint: vet $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
-test: lint test-go test-sdk test-milvus
+# prereq first: it names a missing tool before anything is installed;
+# sdk-deps and ui-deps before test-go, whose quickstart tests use the venv
+# and Chromium.
+test: prereq lint sdk-deps ui-deps test-go test-sdk test-milvus
 
 test-go:
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -30,4 +34,7 @@ demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo
 
 include mk/sdk.mk
+include mk/prereq.mk
+include mk/chaos.mk
+include mk/abuse.mk
 include mk/milvus.mk

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,9 +270,11 @@ func TestActionMethodNotAllowed(t *testing.T) {
 	}
 }
 
-// TestConcurrentActionRefused: while a switchover runs, a second leader
-// change is refused with 409 instead of racing it.
-func TestConcurrentActionRefused(t *testing.T) {
+// TestConcurrentActionWaitsInController: while a switchover runs, a
+// second leader change is handed to the controller too (it queues changes
+// or refuses one with what is under way), and its refusal comes back as
+// 409 with the controller's message, said once.
+func TestConcurrentActionWaitsInController(t *testing.T) {
 	f := &fakeController{ready: true, block: make(chan struct{}), started: make(chan struct{}), result: Result{From: "a"}}
 	_, ts := newTest(t, f)
 	first := make(chan int)
@@ -280,19 +283,24 @@ func TestConcurrentActionRefused(t *testing.T) {
 		first <- code
 	}()
 	<-f.started
+	f.mu.Lock()
+	f.started = nil
+	f.err = fmt.Errorf("%w: a switchover to b (step demote) is under way and did not end within 30s", ErrRefused)
+	f.mu.Unlock()
+	close(f.block)
 	code, body := do(t, "POST", ts.URL+"/api/v1/failover", `{"to":"c"}`)
-	if code != 409 || !strings.Contains(body, "a switchover to b is under way") || !strings.Contains(body, `"code": "busy"`) {
+	if code != 409 || !strings.Contains(body, "failover to c: refused: a switchover to b (step demote) is under way") ||
+		strings.Count(body, "refused") != 2 { // the message once, the code once
 		t.Errorf("second action = %d %s", code, body)
 	}
-	close(f.block)
-	if code := <-first; code != 200 {
+	if code := <-first; code != 200 && code != 409 {
 		t.Errorf("first action = %d", code)
 	}
 	f.mu.Lock()
-	f.block, f.started = nil, nil
+	calls := slices.Clone(f.calls)
 	f.mu.Unlock()
-	if code, _ := do(t, "POST", ts.URL+"/api/v1/failover", `{"to":"c"}`); code != 200 {
-		t.Errorf("action after the first finished = %d", code)
+	if len(calls) != 2 {
+		t.Errorf("controller calls %v", calls)
 	}
 }
 
@@ -355,5 +363,50 @@ func TestMountAndServeShutdown(t *testing.T) {
 	}
 	if err := s.Shutdown(ctx); err != nil {
 		t.Errorf("second Shutdown = %v", err)
+	}
+}
+
+// TestPprof: /debug/pprof is absent by default and serves the runtime's
+// profiles when Options.Pprof is set.
+func TestPprof(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tests := []struct {
+		name  string
+		pprof bool
+		path  string
+		code  int
+		want  string // in the body
+	}{
+		{"off: index", false, "/debug/pprof/", 404, ""},
+		{"off: profile", false, "/debug/pprof/profile?seconds=1", 404, ""},
+		{"off: not listed", false, "/", 200, "/api/v1/failover"},
+		{"on: listed", true, "/", 200, "/debug/pprof/"},
+		{"on: index", true, "/debug/pprof/", 200, "goroutine"},
+		{"on: goroutines", true, "/debug/pprof/goroutine?debug=1", 200, "goroutine profile:"},
+		{"on: heap", true, "/debug/pprof/heap?debug=1", 200, "heap profile:"},
+		{"on: cmdline", true, "/debug/pprof/cmdline", 200, ""},
+		{"on: symbol", true, "/debug/pprof/symbol", 200, "num_symbols"},
+		{"on: unknown profile", true, "/debug/pprof/nosuch", 404, "Unknown profile"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Options{Controller: &fakeController{}, Pprof: tc.pprof, Logger: quiet})
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
+				t.Errorf("GET %s = %d %.200q, want %d containing %q", tc.path, rec.Code, rec.Body.String(), tc.code, tc.want)
+			}
+			if tc.path == "/" && !tc.pprof && strings.Contains(rec.Body.String(), "pprof") {
+				t.Errorf("index lists pprof while it is off: %q", rec.Body.String())
+			}
+		})
+	}
+	// A CPU profile: a gzipped protobuf after the requested second.
+	s := New(Options{Controller: &fakeController{}, Pprof: true, Logger: quiet})
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	code, body := do(t, "GET", ts.URL+"/debug/pprof/profile?seconds=1", "")
+	if code != 200 || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Errorf("CPU profile = %d, %d bytes; want 200 and gzip data", code, len(body))
 	}
 }

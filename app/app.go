@@ -53,6 +53,7 @@ type App struct {
 	router   *router.Router
 	proxy    *proxy.Server
 	admin    *admin.Server
+	obs      *observer
 	grpcLis  net.Listener
 	adminLis net.Listener
 
@@ -113,6 +114,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building the failover arbiter: %w", err)
 	}
+	a.obs = &observer{tel: tel}
 	a.router = router.New(router.Options{
 		LeaderServesReads: cfg.Read.LeaderServesReads,
 		LeaderNow:         a.topo.LeaderNow,
@@ -135,7 +137,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		BoundedStaleness: cfg.Consistency.BoundedStaleness.Std(),
 		EventuallyMaxLag: cfg.Consistency.EventuallyMaxLag.Std(),
 		Creds:            creds,
-		Observer:         &observer{tel: tel},
+		Observer:         a.obs,
 		Logger:           logger,
 	}
 	tr := tracer{tel: tel}
@@ -168,6 +170,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Controller: &controller{app: a},
 		Metrics:    tel.MetricsHandler(),
 		Logger:     logger,
+		Pprof:      cfg.AdminPprof,
 	})
 	for pattern, h := range opts.AdminHandlers {
 		a.admin.Handle(pattern, h)
@@ -282,6 +285,12 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 		WriteHold:     cfg.Failover.WriteHold.Std(),
 		DialOptions:   proxy.BackendDialOptions(),
 		Logger:        logger,
+		// 0 in the config turns the failure cache off; 0 here means the
+		// default.
+		CollectionFailureTTL: cfg.Read.DescribeFailureTTL.Std(),
+	}
+	if o.CollectionFailureTTL == 0 {
+		o.CollectionFailureTTL = -1
 	}
 	for i := range cfg.Clusters {
 		c := &cfg.Clusters[i]

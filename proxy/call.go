@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
@@ -161,6 +162,32 @@ func (e *errBreaker) Error() string {
 	return "milvus-ha-proxy: circuit breaker of cluster " + e.cluster + " is open: " + e.err.Error()
 }
 
+// errFenced marks an attempt refused because the cluster is fenced: a
+// leader change is taking it out of the leader role. Nothing was sent; a
+// write waits for the change to end (topology.Manager.WaitWritable).
+type errFenced struct{ cluster string }
+
+func (e *errFenced) status() error { return status.Error(codes.Unavailable, e.Error()) }
+
+func (e *errFenced) Error() string {
+	return "milvus-ha-proxy: cluster " + e.cluster + " is fenced while a leader change takes it out of the leader role"
+}
+
+// notAdmitted is an attempt the topology refused before it was sent
+// (errBreaker, errFenced).
+type notAdmitted interface {
+	error
+	status() error
+}
+
+// refusedBy wraps an error of Topology.Allow for cluster.
+func refusedBy(cluster string, err error) notAdmitted {
+	if errors.Is(err, topology.ErrFenced) {
+		return &errFenced{cluster: cluster}
+	}
+	return &errBreaker{cluster: cluster, err: err}
+}
+
 // upstream is how an engine sends one unary request to a cluster.
 type upstream interface {
 	// roundTrip sends req to cl and waits for the answer. sent is false
@@ -174,7 +201,7 @@ type upstream interface {
 func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, wantSent bool) (*frame, bool, error) {
 	done, err := s.topo.Allow(cl.ID)
 	if err != nil {
-		return nil, false, &errBreaker{cluster: cl.ID, err: err}
+		return nil, false, refusedBy(cl.ID, err)
 	}
 	if cl.Outstanding != nil {
 		cl.Outstanding.Add(1)
@@ -192,15 +219,21 @@ func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, wantSent boo
 	return resp, sent, err
 }
 
-// transportFailure reports whether err says the cluster failed to answer
-// (as opposed to answering with an error, or the client giving up). These
-// count against the cluster's breaker and make reads move on.
+// transportFailure reports whether err says the cluster failed to answer:
+// its connection was lost or refused the call (Unavailable), or it let
+// the proxy's own deadline pass (DeadlineExceeded while the client's
+// context is still live). These count against the cluster's breaker and
+// make reads move on. Everything else is an answer, even Internal,
+// Unknown, Aborted or Canceled: a backend that rejects a malformed
+// request, or a client that cancels, says nothing about the cluster's
+// health, and counting them would let one client open the breaker for
+// everyone.
 func transportFailure(ctx context.Context, err error) bool {
 	if err == nil || ctx.Err() != nil {
 		return false
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled:
+	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
 	}
 	return false

@@ -106,7 +106,6 @@ type Server struct {
 	hstatus  healthpb.HealthCheckResponse_ServingStatus
 	hchanged chan struct{} // closed when hstatus changes
 
-	colls    collCache
 	draining atomic.Bool
 	headers  sync.Map // cluster id -> metadata.MD{HeaderCluster: id}, read-only once stored
 
@@ -188,7 +187,7 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Engine == EngineRelay {
 		s.up = newRelayUpstream(s, &opts)
-		s.relay = newRelayServer(s)
+		s.relay = newRelayServer(s, opts.RelayLimits)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -73,6 +74,8 @@ const (
 	PhaseInstalling = "installing the new leader"
 	PhaseStuck      = "stuck"
 	PhaseRejoining  = "rejoining a returning cluster"
+	PhaseReading    = "reading every reachable cluster's replicate configuration"
+	PhaseSettling   = "settling a change that failed part-way from the clusters' own configurations"
 )
 
 // ArbiterOptions configure an Arbiter. Zero durations mean defaults.
@@ -95,46 +98,21 @@ type ArbiterOptions struct {
 	// the former leader's unreplicated messages once the new configuration
 	// lists it.
 	RejoinSettle time.Duration
+	// QueueWait bounds how long an operator's change waits for the one
+	// under way (or a returning cluster's rejoin) before it is refused
+	// with the reason (default 30s).
+	QueueWait time.Duration
 	// RetryBackoff is the first wait after a failed automatic failover or
 	// rejoin (default 1s, doubling up to 30s).
 	RetryBackoff time.Duration
 	// OnChange, when set, is called after every leader change attempt
 	// (metrics). It must not block.
 	OnChange func(Change)
+	// Store keeps the record of the change under way (default: in
+	// memory, a MemoryChangeStore).
+	Store ChangeStore
 	// Logger defaults to the manager's.
 	Logger *slog.Logger
-}
-
-// Step is one timed part of a leader change, for finding where time goes.
-type Step struct {
-	Name string        `json:"name"`
-	Took time.Duration `json:"took"`
-}
-
-// Change is one leader change attempt.
-type Change struct {
-	Kind string `json:"kind"` // failover | switchover
-	// Auto: started by the arbiter on leader loss, not by an operator.
-	Auto   bool   `json:"auto"`
-	From   string `json:"from"`
-	To     string `json:"to"`
-	Epoch  uint64 `json:"epoch"`
-	Result string `json:"result"` // ok | refused | failed
-	// Message says why a change failed or was refused, or what to know.
-	Message string    `json:"message,omitempty"`
-	At      time.Time `json:"at"`
-	// Took is the whole change; Held the time writes were held (from
-	// holding them to releasing them to the new leader).
-	Took time.Duration `json:"took"`
-	Held time.Duration `json:"held"`
-	// WritesHeld counts writes that had to wait for the new leader.
-	WritesHeld int64 `json:"writes_held"`
-	// Quarantined lists alternatives left without reads, with reasons.
-	Quarantined map[string]string `json:"quarantined,omitempty"`
-	// Salvage is the new leader's salvage checkpoint per pchannel
-	// (failover only).
-	Salvage []uint64 `json:"salvage,omitempty"`
-	Steps   []Step   `json:"steps,omitempty"`
 }
 
 // SalvageReport is what a forced promotion left behind.
@@ -166,11 +144,18 @@ type PendingCluster struct {
 
 // ArbiterStatus is the arbiter's state for status and the admin API.
 type ArbiterStatus struct {
-	Mode       string           `json:"mode"`
-	Phase      string           `json:"phase"`
+	Mode  string `json:"mode"`
+	Phase string `json:"phase"`
+	// Current is the change under way, with the step it is in; nil when
+	// none runs.
+	Current    *Change          `json:"current,omitempty"`
 	LastChange *Change          `json:"last_change,omitempty"`
 	Salvage    []SalvageReport  `json:"salvage,omitempty"`
 	Pending    []PendingCluster `json:"pending,omitempty"`
+	// SplitBrainRisk lists former leaders that a forced failover could
+	// not demote while they were reachable, with why: clients connected
+	// to them directly may still write there.
+	SplitBrainRisk []string `json:"split_brain_risk,omitempty"`
 }
 
 // pendingKind says what the arbiter waits to do with a cluster.
@@ -226,11 +211,19 @@ type Arbiter struct {
 
 	mu      sync.Mutex
 	phase   string
+	current *Change // the change under way (its record), nil when none
+	busy    string  // what holds the change token ("" when free)
 	last    *Change
 	reports []SalvageReport
 	pending map[string]*pendingCluster
 	gaps    map[string]*gapCheck
 	stuck   *stuckSwitchover
+	// stuckSince is when the switchover got stuck (settle waits
+	// DetectAfter before it acts).
+	stuckSince time.Time
+	// splitBrain: former leaders a forced failover could not demote
+	// while they were reachable, with why.
+	splitBrain map[string]string
 
 	// bgCancel cancels background configuration calls (sendInBackground)
 	// still waiting for their answer.
@@ -260,17 +253,22 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	def(&opts.DrainTimeout, time.Second)
 	def(&opts.RejoinSettle, 2*time.Second)
 	def(&opts.RetryBackoff, time.Second)
+	def(&opts.QueueWait, 30*time.Second)
 	if opts.Logger == nil {
 		opts.Logger = m.opts.Logger
 	}
+	if opts.Store == nil {
+		opts.Store = &MemoryChangeStore{}
+	}
 	return &Arbiter{
 		m: m, opts: opts,
-		log:      opts.Logger.With("component", "arbiter"),
-		sem:      make(chan struct{}, 1),
-		phase:    PhaseSteady,
-		pending:  map[string]*pendingCluster{},
-		gaps:     map[string]*gapCheck{},
-		bgCancel: map[uint64]context.CancelFunc{},
+		log:        opts.Logger.With("component", "arbiter"),
+		sem:        make(chan struct{}, 1),
+		phase:      PhaseSteady,
+		pending:    map[string]*pendingCluster{},
+		gaps:       map[string]*gapCheck{},
+		splitBrain: map[string]string{},
+		bgCancel:   map[uint64]context.CancelFunc{},
 	}, nil
 }
 
@@ -284,7 +282,7 @@ func (a *Arbiter) Start() {
 func (a *Arbiter) Status() ArbiterStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := ArbiterStatus{Mode: a.opts.Mode, Phase: a.phase}
+	st := ArbiterStatus{Mode: a.opts.Mode, Phase: a.phase, Current: a.current.Clone()}
 	if a.last != nil {
 		c := *a.last
 		st.LastChange = &c
@@ -300,6 +298,9 @@ func (a *Arbiter) Status() ArbiterStatus {
 	for _, g := range a.gaps {
 		st.Pending = append(st.Pending, PendingCluster{ID: g.id,
 			Why: fmt.Sprintf("attached behind the salvage checkpoint: quarantined until %s returns and shows what it missed", g.source)})
+	}
+	for _, id := range slices.Sorted(maps.Keys(a.splitBrain)) {
+		st.SplitBrainRisk = append(st.SplitBrainRisk, a.splitBrain[id])
 	}
 	slices.SortFunc(st.Pending, func(x, y PendingCluster) int {
 		if x.ID < y.ID {
@@ -323,17 +324,65 @@ func (a *Arbiter) setPhase(p string) {
 	}
 }
 
-// acquire takes the one-change-at-a-time token without waiting.
-func (a *Arbiter) acquire() bool {
+// acquire takes the one-change-at-a-time token without waiting; what
+// names the work for whoever waits (busy).
+func (a *Arbiter) acquire(what string) bool {
 	select {
 	case a.sem <- struct{}{}:
+		a.mu.Lock()
+		a.busy = what
+		a.mu.Unlock()
 		return true
 	default:
 		return false
 	}
 }
 
-func (a *Arbiter) release() { <-a.sem }
+// acquireWait takes the token, waiting up to QueueWait for the change or
+// rejoin that holds it; the error (ErrRefused) says what held it.
+func (a *Arbiter) acquireWait(ctx context.Context, what string) error {
+	if a.acquire(what) {
+		return nil
+	}
+	t := time.NewTimer(a.opts.QueueWait)
+	defer t.Stop()
+	for {
+		select {
+		case a.sem <- struct{}{}:
+			a.mu.Lock()
+			a.busy = what
+			a.mu.Unlock()
+			return nil
+		case <-t.C:
+			return fmt.Errorf("%w: %s is under way and did not end within %s (failover queue wait); see `milvus-ha-proxy status`", ErrRefused, a.busyWith(), a.opts.QueueWait)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s is under way: %w", ErrRefused, a.busyWith(), ctx.Err())
+		}
+	}
+}
+
+// busyWith describes the change holding the token, with its step.
+func (a *Arbiter) busyWith() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	what := a.busy
+	if what == "" {
+		what = "another leader change"
+	}
+	if c := a.current; c != nil {
+		if st, ok := c.CurrentStep(); ok {
+			what += " (step " + st.Name + ")"
+		}
+	}
+	return what
+}
+
+func (a *Arbiter) release() {
+	a.mu.Lock()
+	a.busy = ""
+	a.mu.Unlock()
+	<-a.sem
+}
 
 // record stores a finished attempt and tells OnChange.
 func (a *Arbiter) record(c Change) {
@@ -351,6 +400,7 @@ func (a *Arbiter) loop(ctx context.Context) {
 	t := time.NewTicker(a.m.opts.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
+	a.resume(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -392,13 +442,14 @@ func (a *Arbiter) tick(ctx context.Context) {
 		a.phase = PhaseSteady
 	}
 	a.mu.Unlock()
-	a.reconcile(ctx, s)
+	a.settle(ctx, s)
+	a.reconcile(ctx, a.m.Snapshot())
 }
 
 // autoFailover reacts to a leader-loss report in auto mode.
 func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, error) {
-	if !a.acquire() {
-		return Change{}, fmt.Errorf("%w: another leader change is under way", ErrRefused)
+	if err := a.acquireWait(ctx, "an automatic failover from "+ev.ClusterID); err != nil {
+		return Change{}, err
 	}
 	defer a.release()
 	s := a.m.Snapshot()
@@ -412,8 +463,8 @@ func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, erro
 // Failover force-promotes to (an operator's `failover --to`): the leader is
 // lost, or the operator says so. Writes are held meanwhile.
 func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
-	if !a.acquire() {
-		return a.refused(KindFailover, "", to, "another leader change is under way")
+	if err := a.acquireWait(ctx, "a failover to "+to); err != nil {
+		return a.refusedErr(KindFailover, "", to, err)
 	}
 	defer a.release()
 	s := a.m.Snapshot()
@@ -461,26 +512,11 @@ func (a *Arbiter) refused(kind, from, to, msg string) (Change, error) {
 }
 
 func (a *Arbiter) refusedErr(kind, from, to string, err error) (Change, error) {
-	c := Change{Kind: kind, From: from, To: to, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
+	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
 	if a.opts.OnChange != nil {
 		a.opts.OnChange(c)
 	}
 	return c, err
-}
-
-// stepper times the steps of a change.
-type stepper struct {
-	now   func() time.Time
-	last  time.Time
-	steps []Step
-}
-
-func newStepper(now func() time.Time) *stepper { return &stepper{now: now, last: now()} }
-
-func (s *stepper) done(name string) {
-	t := s.now()
-	s.steps = append(s.steps, Step{Name: name, Took: t.Sub(s.last)})
-	s.last = t
 }
 
 // callCtx bounds one Milvus call.

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
@@ -35,6 +34,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	user := fs.String("user", "", "enable authentication with this user (needs --password)")
 	password := fs.String("password", "", "password of --user")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	setUsage(fs, "sim --cluster-id ID [--listen ADDR] [--control ADDR] [--data-dir DIR]",
+		"Runs one simulated Milvus cluster (the Milvus gRPC API, replication and fault\n"+
+			"controls) until SIGINT/SIGTERM. For tests and benchmarks: it is not a Milvus.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -78,12 +80,16 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *user != "" {
 		opts.Users = map[string]string{*user: *password}
 	}
-	c, err := sim.Start(ctx, opts)
+	// A fleet of one: its controls can also crash the cluster in place
+	// and restart it (POST /sim/{id}/crash, /restart) while the process
+	// keeps running.
+	fleet := sim.NewFleet()
+	c, err := fleet.Start(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "sim: %v\n", err)
 		return 1
 	}
-	defer c.Stop()
+	defer fleet.Stop()
 	var ctl *http.Server
 	var ctlAddr string
 	if *control != "" {
@@ -94,9 +100,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		ctlAddr = lis.Addr().String()
 		ctl = &http.Server{
-			Handler: sim.ControlHandler(func(want string) (*sim.Cluster, bool) {
-				return c, strings.EqualFold(want, c.ID())
-			}),
+			Handler:           fleet.Handler(),
 			ReadHeaderTimeout: 5 * time.Second,
 		}
 		go ctl.Serve(lis)

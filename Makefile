@@ -26,8 +26,10 @@ lint: vet $(BIN)/staticcheck
 # and Chromium.
 test: prereq lint sdk-deps ui-deps test-go test-sdk
 
+# PYTHON: the venv of sdk-deps, which test/quickstart runs README's
+# Python example with.
 test-go:
-	$(GO) test $(GOTEST_FLAGS) ./...
+	PYTHON=$(abspath $(SDK_VENV))/bin/python $(GO) test $(GOTEST_FLAGS) ./...
 
 demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo

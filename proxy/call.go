@@ -274,15 +274,6 @@ func cannotServe(st milvusStatus) bool {
 	return false
 }
 
-func contains(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
-}
-
 // local answers CheckHealth from the proxy's own view: healthy while a
 // healthy leader is known and no failover is under way.
 func (s *Server) local(c *call) (*frame, error) {

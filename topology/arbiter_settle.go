@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Settling: the arbiter's tick looks for what a change left unsettled and
@@ -154,4 +155,67 @@ func (a *Arbiter) readClaims(ctx context.Context) (map[string]bool, []string) {
 		}
 	}
 	return claims, summary
+}
+
+// resume looks at the change the store recorded last. One recorded as
+// running did not finish: the arbiter that ran it stopped (this process
+// before a restart, or another proxy that decided before). It is closed
+// as interrupted, and settled from the clusters' own configurations:
+// once discovery has run, a primary the clusters agree on stands; when
+// none does within DetectAfter, it is treated as a stuck switchover from
+// its old leader to its target (rolled forward or back by settle).
+func (a *Arbiter) resume(ctx context.Context) {
+	c, err := a.opts.Store.Load(ctx)
+	if err != nil {
+		a.log.Error("reading the recorded leader change failed; not resuming it", "err", err)
+		return
+	}
+	if c == nil {
+		return
+	}
+	if !c.Running() {
+		a.mu.Lock()
+		if a.last == nil {
+			a.last = c
+		}
+		a.mu.Unlock()
+		return
+	}
+	step := c.Current
+	if st, ok := c.CurrentStep(); ok && step == "" {
+		step = st.Name + " (done)"
+	}
+	a.log.Warn("a recorded leader change did not finish; settling it from the clusters' own configurations",
+		"change", c.ID, "kind", c.Kind, "from", c.From, "to", c.To, "step", step)
+	c.Result, c.Current = ResultFailed, ""
+	c.Message = fmt.Sprintf("interrupted at step %s (the arbiter running it stopped); settled from the clusters' own configurations", step)
+	c.Took = a.m.opts.Now().Sub(c.At)
+	if err := a.opts.Store.Save(ctx, c); err != nil {
+		a.log.Error("closing the interrupted leader change record failed", "change", c.ID, "err", err)
+	}
+	a.record(*c)
+	if c.From == "" || c.To == "" || c.From == c.To || a.m.members[c.From] == nil || a.m.members[c.To] == nil {
+		return // nothing was promoted yet, or nothing to settle between
+	}
+	deadline := time.NewTimer(a.m.opts.DetectAfter + a.m.opts.DiscoveryInterval)
+	defer deadline.Stop()
+	for {
+		ch := a.m.Changed()
+		if s := a.m.Snapshot(); s.Leader != nil {
+			a.log.Info("interrupted leader change settled by discovery", "change", c.ID, "leader", s.Leader.ID)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		case <-deadline.C:
+			a.log.Warn("no primary after the interrupted leader change; settling it as a stuck switchover", "from", c.From, "to", c.To)
+			_ = a.m.HoldWrites(fmt.Sprintf("leader change from %s to %s interrupted; settling", c.From, c.To))
+			a.mu.Lock()
+			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To}, time.Time{}
+			a.mu.Unlock()
+			return
+		}
+	}
 }

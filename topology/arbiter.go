@@ -227,6 +227,9 @@ type Arbiter struct {
 	// splitBrain: former leaders a forced failover could not demote
 	// while they were reachable, with why.
 	splitBrain map[string]string
+	// emptyShape: clusters that took force_promote with an empty
+	// configuration (the later Milvus request shape).
+	emptyShape map[string]bool
 
 	// bgCancel cancels background configuration calls (sendInBackground)
 	// still waiting for their answer.
@@ -271,6 +274,7 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 		pending:    map[string]*pendingCluster{},
 		gaps:       map[string]*gapCheck{},
 		splitBrain: map[string]string{},
+		emptyShape: map[string]bool{},
 		bgCancel:   map[uint64]context.CancelFunc{},
 	}, nil
 }

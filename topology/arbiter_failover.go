@@ -500,7 +500,7 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 		return nil, nil, fmt.Errorf("the replicate configuration of %s has no entry for itself", cd.id)
 	}
 	if !standaloneOf(cfg, cd.id) {
-		err = m.updateReplicateConfig(cctx, mb, &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{self}}, true)
+		err = a.forcePromote(cctx, mb, self)
 		if err != nil {
 			// Retrying is safe and the call may have gone through (a
 			// timeout): a cluster that now stands alone is promoted.
@@ -530,6 +530,48 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 		a.log.Warn("reading the salvage checkpoint failed; using the checkpoints read before the promotion", "cluster", cd.id, "err", err)
 	}
 	return cfg, salvage, nil
+}
+
+// forcePromote sends force_promote in the shape the cluster accepts.
+// Milvus versions differ: the 2.6 documentation (cdc_failover) sends a
+// configuration holding only the cluster itself; later Milvus sources
+// require it empty ("force promote requires empty cluster and topology
+// fields") and build the standalone configuration from the cluster's own
+// meta. The shape
+// one cluster accepted is tried first next time; a refusal that names
+// the other shape switches to it.
+func (a *Arbiter) forcePromote(ctx context.Context, mb *member, self *commonpb.MilvusCluster) error {
+	shapes := []*commonpb.ReplicateConfiguration{{Clusters: []*commonpb.MilvusCluster{self}}, {}}
+	a.mu.Lock()
+	if a.emptyShape[mb.id] {
+		shapes[0], shapes[1] = shapes[1], shapes[0]
+	}
+	a.mu.Unlock()
+	var err error
+	for _, cfg := range shapes {
+		err = a.m.updateReplicateConfig(ctx, mb, cfg, true)
+		if err == nil {
+			a.mu.Lock()
+			a.emptyShape[mb.id] = len(cfg.GetClusters()) == 0
+			a.mu.Unlock()
+			return nil
+		}
+		if !otherShapeWanted(err, len(cfg.GetClusters()) == 0) {
+			return err
+		}
+		a.log.Info("force promote refused in one request shape; trying the other", "cluster", mb.id, "err", err)
+	}
+	return err
+}
+
+// otherShapeWanted reports whether a force_promote refusal asks for the
+// other request shape than the one sent (empty: the empty one was sent).
+func otherShapeWanted(err error, empty bool) bool {
+	msg := err.Error()
+	if empty {
+		return strings.Contains(msg, "exactly one cluster")
+	}
+	return strings.Contains(msg, "requires empty cluster and topology")
 }
 
 // sendInBackground sends a configuration to a cluster without waiting

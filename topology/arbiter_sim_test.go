@@ -38,10 +38,18 @@ type arbiterRig struct {
 }
 
 func newArbiterRig(t *testing.T, mode string, arbOpts ...func(*topology.ArbiterOptions)) *arbiterRig {
+	return newArbiterRigSims(t, mode, nil, arbOpts...)
+}
+
+// newArbiterRigSims is newArbiterRig with options for the alternatives' simulators.
+func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), arbOpts ...func(*topology.ArbiterOptions)) *arbiterRig {
 	t.Helper()
 	r := &arbiterRig{aDir: t.TempDir(), changes: make(chan topology.Change, 16)}
 	r.a = startSimAt(t, "a", r.aDir, "127.0.0.1:0")
-	r.b, r.c = startSim(t, "b"), startSim(t, "c")
+	if simOpts == nil {
+		simOpts = func(*sim.Options) {}
+	}
+	r.b, r.c = startSim(t, "b", simOpts), startSim(t, "c", simOpts)
 	if err := sim.JoinReplication(context.Background(), r.a, r.b, r.c); err != nil {
 		t.Fatal(err)
 	}
@@ -239,5 +247,100 @@ func TestArbiterManualMode(t *testing.T) {
 	}
 	if st := r.arb.Status(); st.Phase != topology.PhaseSteady || st.LastChange == nil || st.LastChange.To != "c" {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestArbiterForcePromoteShapes: a forced failover works whichever
+// force_promote request shape the clusters accept (one-cluster
+// configuration, or empty).
+func TestArbiterForcePromoteShapes(t *testing.T) {
+	for _, shape := range []string{sim.ForcePromoteSingle, sim.ForcePromoteEmpty} {
+		t.Run(shape, func(t *testing.T) {
+			r := newArbiterRigSims(t, topology.ModeManual, func(o *sim.Options) { o.ForcePromoteShape = shape })
+			r.a.Crash()
+			eventually(t, "loss reported", 10*time.Second, func() bool { return r.arb.Status().Phase == topology.PhaseLost })
+			ch, err := r.arb.Failover(context.Background(), "b")
+			if err != nil || ch.To != "b" || ch.Result != topology.ResultOK {
+				t.Fatalf("failover --to b: %v %+v", err, ch)
+			}
+			if got := topologyOf(dial(t, r.b.Addr()).replicateConfig()); !strings.HasPrefix(got, "b>") && got != "" {
+				t.Fatalf("b's configuration after the failover: %s", got)
+			}
+			waitSnap(t, r.m, "b leads", func(s *topology.Snapshot) bool { return s.Leader != nil && s.Leader.ID == "b" })
+		})
+	}
+}
+
+// TestArbiterAttach: a new cluster is attached as a target of the leader
+// (configuration to it first, then to the leader) and replicates what the
+// leader takes from then on; attaching the leader, a target, an unknown
+// cluster, or a cluster replicating from elsewhere is refused with the
+// reason.
+func TestArbiterAttach(t *testing.T) {
+	a, b, d, e := startSim(t, "a"), startSim(t, "b"), startSim(t, "d"), startSim(t, "e")
+	if err := sim.JoinReplication(context.Background(), a, b); err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts := topology.Options{PollInterval: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond,
+		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger}
+	for _, s := range []*sim.Cluster{a, b, d, e} {
+		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
+	}
+	m, err := topology.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arb, err := topology.NewArbiter(m, topology.ArbiterOptions{Logger: logger, QueueWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	arb.Start()
+	t.Cleanup(func() { m.Close() })
+	waitSnap(t, m, "a leads, b polled, d healthy", func(s *topology.Snapshot) bool {
+		return s.Leader != nil && s.Leader.ID == "a" && s.Cluster("b").CheckpointsKnown && s.Cluster("d").Healthy && s.Cluster("e").Healthy
+	})
+	ca, cd := dial(t, a.Addr()), dial(t, d.Addr())
+
+	for _, tc := range []struct{ id, want string }{
+		{"zz", `unknown cluster "zz"`},
+		{"a", "a is the leader"},
+		{"b", "already a replication target of a"},
+	} {
+		_, err := arb.Attach(context.Background(), tc.id)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Count(err.Error(), "refused") > 1 {
+			t.Fatalf("attach %s: %v, want %q", tc.id, err, tc.want)
+		}
+	}
+	ch, err := arb.Attach(context.Background(), "d")
+	if err != nil || ch.Result != topology.ResultOK {
+		t.Fatalf("attach d: %v %+v", err, ch)
+	}
+	var order []string
+	for _, st := range ch.Steps {
+		order = append(order, st.Name+"@"+st.Cluster)
+	}
+	if got := strings.Join(order, ","); got != "read-configs@,demote@d,attach@a" {
+		t.Fatalf("attach steps %s", got)
+	}
+	if got := topologyOf(cd.replicateConfig()); got != "a>b,a>d" {
+		t.Fatalf("d's configuration %s", got)
+	}
+	// CDC carries what the leader takes from the attach on (history
+	// comes from a backup): a collection created now, and its rows.
+	ca.createLoaded("docs")
+	ca.insert("docs", 2)
+	eventually(t, "d replicates what a takes after the attach", 10*time.Second, func() bool { return cd.has("docs", 2)[2] })
+	waitSnap(t, m, "d an alternative", func(s *topology.Snapshot) bool {
+		return s.Cluster("d").Target && s.Cluster("d").Role == topology.RoleAlternative
+	})
+	if _, err := arb.Attach(context.Background(), "d"); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("attach d again: %v", err)
+	}
+	e.Crash()
+	eventually(t, "e seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("e").Healthy })
+	if _, err := arb.Attach(context.Background(), "e"); err == nil || !strings.Contains(err.Error(), "not healthy") {
+		t.Fatalf("attach an unhealthy cluster: %v", err)
 	}
 }

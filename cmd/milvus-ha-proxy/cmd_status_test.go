@@ -56,6 +56,10 @@ func (f *fakeController) Failover(_ context.Context, to string) (admin.Result, e
 	return f.act("failover", to)
 }
 
+func (f *fakeController) Attach(_ context.Context, id string) (admin.Result, error) {
+	return f.act("attach", id)
+}
+
 // startAdmin serves the real admin server over a fake controller.
 func startAdmin(t *testing.T, f *fakeController) string {
 	t.Helper()

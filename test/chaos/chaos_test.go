@@ -108,7 +108,12 @@ type world struct {
 	leader      string
 	dead        map[string]bool
 	paused      map[string]bool
-	quarantined map[string]bool
+	quarantined map[string]bool // as the proxy last reported
+	// diverged are former leaders of a lossy change: whatever the proxy
+	// says (it forgets across a restart), they hold data the leader lacks
+	// until rebuilt, so the schedule never counts on them as a failover
+	// candidate.
+	diverged map[string]bool
 }
 
 // chaosEnv reads the knobs (see the package comment).
@@ -157,6 +162,7 @@ type totals struct {
 	failed        []string
 	longestSettle time.Duration
 	longestWhat   string
+	byKind        map[stepKind]time.Duration // longest time to a writable leader after a burst led by this kind
 	errors        map[string]int
 }
 
@@ -169,7 +175,7 @@ func TestChaos(t *testing.T) {
 	}
 	env := readEnv(t)
 	start := time.Now()
-	tot := &totals{errors: map[string]int{}}
+	tot := &totals{errors: map[string]int{}, byKind: map[stepKind]time.Duration{}}
 	for {
 		seed := env.seed
 		if !env.hasSeed {
@@ -182,8 +188,15 @@ func TestChaos(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("chaos: %d seeds, %d steps in %s; longest time to a writable leader %s (%s); failed seeds: %v",
-		tot.seeds, tot.steps, time.Since(start).Round(time.Second), tot.longestSettle.Round(time.Millisecond), tot.longestWhat, tot.failed)
+	var kinds []string
+	for k := range stepKind(len(stepNames)) {
+		if d, ok := tot.byKind[k]; ok {
+			kinds = append(kinds, fmt.Sprintf("%s %s", k, d.Round(time.Millisecond)))
+		}
+	}
+	t.Logf("chaos: %d seeds, %d steps in %s; longest time to a writable leader %s (%s); by the burst's first disruptive step: %s",
+		tot.seeds, tot.steps, time.Since(start).Round(time.Second), tot.longestSettle.Round(time.Millisecond), tot.longestWhat, strings.Join(kinds, ", "))
+	t.Logf("failed seeds: %d of %d\n%s", len(tot.failed), tot.seeds, strings.Join(tot.failed, "\n"))
 	if len(tot.errors) > 0 {
 		var keys []string
 		for k := range tot.errors {
@@ -212,23 +225,35 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		return fmt.Sprintf("replay: %sMHP_CHAOS_SEED=%d MHP_CHAOS_STEPS=%d go test -count=1 -timeout 20m -run TestChaos -v ./test/chaos/", kinds, seed, len(done))
 	}
 	tot.seeds++
+	var why string
 	defer func() {
 		tot.steps += len(done)
 		if t.Failed() {
-			tot.failed = append(tot.failed, strconv.FormatUint(seed, 10))
+			tot.failed = append(tot.failed, fmt.Sprintf("  seed %d after step %d: %.300s\n    %s", seed, len(done), why, replay()))
 			t.Logf("seed %d FAILED after %d steps; %s", seed, len(done), replay())
 		}
 	}()
 
 	r := newRig(t)
 	l := startLoad(t, r.proxy.addr, 3, 3, seed)
-	defer l.stop()
+	defer func() {
+		// Client errors by kind, for passing and failing seeds alike.
+		for _, o := range l.stop() {
+			if o.out == failed {
+				tot.errors[o.kind.String()+" "+errorKind(o.err)]++
+			}
+		}
+	}()
 	time.Sleep(500 * time.Millisecond)
 
-	w := &world{kinds: env.kinds, leader: "a", dead: map[string]bool{}, paused: map[string]bool{}, quarantined: map[string]bool{}}
+	w := &world{kinds: env.kinds, leader: "a", dead: map[string]bool{}, paused: map[string]bool{},
+		quarantined: map[string]bool{}, diverged: map[string]bool{}}
 	atRisk := map[int64]bool{}
 	var lossy []window
 	fail := func(format string, a ...any) {
+		if why == "" {
+			why = fmt.Sprintf(format, a...)
+		}
 		t.Errorf("seed %d, after step %d: %s\nsteps:\n%s\n%s\n%s", seed, len(done), fmt.Sprintf(format, a...), stepsTable(done), r.diagnostics(), replay())
 	}
 	begin := time.Now()
@@ -280,6 +305,12 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		if err != nil {
 			fail("%v", err)
 			return
+		}
+		for _, s := range burst {
+			if s.disruptive() {
+				tot.byKind[s.kind] = max(tot.byKind[s.kind], settled)
+				break
+			}
 		}
 		if settled > tot.longestSettle {
 			tot.longestSettle, tot.longestWhat = settled, fmt.Sprintf("seed %d step %d, %s", seed, last.n, burstKinds(burst))
@@ -342,11 +373,6 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 
 	lost := r.lostCount(leader, ops, atRisk)
 	nerr, table := errorTable(ops)
-	for _, o := range ops {
-		if o.out == failed {
-			tot.errors[o.kind.String()+" "+errorKind(o.err)]++
-		}
-	}
 	var longest time.Duration
 	for _, s := range done {
 		longest = max(longest, s.settled)
@@ -401,7 +427,7 @@ func (w *world) choose(rng *rand.Rand, ids []string) (stepKind, string, bool) {
 			continue
 		}
 		others = append(others, id)
-		if !w.quarantined[id] {
+		if !w.quarantined[id] && !w.diverged[id] {
 			alive = append(alive, id)
 		}
 		if w.paused[id] {
@@ -488,11 +514,15 @@ func (r *rig) do(s *step, w *world) {
 		res, err := r.adm.Failover(ctx, s.target)
 		s.result = result(res, err)
 		if err == nil {
+			if res.From != "" && res.From != res.To {
+				w.diverged[res.From] = true
+			}
 			w.leader = res.To
 		}
 	case stepKillLeader:
 		r.sims[s.target].signal(syscall.SIGKILL)
 		w.dead[s.target] = true
+		w.diverged[s.target] = true
 		s.result = "killed"
 	case stepRestartSim:
 		if err := r.sims[s.target].restart(); err != nil {

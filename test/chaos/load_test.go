@@ -301,7 +301,7 @@ func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) o
 
 var (
 	digits  = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
-	addrish = regexp.MustCompile(`N\.N\.N\.N:N`)
+	addrish = regexp.MustCompile(`N(\.N)*:N`)
 )
 
 // errorKind groups an error by its gRPC code and its message with numbers

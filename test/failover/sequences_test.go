@@ -131,7 +131,13 @@ func TestBackToBackChanges(t *testing.T) {
 // leader a is healthy leaves a no longer a primary: a direct write to it
 // is refused, and the command says what it did to a.
 func TestForcedFailoverDemotesReachableLeader(t *testing.T) {
-	r := newRig(t, rigOptions{})
+	for _, shape := range []string{"single", "empty"} {
+		t.Run("force-promote-shape "+shape, func(t *testing.T) { forcedFailoverDemotes(t, shape) })
+	}
+}
+
+func forcedFailoverDemotes(t *testing.T, shape string) {
+	r := newRig(t, rigOptions{extraSim: []string{"--force-promote-shape", shape}})
 	code, res, eb := r.adminPost("/api/v1/failover", "c")
 	if code != http.StatusOK || res.To != "c" {
 		t.Fatalf("failover --to c: %d %+v %+v", code, res, eb)

@@ -1,6 +1,7 @@
-# `make test` installs what the tests need, then runs them all:
-# vet + staticcheck, the Go tests with -race, and the SDK drop-in suites
-# (pymilvus, Go, Node, Java; Milvus Lite comparison) from mk/sdk.mk.
+# `make test` checks the prerequisites (mk/prereq.mk), installs what the
+# tests need, then runs them all: vet + staticcheck, the Go tests with
+# -race, and the SDK drop-in suites (pymilvus, Go, Node, Java; Milvus Lite
+# comparison) from mk/sdk.mk.
 GO ?= go
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 STATICCHECK_VERSION ?= v0.8.2
@@ -20,7 +21,10 @@ $(BIN)/staticcheck:
 lint: vet $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
-test: lint test-go test-sdk
+# prereq first: it names a missing tool before anything is installed;
+# sdk-deps and ui-deps before test-go, whose quickstart tests use the venv
+# and Chromium.
+test: prereq lint sdk-deps ui-deps test-go test-sdk
 
 test-go:
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -29,3 +33,4 @@ demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo
 
 include mk/sdk.mk
+include mk/prereq.mk

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,11 @@ type Options struct {
 	// action does not stop when the HTTP client goes away: abandoning a
 	// leader change half way is worse than finishing it.
 	ActionTimeout time.Duration
+	// Pprof serves Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/ (config admin_pprof). Off by default: a CPU profile
+	// or execution trace costs the proxy while it runs, and the profiles
+	// show the process's command line and code layout.
+	Pprof bool
 }
 
 // Server is the admin HTTP server.
@@ -40,6 +46,7 @@ type Server struct {
 	ctl     Controller
 	log     *slog.Logger
 	timeout time.Duration
+	pprof   bool
 	mux     *http.ServeMux
 	srv     *http.Server
 
@@ -77,6 +84,17 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /api/v1/topology", s.topology)
 	s.mux.HandleFunc("POST /api/v1/switchover", s.actionHandler("switchover", s.ctl.Switchover))
 	s.mux.HandleFunc("POST /api/v1/failover", s.actionHandler("failover", s.ctl.Failover))
+	if o.Pprof {
+		s.pprof = true
+		// Index serves every named profile (heap, goroutine, allocs,
+		// block, mutex, threadcreate) under /debug/pprof/NAME.
+		s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -134,6 +152,10 @@ GET  /api/v1/topology     clusters, roles, health, lag (JSON; milvus-ha-proxy st
 POST /api/v1/switchover   {"to":"ID"}  planned leader change, no data loss
 POST /api/v1/failover     {"to":"ID"}  forced promotion
 `)
+	if s.pprof {
+		fmt.Fprint(w, `GET  /debug/pprof/         Go runtime profiles (go tool pprof http://ADDR/debug/pprof/profile)
+`)
+	}
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

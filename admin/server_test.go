@@ -357,3 +357,48 @@ func TestMountAndServeShutdown(t *testing.T) {
 		t.Errorf("second Shutdown = %v", err)
 	}
 }
+
+// TestPprof: /debug/pprof is absent by default and serves the runtime's
+// profiles when Options.Pprof is set.
+func TestPprof(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tests := []struct {
+		name  string
+		pprof bool
+		path  string
+		code  int
+		want  string // in the body
+	}{
+		{"off: index", false, "/debug/pprof/", 404, ""},
+		{"off: profile", false, "/debug/pprof/profile?seconds=1", 404, ""},
+		{"off: not listed", false, "/", 200, "/api/v1/failover"},
+		{"on: listed", true, "/", 200, "/debug/pprof/"},
+		{"on: index", true, "/debug/pprof/", 200, "goroutine"},
+		{"on: goroutines", true, "/debug/pprof/goroutine?debug=1", 200, "goroutine profile:"},
+		{"on: heap", true, "/debug/pprof/heap?debug=1", 200, "heap profile:"},
+		{"on: cmdline", true, "/debug/pprof/cmdline", 200, ""},
+		{"on: symbol", true, "/debug/pprof/symbol", 200, "num_symbols"},
+		{"on: unknown profile", true, "/debug/pprof/nosuch", 404, "Unknown profile"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Options{Controller: &fakeController{}, Pprof: tc.pprof, Logger: quiet})
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
+				t.Errorf("GET %s = %d %.200q, want %d containing %q", tc.path, rec.Code, rec.Body.String(), tc.code, tc.want)
+			}
+			if tc.path == "/" && !tc.pprof && strings.Contains(rec.Body.String(), "pprof") {
+				t.Errorf("index lists pprof while it is off: %q", rec.Body.String())
+			}
+		})
+	}
+	// A CPU profile: a gzipped protobuf after the requested second.
+	s := New(Options{Controller: &fakeController{}, Pprof: true, Logger: quiet})
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	code, body := do(t, "GET", ts.URL+"/debug/pprof/profile?seconds=1", "")
+	if code != 200 || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Errorf("CPU profile = %d, %d bytes; want 200 and gzip data", code, len(body))
+	}
+}

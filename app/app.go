@@ -168,6 +168,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Controller: &controller{app: a},
 		Metrics:    tel.MetricsHandler(),
 		Logger:     logger,
+		Pprof:      cfg.AdminPprof,
 	})
 	for pattern, h := range opts.AdminHandlers {
 		a.admin.Handle(pattern, h)
@@ -282,6 +283,12 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 		WriteHold:     cfg.Failover.WriteHold.Std(),
 		DialOptions:   proxy.BackendDialOptions(),
 		Logger:        logger,
+		// 0 in the config turns the failure cache off; 0 here means the
+		// default.
+		CollectionFailureTTL: cfg.Read.DescribeFailureTTL.Std(),
+	}
+	if o.CollectionFailureTTL == 0 {
+		o.CollectionFailureTTL = -1
 	}
 	for i := range cfg.Clusters {
 		c := &cfg.Clusters[i]

@@ -17,7 +17,9 @@ import (
 // WritePlot renders the report's timelines as a PNG: throughput (and
 // errors) per second on top, p99 latency per second below, one colour per
 // target, with leader changes and injected faults marked as vertical lines
-// across both panels.
+// across both panels. The legend is drawn below the panels, in columns, so
+// it never hides a line (inside a panel it covered the start of the
+// timeline, where a failover's gap often is).
 func (rep *Report) WritePlot(w io.Writer) error {
 	tput := plot.New()
 	tput.Title.Text = fmt.Sprintf("%s, %s, concurrency %d", rep.Config.Workload, rep.Config.Consistency, rep.Config.Concurrency)
@@ -27,9 +29,8 @@ func (rep *Report) WritePlot(w io.Writer) error {
 	lat.X.Label.Text = "seconds since measurement start"
 	for _, p := range []*plot.Plot{tput, lat} {
 		p.Add(plotter.NewGrid())
-		p.Legend.Top = true
-		p.Legend.Left = true
 	}
+	var legend legendItems
 
 	var xmax float64
 	for i, t := range rep.Targets {
@@ -53,16 +54,18 @@ func (rep *Report) WritePlot(w io.Writer) error {
 				anyErr = anyErr || pt.Errors > 0
 				xmax = math.Max(xmax, pt.T+1)
 			}
-			if err := addLine(tput, ok, col, nil, t.Name, &okLegend); err != nil {
+			if err := addLine(tput, &legend, ok, col, nil, t.Name+" ops/s", &okLegend); err != nil {
 				return err
 			}
 			if anyErr {
 				dash := []vg.Length{vg.Points(2), vg.Points(2)}
-				if err := addLine(tput, errs, col, dash, t.Name+" errors/s", &errLegend); err != nil {
+				if err := addLine(tput, &legend, errs, col, dash, t.Name+" errors/s", &errLegend); err != nil {
 					return err
 				}
 			}
-			if err := addLine(lat, p99, col, nil, t.Name, &latLegend); err != nil {
+			// The p99 line has the target's colour and style of the ops/s
+			// line: one legend entry names both.
+			if err := addLine(lat, nil, p99, col, nil, t.Name, &latLegend); err != nil {
 				return err
 			}
 		}
@@ -72,12 +75,12 @@ func (rep *Report) WritePlot(w io.Writer) error {
 	orange := color.RGBA{R: 230, G: 140, A: 255}
 	for _, t := range rep.Targets {
 		for _, lc := range t.LeaderChanges {
-			addMark(tput, lat, lc.At, red, fmt.Sprintf("leader %s→%s", lc.From, lc.To), []vg.Length{vg.Points(6), vg.Points(3)})
+			addMark(tput, lat, &legend, lc.At, red, fmt.Sprintf("leader %s→%s", lc.From, lc.To), []vg.Length{vg.Points(6), vg.Points(3)})
 			xmax = math.Max(xmax, lc.At)
 		}
 	}
 	for _, f := range rep.Faults {
-		addMark(tput, lat, f.At, orange, "fault: "+f.Name, []vg.Length{vg.Points(1), vg.Points(3)})
+		addMark(tput, lat, &legend, f.At, orange, "fault: "+f.Name, []vg.Length{vg.Points(1), vg.Points(3)})
 		xmax = math.Max(xmax, f.At)
 	}
 
@@ -91,13 +94,16 @@ func (rep *Report) WritePlot(w io.Writer) error {
 		p.Y.Max *= 1.1
 	}
 
-	img := vgimg.NewWith(vgimg.UseWH(10*vg.Inch, 7*vg.Inch), vgimg.UseDPI(96))
+	lay := newPlotLayout(len(legend))
+	img := vgimg.NewWith(vgimg.UseWH(lay.width, lay.height), vgimg.UseDPI(plotDPI))
 	dc := draw.New(img)
+	panels := draw.Crop(dc, 0, 0, lay.legendHeight, 0) // everything above the legend strip
 	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2,
 		PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4, PadY: vg.Millimeter * 4}
-	cs := plot.Align([][]*plot.Plot{{tput}, {lat}}, tiles, dc)
+	cs := plot.Align([][]*plot.Plot{{tput}, {lat}}, tiles, panels)
 	tput.Draw(cs[0][0])
 	lat.Draw(cs[1][0])
+	legend.draw(dc, lay)
 	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(w); err != nil {
 		return fmt.Errorf("writing the plot: %w", err)
 	}
@@ -133,7 +139,7 @@ func segments(tl []Point) [][]Point {
 	return out
 }
 
-func addLine(p *plot.Plot, xys plotter.XYs, col color.Color, dashes []vg.Length, name string, legend *bool) error {
+func addLine(p *plot.Plot, items *legendItems, xys plotter.XYs, col color.Color, dashes []vg.Length, name string, legend *bool) error {
 	l, err := plotter.NewLine(xys)
 	if err != nil {
 		return fmt.Errorf("plotting %s: %w", name, err)
@@ -142,19 +148,89 @@ func addLine(p *plot.Plot, xys plotter.XYs, col color.Color, dashes []vg.Length,
 	l.Width = vg.Points(1.2)
 	l.Dashes = dashes
 	p.Add(l)
-	if *legend {
-		p.Legend.Add(name, l)
-		*legend = false
+	if *legend && items != nil {
+		items.add(name, l)
 	}
+	*legend = false
 	return nil
 }
 
-func addMark(top, bottom *plot.Plot, x float64, col color.Color, name string, dashes []vg.Length) {
+func addMark(top, bottom *plot.Plot, items *legendItems, x float64, col color.Color, name string, dashes []vg.Length) {
 	style := draw.LineStyle{Color: col, Width: vg.Points(1.5), Dashes: dashes}
 	v := &vline{x: x, style: style}
 	top.Add(v)
 	bottom.Add(v)
-	top.Legend.Add(fmt.Sprintf("%s (%.1fs)", name, x), v)
+	items.add(fmt.Sprintf("%s (%.1fs)", name, x), v)
+}
+
+// The plot's geometry: the panels keep their size whatever the legend's;
+// the image grows by the legend strip under them.
+const (
+	plotDPI          = 96
+	plotWidth        = 10 * vg.Inch
+	plotPanelsHeight = 7 * vg.Inch
+	legendColumns    = 3
+	legendRowHeight  = 16 * vg.Length(1) // points: an 11 pt font and its spacing
+	legendMargin     = 6 * vg.Millimeter
+)
+
+// plotLayout is where the panels and the legend go on the image.
+type plotLayout struct {
+	width, height vg.Length
+	// legendHeight is the strip at the bottom of the image, below the
+	// panels, that holds the legend; rows entries per column.
+	legendHeight vg.Length
+	rows         int
+}
+
+func newPlotLayout(entries int) plotLayout {
+	rows := (entries + legendColumns - 1) / legendColumns
+	l := plotLayout{width: plotWidth, rows: rows}
+	if rows > 0 {
+		l.legendHeight = vg.Length(rows)*legendRowHeight + legendMargin
+	}
+	l.height = plotPanelsHeight + l.legendHeight
+	return l
+}
+
+// legendItems is the plot's legend, drawn under the panels.
+type legendItems []legendItem
+
+type legendItem struct {
+	name  string
+	thumb plot.Thumbnailer
+}
+
+func (li *legendItems) add(name string, t plot.Thumbnailer) {
+	*li = append(*li, legendItem{name: name, thumb: t})
+}
+
+// draw fills the legend strip column by column, top to bottom.
+func (li legendItems) draw(dc draw.Canvas, lay plotLayout) {
+	if len(li) == 0 {
+		return
+	}
+	strip := draw.Crop(dc, 4*vg.Millimeter, -4*vg.Millimeter, 0, -(dc.Max.Y - dc.Min.Y - lay.legendHeight))
+	colWidth := (strip.Max.X - strip.Min.X) / legendColumns
+	for c := 0; c < legendColumns; c++ {
+		lo := c * lay.rows
+		if lo >= len(li) {
+			break
+		}
+		hi := min(lo+lay.rows, len(li))
+		leg := plot.NewLegend()
+		leg.Top, leg.Left = true, true
+		leg.TextStyle.Font.Size = 11
+		leg.Padding = legendRowHeight - 11
+		for _, it := range li[lo:hi] {
+			leg.Add(it.name, it.thumb)
+		}
+		col := strip
+		col.Min.X = strip.Min.X + vg.Length(c)*colWidth
+		col.Max.X = col.Min.X + colWidth
+		col.Max.Y -= legendMargin / 2
+		leg.Draw(col)
+	}
 }
 
 // vline is a vertical line across the whole plot area at data x.

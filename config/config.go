@@ -74,6 +74,7 @@ const (
 type Config struct {
 	Listen      string      `yaml:"listen" doc:"gRPC listen address (host:port) for Milvus clients; --listen overrides it."`
 	AdminListen string      `yaml:"admin_listen" doc:"Admin HTTP listen address: /metrics, /healthz, /readyz, /api/v1/...; --admin-listen overrides it. Keep it off public networks: it can trigger failovers."`
+	AdminPprof  bool        `yaml:"admin_pprof" doc:"Serve Go's runtime profiles on the admin port under /debug/pprof/ (go tool pprof http://ADMIN/debug/pprof/profile). Off by default: a CPU profile or trace costs CPU while it runs."`
 	Discovery   Discovery   `yaml:"discovery" doc:"How cluster roles are learned: replicate (GetReplicateConfiguration on the clusters) or static (the role keys below)."`
 	Clusters    []Cluster   `yaml:"clusters" doc:"Every Milvus cluster the proxy may talk to, in order of preference (the order breaks ties)."`
 	TLS         ServerTLS   `yaml:"tls,omitempty" doc:"TLS for Milvus clients connecting to the proxy. Off when cert_file is empty."`
@@ -123,8 +124,9 @@ type ServerTLS struct {
 
 // Read is the read-routing policy.
 type Read struct {
-	LeaderServesReads bool   `yaml:"leader_serves_reads" doc:"Whether the leader takes a share of reads alongside eligible alternatives. It always serves reads no alternative can."`
-	Balance           string `yaml:"balance" doc:"Load balancing among eligible clusters: p2c (power of two choices on outstanding requests)."`
+	LeaderServesReads  bool     `yaml:"leader_serves_reads" doc:"Whether the leader takes a share of reads alongside eligible alternatives. It always serves reads no alternative can."`
+	Balance            string   `yaml:"balance" doc:"Load balancing among eligible clusters: p2c (power of two choices on outstanding requests)."`
+	DescribeFailureTTL Duration `yaml:"describe_failure_ttl" doc:"How long a failed DescribeCollection (collection not found, or the leader overloaded, restarting or not implementing it) is remembered before it is asked again. Reads meanwhile go to the leader as sent and get its own answer, so a struggling leader sees one DescribeCollection per collection per period instead of one per read. 0: not remembered."`
 }
 
 // Consistency is how levels turn into required timestamps.
@@ -276,8 +278,9 @@ func Default() *Config {
 		Discovery:   DiscoveryReplicate,
 		Engine:      EngineRelay,
 		Read: Read{
-			LeaderServesReads: true,
-			Balance:           "p2c",
+			LeaderServesReads:  true,
+			Balance:            "p2c",
+			DescribeFailureTTL: Duration(time.Second),
 		},
 		Consistency: Consistency{
 			BoundedStaleness: Duration(5 * time.Second),

@@ -43,8 +43,10 @@ func TestParseMinimalTakesDefaults(t *testing.T) {
 	}{
 		{"listen", c.Listen, "0.0.0.0:19530"},
 		{"admin_listen", c.AdminListen, "127.0.0.1:9091"},
+		{"admin_pprof", c.AdminPprof, false},
 		{"read.leader_serves_reads", c.Read.LeaderServesReads, true},
 		{"read.balance", c.Read.Balance, "p2c"},
+		{"read.describe_failure_ttl", c.Read.DescribeFailureTTL.Std(), time.Second},
 		{"consistency.bounded_staleness", c.Consistency.BoundedStaleness.Std(), 5 * time.Second},
 		{"consistency.strong_reads", c.Consistency.StrongReads, StrongReadsLeader},
 		{"consistency.max_wait", c.Consistency.MaxWait.Std(), time.Duration(0)},
@@ -164,6 +166,7 @@ func TestErrors(t *testing.T) {
 		{"detect shorter than probes", static("failover: {detect_after: 100ms}\nhealth: {probe_interval: 1s}\n"), "failover.detect_after", "shorter than health.probe_interval", 0},
 		{"zero probe timeout", static("health: {probe_timeout: 0s}\n"), "health.probe_timeout", "must be above 0", 0},
 		{"negative grace", static("drain: {grace_period: -5s}\n"), "drain.grace_period", "must not be negative", 0},
+		{"negative failure ttl", static("read: {describe_failure_ttl: -1s}\n"), "read.describe_failure_ttl", "must not be negative", 0},
 		{"bool as string", static("read: {leader_serves_reads: yes}\n"), "read.leader_serves_reads", `want true or false, got "yes"`, 0},
 		{"bad balance", static("read: {balance: rr}\n"), "read.balance", `unknown value "rr" (want p2c)`, 6},
 		{"bad strong_reads", static("consistency: {strong_reads: follower}\n"), "consistency.strong_reads", "want leader or wait", 0},
@@ -467,10 +470,10 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 		seen[k.Key] = true
 	}
 	for _, key := range []string{
-		"listen", "admin_listen", "discovery", "clusters", "clusters[].id", "clusters[].uri", "clusters[].token",
+		"listen", "admin_listen", "admin_pprof", "discovery", "clusters", "clusters[].id", "clusters[].uri", "clusters[].token",
 		"clusters[].tls.ca_file", "clusters[].tls.cert_file", "clusters[].tls.key_file", "clusters[].tls.server_name",
 		"clusters[].tls.insecure_skip_verify", "clusters[].role", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
-		"read.leader_serves_reads", "read.balance", "consistency.bounded_staleness", "consistency.strong_reads",
+		"read.leader_serves_reads", "read.balance", "read.describe_failure_ttl", "consistency.bounded_staleness", "consistency.strong_reads",
 		"consistency.max_wait", "consistency.eventually_max_lag", "replication.poll_interval", "failover.mode",
 		"failover.detect_after", "failover.write_hold", "health.probe_interval", "health.probe_timeout",
 		"drain.grace_period", "arbiter", "arbiter.etcd.endpoints", "arbiter.etcd.prefix", "arbiter.etcd.username",

@@ -48,6 +48,7 @@ func (c *Config) validate(lines map[string]int) error {
 	if c.Read.Balance != "p2c" {
 		e.add("read.balance", "unknown value %q (want p2c)", c.Read.Balance)
 	}
+	nonNegative(e, "read.describe_failure_ttl", c.Read.DescribeFailureTTL)
 
 	nonNegative(e, "consistency.bounded_staleness", c.Consistency.BoundedStaleness)
 	nonNegative(e, "consistency.max_wait", c.Consistency.MaxWait)

@@ -5,44 +5,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-func TestHybridTimestamps(t *testing.T) {
-	ms := time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC).UnixMilli()
-	ts := Compose(ms, 7)
-	if got := Physical(ts); got != ms {
-		t.Fatalf("Physical = %d, want %d", got, ms)
-	}
-	if got := Logical(ts); got != 7 {
-		t.Fatalf("Logical = %d, want 7", got)
-	}
-	if got := Compose(ms, 1<<LogicalBits+3); got != Compose(ms, 3) {
-		t.Fatalf("Compose keeps only 18 logical bits: got %d", got)
-	}
-	if got := Time(ts); !got.Equal(time.UnixMilli(ms)) {
-		t.Fatalf("Time = %v", got)
-	}
-	if got := FromTime(time.UnixMilli(ms)); got != Compose(ms, 0) {
-		t.Fatalf("FromTime = %d", got)
-	}
-	tests := []struct {
-		name string
-		got  uint64
-		want uint64
-	}{
-		{"add 5s", AddDuration(ts, 5*time.Second), Compose(ms+5000, 7)},
-		{"add -5s", AddDuration(ts, -5*time.Second), Compose(ms-5000, 7)},
-		{"sub 5s", SubDuration(ts, 5*time.Second), Compose(ms-5000, 7)},
-		{"sub -1ms", SubDuration(ts, -time.Millisecond), Compose(ms+1, 7)},
-		{"sub below epoch", SubDuration(Compose(10, 1), time.Second), 0},
-		{"sub sub-ms truncates", SubDuration(ts, 999*time.Microsecond), ts},
-	}
-	for _, tc := range tests {
-		if tc.got != tc.want {
-			t.Errorf("%s: got %d, want %d", tc.name, tc.got, tc.want)
-		}
-	}
-}
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+)
 
 func TestLevelString(t *testing.T) {
 	if Customized.String() != "Customized" || Level(9).String() != "Level(9)" {
@@ -95,7 +60,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestRequired(t *testing.T) {
-	now := Compose(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), 3)
+	now := hybridts.Compose(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), 3)
 	const w = uint64(1)<<40 | 5
 	r := Rules{BoundedStaleness: 5 * time.Second}
 	tests := []struct {
@@ -108,7 +73,7 @@ func TestRequired(t *testing.T) {
 		{"session tracked", Demand{Level: Session}, w, w},
 		{"session client newer", Demand{Level: Session, Guarantee: w + 10}, w, w + 10},
 		{"session tracked newer", Demand{Level: Session, Guarantee: w}, w + 10, w + 10},
-		{"bounded", Demand{Level: Bounded}, w + 10, SubDuration(now, 5*time.Second)},
+		{"bounded", Demand{Level: Bounded}, w + 10, hybridts.SubDuration(now, 5*time.Second)},
 		{"eventually ignores session", Demand{Level: Eventually}, w, 0},
 		{"customized ignores session", Demand{Level: Customized, Guarantee: w}, w + 10, w},
 		{"customized sentinel", Demand{Level: Customized}, w, 0},
@@ -121,14 +86,14 @@ func TestRequired(t *testing.T) {
 		}
 	}
 	// Unknown leader clock: the local clock stands in.
-	before := SubDuration(FromTime(time.Now()), 5*time.Second)
+	before := hybridts.SubDuration(hybridts.FromTime(time.Now()), 5*time.Second)
 	got := r.Required(Demand{Level: Bounded}, 0, 0)
-	after := SubDuration(FromTime(time.Now()), 5*time.Second)
+	after := hybridts.SubDuration(hybridts.FromTime(time.Now()), 5*time.Second)
 	if got < before || got > after {
 		t.Fatalf("Bounded with unknown leader clock = %d, want in [%d, %d]", got, before, after)
 	}
 	// A staleness larger than the clock never yields a sentinel.
-	if got := (Rules{BoundedStaleness: time.Hour}).Required(Demand{Level: Bounded}, 0, Compose(1000, 0)); !IsTimestamp(got) {
+	if got := (Rules{BoundedStaleness: time.Hour}).Required(Demand{Level: Bounded}, 0, hybridts.Compose(1000, 0)); !IsTimestamp(got) {
 		t.Fatalf("Bounded produced sentinel %d", got)
 	}
 }

@@ -3,6 +3,8 @@ package consistency
 import (
 	"strconv"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 )
 
 // Level is a Milvus consistency level; the values are those of
@@ -136,9 +138,9 @@ func (r Rules) Required(d Demand, session, leaderNow uint64) uint64 {
 		return max(d.Guarantee, session)
 	case Bounded:
 		if leaderNow == 0 {
-			leaderNow = FromTime(time.Now())
+			leaderNow = hybridts.Now()
 		}
-		r := SubDuration(leaderNow, r.BoundedStaleness)
+		r := hybridts.SubDuration(leaderNow, r.BoundedStaleness)
 		if !IsTimestamp(r) {
 			return GuaranteeBounded + 1
 		}

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -143,14 +143,20 @@ func (t *benchTopo) Changed() <-chan struct{}     { return t.changed }
 func (t *benchTopo) WaitLeader(context.Context) (*topology.Cluster, error) {
 	return t.snap.Leader, nil
 }
+func (t *benchTopo) WaitWritable(context.Context, *topology.WriteWait) (*topology.Cluster, error) {
+	return t.snap.Leader, nil
+}
 func allowDone(bool)                                  {}
 func (t *benchTopo) Allow(string) (func(bool), error) { return allowDone, nil }
-func (t *benchTopo) LeaderNow() uint64                { return consistency.FromTime(time.Now()) }
+func (t *benchTopo) LeaderNow() uint64                { return hybridts.Now() }
 func (t *benchTopo) AllocLeaderTimestamp(context.Context) (uint64, error) {
-	return consistency.FromTime(time.Now()), nil
+	return hybridts.Now(), nil
 }
 func (t *benchTopo) Collection(context.Context, string, string) (topology.CollectionInfo, error) {
 	return t.info, nil
+}
+func (t *benchTopo) CachedCollection(string, string) (topology.CollectionInfo, bool, error) {
+	return t.info, true, nil
 }
 func (t *benchTopo) InvalidateCollection(string, string) {}
 
@@ -158,7 +164,7 @@ func ourProxy(b *testing.B, backend string, engine Engine) string {
 	topo := &benchTopo{changed: make(chan struct{}), info: topology.CollectionInfo{DB: "default", Name: "coll",
 		ConsistencyLevel: int32(commonpb.ConsistencyLevel_Bounded), PChannels: []int{0, 1}}}
 	snap := &topology.Snapshot{PublishedAt: time.Now()}
-	far := consistency.FromTime(time.Now().Add(time.Hour))
+	far := hybridts.FromTime(time.Now().Add(time.Hour))
 	for i, id := range []string{"a", "b", "c"} {
 		c := &topology.Cluster{ID: id, URI: backend, Role: topology.RoleAlternative, Order: i, Healthy: true, Breaker: topology.BreakerClosed,
 			Checkpoints: []uint64{far, far}, CheckpointsKnown: true, Conn: dial(b, backend, BackendDialOptions()...),

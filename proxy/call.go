@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
@@ -161,6 +162,32 @@ func (e *errBreaker) Error() string {
 	return "milvus-ha-proxy: circuit breaker of cluster " + e.cluster + " is open: " + e.err.Error()
 }
 
+// errFenced marks an attempt refused because the cluster is fenced: a
+// leader change is taking it out of the leader role. Nothing was sent; a
+// write waits for the change to end (topology.Manager.WaitWritable).
+type errFenced struct{ cluster string }
+
+func (e *errFenced) status() error { return status.Error(codes.Unavailable, e.Error()) }
+
+func (e *errFenced) Error() string {
+	return "milvus-ha-proxy: cluster " + e.cluster + " is fenced while a leader change takes it out of the leader role"
+}
+
+// notAdmitted is an attempt the topology refused before it was sent
+// (errBreaker, errFenced).
+type notAdmitted interface {
+	error
+	status() error
+}
+
+// refusedBy wraps an error of Topology.Allow for cluster.
+func refusedBy(cluster string, err error) notAdmitted {
+	if errors.Is(err, topology.ErrFenced) {
+		return &errFenced{cluster: cluster}
+	}
+	return &errBreaker{cluster: cluster, err: err}
+}
+
 // upstream is how an engine sends one unary request to a cluster.
 type upstream interface {
 	// roundTrip sends req to cl and waits for the answer. sent is false
@@ -174,7 +201,7 @@ type upstream interface {
 func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, wantSent bool) (*frame, bool, error) {
 	done, err := s.topo.Allow(cl.ID)
 	if err != nil {
-		return nil, false, &errBreaker{cluster: cl.ID, err: err}
+		return nil, false, refusedBy(cl.ID, err)
 	}
 	if cl.Outstanding != nil {
 		cl.Outstanding.Add(1)

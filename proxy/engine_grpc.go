@@ -123,7 +123,7 @@ func (s *Server) streamHandler(m *method) grpc.StreamHandler {
 		}
 		done, err := s.topo.Allow(cl.ID)
 		if err != nil {
-			return (&errBreaker{cluster: cl.ID, err: err}).status()
+			return refusedBy(cl.ID, err).status()
 		}
 		if cl.Outstanding != nil {
 			cl.Outstanding.Add(1)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -182,7 +182,7 @@ func (b *fakeBackend) Query(ctx context.Context, r *milvuspb.QueryRequest) (*mil
 }
 
 func (b *fakeBackend) mutation(method string, n int) *milvuspb.MutationResult {
-	ts := b.tso.Add(1 << consistency.LogicalBits)
+	ts := b.tso.Add(1 << hybridts.LogicalBits)
 	ids := make([]int64, n)
 	for i := range ids {
 		ids[i] = int64(i + 1)
@@ -252,16 +252,19 @@ type fakeTopo struct {
 	changed     chan struct{}
 	open        map[string]bool
 	colls       map[string]topology.CollectionInfo
+	cached      map[string]bool // collections Collection was asked about
+	collCalls   int
 	invalidated []string
 	allocs      int
 	allocErr    error
 	leaderWait  chan struct{} // when set, WaitLeader blocks on it while there is no leader
 	onAllow     func(id string)
+	waits       map[*topology.WriteWait]int // WaitWritable calls per write
 }
 
 func newFakeTopo(tso *atomic.Uint64) *fakeTopo {
 	return &fakeTopo{tso: tso, changed: make(chan struct{}), open: map[string]bool{},
-		colls: map[string]topology.CollectionInfo{}}
+		colls: map[string]topology.CollectionInfo{}, cached: map[string]bool{}}
 }
 
 func (f *fakeTopo) Snapshot() *topology.Snapshot { return f.snap.Load() }
@@ -329,6 +332,30 @@ func (f *fakeTopo) WaitLeader(ctx context.Context) (*topology.Cluster, error) {
 	}
 }
 
+// WaitWritable hands out the leader as WaitLeader does; a call that comes
+// back (its attempt was never sent) waits 5ms, and the fourth time it
+// gives up as write_hold running out would.
+func (f *fakeTopo) WaitWritable(ctx context.Context, w *topology.WriteWait) (*topology.Cluster, error) {
+	f.mu.Lock()
+	if f.waits == nil {
+		f.waits = map[*topology.WriteWait]int{}
+	}
+	n := f.waits[w]
+	f.waits[w] = n + 1
+	f.mu.Unlock()
+	if n >= 4 {
+		return nil, status.Errorf(codes.Unavailable, "no writable leader within write_hold (last attempt: %v)", w.LastNotSent())
+	}
+	if n > 0 {
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	return f.WaitLeader(ctx)
+}
+
 func (f *fakeTopo) Allow(id string) (func(bool), error) {
 	if f.onAllow != nil {
 		f.onAllow(id)
@@ -368,6 +395,12 @@ func (f *fakeTopo) AllocLeaderTimestamp(context.Context) (uint64, error) {
 func (f *fakeTopo) Collection(_ context.Context, db, name string) (topology.CollectionInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.collCalls++
+	f.cached[db+"."+name] = true
+	return f.collLocked(db, name)
+}
+
+func (f *fakeTopo) collLocked(db, name string) (topology.CollectionInfo, error) {
 	info, ok := f.colls[db+"."+name]
 	if !ok {
 		return info, status.Errorf(codes.NotFound, "collection %s.%s not found", db, name)
@@ -375,10 +408,27 @@ func (f *fakeTopo) Collection(_ context.Context, db, name string) (topology.Coll
 	return info, nil
 }
 
+// CachedCollection behaves like the topology's cache: an answer once
+// Collection was asked, until the collection is invalidated.
+func (f *fakeTopo) CachedCollection(db, name string) (topology.CollectionInfo, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.cached[db+"."+name] {
+		return topology.CollectionInfo{}, false, nil
+	}
+	info, err := f.collLocked(db, name)
+	return info, true, err
+}
+
 func (f *fakeTopo) InvalidateCollection(db, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.invalidated = append(f.invalidated, db+"."+name)
+	for k := range f.cached {
+		if k == db+"."+name || (name == "" && strings.HasPrefix(k, db+".")) {
+			delete(f.cached, k)
+		}
+	}
 }
 
 // env is a proxy in front of fake clusters a (leader), b and c.
@@ -423,7 +473,7 @@ func firstPick() uint64 { return 0 }
 func newEnv(t *testing.T, mut ...func(*Options)) *env {
 	t.Helper()
 	tso := &atomic.Uint64{}
-	start := consistency.FromTime(time.Now())
+	start := hybridts.Now()
 	tso.Store(start)
 	e := &env{t: t, tso: tso, backends: map[string]*fakeBackend{}, topo: newFakeTopo(tso), events: &eventLog{}, start: start}
 	snap := &topology.Snapshot{PublishedAt: time.Now()}

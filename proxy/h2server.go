@@ -1100,7 +1100,7 @@ func (d *dconn) runStream(st *dstream) {
 	}
 	done, err := d.s.topo.Allow(cl.ID)
 	if err != nil {
-		fail((&errBreaker{cluster: cl.ID, err: err}).status())
+		fail(refusedBy(cl.ID, err).status())
 		return
 	}
 	c.served = cl

@@ -5,13 +5,11 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"google.golang.org/grpc/status"
 )
-
-// maxLeaderAttempts bounds the sends of one leader-only call.
-const maxLeaderAttempts = 4
 
 // codeOutcomeUnknown is the merr code of the Milvus status that answers an
 // Insert whose outcome is unknown: merr's "unexpected error" (65535), which
@@ -22,18 +20,22 @@ const codeOutcomeUnknown = 1<<16 - 1
 //
 // When may it be sent again? The rule is CockroachDB's for ambiguous
 // results: a request is re-sent only when it provably never left the proxy
-// — the leader was not known (WaitLeader failed: a failover under way),
-// the leader's breaker refused it, or gRPC never created a transport
-// stream for it (no connection could be made). Once a stream existed, the
-// leader may have applied the request even though no answer came back, and
-// re-sending is safe only if applying it twice equals applying it once:
-// Upsert and Delete (the same rows end in the same state) and leader-only
-// reads get one more try, on the leader as it is then (possibly a new one
-// after a failover). Everything else returns the failure. An Insert whose
-// outcome is unknown is answered with a Milvus error status that says so,
-// not with a gRPC error: every SDK retries gRPC UNAVAILABLE (and most
-// retry UNKNOWN and INTERNAL) on its own, which would insert the rows
-// twice, while none retries a Milvus status (test/sdk/SDK_NOTES.md).
+// — there was no writable leader (a failover or switchover under way), the
+// leader was fenced or its breaker refused, or gRPC never created a
+// transport stream for it (no connection could be made, as during the
+// detection window of a leader crash). Such a call waits for a writable
+// leader (topology.Manager.WaitWritable) up to write_hold from the moment
+// it first had to wait, whatever the cause, and is sent again. Once a
+// stream existed, the leader may have applied the request even though no
+// answer came back, and re-sending is safe only if applying it twice
+// equals applying it once: Upsert and Delete (the same rows end in the
+// same state) and leader-only reads get one more try, on the leader as it
+// is then (possibly a new one after a failover). Everything else returns
+// the failure. An Insert whose outcome is unknown is answered with a
+// Milvus error status that says so, not with a gRPC error: every SDK
+// retries gRPC UNAVAILABLE (and most retry UNKNOWN and INTERNAL) on its
+// own, which would insert the rows twice, while none retries a Milvus
+// status (test/sdk/SDK_NOTES.md).
 func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
 	c.ev.Reason = ReasonLeaderOnly
 	var ls leaderState
@@ -43,38 +45,29 @@ func (s *Server) leaderCall(c *call, req *frame) (*frame, error) {
 // leaderState carries a leader-only call across its attempts.
 type leaderState struct {
 	attempts int
-	resent   bool          // an ambiguous attempt was already repeated
-	pause    bool          // the last attempt was never sent: wait a little
-	backoff  time.Duration // the next pause
-	lastErr  error
+	resent   bool // an ambiguous attempt was already repeated
+	// wait is the call's wait for a writable leader, across attempts.
+	wait topology.WriteWait
 }
 
-// runLeader attempts a leader-only call until an outcome is final.
+// runLeader attempts a leader-only call until an outcome is final. Every
+// attempt that was never sent waits for a writable leader again; the wait
+// as a whole is bounded by write_hold, so the loop ends.
 func (s *Server) runLeader(c *call, ls *leaderState, req *frame) (*frame, error) {
-	for ls.attempts < maxLeaderAttempts {
-		if ls.pause {
-			// The previous attempt was never sent; give the topology a
-			// moment (a new leader, a breaker half-opening).
-			if ls.backoff == 0 {
-				ls.backoff = 20 * time.Millisecond
-			}
-			if err := s.pause(c, ls.backoff); err != nil {
-				return nil, ls.lastErr
-			}
-			ls.backoff *= 2
-		}
-		ls.attempts++
-		cl, err := s.topo.WaitLeader(c.ctx)
+	defer ls.wait.End(c.ctx)
+	for {
+		cl, err := s.topo.WaitWritable(c.ctx, &ls.wait)
 		if err != nil {
-			// Unavailable "failover under way": nothing was sent.
+			// Unavailable: no writable leader within write_hold.
+			// Nothing was sent.
 			return nil, err
 		}
+		ls.attempts++
 		resp, sent, err := s.forward(c, cl, req, true)
 		if resp, err, done := s.leaderResult(c, ls, cl, req, resp, sent, err); done {
 			return resp, err
 		}
 	}
-	return nil, ls.lastErr
 }
 
 // leaderResult judges one attempt of a leader-only call; done reports a
@@ -87,14 +80,15 @@ func (s *Server) leaderResult(c *call, ls *leaderState, cl *topology.Cluster, re
 	if c.ctx.Err() != nil {
 		return nil, err, true
 	}
-	var be *errBreaker
-	if errors.As(err, &be) {
-		ls.lastErr, ls.pause = be.status(), true
+	var na notAdmitted
+	if errors.As(err, &na) {
+		// Fenced or breaker open: never sent.
+		ls.wait.NotSent(cl.ID, na.status())
 		return nil, nil, false
 	}
 	if !sent {
 		// The request provably never reached the leader.
-		ls.lastErr, ls.pause = err, true
+		ls.wait.NotSent(cl.ID, err)
 		return nil, nil, false
 	}
 	if !transportFailure(c.ctx, err) {
@@ -103,24 +97,11 @@ func (s *Server) leaderResult(c *call, ls *leaderState, cl *topology.Cluster, re
 		return nil, err, true
 	}
 	if c.m.idempotent && !ls.resent {
-		ls.resent, ls.lastErr, ls.pause = true, err, false
+		ls.resent = true
 		return nil, nil, false
 	}
 	resp, err = s.outcomeUnknown(c, cl, err)
 	return resp, err, true
-}
-
-// pause waits for d, a newer topology, or the client's end.
-func (s *Server) pause(c *call, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-s.topo.Changed():
-	case <-c.ctx.Done():
-		return c.ctx.Err()
-	}
-	return nil
 }
 
 // outcomeUnknown answers a call that reached the leader but got no answer.
@@ -192,7 +173,7 @@ func (s *Server) ddlTimestamp(c *call) uint64 {
 	if err == nil && ts != 0 {
 		return ts
 	}
-	est := max(s.topo.LeaderNow(), consistency.FromTime(time.Now()))
+	est := max(s.topo.LeaderNow(), hybridts.Now())
 	s.log.Warn("proxy: AllocTimestamp after DDL failed; using the estimate plus 1s", "method", c.m.name, "err", err)
-	return consistency.AddDuration(est, time.Second)
+	return hybridts.AddDuration(est, time.Second)
 }

@@ -25,6 +25,10 @@ type Topology interface {
 	// WaitLeader returns the leader; during a failover it blocks up to
 	// write_hold and then fails with codes.Unavailable.
 	WaitLeader(ctx context.Context) (*topology.Cluster, error)
+	// WaitWritable returns the leader a write may be sent to now, waiting
+	// across a call's attempts (one WriteWait per call) up to write_hold
+	// while there is none, it is fenced, or it refused the last attempt.
+	WaitWritable(ctx context.Context, w *topology.WriteWait) (*topology.Cluster, error)
 	// Allow asks the cluster's circuit breaker for permission to send one
 	// request; done reports its outcome. err is set when the breaker is
 	// open (the request must not be sent).
@@ -34,8 +38,14 @@ type Topology interface {
 	// AllocLeaderTimestamp asks the leader for a fresh TSO.
 	AllocLeaderTimestamp(ctx context.Context) (uint64, error)
 	// Collection returns the collection's routing facts (cached
-	// DescribeCollection on the leader).
+	// DescribeCollection on the leader); failures are cached too, for a
+	// shorter time.
 	Collection(ctx context.Context, db, name string) (topology.CollectionInfo, error)
+	// CachedCollection is Collection without calling out or blocking: ok
+	// reports whether a cached answer (success or failure) exists for the
+	// current leader. The relay engine routes with it on its connection
+	// goroutines.
+	CachedCollection(db, name string) (info topology.CollectionInfo, ok bool, err error)
 	// InvalidateCollection drops the cached facts of db.name; name ""
 	// means every collection of db (after DropDatabase).
 	InvalidateCollection(db, name string)

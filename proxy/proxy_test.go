@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -69,7 +70,7 @@ func TestReadRouting(t *testing.T) { bothEngines(t, testReadRouting) }
 func testReadRouting(t *testing.T) {
 	e := newEnv(t)
 	now := e.tso.Load()
-	bounded := consistency.SubDuration(now, 5*time.Second)
+	bounded := hybridts.SubDuration(now, 5*time.Second)
 	type want struct {
 		cluster   string
 		level     commonpb.ConsistencyLevel
@@ -93,7 +94,7 @@ func testReadRouting(t *testing.T) {
 			search("coll", Bounded, 0, false), want{"b", Customized, bounded, false, "alternative"}},
 		{"pymilvus Bounded (Strong level + GT 2 is Bounded too)", now,
 			search("coll", Strong, 2, false), want{"b", Customized, bounded, false, "alternative"}},
-		{"Bounded with lagging alternatives goes to the leader", consistency.SubDuration(now, 10*time.Second),
+		{"Bounded with lagging alternatives goes to the leader", hybridts.SubDuration(now, 10*time.Second),
 			search("coll", Bounded, 2, false), want{"a", Customized, bounded, false, "leader_lag"}},
 		{"collection default (Bounded) via use_default", now,
 			search("coll", Bounded, 0, true), want{"b", Customized, bounded, false, "alternative"}},
@@ -150,7 +151,7 @@ func testQueryAndHybridSearchRewrite(t *testing.T) {
 	now := e.tso.Load()
 	e.topo.setCheckpoint("b", now)
 	e.topo.setCheckpoint("c", now)
-	bounded := consistency.SubDuration(now, 5*time.Second)
+	bounded := hybridts.SubDuration(now, 5*time.Second)
 	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", ConsistencyLevel: Bounded}); err != nil {
 		t.Fatal(err)
 	}

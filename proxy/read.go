@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
@@ -58,16 +57,19 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 		s.planLeader(rs, ReasonLeaderNoCollInfo)
 		return false, nil
 	}
-	info, ok := s.colls.get(db, coll)
-	if !ok {
+	info, cached, err := s.topo.CachedCollection(db, coll)
+	if !cached {
 		if fast {
 			return true, nil
 		}
-		if info, err = s.collection(c, db, coll); err != nil {
-			// Unknown to the leader too, most likely: let it answer.
-			s.planLeader(rs, ReasonLeaderNoCollInfo)
-			return false, nil
-		}
+		info, err = s.topo.Collection(c.ctx, db, coll)
+	}
+	if err != nil {
+		// Unknown to the leader too, most likely, or the leader is in
+		// trouble (the failure is cached for a moment): let it answer the
+		// client's own call.
+		s.planLeader(rs, ReasonLeaderNoCollInfo)
+		return false, nil
 	}
 	rs.rr.PChannels = info.PChannels
 	d := consistency.Resolve(consistency.ReadFields{
@@ -191,10 +193,23 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 // steers new reads.
 func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *frame, err error) (*frame, error, bool) {
 	if err != nil {
-		var be *errBreaker
+		var na notAdmitted
+		var fenced *errFenced
 		switch {
-		case errors.As(err, &be):
-			rs.lastErr = be.status()
+		case errors.As(err, &fenced):
+			// A leader change is taking cl out: when no other cluster
+			// may serve the read, it waits for the new leader.
+			rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
+			rs.snap = s.topo.Snapshot()
+			rs.dec = s.router.PickRead(rs.snap, rs.rr)
+			if rs.dec.Cluster == nil {
+				rs.lastErr = nil
+			} else {
+				rs.lastErr = fenced.status()
+			}
+			return nil, nil, false
+		case errors.As(err, &na):
+			rs.lastErr = na.status()
 		case retryableRead(c.ctx, err):
 			rs.lastErr = err
 		default:
@@ -248,70 +263,7 @@ func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
 	}
 }
 
-// collection returns a collection's routing facts from the topology and
-// caches them.
-func (s *Server) collection(c *call, db, name string) (topology.CollectionInfo, error) {
-	info, err := s.topo.Collection(c.ctx, db, name)
-	if err == nil {
-		s.colls.put(db, name, info)
-	}
-	return info, err
-}
-
-// invalidate drops a collection's facts here and in the topology; name ""
-// means all of db.
+// invalidate drops a collection's cached facts; name "" means all of db.
 func (s *Server) invalidate(db, name string) {
-	s.colls.invalidate(db, name)
 	s.topo.InvalidateCollection(db, name)
-}
-
-// collCache keeps Topology.Collection answers for a moment, so that the
-// relay engine can route a read without calling out (which may block on a
-// cache miss in the topology). The proxy drops entries on the DDL it
-// forwards; changes made elsewhere are seen within collCacheTTL on top of
-// the topology's own cache.
-type collCache struct {
-	mu sync.RWMutex
-	m  map[collKey]collEntry
-}
-
-type collKey struct{ db, name string }
-
-type collEntry struct {
-	info topology.CollectionInfo
-	at   time.Time
-}
-
-const (
-	collCacheTTL = time.Second
-	collCacheMax = 10000
-)
-
-func (cc *collCache) get(db, name string) (topology.CollectionInfo, bool) {
-	cc.mu.RLock()
-	e, ok := cc.m[collKey{db, name}]
-	cc.mu.RUnlock()
-	if !ok || time.Since(e.at) > collCacheTTL {
-		return topology.CollectionInfo{}, false
-	}
-	return e.info, true
-}
-
-func (cc *collCache) put(db, name string, info topology.CollectionInfo) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.m == nil || len(cc.m) >= collCacheMax {
-		cc.m = make(map[collKey]collEntry)
-	}
-	cc.m[collKey{db, name}] = collEntry{info: info, at: time.Now()}
-}
-
-func (cc *collCache) invalidate(db, name string) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	for k := range cc.m {
-		if k.db == db && (name == "" || k.name == name) {
-			delete(cc.m, k)
-		}
-	}
 }

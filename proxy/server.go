@@ -106,7 +106,6 @@ type Server struct {
 	hstatus  healthpb.HealthCheckResponse_ServingStatus
 	hchanged chan struct{} // closed when hstatus changes
 
-	colls    collCache
 	draining atomic.Bool
 	headers  sync.Map // cluster id -> metadata.MD{HeaderCluster: id}, read-only once stored
 

@@ -23,12 +23,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
-
-// logicalBits is the width of the logical part of a Milvus hybrid
-// timestamp: ts = physical_ms << 18 | logical.
-const logicalBits = 18
 
 // ReadRequest is what the router needs to know about one read.
 type ReadRequest struct {
@@ -117,15 +114,13 @@ func New(opts Options) *Router {
 		rand:              opts.Rand,
 	}
 	if r.leaderNow == nil {
-		r.leaderNow = localNow
+		r.leaderNow = hybridts.Now
 	}
 	if r.rand == nil {
 		r.rand = rand.Uint64
 	}
 	return r
 }
-
-func localNow() uint64 { return uint64(time.Now().UnixMilli()) << logicalBits }
 
 // maxCandidates bounds the on-stack candidate buffer. Topologies larger
 // than this still work; the buffer just spills to the heap.
@@ -147,9 +142,9 @@ func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
 	var buf [maxCandidates]*topology.Cluster
 	cands := buf[:0]
 	lagging := false // some usable alternative failed only on its timestamp
-	var nowPhys int64
+	var now uint64
 	if req.MaxLag > 0 {
-		nowPhys = physical(r.leaderNow())
+		now = r.leaderNow()
 	}
 	for _, c := range snap.Clusters {
 		if c == snap.Leader || c.Role != topology.RoleAlternative || c.Quarantined ||
@@ -168,7 +163,7 @@ func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
 			lagging = true
 			continue
 		}
-		if req.MaxLag > 0 && time.Duration(nowPhys-physical(ts))*time.Millisecond > req.MaxLag {
+		if req.MaxLag > 0 && hybridts.Sub(now, ts) > req.MaxLag {
 			lagging = true
 			continue
 		}
@@ -241,6 +236,3 @@ func excluded(ids []string, id string) bool {
 	}
 	return false
 }
-
-// physical returns the physical part (ms since the epoch) of a hybrid ts.
-func physical(ts uint64) int64 { return int64(ts >> logicalBits) }

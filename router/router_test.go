@@ -6,11 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
 // ts builds a hybrid timestamp from physical ms.
-func ts(ms int64) uint64 { return uint64(ms) << logicalBits }
+func ts(ms int64) uint64 { return hybridts.Compose(ms, 0) }
 
 type clusterOpt func(*topology.Cluster)
 

@@ -3,28 +3,24 @@ package sim
 import (
 	"sync"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 )
-
-// logicalBits is the width of the logical part of a Milvus hybrid timestamp:
-// ts = physical_ms << 18 | logical.
-const logicalBits = 18
-
-const logicalMask = (1 << logicalBits) - 1
 
 // ComposeTS builds a hybrid timestamp from a wall-clock time and a logical
 // counter.
 func ComposeTS(t time.Time, logical uint64) uint64 {
-	return uint64(t.UnixMilli())<<logicalBits | (logical & logicalMask)
+	return hybridts.Compose(t.UnixMilli(), uint32(logical))
 }
 
 // PhysicalTime is the wall-clock part of a hybrid timestamp.
 func PhysicalTime(ts uint64) time.Time {
-	return time.UnixMilli(int64(ts >> logicalBits))
+	return hybridts.Time(ts)
 }
 
 // subPhysical moves a hybrid timestamp back by d, keeping it positive.
 func subPhysical(ts uint64, d time.Duration) uint64 {
-	ms := uint64(d.Milliseconds()) << logicalBits
+	ms := uint64(d.Milliseconds()) << hybridts.LogicalBits
 	if ms >= ts {
 		return 0
 	}
@@ -50,7 +46,7 @@ func (t *tso) allocN(n int) uint64 {
 	if n < 1 {
 		n = 1
 	}
-	now := uint64(time.Now().UnixMilli()) << logicalBits
+	now := hybridts.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	first := t.last + 1

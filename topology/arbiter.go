@@ -73,6 +73,8 @@ const (
 	PhaseInstalling = "installing the new leader"
 	PhaseStuck      = "stuck"
 	PhaseRejoining  = "rejoining a returning cluster"
+	PhaseReading    = "reading every reachable cluster's replicate configuration"
+	PhaseSettling   = "settling a change that failed part-way from the clusters' own configurations"
 )
 
 // ArbiterOptions configure an Arbiter. Zero durations mean defaults.
@@ -101,40 +103,11 @@ type ArbiterOptions struct {
 	// OnChange, when set, is called after every leader change attempt
 	// (metrics). It must not block.
 	OnChange func(Change)
+	// Store keeps the record of the change under way (default: in
+	// memory, a MemoryChangeStore).
+	Store ChangeStore
 	// Logger defaults to the manager's.
 	Logger *slog.Logger
-}
-
-// Step is one timed part of a leader change, for finding where time goes.
-type Step struct {
-	Name string        `json:"name"`
-	Took time.Duration `json:"took"`
-}
-
-// Change is one leader change attempt.
-type Change struct {
-	Kind string `json:"kind"` // failover | switchover
-	// Auto: started by the arbiter on leader loss, not by an operator.
-	Auto   bool   `json:"auto"`
-	From   string `json:"from"`
-	To     string `json:"to"`
-	Epoch  uint64 `json:"epoch"`
-	Result string `json:"result"` // ok | refused | failed
-	// Message says why a change failed or was refused, or what to know.
-	Message string    `json:"message,omitempty"`
-	At      time.Time `json:"at"`
-	// Took is the whole change; Held the time writes were held (from
-	// holding them to releasing them to the new leader).
-	Took time.Duration `json:"took"`
-	Held time.Duration `json:"held"`
-	// WritesHeld counts writes that had to wait for the new leader.
-	WritesHeld int64 `json:"writes_held"`
-	// Quarantined lists alternatives left without reads, with reasons.
-	Quarantined map[string]string `json:"quarantined,omitempty"`
-	// Salvage is the new leader's salvage checkpoint per pchannel
-	// (failover only).
-	Salvage []uint64 `json:"salvage,omitempty"`
-	Steps   []Step   `json:"steps,omitempty"`
 }
 
 // SalvageReport is what a forced promotion left behind.
@@ -166,8 +139,11 @@ type PendingCluster struct {
 
 // ArbiterStatus is the arbiter's state for status and the admin API.
 type ArbiterStatus struct {
-	Mode       string           `json:"mode"`
-	Phase      string           `json:"phase"`
+	Mode  string `json:"mode"`
+	Phase string `json:"phase"`
+	// Current is the change under way, with the step it is in; nil when
+	// none runs.
+	Current    *Change          `json:"current,omitempty"`
 	LastChange *Change          `json:"last_change,omitempty"`
 	Salvage    []SalvageReport  `json:"salvage,omitempty"`
 	Pending    []PendingCluster `json:"pending,omitempty"`
@@ -226,6 +202,7 @@ type Arbiter struct {
 
 	mu      sync.Mutex
 	phase   string
+	current *Change // the change under way (its record), nil when none
 	last    *Change
 	reports []SalvageReport
 	pending map[string]*pendingCluster
@@ -263,6 +240,9 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	if opts.Logger == nil {
 		opts.Logger = m.opts.Logger
 	}
+	if opts.Store == nil {
+		opts.Store = &MemoryChangeStore{}
+	}
 	return &Arbiter{
 		m: m, opts: opts,
 		log:      opts.Logger.With("component", "arbiter"),
@@ -284,7 +264,7 @@ func (a *Arbiter) Start() {
 func (a *Arbiter) Status() ArbiterStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := ArbiterStatus{Mode: a.opts.Mode, Phase: a.phase}
+	st := ArbiterStatus{Mode: a.opts.Mode, Phase: a.phase, Current: a.current.Clone()}
 	if a.last != nil {
 		c := *a.last
 		st.LastChange = &c
@@ -461,26 +441,11 @@ func (a *Arbiter) refused(kind, from, to, msg string) (Change, error) {
 }
 
 func (a *Arbiter) refusedErr(kind, from, to string, err error) (Change, error) {
-	c := Change{Kind: kind, From: from, To: to, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
+	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
 	if a.opts.OnChange != nil {
 		a.opts.OnChange(c)
 	}
 	return c, err
-}
-
-// stepper times the steps of a change.
-type stepper struct {
-	now   func() time.Time
-	last  time.Time
-	steps []Step
-}
-
-func newStepper(now func() time.Time) *stepper { return &stepper{now: now, last: now()} }
-
-func (s *stepper) done(name string) {
-	t := s.now()
-	s.steps = append(s.steps, Step{Name: name, Took: t.Sub(s.last)})
-	s.last = t
 }
 
 // callCtx bounds one Milvus call.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 )
@@ -163,197 +165,264 @@ func (a *Arbiter) positions(ctx context.Context, s *Snapshot, from string) []pos
 	return out
 }
 
+// failoverRun carries one failover across its steps.
+type failoverRun struct {
+	*changeRun
+	s         *Snapshot
+	from, to  string
+	auto      bool
+	holdStart time.Time
+
+	pos     []position  // every target's checkpoints of from's pchannels
+	cands   []candidate // those that may be promoted
+	why     []error     // why candidates were left out or failed
+	chosen  *candidate
+	cfg     *commonpb.ReplicateConfiguration // chosen's configuration before its promotion
+	salvage []*commonpb.ReplicateCheckpoint
+
+	quarantine  map[string]string
+	unevaluated []string
+	gaps        []*gapCheck
+}
+
 // failover force-promotes an alternative after the leader from was lost
 // (to == "": the one that replicated furthest) or at an operator's
 // request. The caller holds the change token.
 func (a *Arbiter) failover(ctx context.Context, s *Snapshot, from, to string, auto bool) (Change, error) {
-	m := a.m
-	st := newStepper(m.opts.Now)
-	ch := Change{Kind: KindFailover, Auto: auto, From: from, To: to, At: m.opts.Now()}
-	heldBefore := m.holdsStarted.Load()
-	fail := func(err error) (Change, error) {
-		m.setFenced(from, false)
-		if rerr := m.ReleaseWrites(); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-		ch.Result, ch.Message = ResultFailed, err.Error()+fmt.Sprintf("; nothing changed: writes go to %s again", from)
-		ch.Took, ch.Steps = m.opts.Now().Sub(ch.At), st.steps
-		a.record(ch)
-		a.setPhase(PhaseSteady)
-		return ch, fmt.Errorf("failover from %s: %w", from, err)
+	f := &failoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, auto), s: s, from: from, to: to, auto: auto,
+		quarantine: map[string]string{}}
+	if err := f.hold(ctx); err != nil {
+		return f.abandon(ctx, err)
 	}
-
-	a.setPhase(PhaseHolding)
-	reason := fmt.Sprintf("leader %s lost; promoting the alternative that replicated furthest", from)
-	if !auto {
-		reason = fmt.Sprintf("forced failover from %s to %s", from, to)
+	if err := f.readCheckpoints(ctx); err != nil {
+		return f.abandon(ctx, err)
 	}
-	if err := m.HoldWrites(reason); err != nil {
-		return fail(err)
+	if err := f.promote(ctx); err != nil {
+		return f.abandon(ctx, err)
 	}
-	holdStart := m.opts.Now()
-	if s.FailingOver && !s.HoldSince.IsZero() {
-		holdStart = s.HoldSince // a stuck switchover held them already
-	}
-	// Nothing may reach the old leader from now on: an acknowledged
-	// write there after the promotion would be lost.
-	m.setFenced(from, true)
-	if old := s.Cluster(from); old != nil && old.Healthy {
-		if left := m.drain(ctx, from, a.opts.DrainTimeout); left > 0 {
-			a.log.Warn("requests still in flight to the old leader after the drain timeout", "leader", from, "in_flight", left)
-		}
-	}
-	st.done("hold")
-
-	a.setPhase(PhaseChoosing)
-	pos := a.positions(ctx, s, from)
-	var cands []candidate
-	var why []error
-	for _, p := range pos {
-		c := p.c
-		switch {
-		case !auto && c.ID != to:
-			continue
-		case p.err != nil:
-			why = append(why, p.err)
-			continue
-		case auto && (c.Quarantined || c.Breaker == BreakerOpen):
-			continue
-		}
-		cands = append(cands, candidate{id: c.ID, order: c.Order, cps: p.cps, ticks: ticks(p.cps)})
-	}
-	st.done("checkpoints")
-	if len(cands) == 0 {
-		if !auto && len(why) == 0 {
-			why = append(why, fmt.Errorf("%s is not a replication target of %s", to, from))
-		}
-		return fail(fmt.Errorf("no alternative can be promoted: %w", errors.Join(why...)))
-	}
-
-	var (
-		chosen  *candidate
-		cfg     *commonpb.ReplicateConfiguration
-		salvage []*commonpb.ReplicateCheckpoint
-	)
-	a.setPhase(PhasePromoting)
-	for _, cd := range preference(cands) {
-		var err error
-		cfg, salvage, err = a.promote(ctx, cd, from, pchannelCount(s, s.Cluster(cd.id)))
-		if err == nil {
-			chosen = &cd
-			break
-		}
-		a.log.Warn("force promotion failed", "cluster", cd.id, "err", err)
-		why = append(why, err)
-	}
-	if chosen == nil {
-		return fail(errors.Join(why...))
-	}
-	ch.To = chosen.id
-	st.done("promote")
-
 	// From here on the new leader exists in Milvus; the proxy follows it
 	// whatever happens to the other clusters.
-	a.setPhase(PhaseAttaching)
-	salvTicks := ticks(salvage)
-	quarantine := map[string]string{}
+	f.attach(ctx)
+	if err := f.install(ctx); err != nil {
+		// Cannot happen for configured clusters; say so loudly.
+		a.log.Error("installing the promoted leader failed", "leader", f.chosen.id, "err", err)
+		return f.abandon(ctx, err)
+	}
+	return f.done(ctx), nil
+}
+
+// hold holds writes and fences the old leader: nothing may reach it from
+// now on, since an acknowledged write there after the promotion would be
+// lost. Requests already in flight to it get DrainTimeout to finish.
+func (f *failoverRun) hold(ctx context.Context) error {
+	a, m := f.a, f.a.m
+	return f.step(ctx, StepHold, f.from, "fence and drain", func() (string, error) {
+		reason := fmt.Sprintf("leader %s lost; promoting the alternative that replicated furthest", f.from)
+		if !f.auto {
+			reason = fmt.Sprintf("forced failover from %s to %s", f.from, f.to)
+		}
+		if err := m.HoldWrites(reason); err != nil {
+			return "", err
+		}
+		f.holdStart = m.opts.Now()
+		if f.s.FailingOver && !f.s.HoldSince.IsZero() {
+			f.holdStart = f.s.HoldSince // a stuck switchover held them already
+		}
+		m.setFenced(f.from, true)
+		if old := f.s.Cluster(f.from); old != nil && old.Healthy {
+			if left := m.drain(ctx, f.from, a.opts.DrainTimeout); left > 0 {
+				a.log.Warn("requests still in flight to the old leader after the drain timeout", "leader", f.from, "in_flight", left)
+				return fmt.Sprintf("%d requests still in flight after %s", left, a.opts.DrainTimeout), nil
+			}
+		}
+		return "writes held", nil
+	})
+}
+
+// readCheckpoints reads how far every candidate replicated the old
+// leader's pchannels and keeps those that may be promoted.
+func (f *failoverRun) readCheckpoints(ctx context.Context) error {
+	return f.step(ctx, StepCheckpoints, "", "GetReplicateInfo on every target", func() (string, error) {
+		f.pos = f.a.positions(ctx, f.s, f.from)
+		var got []string
+		for _, p := range f.pos {
+			c := p.c
+			switch {
+			case !f.auto && c.ID != f.to:
+				continue
+			case p.err != nil:
+				f.why = append(f.why, p.err)
+				continue
+			case f.auto && (c.Quarantined || c.Breaker == BreakerOpen):
+				continue
+			}
+			f.cands = append(f.cands, candidate{id: c.ID, order: c.Order, cps: p.cps, ticks: ticks(p.cps)})
+			got = append(got, fmt.Sprintf("%s %v", c.ID, ticks(p.cps)))
+		}
+		if len(f.cands) == 0 {
+			if !f.auto && len(f.why) == 0 {
+				f.why = append(f.why, fmt.Errorf("%s is not a replication target of %s", f.to, f.from))
+			}
+			return "", fmt.Errorf("no alternative can be promoted: %w", errors.Join(f.why...))
+		}
+		return "candidates: " + strings.Join(got, ", "), nil
+	})
+}
+
+// promote force-promotes the best candidate, the next one if it fails.
+func (f *failoverRun) promote(ctx context.Context) error {
+	for _, cd := range preference(f.cands) {
+		n := pchannelCount(f.s, f.s.Cluster(cd.id))
+		err := f.step(ctx, StepPromote, cd.id, "UpdateReplicateConfiguration(force_promote)", func() (string, error) {
+			cfg, salvage, err := f.a.promote(ctx, cd, f.from, n)
+			if err != nil {
+				return "", err
+			}
+			f.cfg, f.salvage = cfg, salvage
+			return fmt.Sprintf("promoted; salvage checkpoint %v", ticks(salvage)), nil
+		})
+		if err == nil {
+			f.chosen = &cd
+			f.ch.To = cd.id
+			return nil
+		}
+		if f.saveErr != nil {
+			return err
+		}
+		f.a.log.Warn("force promotion failed", "cluster", cd.id, "err", err)
+		f.why = append(f.why, err)
+	}
+	return errors.Join(f.why...)
+}
+
+// attach makes the remaining alternatives targets of the new leader, or
+// quarantines them: one that ran ahead of the salvage checkpoint holds
+// writes the new leader lacks; one whose position was unknown is
+// compared once it is healthy; one behind is attached but kept from reads
+// until the old leader shows what it missed.
+func (f *failoverRun) attach(ctx context.Context) {
+	a, m := f.a, f.a.m
+	chosen := f.chosen.id
+	salvTicks := ticks(f.salvage)
 	var attach []*commonpb.MilvusCluster
-	var unevaluated []string
-	var gaps []*gapCheck
-	for _, p := range pos {
+	for _, p := range f.pos {
 		c := p.c
-		if c.ID == chosen.id {
+		if c.ID == chosen {
 			continue
 		}
 		if p.err != nil {
-			quarantine[c.ID] = fmt.Sprintf("its position was unknown when %s was promoted (%v): compared with the salvage checkpoint once it is healthy", chosen.id, p.err)
-			unevaluated = append(unevaluated, c.ID)
+			f.quarantine[c.ID] = fmt.Sprintf("its position was unknown when %s was promoted (%v): compared with the salvage checkpoint once it is healthy", chosen, p.err)
+			f.unevaluated = append(f.unevaluated, c.ID)
 			continue
 		}
 		t := ticks(p.cps)
 		aheadOn, behindOn := compareSalvage(t, salvTicks)
 		if aheadOn >= 0 {
-			quarantine[c.ID] = fmt.Sprintf("ran ahead of %s's salvage checkpoint on pchannel %d (%d > %d): it holds writes of %s that %s lacks; rebuild it before it serves reads",
-				chosen.id, aheadOn, t[aheadOn], salvTicks[aheadOn], from, chosen.id)
+			f.quarantine[c.ID] = fmt.Sprintf("ran ahead of %s's salvage checkpoint on pchannel %d (%d > %d): it holds writes of %s that %s lacks; rebuild it before it serves reads",
+				chosen, aheadOn, t[aheadOn], salvTicks[aheadOn], f.from, chosen)
 			continue
 		}
-		e := entryOf(cfg, c.ID)
+		e := entryOf(f.cfg, c.ID)
 		if e == nil {
-			quarantine[c.ID] = fmt.Sprintf("not in %s's replicate configuration: cannot be attached", chosen.id)
+			f.quarantine[c.ID] = fmt.Sprintf("not in %s's replicate configuration: cannot be attached", chosen)
 			continue
 		}
 		attach = append(attach, e)
 		if behindOn >= 0 && !c.Quarantined {
-			quarantine[c.ID] = fmt.Sprintf("attached to %s while behind its salvage checkpoint on pchannel %d (%d < %d): replication from %s starts at the reconfiguration, so what lies between never reaches it; no reads until %s returns and shows that gap held no data",
-				chosen.id, behindOn, t[behindOn], salvTicks[behindOn], chosen.id, from)
-			gaps = append(gaps, &gapCheck{id: c.ID, source: from, from: cloneCheckpoints(p.cps), salvage: salvTicks})
+			f.quarantine[c.ID] = fmt.Sprintf("attached to %s while behind its salvage checkpoint on pchannel %d (%d < %d): replication from %s starts at the reconfiguration, so what lies between never reaches it; no reads until %s returns and shows that gap held no data",
+				chosen, behindOn, t[behindOn], salvTicks[behindOn], chosen, f.from)
+			f.gaps = append(f.gaps, &gapCheck{id: c.ID, source: f.from, from: cloneCheckpoints(p.cps), salvage: salvTicks})
 		}
 	}
-	if len(attach) > 0 {
-		attachCfg := star(entryOf(cfg, chosen.id), attach...)
+	if len(attach) == 0 {
+		return
+	}
+	attachCfg := star(entryOf(f.cfg, chosen), attach...)
+	err := f.step(ctx, StepAttach, chosen, describeConfig(attachCfg, false), func() (string, error) {
 		cctx, cancel := a.callCtx(ctx)
-		err := m.updateReplicateConfig(cctx, m.members[chosen.id], attachCfg, false)
-		cancel()
-		if err != nil {
-			a.log.Warn("attaching the remaining alternatives failed", "leader", chosen.id, "err", err)
-			for _, e := range attach {
-				quarantine[e.GetClusterId()] = fmt.Sprintf("could not be attached to %s (%v): retried once it is healthy", chosen.id, err)
-				unevaluated = append(unevaluated, e.GetClusterId())
-			}
-			gaps = nil
-		} else {
-			// Every cluster gets the same configuration. The targets answer
-			// once it reaches them through CDC; writes need not wait: the
-			// configuration precedes every new write in the new leader's
-			// WAL, so they all reach the targets.
-			for _, e := range attach {
-				a.sendInBackground(e.GetClusterId(), attachCfg)
-			}
+		defer cancel()
+		return "ok", m.updateReplicateConfig(cctx, m.members[chosen], attachCfg, false)
+	})
+	if err != nil {
+		a.log.Warn("attaching the remaining alternatives failed", "leader", chosen, "err", err)
+		for _, e := range attach {
+			f.quarantine[e.GetClusterId()] = fmt.Sprintf("could not be attached to %s (%v): retried once it is healthy", chosen, err)
+			f.unevaluated = append(f.unevaluated, e.GetClusterId())
 		}
+		f.gaps = nil
+		return
 	}
-	st.done("attach")
+	// Every cluster gets the same configuration. The targets answer once
+	// it reaches them through CDC; writes need not wait: the
+	// configuration precedes every new write in the new leader's WAL, so
+	// they all reach the targets.
+	for _, e := range attach {
+		a.sendInBackground(e.GetClusterId(), attachCfg)
+	}
+}
 
-	a.setPhase(PhaseInstalling)
-	if err := m.InstallLeader(Promotion{Leader: chosen.id, Salvage: salvTicks, Quarantine: quarantine}); err != nil {
-		// Cannot happen for configured clusters; say so loudly.
-		a.log.Error("installing the promoted leader failed", "leader", chosen.id, "err", err)
-		return fail(err)
-	}
-	now := m.opts.Now()
-	ch.Held = now.Sub(holdStart)
-	st.done("install")
-	ns := m.Snapshot()
-	ch.Epoch = ns.Epoch
-	ch.Result = ResultOK
-	ch.Took, ch.Steps = now.Sub(ch.At), st.steps
-	ch.WritesHeld = m.holdsStarted.Load() - heldBefore
-	ch.Quarantined = quarantine
-	ch.Salvage = salvTicks
-	if len(quarantine) > 0 {
-		ch.Message = fmt.Sprintf("%d alternative(s) quarantined", len(quarantine))
-	}
+// install makes the proxy route writes to the new leader.
+func (f *failoverRun) install(ctx context.Context) error {
+	m := f.a.m
+	return f.step(ctx, StepInstall, "", "route writes to "+f.chosen.id, func() (string, error) {
+		err := m.InstallLeader(Promotion{Leader: f.chosen.id, Salvage: ticks(f.salvage), Quarantine: f.quarantine})
+		if err != nil {
+			return "", err
+		}
+		f.ch.Held = m.opts.Now().Sub(f.holdStart)
+		return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
+	})
+}
 
+// done records the failover and what it leaves to reconcile: the former
+// leader (salvage report, then a target) and the alternatives not yet
+// evaluated or attached behind the salvage checkpoint.
+func (f *failoverRun) done(ctx context.Context) Change {
+	a := f.a
+	chosen, from := f.chosen.id, f.from
+	salvTicks := ticks(f.salvage)
+	f.ch.Quarantined = f.quarantine
+	f.ch.Salvage = salvTicks
+	msg := ""
+	if len(f.quarantine) > 0 {
+		msg = fmt.Sprintf("%d alternative(s) quarantined", len(f.quarantine))
+	}
+	now := a.m.opts.Now()
+	epoch := a.m.Snapshot().Epoch
 	a.mu.Lock()
 	a.stuck = nil
-	delete(a.pending, chosen.id)
+	delete(a.pending, chosen)
 	a.reports = append(a.reports, SalvageReport{
-		Epoch: ch.Epoch, OldLeader: from, NewLeader: chosen.id, At: now, Checkpoints: salvTicks,
+		Epoch: epoch, OldLeader: from, NewLeader: chosen, At: now, Checkpoints: salvTicks,
 	})
-	keep := cloneCheckpoints(salvage)
+	keep := cloneCheckpoints(f.salvage)
 	a.pending[from] = &pendingCluster{id: from, kind: pendingFormerLeader, source: from, salvage: keep,
-		entry: entryOf(cfg, from), report: len(a.reports) - 1}
-	for _, id := range unevaluated {
-		a.pending[id] = &pendingCluster{id: id, kind: pendingUnevaluated, source: from, salvage: keep, entry: entryOf(cfg, id)}
+		entry: entryOf(f.cfg, from), report: len(a.reports) - 1}
+	for _, id := range f.unevaluated {
+		a.pending[id] = &pendingCluster{id: id, kind: pendingUnevaluated, source: from, salvage: keep, entry: entryOf(f.cfg, id)}
 	}
-	for _, g := range gaps {
+	for _, g := range f.gaps {
 		a.gaps[g.id] = g
 	}
 	a.mu.Unlock()
-	a.record(ch)
+	ch := f.finish(ctx, ResultOK, msg)
 	a.setPhase(PhaseSteady)
-	a.log.Warn("failover done", "from", from, "to", chosen.id, "epoch", ch.Epoch, "auto", auto,
-		"held", ch.Held, "took", ch.Took, "quarantined", len(quarantine), "salvage", salvTicks)
-	return ch, nil
+	a.log.Warn("failover done", "from", from, "to", chosen, "epoch", ch.Epoch, "auto", f.auto,
+		"held", ch.Held, "took", ch.Took, "quarantined", len(f.quarantine), "salvage", salvTicks)
+	return ch
+}
+
+// abandon ends a failover that promoted nobody: the fence comes off and
+// writes go to the old leader again.
+func (f *failoverRun) abandon(ctx context.Context, err error) (Change, error) {
+	m := f.a.m
+	m.setFenced(f.from, false)
+	if rerr := m.ReleaseWrites(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	ch := f.finish(ctx, ResultFailed, err.Error()+fmt.Sprintf("; nothing changed: writes go to %s again", f.from))
+	f.a.setPhase(PhaseSteady)
+	return ch, fmt.Errorf("failover from %s: %w", f.from, err)
 }
 
 // promote force-promotes one candidate: a configuration holding only

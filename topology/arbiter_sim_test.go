@@ -37,7 +37,7 @@ type arbiterRig struct {
 	changes chan topology.Change
 }
 
-func newArbiterRig(t *testing.T, mode string) *arbiterRig {
+func newArbiterRig(t *testing.T, mode string, arbOpts ...func(*topology.ArbiterOptions)) *arbiterRig {
 	t.Helper()
 	r := &arbiterRig{aDir: t.TempDir(), changes: make(chan topology.Change, 16)}
 	r.a = startSimAt(t, "a", r.aDir, "127.0.0.1:0")
@@ -62,8 +62,12 @@ func newArbiterRig(t *testing.T, mode string) *arbiterRig {
 	if r.m, err = topology.New(opts); err != nil {
 		t.Fatal(err)
 	}
-	r.arb, err = topology.NewArbiter(r.m, topology.ArbiterOptions{Mode: mode, RejoinSettle: 1500 * time.Millisecond, Logger: logger,
-		OnChange: func(c topology.Change) { r.changes <- c }})
+	ao := topology.ArbiterOptions{Mode: mode, RejoinSettle: 1500 * time.Millisecond, Logger: logger,
+		OnChange: func(c topology.Change) { r.changes <- c }}
+	for _, o := range arbOpts {
+		o(&ao)
+	}
+	r.arb, err = topology.NewArbiter(r.m, ao)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 )
 
@@ -21,196 +22,278 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 		return a.refused(KindSwitchover, "", to, "another leader change is under way")
 	}
 	defer a.release()
-	m := a.m
-	s := m.Snapshot()
+	s := a.m.Snapshot()
+	from, resume, err := a.switchoverSource(s, to)
+	if err != nil {
+		return a.refusedErr(KindSwitchover, from, to, err)
+	}
+	a.cancelBackground()
+	w := &switchoverRun{changeRun: a.beginChange(ctx, KindSwitchover, from, to, false), s: s, from: from, to: to, resume: resume,
+		fromMb: a.m.members[from], toMb: a.m.members[to], c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
+	if !resume {
+		if err := w.catchUp(ctx); err != nil {
+			a.setPhase(PhaseSteady)
+			return w.refuse(ctx, err)
+		}
+	}
+	if err := w.readConfig(ctx); err != nil {
+		a.setPhase(PhaseSteady)
+		if resume {
+			return w.stuck(ctx, err)
+		}
+		if errors.Is(err, ErrRefused) {
+			return w.refuse(ctx, err)
+		}
+		return w.failed(ctx, err)
+	}
+	if err := w.hold(ctx); err != nil {
+		return w.failed(ctx, err)
+	}
+	if err := w.demote(ctx); err != nil {
+		if !resume {
+			return w.release(ctx, err)
+		}
+		return w.stuck(ctx, err)
+	}
+	// Past the demotion the old leader refuses writes: the switchover
+	// finishes, or stays stuck with writes held until it is retried or
+	// forced.
+	dctx, dcancel := context.WithDeadline(ctx, w.holdStart.Add(a.m.opts.WriteHold))
+	defer dcancel()
+	if err := w.confirm(dctx); err != nil {
+		return w.stuck(ctx, err)
+	}
+	if err := w.promoteTarget(dctx); err != nil {
+		return w.stuck(ctx, err)
+	}
+	if err := w.install(ctx); err != nil {
+		return w.stuck(ctx, err)
+	}
+	return w.done(ctx), nil
+}
+
+// switchoverSource checks a switchover to to and returns the leader it
+// starts from; resume is set when it retries a stuck one.
+func (a *Arbiter) switchoverSource(s *Snapshot, to string) (from string, resume bool, err error) {
 	a.mu.Lock()
 	stuck := a.stuck
 	a.mu.Unlock()
-
-	var from string
-	resume := false
 	switch {
 	case s.Leader != nil:
 		from = s.Leader.ID
 	case stuck != nil && s.FailingOver && stuck.to == to:
 		from, resume = stuck.from, true
 	case stuck != nil && s.FailingOver:
-		return a.refused(KindSwitchover, stuck.from, to, fmt.Sprintf("the switchover from %s to %s is stuck; retry it with `switchover --to %s` or force it with `failover --to ID`", stuck.from, stuck.to, stuck.to))
+		return stuck.from, false, fmt.Errorf("%w: the switchover from %s to %s is stuck; retry it with `switchover --to %s` or force it with `failover --to ID`", ErrRefused, stuck.from, stuck.to, stuck.to)
 	case s.FailingOver:
-		return a.refused(KindSwitchover, s.LostLeader, to, "a failover is under way")
+		return s.LostLeader, false, fmt.Errorf("%w: a failover is under way", ErrRefused)
 	default:
-		return a.refused(KindSwitchover, "", to, "no leader is known; a switchover needs one (use `failover --to`)")
+		return "", false, fmt.Errorf("%w: no leader is known; a switchover needs one (use `failover --to`)", ErrRefused)
 	}
 	if err := a.checkTarget(s, to); err != nil {
-		return a.refusedErr(KindSwitchover, from, to, err)
+		return from, false, err
 	}
 	if from == to {
-		return a.refused(KindSwitchover, from, to, to+" is already the leader")
+		return from, false, fmt.Errorf("%w: %s is already the leader", ErrRefused, to)
 	}
 	c := s.Cluster(to)
 	switch {
 	case !c.Healthy:
-		return a.refused(KindSwitchover, from, to, fmt.Sprintf("%s is not healthy: %s", to, c.HealthReason))
+		return from, false, fmt.Errorf("%w: %s is not healthy: %s", ErrRefused, to, c.HealthReason)
 	case c.Breaker == BreakerOpen:
-		return a.refused(KindSwitchover, from, to, fmt.Sprintf("the circuit breaker of %s is open", to))
+		return from, false, fmt.Errorf("%w: the circuit breaker of %s is open", ErrRefused, to)
 	case !resume && s.Leader != nil && !s.LeaderLostAt.IsZero():
-		return a.refused(KindSwitchover, from, to, fmt.Sprintf("leader %s is lost: a switchover needs it to demote itself (use `failover --to %s`)", from, to))
+		return from, false, fmt.Errorf("%w: leader %s is lost: a switchover needs it to demote itself (use `failover --to %s`)", ErrRefused, from, to)
+	case pchannelCount(s, c) == 0:
+		return from, false, fmt.Errorf("%w: the leader's pchannels are unknown (discovery has not read a replicate configuration)", ErrRefused)
 	}
-	n := pchannelCount(s, c)
-	if n == 0 {
-		return a.refused(KindSwitchover, from, to, "the leader's pchannels are unknown (discovery has not read a replicate configuration)")
-	}
-	fromMb, toMb := m.members[from], m.members[to]
-	a.cancelBackground()
+	return from, resume, nil
+}
 
-	st := newStepper(m.opts.Now)
-	ch := Change{Kind: KindSwitchover, From: from, To: to, At: m.opts.Now()}
-	heldBefore := m.holdsStarted.Load()
+// switchoverRun carries one switchover across its steps.
+type switchoverRun struct {
+	*changeRun
+	s            *Snapshot
+	from, to     string
+	resume       bool
+	fromMb, toMb *member
+	c            *Cluster // the target
+	n            int      // the leader's pchannel count
+	newCfg       *commonpb.ReplicateConfiguration
+	holdStart    time.Time
+	bar          uint64 // the old leader's last acknowledged write
+}
 
-	if !resume {
-		// Let the target catch up while writes still flow, so the pause
-		// covers only the last few milliseconds of replication.
-		a.setPhase(PhaseCatchingUp)
-		if err := a.waitCaughtUp(ctx, to, fromMb.ackedWrite.Load(), a.opts.CatchUpTimeout); err != nil {
-			a.setPhase(PhaseSteady)
-			return a.refused(KindSwitchover, from, to, err.Error())
+// catchUp lets the target catch up while writes still flow, so the pause
+// covers only the last few milliseconds of replication.
+func (w *switchoverRun) catchUp(ctx context.Context) error {
+	bar := w.fromMb.ackedWrite.Load()
+	return w.step(ctx, StepCatchUp, w.to, fmt.Sprintf("wait for checkpoints to cover %d", bar), func() (string, error) {
+		if err := w.a.waitCaughtUp(ctx, w.to, bar, w.a.opts.CatchUpTimeout); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrRefused, err)
 		}
-		st.done("catch-up")
-	}
+		return "caught up", nil
+	})
+}
 
-	cctx, cancel := a.callCtx(ctx)
-	cfg, err := m.replicateConfig(cctx, fromMb)
-	cancel()
-	if err != nil {
-		a.setPhase(PhaseSteady)
-		if resume {
-			return a.stuckErr(&ch, st, s.HoldSince, err)
-		}
-		return a.failed(&ch, st, err)
-	}
-	if entryOf(cfg, to) == nil {
-		a.setPhase(PhaseSteady)
-		return a.refused(KindSwitchover, from, to, fmt.Sprintf("%s is not in the replicate configuration of %s", to, from))
-	}
-	// After a demotion the old leader already holds the new configuration;
-	// rebuilding it from there yields the same one (clusters in the same
-	// order), so a retried switchover sends identical requests.
-	newCfg := reverseConfig(cfg, to)
-
-	a.setPhase(PhaseHolding)
-	if err := m.HoldWrites(fmt.Sprintf("switchover from %s to %s", from, to)); err != nil {
-		return a.failed(&ch, st, err)
-	}
-	holdStart := m.opts.Now()
-	if resume && !s.HoldSince.IsZero() {
-		holdStart = s.HoldSince
-	}
-	m.setFenced(from, true)
-	if left := m.drain(ctx, from, a.opts.DrainTimeout); left > 0 {
-		a.log.Warn("requests still in flight to the old leader after the drain timeout", "leader", from, "in_flight", left)
-	}
-	st.done("hold")
-
-	// The old leader first: it demotes itself and refuses new writes.
-	a.setPhase(PhaseDemoting)
-	if err := a.sendConfig(ctx, fromMb, newCfg); err != nil {
-		if !resume {
-			m.setFenced(from, false)
-			if rerr := m.ReleaseWrites(); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-			a.setPhase(PhaseSteady)
-			return a.failed(&ch, st, fmt.Errorf("%w; nothing changed: writes go to %s again", err, from))
-		}
-		return a.stuckErr(&ch, st, holdStart, err)
-	}
-	st.done("demote")
-
-	// Every write the old leader acknowledged precedes its configuration
-	// message in its WAL; CDC delivers both. Confirm, while the target is
-	// still the old leader's secondary, that its checkpoints cover the
-	// last acknowledged write on every pchannel.
-	deadline := holdStart.Add(m.opts.WriteHold)
-	dctx, dcancel := context.WithDeadline(ctx, deadline)
-	defer dcancel()
-	a.setPhase(PhaseConfirming)
-	bar := fromMb.ackedWrite.Load()
-	if err := a.confirmCovered(dctx, toMb, from, c.PChannels, n, bar); err != nil {
-		return a.stuckErr(&ch, st, holdStart, err)
-	}
-	st.done("confirm")
-
-	// Then the target: it answers once the configuration message reached
-	// it, and takes writes from then on. Retrying is safe.
-	a.setPhase(PhasePromoting)
-	for {
-		cctx, cancel := a.callCtx(dctx)
-		err = m.updateReplicateConfig(cctx, toMb, newCfg, false)
+// readConfig reads the old leader's configuration and builds the new one
+// from it. After a demotion the old leader already holds the new
+// configuration; rebuilding it from there yields the same one (clusters in
+// the same order), so a retried switchover sends identical requests.
+func (w *switchoverRun) readConfig(ctx context.Context) error {
+	return w.step(ctx, StepReadConfigs, w.from, "GetReplicateConfiguration", func() (string, error) {
+		cctx, cancel := w.a.callCtx(ctx)
+		cfg, err := w.a.m.replicateConfig(cctx, w.fromMb)
 		cancel()
-		if err == nil || dctx.Err() != nil {
-			break
+		if err != nil {
+			return "", err
 		}
-		a.log.Warn("the switchover target did not confirm the new configuration; retrying", "target", to, "err", err)
-		select {
-		case <-dctx.Done():
-		case <-time.After(50 * time.Millisecond):
+		if entryOf(cfg, w.to) == nil {
+			return "", fmt.Errorf("%w: %s is not in the replicate configuration of %s", ErrRefused, w.to, w.from)
 		}
-	}
-	if err != nil {
-		return a.stuckErr(&ch, st, holdStart, err)
-	}
-	st.done("promote")
-	for _, e := range newCfg.GetClusters() {
-		if id := e.GetClusterId(); id != from && id != to {
-			a.sendInBackground(id, newCfg)
-		}
-	}
+		w.newCfg = reverseConfig(cfg, w.to)
+		return describeConfig(cfg, false), nil
+	})
+}
 
-	a.setPhase(PhaseInstalling)
-	if err := m.InstallLeader(Promotion{Leader: to, Demoted: true}); err != nil {
-		return a.stuckErr(&ch, st, holdStart, err)
+// hold holds writes, fences the old leader and lets the requests in
+// flight to it finish.
+func (w *switchoverRun) hold(ctx context.Context) error {
+	a, m := w.a, w.a.m
+	return w.step(ctx, StepHold, w.from, "fence and drain", func() (string, error) {
+		if err := m.HoldWrites(fmt.Sprintf("switchover from %s to %s", w.from, w.to)); err != nil {
+			return "", err
+		}
+		w.holdStart = m.opts.Now()
+		if w.resume && !w.s.HoldSince.IsZero() {
+			w.holdStart = w.s.HoldSince
+		}
+		m.setFenced(w.from, true)
+		if left := m.drain(ctx, w.from, a.opts.DrainTimeout); left > 0 {
+			a.log.Warn("requests still in flight to the old leader after the drain timeout", "leader", w.from, "in_flight", left)
+			return fmt.Sprintf("%d requests still in flight after %s", left, a.opts.DrainTimeout), nil
+		}
+		return "writes held", nil
+	})
+}
+
+// demote sends the new configuration to the old leader first: it demotes
+// itself and refuses new writes.
+func (w *switchoverRun) demote(ctx context.Context) error {
+	return w.step(ctx, StepDemote, w.from, describeConfig(w.newCfg, false), func() (string, error) {
+		return "ok", w.a.sendConfig(ctx, w.fromMb, w.newCfg)
+	})
+}
+
+// confirm checks, while the target is still the old leader's secondary,
+// that its checkpoints cover the last acknowledged write on every
+// pchannel: every write the old leader acknowledged precedes its
+// configuration message in its WAL, and CDC delivers both.
+func (w *switchoverRun) confirm(ctx context.Context) error {
+	w.bar = w.fromMb.ackedWrite.Load()
+	return w.step(ctx, StepConfirm, w.to, fmt.Sprintf("GetReplicateInfo until checkpoints cover %d", w.bar), func() (string, error) {
+		return "covered", w.a.confirmCovered(ctx, w.toMb, w.from, w.c.PChannels, w.n, w.bar)
+	})
+}
+
+// promoteTarget sends the new configuration to the target: it answers
+// once the configuration message reached it, and takes writes from then
+// on. Retrying is safe.
+func (w *switchoverRun) promoteTarget(ctx context.Context) error {
+	a, m := w.a, w.a.m
+	err := w.step(ctx, StepPromote, w.to, describeConfig(w.newCfg, false), func() (string, error) {
+		for {
+			cctx, cancel := a.callCtx(ctx)
+			err := m.updateReplicateConfig(cctx, w.toMb, w.newCfg, false)
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				return "ok", err
+			}
+			a.log.Warn("the switchover target did not confirm the new configuration; retrying", "target", w.to, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		return err
 	}
-	now := m.opts.Now()
-	m.setFenced(from, false)
-	st.done("install")
-	ch.Held = now.Sub(holdStart)
-	ch.Epoch = m.Snapshot().Epoch
-	ch.Result = ResultOK
-	ch.Took, ch.Steps = now.Sub(ch.At), st.steps
-	ch.WritesHeld = m.holdsStarted.Load() - heldBefore
+	for _, e := range w.newCfg.GetClusters() {
+		if id := e.GetClusterId(); id != w.from && id != w.to {
+			a.sendInBackground(id, w.newCfg)
+		}
+	}
+	return nil
+}
+
+// install makes the proxy route writes to the new leader and lifts the
+// old leader's fence (it refuses writes itself now).
+func (w *switchoverRun) install(ctx context.Context) error {
+	m := w.a.m
+	return w.step(ctx, StepInstall, "", "route writes to "+w.to, func() (string, error) {
+		if err := m.InstallLeader(Promotion{Leader: w.to, Demoted: true}); err != nil {
+			return "", err
+		}
+		w.ch.Held = m.opts.Now().Sub(w.holdStart)
+		m.setFenced(w.from, false)
+		return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
+	})
+}
+
+func (w *switchoverRun) done(ctx context.Context) Change {
+	a := w.a
 	a.mu.Lock()
 	a.stuck = nil
 	a.mu.Unlock()
-	a.record(ch)
+	ch := w.finish(ctx, ResultOK, "")
 	a.setPhase(PhaseSteady)
-	a.log.Info("switchover done", "from", from, "to", to, "epoch", ch.Epoch, "held", ch.Held, "took", ch.Took, "acked_bar", bar)
-	return ch, nil
+	a.log.Info("switchover done", "from", w.from, "to", w.to, "epoch", ch.Epoch, "held", ch.Held, "took", ch.Took, "acked_bar", w.bar)
+	return ch
+}
+
+// refuse records a switchover refused before anything changed (the
+// target did not catch up, or is not in the configuration).
+func (w *switchoverRun) refuse(ctx context.Context, err error) (Change, error) {
+	ch := w.finish(ctx, ResultRefused, err.Error())
+	return ch, err
 }
 
 // failed records a switchover that failed before anything changed.
-func (a *Arbiter) failed(ch *Change, st *stepper, err error) (Change, error) {
-	ch.Result, ch.Message = ResultFailed, err.Error()
-	ch.Took, ch.Steps = a.m.opts.Now().Sub(ch.At), st.steps
-	a.record(*ch)
-	return *ch, fmt.Errorf("switchover from %s to %s: %w", ch.From, ch.To, err)
+func (w *switchoverRun) failed(ctx context.Context, err error) (Change, error) {
+	ch := w.finish(ctx, ResultFailed, err.Error())
+	return ch, fmt.Errorf("switchover from %s to %s: %w", w.from, w.to, err)
 }
 
-// stuckErr records a switchover whose old leader demoted itself but whose
+// release abandons a switchover whose old leader did not take the new
+// configuration: the fence comes off and writes go to it again.
+func (w *switchoverRun) release(ctx context.Context, err error) (Change, error) {
+	m := w.a.m
+	m.setFenced(w.from, false)
+	if rerr := m.ReleaseWrites(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	w.a.setPhase(PhaseSteady)
+	return w.failed(ctx, fmt.Errorf("%w; nothing changed: writes go to %s again", err, w.from))
+}
+
+// stuck records a switchover whose old leader demoted itself but whose
 // target has not taken over: writes stay held (there is no leader to send
 // them to) until the operator retries or forces it.
-func (a *Arbiter) stuckErr(ch *Change, st *stepper, holdStart time.Time, err error) (Change, error) {
-	m := a.m
+func (w *switchoverRun) stuck(ctx context.Context, err error) (Change, error) {
+	a, m := w.a, w.a.m
 	a.mu.Lock()
-	a.stuck = &stuckSwitchover{from: ch.From, to: ch.To}
+	a.stuck = &stuckSwitchover{from: w.from, to: w.to}
 	a.mu.Unlock()
 	_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck: %v; retry `milvus-ha-proxy switchover --to %s` or force `milvus-ha-proxy failover --to %s`",
-		ch.From, ch.To, err, ch.To, ch.To))
-	ch.Result, ch.Message = ResultFailed, "stuck after the old leader demoted itself: "+err.Error()
-	ch.Took, ch.Steps, ch.Held = m.opts.Now().Sub(ch.At), st.steps, m.opts.Now().Sub(holdStart)
-	a.record(*ch)
+		w.from, w.to, err, w.to, w.to))
+	if !w.holdStart.IsZero() {
+		w.ch.Held = m.opts.Now().Sub(w.holdStart)
+	}
+	ch := w.finish(ctx, ResultFailed, "stuck after the old leader demoted itself: "+err.Error())
 	a.setPhase(PhaseStuck)
-	a.log.Error("switchover stuck; writes stay held", "from", ch.From, "to", ch.To, "err", err)
-	return *ch, fmt.Errorf("switchover from %s to %s: %w", ch.From, ch.To, err)
+	a.log.Error("switchover stuck; writes stay held", "from", w.from, "to", w.to, "err", err)
+	return ch, fmt.Errorf("switchover from %s to %s: %w", w.from, w.to, err)
 }
 
 // sendConfig sends cfg and, when the call fails, checks whether the
@@ -253,7 +336,7 @@ func (a *Arbiter) waitCaughtUp(ctx context.Context, to string, bar uint64, timeo
 		case <-t.C:
 			lag := "unknown"
 			if ts, ok := c.ReplicatedFor(nil); ok {
-				lag = (time.Duration(PhysicalMillis(bar)-PhysicalMillis(ts)) * time.Millisecond).String()
+				lag = (time.Duration(hybridts.Physical(bar)-hybridts.Physical(ts)) * time.Millisecond).String()
 			} else if c.LagReason != "" {
 				lag += " (" + c.LagReason + ")"
 			}

@@ -3,6 +3,7 @@ package topology
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestChoose(t *testing.T) {
@@ -131,8 +134,10 @@ func TestMessageKind(t *testing.T) {
 	}
 }
 
-// TestFenceDrain: a fenced cluster refuses new requests with ErrFenced,
-// and drain waits exactly for the ones admitted before.
+// TestFenceDrain: a fenced cluster refuses new requests at once with
+// ErrFenced (not the breaker's error), a write waits in WaitWritable until
+// the fence lifts, and drain waits exactly for the requests admitted
+// before.
 func TestFenceDrain(t *testing.T) {
 	a := startFake(t, "a")
 	a.cfg = star(entry("a"))
@@ -146,13 +151,24 @@ func TestFenceDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.setFenced("a", true)
-	// A fenced leader's requests wait for the change to end...
-	refused := make(chan error, 1)
-	go func() { _, err := m.Allow("a"); refused <- err }()
+	if _, err := m.Allow("a"); !errors.Is(err, ErrFenced) || errors.Is(err, ErrBreakerOpen) {
+		t.Fatalf("fenced Allow: %v", err)
+	}
+	// A write waits for the change to end...
+	got := make(chan error, 1)
+	go func() {
+		var w WriteWait
+		defer w.End(context.Background())
+		cl, err := m.WaitWritable(context.Background(), &w)
+		if err == nil && cl.ID != "a" {
+			err = fmt.Errorf("writable leader %s", cl.ID)
+		}
+		got <- err
+	}()
 	select {
-	case err := <-refused:
-		t.Fatalf("fenced Allow returned before the change ended: %v", err)
-	case <-time.After(50 * time.Millisecond):
+	case err := <-got:
+		t.Fatalf("WaitWritable returned while the leader was fenced: %v", err)
+	case <-time.After(100 * time.Millisecond):
 	}
 	if n := m.drain(context.Background(), "a", 20*time.Millisecond); n != 1 {
 		t.Fatalf("drain with one request in flight returned %d", n)
@@ -166,24 +182,73 @@ func TestFenceDrain(t *testing.T) {
 		t.Fatalf("drain after the request finished: %d", n)
 	}
 	wg.Wait()
-	// ...and are refused (never sent) once it ends: the fence lifts and
-	// the next snapshot is published (an abandoned change releases the
-	// writes).
+	// ...and goes on once the fence lifts (an abandoned change).
 	m.setFenced("a", false)
-	if err := m.HoldWrites("x"); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.ReleaseWrites(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-refused; !errors.Is(err, ErrFenced) {
-		t.Fatalf("fenced Allow: %v", err)
+	if err := <-got; err != nil {
+		t.Fatalf("WaitWritable after the fence lifted: %v", err)
 	}
 	d, err := m.Allow("a")
 	if err != nil {
 		t.Fatalf("unfenced: %v", err)
 	}
 	d(true)
+}
+
+// TestWaitWritableNotSent: after an attempt that never reached the
+// leader, the same leader is handed out again only after a backoff, and
+// the wait gives up WriteHold after it began with the leader named and
+// the last error in the message; a new leader ends the wait at once.
+func TestWaitWritableNotSent(t *testing.T) {
+	a, b := startFake(t, "a"), startFake(t, "b")
+	m, err := New(Options{Discovery: DiscoveryStatic, WriteHold: 600 * time.Millisecond, Logger: discard(),
+		Clusters: []ClusterOptions{cluster(a, RoleLeader), cluster(b, RoleAlternative)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+	var w WriteWait
+	w.NotSent("a", status.Error(codes.Unavailable, "connection refused"))
+	start := time.Now()
+	if cl, err := m.WaitWritable(ctx, &w); err != nil || cl.ID != "a" {
+		t.Fatalf("after one refused attempt: %v, %v", cl, err)
+	}
+	if d := time.Since(start); d < notSentBackoffMin/2 {
+		t.Fatalf("handed the refusing leader out again after %v", d)
+	}
+	var err2 error
+	for range 100 {
+		w.NotSent("a", status.Error(codes.Unavailable, "connection refused"))
+		if _, err2 = m.WaitWritable(ctx, &w); err2 != nil {
+			break
+		}
+	}
+	if status.Code(err2) != codes.Unavailable || !strings.Contains(err2.Error(), "leader a could not be reached") ||
+		!strings.Contains(err2.Error(), "connection refused") {
+		t.Fatalf("gave up with %v", err2)
+	}
+	if d := time.Since(start); d < 500*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("gave up after %v with write_hold 600ms", d)
+	}
+
+	// A new leader ends the wait at once.
+	var w2 WriteWait
+	w2.NotSent("a", errors.New("refused"))
+	for range 3 {
+		w2.NotSent("a", errors.New("refused"))
+	}
+	res := make(chan *Cluster, 1)
+	go func() {
+		cl, _ := m.WaitWritable(ctx, &w2)
+		w2.End(ctx)
+		res <- cl
+	}()
+	if err := m.InstallLeader(Promotion{Leader: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if cl := <-res; cl == nil || cl.ID != "b" {
+		t.Fatalf("after the new leader: %v", cl)
+	}
 }
 
 // holdRecorder records HoldObserver calls.

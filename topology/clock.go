@@ -4,15 +4,9 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 )
-
-// logicalBits is the width of the logical part of a Milvus hybrid
-// timestamp: ts = physical_ms << 18 | logical.
-const logicalBits = 18
-
-// PhysicalMillis returns the physical part (ms since the Unix epoch) of a
-// hybrid timestamp.
-func PhysicalMillis(ts uint64) int64 { return int64(ts >> logicalBits) }
 
 // calibration ties one leader timestamp to the local monotonic clock.
 type calibration struct {
@@ -41,9 +35,9 @@ type leaderClock struct {
 func (c *leaderClock) now(t time.Time) uint64 {
 	var est uint64
 	if cal := c.cal.Load(); cal != nil {
-		est = uint64(cal.phys+t.Sub(cal.anchor).Milliseconds()) << logicalBits
+		est = hybridts.Compose(cal.phys+t.Sub(cal.anchor).Milliseconds(), 0)
 	} else {
-		est = uint64(t.UnixMilli()) << logicalBits
+		est = hybridts.FromTime(t)
 	}
 	for {
 		last := c.last.Load()
@@ -72,7 +66,7 @@ func (c *leaderClock) calibrate(epoch uint64, anchor time.Time, ts uint64) {
 	if c.epoch.Load() != epoch {
 		return
 	}
-	c.cal.Store(&calibration{anchor: anchor, phys: PhysicalMillis(ts)})
+	c.cal.Store(&calibration{anchor: anchor, phys: hybridts.Physical(ts)})
 	c.observe(ts)
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -87,18 +88,17 @@ func (c *collectionCache) clear() {
 	c.m.Store(&empty)
 }
 
-func normDB(db string) string {
-	if db == "" {
-		return "default"
-	}
-	return db
-}
-
 // Collection returns what routing needs about a collection, from a cache
 // filled by DescribeCollection on the leader (on an alternative while
 // there is no leader), with the proxy's own credentials. Concurrent misses
 // for the same collection share one call. A Milvus error status (e.g.
-// collection not found) comes back as a *StatusError and is not cached.
+// collection not found) comes back as a *StatusError.
+//
+// Answers are cached per leader: an entry loaded under another leader or
+// epoch is never used. Successes live for CollectionTTL, failures of every
+// kind (error statuses, gRPC errors, timeouts, no cluster to ask) for
+// CollectionFailureTTL, so that reads during backend trouble cost the
+// leader one DescribeCollection per period instead of one per read.
 func (m *Manager) Collection(ctx context.Context, db, name string) (CollectionInfo, error) {
 	info, err := m.collection(ctx, db, name)
 	if err != nil {
@@ -109,20 +109,47 @@ func (m *Manager) Collection(ctx context.Context, db, name string) (CollectionIn
 	return *info, nil
 }
 
+// CachedCollection is Collection without calling out: the cached answer,
+// success or failure, when there is a usable one (ok), else ok false and
+// the caller must use Collection. It takes no lock and does not allocate,
+// so the relay engine can route on its connection goroutines.
+func (m *Manager) CachedCollection(db, name string) (info CollectionInfo, ok bool, err error) {
+	k := collKey{consistency.NormalizeDB(db), name}
+	e := m.colls.get(k)
+	if e == nil || !m.usable(e, m.Snapshot()) {
+		return CollectionInfo{}, false, nil
+	}
+	if e.err != nil {
+		return CollectionInfo{}, true, e.err
+	}
+	return *e.info, true, nil
+}
+
+// usable reports whether a cache entry is finished, loaded under s's
+// leader and epoch, and not expired. Pchannel names carry the leader's id,
+// and a failure under one leader says nothing about the next: an entry
+// from another leader (or none) is stale.
+func (m *Manager) usable(e *collEntry, s *Snapshot) bool {
+	select {
+	case <-e.done:
+	default:
+		return false
+	}
+	return e.epoch == s.Epoch && e.leader == leaderOf(s) && m.opts.Now().Before(e.expires)
+}
+
 func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionInfo, error) {
-	k := collKey{normDB(db), name}
+	k := collKey{consistency.NormalizeDB(db), name}
 	for {
 		s := m.Snapshot()
 		e := m.colls.get(k)
 		if e != nil {
 			select {
 			case <-e.done:
-				// Pchannel names carry the leader's id: an entry loaded under
-				// another leader (or none) is stale.
-				if e.err == nil && e.epoch == s.Epoch && e.leader == leaderOf(s) && m.opts.Now().Before(e.expires) {
-					return e.info, nil
+				if m.usable(e, s) {
+					return e.info, e.err
 				}
-				// Expired, failed or from another leader: load again.
+				// Expired or from another leader: load again.
 			default:
 				select {
 				case <-e.done:
@@ -148,7 +175,7 @@ func (m *Manager) collection(ctx context.Context, db, name string) (*CollectionI
 // InvalidateCollection drops a collection from the cache (after DDL);
 // name "" drops every collection of db (after DropDatabase).
 func (m *Manager) InvalidateCollection(db, name string) {
-	db = normDB(db)
+	db = consistency.NormalizeDB(db)
 	if name == "" {
 		m.colls.dropDB(db)
 		return
@@ -168,9 +195,13 @@ func (m *Manager) loadCollection(ctx context.Context, k collKey, e *collEntry, s
 	ctx, cancel := context.WithTimeout(ctx, describeTimeout)
 	defer cancel()
 	e.info, e.err = m.describe(ctx, k, s)
-	e.expires = m.opts.Now().Add(m.opts.CollectionTTL)
-	close(e.done)
+	ttl := m.opts.CollectionTTL
 	if e.err != nil {
+		ttl = m.opts.CollectionFailureTTL
+	}
+	e.expires = m.opts.Now().Add(ttl)
+	close(e.done)
+	if e.err != nil && ttl <= 0 {
 		m.colls.replace(k, e, nil)
 	}
 }

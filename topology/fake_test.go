@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
@@ -41,6 +42,7 @@ type fakeMilvus struct {
 
 	describeCalls atomic.Int32
 	describeDelay time.Duration
+	describeErr   error // a gRPC error DescribeCollection fails with
 
 	addr string
 	srv  *grpc.Server
@@ -178,18 +180,21 @@ func (f *fakeMilvus) AllocTimestamp(ctx context.Context, _ *milvuspb.AllocTimest
 	off := f.tsoOffset
 	f.mu.Unlock()
 	ms := time.Now().Add(off).UnixMilli()
-	return &milvuspb.AllocTimestampResponse{Status: okStatus, Timestamp: uint64(ms)<<18 | 7}, nil
+	return &milvuspb.AllocTimestampResponse{Status: okStatus, Timestamp: hybridts.Compose(ms, 7)}, nil
 }
 
 func (f *fakeMilvus) DescribeCollection(ctx context.Context, req *milvuspb.DescribeCollectionRequest) (*milvuspb.DescribeCollectionResponse, error) {
 	f.record(ctx, "DescribeCollection")
 	f.describeCalls.Add(1)
 	f.mu.Lock()
-	delay := f.describeDelay
+	delay, failWith := f.describeDelay, f.describeErr
 	resp, ok := f.colls[req.GetDbName()+"/"+req.GetCollectionName()]
 	f.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if failWith != nil {
+		return nil, failWith
 	}
 	if !ok {
 		return &milvuspb.DescribeCollectionResponse{Status: &commonpb.Status{

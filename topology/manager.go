@@ -399,12 +399,10 @@ func (m *Manager) Rediscover() {
 // ErrBreakerOpen when the breaker refuses.
 //
 // A fenced cluster (a leader being demoted, or a lost one) refuses too,
-// with an error that wraps ErrFenced: the request was never sent, so the
-// caller may send it again. The refusal comes only once the leader change
-// is over (a new leader is installed, or the change was abandoned), at
-// most WriteHold later: a caller that picked the old leader from a
-// snapshot taken just before writes were held then finds the new leader
-// in the next one, instead of finding no leader at all.
+// at once, with an error that wraps ErrFenced: the request was never
+// sent, so the caller may send it again. Allow never blocks: a write
+// waits for the leader change to end in WaitWritable, which treats a
+// fenced leader as not writable.
 func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	mb := m.members[clusterID]
 	if mb == nil {
@@ -413,7 +411,6 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 	mb.inflight.Add(1)
 	if mb.fenced.Load() {
 		mb.inflight.Add(-1)
-		m.waitFenceResolved(mb)
 		return nil, fmt.Errorf("topology: cluster %q: %w", clusterID, ErrFenced)
 	}
 	d, err := mb.breaker.Allow()
@@ -430,68 +427,6 @@ func (m *Manager) Allow(clusterID string) (done func(success bool), err error) {
 		}
 		d(errDataPathFailure)
 	}, nil
-}
-
-// waitFenceResolved waits, up to WriteHold, until a fenced cluster is
-// unfenced or another cluster leads.
-func (m *Manager) waitFenceResolved(mb *member) {
-	var timer *time.Timer
-	for {
-		ch := m.Changed()
-		s := m.Snapshot()
-		if !mb.fenced.Load() || (s.Leader != nil && s.Leader.ID != mb.id) {
-			return
-		}
-		if timer == nil {
-			timer = time.NewTimer(m.opts.WriteHold)
-			defer timer.Stop()
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			return
-		case <-m.ctx.Done():
-			return
-		}
-	}
-}
-
-// WaitLeader returns the current leader. While there is none (a failover
-// is under way, or discovery has not found one yet) it waits up to
-// WriteHold for one, then fails with codes.Unavailable and a message
-// saying why.
-//
-// Each call that has to wait is reported to Options.HoldObserver.
-func (m *Manager) WaitLeader(ctx context.Context) (*Cluster, error) {
-	var timer *time.Timer
-	start := m.opts.Now()
-	for {
-		ch := m.Changed()
-		s := m.Snapshot()
-		if s.Leader != nil {
-			if timer != nil {
-				m.holdEnded(ctx, HoldReleased, start)
-			}
-			return s.Leader, nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(m.opts.WriteHold)
-			defer timer.Stop()
-			m.holdsStarted.Add(1)
-			if o := m.opts.HoldObserver; o != nil {
-				o.WriteHoldStarted(ctx)
-			}
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			m.holdEnded(ctx, HoldCanceled, start)
-			return nil, status.FromContextError(ctx.Err()).Err()
-		case <-timer.C:
-			m.holdEnded(ctx, HoldTimedOut, start)
-			return nil, m.noLeaderError(m.Snapshot(), m.opts.Now().Sub(start))
-		}
-	}
 }
 
 // Outcomes of a write held while no leader was available, as reported to

@@ -11,13 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-func hts(ms int64) uint64 { return uint64(ms) << logicalBits }
+func hts(ms int64) uint64 { return hybridts.Compose(ms, 0) }
 
 func cluster(f *fakeMilvus, role Role) ClusterOptions {
 	return ClusterOptions{ID: f.id, URI: f.addr, Role: role, Token: "root:Milvus"}
@@ -399,7 +400,7 @@ func TestLeaderClock(t *testing.T) {
 		}
 		// The estimate follows the leader's clock (10s ahead of ours), not ours.
 		local := time.Now().UnixMilli()
-		if d := PhysicalMillis(prev) - local; d < 9000 || d > 11000 {
+		if d := hybridts.Physical(prev) - local; d < 9000 || d > 11000 {
 			t.Fatalf("estimate is %dms ahead of the local clock, want about 10000", d)
 		}
 		m.ObserveLeaderTimestamp(prev + hts(60_000))
@@ -413,19 +414,19 @@ func TestLeaderClock(t *testing.T) {
 		// The leader answered with 5000ms while our call took 100ms: its
 		// clock at t0+100ms is at most 5100ms.
 		c.calibrate(0, t0, hts(1_000_000))
-		if got := PhysicalMillis(c.now(t0.Add(100 * time.Millisecond))); got != 1_000_100 {
+		if got := hybridts.Physical(c.now(t0.Add(100 * time.Millisecond))); got != 1_000_100 {
 			t.Fatalf("estimate %d, want 1000100", got)
 		}
-		if got := PhysicalMillis(c.now(t0)); got != 1_000_100 {
+		if got := hybridts.Physical(c.now(t0)); got != 1_000_100 {
 			t.Fatalf("estimate went back to %d", got)
 		}
 		c.calibrate(7, t0, hts(5)) // a sample from another epoch is ignored
-		if got := PhysicalMillis(c.now(t0.Add(200 * time.Millisecond))); got != 1_000_200 {
+		if got := hybridts.Physical(c.now(t0.Add(200 * time.Millisecond))); got != 1_000_200 {
 			t.Fatalf("stale-epoch sample used: %d", got)
 		}
 		c.reset(1)
 		c.calibrate(1, t0, hts(500))
-		if got := PhysicalMillis(c.now(t0.Add(time.Millisecond))); got != 501 {
+		if got := hybridts.Physical(c.now(t0.Add(time.Millisecond))); got != 501 {
 			t.Fatalf("after reset: %d, want 501", got)
 		}
 	})
@@ -482,17 +483,123 @@ func TestCollectionCache(t *testing.T) {
 		t.Fatalf("database invalidate did not refetch: %v, calls %d", err, a.describeCalls.Load())
 	}
 
-	// A Milvus error comes back as a status the proxy can pass on, uncached.
-	for want := int32(4); want <= 5; want++ {
+	// A Milvus error comes back as a status the proxy can pass on, and is
+	// remembered for CollectionFailureTTL (default 1s: both lookups fall
+	// well within it).
+	for range 2 {
 		_, err := m.Collection(ctx, "", "missing")
 		var se *StatusError
 		if !errors.As(err, &se) || se.Status.GetCode() != 100 || !strings.Contains(se.Status.GetReason(), "database=default") {
 			t.Fatalf("missing collection: %v", err)
 		}
-		if a.describeCalls.Load() != want {
-			t.Fatalf("error was cached: %d calls", a.describeCalls.Load())
+		if a.describeCalls.Load() != 4 {
+			t.Fatalf("error was not cached: %d calls, want 4", a.describeCalls.Load())
 		}
 	}
+}
+
+// TestCollectionCacheFailures: failed look-ups of every kind are cached
+// for CollectionFailureTTL and shared by concurrent callers, so a leader
+// in trouble gets one DescribeCollection per period, not one per read.
+func TestCollectionCacheFailures(t *testing.T) {
+	tests := []struct {
+		name string
+		ttl  time.Duration
+		err  error                                // gRPC error of DescribeCollection
+		st   *milvuspb.DescribeCollectionResponse // else this answer
+	}{
+		{name: "unavailable", ttl: time.Hour, err: status.Error(codes.Unavailable, "overloaded")},
+		{name: "unimplemented", ttl: time.Hour, err: status.Error(codes.Unimplemented, "unknown method")},
+		{name: "not found status", ttl: time.Hour, st: &milvuspb.DescribeCollectionResponse{Status: &commonpb.Status{Code: 100, Reason: "collection not found"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := startFake(t, "a"), startFake(t, "b")
+			a.set(func(f *fakeMilvus) {
+				f.cfg = starConfig("a", 2, "b")
+				f.describeDelay = 20 * time.Millisecond
+				f.describeErr = tc.err
+				if tc.st != nil {
+					f.colls["default/docs"] = tc.st
+				}
+			})
+			b.set(func(f *fakeMilvus) { f.cfg = starConfig("a", 2, "b") })
+			opts := testOptions(DiscoveryReplicate, cluster(a, ""), cluster(b, ""))
+			opts.CollectionFailureTTL = tc.ttl
+			m := startManager(t, opts)
+			waitFor(t, m, "a leader", func(s *Snapshot) bool { return s.Leader != nil && s.Leader.ID == "a" })
+			ctx := context.Background()
+			if _, ok, _ := m.CachedCollection("", "docs"); ok {
+				t.Fatal("CachedCollection hit before any look-up")
+			}
+			var wg sync.WaitGroup
+			for range 32 {
+				wg.Go(func() {
+					if _, err := m.Collection(ctx, "", "docs"); err == nil {
+						t.Error("Collection succeeded on a failing backend")
+					}
+				})
+			}
+			wg.Wait()
+			for range 100 {
+				if _, err := m.Collection(ctx, "default", "docs"); err == nil {
+					t.Fatal("Collection succeeded on a failing backend")
+				}
+				_, ok, err := m.CachedCollection("", "docs")
+				if !ok || err == nil {
+					t.Fatalf("CachedCollection = ok %v, err %v; want the cached failure", ok, err)
+				}
+			}
+			if n := a.describeCalls.Load(); n != 1 {
+				t.Fatalf("%d DescribeCollection calls for 232 look-ups within the failure TTL, want 1", n)
+			}
+			if tc.err != nil {
+				if _, err := m.Collection(ctx, "", "docs"); status.Code(err) != status.Code(tc.err) {
+					t.Fatalf("cached error %v, want code %v", err, status.Code(tc.err))
+				}
+			}
+			// The backend recovers; the invalidation a DDL triggers (or the
+			// TTL) lets the next look-up see it.
+			a.set(func(f *fakeMilvus) {
+				f.describeErr = nil
+				f.colls["default/docs"] = &milvuspb.DescribeCollectionResponse{Status: okStatus}
+			})
+			m.InvalidateCollection("", "docs")
+			if _, err := m.Collection(ctx, "", "docs"); err != nil || a.describeCalls.Load() != 2 {
+				t.Fatalf("after recovery: %v, %d calls", err, a.describeCalls.Load())
+			}
+		})
+	}
+
+	t.Run("expiry", func(t *testing.T) {
+		for _, tc := range []struct {
+			ttl       time.Duration
+			wantCalls int32
+		}{
+			{time.Millisecond, 3}, // expires between look-ups
+			{-1, 3},               // failures not cached
+		} {
+			a, b := startFake(t, "a"), startFake(t, "b")
+			a.set(func(f *fakeMilvus) {
+				f.cfg = starConfig("a", 2, "b")
+				f.describeErr = status.Error(codes.Unavailable, "restarting")
+			})
+			b.set(func(f *fakeMilvus) { f.cfg = starConfig("a", 2, "b") })
+			opts := testOptions(DiscoveryReplicate, cluster(a, ""), cluster(b, ""))
+			opts.CollectionFailureTTL = tc.ttl
+			m := startManager(t, opts)
+			waitFor(t, m, "a leader", func(s *Snapshot) bool { return s.Leader != nil && s.Leader.ID == "a" })
+			for range 3 {
+				if _, err := m.Collection(context.Background(), "", "docs"); err == nil {
+					t.Fatal("Collection succeeded on a failing backend")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := a.describeCalls.Load(); n != tc.wantCalls {
+				t.Errorf("failure ttl %v: %d DescribeCollection calls for 3 look-ups 10ms apart, want %d", tc.ttl, n, tc.wantCalls)
+			}
+		}
+	})
 }
 
 func TestPChannelIndexes(t *testing.T) {

@@ -83,6 +83,13 @@ type Options struct {
 	// (default 30s). The proxy invalidates entries on DDL; the TTL only
 	// catches changes made behind the proxy's back.
 	CollectionTTL time.Duration
+	// CollectionFailureTTL is how long a failed DescribeCollection (an
+	// error status such as collection not found, a gRPC error, a timeout)
+	// is remembered, so that reads while the leader struggles cost it one
+	// call per period instead of one per read (default 1s; negative: not
+	// at all). Reads meanwhile go to the leader as sent, which gives the
+	// client its own answer.
+	CollectionFailureTTL time.Duration
 
 	// DialOptions are appended to the options every cluster connection
 	// is created with (stats handlers, window sizes...). Do not set a
@@ -145,6 +152,9 @@ func (o *Options) withDefaults() (Options, error) {
 	def(&c.WriteHold, 10*time.Second)
 	def(&c.BreakerOpenFor, 2*time.Second)
 	def(&c.CollectionTTL, 30*time.Second)
+	if c.CollectionFailureTTL == 0 {
+		c.CollectionFailureTTL = time.Second
+	}
 	if c.BreakerFailures == 0 {
 		c.BreakerFailures = 5
 	}

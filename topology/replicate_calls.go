@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/protobuf/proto"
@@ -216,8 +217,8 @@ func (u Unreplicated) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d insert, %d delete, %d DDL messages", u.Inserts, u.Deletes, u.DDL)
 	if u.Messages() > 0 {
-		first := time.UnixMilli(PhysicalMillis(u.FirstTS)).UTC().Format("2006-01-02T15:04:05.000Z")
-		last := time.UnixMilli(PhysicalMillis(u.LastTS)).UTC().Format("2006-01-02T15:04:05.000Z")
+		first := time.UnixMilli(hybridts.Physical(u.FirstTS)).UTC().Format("2006-01-02T15:04:05.000Z")
+		last := time.UnixMilli(hybridts.Physical(u.LastTS)).UTC().Format("2006-01-02T15:04:05.000Z")
 		fmt.Fprintf(&b, " written between %s and %s", first, last)
 	}
 	if u.Incomplete != "" {

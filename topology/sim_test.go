@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
@@ -16,10 +20,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
-
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
 var users = map[string]string{"root": "Milvus"}
@@ -121,7 +121,7 @@ func TestAgainstSimulatedClusters(t *testing.T) {
 	s = waitSnap(t, m, "b behind c", func(s *topology.Snapshot) bool {
 		tb, okb := s.Cluster("b").ReplicatedFor(info.PChannels)
 		tc, okc := s.Cluster("c").ReplicatedFor(info.PChannels)
-		return okb && okc && topology.PhysicalMillis(tc)-topology.PhysicalMillis(tb) > 200
+		return okb && okc && hybridts.Physical(tc)-hybridts.Physical(tb) > 200
 	})
 	required, _ := s.Cluster("c").ReplicatedFor(info.PChannels)
 	counts = map[string]int{}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 )
 
 // View is the JSON form of the topology that `status` prints and
@@ -84,7 +86,7 @@ func ViewOf(s *Snapshot, discovery string, leaderNow uint64) View {
 		}
 		if ts, ok := c.ReplicatedFor(nil); ok && c != s.Leader {
 			cv.ReplicatedTS = ts
-			lag := max(0, float64(PhysicalMillis(leaderNow)-PhysicalMillis(ts))/1000)
+			lag := max(0, float64(hybridts.Physical(leaderNow)-hybridts.Physical(ts))/1000)
 			cv.LagSeconds = &lag
 		}
 		v.Clusters = append(v.Clusters, cv)

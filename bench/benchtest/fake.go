@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
@@ -131,7 +132,7 @@ func ok() *commonpb.Status { return &commonpb.Status{} }
 
 func (f *Fake) next() uint64 {
 	f.ts++
-	return uint64(time.Now().UnixMilli())<<18 | f.ts&(1<<18-1)
+	return hybridts.Compose(time.Now().UnixMilli(), uint32(f.ts))
 }
 
 func (f *Fake) noteSession(ctx context.Context) {

@@ -17,28 +17,23 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/bench/lab"
 )
 
-const benchUsage = `usage: milvus-ha-proxy bench --target [NAME=]ADDR [--compare [NAME=]ADDR[,...]]
+const benchSynopsis = `bench --target [NAME=]ADDR [--compare [NAME=]ADDR[,...]]
        --workload search|query|insert|upsert|mixed [--read-ratio 0.9]
        --consistency strong|session|bounded|eventually|customized
        --concurrency N (--duration D | --ops N) [--out FILE.json] [--plot FILE.png]
+   or: milvus-ha-proxy bench --scenario overhead|read-scaling|failover|consistency-cost [--target ...]`
 
-Drives the Milvus API (raw gRPC) against the proxy, a cluster directly, or
+const benchAbout = `Drives the Milvus API (raw gRPC) against the proxy, a cluster directly, or
 both in alternating rounds with the same seed (--compare), after setting up
 the collection (create, index, load, preload; timed separately). Prints a
 table; --out writes the same as JSON, --plot a PNG of throughput and p99
-per second with leader changes marked.
-
-flags:
-`
+per second with leader changes marked, and both print where they wrote.`
 
 // runBench is the bench subcommand.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, benchUsage)
-		fs.PrintDefaults()
-	}
+	setUsage(fs, benchSynopsis, benchAbout)
 	var (
 		target      = fs.String("target", "", "Milvus API endpoint to measure, `[NAME=]ADDR` (required)")
 		compare     = fs.String("compare", "", "other endpoints measured in alternating rounds, comma-separated `[NAME=]ADDR`s")
@@ -341,17 +336,44 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "bench: writing the table: %v\n", err)
 		code = 1
 	}
-	if *out != "" {
-		if err := writeFile(*out, rep.WriteJSON); err != nil {
-			fmt.Fprintf(stderr, "bench: --out: %v\n", err)
-			code = 1
-		}
-	}
+	outputs := []output{{flag: "out", what: "JSON report", path: *out, write: rep.WriteJSON}}
 	if *plotFile != "" {
-		if err := writeFile(*plotFile, rep.WritePlot); err != nil {
-			fmt.Fprintf(stderr, "bench: --plot: %v\n", err)
-			code = 1
+		outputs = append(outputs, output{flag: "plot", what: "plot", path: *plotFile, write: rep.WritePlot})
+	}
+	return max(code, writeOutputs(stdout, stderr, outputs))
+}
+
+// output is one file bench writes: the JSON report (--out) or a plot
+// (--plot).
+type output struct {
+	flag, what, path string
+	write            func(io.Writer) error
+}
+
+// writeOutputs writes each output that has a path and prints where it went
+// (absolute paths: a relative one is relative to a directory the reader
+// may not know); with no --out and no --plot it says how to get them.
+// It returns 1 when a file could not be written.
+func writeOutputs(stdout, stderr io.Writer, outs []output) int {
+	code, wrote := 0, false
+	for _, o := range outs {
+		if o.path == "" {
+			continue
 		}
+		if err := writeFile(o.path, o.write); err != nil {
+			fmt.Fprintf(stderr, "bench: --%s: %v\n", o.flag, err)
+			code = 1
+			continue
+		}
+		wrote = true
+		where := o.path
+		if abs, err := filepath.Abs(o.path); err == nil {
+			where = abs
+		}
+		fmt.Fprintf(stdout, "wrote the %s to %s\n", o.what, where)
+	}
+	if !wrote && code == 0 {
+		fmt.Fprintln(stdout, "(--out FILE.json saves this report as JSON, --plot FILE.png plots it)")
 	}
 	return code
 }
@@ -382,26 +404,19 @@ func runScenario(ctx context.Context, run func(context.Context) (*bench.Scenario
 	if err := s.WriteTable(stdout); err != nil {
 		return 1
 	}
-	if out != "" {
-		if err := writeFile(out, s.WriteJSON); err != nil {
-			fmt.Fprintf(stderr, "bench: --out: %v\n", err)
-			code = 1
-		}
-	}
+	outputs := []output{{flag: "out", what: "JSON report", path: out, write: s.WriteJSON}}
 	if plotFile != "" {
 		for i, r := range s.Runs {
-			path := plotFile
+			path, what := plotFile, "plot"
 			if len(s.Runs) > 1 {
 				ext := filepath.Ext(plotFile)
 				path = fmt.Sprintf("%s-%d%s", strings.TrimSuffix(plotFile, ext), i+1, ext)
+				what = "plot of " + r.Label
 			}
-			if err := writeFile(path, r.Report.WritePlot); err != nil {
-				fmt.Fprintf(stderr, "bench: --plot: %v\n", err)
-				code = 1
-			}
+			outputs = append(outputs, output{flag: "plot", what: what, path: path, write: r.Report.WritePlot})
 		}
 	}
-	return code
+	return max(code, writeOutputs(stdout, stderr, outputs))
 }
 
 // consistencyCostOptions builds the lag controls: each alternative's

@@ -109,7 +109,8 @@ func TestBenchCommandRuns(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
 	}
-	for _, want := range []string{"proxy", "p99.9 ms", "read-your-writes (session): 0 misses", "preload 40 rows"} {
+	for _, want := range []string{"proxy", "p99.9 ms", "read-your-writes (session): 0 misses", "preload 40 rows",
+		"wrote the JSON report to " + out + "\n", "wrote the plot to " + plot + "\n"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, stdout.String())
 		}
@@ -195,7 +196,7 @@ func TestBenchScenarioInProcess(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
 	}
-	for _, want := range []string{"scenario overhead", "ops/s vs direct", "throughput_ratio_proxy"} {
+	for _, want := range []string{"scenario overhead", "ops/s vs direct", "throughput_ratio_proxy", "wrote the JSON report to " + out + "\n"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout.String())
 		}

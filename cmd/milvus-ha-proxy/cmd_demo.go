@@ -31,6 +31,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pchannels := fs.Int("pchannels", 2, "physical channels per cluster")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	setUsage(fs, "demo [--listen ADDR] [--admin-listen ADDR] [--alternatives N] [--replication-delay D]",
+		"Starts simulated Milvus clusters a (leader), b, c... in this process, joins them by\n"+
+			"replication and runs the proxy in front of them until Ctrl-C. No authentication.\n"+
+			"The admin port also serves the simulator's fault controls (/sim/{id}/...).")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

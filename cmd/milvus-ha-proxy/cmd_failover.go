@@ -9,13 +9,10 @@ import (
 // leader took but had not replicated are not on the new leader; the proxy
 // reports them (status shows the salvage).
 func runFailover(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	code := runAction(ctx, "failover",
+	return runAction(ctx, "failover",
 		"Forced promotion: the target becomes leader now, without waiting for the old\n"+
 			"leader. Writes the old leader had not replicated are not on the new one;\n"+
 			"`milvus-ha-proxy status` reports them once the old leader is back.",
+		"note: a forced promotion can lose writes the old leader had not replicated; see `milvus-ha-proxy status` (salvage).",
 		args, stdout, stderr)
-	if code == 0 {
-		io.WriteString(stdout, "note: a forced promotion can lose writes the old leader had not replicated; see `milvus-ha-proxy status` (salvage).\n")
-	}
-	return code
 }

@@ -24,6 +24,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	check := fs.Bool("check", false, "validate the config, print the effective config and exit")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
 	logFormat := fs.String("log-format", "", "text or json (overrides log.format)")
+	setUsage(fs, "serve [--config FILE] [--check] [--listen ADDR] [--admin-listen ADDR]",
+		"Runs the proxy in front of the clusters of the config file (default $"+config.EnvConfig+")\n"+
+			"until SIGINT/SIGTERM, then drains for drain.grace_period. --check validates the\n"+
+			"config, prints the effective config (secrets redacted) and exits.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

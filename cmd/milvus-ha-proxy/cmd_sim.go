@@ -35,6 +35,9 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	user := fs.String("user", "", "enable authentication with this user (needs --password)")
 	password := fs.String("password", "", "password of --user")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	setUsage(fs, "sim --cluster-id ID [--listen ADDR] [--control ADDR] [--data-dir DIR]",
+		"Runs one simulated Milvus cluster (the Milvus gRPC API, replication and fault\n"+
+			"controls) until SIGINT/SIGTERM. For tests and benchmarks: it is not a Milvus.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

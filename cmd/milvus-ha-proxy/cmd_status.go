@@ -22,11 +22,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
 	asJSON := fs.Bool("json", false, "print the topology as JSON instead of a table")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the proxy")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: milvus-ha-proxy status [--admin URL] [--json]")
-		fmt.Fprintln(stderr, "\nPrints every cluster's role, health, breaker, replication lag and requests served.")
-		fs.PrintDefaults()
-	}
+	setUsage(fs, "status [--admin URL] [--json]",
+		"Prints every cluster's role, health, breaker, replication lag and requests served.")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}

@@ -17,20 +17,18 @@ func runSwitchover(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return runAction(ctx, "switchover",
 		"Planned leader change, zero data loss: writes are held, the target catches up\n"+
 			"with the leader on every pchannel, then takes the writes.",
-		args, stdout, stderr)
+		"", args, stdout, stderr)
 }
 
-// runAction is the shared body of switchover and failover.
-func runAction(ctx context.Context, kind, about string, args []string, stdout, stderr io.Writer) int {
+// runAction is the shared body of switchover and failover; note, when set,
+// is printed after a successful action.
+func runAction(ctx context.Context, kind, about, note string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	to := fs.String("to", "", "id of the cluster to make leader (required)")
 	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the proxy to finish")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: milvus-ha-proxy %s --to ID [--admin URL]\n\n%s\n\n", kind, about)
-		fs.PrintDefaults()
-	}
+	setUsage(fs, kind+" --to ID [--admin URL]", about)
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -55,6 +53,9 @@ func runAction(ctx context.Context, kind, about string, args []string, stdout, s
 		return 1
 	}
 	printResult(stdout, kind, res)
+	if note != "" {
+		fmt.Fprintln(stdout, note)
+	}
 	return 0
 }
 

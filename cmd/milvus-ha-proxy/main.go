@@ -5,11 +5,13 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -31,6 +33,7 @@ func commands() map[string]command {
 		"switchover": {runSwitchover, "planned leader change with no data loss (--to ID)"},
 		"failover":   {runFailover, "forced promotion of a cluster to leader (--to ID)"},
 		"sim":        {runSim, "run one simulated Milvus cluster (for tests)"},
+		"version":    {runVersion, "print the version and the module versions it was built with"},
 	}
 }
 
@@ -40,6 +43,9 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		return runVersion(context.Background(), args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr, cmds)
 		if len(args) == 0 {
@@ -71,5 +77,23 @@ func usage(w io.Writer, cmds map[string]command) {
 	for _, name := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", name, cmds[name].summary)
 	}
-	fmt.Fprintln(w, "\nrun 'milvus-ha-proxy <command> -h' for a command's flags")
+	fmt.Fprintln(w, "\nrun 'milvus-ha-proxy <command> -h' for a command's flags; --version prints the version")
+}
+
+// setUsage gives a subcommand the help layout every command shares:
+//
+//	usage: milvus-ha-proxy <synopsis>
+//
+//	<about>
+//
+//	flags:
+//	  -flag ...
+//
+// synopsis may span lines (continuation lines are indented by the caller).
+func setUsage(fs *flag.FlagSet, synopsis, about string) {
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: milvus-ha-proxy %s\n\n%s\n\nflags:\n", strings.TrimRight(synopsis, "\n"), strings.TrimRight(about, "\n"))
+		fs.PrintDefaults()
+	}
 }

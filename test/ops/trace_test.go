@@ -8,14 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/milvus-io/milvus/client/v2/entity"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc/metadata"
-
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry/otlptest"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
+	"github.com/milvus-io/milvus/client/v2/entity"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/metadata"
 )
 
 const (
@@ -123,7 +123,7 @@ func TestTraceContinuesClientAndReachesBackend(t *testing.T) {
 	if !ok {
 		t.Fatalf("span has no integer %s: %v", telemetry.AttrRequiredTimestamp, span.GetAttributes())
 	}
-	phys := time.UnixMilli(req >> 18)
+	phys := hybridts.Time(uint64(req))
 	if lag := sent.Sub(phys); lag < 4*time.Second || lag > 7*time.Second {
 		t.Errorf("required timestamp %d is %v before the call, want about bounded_staleness (5s)", req, lag)
 	}

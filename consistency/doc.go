@@ -1,8 +1,8 @@
 // Package consistency holds the proxy's model of Milvus read consistency:
-// hybrid timestamps, the rules that turn a read's consistency fields into
-// the replicated timestamp it requires (DESIGN.md "Consistency rules"), and
-// the per-session record of the writes and DDL a client made through this
-// proxy.
+// the rules that turn a read's consistency fields into the replicated
+// timestamp it requires (docs/architecture.md, "Consistency rules"), and the
+// per-session record of the writes and DDL a client made through this proxy.
+// Hybrid timestamps themselves are internal/hybridts.
 //
 // What the SDKs put in a read (guarantee_timestamp GT, consistency_level CL,
 // use_default_consistency UDC on Search, HybridSearch and Query), checked in
@@ -39,54 +39,3 @@
 // Milvus; through the proxy it waits for this session's own writes, which
 // is what Session promises.
 package consistency
-
-import "time"
-
-// LogicalBits is the width of the logical counter in a Milvus hybrid
-// timestamp: ts = physical_ms << LogicalBits | logical.
-const LogicalBits = 18
-
-// logicalMask selects the logical counter.
-const logicalMask = 1<<LogicalBits - 1
-
-// Compose builds a hybrid timestamp from milliseconds since the Unix epoch
-// and a logical counter (only its low 18 bits are kept).
-func Compose(physicalMs int64, logical uint32) uint64 {
-	return uint64(physicalMs)<<LogicalBits | uint64(logical)&logicalMask
-}
-
-// FromTime returns the hybrid timestamp of t with logical counter 0.
-func FromTime(t time.Time) uint64 { return Compose(t.UnixMilli(), 0) }
-
-// Physical returns the physical part of ts: milliseconds since the epoch.
-func Physical(ts uint64) int64 { return int64(ts >> LogicalBits) }
-
-// Logical returns the logical counter of ts.
-func Logical(ts uint64) uint32 { return uint32(ts & logicalMask) }
-
-// Time returns the physical part of ts as a time.
-func Time(ts uint64) time.Time { return time.UnixMilli(Physical(ts)) }
-
-// AddDuration moves ts forward by d (whole milliseconds), keeping its
-// logical counter, as Milvus's tsoutil.AddPhysicalDurationOnTs does. A
-// negative d moves it back; see SubDuration for the floor.
-func AddDuration(ts uint64, d time.Duration) uint64 {
-	if d < 0 {
-		return SubDuration(ts, -d)
-	}
-	return Compose(Physical(ts)+d.Milliseconds(), Logical(ts))
-}
-
-// SubDuration moves ts back by d (whole milliseconds), keeping its logical
-// counter. It never goes below the epoch: a result that would be negative
-// is 0.
-func SubDuration(ts uint64, d time.Duration) uint64 {
-	if d < 0 {
-		return AddDuration(ts, -d)
-	}
-	p := Physical(ts) - d.Milliseconds()
-	if p < 0 {
-		return 0
-	}
-	return Compose(p, Logical(ts))
-}

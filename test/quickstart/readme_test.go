@@ -1,0 +1,136 @@
+package quickstart
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readmeAddr is the address the README's examples connect to: demo's
+// default. The test's demo listens on a free port, and that address is
+// the only thing changed in a snippet.
+const readmeAddr = "127.0.0.1:19530"
+
+// connectSnippets returns the README's "## Connect" code blocks by
+// language.
+func connectSnippets(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "\n## Connect\n")
+	if start < 0 {
+		t.Fatal(`README.md has no "## Connect" section`)
+	}
+	section := text[start+1:]
+	if end := strings.Index(section[3:], "\n## "); end >= 0 {
+		section = section[:end+3]
+	}
+	if !strings.Contains(section, "no\nauthentication") && !strings.Contains(section, "no authentication") {
+		t.Error(`README "## Connect" does not say that the demo has no authentication`)
+	}
+	out := map[string]string{}
+	for _, m := range regexp.MustCompile("(?s)```(\\w+)\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		if _, dup := out[m[1]]; dup {
+			t.Fatalf("README \"## Connect\" has two %s blocks; the test runs one of each", m[1])
+		}
+		out[m[1]] = m[2]
+	}
+	for _, lang := range []string{"python", "go"} {
+		s, ok := out[lang]
+		if !ok {
+			t.Fatalf("README \"## Connect\" has no %s example", lang)
+		}
+		if !strings.Contains(s, readmeAddr) {
+			t.Fatalf("the %s example does not connect to %s (demo's default address)", lang, readmeAddr)
+		}
+	}
+	return out
+}
+
+// TestReadmeConnectExamples runs the README's Python and Go connect
+// examples, as written, against a fresh demo: each creates a collection,
+// inserts 1000 random rows and searches for row 7's vector at Session
+// consistency, so row 7 must come first (the client reads its own
+// writes). The examples run twice: the second run finds the collection
+// of the first.
+func TestReadmeConnectExamples(t *testing.T) {
+	snippets := connectSnippets(t)
+	d := startDemo(t)
+	root := repoRoot(t)
+
+	t.Run("python", func(t *testing.T) {
+		py := pythonWithPymilvus(t, root)
+		src := filepath.Join(t.TempDir(), "connect.py")
+		if err := os.WriteFile(src, []byte(strings.ReplaceAll(snippets["python"], readmeAddr, d.addr)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for run := 1; run <= 2; run++ {
+			out := runExample(t, d, exec.Command(py, src))
+			if !regexp.MustCompile(`(?m)^\[7, \d+, \d+\]$`).MatchString(out) {
+				t.Fatalf("run %d: want [7, x, y] (row 7 first, 3 hits), got:\n%s", run, out)
+			}
+		}
+	})
+
+	t.Run("go", func(t *testing.T) {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "main.go")
+		if err := os.WriteFile(src, []byte(strings.ReplaceAll(snippets["go"], readmeAddr, d.addr)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Built inside this module, so it uses the SDK version go.mod pins.
+		bin := filepath.Join(dir, "connect")
+		build := exec.Command("go", "build", "-o", bin, src)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("the README's Go example does not build: %v\n%s", err, out)
+		}
+		for run := 1; run <= 2; run++ {
+			out := runExample(t, d, exec.Command(bin))
+			if !regexp.MustCompile(`^7\n\d+\n\d+\n$`).MatchString(out) {
+				t.Fatalf("run %d: want 7 and two more ids, one a line, got:\n%s", run, out)
+			}
+		}
+	})
+}
+
+// pythonWithPymilvus finds the test venv's Python ($PYTHON, else .venv in
+// the repository, as `make test` creates it) and checks it has pymilvus.
+func pythonWithPymilvus(t *testing.T, root string) string {
+	t.Helper()
+	py := os.Getenv("PYTHON")
+	if py == "" {
+		py = filepath.Join(root, ".venv", "bin", "python")
+	}
+	if _, err := os.Stat(py); err != nil {
+		skipOrFail(t, "no Python venv at %s (make sdk-deps creates it)", py)
+	}
+	if out, err := exec.Command(py, "-c", "import pymilvus").CombinedOutput(); err != nil {
+		skipOrFail(t, "%s cannot import pymilvus: %v\n%s", py, err, out)
+	}
+	return py
+}
+
+// runExample runs one example with a deadline and returns its stdout; a
+// failure shows its stderr and the demo's log.
+func runExample(t *testing.T, d *demo, cmd *exec.Cmd) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s\ndemo log:\n%s", cmd.Path, err, out, stderr.String(), d.log())
+	}
+	return string(out)
+}

@@ -1,0 +1,94 @@
+package topology_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+)
+
+// recordingStore keeps every record saved, in order.
+type recordingStore struct {
+	topology.MemoryChangeStore
+	mu    sync.Mutex
+	saves []*topology.Change
+}
+
+func (s *recordingStore) Save(ctx context.Context, c *topology.Change) error {
+	s.mu.Lock()
+	s.saves = append(s.saves, c.Clone())
+	s.mu.Unlock()
+	return s.MemoryChangeStore.Save(ctx, c)
+}
+
+func stepNames(c *topology.Change) []string {
+	var out []string
+	for _, st := range c.Steps {
+		out = append(out, st.Name)
+	}
+	return out
+}
+
+// TestChangeRecord: a switchover is saved as it runs: each step before
+// it runs (current step named, no end) and after (what was sent to which
+// cluster, what it answered), and the last save is the finished change.
+func TestChangeRecord(t *testing.T) {
+	store := &recordingStore{}
+	r := newArbiterRig(t, topology.ModeAuto, func(o *topology.ArbiterOptions) { o.Store = store })
+	ch, err := r.arb.Switchover(context.Background(), "b")
+	if err != nil {
+		t.Fatalf("switchover: %v", err)
+	}
+	want := []string{topology.StepCatchUp, topology.StepReadConfigs, topology.StepHold, topology.StepDemote,
+		topology.StepConfirm, topology.StepPromote, topology.StepInstall}
+	if got := stepNames(&ch); !slices.Equal(got, want) {
+		t.Fatalf("steps %v, want %v", got, want)
+	}
+	for _, st := range ch.Steps {
+		if !st.Done() || st.Error != "" || st.Start.IsZero() || st.End.Before(st.Start) {
+			t.Fatalf("step %+v", st)
+		}
+	}
+	demote, promote := ch.Steps[3], ch.Steps[5]
+	if demote.Cluster != "a" || !strings.Contains(demote.Sent, "topology [b->a b->c]") || demote.Answer != "ok" {
+		t.Fatalf("demote step %+v", demote)
+	}
+	if promote.Cluster != "b" || promote.Sent != demote.Sent {
+		t.Fatalf("promote step %+v", promote)
+	}
+
+	store.mu.Lock()
+	saves := slices.Clone(store.saves)
+	store.mu.Unlock()
+	if len(saves) < 2*len(want)+1 {
+		t.Fatalf("%d saves for %d steps", len(saves), len(want))
+	}
+	sawRunning := map[string]bool{}
+	for _, c := range saves[:len(saves)-1] {
+		if !c.Running() || c.ID != ch.ID {
+			t.Fatalf("intermediate save %+v", c)
+		}
+		if c.Current != "" {
+			st, _ := c.CurrentStep()
+			if st.Name != c.Current || st.Done() {
+				t.Fatalf("current step %q but last step %+v", c.Current, st)
+			}
+			sawRunning[c.Current] = true
+		}
+	}
+	for _, name := range want {
+		if !sawRunning[name] {
+			t.Fatalf("step %s never saved while running", name)
+		}
+	}
+	last, err := store.Load(context.Background())
+	if err != nil || last.Running() || last.Result != topology.ResultOK || last.Epoch != 1 {
+		t.Fatalf("stored record %+v, %v", last, err)
+	}
+	if st := r.arb.Status(); st.Current != nil || st.LastChange == nil || st.LastChange.ID != ch.ID {
+		t.Fatalf("status after the change %+v", st)
+	}
+}

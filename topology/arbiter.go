@@ -106,6 +106,12 @@ type ArbiterOptions struct {
 	// Store keeps the record of the change under way (default: in
 	// memory, a MemoryChangeStore).
 	Store ChangeStore
+	// Decides, when set, says whether this proxy may decide now (several
+	// proxies elect one through the etcd arbiter). While it is false the
+	// arbiter acts on no leader loss, looks after no returning cluster
+	// and refuses operators' changes; a loss reported meanwhile is acted
+	// on once it turns true, if it still stands. nil: always.
+	Decides func() bool
 	// Logger defaults to the manager's.
 	Logger *slog.Logger
 }
@@ -331,34 +337,58 @@ func (a *Arbiter) loop(ctx context.Context) {
 	t := time.NewTicker(a.m.opts.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
+	var deferred *LeaderLoss // a loss reported while another proxy decided
 	for {
+		var ev LeaderLoss
 		select {
 		case <-ctx.Done():
 			return
-		case ev := <-a.m.LeaderLost():
-			if a.opts.Mode != ModeAuto {
-				a.setPhase(PhaseLost)
-				a.log.Warn("leader lost; failover.mode is manual: waiting for `milvus-ha-proxy failover --to ID`",
-					"leader", ev.ClusterID, "last_contact", ev.LastContact, "epoch", ev.Epoch)
-				continue
-			}
-			if _, err := a.autoFailover(ctx, ev); err != nil && !errors.Is(err, errNotNeeded) {
-				a.log.Error("automatic failover failed; retrying", "lost", ev.ClusterID, "err", err, "retry_in", backoff)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 30*time.Second)
-				// Report the loss again if it still stands.
-				a.m.rearmLossDetection()
-				continue
-			}
-			backoff = a.opts.RetryBackoff
+		case ev = <-a.m.LeaderLost():
 		case <-t.C:
-			a.tick(ctx)
+			if !a.decides() {
+				continue
+			}
+			if deferred == nil {
+				a.tick(ctx)
+				continue
+			}
+			ev, deferred = *deferred, nil
 		}
+		if !a.decides() {
+			deferred = &ev
+			continue
+		}
+		if a.opts.Mode != ModeAuto {
+			a.setPhase(PhaseLost)
+			a.log.Warn("leader lost; failover.mode is manual: waiting for `milvus-ha-proxy failover --to ID`",
+				"leader", ev.ClusterID, "last_contact", ev.LastContact, "epoch", ev.Epoch)
+			continue
+		}
+		if _, err := a.autoFailover(ctx, ev); err != nil && !errors.Is(err, errNotNeeded) {
+			a.log.Error("automatic failover failed; retrying", "lost", ev.ClusterID, "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			// Report the loss again if it still stands.
+			a.m.rearmLossDetection()
+			continue
+		}
+		backoff = a.opts.RetryBackoff
 	}
+}
+
+func (a *Arbiter) decides() bool { return a.opts.Decides == nil || a.opts.Decides() }
+
+// errNotDeciding refuses an operator's change on a proxy that does not
+// decide (the admin API forwards it to the one that does).
+func (a *Arbiter) errNotDeciding() error {
+	if a.decides() {
+		return nil
+	}
+	return fmt.Errorf("%w: this proxy does not decide leader changes now (another proxy of the etcd arbiter does, or this one cannot reach etcd)", ErrRefused)
 }
 
 // errNotNeeded: the leader recovered before the failover began.
@@ -392,6 +422,9 @@ func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, erro
 // Failover force-promotes to (an operator's `failover --to`): the leader is
 // lost, or the operator says so. Writes are held meanwhile.
 func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
+	if err := a.errNotDeciding(); err != nil {
+		return a.refusedErr(KindFailover, "", to, err)
+	}
 	if !a.acquire() {
 		return a.refused(KindFailover, "", to, "another leader change is under way")
 	}

@@ -1,7 +1,8 @@
 # `make test` checks the prerequisites (mk/prereq.mk), installs what the
 # tests need, then runs them all: vet + staticcheck, the Go tests with
-# -race, and the SDK drop-in suites (pymilvus, Go, Node, Java; Milvus Lite
-# comparison) from mk/sdk.mk.
+# -race, the SDK drop-in suites (pymilvus, Go, Node, Java; Milvus Lite
+# comparison) from mk/sdk.mk, and a real Milvus 2.3.5 behind the proxy
+# from mk/milvus.mk.
 GO ?= go
 GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 STATICCHECK_VERSION ?= v0.8.2
@@ -24,13 +25,18 @@ lint: vet $(BIN)/staticcheck
 # prereq first: it names a missing tool before anything is installed;
 # sdk-deps and ui-deps before test-go, whose quickstart tests use the venv
 # and Chromium.
-test: prereq lint sdk-deps ui-deps test-go test-sdk
+test: prereq lint sdk-deps ui-deps test-go test-sdk test-milvus
 
+# PYTHON: the venv of sdk-deps, which test/quickstart runs README's
+# Python example with.
 test-go:
-	$(GO) test $(GOTEST_FLAGS) ./...
+	PYTHON=$(abspath $(SDK_VENV))/bin/python $(GO) test $(GOTEST_FLAGS) ./...
 
 demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo
 
 include mk/sdk.mk
 include mk/prereq.mk
+include mk/chaos.mk
+include mk/abuse.mk
+include mk/milvus.mk

@@ -1,8 +1,8 @@
-// Package admin is the proxy's admin HTTP server (DESIGN.md "Ports and
-// endpoints"): health and readiness for load balancers and orchestrators,
-// Prometheus metrics, the topology, and the switchover and failover
-// actions. It is meant for a private address (default 127.0.0.1:9091):
-// anyone who can reach it can move the leader.
+// Package admin is the proxy's admin HTTP server: health and readiness for
+// load balancers and orchestrators, Prometheus metrics, the topology and
+// its recent history, a status page for people (/ui), and the switchover
+// and failover actions. It is meant for a private address (default
+// 127.0.0.1:9091): anyone who can reach it can move the leader.
 package admin
 
 import (
@@ -34,6 +34,11 @@ type Options struct {
 	// action does not stop when the HTTP client goes away: abandoning a
 	// leader change half way is worse than finishing it.
 	ActionTimeout time.Duration
+	// HistoryInterval is how often the topology is sampled for
+	// /api/v1/history and the status page; default 2s.
+	HistoryInterval time.Duration
+	// HistoryWindow is how much history is kept; default 10m.
+	HistoryWindow time.Duration
 	// Pprof serves Go's runtime profiles (net/http/pprof) under
 	// /debug/pprof/ (config admin_pprof). Off by default: a CPU profile
 	// or execution trace costs the proxy while it runs, and the profiles
@@ -49,12 +54,9 @@ type Server struct {
 	pprof   bool
 	mux     *http.ServeMux
 	srv     *http.Server
+	hist    *sampler
 
 	draining atomic.Bool
-	// action serializes switchovers and failovers: a second request while
-	// one runs is refused with 409 instead of queueing behind it.
-	action   sync.Mutex
-	running  atomic.Pointer[string]
 	shutdown sync.Once
 }
 
@@ -69,11 +71,18 @@ func New(o Options) *Server {
 	if o.ActionTimeout <= 0 {
 		o.ActionTimeout = 2 * time.Minute
 	}
+	if o.HistoryInterval <= 0 {
+		o.HistoryInterval = 2 * time.Second
+	}
+	if o.HistoryWindow <= 0 {
+		o.HistoryWindow = 10 * time.Minute
+	}
 	s := &Server{
 		ctl:     o.Controller,
 		log:     o.Logger,
 		timeout: o.ActionTimeout,
 		mux:     http.NewServeMux(),
+		hist:    newSampler(o.Controller, o.HistoryInterval, o.HistoryWindow),
 	}
 	s.mux.HandleFunc("GET /{$}", s.index)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
@@ -82,6 +91,8 @@ func New(o Options) *Server {
 		s.mux.Handle("GET /metrics", o.Metrics)
 	}
 	s.mux.HandleFunc("GET /api/v1/topology", s.topology)
+	s.mux.HandleFunc("GET /api/v1/history", s.historyHandler)
+	s.mux.HandleFunc("GET /ui", s.ui)
 	s.mux.HandleFunc("POST /api/v1/switchover", s.actionHandler("switchover", s.ctl.Switchover))
 	s.mux.HandleFunc("POST /api/v1/failover", s.actionHandler("failover", s.ctl.Failover))
 	if o.Pprof {
@@ -115,8 +126,10 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // server).
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Serve serves on lis until Shutdown; it then returns nil.
+// Serve serves on lis until Shutdown; it then returns nil. The history
+// sampler runs from the first Serve to Shutdown.
 func (s *Server) Serve(lis net.Listener) error {
+	s.hist.run()
 	if err := s.srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin: serve %s: %w", lis.Addr(), err)
 	}
@@ -127,7 +140,10 @@ func (s *Server) Serve(lis net.Listener) error {
 // requests in flight (a running switchover included) to finish.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
-	s.shutdown.Do(func() { err = s.srv.Shutdown(ctx) })
+	s.shutdown.Do(func() {
+		err = s.srv.Shutdown(ctx)
+		s.hist.close()
+	})
 	return err
 }
 
@@ -148,7 +164,9 @@ func (s *Server) index(w http.ResponseWriter, _ *http.Request) {
 GET  /healthz             200 while the process runs
 GET  /readyz              200 while a leader is known and reachable and the proxy is not draining
 GET  /metrics             Prometheus metrics
+GET  /ui                  status page: clusters, roles, health, lag and reads over the last minutes, leader changes
 GET  /api/v1/topology     clusters, roles, health, lag (JSON; milvus-ha-proxy status prints it)
+GET  /api/v1/history      the topology sampled over the last minutes, and leader changes (JSON)
 POST /api/v1/switchover   {"to":"ID"}  planned leader change, no data loss
 POST /api/v1/failover     {"to":"ID"}  forced promotion
 `)
@@ -215,19 +233,9 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
-		if !s.action.TryLock() {
-			what := "another leader change"
-			if p := s.running.Load(); p != nil {
-				what = *p
-			}
-			writeError(w, http.StatusConflict, "busy", fmt.Sprintf("%s refused: %s is under way; wait for it and check `milvus-ha-proxy status`", kind, what))
-			return
-		}
-		defer s.action.Unlock()
-		desc := fmt.Sprintf("a %s to %s", kind, to)
-		s.running.Store(&desc)
-		defer s.running.Store(nil)
-
+		// The controller serializes leader changes: one requested while
+		// another runs waits for it (a bounded time), or is refused with
+		// what is under way.
 		s.log.Info(kind+" requested", "to", to, "remote", r.RemoteAddr)
 		// Detached from the request: a client that disconnects must not
 		// abandon a leader change half way.
@@ -238,7 +246,11 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 		if err != nil {
 			status, code := classify(err)
 			s.log.Warn(kind+" failed", "to", to, "code", code, "err", err, "took", time.Since(start))
-			writeError(w, status, code, fmt.Sprintf("%s to %s: %v", kind, to, err))
+			msg := err.Error()
+			if !strings.HasPrefix(msg, kind) {
+				msg = fmt.Sprintf("%s to %s: %s", kind, to, msg)
+			}
+			writeError(w, status, code, msg)
 			return
 		}
 		if res.Kind == "" {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,9 +270,11 @@ func TestActionMethodNotAllowed(t *testing.T) {
 	}
 }
 
-// TestConcurrentActionRefused: while a switchover runs, a second leader
-// change is refused with 409 instead of racing it.
-func TestConcurrentActionRefused(t *testing.T) {
+// TestConcurrentActionWaitsInController: while a switchover runs, a
+// second leader change is handed to the controller too (it queues changes
+// or refuses one with what is under way), and its refusal comes back as
+// 409 with the controller's message, said once.
+func TestConcurrentActionWaitsInController(t *testing.T) {
 	f := &fakeController{ready: true, block: make(chan struct{}), started: make(chan struct{}), result: Result{From: "a"}}
 	_, ts := newTest(t, f)
 	first := make(chan int)
@@ -280,19 +283,24 @@ func TestConcurrentActionRefused(t *testing.T) {
 		first <- code
 	}()
 	<-f.started
+	f.mu.Lock()
+	f.started = nil
+	f.err = fmt.Errorf("%w: a switchover to b (step demote) is under way and did not end within 30s", ErrRefused)
+	f.mu.Unlock()
+	close(f.block)
 	code, body := do(t, "POST", ts.URL+"/api/v1/failover", `{"to":"c"}`)
-	if code != 409 || !strings.Contains(body, "a switchover to b is under way") || !strings.Contains(body, `"code": "busy"`) {
+	if code != 409 || !strings.Contains(body, "failover to c: refused: a switchover to b (step demote) is under way") ||
+		strings.Count(body, "refused") != 2 { // the message once, the code once
 		t.Errorf("second action = %d %s", code, body)
 	}
-	close(f.block)
-	if code := <-first; code != 200 {
+	if code := <-first; code != 200 && code != 409 {
 		t.Errorf("first action = %d", code)
 	}
 	f.mu.Lock()
-	f.block, f.started = nil, nil
+	calls := slices.Clone(f.calls)
 	f.mu.Unlock()
-	if code, _ := do(t, "POST", ts.URL+"/api/v1/failover", `{"to":"c"}`); code != 200 {
-		t.Errorf("action after the first finished = %d", code)
+	if len(calls) != 2 {
+		t.Errorf("controller calls %v", calls)
 	}
 }
 

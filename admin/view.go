@@ -55,8 +55,18 @@ type View struct {
 	Draining       bool   `json:"draining"`
 	// Clusters lists every cluster in config order, the leader included.
 	Clusters []ClusterView `json:"clusters"`
+	// Phase is what the failover arbiter is doing ("steady", "stuck",
+	// "promoting"...).
+	Phase string `json:"phase,omitempty"`
+	// ChangeUnderWay is the leader change running now, with its steps so
+	// far and the one it is in; nil when none runs.
+	ChangeUnderWay *Change `json:"change_under_way,omitempty"`
 	// LastChange is the most recent leader change, if any.
 	LastChange *Change `json:"last_change,omitempty"`
+	// SplitBrainRisk names clusters that may still take writes from
+	// clients connected to them directly though another cluster leads (a
+	// forced failover could not demote them), with why.
+	SplitBrainRisk []string `json:"split_brain_risk,omitempty"`
 	// Salvage reports forced promotions and what the old leader held that
 	// was never replicated.
 	Salvage []Salvage `json:"salvage,omitempty"`
@@ -126,9 +136,11 @@ type ClusterView struct {
 	// Quarantined clusters hold data the leader lacks and get no reads.
 	Quarantined      bool   `json:"quarantined"`
 	QuarantineReason string `json:"quarantine_reason,omitempty"`
-	// Outstanding is calls in flight; Served is calls sent since start.
+	// Outstanding is calls in flight; Served is calls sent since start,
+	// Reads the reads (Search, Query, metadata reads...) among them.
 	Outstanding int64 `json:"outstanding"`
 	Served      int64 `json:"served"`
+	Reads       int64 `json:"reads"`
 }
 
 // Change is one leader change.
@@ -139,8 +151,25 @@ type Change struct {
 	Epoch       uint64    `json:"epoch"`
 	At          time.Time `json:"at"`
 	TookSeconds float64   `json:"took_seconds"`
-	Result      string    `json:"result"` // ok | failed
+	Result      string    `json:"result"` // "" while running, then ok | refused | failed
 	Message     string    `json:"message,omitempty"`
+	// Steps are what the change did, in order: what was sent to which
+	// cluster and what it answered. Current names the step running.
+	Steps   []Step `json:"steps,omitempty"`
+	Current string `json:"current,omitempty"`
+}
+
+// Step is one step of a leader change.
+type Step struct {
+	Name    string    `json:"name"`
+	Cluster string    `json:"cluster,omitempty"`
+	Sent    string    `json:"sent,omitempty"`
+	Answer  string    `json:"answer,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Start   time.Time `json:"start"`
+	// TookSeconds is 0 while the step runs (Done false).
+	TookSeconds float64 `json:"took_seconds"`
+	Done        bool    `json:"done"`
 }
 
 // Salvage is what a forced promotion left behind.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -38,7 +40,10 @@ func (c *controller) Topology(context.Context) admin.View {
 	}
 	v.Arbiter = arbiterView(a.etcd)
 	as := a.arbiter.Status()
+	v.Phase = as.Phase
+	v.ChangeUnderWay = changeOf(as.Current)
 	v.LastChange = changeOf(as.LastChange)
+	v.SplitBrainRisk = as.SplitBrainRisk
 	for _, r := range as.Salvage {
 		sv := admin.Salvage{
 			Epoch: r.Epoch, OldLeader: r.OldLeader, NewLeader: r.NewLeader, At: r.At,
@@ -60,6 +65,7 @@ func (c *controller) Topology(context.Context) admin.View {
 			QuarantineReason: cv.QuarantineReason,
 			Outstanding:      cv.Outstanding,
 			Served:           cv.RequestsServed,
+			Reads:            a.obs.readsOf(cv.ID),
 		}
 		if cv.LagSeconds != nil {
 			out.LagSeconds, out.LagKnown = *cv.LagSeconds, true
@@ -96,19 +102,26 @@ func (c *controller) Failover(ctx context.Context, to string) (admin.Result, err
 	return resultOf(ch), adminError(err)
 }
 
-// adminError wraps the arbiter's errors in the admin API's, so the HTTP
-// status says what happened (404 unknown cluster, 409 refused).
+// adminError marks the arbiter's errors with the admin API's, so the
+// HTTP status says what happened (404 unknown cluster, 409 refused),
+// keeping the arbiter's message as it is (it names the problem once).
 func adminError(err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, topology.ErrUnknownCluster):
-		return fmt.Errorf("%w: %w", admin.ErrUnknownCluster, err)
+		return &markedError{mark: admin.ErrUnknownCluster, err: err}
 	case errors.Is(err, topology.ErrRefused):
-		return fmt.Errorf("%w: %w", admin.ErrRefused, err)
+		return &markedError{mark: admin.ErrRefused, err: err}
 	}
 	return err
 }
+
+// markedError is err, also matching mark with errors.Is.
+type markedError struct{ mark, err error }
+
+func (e *markedError) Error() string   { return e.err.Error() }
+func (e *markedError) Unwrap() []error { return []error{e.mark, e.err} }
 
 // resultOf turns a leader change into the admin API's answer.
 func resultOf(ch topology.Change) admin.Result {
@@ -136,10 +149,18 @@ func changeOf(ch *topology.Change) *admin.Change {
 	if ch == nil {
 		return nil
 	}
-	return &admin.Change{
+	out := &admin.Change{
 		Kind: ch.Kind, From: ch.From, To: ch.To, Epoch: ch.Epoch, At: ch.At,
 		TookSeconds: ch.Took.Seconds(), Result: ch.Result, Message: ch.Message,
+		Current: ch.Current,
 	}
+	for _, st := range ch.Steps {
+		out.Steps = append(out.Steps, admin.Step{
+			Name: st.Name, Cluster: st.Cluster, Sent: st.Sent, Answer: st.Answer, Error: st.Error,
+			Start: st.Start, TookSeconds: st.Took.Seconds(), Done: st.Done(),
+		})
+	}
+	return out
 }
 
 // recordChange turns a leader change attempt into metrics.
@@ -181,8 +202,21 @@ func (a *App) metricsState() telemetry.State {
 	return st
 }
 
-// observer turns the proxy's call events into metrics and span attributes.
-type observer struct{ tel *telemetry.Telemetry }
+// observer turns the proxy's call events into metrics and span attributes,
+// and counts reads per cluster for the admin API (the status page plots
+// their rate).
+type observer struct {
+	tel   *telemetry.Telemetry
+	reads sync.Map // cluster id -> *atomic.Int64
+}
+
+// readsOf returns how many reads cluster id has served.
+func (o *observer) readsOf(id string) int64 {
+	if n, ok := o.reads.Load(id); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
 
 func (o *observer) ObserveCall(ctx context.Context, ev proxy.CallEvent) {
 	class := ev.Class.String()
@@ -192,6 +226,13 @@ func (o *observer) ObserveCall(ctx context.Context, ev proxy.CallEvent) {
 	})
 	if ev.Class == proxy.ClassRead {
 		o.tel.Metrics.RecordRead(ctx, ev.Cluster, ev.Reason)
+		if ev.Cluster != "" {
+			n, ok := o.reads.Load(ev.Cluster)
+			if !ok {
+				n, _ = o.reads.LoadOrStore(ev.Cluster, new(atomic.Int64))
+			}
+			n.(*atomic.Int64).Add(1)
+		}
 	}
 	if ev.Attempts > 1 {
 		o.tel.Metrics.RecordRetry(ctx, ev.Method, class)

@@ -56,6 +56,7 @@ type App struct {
 	router   *router.Router
 	proxy    *proxy.Server
 	admin    *admin.Server
+	obs      *observer
 	grpcLis  net.Listener
 	adminLis net.Listener
 
@@ -128,6 +129,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building the failover arbiter: %w", err)
 	}
+	a.obs = &observer{tel: tel}
 	a.router = router.New(router.Options{
 		LeaderServesReads: cfg.Read.LeaderServesReads,
 		LeaderNow:         a.topo.LeaderNow,
@@ -150,7 +152,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		BoundedStaleness: cfg.Consistency.BoundedStaleness.Std(),
 		EventuallyMaxLag: cfg.Consistency.EventuallyMaxLag.Std(),
 		Creds:            creds,
-		Observer:         &observer{tel: tel},
+		Observer:         a.obs,
 		Logger:           logger,
 	}
 	tr := tracer{tel: tel}

@@ -73,7 +73,10 @@ func TestScenarioFailover(t *testing.T) {
 	f := benchtest.New("b", "c")
 	cfg := baseConfig(startFake(t, f))
 	cfg.Workload, cfg.Consistency = "", ""
-	cfg.Ops, cfg.Duration = 0, 800*time.Millisecond
+	// 1.5 s: a run that never recovered would show a gap of 1.3 s, well
+	// above the bound below, which leaves room for a loaded machine (0.85 s
+	// seen with 8 builds on 2 cores).
+	cfg.Ops, cfg.Duration = 0, 1500*time.Millisecond
 	// The "leader dies": writes stall for 300 ms, then go to b.
 	cfg.Faults = []Fault{{At: 200 * time.Millisecond, Name: "kill a", Do: func(context.Context) error {
 		f.SetStall(300 * time.Millisecond)
@@ -84,8 +87,8 @@ func TestScenarioFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g := s.Findings["write_gap_s"]; g < 0.3 || g > 0.8 {
-		t.Errorf("write gap %v s, want about 0.3", g)
+	if g := s.Findings["write_gap_s"]; g < 0.3 || g > 1.1 {
+		t.Errorf("write gap %v s, want about 0.3 (at most 1.1 on a loaded machine)", g)
 	}
 	if s.Findings["leader_changes"] != 1 || s.Findings["session_misses"] != 0 {
 		t.Errorf("findings = %v", s.Findings)

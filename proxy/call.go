@@ -219,15 +219,21 @@ func (s *Server) forward(c *call, cl *topology.Cluster, req *frame, wantSent boo
 	return resp, sent, err
 }
 
-// transportFailure reports whether err says the cluster failed to answer
-// (as opposed to answering with an error, or the client giving up). These
-// count against the cluster's breaker and make reads move on.
+// transportFailure reports whether err says the cluster failed to answer:
+// its connection was lost or refused the call (Unavailable), or it let
+// the proxy's own deadline pass (DeadlineExceeded while the client's
+// context is still live). These count against the cluster's breaker and
+// make reads move on. Everything else is an answer, even Internal,
+// Unknown, Aborted or Canceled: a backend that rejects a malformed
+// request, or a client that cancels, says nothing about the cluster's
+// health, and counting them would let one client open the breaker for
+// everyone.
 func transportFailure(ctx context.Context, err error) bool {
 	if err == nil || ctx.Err() != nil {
 		return false
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled:
+	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
 	}
 	return false
@@ -264,15 +270,6 @@ func cannotServe(st milvusStatus) bool {
 		return true
 	case 0:
 		return st.errorCode == int32(commonpb.ErrorCode_CollectionNotExists)
-	}
-	return false
-}
-
-func contains(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
 	}
 	return false
 }

@@ -259,6 +259,7 @@ type fakeTopo struct {
 	allocErr    error
 	leaderWait  chan struct{} // when set, WaitLeader blocks on it while there is no leader
 	onAllow     func(id string)
+	failures    map[string]int              // done(false) per cluster: what the breaker would count
 	waits       map[*topology.WriteWait]int // WaitWritable calls per write
 }
 
@@ -365,7 +366,27 @@ func (f *fakeTopo) Allow(id string) (func(bool), error) {
 	if f.open[id] {
 		return nil, errors.New("breaker open")
 	}
-	return func(bool) {}, nil
+	return func(ok bool) {
+		if !ok {
+			f.mu.Lock()
+			if f.failures == nil {
+				f.failures = map[string]int{}
+			}
+			f.failures[id]++
+			f.mu.Unlock()
+		}
+	}, nil
+}
+
+// failed returns the breaker failures counted so far, per cluster.
+func (f *fakeTopo) failed() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int{}
+	for id, n := range f.failures {
+		out[id] = n
+	}
+	return out
 }
 
 func (f *fakeTopo) setOpen(id string, open bool) {

@@ -18,16 +18,17 @@ import (
 
 // fastCall is a unary call on the fast path.
 type fastCall struct {
-	s     *Server
-	st    *dstream
-	req   *frame
-	c     call
-	rs    readState
-	ls    leaderState
-	cl    *topology.Cluster
-	done  func(bool) // the breaker's
-	us    ustream
-	write bool // a leader call (else a read)
+	s      *Server
+	st     *dstream
+	req    *frame
+	c      call
+	rs     readState
+	ls     leaderState
+	cl     *topology.Cluster
+	done   func(bool) // the breaker's
+	us     ustream
+	write  bool // a leader call (else a read)
+	resent bool // a refused attempt was sent again
 }
 
 // startUnary takes a complete unary request on the connection's reader
@@ -145,6 +146,16 @@ func (fc *fastCall) onDone(us *ustream, fl *flushList) {
 	s, c, cl := fc.s, &fc.c, fc.cl
 	resp, sent, err := us.result(cl.ID)
 	countEnd(cl)
+	if us.refused && !fc.resent && c.ctx.Err() == nil {
+		// Refused before the cluster processed it (a GOAWAY, or
+		// REFUSED_STREAM): the cluster is alive; send it again, once,
+		// on a fresh stream, as grpc-go's transparent retry does.
+		fc.resent = true
+		fc.done(true)
+		c.ev.Attempts--
+		fc.slowAttempt(cl)
+		return
+	}
 	fc.done(!transportFailure(c.ctx, err))
 	var done bool
 	if fc.write {

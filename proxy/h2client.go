@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -283,7 +284,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 
 func (u *uconn) start() error {
 	u.w.lock()
-	_, _ = u.w.bw.WriteString(http2.ClientPreface)
+	_, _ = io.WriteString(u.w.bw, http2.ClientPreface)
 	u.w.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	err := u.w.err
 	u.w.unlock()
@@ -428,8 +429,34 @@ type ustream struct {
 
 var errRefused = errors.New("refused by the server before processing")
 
-// roundTrip implements upstream.
+// refusedError is a call a cluster refused before processing it.
+type refusedError struct{ cluster string }
+
+func (e *refusedError) Error() string {
+	return "milvus-ha-proxy: cluster " + e.cluster + " " + errRefused.Error()
+}
+func (e *refusedError) Unwrap() error { return errRefused }
+func (e *refusedError) GRPCStatus() *gstatus.Status {
+	return gstatus.New(codes.Unavailable, e.Error())
+}
+
+// roundTrip implements upstream. A stream the cluster refused before
+// processing it (REFUSED_STREAM, or past a GOAWAY's last stream id) is
+// sent again on a fresh stream, once, as grpc-go's transparent retry does.
 func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ bool) (*frame, bool, error) {
+	resp, sent, err, refused := r.roundTripOnce(c, cl, req)
+	if refused && c.ctx.Err() == nil {
+		resp, sent, err, _ = r.roundTripOnce(c, cl, req)
+	}
+	return resp, sent, err
+}
+
+func (r *relayUpstream) roundTripOnce(c *call, cl *topology.Cluster, req *frame) (_ *frame, sent bool, _ error, refused bool) {
+	resp, sent, err := r.roundTripStream(c, cl, req)
+	return resp, sent, err, !sent && err != nil && errors.Is(err, errRefused)
+}
+
+func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *frame) (*frame, bool, error) {
 	u, err := r.conn(c.ctx, cl)
 	if err != nil {
 		if c.ctx.Err() != nil {
@@ -464,7 +491,7 @@ func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ b
 // whether the request may have been processed.
 func (us *ustream) result(cluster string) (*frame, bool, error) {
 	if us.refused {
-		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: cluster %s %v", cluster, errRefused)
+		return nil, false, &refusedError{cluster: cluster}
 	}
 	if us.err != nil {
 		us.freeBody()

@@ -1,11 +1,12 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,13 +39,21 @@ const (
 
 var errConnClosed = errors.New("milvus-ha-proxy: connection closed")
 
+// frameSink is where an h2writer's frames go: a bufio.Writer on the
+// socket (backend connections), or a client connection's connOut.
+type frameSink interface {
+	io.Writer
+	Buffered() int
+	Flush() error
+}
+
 // h2writer serializes frame writes on one connection. Writers that find
 // others queued behind them skip the flush: the last one out flushes for
 // all, so concurrent responses leave in one write syscall.
 type h2writer struct {
 	mu      sync.Mutex
 	waiting atomic.Int32
-	bw      *bufio.Writer
+	bw      frameSink
 	fr      *http2.Framer // writes only here; the reader goroutine reads
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
@@ -54,7 +63,7 @@ type h2writer struct {
 	maxFrame uint32
 }
 
-func (w *h2writer) init(bw *bufio.Writer, fr *http2.Framer) {
+func (w *h2writer) init(bw frameSink, fr *http2.Framer) {
 	w.bw, w.fr = bw, fr
 	w.henc = hpack.NewEncoder(&w.hbuf)
 	w.maxFrame = http2DefaultMaxFrame
@@ -224,6 +233,164 @@ func (w *h2writer) writeData(id uint32, end bool, p []byte) {
 	}
 }
 
+// connOut is a client connection's output. Frames are appended to buf by
+// whichever goroutine answers a call (under the h2writer's lock, which
+// guards buf), and only the connection's own writer goroutine (run) writes
+// them to the socket, each write under a deadline: a client that stops
+// reading stalls nothing but its own connection, and is closed once a
+// write makes no progress for writeTimeout. queued counts the bytes
+// appended and not yet written; DATA waits (flow.take) while it is over
+// budget, and a connection whose output passes hardCap anyway (frames
+// that are not flow-controlled piling up) is closed.
+type connOut struct {
+	w            *h2writer
+	nc           net.Conn
+	buf, spare   []byte
+	queued       atomic.Int64
+	budget       int64
+	hardCap      int64
+	writeTimeout time.Duration
+	flow         *flow // woken when queued drops under budget
+	overflow     bool  // under w.mu: hardCap passed
+	deadlineMu   sync.Mutex
+	stopping     bool // under deadlineMu: finish was called
+	wake         chan struct{}
+	stop         chan struct{} // closed by finish
+	stopOnce     sync.Once
+	done         chan struct{} // closed when run has returned
+	// fail is called (once, from run) when a write fails or times out
+	// or the output overflows; the socket is closed already.
+	fail func(error)
+}
+
+// errOutputOverflow is a client connection's output passing its hard cap.
+var errOutputOverflow = errors.New("milvus-ha-proxy: client connection's output over its budget: closing it")
+
+// clientWriteChunk bounds one socket write, so that writeTimeout measures
+// a lack of progress, not the size of a batch.
+const clientWriteChunk = 256 << 10
+
+func newConnOut(w *h2writer, nc net.Conn, f *flow, budget int64, writeTimeout time.Duration) *connOut {
+	return &connOut{w: w, nc: nc, flow: f, budget: budget, hardCap: 4*budget + 4<<20, writeTimeout: writeTimeout,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Write appends p (under w.mu).
+func (o *connOut) Write(p []byte) (int, error) {
+	if o.overflow {
+		return 0, errOutputOverflow
+	}
+	if o.queued.Add(int64(len(p))) > o.hardCap {
+		o.overflow = true
+		o.signal()
+		return 0, errOutputOverflow
+	}
+	o.buf = append(o.buf, p...)
+	return len(p), nil
+}
+
+// Buffered is what run has not taken yet (under w.mu).
+func (o *connOut) Buffered() int { return len(o.buf) }
+
+// Flush hands what is buffered to the writer goroutine; it never blocks.
+func (o *connOut) Flush() error {
+	o.signal()
+	return nil
+}
+
+func (o *connOut) signal() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// over reports whether DATA must wait for the writer.
+func (o *connOut) over(n int64) bool {
+	q := o.queued.Load()
+	return q > 0 && q+n > o.budget
+}
+
+// finish makes run write what is pending (for at most linger) and close
+// the socket.
+func (o *connOut) finish(linger time.Duration) {
+	o.stopOnce.Do(func() {
+		o.deadlineMu.Lock()
+		o.stopping = true
+		_ = o.nc.SetWriteDeadline(time.Now().Add(min(linger, o.writeTimeout)))
+		o.deadlineMu.Unlock()
+		close(o.stop)
+	})
+}
+
+// run is the connection's writer goroutine.
+func (o *connOut) run() {
+	defer close(o.done)
+	var deadlineSet time.Time
+	stopping := false
+	var err error
+	for err == nil {
+		if !stopping {
+			select {
+			case <-o.wake:
+			case <-o.stop:
+				stopping = true // what is pending goes out, within finish's linger
+			}
+		}
+		o.w.mu.Lock()
+		b := o.buf
+		o.buf = o.spare[:0]
+		overflow := o.overflow
+		o.w.mu.Unlock()
+		if overflow {
+			err = errOutputOverflow
+			break
+		}
+		for len(b) > 0 && err == nil {
+			n := min(len(b), clientWriteChunk)
+			// Re-arm the deadline only now and then (a fresh one per
+			// write costs a timer update), and never after finish
+			// set the linger's.
+			if now := time.Now(); !stopping && now.Sub(deadlineSet) > o.writeTimeout/8 {
+				o.deadlineMu.Lock()
+				if !o.stopping {
+					_ = o.nc.SetWriteDeadline(now.Add(o.writeTimeout))
+				}
+				o.deadlineMu.Unlock()
+				deadlineSet = now
+			}
+			var k int
+			k, err = o.nc.Write(b[:n])
+			b = b[k:]
+			if o.queued.Add(-int64(k))+int64(k) >= o.budget {
+				o.flow.wake() // take may be waiting for this
+			}
+		}
+		if cap(b) <= 1<<20 {
+			o.spare = b[:0] // else let a large batch's buffer go
+		} else {
+			o.spare = nil
+		}
+		if stopping {
+			o.w.mu.Lock()
+			empty := len(o.buf) == 0
+			o.w.mu.Unlock()
+			if empty {
+				break
+			}
+		}
+	}
+	_ = o.nc.Close()
+	if err != nil {
+		o.w.mu.Lock()
+		if o.w.err == nil {
+			o.w.err = err
+		}
+		o.w.mu.Unlock()
+		o.fail(err)
+	}
+}
+
 // flow tracks the peer's flow-control windows for what we send on one
 // connection: the connection window and each stream's.
 type flow struct {
@@ -232,6 +399,16 @@ type flow struct {
 	conn    int64
 	initial int64 // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	closed  bool
+	// out, on a client connection, holds DATA back while the writer
+	// goroutine is behind by more than its budget.
+	out *connOut
+}
+
+// wake wakes the goroutines waiting in take.
+func (f *flow) wake() {
+	f.mu.Lock()
+	f.cond.Broadcast()
+	f.mu.Unlock()
 }
 
 func (f *flow) init() {
@@ -252,7 +429,7 @@ func (f *flow) take(ctx context.Context, sf *streamFlow, want int) (int, error) 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var stop func() bool
-	for !f.closed && !sf.reset && (f.conn <= 0 || sf.win <= 0) {
+	for !f.closed && !sf.reset && (f.conn <= 0 || sf.win <= 0 || (f.out != nil && f.out.over(1))) {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
@@ -274,6 +451,9 @@ func (f *flow) take(ctx context.Context, sf *streamFlow, want int) (int, error) 
 	}
 	n := int64(want)
 	n = min(n, f.conn, sf.win)
+	if f.out != nil {
+		n = min(n, max(f.out.budget-f.out.queued.Load(), 16<<10))
+	}
 	f.conn -= n
 	sf.win -= n
 	return int(n), nil
@@ -285,7 +465,7 @@ var errStreamReset = errors.New("milvus-ha-proxy: stream reset")
 func (f *flow) tryTake(sf *streamFlow, n int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed || sf.reset || f.conn < int64(n) || sf.win < int64(n) {
+	if f.closed || sf.reset || f.conn < int64(n) || sf.win < int64(n) || (f.out != nil && f.out.over(int64(n))) {
 		return false
 	}
 	f.conn -= int64(n)

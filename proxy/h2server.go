@@ -29,12 +29,49 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// relayMaxStreams is the SETTINGS_MAX_CONCURRENT_STREAMS we grant clients.
-const relayMaxStreams = 4096
+// RelayLimits bound what one client connection of the relay engine may
+// hold or do, and the memory the engine spends on responses. Zero fields
+// take DefaultRelayLimits' values.
+type RelayLimits struct {
+	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS granted
+	// to each client connection (grpc-go's server default is unlimited,
+	// Go's net/http2 250); a stream past it is refused.
+	MaxConcurrentStreams uint32
+	// WriteTimeout closes a client connection when a write to it makes
+	// no progress for this long (a client that stopped reading).
+	WriteTimeout time.Duration
+	// ConnOutputBuffer is how far a client connection's writer may fall
+	// behind before answers to it wait (it is closed at 4x + 4 MiB).
+	ConnOutputBuffer int
+}
+
+// DefaultRelayLimits are the relay's limits when Options.RelayLimits
+// leaves a field zero.
+var DefaultRelayLimits = RelayLimits{
+	MaxConcurrentStreams: 1024,
+	WriteTimeout:         30 * time.Second,
+	ConnOutputBuffer:     4 << 20,
+}
+
+// withDefaults fills zero fields from DefaultRelayLimits.
+func (l RelayLimits) withDefaults() RelayLimits {
+	d := DefaultRelayLimits
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = d.MaxConcurrentStreams
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = d.WriteTimeout
+	}
+	if l.ConnOutputBuffer <= 0 {
+		l.ConnOutputBuffer = d.ConnOutputBuffer
+	}
+	return l
+}
 
 // relayServer is the client-facing half of the relay engine.
 type relayServer struct {
 	s        *Server
+	lim      RelayLimits
 	work     chan *dstream
 	stopW    chan struct{}
 	stopOnce sync.Once
@@ -48,8 +85,8 @@ type relayServer struct {
 	draining  bool
 }
 
-func newRelayServer(s *Server) *relayServer {
-	r := &relayServer{s: s, work: make(chan *dstream), stopW: make(chan struct{}),
+func newRelayServer(s *Server, lim RelayLimits) *relayServer {
+	r := &relayServer{s: s, lim: lim.withDefaults(), work: make(chan *dstream), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
 	// Workers block on backend round trips, so there are many: enough
 	// that new goroutines (whose stacks grow on every call) are rare.
@@ -140,7 +177,9 @@ func (r *relayServer) handshake(nc net.Conn) {
 	r.connWG.Add(1)
 	r.mu.Unlock()
 	defer r.connWG.Done()
+	go d.out.run()
 	d.serve()
+	<-d.out.done // bounded by closeLinger: close made it finish
 	r.mu.Lock()
 	delete(r.conns, d)
 	r.mu.Unlock()
@@ -217,6 +256,7 @@ type dconn struct {
 	fr     *http2.Framer
 	hr     *headerReader
 	w      h2writer
+	out    *connOut // the writer goroutine's side of w
 	flow   flow
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -239,13 +279,19 @@ type dconn struct {
 func newDconn(r *relayServer, nc net.Conn) *dconn {
 	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{},
 		readerDone: make(chan struct{})}
-	bw := bufio.NewWriterSize(nc, 32<<10)
 	d.br = bufio.NewReaderSize(nc, 32<<10)
-	d.fr = http2.NewFramer(bw, d.br)
+	lim := &r.lim
+	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
+	d.out.fail = func(err error) {
+		d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "err", err)
+		d.close(err)
+	}
+	d.fr = http2.NewFramer(d.out, d.br)
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
 	d.hr = newHeaderReader()
-	d.w.init(bw, d.fr)
+	d.w.init(d.out, d.fr)
 	d.flow.init()
+	d.flow.out = d.out
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d
 }
@@ -287,6 +333,9 @@ type dstream struct {
 	abortUp atomic.Pointer[upRef]
 
 	// With Options.CallHook: what to call once the call's outcome is known.
+	// hooked is set before the stream is published and never changes;
+	// hookEnd is cleared (under hookMu) once called.
+	hooked  bool
 	hookMu  sync.Mutex
 	hookEnd func(error)
 	outcome error
@@ -295,7 +344,7 @@ type dstream struct {
 
 // decide records the call's outcome (the first one stands), for the hook.
 func (st *dstream) decide(err error) {
-	if st.hookEnd == nil {
+	if !st.hooked {
 		return
 	}
 	st.hookMu.Lock()
@@ -307,7 +356,7 @@ func (st *dstream) decide(err error) {
 
 // endHook calls the hook's end function, once.
 func (st *dstream) endHook() {
-	if st.hookEnd == nil {
+	if !st.hooked {
 		return
 	}
 	st.hookMu.Lock()
@@ -333,7 +382,7 @@ func (d *dconn) serve() {
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
 	d.w.lock()
-	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: relayMaxStreams})
+	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: d.r.lim.MaxConcurrentStreams})
 	d.w.unlock()
 	defer d.fl.flush()
 	for {
@@ -348,8 +397,13 @@ func (d *dconn) serve() {
 				continue
 			}
 			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				d.goAwayNow(http2.ErrCode(ce))
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				// RFC 9113 section 4.2: a frame over our
+				// SETTINGS_MAX_FRAME_SIZE is a connection error.
+				d.goAwayNow(http2.ErrCodeFrameSize)
 			}
 			return
 		}
@@ -384,6 +438,10 @@ func (d *dconn) serve() {
 			}
 		case *http2.RSTStreamFrame:
 			if st := d.stream(f.StreamID); st != nil {
+				// The call's context ends first, so that whoever
+				// judges the aborted backend stream sees a client's
+				// cancel, not a cluster's failure.
+				st.cancel()
 				if up := st.abortUp.Load(); up != nil {
 					up.abort()
 				}
@@ -529,11 +587,7 @@ func (d *dconn) closeGracefully() {
 		// past closeLinger: close unblocks it.
 		t := time.AfterFunc(closeLinger, func() { d.close(errConnClosed) })
 		defer t.Stop()
-		d.w.lock()
-		if d.w.err == nil && d.w.bw.Buffered() > 0 {
-			d.w.err = d.w.bw.Flush()
-		}
-		d.w.unlock()
+		d.out.signal()
 		select {
 		case <-d.readerDone:
 		case <-d.ctx.Done():
@@ -563,7 +617,11 @@ func (d *dconn) close(err error) {
 			d.r.active.Done()
 		}
 	}
-	_ = d.nc.Close()
+	// What is written goes out (a GOAWAY, answers already given) within
+	// closeLinger; then the writer closes the socket. The reader stops
+	// now.
+	d.out.finish(closeLinger)
+	_ = d.nc.SetReadDeadline(time.Now())
 }
 
 func (d *dconn) onSettings(f *http2.SettingsFrame) {
@@ -596,7 +654,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 		return
 	}
 	d.maxID = id
-	refuse := d.goneAway || d.closed || len(d.streams) >= relayMaxStreams
+	refuse := d.goneAway || d.closed || uint32(len(d.streams)) >= d.r.lim.MaxConcurrentStreams
 	d.mu.Unlock()
 	if refuse {
 		d.resetStream(id, http2.ErrCodeRefusedStream)
@@ -675,6 +733,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 		}
 		md := fieldsMD(st.fwd)
 		st.ctx, st.hookEnd = hook(st.ctx, path, md)
+		st.hooked = st.hookEnd != nil
 		st.fwd = mdFields(keep, md)
 	}
 	d.r.active.Add(1)

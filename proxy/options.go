@@ -121,6 +121,9 @@ type Options struct {
 	// answers GOAWAY too_many_pings gets half as many pings from then on,
 	// as grpc-go does.
 	BackendKeepalive keepalive.ClientParameters
+	// RelayLimits (relay engine) bound each client connection's streams,
+	// output and memory; zero fields take DefaultRelayLimits.
+	RelayLimits RelayLimits
 	// MaxMessageSize bounds messages in both directions, to clients and
 	// to backends. 0: 256 MiB, Milvus's own server default.
 	MaxMessageSize int
@@ -182,10 +185,10 @@ type CallEvent struct {
 
 // Routing reasons of the proxy's own, next to router.Reason values.
 const (
-	ReasonLeaderOnly        = "leader_only"          // writes, DDL, leader-only methods
-	ReasonLocal             = "local"                // answered by the proxy
-	ReasonLeaderWait        = "leader_wait"          // no cluster known; waited for a leader
-	ReasonLeaderFallback    = "leader_fallback"      // an alternative could not serve it
-	ReasonLeaderNoCollInfo  = "leader_no_collection" // the collection's facts are unknown
-	ReasonLeaderStrongAlloc = "leader_strong_alloc"  // strong_reads: wait, AllocTimestamp failed
+	ReasonLeaderOnly        = "leader_only"                           // writes, DDL, leader-only methods
+	ReasonLocal             = "local"                                 // answered by the proxy
+	ReasonLeaderWait        = "leader_wait"                           // no cluster known; waited for a leader
+	ReasonLeaderFallback    = string(router.ReasonLeaderFallback)     // an alternative could not serve it
+	ReasonLeaderNoCollInfo  = string(router.ReasonLeaderNoCollection) // the collection's facts are unknown
+	ReasonLeaderStrongAlloc = string(router.ReasonLeaderStrongAlloc)  // strong_reads: wait, AllocTimestamp failed
 )

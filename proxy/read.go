@@ -26,11 +26,12 @@ type readState struct {
 	lastErr  error
 }
 
-// prepareRead works out what the read requires, rewrites its consistency
-// fields, and makes the first routing decision. With fast set it must not
-// block: it reports slow when it would have to (collection facts not in
-// the cache, AllocTimestamp for strong_reads: wait), and the caller starts
-// over on a worker with fast unset.
+// prepareRead plans the read (router.ReadPolicy.Plan decides; this
+// gathers the facts it asks for and carries out the answer), rewrites its
+// consistency fields, and makes the first routing decision. With fast set
+// it must not block: it reports slow when it would have to (collection
+// facts not in the cache, AllocTimestamp for strong_reads: wait), and the
+// caller starts over on a worker with fast unset.
 func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slow bool, err error) {
 	m := c.m
 	var f readFields
@@ -39,101 +40,71 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 	}
 	db := c.db(f.db)
 	coll := string(f.coll)
-	rs.rr = router.ReadRequest{Exclude: rs.excl[:0]}
 	rs.snap = s.topo.Snapshot()
 	req.tail = nil
 
-	if m.class == ClassMetaRead {
-		// Metadata carries no consistency fields: treat it as a Session
-		// read that must see the session's own DDL (and writes, for
-		// statistics).
-		rs.rr.Required = s.sessions.Session(c.sessionKey(), db, coll)
-		c.ev.Level, c.ev.Required = consistency.Session, rs.rr.Required
-		rs.dec = s.router.PickRead(rs.snap, rs.rr)
-		return false, nil
+	in := router.ReadInput{
+		Meta: m.class == ClassMetaRead,
+		Fields: consistency.ReadFields{
+			Level:      consistency.Level(f.level),
+			Guarantee:  f.guarantee,
+			UseDefault: f.useDefault,
+			Iterator:   f.iterator,
+		},
+	}
+	if !in.Meta && coll != "" {
+		info, cached, err := s.topo.CachedCollection(db, coll)
+		if !cached {
+			if fast {
+				return true, nil
+			}
+			info, err = s.topo.Collection(c.ctx, db, coll)
+		}
+		// On a failed look-up (unknown to the leader too, most likely, or
+		// the leader in trouble; the failure is cached for a moment) the
+		// plan sends the read to the leader as sent: the client gets the
+		// leader's own answer to its own call.
+		if err == nil {
+			in.CollectionKnown = true
+			in.CollectionLevel = consistency.Level(info.ConsistencyLevel)
+			in.PChannels = info.PChannels
+			in.LeaderNow = s.topo.LeaderNow()
+		}
+	}
+	plan := s.policy.Plan(in)
+	for plan.Need != 0 {
+		switch {
+		case plan.Need&router.NeedSession != 0:
+			in.Session = s.sessions.Session(c.sessionKey(), db, coll)
+			in.Have |= router.NeedSession
+		case plan.Need&router.NeedStrongTimestamp != 0:
+			if fast {
+				return true, nil
+			}
+			ts, err := s.topo.AllocLeaderTimestamp(c.ctx)
+			if err != nil {
+				s.log.Debug("proxy: AllocTimestamp for a Strong read failed; using the leader", "err", err)
+				ts = 0
+			}
+			in.StrongTimestamp = ts
+			in.Have |= router.NeedStrongTimestamp
+		}
+		plan = s.policy.Plan(in)
 	}
 
-	if coll == "" {
-		s.planLeader(rs, ReasonLeaderNoCollInfo)
-		return false, nil
+	c.ev.Level, c.ev.Required = plan.Level, plan.Required
+	rs.rr = plan.Request
+	rs.rr.Exclude = rs.excl[:0]
+	if plan.Rewrite {
+		req.tail = appendConsistency(req.tailBuf[:0], &m.layout, int32(plan.ForwardLevel), plan.ForwardGuarantee)
 	}
-	info, cached, err := s.topo.CachedCollection(db, coll)
-	if !cached {
-		if fast {
-			return true, nil
-		}
-		info, err = s.topo.Collection(c.ctx, db, coll)
-	}
-	if err != nil {
-		// Unknown to the leader too, most likely, or the leader is in
-		// trouble (the failure is cached for a moment): let it answer the
-		// client's own call.
-		s.planLeader(rs, ReasonLeaderNoCollInfo)
-		return false, nil
-	}
-	rs.rr.PChannels = info.PChannels
-	d := consistency.Resolve(consistency.ReadFields{
-		Level:      consistency.Level(f.level),
-		Guarantee:  f.guarantee,
-		UseDefault: f.useDefault,
-		Iterator:   f.iterator,
-	}, consistency.Level(info.ConsistencyLevel))
-	c.ev.Level = d.Level
-
-	unchanged := d.Pinned
-	strongWait := false
-	switch d.Level {
-	case consistency.Strong:
-		if s.strong == StrongLeader {
-			// The leader resolves "now" itself: forward as sent.
-			rs.rr.Strong = true
-			unchanged = true
-			break
-		}
-		if fast {
-			return true, nil
-		}
-		ts, err := s.topo.AllocLeaderTimestamp(c.ctx)
-		if err != nil {
-			s.log.Debug("proxy: AllocTimestamp for a Strong read failed; using the leader", "err", err)
-			s.planLeader(rs, ReasonLeaderStrongAlloc)
-			return false, nil
-		}
-		rs.rr.Required = ts
-		strongWait = true
-	case consistency.Session:
-		rs.rr.Required = s.rules.Required(d, s.sessions.Session(c.sessionKey(), db, coll), 0)
-	case consistency.Bounded:
-		rs.rr.Required = s.rules.Required(d, 0, s.topo.LeaderNow())
-	case consistency.Eventually:
-		// Only Eventually accepts alternatives whose lag is unknown.
-		rs.rr.Eventually = true
-		rs.rr.MaxLag = s.maxLag
-	default:
-		rs.rr.Required = s.rules.Required(d, 0, 0)
-	}
-	c.ev.Required = rs.rr.Required
-	if !unchanged {
-		level, g := consistency.Forward(rs.rr.Required)
-		req.tail = appendConsistency(req.tailBuf[:0], &m.layout, int32(level), g)
-	}
-	if strongWait {
+	if plan.WaitForAlternative {
 		if err := s.waitForAlternative(c, rs); err != nil {
 			return false, err
 		}
 	}
 	rs.dec = s.router.PickRead(rs.snap, rs.rr)
 	return false, nil
-}
-
-// planLeader sends the read to the leader as sent (and, should the leader
-// fail at the transport level, wherever the router sends a Strong read).
-func (s *Server) planLeader(rs *readState, reason string) {
-	rs.rr = router.ReadRequest{Strong: true, Exclude: rs.excl[:0]}
-	rs.dec = s.router.PickRead(rs.snap, rs.rr)
-	if rs.dec.Cluster != nil {
-		rs.dec.Reason = router.Reason(reason)
-	}
 }
 
 // waitForAlternative serves strong_reads: wait: it waits up to max_wait
@@ -220,13 +191,14 @@ func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *
 		rs.dec = s.router.PickRead(rs.snap, rs.rr)
 		return nil, nil, false
 	}
+	// A leader's answer is final; an alternative's refusal is judged by
+	// the router.
 	if cl.Role != topology.RoleLeader {
 		if st, _, ok := scanResponse(resp.bytes(), &c.m.layout); ok && cannotServe(st) {
-			leader := s.topo.Snapshot().Leader
-			if leader != nil && leader.ID != cl.ID && !contains(rs.rr.Exclude, leader.ID) {
+			if dec := router.AfterRefusal(s.topo.Snapshot(), rs.rr, cl); dec.Cluster != nil {
 				resp.free()
 				rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
-				rs.dec = router.Decision{Cluster: leader, Reason: ReasonLeaderFallback}
+				rs.dec = dec
 				return nil, nil, false
 			}
 		}

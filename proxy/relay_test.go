@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/testdata"
+	"google.golang.org/protobuf/proto"
 )
 
 // Tests of HTTP/2 and gRPC edge cases: they run on both engines, but they
@@ -559,5 +562,229 @@ func TestRelayAnswersClientPings(t *testing.T) {
 		case *http2.GoAwayFrame:
 			t.Fatalf("GOAWAY %v %q after %d acks", f.ErrCode, f.DebugData(), acks)
 		}
+	}
+}
+
+// rawClient speaks HTTP/2 frames to the proxy, for what a grpc-go client
+// never does.
+type rawClient struct {
+	t    *testing.T
+	nc   net.Conn
+	fr   *http2.Framer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+}
+
+// dialRaw connects, sends the preface and settings (plus a connection
+// window update when connWindow > 0) and returns without reading.
+func dialRaw(t *testing.T, addr string, connWindow uint32, settings ...http2.Setting) *rawClient {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &rawClient{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteSettings(settings...); err != nil {
+		t.Fatal(err)
+	}
+	if connWindow > 0 {
+		if err := c.fr.WriteWindowUpdate(0, connWindow); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// grpcHeaders are a well-formed gRPC request's headers for method, then
+// extra as name, value pairs.
+func grpcHeaders(method string, extra ...string) []hpack.HeaderField {
+	fs := []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/milvus.proto.milvus.MilvusService/" + method}, {Name: ":authority", Value: "proxy"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		fs = append(fs, hpack.HeaderField{Name: extra[i], Value: extra[i+1]})
+	}
+	return fs
+}
+
+func (c *rawClient) headers(id uint32, end bool, fields []hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		_ = c.henc.WriteField(f)
+	}
+	return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: end, EndHeaders: true})
+}
+
+// message writes m as one gRPC message on stream id.
+func (c *rawClient) message(id uint32, end bool, m proto.Message) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return c.fr.WriteData(id, end, append([]byte{0, byte(len(b) >> 24), byte(len(b) >> 16), byte(len(b) >> 8), byte(len(b))}, b...))
+}
+
+// call opens stream id for method with m as its only message.
+func (c *rawClient) call(id uint32, method string, m proto.Message) {
+	c.t.Helper()
+	if err := c.headers(id, false, grpcHeaders(method)); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.message(id, true, m); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// until reads frames until match returns true, failing at the deadline.
+func (c *rawClient) until(d time.Duration, match func(http2.Frame) bool) {
+	c.t.Helper()
+	_ = c.nc.SetReadDeadline(time.Now().Add(d))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.t.Fatalf("reading: %v", err)
+		}
+		if match(f) {
+			return
+		}
+	}
+}
+
+// goAwayCode reads until a GOAWAY and returns its code.
+func (c *rawClient) goAwayCode(d time.Duration) http2.ErrCode {
+	c.t.Helper()
+	var code http2.ErrCode
+	c.until(d, func(f http2.Frame) bool {
+		g, ok := f.(*http2.GoAwayFrame)
+		if ok {
+			code = g.ErrCode
+		}
+		return ok
+	})
+	return code
+}
+
+// bystander calls Search in a loop until stop is closed and returns the
+// number of calls, the errors, and the slowest call.
+func bystander(client milvuspb.MilvusServiceClient, stop <-chan struct{}) (calls int, errs []error, slowest time.Duration) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		t0 := time.Now()
+		_, err := client.Search(ctx, search("coll", commonpb.ConsistencyLevel_Bounded, 0, false))
+		cancel()
+		calls++
+		slowest = max(slowest, time.Since(t0))
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+}
+
+// TestRelaySlowReaderIsolated: a client that never reads its socket, with
+// windows that let the proxy send it everything, only ever stalls its own
+// connection: a bystander's calls (over the same backend connections)
+// keep succeeding quickly, and the reader's connection is closed after
+// the write timeout.
+func TestRelaySlowReaderIsolated(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits = RelayLimits{WriteTimeout: time.Second, ConnOutputBuffer: 256 << 10}
+	})
+	if _, err := e.client.Search(e.ctx(), search("coll", commonpb.ConsistencyLevel_Bounded, 0, false)); err != nil {
+		t.Fatal(err)
+	}
+	bad := dialRaw(t, e.addr, 1<<30, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	if tc, ok := bad.nc.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(4 << 10)
+	}
+	for i := uint32(0); i < 20; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000000",
+			ConsistencyLevel: commonpb.ConsistencyLevel_Bounded})
+	}
+	stop := make(chan struct{})
+	time.AfterFunc(3*time.Second, func() { close(stop) })
+	calls, errs, slowest := bystander(e.client, stop)
+	t.Logf("bystander: %d calls, %d errors, slowest %v", calls, len(errs), slowest)
+	if len(errs) > 0 {
+		t.Fatalf("bystander errors: %v", errs[0])
+	}
+	// Generous for a loaded machine: without the writer goroutine, one
+	// call stalls until the backend connection's keepalive gives up.
+	if slowest > 5*time.Second {
+		t.Errorf("a bystander call took %v", slowest)
+	}
+	// The reader's connection is closed after WriteTimeout; only the
+	// bystander's remains.
+	waitUntil(t, func() bool {
+		e.srv.relay.mu.Lock()
+		defer e.srv.relay.mu.Unlock()
+		return len(e.srv.relay.conns) == 1
+	})
+}
+
+// TestBreakerCountsOnlyClusterFailures: a client's cancels and resets,
+// and a backend's own error answers, are not failures of the cluster;
+// the write the backend rejected comes back as its answer, not as
+// "outcome unknown".
+func TestBreakerCountsOnlyClusterFailures(t *testing.T) {
+	bothEngines(t, testBreakerCountsOnlyClusterFailures)
+}
+
+func testBreakerCountsOnlyClusterFailures(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.backends["b"]
+	for i := 1; i <= 5; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.client.Query(ctx, &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
+			done <- err
+		}()
+		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == i })
+		cancel()
+		if err := <-done; status.Code(err) != codes.Canceled {
+			t.Fatalf("canceled call: %v", err)
+		}
+		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == i })
+	}
+	for _, code := range []codes.Code{codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled} {
+		e.backends["a"].setFail("Insert", func() error { return status.Error(code, "rejected by the backend") })
+		_, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+		if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), "rejected by the backend") {
+			t.Fatalf("backend's %v answer came back as %v", code, err)
+		}
+	}
+	if f := e.topo.failed(); len(f) > 0 {
+		t.Fatalf("breaker failures counted: %v", f)
+	}
+}
+
+// TestRelayFrameTooLarge: a frame over the proxy's SETTINGS_MAX_FRAME_SIZE
+// is a connection error FRAME_SIZE_ERROR (RFC 9113 section 4.2).
+func TestRelayFrameTooLarge(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	c := dialRaw(t, e.addr, 0)
+	if err := c.headers(1, false, grpcHeaders("Search")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteData(1, true, make([]byte, relayMaxReadFrame+1)); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeFrameSize {
+		t.Fatalf("GOAWAY %v", code)
 	}
 }

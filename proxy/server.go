@@ -27,9 +27,11 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+
 	// Clients may compress requests with gzip; decompressing them needs
 	// the compressor registered.
 	_ "google.golang.org/grpc/encoding/gzip"
@@ -78,10 +80,8 @@ type Server struct {
 	topo     Topology
 	router   Router
 	sessions *consistency.Tracker
-	rules    consistency.Rules
-	strong   StrongReads
+	policy   router.ReadPolicy
 	maxWait  time.Duration
-	maxLag   time.Duration
 	obs      Observer
 	log      *slog.Logger
 
@@ -150,13 +150,15 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		topo:      opts.Topology,
-		router:    opts.Router,
-		sessions:  opts.Sessions,
-		rules:     consistency.Rules{BoundedStaleness: opts.BoundedStaleness},
-		strong:    opts.StrongReads,
+		topo:     opts.Topology,
+		router:   opts.Router,
+		sessions: opts.Sessions,
+		policy: router.ReadPolicy{
+			Rules:            consistency.Rules{BoundedStaleness: opts.BoundedStaleness},
+			StrongWait:       opts.StrongReads == StrongWait,
+			EventuallyMaxLag: opts.EventuallyMaxLag,
+		},
 		maxWait:   opts.MaxWait,
-		maxLag:    opts.EventuallyMaxLag,
 		obs:       opts.Observer,
 		log:       opts.Logger,
 		engine:    opts.Engine,
@@ -187,7 +189,7 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Engine == EngineRelay {
 		s.up = newRelayUpstream(s, &opts)
-		s.relay = newRelayServer(s)
+		s.relay = newRelayServer(s, opts.RelayLimits)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil

@@ -1,8 +1,18 @@
-// Package router makes one decision: which cluster serves a read. It reads
-// an immutable topology.Snapshot, takes no lock and allocates nothing, so it
-// can run on every request.
+// Package router makes the decisions of a read, as pure functions over
+// immutable inputs so they can run on every request, take no lock and be
+// table-tested:
 //
-// The rules are DESIGN.md's "Consistency rules":
+//   - ReadPolicy.Plan: what the read requires (the replicated timestamp R
+//     its consistency level asks for), what is forwarded in its
+//     consistency fields, and whether it must go to the leader regardless.
+//   - Router.PickRead: which cluster serves it, from a topology.Snapshot.
+//   - PickRead again with the failed cluster excluded after a transport
+//     failure, and AfterRefusal after an alternative answered that it
+//     cannot serve the read.
+//
+// The proxy gathers the facts a plan asks for and carries out the answer
+// (docs/architecture.md, "A read's path"). The rules of PickRead
+// (docs/architecture.md, "Consistency rules"):
 //
 //   - An alternative (Role alternative; standbys and quarantined clusters
 //     never serve reads) is eligible when it is healthy, its breaker is not
@@ -51,6 +61,10 @@ type ReadRequest struct {
 	// the leader without looking at alternatives (ReasonLeaderStrong).
 	// Under `strong_reads: wait` leave it false and set Required instead.
 	Strong bool
+	// Leader, when set, sends the read to the leader without looking at
+	// alternatives, labelled with this reason (ReasonLeaderNoCollection,
+	// ReasonLeaderStrongAlloc): reads the plan cannot place.
+	Leader Reason
 }
 
 // Reason says why a Decision went where it did; it feeds metrics and logs.
@@ -137,6 +151,9 @@ func (r *Router) PickRead(snap *topology.Snapshot, req ReadRequest) Decision {
 	}
 	if req.Strong {
 		return fallback(leader, ReasonLeaderStrong)
+	}
+	if req.Leader != "" {
+		return fallback(leader, req.Leader)
 	}
 
 	var buf [maxCandidates]*topology.Cluster

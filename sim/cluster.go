@@ -35,6 +35,13 @@ type Options struct {
 	SearchConcurrency int               // capacity: at most N searches/queries at once (0 = unlimited)
 	SearchMinLatency  time.Duration     // capacity: each search/query takes at least this long
 	DataDir           string            // optional: persist the WAL here and replay it on Start
+	// ForcePromoteShape is the force_promote request this cluster accepts,
+	// as Milvus versions differ: ForcePromoteSingle (default; the 2.6
+	// documentation: a configuration holding only the cluster itself, no
+	// topology) or ForcePromoteEmpty (later sources: clusters and topology
+	// empty; the standalone configuration is built from the cluster's own
+	// entry).
+	ForcePromoteShape string
 	Logger            *slog.Logger
 
 	// beforeDDL, when set (package tests only), runs just before a DDL
@@ -70,11 +77,24 @@ func (o *Options) setDefaults() error {
 	if o.SearchConcurrency < 0 || o.SearchMinLatency < 0 {
 		return fmt.Errorf("sim: search capacity options must not be negative")
 	}
+	switch o.ForcePromoteShape {
+	case "":
+		o.ForcePromoteShape = ForcePromoteSingle
+	case ForcePromoteSingle, ForcePromoteEmpty:
+	default:
+		return fmt.Errorf("sim: ForcePromoteShape %q: want %q or %q", o.ForcePromoteShape, ForcePromoteSingle, ForcePromoteEmpty)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
+
+// The force_promote request shapes of Milvus versions (Options.ForcePromoteShape).
+const (
+	ForcePromoteSingle = "single" // one cluster, itself; no topology
+	ForcePromoteEmpty  = "empty"  // no clusters, no topology
+)
 
 // PChannelName is the name Milvus gives a cluster's i-th physical channel.
 func PChannelName(clusterID string, i int) string {

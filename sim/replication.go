@@ -397,15 +397,31 @@ func (c *Cluster) broadcastConfig(cfg *commonpb.ReplicateConfiguration) (bool, e
 }
 
 // forcePromote turns a secondary into a standalone primary at once, recording
-// per pchannel the checkpoint it had reached (the salvage checkpoint).
+// per pchannel the checkpoint it had reached (the salvage checkpoint). As in
+// Milvus, the request is validated before the "same configuration" no-op:
+// the current multi-cluster configuration sent with force_promote is
+// refused, not ignored.
 func (c *Cluster) forcePromote(cfg *commonpb.ReplicateConfiguration) error {
 	c.ddlMu.Lock()
 	defer c.ddlMu.Unlock()
-	if cur := c.repl.config(); cur != nil && proto.Equal(cur, cfg) {
-		return nil
-	}
 	if role(c.role.Load()) != roleSecondary {
 		return errStreamingInvalidArgument("force promote can only be used on secondary clusters, current cluster %s is primary", c.id)
+	}
+	if c.opts.ForcePromoteShape == ForcePromoteEmpty {
+		if len(cfg.GetClusters()) != 0 || len(cfg.GetCrossClusterTopology()) != 0 {
+			return errStreamingInvalidArgument("force promote requires empty cluster and topology fields, got %d clusters and %d topology edges",
+				len(cfg.GetClusters()), len(cfg.GetCrossClusterTopology()))
+		}
+		var self *commonpb.MilvusCluster
+		for _, mc := range c.repl.config().GetClusters() {
+			if mc.GetClusterId() == c.id {
+				self = proto.Clone(mc).(*commonpb.MilvusCluster)
+			}
+		}
+		if self == nil {
+			return errStreamingInvalidArgument("force promote: cluster %s has no entry in its own replicate configuration", c.id)
+		}
+		cfg = &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{self}}
 	}
 	if len(cfg.GetClusters()) != 1 {
 		return errStreamingInvalidArgument("force promote requires configuration with exactly one cluster (current cluster only), got %d clusters", len(cfg.GetClusters()))
@@ -415,6 +431,9 @@ func (c *Cluster) forcePromote(cfg *commonpb.ReplicateConfiguration) error {
 	}
 	if n := len(cfg.GetCrossClusterTopology()); n > 0 {
 		return errStreamingInvalidArgument("force promote requires configuration with no topology (single primary cluster), the topology must be empty, got %d topology edges", n)
+	}
+	if cur := c.repl.config(); cur != nil && proto.Equal(cur, cfg) {
+		return nil
 	}
 	if err := c.validateConfig(cfg); err != nil {
 		return err

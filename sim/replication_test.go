@@ -333,6 +333,40 @@ func forcePromote(ctx context.Context, c *Cluster, cfg *commonpb.ReplicateConfig
 	return UpdateReplicateConfiguration(ctx, c.Addr(), c.tokenFor(), cfg, true)
 }
 
+// TestForcePromoteEmptyShape: a cluster behaving as later Milvus sources
+// do takes force_promote with an empty configuration (it builds the
+// standalone one from its own entry) and refuses the one-cluster shape
+// with the message a client switches shapes on.
+func TestForcePromoteEmptyShape(t *testing.T) {
+	a := startCluster(t, Options{ClusterID: "a"})
+	b := startCluster(t, Options{ClusterID: "b", ForcePromoteShape: ForcePromoteEmpty})
+	join(t, a, b)
+	ctx := tctx(t)
+	onlyB := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{b.Config()}}
+	if err := forcePromote(ctx, b, onlyB); err == nil || !strings.Contains(err.Error(), "force promote requires empty cluster and topology fields") {
+		t.Fatalf("one-cluster shape: %v", err)
+	}
+	if err := forcePromote(ctx, b, ReplicationConfig(a, b)); err == nil || !strings.Contains(err.Error(), "empty cluster and topology") {
+		t.Fatalf("current configuration: %v", err)
+	}
+	if b.Role() != "secondary" {
+		t.Fatal("a refused force promote changed the role")
+	}
+	if err := forcePromote(ctx, b, &commonpb.ReplicateConfiguration{}); err != nil {
+		t.Fatalf("empty shape: %v", err)
+	}
+	if b.Role() != "primary" {
+		t.Fatalf("b is %s after force promote", b.Role())
+	}
+	cfg := b.repl.config()
+	if len(cfg.GetClusters()) != 1 || cfg.GetClusters()[0].GetClusterId() != "b" || len(cfg.GetCrossClusterTopology()) != 0 {
+		t.Fatalf("configuration after the promotion %v", cfg)
+	}
+	if _, err := Start(ctx, Options{ClusterID: "x", ForcePromoteShape: "both"}); err == nil || !strings.Contains(err.Error(), "ForcePromoteShape") {
+		t.Fatalf("bad shape option: %v", err)
+	}
+}
+
 // TestForcePromote: force promotion is refused on a primary, with other
 // clusters and with a topology; on a secondary it records the salvage
 // checkpoint and makes it a writable primary. The old source, sent the new
@@ -362,6 +396,9 @@ func TestForcePromote(t *testing.T) {
 		{"with another cluster only", b, &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{a.Config()}}, "cluster"},
 		{"with a topology", b, &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{b.Config()},
 			CrossClusterTopology: []*commonpb.CrossClusterTopology{{SourceClusterId: "a", TargetClusterId: "b"}}}, "topology"},
+		// Validated before the "same configuration" no-op, as Milvus does.
+		{"with the current configuration", b, ReplicationConfig(a, b), "exactly one cluster"},
+		{"empty (the other shape)", b, &commonpb.ReplicateConfiguration{}, "exactly one cluster"},
 	} {
 		err := forcePromote(ctx, tc.on, tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -378,7 +415,8 @@ func TestForcePromote(t *testing.T) {
 	if err := forcePromote(ctx, b, onlyB); err != nil {
 		t.Fatal(err)
 	}
-	if err := forcePromote(ctx, b, onlyB); err != nil {
+	// b is a primary now: the same request again is refused, not a no-op.
+	if err := forcePromote(ctx, b, onlyB); err == nil || !strings.Contains(err.Error(), "can only be used on secondary clusters") {
 		t.Fatalf("repeating the same force promote: %v", err)
 	}
 	b.ResumeReplication()

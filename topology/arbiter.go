@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -97,6 +98,10 @@ type ArbiterOptions struct {
 	// the former leader's unreplicated messages once the new configuration
 	// lists it.
 	RejoinSettle time.Duration
+	// QueueWait bounds how long an operator's change waits for the one
+	// under way (or a returning cluster's rejoin) before it is refused
+	// with the reason (default 30s).
+	QueueWait time.Duration
 	// RetryBackoff is the first wait after a failed automatic failover or
 	// rejoin (default 1s, doubling up to 30s).
 	RetryBackoff time.Duration
@@ -153,6 +158,10 @@ type ArbiterStatus struct {
 	LastChange *Change          `json:"last_change,omitempty"`
 	Salvage    []SalvageReport  `json:"salvage,omitempty"`
 	Pending    []PendingCluster `json:"pending,omitempty"`
+	// SplitBrainRisk lists former leaders that a forced failover could
+	// not demote while they were reachable, with why: clients connected
+	// to them directly may still write there.
+	SplitBrainRisk []string `json:"split_brain_risk,omitempty"`
 }
 
 // pendingKind says what the arbiter waits to do with a cluster.
@@ -209,11 +218,21 @@ type Arbiter struct {
 	mu      sync.Mutex
 	phase   string
 	current *Change // the change under way (its record), nil when none
+	busy    string  // what holds the change token ("" when free)
 	last    *Change
 	reports []SalvageReport
 	pending map[string]*pendingCluster
 	gaps    map[string]*gapCheck
 	stuck   *stuckSwitchover
+	// stuckSince is when the switchover got stuck (settle waits
+	// DetectAfter before it acts).
+	stuckSince time.Time
+	// splitBrain: former leaders a forced failover could not demote
+	// while they were reachable, with why.
+	splitBrain map[string]string
+	// emptyShape: clusters that took force_promote with an empty
+	// configuration (the later Milvus request shape).
+	emptyShape map[string]bool
 
 	// bgCancel cancels background configuration calls (sendInBackground)
 	// still waiting for their answer.
@@ -243,6 +262,7 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	def(&opts.DrainTimeout, time.Second)
 	def(&opts.RejoinSettle, 2*time.Second)
 	def(&opts.RetryBackoff, time.Second)
+	def(&opts.QueueWait, 30*time.Second)
 	if opts.Logger == nil {
 		opts.Logger = m.opts.Logger
 	}
@@ -251,12 +271,14 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	}
 	return &Arbiter{
 		m: m, opts: opts,
-		log:      opts.Logger.With("component", "arbiter"),
-		sem:      make(chan struct{}, 1),
-		phase:    PhaseSteady,
-		pending:  map[string]*pendingCluster{},
-		gaps:     map[string]*gapCheck{},
-		bgCancel: map[uint64]context.CancelFunc{},
+		log:        opts.Logger.With("component", "arbiter"),
+		sem:        make(chan struct{}, 1),
+		phase:      PhaseSteady,
+		pending:    map[string]*pendingCluster{},
+		gaps:       map[string]*gapCheck{},
+		splitBrain: map[string]string{},
+		emptyShape: map[string]bool{},
+		bgCancel:   map[uint64]context.CancelFunc{},
 	}, nil
 }
 
@@ -287,6 +309,9 @@ func (a *Arbiter) Status() ArbiterStatus {
 		st.Pending = append(st.Pending, PendingCluster{ID: g.id,
 			Why: fmt.Sprintf("attached behind the salvage checkpoint: quarantined until %s returns and shows what it missed", g.source)})
 	}
+	for _, id := range slices.Sorted(maps.Keys(a.splitBrain)) {
+		st.SplitBrainRisk = append(st.SplitBrainRisk, a.splitBrain[id])
+	}
 	slices.SortFunc(st.Pending, func(x, y PendingCluster) int {
 		if x.ID < y.ID {
 			return -1
@@ -309,17 +334,65 @@ func (a *Arbiter) setPhase(p string) {
 	}
 }
 
-// acquire takes the one-change-at-a-time token without waiting.
-func (a *Arbiter) acquire() bool {
+// acquire takes the one-change-at-a-time token without waiting; what
+// names the work for whoever waits (busy).
+func (a *Arbiter) acquire(what string) bool {
 	select {
 	case a.sem <- struct{}{}:
+		a.mu.Lock()
+		a.busy = what
+		a.mu.Unlock()
 		return true
 	default:
 		return false
 	}
 }
 
-func (a *Arbiter) release() { <-a.sem }
+// acquireWait takes the token, waiting up to QueueWait for the change or
+// rejoin that holds it; the error (ErrRefused) says what held it.
+func (a *Arbiter) acquireWait(ctx context.Context, what string) error {
+	if a.acquire(what) {
+		return nil
+	}
+	t := time.NewTimer(a.opts.QueueWait)
+	defer t.Stop()
+	for {
+		select {
+		case a.sem <- struct{}{}:
+			a.mu.Lock()
+			a.busy = what
+			a.mu.Unlock()
+			return nil
+		case <-t.C:
+			return fmt.Errorf("%w: %s is under way and did not end within %s (failover queue wait); see `milvus-ha-proxy status`", ErrRefused, a.busyWith(), a.opts.QueueWait)
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s is under way: %w", ErrRefused, a.busyWith(), ctx.Err())
+		}
+	}
+}
+
+// busyWith describes the change holding the token, with its step.
+func (a *Arbiter) busyWith() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	what := a.busy
+	if what == "" {
+		what = "another leader change"
+	}
+	if c := a.current; c != nil {
+		if st, ok := c.CurrentStep(); ok {
+			what += " (step " + st.Name + ")"
+		}
+	}
+	return what
+}
+
+func (a *Arbiter) release() {
+	a.mu.Lock()
+	a.busy = ""
+	a.mu.Unlock()
+	<-a.sem
+}
 
 // record stores a finished attempt and tells OnChange.
 func (a *Arbiter) record(c Change) {
@@ -337,26 +410,41 @@ func (a *Arbiter) loop(ctx context.Context) {
 	t := time.NewTicker(a.m.opts.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
-	var deferred *LeaderLoss // a loss reported while another proxy decided
+	// deferred is a loss reported while another proxy decided; resumed
+	// says whether the recorded change was looked at since this proxy
+	// last began to decide (it may have been left unfinished by another).
+	var deferred *LeaderLoss
+	resumed := false
+	decides := func() bool {
+		if !a.decides() {
+			resumed = false
+			return false
+		}
+		if !resumed {
+			resumed = true
+			a.resume(ctx)
+		}
+		return true
+	}
 	for {
 		var ev LeaderLoss
-		select {
-		case <-ctx.Done():
-			return
-		case ev = <-a.m.LeaderLost():
-		case <-t.C:
-			if !a.decides() {
-				continue
-			}
-			if deferred == nil {
-				a.tick(ctx)
-				continue
-			}
+		if decides() && deferred != nil {
 			ev, deferred = *deferred, nil
-		}
-		if !a.decides() {
-			deferred = &ev
-			continue
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case ev = <-a.m.LeaderLost():
+			case <-t.C:
+				if decides() {
+					a.tick(ctx)
+				}
+				continue
+			}
+			if !decides() {
+				deferred = &ev
+				continue
+			}
 		}
 		if a.opts.Mode != ModeAuto {
 			a.setPhase(PhaseLost)
@@ -402,13 +490,14 @@ func (a *Arbiter) tick(ctx context.Context) {
 		a.phase = PhaseSteady
 	}
 	a.mu.Unlock()
-	a.reconcile(ctx, s)
+	a.settle(ctx, s)
+	a.reconcile(ctx, a.m.Snapshot())
 }
 
 // autoFailover reacts to a leader-loss report in auto mode.
 func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, error) {
-	if !a.acquire() {
-		return Change{}, fmt.Errorf("%w: another leader change is under way", ErrRefused)
+	if err := a.acquireWait(ctx, "an automatic failover from "+ev.ClusterID); err != nil {
+		return Change{}, err
 	}
 	defer a.release()
 	s := a.m.Snapshot()
@@ -425,8 +514,8 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
-	if !a.acquire() {
-		return a.refused(KindFailover, "", to, "another leader change is under way")
+	if err := a.acquireWait(ctx, "a failover to "+to); err != nil {
+		return a.refusedErr(KindFailover, "", to, err)
 	}
 	defer a.release()
 	s := a.m.Snapshot()

@@ -208,6 +208,10 @@ func (a *Arbiter) failover(ctx context.Context, s *Snapshot, from, to string, au
 		a.log.Error("installing the promoted leader failed", "leader", f.chosen.id, "err", err)
 		return f.abandon(ctx, err)
 	}
+	f.leaveForReconcile()
+	if old := s.Cluster(from); old != nil && old.Healthy {
+		f.demoteOld(ctx)
+	}
 	return f.done(ctx), nil
 }
 
@@ -374,26 +378,19 @@ func (f *failoverRun) install(ctx context.Context) error {
 	})
 }
 
-// done records the failover and what it leaves to reconcile: the former
-// leader (salvage report, then a target) and the alternatives not yet
-// evaluated or attached behind the salvage checkpoint.
-func (f *failoverRun) done(ctx context.Context) Change {
+// leaveForReconcile records what the failover leaves to reconcile: the
+// former leader (salvage report, then a target) and the alternatives not
+// yet evaluated or attached behind the salvage checkpoint.
+func (f *failoverRun) leaveForReconcile() {
 	a := f.a
 	chosen, from := f.chosen.id, f.from
-	salvTicks := ticks(f.salvage)
-	f.ch.Quarantined = f.quarantine
-	f.ch.Salvage = salvTicks
-	msg := ""
-	if len(f.quarantine) > 0 {
-		msg = fmt.Sprintf("%d alternative(s) quarantined", len(f.quarantine))
-	}
-	now := a.m.opts.Now()
-	epoch := a.m.Snapshot().Epoch
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.stuck = nil
 	delete(a.pending, chosen)
+	delete(a.splitBrain, chosen)
 	a.reports = append(a.reports, SalvageReport{
-		Epoch: epoch, OldLeader: from, NewLeader: chosen, At: now, Checkpoints: salvTicks,
+		Epoch: a.m.Snapshot().Epoch, OldLeader: from, NewLeader: chosen, At: a.m.opts.Now(), Checkpoints: ticks(f.salvage),
 	})
 	keep := cloneCheckpoints(f.salvage)
 	a.pending[from] = &pendingCluster{id: from, kind: pendingFormerLeader, source: from, salvage: keep,
@@ -404,8 +401,68 @@ func (f *failoverRun) done(ctx context.Context) Change {
 	for _, g := range f.gaps {
 		a.gaps[g.id] = g
 	}
+}
+
+// demoteOld sends a reachable old leader the new leader's configuration
+// (it becomes a target, refuses writes, and its own targets follow the
+// new leader), after reading what it holds past the salvage checkpoint.
+// Until that happens it is a primary in its own eyes: clients connected
+// to it directly could still write there. If it fails, the change says so
+// and status shows the split-brain risk until a later rejoin succeeds.
+func (f *failoverRun) demoteOld(ctx context.Context) {
+	a := f.a
+	a.mu.Lock()
+	p := a.pending[f.from]
 	a.mu.Unlock()
-	ch := f.finish(ctx, ResultOK, msg)
+	if p == nil {
+		return
+	}
+	err := f.step(ctx, StepDemoteOld, f.from, "DumpMessages past the salvage checkpoint, then UpdateReplicateConfiguration naming it a target of "+f.chosen.id, func() (string, error) {
+		if err := a.rejoinFormerLeader(ctx, p); err != nil {
+			return "", err
+		}
+		return "demoted to a quarantined target", nil
+	})
+	a.mu.Lock()
+	if err == nil {
+		delete(a.pending, f.from)
+		delete(a.splitBrain, f.from)
+		var gaps []*gapCheck
+		for _, g := range a.gaps {
+			if g.source == f.from {
+				gaps = append(gaps, g)
+			}
+		}
+		a.mu.Unlock()
+		// The old leader can say now what the alternatives attached
+		// behind the salvage checkpoint missed.
+		for _, g := range gaps {
+			a.checkGap(ctx, g)
+		}
+		return
+	}
+	defer a.mu.Unlock()
+	risk := fmt.Sprintf("%s was reachable but could not be demoted (%v): it may still take writes from clients connected to it directly; the proxy never writes to it and retries the demotion", f.from, err)
+	a.splitBrain[f.from] = risk
+	f.ch.SplitBrainRisk = risk
+	a.log.Error("forced failover could not demote the reachable old leader: split-brain risk", "old_leader", f.from, "err", err)
+}
+
+// done records the failover as finished.
+func (f *failoverRun) done(ctx context.Context) Change {
+	a := f.a
+	chosen, from := f.chosen.id, f.from
+	salvTicks := ticks(f.salvage)
+	f.ch.Quarantined = f.quarantine
+	f.ch.Salvage = salvTicks
+	var msgs []string
+	if len(f.quarantine) > 0 {
+		msgs = append(msgs, fmt.Sprintf("%d alternative(s) quarantined", len(f.quarantine)))
+	}
+	if f.ch.SplitBrainRisk != "" {
+		msgs = append(msgs, "SPLIT-BRAIN RISK: "+f.ch.SplitBrainRisk)
+	}
+	ch := f.finish(ctx, ResultOK, strings.Join(msgs, "; "))
 	a.setPhase(PhaseSteady)
 	a.log.Warn("failover done", "from", from, "to", chosen, "epoch", ch.Epoch, "auto", f.auto,
 		"held", ch.Held, "took", ch.Took, "quarantined", len(f.quarantine), "salvage", salvTicks)
@@ -443,7 +500,7 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 		return nil, nil, fmt.Errorf("the replicate configuration of %s has no entry for itself", cd.id)
 	}
 	if !standaloneOf(cfg, cd.id) {
-		err = m.updateReplicateConfig(cctx, mb, &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{self}}, true)
+		err = a.forcePromote(cctx, mb, self)
 		if err != nil {
 			// Retrying is safe and the call may have gone through (a
 			// timeout): a cluster that now stands alone is promoted.
@@ -473,6 +530,48 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 		a.log.Warn("reading the salvage checkpoint failed; using the checkpoints read before the promotion", "cluster", cd.id, "err", err)
 	}
 	return cfg, salvage, nil
+}
+
+// forcePromote sends force_promote in the shape the cluster accepts.
+// Milvus versions differ: the 2.6 documentation (cdc_failover) sends a
+// configuration holding only the cluster itself; later Milvus sources
+// require it empty ("force promote requires empty cluster and topology
+// fields") and build the standalone configuration from the cluster's own
+// meta. The shape
+// one cluster accepted is tried first next time; a refusal that names
+// the other shape switches to it.
+func (a *Arbiter) forcePromote(ctx context.Context, mb *member, self *commonpb.MilvusCluster) error {
+	shapes := []*commonpb.ReplicateConfiguration{{Clusters: []*commonpb.MilvusCluster{self}}, {}}
+	a.mu.Lock()
+	if a.emptyShape[mb.id] {
+		shapes[0], shapes[1] = shapes[1], shapes[0]
+	}
+	a.mu.Unlock()
+	var err error
+	for _, cfg := range shapes {
+		err = a.m.updateReplicateConfig(ctx, mb, cfg, true)
+		if err == nil {
+			a.mu.Lock()
+			a.emptyShape[mb.id] = len(cfg.GetClusters()) == 0
+			a.mu.Unlock()
+			return nil
+		}
+		if !otherShapeWanted(err, len(cfg.GetClusters()) == 0) {
+			return err
+		}
+		a.log.Info("force promote refused in one request shape; trying the other", "cluster", mb.id, "err", err)
+	}
+	return err
+}
+
+// otherShapeWanted reports whether a force_promote refusal asks for the
+// other request shape than the one sent (empty: the empty one was sent).
+func otherShapeWanted(err error, empty bool) bool {
+	msg := err.Error()
+	if empty {
+		return strings.Contains(msg, "exactly one cluster")
+	}
+	return strings.Contains(msg, "requires empty cluster and topology")
 }
 
 // sendInBackground sends a configuration to a cluster without waiting

@@ -44,7 +44,7 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 	if len(due) == 0 && len(gaps) == 0 {
 		return
 	}
-	if !a.acquire() {
+	if !a.acquire("rejoining a returning cluster") {
 		return
 	}
 	defer a.release()
@@ -60,6 +60,9 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 			err = a.evaluate(ctx, p)
 		}
 		a.mu.Lock()
+		if err == nil {
+			delete(a.splitBrain, p.id)
+		}
 		if err != nil {
 			p.lastErr = err.Error()
 			p.backoff = min(max(2*p.backoff, a.opts.RetryBackoff), 30*time.Second)
@@ -93,8 +96,13 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	}
 	already := sourceOf(oldCfg) == leader
 
+	// A cluster that claimed to be a primary without ever leading has no
+	// salvage report; what it holds is not compared.
+	report := &SalvageReport{Unreplicated: &Unreplicated{Incomplete: "never led: not compared"}}
 	a.mu.Lock()
-	report := &a.reports[p.report]
+	if p.report >= 0 {
+		report = &a.reports[p.report]
+	}
 	known := report.Unreplicated != nil
 	a.mu.Unlock()
 	if !known {
@@ -160,6 +168,10 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	a.mu.Unlock()
 	reason := fmt.Sprintf("former leader, demoted to a target of %s after a forced failover: it holds %s past %s's salvage checkpoint and lacks what %s took before it rejoined; rebuild it before it serves reads",
 		leader, u, report.NewLeader, leader)
+	if p.report < 0 {
+		reason = fmt.Sprintf("claimed to be a primary while %s led; demoted to a target of %s: it may hold writes made on it directly and lacks what %s took before; rebuild it before it serves reads",
+			leader, leader, leader)
+	}
 	if err := m.SetQuarantine(p.id, reason); err != nil {
 		return err
 	}

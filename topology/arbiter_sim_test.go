@@ -38,10 +38,18 @@ type arbiterRig struct {
 }
 
 func newArbiterRig(t *testing.T, mode string, arbOpts ...func(*topology.ArbiterOptions)) *arbiterRig {
+	return newArbiterRigSims(t, mode, nil, arbOpts...)
+}
+
+// newArbiterRigSims is newArbiterRig with options for the alternatives' simulators.
+func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), arbOpts ...func(*topology.ArbiterOptions)) *arbiterRig {
 	t.Helper()
 	r := &arbiterRig{aDir: t.TempDir(), changes: make(chan topology.Change, 16)}
 	r.a = startSimAt(t, "a", r.aDir, "127.0.0.1:0")
-	r.b, r.c = startSim(t, "b"), startSim(t, "c")
+	if simOpts == nil {
+		simOpts = func(*sim.Options) {}
+	}
+	r.b, r.c = startSim(t, "b", simOpts), startSim(t, "c", simOpts)
 	if err := sim.JoinReplication(context.Background(), r.a, r.b, r.c); err != nil {
 		t.Fatal(err)
 	}
@@ -239,5 +247,26 @@ func TestArbiterManualMode(t *testing.T) {
 	}
 	if st := r.arb.Status(); st.Phase != topology.PhaseSteady || st.LastChange == nil || st.LastChange.To != "c" {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestArbiterForcePromoteShapes: a forced failover works whichever
+// force_promote request shape the clusters accept (one-cluster
+// configuration, or empty).
+func TestArbiterForcePromoteShapes(t *testing.T) {
+	for _, shape := range []string{sim.ForcePromoteSingle, sim.ForcePromoteEmpty} {
+		t.Run(shape, func(t *testing.T) {
+			r := newArbiterRigSims(t, topology.ModeManual, func(o *sim.Options) { o.ForcePromoteShape = shape })
+			r.a.Crash()
+			eventually(t, "loss reported", 10*time.Second, func() bool { return r.arb.Status().Phase == topology.PhaseLost })
+			ch, err := r.arb.Failover(context.Background(), "b")
+			if err != nil || ch.To != "b" || ch.Result != topology.ResultOK {
+				t.Fatalf("failover --to b: %v %+v", err, ch)
+			}
+			if got := topologyOf(dial(t, r.b.Addr()).replicateConfig()); !strings.HasPrefix(got, "b>") && got != "" {
+				t.Fatalf("b's configuration after the failover: %s", got)
+			}
+			waitSnap(t, r.m, "b leads", func(s *topology.Snapshot) bool { return s.Leader != nil && s.Leader.ID == "b" })
+		})
 	}
 }

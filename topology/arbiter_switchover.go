@@ -21,8 +21,8 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
-	if !a.acquire() {
-		return a.refused(KindSwitchover, "", to, "another leader change is under way")
+	if err := a.acquireWait(ctx, "a switchover to "+to); err != nil {
+		return a.refusedErr(KindSwitchover, "", to, err)
 	}
 	defer a.release()
 	s := a.m.Snapshot()
@@ -286,7 +286,7 @@ func (w *switchoverRun) release(ctx context.Context, err error) (Change, error) 
 func (w *switchoverRun) stuck(ctx context.Context, err error) (Change, error) {
 	a, m := w.a, w.a.m
 	a.mu.Lock()
-	a.stuck = &stuckSwitchover{from: w.from, to: w.to}
+	a.stuck, a.stuckSince = &stuckSwitchover{from: w.from, to: w.to}, m.opts.Now()
 	a.mu.Unlock()
 	_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck: %v; retry `milvus-ha-proxy switchover --to %s` or force `milvus-ha-proxy failover --to %s`",
 		w.from, w.to, err, w.to, w.to))

@@ -370,3 +370,23 @@ func TestCredentialsInConfigs(t *testing.T) {
 		t.Fatal("sameConfig")
 	}
 }
+
+// TestViewLagUnknownAtZero: a checkpoint of 0 on some pchannel (nothing
+// replicated there yet) shows as an unknown lag with a reason, not as the
+// whole hybrid clock (hundreds of thousands of hours).
+func TestViewLagUnknownAtZero(t *testing.T) {
+	ms := time.Now().UnixMilli()
+	now := hts(ms)
+	leader := &Cluster{ID: "a", Role: RoleLeader}
+	s := &Snapshot{Leader: leader, Clusters: []*Cluster{leader,
+		{ID: "b", Role: RoleAlternative, CheckpointsKnown: true, Checkpoints: []uint64{now, 0}},
+		{ID: "c", Role: RoleAlternative, CheckpointsKnown: true, Checkpoints: []uint64{hts(ms - 2000), now}},
+	}}
+	v := ViewOf(s, DiscoveryReplicate, now)
+	if b := v.Clusters[1]; b.LagSeconds != nil || !strings.Contains(b.LagReason, "no checkpoint yet") {
+		t.Fatalf("b: lag %v reason %q", b.LagSeconds, b.LagReason)
+	}
+	if c := v.Clusters[2]; c.LagSeconds == nil || *c.LagSeconds < 1.9 || *c.LagSeconds > 2.1 {
+		t.Fatalf("c: lag %v", c.LagSeconds)
+	}
+}

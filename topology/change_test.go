@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -90,5 +91,35 @@ func TestChangeRecord(t *testing.T) {
 	}
 	if st := r.arb.Status(); st.Current != nil || st.LastChange == nil || st.LastChange.ID != ch.ID {
 		t.Fatalf("status after the change %+v", st)
+	}
+}
+
+// TestResumeInterruptedChange: a change recorded as running when the
+// arbiter starts (its previous runner stopped) is closed as interrupted,
+// with the step it was in, and the clusters' own configurations decide
+// the leader.
+func TestResumeInterruptedChange(t *testing.T) {
+	store := &topology.MemoryChangeStore{}
+	rec := &topology.Change{ID: "switchover-0-x", Kind: topology.KindSwitchover, From: "a", To: "b", At: time.Now(),
+		Steps: []topology.Step{{Name: topology.StepHold, Cluster: "a", Start: time.Now(), End: time.Now()},
+			{Name: topology.StepDemote, Cluster: "a", Start: time.Now()}},
+		Current: topology.StepDemote}
+	if err := store.Save(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	r := newArbiterRig(t, topology.ModeAuto, func(o *topology.ArbiterOptions) { o.Store = store })
+	eventually(t, "the interrupted change closed", 10*time.Second, func() bool {
+		c, _ := store.Load(context.Background())
+		return c != nil && !c.Running()
+	})
+	c, _ := store.Load(context.Background())
+	if c.ID != rec.ID || c.Result != topology.ResultFailed || !strings.Contains(c.Message, "interrupted at step demote") {
+		t.Fatalf("closed record %+v", c)
+	}
+	if st := r.arb.Status(); st.LastChange == nil || st.LastChange.ID != rec.ID || st.Current != nil {
+		t.Fatalf("status %+v", st)
+	}
+	if s := r.m.Snapshot(); s.Leader == nil || s.Leader.ID != "a" || s.FailingOver {
+		t.Fatalf("leader after resuming: %+v", r.m.View())
 	}
 }

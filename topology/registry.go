@@ -293,6 +293,7 @@ func (r *registry) build(tx *regTxn) *Snapshot {
 			Salvage:          rec.Salvage,
 			PChannels:        rec.PChannels,
 			Target:           rec.Target,
+			ClaimsPrimary:    rec.ClaimsPrimary,
 		}
 		if lv != nil {
 			c.Conn = lv.conn

@@ -24,9 +24,13 @@ import (
 
 var users = map[string]string{"root": "Milvus"}
 
-func startSim(t *testing.T, id string) *sim.Cluster {
+func startSim(t *testing.T, id string, opts ...func(*sim.Options)) *sim.Cluster {
 	t.Helper()
-	c, err := sim.Start(context.Background(), sim.Options{ClusterID: id, Users: users, TimeTickInterval: 20 * time.Millisecond})
+	o := sim.Options{ClusterID: id, Users: users, TimeTickInterval: 20 * time.Millisecond}
+	for _, f := range opts {
+		f(&o)
+	}
+	c, err := sim.Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,9 @@ type Cluster struct {
 	// replicate configuration (alternatives and standbys; not a former
 	// leader that has not rejoined).
 	Target bool
+	// ClaimsPrimary: its own replicate configuration names it the
+	// replication source (as of the last discovery round).
+	ClaimsPrimary bool
 
 	// Conn is the data-path connection (raw-bytes codec). Live.
 	Conn *grpc.ClientConn

@@ -86,8 +86,16 @@ func ViewOf(s *Snapshot, discovery string, leaderNow uint64) View {
 		}
 		if ts, ok := c.ReplicatedFor(nil); ok && c != s.Leader {
 			cv.ReplicatedTS = ts
-			lag := max(0, float64(hybridts.Physical(leaderNow)-hybridts.Physical(ts))/1000)
-			cv.LagSeconds = &lag
+			if ts == 0 {
+				// A checkpoint of 0 is "nothing replicated yet" on some
+				// pchannel, not a lag of the whole clock.
+				if cv.LagReason == "" {
+					cv.LagReason = "no checkpoint yet on some of the leader's pchannels"
+				}
+			} else {
+				lag := max(0, float64(hybridts.Physical(leaderNow)-hybridts.Physical(ts))/1000)
+				cv.LagSeconds = &lag
+			}
 		}
 		v.Clusters = append(v.Clusters, cv)
 	}
@@ -101,7 +109,7 @@ func (m *Manager) Ready() (ok bool, reason string) {
 	s := m.Snapshot()
 	switch {
 	case s.FailingOver:
-		return false, "failover under way: " + s.HoldReason
+		return false, "leader change under way, writes held: " + s.HoldReason
 	case s.Leader == nil && s.DiscoveryError != "":
 		return false, "no leader: " + s.DiscoveryError
 	case s.Leader == nil:

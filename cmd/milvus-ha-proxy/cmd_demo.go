@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -58,18 +60,25 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	// Each cluster keeps its WAL in a directory of its own, so that
+	// POST /sim/{id}/crash and /restart on the admin port bring it back
+	// with its data, as a crashed Milvus comes back.
+	dataDir, err := os.MkdirTemp("", "milvus-ha-proxy-demo-")
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dataDir)
+	fleet := sim.NewFleet()
+	defer fleet.Stop()
 	clusters := make([]*sim.Cluster, 0, *alternatives+1)
-	defer func() {
-		for _, c := range clusters {
-			c.Stop()
-		}
-	}()
 	for i := 0; i <= *alternatives; i++ {
 		id := string(rune('a' + i))
-		c, err := sim.Start(ctx, sim.Options{
+		c, err := fleet.Start(ctx, sim.Options{
 			ClusterID:        id,
 			PChannels:        *pchannels,
 			ReplicationDelay: *delay,
+			DataDir:          filepath.Join(dataDir, id),
 			Logger:           logger.With("sim", id),
 		})
 		if err != nil {
@@ -104,14 +113,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.Error("demo config is invalid", "err", err)
 		return 1
 	}
-	byID := func(id string) (*sim.Cluster, bool) {
-		for _, c := range clusters {
-			if c.ID() == id {
-				return c, true
-			}
-		}
-		return nil, false
-	}
 	fmt.Fprintf(stdout, "simulated clusters:")
 	for i, c := range clusters {
 		role := "alternative"
@@ -121,10 +122,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, " %s=%s (%s)", c.ID(), c.Addr(), role)
 	}
 	fmt.Fprintf(stdout, "\nconnect with: pymilvus MilvusClient(uri=\"http://%s\")  |  Go SDK milvusclient.New(ctx, &milvusclient.ClientConfig{Address: %q})\n", *listen, *listen)
-	fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause\n", *adminListen, *adminListen)
+	fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause   crash the leader: curl -XPOST http://%s/sim/a/crash\n", *adminListen, *adminListen, *adminListen)
 	return runApp(ctx, app.Options{
 		Config:        cfg,
 		Logger:        logger,
-		AdminHandlers: map[string]http.Handler{"/sim/": sim.ControlHandler(byID)},
+		AdminHandlers: map[string]http.Handler{"/sim/": fleet.Handler()},
 	}, stdout)
 }

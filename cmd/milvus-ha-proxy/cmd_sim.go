@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
@@ -35,6 +34,8 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	user := fs.String("user", "", "enable authentication with this user (needs --password)")
 	password := fs.String("password", "", "password of --user")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fpShape := fs.String("force-promote-shape", sim.ForcePromoteSingle,
+		"force_promote request accepted, as Milvus versions differ: single (a configuration of the cluster itself) or empty")
 	setUsage(fs, "sim --cluster-id ID [--listen ADDR] [--control ADDR] [--data-dir DIR]",
 		"Runs one simulated Milvus cluster (the Milvus gRPC API, replication and fault\n"+
 			"controls) until SIGINT/SIGTERM. For tests and benchmarks: it is not a Milvus.")
@@ -67,6 +68,8 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return bad("--guarantee-timeout must be positive")
 	case (*user == "") != (*password == ""):
 		return bad("--user and --password go together")
+	case *fpShape != sim.ForcePromoteSingle && *fpShape != sim.ForcePromoteEmpty:
+		return bad("--force-promote-shape %q: want %s or %s", *fpShape, sim.ForcePromoteSingle, sim.ForcePromoteEmpty)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -75,18 +78,22 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	opts := sim.Options{
 		ClusterID: *id, Listen: *listen, PChannels: *pchannels, TimeTickInterval: *tick,
 		ReplicationDelay: *delay, GuaranteeTimeout: *guarantee, DataDir: *dataDir,
-		SearchConcurrency: *searchConc, SearchMinLatency: *searchLat,
+		SearchConcurrency: *searchConc, SearchMinLatency: *searchLat, ForcePromoteShape: *fpShape,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
 	}
 	if *user != "" {
 		opts.Users = map[string]string{*user: *password}
 	}
-	c, err := sim.Start(ctx, opts)
+	// A fleet of one: its controls can also crash the cluster in place
+	// and restart it (POST /sim/{id}/crash, /restart) while the process
+	// keeps running.
+	fleet := sim.NewFleet()
+	c, err := fleet.Start(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "sim: %v\n", err)
 		return 1
 	}
-	defer c.Stop()
+	defer fleet.Stop()
 	var ctl *http.Server
 	var ctlAddr string
 	if *control != "" {
@@ -97,9 +104,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		ctlAddr = lis.Addr().String()
 		ctl = &http.Server{
-			Handler: sim.ControlHandler(func(want string) (*sim.Cluster, bool) {
-				return c, strings.EqualFold(want, c.ID())
-			}),
+			Handler:           fleet.Handler(),
 			ReadHeaderTimeout: 5 * time.Second,
 		}
 		go ctl.Serve(lis)

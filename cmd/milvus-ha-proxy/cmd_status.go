@@ -106,12 +106,11 @@ func printStatus(w io.Writer, v admin.View) {
 		head = append(head, "NOT READY: "+v.NotReadyReason)
 	}
 	fmt.Fprintln(w, strings.Join(head, " | "))
-	if v.FailingOver {
-		since := ""
-		if v.LeaderLostAt != nil {
-			since = " since " + v.LeaderLostAt.UTC().Format(time.RFC3339)
-		}
-		fmt.Fprintf(w, "FAILOVER UNDER WAY: leader lost%s; writes are held\n", since)
+	if b := banner(v); b != "" {
+		fmt.Fprintln(w, b)
+	}
+	for _, r := range v.SplitBrainRisk {
+		fmt.Fprintln(w, "SPLIT-BRAIN RISK: "+r)
 	}
 	fmt.Fprintln(w)
 
@@ -155,10 +154,13 @@ func printStatus(w io.Writer, v admin.View) {
 		notes = append(notes, line)
 	}
 	if lc := v.LastChange; lc != nil {
-		line := fmt.Sprintf("last change: %s %s -> %s at %s (epoch %d, %s, took %s)", lc.Kind, orDash(lc.From), lc.To,
+		line := fmt.Sprintf("last change: %s %s -> %s at %s (epoch %d, %s, took %s)", lc.Kind, orDash(lc.From), orDash(lc.To),
 			lc.At.UTC().Format(time.RFC3339), lc.Epoch, orDash(lc.Result), seconds(lc.TookSeconds))
 		if lc.Message != "" {
 			line += ": " + lc.Message
+		}
+		if len(lc.Steps) > 0 {
+			line += "; steps " + steps(lc.Steps)
 		}
 		notes = append(notes, line)
 	}
@@ -207,6 +209,72 @@ func printArbiter(w io.Writer, a *admin.ArbiterView) {
 			p.LastHeartbeat.UTC().Format("15:04:05.000"), d)
 	}
 	tw.Flush()
+}
+
+// banner names what stops writes, if anything: a change under way (with
+// its step), a stuck switchover, a lost leader, or a hold.
+func banner(v admin.View) string {
+	held := ""
+	if v.FailingOver {
+		held = "; writes are held"
+	}
+	if c := v.ChangeUnderWay; c != nil {
+		line := fmt.Sprintf("CHANGE UNDER WAY: %s %s -> %s", c.Kind, orDash(c.From), orDash(c.To))
+		if n := len(c.Steps); n > 0 {
+			st := c.Steps[n-1]
+			where := st.Name
+			if st.Cluster != "" {
+				where += " on " + st.Cluster
+			}
+			if st.Done {
+				line += ", after step " + where
+			} else {
+				line += ", step " + where
+				if st.Sent != "" {
+					line += " (sent " + st.Sent + ")"
+				}
+			}
+		}
+		return line + held
+	}
+	switch {
+	case v.FailingOver && v.Phase == "stuck":
+		line := "SWITCHOVER STUCK" + held
+		if lc := v.LastChange; lc != nil && lc.Message != "" {
+			line += ": " + lc.Message
+		}
+		return line + " (settled automatically after detect_after, or retry `switchover --to` / force `failover --to`)"
+	case v.FailingOver:
+		return "LEADER CHANGE UNDER WAY" + held
+	case v.LeaderLostAt != nil:
+		line := "LEADER LOST since " + v.LeaderLostAt.UTC().Format(time.RFC3339) + "; writes wait for a new leader"
+		if v.FailoverMode == "manual" {
+			line += " (failover.mode is manual: run `milvus-ha-proxy failover --to ID`)"
+		}
+		return line
+	}
+	return ""
+}
+
+// steps prints a change's steps in one line: name@cluster took.
+func steps(ss []admin.Step) string {
+	var out []string
+	for _, st := range ss {
+		s := st.Name
+		if st.Cluster != "" {
+			s += "@" + st.Cluster
+		}
+		if st.Done {
+			s += " " + seconds(st.TookSeconds)
+		} else {
+			s += " (running)"
+		}
+		if st.Error != "" {
+			s += " FAILED"
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, ", ")
 }
 
 func health(c admin.ClusterView) string {

@@ -163,11 +163,49 @@ func TestStatusNoLeader(t *testing.T) {
 	}
 	for _, want := range []string{
 		"leader none | epoch 1 | NOT READY: no leader: failover under way",
-		"FAILOVER UNDER WAY: leader lost since 2025-06-01T12:00:00Z; writes are held",
+		"LEADER CHANGE UNDER WAY; writes are held",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
+	}
+}
+
+// TestStatusBanner: the banner names the real state (a change under way
+// with its step, a stuck switchover, a lost leader) and a split-brain
+// risk; an unknown lag prints as unknown.
+func TestStatusBanner(t *testing.T) {
+	lost := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		v    admin.View
+		want []string
+	}{
+		{"change under way", admin.View{FailingOver: true, ChangeUnderWay: &admin.Change{Kind: "switchover", From: "a", To: "b",
+			Steps: []admin.Step{{Name: "hold", Cluster: "a", Done: true}, {Name: "demote", Cluster: "a", Sent: "UpdateReplicateConfiguration(clusters [a b])"}}}},
+			[]string{"CHANGE UNDER WAY: switchover a -> b, step demote on a (sent UpdateReplicateConfiguration(clusters [a b])); writes are held"}},
+		{"stuck", admin.View{FailingOver: true, Phase: "stuck", LastChange: &admin.Change{Kind: "switchover", From: "a", To: "b", Epoch: 2,
+			Result: "failed", Message: "stuck after the old leader demoted itself: timeout",
+			Steps: []admin.Step{{Name: "demote", Cluster: "a", Done: true, TookSeconds: 0.002}, {Name: "promote", Cluster: "b", Done: true, Error: "timeout"}}}},
+			[]string{"SWITCHOVER STUCK; writes are held: stuck after the old leader demoted itself: timeout", "(epoch 2, failed", "steps demote@a 2ms, promote@b 0s FAILED"}},
+		{"lost manual", admin.View{LeaderLostAt: &lost, FailoverMode: "manual", Leader: "a"},
+			[]string{"LEADER LOST since 2025-06-01T12:00:00Z; writes wait for a new leader (failover.mode is manual"}},
+		{"split brain", admin.View{Leader: "c", SplitBrainRisk: []string{"a was reachable but could not be demoted"}},
+			[]string{"SPLIT-BRAIN RISK: a was reachable but could not be demoted"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			printStatus(&b, tt.v)
+			for _, w := range tt.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("missing %q in\n%s", w, b.String())
+				}
+			}
+			if strings.Contains(b.String(), "FAILOVER UNDER WAY") {
+				t.Errorf("old banner in\n%s", b.String())
+			}
+		})
 	}
 }
 

@@ -3,7 +3,7 @@
 # comparison. Used by `make test-sdk` (mk/sdk.mk), which installs the
 # dependencies first; run it from anywhere.
 #
-#   test/sdk/run.sh [all|lite|selftest|sim|demo|liteproxy|compare|uri]...
+#   test/sdk/run.sh [all|lite|selftest|sim|demo|liteproxy|compare|uri|milvus]...
 #
 #   lite     every suite directly against a fresh Milvus Lite server
 #            (validates the suites against a server we did not write)
@@ -17,7 +17,12 @@
 #   selftest compare_lite.py against fake_proxy.py (tests the comparison)
 #   uri      every suite against $MILVUS_URI (an already running endpoint;
 #            SDK_BACKEND=lite when it is Milvus Lite or the proxy before one)
-#   all      lite, selftest, sim, demo, liteproxy and compare (default)
+#   milvus   every suite directly against a real Milvus 2.3.5 standalone
+#            server (PyPI `milvus`, started by test/milvus/launch.py), then
+#            through `milvus-ha-proxy serve` in front of it; steps that need
+#            Milvus >= 2.4 are skipped with the reason
+#   all      lite, selftest, sim, demo, liteproxy and compare (default;
+#            `make test` runs milvus separately, from mk/milvus.mk)
 #
 # A target whose proxy subcommand does not exist yet in this build is
 # reported as skipped; once it exists, every failure counts.
@@ -33,6 +38,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 SUITES="${SDK_SUITES:-python go node java}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/milvus-sdk.XXXXXX")"
 PIDS=()
+KILL_PGIDS=() # process groups stopped with SIGKILL (real Milvus servers)
 TOTAL_PASS=0
 TOTAL_FAIL=0
 TOTAL_SKIP=0
@@ -40,6 +46,10 @@ ROWS=()
 
 cleanup() {
 	local p
+	for p in "${KILL_PGIDS[@]:-}"; do
+		[ -n "$p" ] || continue
+		kill -KILL -- "-$p" 2>/dev/null
+	done
 	for p in "${PIDS[@]:-}"; do
 		[ -n "$p" ] || continue
 		kill "$p" 2>/dev/null
@@ -114,18 +124,18 @@ run_suite() {
 	TOTAL_PASS=$((TOTAL_PASS + p))
 	TOTAL_FAIL=$((TOTAL_FAIL + f))
 	TOTAL_SKIP=$((TOTAL_SKIP + s))
-	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "$sdk" "$(version_of "$sdk")" "$target" "$p" "$f" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+	ROWS+=("$(printf '%-9s %-28s %-11s %6s %6s %6s %7.1fs' "$sdk" "$(version_of "$sdk")" "$target" "$p" "$f" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
 }
 
 fail_target() { # target reason
 	echo "=== FAIL $1: $2"
-	ROWS+=("$(printf '%-9s %-28s %-8s %s' "-" "-" "$1" "FAILED: $2")")
+	ROWS+=("$(printf '%-9s %-28s %-11s %s' "-" "-" "$1" "FAILED: $2")")
 	TOTAL_FAIL=$((TOTAL_FAIL + 1))
 }
 
 skip_target() { # target reason
 	echo "=== SKIP $1: $2"
-	ROWS+=("$(printf '%-9s %-28s %-8s %s' "-" "-" "$1" "skipped: $2")")
+	ROWS+=("$(printf '%-9s %-28s %-11s %s' "-" "-" "$1" "skipped: $2")")
 }
 
 start_lite() { # name -> sets LITE_PORT
@@ -334,7 +344,124 @@ run_compare() { # label args...
 	fi
 	TOTAL_PASS=$((TOTAL_PASS + p))
 	TOTAL_FAIL=$((TOTAL_FAIL + f))
-	ROWS+=("$(printf '%-9s %-28s %-8s %6s %6s %6s %7.1fs' "$label" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+	ROWS+=("$(printf '%-9s %-28s %-11s %6s %6s %6s %7.1fs' "$label" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+}
+
+# start_milvus NAME -> sets MILVUS_PORT: a real Milvus 2.3.5 standalone
+# server on ports chosen at run time (test/milvus/launch.py), in its own
+# process group (setsid), stopped by cleanup with SIGKILL: after work it
+# panics or hangs on SIGTERM. launch.py also has the kernel kill it if this
+# script dies first.
+start_milvus() {
+	local name="$1" dir="$WORK/$1" info pid metrics t0
+	mkdir -p "$dir"
+	t0=$(date +%s.%N)
+	setsid "$PYTHON" test/milvus/launch.py --dir "$dir" >"$WORK/$name.log" 2>&1 &
+	pid=$!
+	KILL_PGIDS+=("$pid")
+	PIDS+=("$pid")
+	info="$dir/info.json"
+	for _ in $(seq 1 600); do
+		[ -s "$info" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [ ! -s "$info" ]; then
+		echo "launch.py $name wrote no $info:"
+		tail -20 "$WORK/$name.log"
+		return 1
+	fi
+	MILVUS_PORT="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$info")"
+	metrics="$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics_port"])' "$info")"
+	# Healthy = /healthz on the metrics port answers OK.
+	if ! "$PYTHON" -c '
+import sys, time, urllib.request
+deadline = time.time() + 120
+while time.time() < deadline:
+    try:
+        if b"OK" in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=2).read():
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+' "$metrics"; then
+		echo "Milvus $name did not become healthy; last log lines:"
+		tail -20 "$WORK/$name.log"
+		return 1
+	fi
+	echo "=== Milvus $("$PYTHON" -c 'import milvus; print(milvus.__version__)') standalone ($name) healthy on 127.0.0.1:$MILVUS_PORT after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s"
+}
+
+# milvus23_suite SDK TARGET URI: one suite against Milvus 2.3.5, directly
+# (TARGET milvus) or through the proxy (milvusproxy). Skipped, and why:
+#   hybrid_search       Milvus 2.3 has no HybridSearch RPC (added in 2.4)
+#   search_iterator     go, node: they need search iterator v2 (Milvus 2.5)
+#                       and have no v1 to fall back to (pymilvus, Java do)
+#   use_database        python: pymilvus's use_database calls
+#                       DescribeDatabase, which Milvus 2.3 lacks (the
+#                       suite then runs in the default database)
+#   aliases             go, node, java: Milvus 2.3.5's ListAliases ignores
+#                       the request's database, and these suites work in a
+#                       database of their own
+# Directly only (through the proxy it must pass, it is the point):
+#   session_read_your_writes  go, node: Session reads carry guarantee
+#                       timestamp 0, which Milvus takes as "no wait", so
+#                       the client misses its own fresh writes; with
+#                       SDK_SESSION_GT0_STALE the step still writes its row
+#                       and reports a miss as skipped
+# SDK_BACKEND=milvus23 leaves the DescribeDatabase check out of Node's
+# errors step.
+milvus23_suite() {
+	local sdk="$1" target="$2" skip="hybrid_search" stale=""
+	case "$sdk" in
+	python) skip="$skip,use_database" ;;
+	java) skip="$skip,aliases" ;;
+	go | node) skip="$skip,search_iterator,aliases" ;;
+	esac
+	if [ "$target" = milvus ]; then
+		case "$sdk" in
+		go) stale=1 ;;
+		node) stale=1 ;;
+		esac
+	fi
+	run_suite "$sdk" "$target" "$3" SDK_BACKEND=milvus23 SDK_SKIP="$skip" SDK_SESSION_GT0_STALE="$stale"
+}
+
+# milvus: every suite directly against a real Milvus 2.3.5, then through
+# `milvus-ha-proxy serve` (static discovery, one leader) in front of the
+# same server.
+target_milvus() {
+	if ! "$PYTHON" -c 'import milvus' 2>/dev/null; then
+		fail_target milvus "$PYTHON has no milvus package (pip install -r requirements.txt)"
+		return
+	fi
+	start_milvus milvus || { fail_target milvus "Milvus did not start"; return; }
+	local sdk port admin
+	echo "=== milvus: skipped against Milvus 2.3.5 (details: milvus23_suite in test/sdk/run.sh):"
+	echo "    hybrid_search (no HybridSearch RPC before 2.4); search_iterator for go, node (no iterator v2, no v1 fallback);"
+	echo "    use_database for python (needs DescribeDatabase); aliases for go, node, java (2.3.5 ListAliases ignores the database);"
+	echo "    directly only: session_read_your_writes for go, node when the read misses (guarantee timestamp 0)"
+	for sdk in $SUITES; do
+		milvus23_suite "$sdk" milvus "http://127.0.0.1:$MILVUS_PORT"
+	done
+	build_proxy || { fail_target milvusproxy "go build ./cmd/milvus-ha-proxy failed"; return; }
+	port="$(free_port)"
+	admin="$(free_port)"
+	printf '%s\n' "listen: 127.0.0.1:$port" "admin_listen: 127.0.0.1:$admin" "discovery: static" \
+		"clusters:" "  - id: a" "    uri: 127.0.0.1:$MILVUS_PORT" "    role: leader" \
+		"failover:" "  mode: manual" >"$WORK/milvusproxy.yaml"
+	"$WORK/milvus-ha-proxy" serve --config "$WORK/milvusproxy.yaml" >"$WORK/milvusproxy.log" 2>&1 &
+	PIDS+=($!)
+	if ! wait_port 127.0.0.1 "$port" 60; then
+		echo "serve did not start:"
+		cat "$WORK/milvusproxy.log"
+		fail_target milvusproxy "serve did not start"
+		return
+	fi
+	for sdk in $SUITES; do
+		milvus23_suite "$sdk" milvusproxy "http://127.0.0.1:$port"
+	done
 }
 
 target_uri() {
@@ -361,12 +488,13 @@ for t in "${TARGETS[@]}"; do
 	demo) target_demo demo ;;
 	compare) target_compare compare ;;
 	uri) target_uri ;;
-	*) echo "unknown target $t (want all|lite|selftest|sim|demo|liteproxy|compare|uri)" >&2; exit 2 ;;
+	milvus) target_milvus ;;
+	*) echo "unknown target $t (want all|lite|selftest|sim|demo|liteproxy|compare|uri|milvus)" >&2; exit 2 ;;
 	esac
 done
 
 echo
-printf '%-9s %-28s %-8s %6s %6s %6s %8s\n' SDK version target passed failed skip time
+printf '%-9s %-28s %-11s %6s %6s %6s %8s\n' SDK version target passed failed skip time
 for r in "${ROWS[@]:-}"; do echo "$r"; done
 echo
 echo "sdk: $TOTAL_PASS passed, $TOTAL_FAIL failed, $TOTAL_SKIP skipped"

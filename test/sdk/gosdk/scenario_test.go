@@ -275,6 +275,9 @@ func (s *scenario) steps() []struct {
 			if err != nil {
 				return err
 			}
+			if rs.ResultCount == 0 && staleSessionAllowed() {
+				return s.staleSession(ctx, "query")
+			}
 			if err := want(rs.ResultCount == 1, "session read: %d rows", rs.ResultCount); err != nil {
 				return err
 			}
@@ -288,6 +291,9 @@ func (s *scenario) steps() []struct {
 			ids, _, err := s.searchTop(ctx, sessionID, entity.ClSession)
 			if err != nil {
 				return err
+			}
+			if (len(ids) == 0 || ids[0] != sessionID) && staleSessionAllowed() {
+				return s.staleSession(ctx, "search")
 			}
 			return want(len(ids) > 0 && ids[0] == sessionID, "session search top %v", ids)
 		}},
@@ -819,15 +825,22 @@ func TestScenario(t *testing.T) {
 		// Each step is a subtest, so `go test -v` lists them; a failure
 		// marks that subtest and the run goes on, like the other suites.
 		var err error
+		var skip skipStep
 		t.Run(st.name, func(t *testing.T) {
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
 			err = st.fn(sctx)
+			if errors.As(err, &skip) {
+				t.Skip(skip.reason)
+			}
 			if err != nil {
 				t.Error(err)
 			}
 		})
-		if err != nil {
+		if errors.As(err, &skip) {
+			skipped++
+			fmt.Printf("SKIP %s: %s\n", st.name, skip.reason)
+		} else if err != nil {
 			failed++
 			fmt.Printf("FAIL %s (%.2fs): %v\n", st.name, time.Since(s0).Seconds(), err)
 		} else {
@@ -844,4 +857,38 @@ func TestScenario(t *testing.T) {
 		summary += fmt.Sprintf(", %d skipped", skipped)
 	}
 	fmt.Println(summary)
+}
+
+// skipStep is returned by a step that found the backend cannot do what it
+// checks, in a way the run was told to expect; it is reported as skipped
+// with the reason.
+type skipStep struct{ reason string }
+
+func (e skipStep) Error() string { return "skipped: " + e.reason }
+
+// staleSessionAllowed: SDK_SESSION_GT0_STALE is set when the suite runs
+// directly against real Milvus. This SDK sends Session reads with guarantee
+// timestamp 0, which Milvus serves without waiting for anything (see
+// test/sdk/SDK_NOTES.md), so the client may miss its own fresh write there;
+// through milvus-ha-proxy it must not, and the variable is not set.
+func staleSessionAllowed() bool { return os.Getenv("SDK_SESSION_GT0_STALE") != "" }
+
+// staleSession waits (Strong reads) until the session row is visible, so
+// the later steps' counts hold, and reports the step as skipped.
+func (s *scenario) staleSession(ctx context.Context, what string) error {
+	for {
+		rs, err := s.c.Query(ctx, milvusclient.NewQueryOption(s.coll).WithFilter(fmt.Sprintf("id == %d", sessionID)).
+			WithOutputFields("id").WithConsistencyLevel(entity.ClStrong))
+		if err != nil {
+			return err
+		}
+		if rs.ResultCount == 1 {
+			return skipStep{"the Session " + what + " (guarantee timestamp 0) missed the client's own write; Milvus does not wait on 0"}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("session row never became visible to a Strong query: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -5,7 +5,8 @@
 // step and a closing `N passed, N failed`; exits 1 on any failure.
 //
 // Environment: MILVUS_URI (default http://127.0.0.1:19530), MILVUS_TOKEN,
-// SDK_RUN_ID (name suffix, default random), SDK_SKIP (comma-separated steps).
+// SDK_RUN_ID (name suffix, default random), SDK_SKIP (comma-separated steps),
+// SDK_BACKEND (milvus23: leave out the checks that need DescribeDatabase).
 'use strict';
 
 const {
@@ -44,6 +45,36 @@ function row(i) {
 }
 
 class StepFailed extends Error {}
+// StepSkipped: the backend cannot do what the step checks, in a way the run
+// was told to expect (reported as SKIP with the reason).
+class StepSkipped extends Error {}
+
+// SDK_SESSION_GT0_STALE is set when the suite runs directly against real
+// Milvus: this SDK sends Session reads with guarantee timestamp 0, which
+// Milvus serves without waiting, so the client may miss its own fresh write
+// (test/sdk/SDK_NOTES.md). Through milvus-ha-proxy it must not.
+const staleSessionAllowed = !!process.env.SDK_SESSION_GT0_STALE;
+
+// staleSession waits (Strong queries) until the session row is visible, so
+// the later steps' counts hold, then reports the step as skipped.
+async function staleSession(what) {
+  for (let i = 0; i < 300; i++) {
+    const q = ok(
+      await client.query({
+        collection_name: coll,
+        filter: `id == ${SESSION_ID}`,
+        output_fields: ['id'],
+        consistency_level: ConsistencyLevelEnum.Strong,
+      }),
+      'query'
+    );
+    if (q.data.length === 1) {
+      throw new StepSkipped(`the Session ${what} (guarantee timestamp 0) missed the client's own write; Milvus does not wait on 0`);
+    }
+    await new Promise(r => setTimeout(r, 100));
+  }
+  throw new StepFailed('session row never became visible to a Strong query');
+}
 
 function check(cond, msg) {
   if (!cond) throw new StepFailed(msg);
@@ -189,9 +220,11 @@ const steps = {
       }),
       'query'
     );
+    if (q.data.length === 0 && staleSessionAllowed) await staleSession('query');
     check(q.data.length === 1 && q.data[0].title === `title-${SESSION_ID}`, `session read ${JSON.stringify(q.data)}`);
     const s = await searchTop(vector(SESSION_ID), ConsistencyLevelEnum.Session);
-    check(String(s[0].id) === String(SESSION_ID), `session search top ${JSON.stringify(s[0])}`);
+    if ((!s.length || String(s[0].id) !== String(SESSION_ID)) && staleSessionAllowed) await staleSession('search');
+    check(s.length > 0 && String(s[0].id) === String(SESSION_ID), `session search top ${JSON.stringify(s[0])}`);
   },
 
   async search_filter_output() {
@@ -409,9 +442,13 @@ const steps = {
     const res = {
       search_missing_collection: await client.search({ collection_name: 'no_such_collection', data: [vector(1)], limit: 1 }).catch(e => ({ status: { code: -1, reason: String(e) } })),
       query_bad_expr: await client.query({ collection_name: coll, filter: 'n >>> 3', output_fields: ['id'] }).catch(e => ({ status: { code: -1, reason: String(e) } })),
-      describe_missing_database: await client.describeDatabase({ db_name: 'no_such_db_xyz' }).catch(e => ({ status: { code: -1, reason: String(e) } })),
       describe_missing_collection: await client.describeCollection({ collection_name: 'no_such_coll' }).catch(e => ({ status: { code: -1, reason: String(e) } })),
     };
+    // Milvus 2.3 has no DescribeDatabase (SDK_BACKEND=milvus23): the SDK
+    // then returns no status at all, which is not the error asked about.
+    if (process.env.SDK_BACKEND !== 'milvus23') {
+      res.describe_missing_database = await client.describeDatabase({ db_name: 'no_such_db_xyz' }).catch(e => ({ status: { code: -1, reason: String(e) } }));
+    }
     const missing = Object.entries(res).filter(([, r]) => !failed(r)).map(([k]) => k);
     check(missing.length === 0, `no error for ${missing}`);
   },
@@ -483,6 +520,11 @@ async function main() {
       passed++;
       console.log(`PASS ${name} (${((Date.now() - s0) / 1000).toFixed(2)}s)`);
     } catch (e) {
+      if (e instanceof StepSkipped) {
+        skipped++;
+        console.log(`SKIP ${name}: ${e.message}`);
+        continue;
+      }
       failedN++;
       const msg = e instanceof StepFailed ? e.message : `${e && e.name}: ${e && e.message}`;
       console.log(`FAIL ${name} (${((Date.now() - s0) / 1000).toFixed(2)}s): ${msg}`);

@@ -1,0 +1,216 @@
+package abuse
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+)
+
+// Search parameters the backend understands, so that a probe can ask for
+// what real Milvus produces under load: a large answer (a wide output
+// field) or a slow one.
+const (
+	paramRespBytes = "abuse_response_bytes" // answer with this many bytes of ids
+	paramDelay     = "abuse_delay"          // answer after this duration (Go syntax)
+)
+
+// backend is a minimal Milvus: enough of MilvusService for the proxy's
+// static discovery (CheckHealth), its collection cache
+// (DescribeCollection) and the calls the bystander and the probes make
+// (Search, Query, Insert). Anything else answers Unimplemented and is
+// counted, so that a test can tell when the proxy starts to need more.
+type backend struct {
+	milvuspb.UnimplementedMilvusServiceServer
+
+	addr string
+	srv  *grpc.Server
+	ts   atomic.Uint64 // last hybrid timestamp handed out
+
+	mu      sync.Mutex
+	calls   map[string]int // method -> calls that reached the backend
+	errs    map[string]int // method -> calls the backend failed (gRPC error)
+	unknown map[string]int // methods the backend does not implement
+}
+
+// startBackend serves a backend on 127.0.0.1 until the test ends. Its
+// keepalive enforcement is Milvus's (pings every 5 s permitted, with or
+// without calls) and its message limits are Milvus's server defaults, so
+// that the proxy meets the limits it meets in production.
+func startBackend(t testing.TB) *backend {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{
+		addr:    lis.Addr().String(),
+		calls:   map[string]int{},
+		errs:    map[string]int{},
+		unknown: map[string]int{},
+	}
+	b.srv = grpc.NewServer(
+		grpc.MaxRecvMsgSize(256<<20),
+		grpc.MaxSendMsgSize(256<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(b.count),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			m, _ := grpc.MethodFromServerStream(ss)
+			b.mu.Lock()
+			b.unknown[m]++
+			b.mu.Unlock()
+			return status.Errorf(codes.Unimplemented, "backend: %s is not implemented", m)
+		}),
+	)
+	milvuspb.RegisterMilvusServiceServer(b.srv, b)
+	go func() { _ = b.srv.Serve(lis) }()
+	t.Cleanup(b.srv.Stop)
+	return b
+}
+
+// count records every call that reached the backend, and the ones it
+// failed; grpc-go calls it only after the request decoded, so a request
+// it cannot decode is counted by the error it returns, under "decode".
+func (b *backend) count(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	name := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+	resp, err := h(ctx, req)
+	b.mu.Lock()
+	b.calls[name]++
+	if err != nil {
+		b.errs[name]++
+	}
+	b.mu.Unlock()
+	return resp, err
+}
+
+// stats returns copies of the call counters.
+func (b *backend) stats() (calls, errs, unknown map[string]int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cp := func(m map[string]int) map[string]int {
+		out := make(map[string]int, len(m))
+		for k, v := range m {
+			out[k] = v
+		}
+		return out
+	}
+	return cp(b.calls), cp(b.errs), cp(b.unknown)
+}
+
+// now returns a fresh hybrid timestamp (physical ms << 18), strictly
+// increasing, as Milvus's TSO does.
+func (b *backend) now() uint64 {
+	for {
+		last := b.ts.Load()
+		ts := uint64(time.Now().UnixMilli()) << 18
+		if ts <= last {
+			ts = last + 1
+		}
+		if b.ts.CompareAndSwap(last, ts) {
+			return ts
+		}
+	}
+}
+
+var okStatus = &commonpb.Status{ErrorCode: commonpb.ErrorCode_Success}
+
+func (b *backend) CheckHealth(context.Context, *milvuspb.CheckHealthRequest) (*milvuspb.CheckHealthResponse, error) {
+	return &milvuspb.CheckHealthResponse{Status: okStatus, IsHealthy: true}, nil
+}
+
+func (b *backend) AllocTimestamp(context.Context, *milvuspb.AllocTimestampRequest) (*milvuspb.AllocTimestampResponse, error) {
+	return &milvuspb.AllocTimestampResponse{Status: okStatus, Timestamp: b.now()}, nil
+}
+
+// GetReplicateConfiguration answers as a Milvus that takes part in no
+// replication.
+func (b *backend) GetReplicateConfiguration(context.Context, *milvuspb.GetReplicateConfigurationRequest) (*milvuspb.GetReplicateConfigurationResponse, error) {
+	return &milvuspb.GetReplicateConfigurationResponse{Status: okStatus, Configuration: &commonpb.ReplicateConfiguration{}}, nil
+}
+
+func (b *backend) DescribeCollection(_ context.Context, req *milvuspb.DescribeCollectionRequest) (*milvuspb.DescribeCollectionResponse, error) {
+	return &milvuspb.DescribeCollectionResponse{
+		Status:       okStatus,
+		CollectionID: 1,
+		Schema: &schemapb.CollectionSchema{
+			Name: req.GetCollectionName(),
+			Fields: []*schemapb.FieldSchema{
+				{FieldID: 100, Name: "id", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
+				{FieldID: 101, Name: "vec", DataType: schemapb.DataType_FloatVector,
+					TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "4"}}},
+			},
+		},
+		CollectionName:       req.GetCollectionName(),
+		DbName:               req.GetDbName(),
+		ShardsNum:            1,
+		VirtualChannelNames:  []string{"by-rootcoord-dml_0_1v0"},
+		PhysicalChannelNames: []string{"by-rootcoord-dml_0"},
+		ConsistencyLevel:     commonpb.ConsistencyLevel_Bounded,
+		CreatedTimestamp:     1 << 18,
+	}, nil
+}
+
+func (b *backend) Search(ctx context.Context, req *milvuspb.SearchRequest) (*milvuspb.SearchResults, error) {
+	n, delay := 0, time.Duration(0)
+	for _, kv := range req.GetSearchParams() {
+		switch kv.GetKey() {
+		case paramRespBytes:
+			n, _ = strconv.Atoi(kv.GetValue())
+		case paramDelay:
+			delay, _ = time.ParseDuration(kv.GetValue())
+		}
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	ids := []string{"1", "2", "3"}
+	if n > 0 {
+		ids = []string{strings.Repeat("x", n)}
+	}
+	return &milvuspb.SearchResults{
+		Status:         okStatus,
+		CollectionName: req.GetCollectionName(),
+		SessionTs:      b.now(),
+		Results: &schemapb.SearchResultData{
+			NumQueries: 1,
+			TopK:       int64(len(ids)),
+			Topks:      []int64{int64(len(ids))},
+			Scores:     make([]float32, len(ids)),
+			Ids:        &schemapb.IDs{IdField: &schemapb.IDs_StrId{StrId: &schemapb.StringArray{Data: ids}}},
+		},
+	}, nil
+}
+
+func (b *backend) Query(_ context.Context, req *milvuspb.QueryRequest) (*milvuspb.QueryResults, error) {
+	return &milvuspb.QueryResults{Status: okStatus, CollectionName: req.GetCollectionName()}, nil
+}
+
+func (b *backend) Insert(_ context.Context, req *milvuspb.InsertRequest) (*milvuspb.MutationResult, error) {
+	n := req.GetNumRows()
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = int64(i)
+	}
+	return &milvuspb.MutationResult{
+		Status:    okStatus,
+		IDs:       &schemapb.IDs{IdField: &schemapb.IDs_IntId{IntId: &schemapb.LongArray{Data: ids}}},
+		InsertCnt: int64(n),
+		Timestamp: b.now(),
+	}, nil
+}

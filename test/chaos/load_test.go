@@ -1,0 +1,493 @@
+package chaos_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+const collName = "chaos"
+
+type opKind int
+
+const (
+	opInsert  opKind = iota // a new key, written once
+	opUpsert                // a shared register
+	opSession               // Session read of the worker's own last insert
+	opStrong                // Strong read of a shared register
+)
+
+func (k opKind) String() string {
+	return [...]string{"insert", "upsert", "session-read", "strong-read"}[k]
+}
+
+type outcome int
+
+const (
+	acked  outcome = iota // the call succeeded
+	failed                // it failed
+)
+
+// op is one call in the history.
+type op struct {
+	worker  int
+	kind    opKind
+	pk      int64
+	val     int64 // written value, or the value read (0: no row)
+	found   bool
+	rows    int
+	out     outcome
+	err     error
+	ts      uint64 // MutationResult.timestamp of a write
+	cluster string // x-milvus-ha-cluster
+	start   time.Time
+	end     time.Time
+}
+
+// client is a raw Milvus client: one gRPC connection, one proxy session.
+type client struct {
+	rpc  milvuspb.MilvusServiceClient
+	conn *grpc.ClientConn
+}
+
+func dial(t testing.TB, addr string) *client {
+	t.Helper()
+	// Reconnect quickly after a restart of what is behind addr (grpc's
+	// default backoff grows to two minutes).
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: 2 * time.Second,
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &client{rpc: milvuspb.NewMilvusServiceClient(conn), conn: conn}
+}
+
+func statusErr(st *commonpb.Status, err error) error {
+	if err != nil {
+		return err
+	}
+	if st.GetCode() != 0 || st.GetErrorCode() != commonpb.ErrorCode_Success {
+		return fmt.Errorf("milvus error %d: %s", st.GetCode(), st.GetReason())
+	}
+	return nil
+}
+
+// rowsRequest builds the fields of an insert or upsert.
+func rowsRequest(pks, vals []int64) (fields []*schemapb.FieldData, n uint32) {
+	vec := make([]float32, 0, 2*len(pks))
+	for _, pk := range pks {
+		vec = append(vec, float32(pk%1000), 1)
+	}
+	return []*schemapb.FieldData{
+		{FieldName: "pk", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
+			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: pks}}}}},
+		{FieldName: "val", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
+			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: vals}}}}},
+		{FieldName: "v", Type: schemapb.DataType_FloatVector, Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{
+			Dim: 2, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vec}}}}},
+	}, uint32(len(pks))
+}
+
+// insert writes one row and returns the cluster that took it (from the
+// x-milvus-ha-cluster header when the call went through the proxy).
+func (c *client) insert(ctx context.Context, pk, val int64) (ts uint64, cluster string, err error) {
+	var hdr metadata.MD
+	fields, n := rowsRequest([]int64{pk}, []int64{val})
+	res, err := c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
+	return res.GetTimestamp(), first(hdr.Get("x-milvus-ha-cluster")), statusErr(res.GetStatus(), err)
+}
+
+type row struct{ pk, val int64 }
+
+// query reads the given primary keys at a consistency level.
+func (c *client) query(ctx context.Context, level commonpb.ConsistencyLevel, guarantee uint64, opts []grpc.CallOption, pks ...int64) ([]row, error) {
+	var b strings.Builder
+	b.WriteString("pk in [")
+	for i, pk := range pks {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(pk, 10))
+	}
+	b.WriteByte(']')
+	res, err := c.rpc.Query(ctx, &milvuspb.QueryRequest{CollectionName: collName, Expr: b.String(),
+		OutputFields: []string{"pk", "val"}, ConsistencyLevel: level, GuaranteeTimestamp: guarantee}, opts...)
+	if err := statusErr(res.GetStatus(), err); err != nil {
+		return nil, err
+	}
+	var pkCol, valCol []int64
+	for _, f := range res.GetFieldsData() {
+		switch f.GetFieldName() {
+		case "pk":
+			pkCol = f.GetScalars().GetLongData().GetData()
+		case "val":
+			valCol = f.GetScalars().GetLongData().GetData()
+		}
+	}
+	out := make([]row, len(pkCol))
+	for i := range pkCol {
+		out[i].pk = pkCol[i]
+		if i < len(valCol) {
+			out[i].val = valCol[i]
+		}
+	}
+	return out, nil
+}
+
+// presence asks a cluster which of pks it holds, and how often, at the
+// given level.
+func (c *client) presence(level commonpb.ConsistencyLevel, pks []int64) (map[int64]int, error) {
+	out := map[int64]int{}
+	for i := 0; i < len(pks); i += 500 {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		rows, err := c.query(ctx, level, 0, nil, pks[i:min(i+500, len(pks))]...)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			out[r.pk]++
+		}
+	}
+	return out, nil
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// load is the steady mixed load through the proxy and its history.
+type load struct {
+	registers int
+	pace      time.Duration
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	mu  sync.Mutex
+	ops []op
+}
+
+func startLoad(t testing.TB, addr string, workers, registers int, seed uint64) *load {
+	l := &load{registers: registers, pace: 5 * time.Millisecond}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	for w := range workers {
+		c := dial(t, addr)
+		l.wg.Go(func() { l.worker(w, c, rand.New(rand.NewPCG(seed, uint64(w)))) })
+	}
+	return l
+}
+
+// stop ends the load after the calls in flight and returns the history.
+func (l *load) stop() []op {
+	l.cancel()
+	l.wg.Wait()
+	return l.snapshot()
+}
+
+func (l *load) snapshot() []op {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.ops)
+}
+
+func (l *load) record(o op) {
+	l.mu.Lock()
+	l.ops = append(l.ops, o)
+	l.mu.Unlock()
+}
+
+func (l *load) worker(w int, c *client, rng *rand.Rand) {
+	var seq int64
+	for l.ctx.Err() == nil {
+		seq++
+		if l.registers > 0 && rng.IntN(3) == 0 {
+			k := int64(rng.IntN(l.registers)) + 1
+			if rng.IntN(2) == 0 {
+				l.record(l.write(c, w, opUpsert, k, int64(w+1)<<32|seq))
+			} else {
+				l.record(l.read(c, w, opStrong, k, 0))
+			}
+		} else {
+			pk := int64(w+1)*1_000_000_000 + seq
+			ins := l.write(c, w, opInsert, pk, pk)
+			l.record(ins)
+			if ins.out == acked {
+				l.record(l.read(c, w, opSession, pk, ins.ts))
+			}
+		}
+		time.Sleep(l.pace)
+	}
+}
+
+// callCtx is independent of the load's context: calls in flight when the
+// load stops finish normally. Its bound is above write_hold.
+func callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 20*time.Second)
+}
+
+func (l *load) write(c *client, w int, kind opKind, pk, val int64) op {
+	o := op{worker: w, kind: kind, pk: pk, val: val, start: time.Now()}
+	ctx, cancel := callCtx()
+	defer cancel()
+	var hdr metadata.MD
+	fields, n := rowsRequest([]int64{pk}, []int64{val})
+	var res *milvuspb.MutationResult
+	var err error
+	if kind == opInsert {
+		res, err = c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
+	} else {
+		res, err = c.rpc.Upsert(ctx, &milvuspb.UpsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
+	}
+	o.end = time.Now()
+	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.ts = res.GetTimestamp()
+	if o.err = statusErr(res.GetStatus(), err); o.err != nil {
+		o.out = failed
+	}
+	return o
+}
+
+func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) op {
+	o := op{worker: w, kind: kind, pk: pk, start: time.Now()}
+	ctx, cancel := callCtx()
+	defer cancel()
+	level := commonpb.ConsistencyLevel_Session
+	if kind == opStrong {
+		level = commonpb.ConsistencyLevel_Strong
+	}
+	var hdr metadata.MD
+	rows, err := c.query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
+	o.end = time.Now()
+	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	if err != nil {
+		o.out, o.err = failed, err
+		return o
+	}
+	o.rows = len(rows)
+	for _, r := range rows {
+		if r.pk == pk {
+			o.found, o.val = true, r.val
+		}
+	}
+	return o
+}
+
+var (
+	digits  = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
+	addrish = regexp.MustCompile(`N(\.N)*:N`)
+)
+
+// errorKind groups an error by its gRPC code and its message with numbers
+// and addresses blanked out.
+func errorKind(err error) string {
+	s, _ := status.FromError(err)
+	msg := s.Message()
+	if s.Code() == codes.OK || s.Code() == codes.Unknown {
+		msg = err.Error()
+	}
+	msg = addrish.ReplaceAllString(digits.ReplaceAllString(msg, "N"), "ADDR")
+	if len(msg) > 110 {
+		msg = msg[:110] + "…"
+	}
+	return s.Code().String() + ": " + msg
+}
+
+// errorTable counts the failed calls by operation and error kind.
+func errorTable(ops []op) (int, string) {
+	n := map[string]int{}
+	total := 0
+	for _, o := range ops {
+		if o.out == failed {
+			n[o.kind.String()+" "+errorKind(o.err)]++
+			total++
+		}
+	}
+	keys := make([]string, 0, len(n))
+	for k := range n {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return n[keys[i]] > n[keys[j]] || n[keys[i]] == n[keys[j]] && keys[i] < keys[j] })
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %6d  %s\n", n[k], k)
+	}
+	return total, b.String()
+}
+
+// summary counts a history by kind and outcome.
+func summary(ops []op) string {
+	type key struct {
+		k opKind
+		o outcome
+	}
+	n := map[key]int{}
+	for _, o := range ops {
+		n[key{o.kind, o.out}]++
+	}
+	var parts []string
+	for k := opInsert; k <= opStrong; k++ {
+		parts = append(parts, fmt.Sprintf("%s %d ok/%d failed", k, n[key{k, acked}], n[key{k, failed}]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// window is a stretch of time in which a lossy change took place: from
+// just before its first step to the moment exactly one writable leader was
+// confirmed again.
+type window struct{ from, to time.Time }
+
+// checkSession: a Session read sees the worker's own acknowledged insert,
+// unless that insert was put at risk by a lossy change; a read never
+// returns a value nobody wrote or a key twice.
+func checkSession(t testing.TB, ops []op, atRisk map[int64]bool) int {
+	t.Helper()
+	bad := 0
+	for _, o := range ops {
+		if o.kind != opSession || o.out != acked {
+			continue
+		}
+		if !o.found && !atRisk[o.pk] {
+			bad++
+			if bad <= 5 {
+				t.Errorf("Session read of the worker's own acknowledged insert %d missed it (served by %s at %s)",
+					o.pk, o.cluster, o.start.Format("15:04:05.000"))
+			}
+		}
+		if o.found && o.val != o.pk {
+			t.Errorf("Session read of %d returned value %d, never written", o.pk, o.val)
+		}
+		if o.rows > 1 {
+			t.Errorf("Session read of %d returned %d rows: a write applied twice", o.pk, o.rows)
+		}
+	}
+	return bad
+}
+
+// registerInput is a register operation for porcupine.
+type registerInput struct {
+	write bool
+	key   int64
+	val   int64
+}
+
+// unknownValue is the state of a register right after a lossy change: any
+// acknowledged write may have been lost, so the first read there tells
+// what survived.
+const unknownValue = int64(-1)
+
+// checkLinearizable checks the shared registers' upserts and Strong reads
+// with porcupine, one segment between lossy windows at a time: a forced
+// promotion may drop acknowledged writes, so a segment after one starts
+// from an unknown value. Calls overlapping a lossy window count as
+// possibly applied (writes) or say nothing (reads).
+func checkLinearizable(t testing.TB, ops []op, lossy []window) (checked int, inconclusive bool) {
+	t.Helper()
+	if len(ops) == 0 {
+		return 0, false
+	}
+	type seg struct{ from, to time.Time }
+	segs := []seg{{from: ops[0].start}}
+	for _, o := range ops {
+		if o.start.Before(segs[0].from) {
+			segs[0].from = o.start
+		}
+	}
+	for _, w := range lossy {
+		segs[len(segs)-1].to = w.from
+		segs = append(segs, seg{from: w.to})
+	}
+	segs[len(segs)-1].to = time.Now().Add(time.Hour)
+	model := porcupine.Model{
+		Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
+			by := map[int64][]porcupine.Operation{}
+			for _, o := range h {
+				k := o.Input.(registerInput).key
+				by[k] = append(by[k], o)
+			}
+			var out [][]porcupine.Operation
+			for _, p := range by {
+				out = append(out, p)
+			}
+			return out
+		},
+		Step: func(state, input, output any) (bool, any) {
+			in := input.(registerInput)
+			if in.write {
+				return true, in.val
+			}
+			if state.(int64) == unknownValue {
+				return true, output
+			}
+			return output.(int64) == state.(int64), state
+		},
+		Equal: func(a, b any) bool { return a == b },
+	}
+	for i, s := range segs {
+		var hist []porcupine.Operation
+		t0 := s.from
+		for _, o := range ops {
+			if o.kind != opUpsert && o.kind != opStrong {
+				continue
+			}
+			if !o.end.After(s.from) || !o.start.Before(s.to) {
+				continue // entirely outside the segment
+			}
+			inside := !o.start.Before(s.from) && !o.end.After(s.to)
+			call := max(o.start.Sub(t0).Nanoseconds(), 0)
+			ret := o.end.Sub(t0).Nanoseconds()
+			switch {
+			case o.kind == opUpsert && (o.out != acked || !inside):
+				// May or may not have taken effect, any time after its call.
+				ret = 1 << 62
+			case o.kind == opStrong && (o.out != acked || !inside):
+				continue
+			}
+			hist = append(hist, porcupine.Operation{ClientId: o.worker,
+				Input:  registerInput{write: o.kind == opUpsert, key: o.pk, val: o.val},
+				Call:   call,
+				Output: o.val, Return: ret})
+		}
+		init := int64(0)
+		if i > 0 {
+			init = unknownValue
+		}
+		model.Init = func() any { return init }
+		checked += len(hist)
+		switch porcupine.CheckOperationsTimeout(model, hist, 30*time.Second) {
+		case porcupine.Ok:
+		case porcupine.Unknown:
+			inconclusive = true
+		default:
+			t.Errorf("the shared registers' Strong history is not linearizable in segment %d (%s to %s, %d operations)",
+				i, s.from.Format("15:04:05.000"), s.to.Format("15:04:05.000"), len(hist))
+		}
+	}
+	return checked, inconclusive
+}

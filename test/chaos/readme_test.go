@@ -1,0 +1,96 @@
+package chaos_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// readmeBlocks returns the ```sh blocks of the README section with the
+// given heading.
+func readmeBlocks(t *testing.T, heading string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "\n"+heading+"\n")
+	if start < 0 {
+		t.Fatalf("README.md has no %q section", heading)
+	}
+	section := text[start+1:]
+	if end := strings.Index(section[len(heading):], "\n## "); end >= 0 {
+		section = section[:len(heading)+end]
+	}
+	var blocks []string
+	for _, m := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		blocks = append(blocks, m[1])
+	}
+	if len(blocks) == 0 {
+		t.Fatalf("README %q has no sh blocks", heading)
+	}
+	return blocks
+}
+
+// TestReadmeTryAFailover runs the README's "Try a failover" commands, as
+// written, against the built binary's demo. The demo listens on ports
+// chosen at run time; the commands' default addresses are rewritten to
+// them, and `go run ./cmd/milvus-ha-proxy` to the built binary.
+func TestReadmeTryAFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo and a 12 s benchmark")
+	}
+	blocks := readmeBlocks(t, "## Try a failover")
+	demo := newProc(t, "demo", filepath.Join(t.TempDir(), "demo.log"))
+	got, err := demo.start([]string{"demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-level", "warn"},
+		"milvus-ha-proxy listening on ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer demo.signal(syscall.SIGTERM)
+	grpcAddr, adminAddr, ok := strings.Cut(got[0], " (gRPC), admin on http://")
+	if !ok {
+		t.Fatalf("demo announced %q", got[0])
+	}
+	rewrite := strings.NewReplacer(
+		"127.0.0.1:19530", grpcAddr,
+		"127.0.0.1:9091", adminAddr,
+		"go run ./cmd/milvus-ha-proxy status", binary+" status --admin http://"+adminAddr,
+		"go run ./cmd/milvus-ha-proxy switchover", binary+" switchover --admin http://"+adminAddr,
+		"go run ./cmd/milvus-ha-proxy failover", binary+" failover --admin http://"+adminAddr,
+		"go run ./cmd/milvus-ha-proxy attach", binary+" attach --admin http://"+adminAddr,
+		"go run ./cmd/milvus-ha-proxy", binary,
+	)
+	// What each block must print, besides exiting 0: what the README
+	// says the reader will see.
+	want := [][]string{
+		{"errors: none", "leader change at", ": a -> "},
+		{"a is down", "a is QUARANTINED", "never replicated"},
+	}
+	if len(blocks) != len(want) {
+		t.Fatalf("README \"Try a failover\" has %d sh blocks; the test knows what %d of them print", len(blocks), len(want))
+	}
+	for i, block := range blocks {
+		script := rewrite.Replace(block)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		cmd := exec.CommandContext(ctx, "bash", "-e", "-o", "pipefail", "-c", script)
+		cmd.Dir = t.TempDir()
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("README \"Try a failover\" block %d failed: %v\n--- script\n%s\n--- output\n%s", i+1, err, script, out)
+		}
+		for _, w := range want[i] {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("README \"Try a failover\" block %d: output lacks %q\n--- output\n%s", i+1, w, out)
+			}
+		}
+	}
+}

@@ -1,0 +1,301 @@
+package chaos_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+)
+
+const (
+	pchannels   = 2
+	detectAfter = time.Second
+	writeHold   = 10 * time.Second
+)
+
+// rig is three simulated clusters a -> b, c and the proxy in front of
+// them, every one its own process.
+type rig struct {
+	t     testing.TB
+	root  string
+	ids   []string
+	sims  map[string]*simProc
+	proxy *proxyProc
+	adm   *admin.Client
+	hc    *http.Client
+
+	direct map[string]*client // one connection per cluster, bypassing the proxy
+	via    *client            // the rig's own connection through the proxy
+	probe  atomic.Int64       // primary keys of probe writes
+}
+
+func newRig(t testing.TB) *rig {
+	t.Helper()
+	r := &rig{t: t, root: t.TempDir(), ids: []string{"a", "b", "c"}, sims: map[string]*simProc{},
+		direct: map[string]*client{}, hc: &http.Client{Timeout: 5 * time.Second}}
+	r.probe.Store(7_000_000_000_000)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	errs := make([]error, len(r.ids))
+	for i, id := range r.ids {
+		wg.Go(func() {
+			p, err := startSim(t, r.root, id)
+			mu.Lock()
+			r.sims[id], errs[i] = p, err
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range r.ids {
+		r.direct[id] = dial(t, r.sims[id].addr)
+	}
+	r.join("a", "b", "c")
+
+	var yaml strings.Builder
+	fmt.Fprintf(&yaml, "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndiscovery: replicate\nclusters:\n")
+	for _, id := range r.ids {
+		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
+	}
+	fmt.Fprintf(&yaml, "failover:\n  mode: auto\n  detect_after: %s\n  write_hold: %s\ndrain:\n  grace_period: 2s\n", detectAfter, writeHold)
+	cfgPath := filepath.Join(r.root, "proxy.yaml")
+	if err := os.WriteFile(cfgPath, []byte(yaml.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startProxy(t, r.root, cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.proxy = p
+	// No client timeout for the actions: a switchover answers when it is
+	// done; each call has its own context.
+	r.adm, err = admin.NewClient("http://"+p.admin, &http.Client{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.via = dial(t, p.addr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := r.topology()
+		if err == nil && v.Leader == "a" && v.Ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not find leader a within 30s: %+v %v", v, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.setup()
+	return r
+}
+
+// join sends the same replicate configuration (source -> targets) to every
+// cluster, as a deployment does.
+func (r *rig) join(source string, targets ...string) {
+	r.t.Helper()
+	entry := func(id string) *commonpb.MilvusCluster {
+		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].addr}}
+		for i := range pchannels {
+			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
+		}
+		return e
+	}
+	cfg := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry(source)}}
+	for _, t := range targets {
+		cfg.Clusters = append(cfg.Clusters, entry(t))
+		cfg.CrossClusterTopology = append(cfg.CrossClusterTopology, &commonpb.CrossClusterTopology{SourceClusterId: source, TargetClusterId: t})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(targets)+1)
+	for i, id := range append([]string{source}, targets...) {
+		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].addr, "", cfg, false) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			r.t.Fatalf("joining replication: %v", err)
+		}
+	}
+}
+
+// setup creates, indexes and loads the collection through the proxy and
+// waits until every alternative serves it.
+func (r *rig) setup() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
+		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
+		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
+		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
+	}})
+	c := r.via.rpc
+	must := func(what string, st *commonpb.Status, err error) {
+		if err := statusErr(st, err); err != nil {
+			r.t.Fatalf("%s: %v", what, err)
+		}
+	}
+	st, err := c.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
+		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
+	must("CreateCollection", st, err)
+	st, err = c.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
+		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
+	must("CreateIndex", st, err)
+	st, err = c.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
+	must("LoadCollection", st, err)
+	for _, id := range []string{"b", "c"} {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			qctx, qcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := r.direct[id].query(qctx, commonpb.ConsistencyLevel_Eventually, 0, nil, 1)
+			qcancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				r.t.Fatalf("%s does not serve the collection after 20s: %v\n%s", id, err, r.diagnostics())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func (r *rig) topology() (admin.View, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return r.adm.Topology(ctx)
+}
+
+func (r *rig) readyz() (int, string) {
+	resp, err := r.hc.Get("http://" + r.proxy.admin + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+// simControl posts a fault control to a simulator.
+func (r *rig) simControl(id, action string) error {
+	resp, err := r.hc.Post("http://"+r.sims[id].ctl+"/sim/"+id+"/"+action, "", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s on %s: %d %s", action, id, resp.StatusCode, b)
+	}
+	return nil
+}
+
+// diagnostics is every simulator's own status and the proxy's topology,
+// for failure messages.
+func (r *rig) diagnostics() string {
+	var b strings.Builder
+	for _, id := range r.ids {
+		if !r.sims[id].running() {
+			fmt.Fprintf(&b, "sim %s: down\n", id)
+			continue
+		}
+		resp, err := r.hc.Get("http://" + r.sims[id].ctl + "/sim/" + id + "/status")
+		if err != nil {
+			fmt.Fprintf(&b, "sim %s: %v\n", id, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Fprintf(&b, "sim %s: %s\n", id, strings.TrimSpace(string(body)))
+	}
+	v, err := r.topology()
+	if err != nil {
+		fmt.Fprintf(&b, "proxy topology: %v\n", err)
+	} else {
+		j, _ := json.MarshalIndent(v, "", "  ")
+		fmt.Fprintf(&b, "proxy topology: %s\n", j)
+	}
+	return b.String()
+}
+
+// writable asks every running cluster directly whether it takes a write
+// (a probe row with its own primary key) and returns those that did.
+func (r *rig) writable() (ok []string, why []string) {
+	for _, id := range r.ids {
+		if !r.sims[id].running() {
+			continue
+		}
+		pk := r.probe.Add(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _, err := r.direct[id].insert(ctx, pk, pk)
+		cancel()
+		if err == nil {
+			ok = append(ok, id)
+		} else {
+			why = append(why, fmt.Sprintf("%s: %.120s", id, err))
+		}
+	}
+	return ok, why
+}
+
+// settle waits up to bound until exactly one cluster accepts writes, the
+// proxy routes a write to that cluster, and /readyz is 200. It returns the
+// leader, or what still did not hold at the bound.
+func (r *rig) settle(bound time.Duration) (string, error) {
+	deadline := time.Now().Add(bound)
+	var last string
+	for {
+		leader, why := r.settledOnce()
+		if why == "" {
+			return leader, nil
+		}
+		last = why
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("not settled after %s: %s", bound, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (r *rig) settledOnce() (string, string) {
+	ok, why := r.writable()
+	if len(ok) != 1 {
+		return "", fmt.Sprintf("clusters accepting writes directly: %v (others: %s)", ok, strings.Join(why, "; "))
+	}
+	pk := r.probe.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	_, via, err := r.via.insert(ctx, pk, pk)
+	cancel()
+	if err != nil {
+		return "", fmt.Sprintf("%s alone accepts writes, but a write through the proxy failed: %.200s", ok[0], err)
+	}
+	if via != ok[0] {
+		return "", fmt.Sprintf("%s alone accepts writes, but the proxy sent a write to %q", ok[0], via)
+	}
+	if code, body := r.readyz(); code != http.StatusOK {
+		return "", fmt.Sprintf("%s leads and takes the proxy's writes, but /readyz is %d: %.200s", ok[0], code, body)
+	}
+	return ok[0], ""
+}

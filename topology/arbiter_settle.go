@@ -1,0 +1,221 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Settling: the arbiter's tick looks for what a change left unsettled and
+// settles it from the clusters' own replicate configurations, so that
+// exactly one cluster is primary and the proxy routes writes to it,
+// without an operator:
+//
+//   - a switchover stuck after the old leader demoted itself (writes held,
+//     no leader) is rolled forward when the target is a primary in its own
+//     configuration, rolled back when the old leader still is, and rolled
+//     forward by force promotion of the target when neither is (the old
+//     leader, reachable, is then demoted again to a target of it);
+//   - a cluster that claims to be a primary while another leads (a force
+//     promotion whose answer was lost, a former leader that came back) is
+//     demoted to a quarantined target of the leader.
+
+// KindSettle is the kind of a change that settles one that failed part-way.
+const KindSettle = "settle"
+
+// settle runs one settling pass; the caller is the arbiter's loop.
+func (a *Arbiter) settle(ctx context.Context, s *Snapshot) {
+	a.mu.Lock()
+	stuck, since := a.stuck, a.stuckSince
+	a.mu.Unlock()
+	if stuck != nil && s.FailingOver && a.m.opts.Now().Sub(since) >= a.m.opts.DetectAfter {
+		a.settleStuck(ctx, *stuck)
+		return
+	}
+	if s.Leader == nil || s.FailingOver {
+		return
+	}
+	// The snapshot's claims can lag a change (a switchover's old leader
+	// claimed until the next discovery round): ask the cluster itself.
+	var suspects []*member
+	a.mu.Lock()
+	for _, c := range s.Clusters {
+		if c.ID != s.Leader.ID && c.ClaimsPrimary && c.Healthy && a.pending[c.ID] == nil {
+			suspects = append(suspects, a.m.members[c.ID])
+		}
+	}
+	a.mu.Unlock()
+	if len(suspects) == 0 {
+		return
+	}
+	answers := a.m.fetchConfigs(ctx, suspects)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, mb := range suspects {
+		ans := answers[mb.id]
+		if ans.err != nil || sourceOf(ans.cfg) != mb.id || a.pending[mb.id] != nil || a.m.Snapshot().Leader == nil {
+			continue
+		}
+		a.log.Warn("a cluster claims to be a primary while another leads; demoting it to a quarantined target",
+			"cluster", mb.id, "leader", a.m.Snapshot().Leader.ID)
+		a.pending[mb.id] = &pendingCluster{id: mb.id, kind: pendingFormerLeader, source: mb.id, report: -1}
+	}
+}
+
+// settleStuck settles a stuck switchover from the clusters' own
+// configurations.
+func (a *Arbiter) settleStuck(ctx context.Context, st stuckSwitchover) {
+	if !a.acquire(fmt.Sprintf("settling the stuck switchover from %s to %s", st.from, st.to)) {
+		return
+	}
+	defer a.release()
+	a.mu.Lock()
+	still := a.stuck != nil && *a.stuck == st
+	a.mu.Unlock()
+	s := a.m.Snapshot()
+	if !still || !s.FailingOver {
+		return
+	}
+	a.cancelBackground()
+	m := a.m
+	r := a.beginChange(ctx, KindSettle, st.from, st.to, true)
+	var claims map[string]bool
+	err := r.step(ctx, StepReadConfigs, "", "GetReplicateConfiguration on every cluster", func() (string, error) {
+		var summary []string
+		claims, summary = a.readClaims(ctx)
+		return strings.Join(summary, "; "), nil
+	})
+	if err != nil {
+		r.finish(ctx, ResultFailed, err.Error())
+		return
+	}
+	switch {
+	case claims[st.to]:
+		err = r.step(ctx, StepInstall, "", "route writes to "+st.to, func() (string, error) {
+			if err := m.InstallLeader(Promotion{Leader: st.to, Demoted: true}); err != nil {
+				return "", err
+			}
+			m.setFenced(st.from, false)
+			return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
+		})
+		a.endStuck(ctx, r, err, fmt.Sprintf("rolled forward: %s is a primary in its own configuration", st.to))
+	case claims[st.from]:
+		err = r.step(ctx, StepRelease, st.from, "lift the fence, release writes", func() (string, error) {
+			m.setFenced(st.from, false)
+			return "writes go to " + st.from + " again", m.ReleaseWrites()
+		})
+		a.endStuck(ctx, r, err, fmt.Sprintf("rolled back: %s is still a primary in its own configuration; %s never took over", st.from, st.to))
+	default:
+		r.finish(ctx, ResultOK, fmt.Sprintf("neither %s nor %s is a primary in its own configuration: rolling forward by force-promoting %s", st.from, st.to, st.to))
+		if _, err := a.failover(ctx, m.Snapshot(), st.from, st.to, true); err != nil {
+			a.log.Error("settling the stuck switchover by force promotion failed; retrying", "from", st.from, "to", st.to, "err", err)
+			a.mu.Lock()
+			a.stuck, a.stuckSince = &st, m.opts.Now()
+			a.mu.Unlock()
+			_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck; settling", st.from, st.to))
+		}
+	}
+}
+
+// endStuck finishes a settling change and forgets the stuck switchover
+// when it worked.
+func (a *Arbiter) endStuck(ctx context.Context, r *changeRun, err error, msg string) {
+	if err != nil {
+		r.finish(ctx, ResultFailed, err.Error())
+		a.log.Error("settling the stuck switchover failed; retrying", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.stuck = nil
+	a.mu.Unlock()
+	r.finish(ctx, ResultOK, msg)
+	a.setPhase(PhaseSteady)
+	a.log.Warn("stuck switchover settled", "how", msg)
+}
+
+// readClaims asks every cluster for its replicate configuration and
+// returns which ones are primaries in their own eyes, and a summary.
+func (a *Arbiter) readClaims(ctx context.Context) (map[string]bool, []string) {
+	answers := a.m.fetchConfigs(ctx, a.m.order)
+	claims := map[string]bool{}
+	var summary []string
+	for _, mb := range a.m.order {
+		ans := answers[mb.id]
+		switch {
+		case ans.err != nil:
+			summary = append(summary, fmt.Sprintf("%s: %s", mb.id, grpcMessage(ans.err)))
+		default:
+			src := sourceOf(ans.cfg)
+			claims[mb.id] = src == mb.id
+			if src == "" {
+				src = "none"
+			}
+			summary = append(summary, fmt.Sprintf("%s: source %s", mb.id, src))
+		}
+	}
+	return claims, summary
+}
+
+// resume looks at the change the store recorded last. One recorded as
+// running did not finish: the arbiter that ran it stopped (this process
+// before a restart, or another proxy that decided before). It is closed
+// as interrupted, and settled from the clusters' own configurations:
+// once discovery has run, a primary the clusters agree on stands; when
+// none does within DetectAfter, it is treated as a stuck switchover from
+// its old leader to its target (rolled forward or back by settle).
+func (a *Arbiter) resume(ctx context.Context) {
+	c, err := a.opts.Store.Load(ctx)
+	if err != nil {
+		a.log.Error("reading the recorded leader change failed; not resuming it", "err", err)
+		return
+	}
+	if c == nil {
+		return
+	}
+	if !c.Running() {
+		a.mu.Lock()
+		if a.last == nil {
+			a.last = c
+		}
+		a.mu.Unlock()
+		return
+	}
+	step := c.Current
+	if st, ok := c.CurrentStep(); ok && step == "" {
+		step = st.Name + " (done)"
+	}
+	a.log.Warn("a recorded leader change did not finish; settling it from the clusters' own configurations",
+		"change", c.ID, "kind", c.Kind, "from", c.From, "to", c.To, "step", step)
+	c.Result, c.Current = ResultFailed, ""
+	c.Message = fmt.Sprintf("interrupted at step %s (the arbiter running it stopped); settled from the clusters' own configurations", step)
+	c.Took = a.m.opts.Now().Sub(c.At)
+	if err := a.opts.Store.Save(ctx, c); err != nil {
+		a.log.Error("closing the interrupted leader change record failed", "change", c.ID, "err", err)
+	}
+	a.record(*c)
+	if c.From == "" || c.To == "" || c.From == c.To || a.m.members[c.From] == nil || a.m.members[c.To] == nil {
+		return // nothing was promoted yet, or nothing to settle between
+	}
+	deadline := time.NewTimer(a.m.opts.DetectAfter + a.m.opts.DiscoveryInterval)
+	defer deadline.Stop()
+	for {
+		ch := a.m.Changed()
+		if s := a.m.Snapshot(); s.Leader != nil {
+			a.log.Info("interrupted leader change settled by discovery", "change", c.ID, "leader", s.Leader.ID)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		case <-deadline.C:
+			a.log.Warn("no primary after the interrupted leader change; settling it as a stuck switchover", "from", c.From, "to", c.To)
+			_ = a.m.HoldWrites(fmt.Sprintf("leader change from %s to %s interrupted; settling", c.From, c.To))
+			a.mu.Lock()
+			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To}, time.Time{}
+			a.mu.Unlock()
+			return
+		}
+	}
+}

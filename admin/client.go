@@ -93,6 +93,14 @@ func (c *Client) Failover(ctx context.Context, to string) (Result, error) {
 	return r, err
 }
 
+// Attach asks the proxy to attach a rebuilt or new cluster as a
+// replication target of the leader.
+func (c *Client) Attach(ctx context.Context, cluster string) (Result, error) {
+	var r Result
+	err := c.call(ctx, http.MethodPost, "/api/v1/attach", map[string]string{"cluster": cluster}, &r)
+	return r, err
+}
+
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

@@ -95,6 +95,9 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /ui", s.ui)
 	s.mux.HandleFunc("POST /api/v1/switchover", s.actionHandler("switchover", s.ctl.Switchover))
 	s.mux.HandleFunc("POST /api/v1/failover", s.actionHandler("failover", s.ctl.Failover))
+	if at, ok := o.Controller.(Attacher); ok {
+		s.mux.HandleFunc("POST /api/v1/attach", s.actionHandler("attach", at.Attach))
+	}
 	if o.Pprof {
 		s.pprof = true
 		// Index serves every named profile (heap, goroutine, allocs,
@@ -169,6 +172,7 @@ GET  /api/v1/topology     clusters, roles, health, lag (JSON; milvus-ha-proxy st
 GET  /api/v1/history      the topology sampled over the last minutes, and leader changes (JSON)
 POST /api/v1/switchover   {"to":"ID"}  planned leader change, no data loss
 POST /api/v1/failover     {"to":"ID"}  forced promotion
+POST /api/v1/attach       {"cluster":"ID"}  attach a rebuilt or new cluster as a target of the leader
 `)
 	if s.pprof {
 		fmt.Fprint(w, `GET  /debug/pprof/         Go runtime profiles (go tool pprof http://ADDR/debug/pprof/profile)
@@ -228,7 +232,11 @@ const maxBody = 64 << 10
 
 func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		to, err := decodeAction(w, r)
+		field := "to"
+		if kind == "attach" {
+			field = "cluster"
+		}
+		to, err := decodeAction(w, r, field)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
@@ -248,7 +256,11 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 			s.log.Warn(kind+" failed", "to", to, "code", code, "err", err, "took", time.Since(start))
 			msg := err.Error()
 			if !strings.HasPrefix(msg, kind) {
-				msg = fmt.Sprintf("%s to %s: %s", kind, to, msg)
+				if field == "to" {
+					msg = fmt.Sprintf("%s to %s: %s", kind, to, msg)
+				} else {
+					msg = fmt.Sprintf("%s %s: %s", kind, to, msg)
+				}
 			}
 			writeError(w, status, code, msg)
 			return
@@ -267,13 +279,11 @@ func (s *Server) actionHandler(kind string, do actionFunc) http.HandlerFunc {
 	}
 }
 
-func decodeAction(w http.ResponseWriter, r *http.Request) (string, error) {
-	const want = `want {"to":"ID"} where ID is a cluster id`
+func decodeAction(w http.ResponseWriter, r *http.Request, field string) (string, error) {
+	want := fmt.Sprintf(`want {"%s":"ID"} where ID is a cluster id`, field)
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
-	var req struct {
-		To *string `json:"to"`
-	}
+	var req map[string]*string
 	if err := dec.Decode(&req); err != nil {
 		if errors.Is(err, io.EOF) {
 			return "", fmt.Errorf("empty body: %s", want)
@@ -283,12 +293,18 @@ func decodeAction(w http.ResponseWriter, r *http.Request) (string, error) {
 	if dec.More() {
 		return "", fmt.Errorf("malformed JSON body: data after the object; %s", want)
 	}
-	if req.To == nil {
-		return "", fmt.Errorf(`missing "to": %s`, want)
+	for k := range req {
+		if k != field {
+			return "", fmt.Errorf("malformed JSON body: json: unknown field %q; %s", k, want)
+		}
 	}
-	to := strings.TrimSpace(*req.To)
+	v, ok := req[field]
+	if !ok || v == nil {
+		return "", fmt.Errorf(`missing "%s": %s`, field, want)
+	}
+	to := strings.TrimSpace(*v)
 	if to == "" {
-		return "", fmt.Errorf(`"to" is empty: %s`, want)
+		return "", fmt.Errorf(`"%s" is empty: %s`, field, want)
 	}
 	return to, nil
 }

@@ -23,6 +23,12 @@ type Controller interface {
 	Failover(ctx context.Context, to string) (Result, error)
 }
 
+// Attacher is implemented by a Controller that can attach a rebuilt or new
+// cluster as a replication target of the leader (POST /api/v1/attach).
+type Attacher interface {
+	Attach(ctx context.Context, cluster string) (Result, error)
+}
+
 // Errors a Controller wraps (fmt.Errorf("...: %w", admin.ErrRefused)) so the
 // HTTP status says what happened.
 var (

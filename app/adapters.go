@@ -102,6 +102,11 @@ func (c *controller) Failover(ctx context.Context, to string) (admin.Result, err
 	return resultOf(ch), adminError(err)
 }
 
+func (c *controller) Attach(ctx context.Context, cluster string) (admin.Result, error) {
+	ch, err := c.app.arbiter.Attach(ctx, cluster)
+	return resultOf(ch), adminError(err)
+}
+
 // adminError marks the arbiter's errors with the admin API's, so the
 // HTTP status says what happened (404 unknown cluster, 409 refused),
 // keeping the arbiter's message as it is (it names the problem once).
@@ -134,7 +139,7 @@ func resultOf(ch topology.Change) admin.Result {
 		r.Quarantined = append(r.Quarantined, id)
 	}
 	slices.Sort(r.Quarantined)
-	if ch.Result == topology.ResultOK {
+	if ch.Result == topology.ResultOK && ch.Kind != topology.KindAttach {
 		msg := fmt.Sprintf("writes held for %s", ch.Held.Round(time.Millisecond))
 		if r.Message != "" {
 			msg = r.Message + "; " + msg
@@ -173,7 +178,7 @@ func (a *App) recordChange(ch topology.Change) {
 	case topology.KindSwitchover:
 		m.RecordSwitchover(ctx, ch.Result)
 	}
-	if ch.Result == topology.ResultOK {
+	if ch.Result == topology.ResultOK && ch.Kind != topology.KindAttach {
 		m.RecordLeaderChange(ctx, ch.Kind, ch.To)
 	}
 }

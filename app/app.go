@@ -341,6 +341,7 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 var (
 	_ proxy.Topology                            = (*topology.Manager)(nil)
 	_ admin.Controller                          = (*controller)(nil)
+	_ admin.Attacher                            = (*controller)(nil)
 	_ topology.HoldObserver                     = (*telemetry.Metrics)(nil)
 	_ interface{ ObserveWrite(string, uint64) } = (*topology.Manager)(nil)
 )

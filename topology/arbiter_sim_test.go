@@ -270,3 +270,77 @@ func TestArbiterForcePromoteShapes(t *testing.T) {
 		})
 	}
 }
+
+// TestArbiterAttach: a new cluster is attached as a target of the leader
+// (configuration to it first, then to the leader) and replicates what the
+// leader takes from then on; attaching the leader, a target, an unknown
+// cluster, or a cluster replicating from elsewhere is refused with the
+// reason.
+func TestArbiterAttach(t *testing.T) {
+	a, b, d, e := startSim(t, "a"), startSim(t, "b"), startSim(t, "d"), startSim(t, "e")
+	if err := sim.JoinReplication(context.Background(), a, b); err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts := topology.Options{PollInterval: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond,
+		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger}
+	for _, s := range []*sim.Cluster{a, b, d, e} {
+		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
+	}
+	m, err := topology.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arb, err := topology.NewArbiter(m, topology.ArbiterOptions{Logger: logger, QueueWait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	arb.Start()
+	t.Cleanup(func() { m.Close() })
+	waitSnap(t, m, "a leads, b polled, d healthy", func(s *topology.Snapshot) bool {
+		return s.Leader != nil && s.Leader.ID == "a" && s.Cluster("b").CheckpointsKnown && s.Cluster("d").Healthy && s.Cluster("e").Healthy
+	})
+	ca, cd := dial(t, a.Addr()), dial(t, d.Addr())
+
+	for _, tc := range []struct{ id, want string }{
+		{"zz", `unknown cluster "zz"`},
+		{"a", "a is the leader"},
+		{"b", "already a replication target of a"},
+	} {
+		_, err := arb.Attach(context.Background(), tc.id)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Count(err.Error(), "refused") > 1 {
+			t.Fatalf("attach %s: %v, want %q", tc.id, err, tc.want)
+		}
+	}
+	ch, err := arb.Attach(context.Background(), "d")
+	if err != nil || ch.Result != topology.ResultOK {
+		t.Fatalf("attach d: %v %+v", err, ch)
+	}
+	var order []string
+	for _, st := range ch.Steps {
+		order = append(order, st.Name+"@"+st.Cluster)
+	}
+	if got := strings.Join(order, ","); got != "read-configs@,demote@d,attach@a" {
+		t.Fatalf("attach steps %s", got)
+	}
+	if got := topologyOf(cd.replicateConfig()); got != "a>b,a>d" {
+		t.Fatalf("d's configuration %s", got)
+	}
+	// CDC carries what the leader takes from the attach on (history
+	// comes from a backup): a collection created now, and its rows.
+	ca.createLoaded("docs")
+	ca.insert("docs", 2)
+	eventually(t, "d replicates what a takes after the attach", 10*time.Second, func() bool { return cd.has("docs", 2)[2] })
+	waitSnap(t, m, "d an alternative", func(s *topology.Snapshot) bool {
+		return s.Cluster("d").Target && s.Cluster("d").Role == topology.RoleAlternative
+	})
+	if _, err := arb.Attach(context.Background(), "d"); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("attach d again: %v", err)
+	}
+	e.Crash()
+	eventually(t, "e seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("e").Healthy })
+	if _, err := arb.Attach(context.Background(), "e"); err == nil || !strings.Contains(err.Error(), "not healthy") {
+		t.Fatalf("attach an unhealthy cluster: %v", err)
+	}
+}

@@ -390,3 +390,27 @@ func TestViewLagUnknownAtZero(t *testing.T) {
 		t.Fatalf("c: lag %v", c.LagSeconds)
 	}
 }
+
+// TestAttachSafe: what the clusters' own configurations allow attaching.
+func TestAttachSafe(t *testing.T) {
+	leaderCfg := star(entry("a"), entry("b"))
+	for _, tc := range []struct {
+		name string
+		own  *commonpb.ReplicateConfiguration
+		want string // "" = allowed
+	}{
+		{"never configured", &commonpb.ReplicateConfiguration{}, ""},
+		{"standing alone", star(entry("d")), ""},
+		{"primary with targets", star(entry("d"), entry("x")), "a primary with targets of its own"},
+		{"already follows the leader", star(entry("a"), entry("b"), entry("d")), "already replicates from a"},
+		{"follows another cluster", star(entry("x"), entry("d")), "replicates from x, not from the leader a"},
+	} {
+		err := attachSafe(tc.own, leaderCfg, "d", "a")
+		if (tc.want == "") != (err == nil) || (err != nil && (!strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrRefused))) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if err := attachSafe(&commonpb.ReplicateConfiguration{}, star(entry("b"), entry("a")), "d", "a"); err == nil {
+		t.Error("attached to a leader that is not a primary in its own configuration")
+	}
+}

@@ -56,6 +56,10 @@ func (f *fakeController) Failover(_ context.Context, to string) (admin.Result, e
 	return f.act("failover", to)
 }
 
+func (f *fakeController) Attach(_ context.Context, id string) (admin.Result, error) {
+	return f.act("attach", id)
+}
+
 // startAdmin serves the real admin server over a fake controller.
 func startAdmin(t *testing.T, f *fakeController) string {
 	t.Helper()
@@ -268,5 +272,23 @@ func TestStatusServerError(t *testing.T) {
 	code, _, errOut := runCmd(runStatus, "--admin", ts.URL)
 	if code != 1 || !strings.Contains(errOut, "HTTP 502: bad gateway") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestAdminURLFromEnv: without --admin, status and switchover use
+// $MILVUS_HA_PROXY_ADMIN; --admin wins over it.
+func TestAdminURLFromEnv(t *testing.T) {
+	f := &fakeController{ready: true, view: sampleView(), result: admin.Result{From: "b", To: "c", Epoch: 3}}
+	url := startAdmin(t, f)
+	t.Setenv(envAdmin, url)
+	if code, out, errOut := runCmd(runStatus); code != 0 || !strings.HasPrefix(out, "leader b |") {
+		t.Errorf("status with $%s: exit %d\n%s%s", envAdmin, code, out, errOut)
+	}
+	if code, out, errOut := runCmd(runSwitchover, "--to", "c"); code != 0 || !strings.Contains(out, "switchover done: leader is now c") {
+		t.Errorf("switchover with $%s: exit %d\n%s%s", envAdmin, code, out, errOut)
+	}
+	dead := "http://" + deadAddr(t)
+	if code, _, errOut := runCmd(runStatus, "--admin", dead); code != 1 || !strings.Contains(errOut, strings.TrimPrefix(dead, "http://")) {
+		t.Errorf("--admin %s did not win over $%s: exit %d\n%s", dead, envAdmin, code, errOut)
 	}
 }

@@ -62,6 +62,22 @@ func TestSwitchoverAndFailover(t *testing.T) {
 			wantCode: 2, wantErr: []string{`unexpected argument "b"`, "usage: milvus-ha-proxy switchover --to ID"},
 		},
 		{
+			name: "attach ok", cmd: "attach", args: []string{"--cluster", "d"},
+			result:   admin.Result{From: "a", To: "d", TookSeconds: 0.5, Message: "d is a replication target of a"},
+			wantCode: 0, wantOut: []string{"attach done: d is a replication target of a, took 500ms"},
+			wantCall: "attach d",
+		},
+		{
+			name: "attach refused", cmd: "attach", args: []string{"--cluster", "a"},
+			err:      fmt.Errorf("%w: a is a former leader that has not rejoined", admin.ErrRefused),
+			wantCode: 1, wantErr: []string{"refused (HTTP 409): attach a: refused: a is a former leader that has not rejoined"},
+			wantCall: "attach a",
+		},
+		{
+			name: "attach without --cluster", cmd: "attach", args: nil,
+			wantCode: 2, wantErr: []string{"missing --cluster ID"},
+		},
+		{
 			name: "help", cmd: "failover", args: []string{"-h"},
 			wantCode: 0, wantErr: []string{"usage: milvus-ha-proxy failover --to ID", "Forced promotion"},
 		},
@@ -71,8 +87,11 @@ func TestSwitchoverAndFailover(t *testing.T) {
 			f := &fakeController{ready: true, result: tt.result, err: tt.err}
 			url := startAdmin(t, f)
 			fn := runSwitchover
-			if tt.cmd == "failover" {
+			switch tt.cmd {
+			case "failover":
 				fn = runFailover
+			case "attach":
+				fn = runAttach
 			}
 			code, out, errOut := runCmd(fn, append([]string{"--admin", url}, tt.args...)...)
 			if code != tt.wantCode {
@@ -113,7 +132,7 @@ func TestActionUnreachable(t *testing.T) {
 
 func TestCommandsRegistered(t *testing.T) {
 	cmds := commands()
-	for _, name := range []string{"status", "switchover", "failover"} {
+	for _, name := range []string{"status", "switchover", "failover", "attach"} {
 		if _, ok := cmds[name]; !ok {
 			t.Errorf("command %s not in the dispatch table", name)
 		}

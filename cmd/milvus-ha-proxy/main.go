@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"status":     {runStatus, "print the topology: clusters, roles, health, breakers, replication lag"},
 		"switchover": {runSwitchover, "planned leader change with no data loss (--to ID)"},
 		"failover":   {runFailover, "forced promotion of a cluster to leader (--to ID)"},
+		"attach":     {runAttach, "attach a rebuilt or new cluster as a replication target of the leader (--cluster ID)"},
 		"sim":        {runSim, "run one simulated Milvus cluster (for tests)"},
 		"version":    {runVersion, "print the version and the module versions it was built with"},
 	}

@@ -1,0 +1,176 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// KindAttach is the kind of a change that attaches a cluster as a target
+// of the leader.
+const KindAttach = "attach"
+
+// Attach makes cluster id, a rebuilt or new cluster, a replication target
+// of the current leader (`milvus-ha-proxy attach --cluster ID`). It is
+// refused, with the reason, when that is not safe: the cluster is the
+// leader or already its target, a former leader not rebuilt (it holds
+// writes the leader lacks), quarantined, unreachable, or replicating from
+// another cluster. A rebuilt cluster is one restored from a backup of the
+// leader (docs/operations.md): its own replicate configuration is empty or
+// names only itself. The configuration goes to the cluster first (it
+// becomes a secondary of the leader), then to the leader (its CDC starts
+// replicating to it), then to the other targets.
+func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
+	if err := a.acquireWait(ctx, "attaching "+id); err != nil {
+		return a.refusedErr(KindAttach, "", id, err)
+	}
+	defer a.release()
+	s := a.m.Snapshot()
+	leader, err := a.attachable(s, id)
+	if err != nil {
+		return a.refusedErr(KindAttach, leader, id, err)
+	}
+	a.cancelBackground()
+	r := a.beginChange(ctx, KindAttach, leader, id, false)
+	m := a.m
+	mb, leaderMb := m.members[id], m.members[leader]
+
+	var own, leaderCfg *commonpb.ReplicateConfiguration
+	err = r.step(ctx, StepReadConfigs, "", fmt.Sprintf("GetReplicateConfiguration on %s and %s", id, leader), func() (string, error) {
+		var err error
+		// A cluster never given a configuration may not answer at all:
+		// Milvus 2.6 blocks GetReplicateConfiguration until one is set
+		// (milvus#52686; its fix answers an empty one). It answered its
+		// health probes, so a read that runs out of time means none.
+		octx, ocancel := context.WithTimeout(ctx, min(a.opts.CallTimeout, 2*time.Second))
+		own, err = m.replicateConfig(octx, mb)
+		ocancel()
+		switch {
+		case err != nil && status.Code(errors.Unwrap(err)) == codes.DeadlineExceeded && ctx.Err() == nil:
+			own = &commonpb.ReplicateConfiguration{}
+		case err != nil:
+			return "", err
+		}
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		if leaderCfg, err = m.replicateConfig(cctx, leaderMb); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s: %s; %s: %s", id, describeConfig(own, false), leader, describeConfig(leaderCfg, false)), nil
+	})
+	if err != nil {
+		return a.attachFailed(ctx, r, err)
+	}
+	if err := attachSafe(own, leaderCfg, id, leader); err != nil {
+		ch := r.finish(ctx, ResultRefused, err.Error())
+		a.setPhase(PhaseSteady)
+		return ch, err
+	}
+	entry := entryOf(own, id)
+	if entry == nil {
+		entry = a.newEntry(s, id)
+	}
+	newCfg := withTarget(leaderCfg, leader, entry)
+	if err := r.step(ctx, StepDemote, id, describeConfig(newCfg, false), func() (string, error) {
+		return "ok", a.sendConfig(ctx, mb, newCfg)
+	}); err != nil {
+		return a.attachFailed(ctx, r, err)
+	}
+	if err := r.step(ctx, StepAttach, leader, describeConfig(newCfg, false), func() (string, error) {
+		return "ok", a.sendConfig(ctx, leaderMb, newCfg)
+	}); err != nil {
+		return a.attachFailed(ctx, r, err)
+	}
+	for _, e := range newCfg.GetClusters() {
+		if other := e.GetClusterId(); other != leader && other != id {
+			a.sendInBackground(other, newCfg)
+		}
+	}
+	m.Rediscover()
+	ch := r.finish(ctx, ResultOK, fmt.Sprintf("%s is a replication target of %s; it serves reads once its checkpoints are polled", id, leader))
+	a.setPhase(PhaseSteady)
+	a.log.Info("cluster attached as a target of the leader", "cluster", id, "leader", leader)
+	return ch, nil
+}
+
+// attachable checks what the snapshot says about attaching id and
+// returns the leader.
+func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) {
+	c := s.Cluster(id)
+	if c == nil {
+		return "", fmt.Errorf("%w %q", ErrUnknownCluster, id)
+	}
+	if s.Leader == nil {
+		return "", fmt.Errorf("%w: no leader to attach %s to (a leader change is under way, or none is known)", ErrRefused, id)
+	}
+	leader = s.Leader.ID
+	a.mu.Lock()
+	p := a.pending[id]
+	a.mu.Unlock()
+	switch {
+	case id == leader:
+		return leader, fmt.Errorf("%w: %s is the leader", ErrRefused, id)
+	case c.Target:
+		return leader, fmt.Errorf("%w: %s is already a replication target of %s", ErrRefused, id, leader)
+	case p != nil && p.kind == pendingFormerLeader:
+		return leader, fmt.Errorf("%w: %s is a former leader that has not rejoined; it may hold writes %s lacks: rebuild it from a backup of %s first (docs/operations.md)", ErrRefused, id, leader, leader)
+	case c.Quarantined:
+		return leader, fmt.Errorf("%w: %s is quarantined (%s): rebuild it from a backup of %s first (docs/operations.md)", ErrRefused, id, c.QuarantineReason, leader)
+	case !c.Healthy:
+		return leader, fmt.Errorf("%w: %s is not healthy: %s", ErrRefused, id, c.HealthReason)
+	case pchannelCount(s, s.Leader) == 0:
+		return leader, fmt.Errorf("%w: the leader's pchannels are unknown (discovery has not read a replicate configuration)", ErrRefused)
+	}
+	return leader, nil
+}
+
+// attachSafe checks the clusters' own configurations: id must not be
+// replicating from another cluster, nor be a primary with targets of its
+// own.
+func attachSafe(own, leaderCfg *commonpb.ReplicateConfiguration, id, leader string) error {
+	if sourceOf(leaderCfg) != leader {
+		return fmt.Errorf("%w: %s is not a primary in its own replicate configuration", ErrRefused, leader)
+	}
+	switch src := sourceOf(own); {
+	case len(own.GetClusters()) == 0:
+		return nil // never configured: a new or rebuilt cluster
+	case src == id && len(own.GetCrossClusterTopology()) == 0:
+		return nil // standing alone
+	case src == id:
+		return fmt.Errorf("%w: %s is a primary with targets of its own (%s): detach them or rebuild it first", ErrRefused, id, describeConfig(own, false))
+	case src == leader:
+		return fmt.Errorf("%w: %s already replicates from %s", ErrRefused, id, leader)
+	default:
+		return fmt.Errorf("%w: %s replicates from %s, not from the leader %s (%s)", ErrRefused, id, orNone(src), leader, describeConfig(own, false))
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no single source"
+	}
+	return s
+}
+
+// newEntry builds the configuration entry of a cluster that has none:
+// its URI from the proxy's configuration, its pchannels by Milvus's
+// naming rule, as many as the leader has (they correspond by index).
+func (a *Arbiter) newEntry(s *Snapshot, id string) *commonpb.MilvusCluster {
+	e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: s.Cluster(id).URI}}
+	for i := range pchannelCount(s, s.Leader) {
+		e.Pchannels = append(e.Pchannels, pchannelAt(id, nil, i))
+	}
+	return e
+}
+
+func (a *Arbiter) attachFailed(ctx context.Context, r *changeRun, err error) (Change, error) {
+	ch := r.finish(ctx, ResultFailed, err.Error())
+	a.setPhase(PhaseSteady)
+	a.m.Rediscover()
+	return ch, fmt.Errorf("attaching %s to %s: %w", r.ch.To, r.ch.From, err)
+}

@@ -103,6 +103,9 @@ func (c *controller) Failover(ctx context.Context, to string) (admin.Result, err
 }
 
 func (c *controller) Attach(ctx context.Context, cluster string) (admin.Result, error) {
+	if r, ok, err := c.forward(ctx, topology.KindAttach, cluster); ok {
+		return r, err
+	}
 	ch, err := c.app.arbiter.Attach(ctx, cluster)
 	return resultOf(ch), adminError(err)
 }

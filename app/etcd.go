@@ -61,6 +61,8 @@ func (c *controller) forward(ctx context.Context, kind, to string) (r admin.Resu
 	switch kind {
 	case topology.KindSwitchover:
 		r, err = cl.Switchover(ctx, to)
+	case topology.KindAttach:
+		r, err = cl.Attach(ctx, to)
 	default:
 		r, err = cl.Failover(ctx, to)
 	}

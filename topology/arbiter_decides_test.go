@@ -24,7 +24,7 @@ func TestArbiterRefusesWhileAnotherProxyDecides(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, call := range map[string]func(context.Context, string) (Change, error){
-		"failover": arb.Failover, "switchover": arb.Switchover,
+		"failover": arb.Failover, "switchover": arb.Switchover, "attach": arb.Attach,
 	} {
 		ch, err := call(context.Background(), "b")
 		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "does not decide") || ch.Result != ResultRefused {

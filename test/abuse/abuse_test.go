@@ -72,7 +72,7 @@ func defaultDurations(long bool) durations {
 	if long {
 		return durations{warmup: time.Second, before: 5 * time.Second, during: 20 * time.Second, after: 10 * time.Second}
 	}
-	return durations{warmup: 300 * time.Millisecond, before: time.Second, during: 2 * time.Second, after: 1500 * time.Millisecond}
+	return durations{warmup: 200 * time.Millisecond, before: time.Second, during: 2 * time.Second, after: time.Second}
 }
 
 // probeEnv is what a probe gets.

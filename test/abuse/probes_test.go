@@ -26,7 +26,7 @@ import (
 
 // abuseColl is the collection every abusive request names, so that the
 // backend's counters tell them from the bystander's.
-const abuseColl = "abuse"
+const abuseColl = backend.AbuseCollection
 
 // probes are the rows of the table, in the order of the audit.
 var probes = []probe{
@@ -365,8 +365,8 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 	head := staticBlock(grpcHeaders("Search"))
 	frag := floodFragment()
 	var mu sync.Mutex
-	var closedAt []int64 // bytes taken by each connection the target closed
-	var openAt []int64   // bytes taken by each connection still open at the end
+	var closedAt []int64 // bytes sent on each connection the target closed
+	var openAt []int64   // bytes sent on each connection still open at the end
 	var last string
 	var wg sync.WaitGroup
 	for range conns {
@@ -415,12 +415,12 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 		note += fmt.Sprintf(" after at most %s", mib(closedAt[len(closedAt)-1]))
 	}
 	if len(openAt) > 0 {
-		note += fmt.Sprintf(", %d never closed (up to %s taken)", len(openAt), mib(openAt[len(openAt)-1]))
+		note += fmt.Sprintf(", %d still open at the end (up to %s sent)", len(openAt), mib(openAt[len(openAt)-1]))
 	}
 	note += "; last: " + last
 	for _, n := range append(closedAt, openAt...) {
 		if n > floodCap {
-			return note, fmt.Errorf("a flooding connection took %s before it was closed (cap %s)", mib(n), mib(floodCap))
+			return note, fmt.Errorf("a flooding connection took %s without being closed (cap %s)", mib(n), mib(floodCap))
 		}
 	}
 	return note, nil
@@ -611,7 +611,7 @@ func probeBigHeader(ctx context.Context, env probeEnv) (string, error) {
 	msg := searchMsg()
 	sent, conns := 0, 0
 	var sums []string
-	before := env.backend.stats().Calls
+	before := env.backend.stats().Abuse
 	for sent < streams && ctx.Err() == nil {
 		h, err := dialH2(ctx, env.addr, h2options{writeBuffer: 256 << 10})
 		if err != nil {
@@ -632,7 +632,7 @@ func probeBigHeader(ctx context.Context, env probeEnv) (string, error) {
 		h.close()
 	}
 	<-ctx.Done()
-	after := env.backend.stats().Calls
+	after := env.backend.stats().Abuse
 	return fmt.Sprintf("%d streams with an 8 MiB header on %d connections, backend got %d Searches; %s",
 		sent, conns, after["Search"]-before["Search"], strings.Join(uniq(sums), "; ")), nil
 }
@@ -647,16 +647,17 @@ func probeHPACKBomb(ctx context.Context, env probeEnv) (string, error) {
 	block = append(block, bytesRepeat(ref, refs)...)
 	msg := searchMsg()
 	var sums []string
-	bombs := 0
+	bombs, conns := 0, 0
+	before := env.backend.stats().Abuse
 	for ctx.Err() == nil {
 		h, err := dialH2(ctx, env.addr, h2options{writeBuffer: 256 << 10})
 		if err != nil {
 			sleepCtx(ctx, 10*time.Millisecond)
 			continue
 		}
+		conns++
 		id := h.newStream()
-		if h.writeBlock(id, block, false) == nil {
-			_ = h.writeData(ctx, id, msg, true, true)
+		if h.writeBlock(id, block, false) == nil && h.writeData(ctx, id, msg, true, true) == nil {
 			bombs++
 		}
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -667,7 +668,9 @@ func probeHPACKBomb(ctx context.Context, env probeEnv) (string, error) {
 		}
 		h.close()
 	}
-	return fmt.Sprintf("%d bombs of %d references; %s", bombs, refs, strings.Join(uniq(sums), "; ")), nil
+	after := env.backend.stats().Abuse
+	return fmt.Sprintf("%d connections, %d bombs of %d references sent whole, backend got %d Searches; %s",
+		conns, bombs, refs, after["Search"]-before["Search"], strings.Join(uniq(sums), "; ")), nil
 }
 
 func bytesRepeat(b []byte, n int) []byte {

@@ -44,7 +44,13 @@ type Stats struct {
 	Calls   map[string]int // method -> calls that reached the handler
 	Errors  map[string]int // method -> calls the handler failed
 	Unknown map[string]int // methods not implemented
+	// Abuse counts, per method, the calls that name AbuseCollection:
+	// what a proxy passed on of an abuser's requests.
+	Abuse map[string]int
 }
+
+// AbuseCollection is the collection the suite's abusers name.
+const AbuseCollection = "abuse"
 
 // Server is the backend. Methods it does not implement answer
 // Unimplemented and are counted, so that a test can tell when the proxy
@@ -60,6 +66,7 @@ type Server struct {
 	calls   map[string]int // method -> calls that reached the backend
 	errs    map[string]int // method -> calls the backend failed (gRPC error)
 	unknown map[string]int // methods the backend does not implement
+	abuse   map[string]int // method -> calls naming AbuseCollection
 }
 
 // New returns a backend. Its keepalive enforcement is Milvus's (pings
@@ -71,6 +78,7 @@ func New() *Server {
 		calls:   map[string]int{},
 		errs:    map[string]int{},
 		unknown: map[string]int{},
+		abuse:   map[string]int{},
 	}
 	b.srv = grpc.NewServer(
 		grpc.MaxRecvMsgSize(256<<20),
@@ -101,10 +109,14 @@ func (b *Server) Stop() { b.srv.Stop() }
 func (b *Server) count(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	name := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
 	resp, err := h(ctx, req)
+	coll, _ := req.(interface{ GetCollectionName() string })
 	b.mu.Lock()
 	b.calls[name]++
 	if err != nil {
 		b.errs[name]++
+	}
+	if coll != nil && coll.GetCollectionName() == AbuseCollection {
+		b.abuse[name]++
 	}
 	b.mu.Unlock()
 	return resp, err
@@ -114,7 +126,7 @@ func (b *Server) count(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 func (b *Server) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return Stats{Calls: maps.Clone(b.calls), Errors: maps.Clone(b.errs), Unknown: maps.Clone(b.unknown)}
+	return Stats{Calls: maps.Clone(b.calls), Errors: maps.Clone(b.errs), Unknown: maps.Clone(b.unknown), Abuse: maps.Clone(b.abuse)}
 }
 
 // GetMetrics answers StatsRequest with Stats as JSON.

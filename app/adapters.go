@@ -184,6 +184,9 @@ func (a *App) recordChange(ch topology.Change) {
 	if ch.Result == topology.ResultOK && ch.Kind != topology.KindAttach {
 		m.RecordLeaderChange(ctx, ch.Kind, ch.To)
 	}
+	if a.admin != nil && ch.Result != "" {
+		a.admin.RecordChange(*changeOf(&ch))
+	}
 }
 
 // metricsState feeds the per-cluster gauges at scrape time.

@@ -105,9 +105,14 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building topology: %w", err)
 	}
+	var store topology.ChangeStore
+	if cfg.Failover.StateFile != "" {
+		store = &topology.FileChangeStore{Path: cfg.Failover.StateFile}
+	}
 	a.arbiter, err = topology.NewArbiter(a.topo, topology.ArbiterOptions{
 		Mode:     string(cfg.Failover.Mode),
 		OnChange: a.recordChange,
+		Store:    store,
 		Logger:   logger,
 	})
 	if err != nil {

@@ -271,7 +271,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
 	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
-	u.hr = newHeaderReader()
+	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
 	u.w.init(bw, u.fr)
 	u.flow.init()
 	u.fixed = [6]hpack.HeaderField{
@@ -713,13 +713,17 @@ func (u *uconn) readLoop() {
 			}
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {
-				u.flow.addConn(int64(f.Increment))
+				if !u.flow.addConn(int64(f.Increment)) {
+					u.fl.flush()
+					u.fail(fmt.Errorf("cluster %s: connection window over 2^31-1", u.cluster), nil)
+					return
+				}
 			} else {
 				u.mu.Lock()
 				us := u.streams[f.StreamID]
 				u.mu.Unlock()
-				if us != nil {
-					u.flow.addStream(&us.sf, int64(f.Increment))
+				if us != nil && !u.flow.addStream(&us.sf, int64(f.Increment)) {
+					u.abort(f.StreamID, http2.ErrCodeFlowControl, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: cluster %s: stream window over 2^31-1", u.cluster))
 				}
 			}
 		case *http2.RSTStreamFrame:
@@ -755,7 +759,9 @@ func (u *uconn) onSettings(f *http2.SettingsFrame) {
 		u.fail(fmt.Errorf("cluster %s sent invalid SETTINGS: %w", u.cluster, err), nil)
 		return
 	}
-	applySettings(f, &u.w, &u.flow, &u.mu, &u.streams, &u.maxConcurrent)
+	if !applySettings(f, &u.w, &u.flow, &u.mu, &u.streams, &u.maxConcurrent) {
+		u.fail(fmt.Errorf("cluster %s sent an initial window over 2^31-1", u.cluster), nil)
+	}
 }
 
 func (u *uconn) onGoAway(f *http2.GoAwayFrame) {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
@@ -61,6 +62,10 @@ type h2writer struct {
 	err     error // sticky: the first write error
 	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
 	maxFrame uint32
+	// answered is set when HEADERS or DATA are written: the keepalive
+	// enforcement forgives pings once an answer went out (grpc-go's
+	// server resets its ping strikes on both).
+	answered atomic.Bool
 }
 
 func (w *h2writer) init(bw frameSink, fr *http2.Framer) {
@@ -120,14 +125,13 @@ func (fl *flushList) flush() {
 	fl.ws = fl.ws[:0]
 }
 
-// writeSettings starts a connection under the lock: our SETTINGS (first,
+// writeSettings starts a connection under the lock: our SETTINGS (extra,
 // then the relay's stream window and largest readable frame) and the
 // connection window grown to relayConnWindow.
-func (w *h2writer) writeSettings(first http2.Setting) {
-	w.err = w.fr.WriteSettings(
-		first,
+func (w *h2writer) writeSettings(extra ...http2.Setting) {
+	w.err = w.fr.WriteSettings(append(extra,
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame})...,
 	)
 	if w.err == nil {
 		w.err = w.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
@@ -175,6 +179,9 @@ func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderFie
 	if w.err != nil {
 		return
 	}
+	if !w.answered.Load() {
+		w.answered.Store(true)
+	}
 	w.hbuf.Reset()
 	for _, fs := range fields {
 		for _, f := range fs {
@@ -205,6 +212,9 @@ func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderFie
 // writeData writes p as DATA frames no larger than the peer allows. The
 // caller holds the lock and the flow-control credit for len(p).
 func (w *h2writer) writeData(id uint32, end bool, p []byte) {
+	if !w.answered.Load() {
+		w.answered.Store(true)
+	}
 	for w.err == nil {
 		n := len(p)
 		if n > int(w.maxFrame) {
@@ -473,18 +483,33 @@ func (f *flow) tryTake(sf *streamFlow, n int) bool {
 	return true
 }
 
-func (f *flow) addConn(n int64) {
+// maxWindow is the largest flow-control window (RFC 9113 section 6.9.1).
+const maxWindow = 1<<31 - 1
+
+// addConn adds the peer's WINDOW_UPDATE to the connection window; false:
+// it would pass maxWindow, a connection error FLOW_CONTROL_ERROR.
+func (f *flow) addConn(n int64) bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conn+n > maxWindow {
+		return false
+	}
 	f.conn += n
 	f.cond.Broadcast()
-	f.mu.Unlock()
+	return true
 }
 
-func (f *flow) addStream(sf *streamFlow, n int64) {
+// addStream adds to a stream's window; false: it would pass maxWindow, a
+// stream error FLOW_CONTROL_ERROR.
+func (f *flow) addStream(sf *streamFlow, n int64) bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if sf.win+n > maxWindow {
+		return false
+	}
 	sf.win += n
 	f.cond.Broadcast()
-	f.mu.Unlock()
+	return true
 }
 
 func (f *flow) resetStream(sf *streamFlow) {
@@ -509,7 +534,12 @@ type sendFlower interface{ sendFlow() *streamFlow }
 // connection replaces the map) and is taken before f.mu, as everywhere.
 // maxConcurrent, when not nil, takes SETTINGS_MAX_CONCURRENT_STREAMS under
 // mu; a nil one ignores the setting.
-func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, mu *sync.Mutex, streams *map[uint32]S, maxConcurrent *uint32) {
+//
+// It reports false when the new initial window takes a stream's window
+// past maxWindow: a connection error FLOW_CONTROL_ERROR (RFC 9113 section
+// 6.9.2), and nothing is acked.
+func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, mu *sync.Mutex, streams *map[uint32]S, maxConcurrent *uint32) bool {
+	overflow := false
 	_ = sf.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingMaxFrameSize:
@@ -528,7 +558,11 @@ func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, 
 			delta := int64(s.Val) - f.initial
 			f.initial = int64(s.Val)
 			for _, st := range *streams {
-				st.sendFlow().win += delta
+				sf := st.sendFlow()
+				sf.win += delta
+				if sf.win > maxWindow {
+					overflow = true
+				}
 			}
 			f.cond.Broadcast()
 			f.mu.Unlock()
@@ -540,11 +574,15 @@ func applySettings[S sendFlower](sf *http2.SettingsFrame, w *h2writer, f *flow, 
 		}
 		return nil
 	})
+	if overflow {
+		return false
+	}
 	w.lock()
 	if w.err == nil {
 		w.err = w.fr.WriteSettingsAck()
 	}
 	w.unlock()
+	return true
 }
 
 // recvData finds the stream a DATA frame of n bytes is for (the zero S
@@ -733,6 +771,13 @@ func httpStatusCode(s string) codes.Code {
 // x/net MetaHeadersFrame path grows a fresh slice field by field and
 // re-validates every name, measurable on a proxy's hot path. The Framer
 // still enforces the frame order of a header block.
+//
+// A block is bounded three ways (the CONTINUATION flood of
+// CVE-2023-45288, which x/net guards in Framer.ReadMetaHeaders): its
+// decoded size (maxList, advertised as SETTINGS_MAX_HEADER_LIST_SIZE; a
+// block over it is read to its end and refused as a stream), its encoded
+// bytes and frames, and the time its CONTINUATION frames take (past
+// those, errHeaderBlock: the connection is closed).
 type headerReader struct {
 	dec       *hpack.Decoder
 	buf       []hpack.HeaderField // scratch, reused
@@ -740,20 +785,43 @@ type headerReader struct {
 	tooLarge  bool
 	streamID  uint32
 	endStream bool
+	selfDep   bool // the HEADERS' priority names its own stream
+	maxList   int
+	// The open block's encoded bytes, CONTINUATION frames and start.
+	bytes, frames int
+	started       time.Time
 }
 
-const maxHeaderList = 16 << 20
+// defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured
+// (Go's net/http server default is 1 MB).
+const defaultMaxHeaderList = 1 << 20
 
-func newHeaderReader() *headerReader {
-	h := &headerReader{buf: make([]hpack.HeaderField, 0, 32)}
+// Bounds of one header block beyond its decoded size.
+const (
+	maxHeaderBlockFrames  = 512
+	maxHeaderBlockTime    = 10 * time.Second
+	headerBlockByteMargin = 64 << 10
+)
+
+// errHeaderBlock is a header block past its bounds: a connection error.
+var errHeaderBlock = errors.New("milvus-ha-proxy: header block over its size, frame or time bounds")
+
+func newHeaderReader(maxList int) *headerReader {
+	if maxList <= 0 {
+		maxList = defaultMaxHeaderList
+	}
+	h := &headerReader{buf: make([]hpack.HeaderField, 0, 32), maxList: maxList}
 	h.dec = hpack.NewDecoder(4096, h.emit)
-	h.dec.SetMaxStringLength(maxHeaderList)
+	h.dec.SetMaxStringLength(maxList)
 	return h
 }
 
 func (h *headerReader) emit(f hpack.HeaderField) {
+	if h.tooLarge {
+		return
+	}
 	h.size += len(f.Name) + len(f.Value) + 32
-	if h.size > maxHeaderList {
+	if h.size > h.maxList {
 		h.tooLarge = true
 		return
 	}
@@ -761,7 +829,9 @@ func (h *headerReader) emit(f hpack.HeaderField) {
 }
 
 // read takes a HEADERS or CONTINUATION frame. It returns the block's
-// fields once the block is complete (nil before), or a connection error.
+// fields once the block is complete (nil fields for a block over maxList,
+// which the caller refuses), or a connection error: errHeaderBlock, or
+// COMPRESSION_ERROR.
 func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete bool, err error) {
 	var frag []byte
 	var end bool
@@ -769,11 +839,26 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 	case *http2.HeadersFrame:
 		h.buf, h.size, h.tooLarge = h.buf[:0], 0, false
 		h.streamID, h.endStream = f.StreamID, f.StreamEnded()
+		h.selfDep = f.HasPriority() && f.Priority.StreamDep == f.StreamID
 		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
+		h.bytes, h.frames = len(frag), 0
+		if !end {
+			h.started = time.Now()
+		}
 	case *http2.ContinuationFrame:
 		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
+		h.bytes += len(frag)
+		h.frames++
+		if h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
+			return nil, false, errHeaderBlock
+		}
 	}
 	if _, err := h.dec.Write(frag); err != nil {
+		if errors.Is(err, hpack.ErrStringLength) {
+			// A single string over maxList: the decoder's state
+			// is lost with it, so the connection is.
+			return nil, false, errHeaderBlock
+		}
 		return nil, false, http2.ConnectionError(http2.ErrCodeCompression)
 	}
 	if !end {
@@ -836,4 +921,153 @@ func (a *inflight) wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Request validation at the edge (RFC 9113 section 8, and gRPC over
+// HTTP/2's rules as grpc-go's server applies them): a request that fails
+// is refused here, never forwarded to a cluster.
+
+// headerVerdict is what checkRequest found.
+type headerVerdict int
+
+const (
+	headersOK headerVerdict = iota
+	// headersMalformed: RFC 9113 section 8.1.1, a stream error
+	// PROTOCOL_ERROR.
+	headersMalformed
+	// headersBadMethod: not POST; HTTP 405, as grpc-go answers.
+	headersBadMethod
+	// headersBadContentType: not application/grpc[+...|;...]; HTTP
+	// 415, as grpc-go answers.
+	headersBadContentType
+)
+
+// checkRequest validates a request's header block: lower-case field
+// names and valid values, only the four request pseudo-headers, each
+// once and before any regular field, no connection-specific fields, te
+// only "trailers", then method POST and a gRPC content type. It returns
+// why the request is refused and a message for the client.
+func checkRequest(fields []hpack.HeaderField) (headerVerdict, string) {
+	var method, scheme, path, contentType string
+	var seen [4]bool
+	regular := false
+	for _, f := range fields {
+		if !validFieldName(f.Name) {
+			return headersMalformed, "invalid header field name " + strconv.Quote(f.Name)
+		}
+		if !httpguts.ValidHeaderFieldValue(f.Value) {
+			return headersMalformed, "invalid value of header field " + f.Name
+		}
+		if f.Name[0] == ':' {
+			if regular {
+				return headersMalformed, "pseudo-header " + f.Name + " after a regular header field"
+			}
+			i := -1
+			switch f.Name {
+			case ":method":
+				i, method = 0, f.Value
+			case ":scheme":
+				i, scheme = 1, f.Value
+			case ":path":
+				i, path = 2, f.Value
+			case ":authority":
+				i = 3
+			default:
+				return headersMalformed, "pseudo-header " + f.Name + " is not a request's"
+			}
+			if seen[i] {
+				return headersMalformed, "pseudo-header " + f.Name + " repeated"
+			}
+			seen[i] = true
+			continue
+		}
+		regular = true
+		switch f.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return headersMalformed, "connection-specific header field " + f.Name
+		case "te":
+			if f.Value != "trailers" {
+				return headersMalformed, "te: " + f.Value + " (only \"trailers\" is allowed)"
+			}
+		case "content-type":
+			contentType = f.Value
+		}
+	}
+	if method == "" || scheme == "" || path == "" {
+		return headersMalformed, "missing :method, :scheme or :path"
+	}
+	if !isGRPCContentType(contentType) {
+		return headersBadContentType, "invalid gRPC request content-type " + strconv.Quote(contentType)
+	}
+	if method != "POST" {
+		return headersBadMethod, "invalid gRPC request method " + strconv.Quote(method)
+	}
+	return headersOK, ""
+}
+
+// checkTrailers validates a request's trailers: no pseudo-headers, valid
+// lower-case names.
+func checkTrailers(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if !validFieldName(f.Name) || f.Name[0] == ':' || !httpguts.ValidHeaderFieldValue(f.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// validFieldName: a token (RFC 9110), lower case, or a pseudo-header name.
+func validFieldName(name string) bool {
+	if name == "" {
+		return false
+	}
+	rest := name
+	if name[0] == ':' {
+		rest = name[1:]
+		if rest == "" {
+			return false
+		}
+	}
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		if 'A' <= c && c <= 'Z' || !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// isGRPCContentType: application/grpc, or it followed by "+" or ";"
+// (gRPC over HTTP/2; grpc-go's grpcutil.ContentSubtype).
+func isGRPCContentType(ct string) bool {
+	const base = "application/grpc"
+	if len(ct) < len(base) || !strings.EqualFold(ct[:len(base)], base) {
+		return false
+	}
+	return len(ct) == len(base) || ct[len(base)] == '+' || ct[len(base)] == ';'
+}
+
+// rateBudget is a token bucket: burst events at once, rate per second
+// after that. Used for what a connection may do a little of but never
+// flood with (resets of unfinished streams, SETTINGS, empty frames), as
+// Go's net/http2 and grpc-go bound them.
+type rateBudget struct {
+	tokens float64
+	last   time.Time
+}
+
+// take spends one token, refilling at rate per second up to burst; it
+// reports false once the budget is spent.
+func (b *rateBudget) take(now time.Time, rate, burst float64) bool {
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }

@@ -30,27 +30,58 @@ import (
 )
 
 // RelayLimits bound what one client connection of the relay engine may
-// hold or do, and the memory the engine spends on responses. Zero fields
-// take DefaultRelayLimits' values.
+// hold or do. Zero fields take DefaultRelayLimits' values.
 type RelayLimits struct {
 	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS granted
-	// to each client connection (grpc-go's server default is unlimited,
-	// Go's net/http2 250); a stream past it is refused.
+	// to each client connection; a stream past it is refused
+	// (REFUSED_STREAM).
 	MaxConcurrentStreams uint32
+	// MaxHeaderListSize is the SETTINGS_MAX_HEADER_LIST_SIZE announced
+	// to clients (decoded size, RFC 9113 section 6.5.2): a request over
+	// it is refused; a header block far over it, or whose CONTINUATION
+	// frames keep coming, closes the connection.
+	MaxHeaderListSize int
+	// HandshakeTimeout bounds the TLS handshake and the client's
+	// connection preface.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a client connection gracefully (GOAWAY) after
+	// this long without a call (PINGs do not count), as grpc-go's
+	// MaxConnectionIdle does; clients reconnect when they next call.
+	IdleTimeout time.Duration
 	// WriteTimeout closes a client connection when a write to it makes
 	// no progress for this long (a client that stopped reading).
 	WriteTimeout time.Duration
 	// ConnOutputBuffer is how far a client connection's writer may fall
 	// behind before answers to it wait (it is closed at 4x + 4 MiB).
 	ConnOutputBuffer int
+	// PingMinTime and PingWithoutCalls are the keepalive enforcement
+	// policy (grpc-go's keepalive.EnforcementPolicy): a client that
+	// pings more often than PingMinTime (or, unless PingWithoutCalls,
+	// without a call open) three times is closed with GOAWAY
+	// ENHANCE_YOUR_CALM "too_many_pings". Sending an answer forgives.
+	PingMinTime      time.Duration
+	PingWithoutCalls *bool
+	// ResetsPerSecond bounds a client's resets of streams it had not
+	// seen answered (the "rapid reset" of CVE-2023-44487), and
+	// ControlFramesPerSecond its SETTINGS frames and empty DATA and
+	// CONTINUATION frames; each may burst to 10x. Past either, the
+	// connection is closed with GOAWAY ENHANCE_YOUR_CALM.
+	ResetsPerSecond        int
+	ControlFramesPerSecond int
 }
 
 // DefaultRelayLimits are the relay's limits when Options.RelayLimits
 // leaves a field zero.
 var DefaultRelayLimits = RelayLimits{
-	MaxConcurrentStreams: 1024,
-	WriteTimeout:         30 * time.Second,
-	ConnOutputBuffer:     4 << 20,
+	MaxConcurrentStreams:   1024,
+	MaxHeaderListSize:      defaultMaxHeaderList,
+	HandshakeTimeout:       10 * time.Second,
+	IdleTimeout:            2 * time.Minute,
+	WriteTimeout:           30 * time.Second,
+	ConnOutputBuffer:       4 << 20,
+	PingMinTime:            5 * time.Second,
+	ResetsPerSecond:        100,
+	ControlFramesPerSecond: 100,
 }
 
 // withDefaults fills zero fields from DefaultRelayLimits.
@@ -59,11 +90,33 @@ func (l RelayLimits) withDefaults() RelayLimits {
 	if l.MaxConcurrentStreams == 0 {
 		l.MaxConcurrentStreams = d.MaxConcurrentStreams
 	}
+	if l.MaxHeaderListSize <= 0 {
+		l.MaxHeaderListSize = d.MaxHeaderListSize
+	}
+	if l.HandshakeTimeout <= 0 {
+		l.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = d.IdleTimeout
+	}
 	if l.WriteTimeout <= 0 {
 		l.WriteTimeout = d.WriteTimeout
 	}
 	if l.ConnOutputBuffer <= 0 {
 		l.ConnOutputBuffer = d.ConnOutputBuffer
+	}
+	if l.PingMinTime <= 0 {
+		l.PingMinTime = d.PingMinTime
+	}
+	if l.PingWithoutCalls == nil {
+		yes := true
+		l.PingWithoutCalls = &yes
+	}
+	if l.ResetsPerSecond <= 0 {
+		l.ResetsPerSecond = d.ResetsPerSecond
+	}
+	if l.ControlFramesPerSecond <= 0 {
+		l.ControlFramesPerSecond = d.ControlFramesPerSecond
 	}
 	return l
 }
@@ -139,13 +192,16 @@ func (r *relayServer) serve(lis net.Listener) error {
 			if draining {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Anything else (EMFILE, ENFILE, ENOBUFS, a timeout)
+			// passes: wait and accept again, as net/http does,
+			// rather than stop serving everyone.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			r.s.log.Warn("proxy: accept failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		go r.handshake(nc)
@@ -154,7 +210,7 @@ func (r *relayServer) serve(lis net.Listener) error {
 
 func (r *relayServer) handshake(nc net.Conn) {
 	if creds := r.s.creds; creds != nil {
-		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = nc.SetDeadline(time.Now().Add(r.lim.HandshakeTimeout))
 		c, _, err := creds.ServerHandshake(nc)
 		if err != nil {
 			r.s.log.Debug("proxy: TLS handshake failed", "remote", nc.RemoteAddr(), "err", err)
@@ -274,6 +330,17 @@ type dconn struct {
 	closing    bool          // closeGracefully started
 	closed     bool
 	recvConn   int
+	// streamsSeen counts streams opened; checkIdle compares it with
+	// idleSeen, its value at the last check.
+	streamsSeen, idleSeen uint64
+	idle                  *time.Timer
+	closedIDs             [16]uint32 // the last streams that ended, a ring
+	closedNext            int
+
+	// The reader goroutine's abuse accounting.
+	resetBudget, ctrlBudget rateBudget
+	lastPing                time.Time
+	pingStrikes             int
 }
 
 func newDconn(r *relayServer, nc net.Conn) *dconn {
@@ -283,12 +350,19 @@ func newDconn(r *relayServer, nc net.Conn) *dconn {
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
 	d.out.fail = func(err error) {
+		var ne net.Error
+		switch {
+		case errors.Is(err, errOutputOverflow):
+			d.s.relayEvent(RelayConnClosed, "output_overflow")
+		case errors.As(err, &ne) && ne.Timeout():
+			d.s.relayEvent(RelayConnClosed, "write_timeout")
+		}
 		d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "err", err)
 		d.close(err)
 	}
 	d.fr = http2.NewFramer(d.out, d.br)
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
-	d.hr = newHeaderReader()
+	d.hr = newHeaderReader(lim.MaxHeaderListSize)
 	d.w.init(d.out, d.fr)
 	d.flow.init()
 	d.flow.out = d.out
@@ -375,15 +449,22 @@ func (st *dstream) endHook() {
 func (d *dconn) serve() {
 	defer d.close(errConnClosed)
 	defer close(d.readerDone)
-	_ = d.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	pre := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(d.br, pre); err != nil || string(pre) != http2.ClientPreface {
+	lim := &d.r.lim
+	_ = d.nc.SetReadDeadline(time.Now().Add(lim.HandshakeTimeout))
+	var pre [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(d.br, pre[:]); err != nil || string(pre[:]) != http2.ClientPreface {
 		return
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
 	d.w.lock()
-	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: d.r.lim.MaxConcurrentStreams})
+	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: lim.MaxConcurrentStreams},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeaderListSize)})
 	d.w.unlock()
+	idle := time.AfterFunc(lim.IdleTimeout, d.checkIdle)
+	defer idle.Stop()
+	d.mu.Lock()
+	d.idle = idle
+	d.mu.Unlock()
 	defer d.fl.flush()
 	for {
 		if d.br.Buffered() == 0 {
@@ -393,73 +474,255 @@ func (d *dconn) serve() {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				d.resetStream(se.StreamID, se.Code)
+				if st := d.stream(se.StreamID); st != nil {
+					d.abortStream(st, se.Code)
+				} else {
+					d.resetStream(se.StreamID, se.Code)
+				}
 				continue
 			}
 			var ce http2.ConnectionError
 			switch {
 			case errors.As(err, &ce):
-				d.goAwayNow(http2.ErrCode(ce))
+				d.goAwayNow(http2.ErrCode(ce), "")
+				d.lingerRead()
 			case errors.Is(err, http2.ErrFrameTooLarge):
 				// RFC 9113 section 4.2: a frame over our
 				// SETTINGS_MAX_FRAME_SIZE is a connection error.
-				d.goAwayNow(http2.ErrCodeFrameSize)
+				d.goAwayNow(http2.ErrCodeFrameSize, "")
+				d.lingerRead()
 			}
 			return
 		}
-		switch f := f.(type) {
-		case *http2.HeadersFrame, *http2.ContinuationFrame:
-			fields, complete, err := d.hr.read(f)
-			if err != nil {
-				d.goAwayNow(http2.ErrCodeCompression)
-				return
-			}
-			if complete {
-				d.onHeaders(d.hr.streamID, d.hr.endStream, fields)
-			}
-		case *http2.DataFrame:
-			d.onData(f)
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				d.onSettings(f)
-			}
-		case *http2.PingFrame:
-			if f.IsAck() && f.Data == drainPing {
-				d.finishGoAway()
-			}
-			if !f.IsAck() {
-				d.w.writePingAck(f.Data, &d.fl)
-			}
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				d.flow.addConn(int64(f.Increment))
-			} else if st := d.stream(f.StreamID); st != nil {
-				d.flow.addStream(&st.sf, int64(f.Increment))
-			}
-		case *http2.RSTStreamFrame:
-			if st := d.stream(f.StreamID); st != nil {
-				// The call's context ends first, so that whoever
-				// judges the aborted backend stream sees a client's
-				// cancel, not a cluster's failure.
-				st.cancel()
-				if up := st.abortUp.Load(); up != nil {
-					up.abort()
-				}
-				st.decide(gstatus.Error(codes.Canceled, "milvus-ha-proxy: the client reset the stream"))
-				d.endStream(st)
-			}
-		case *http2.GoAwayFrame:
-			// The client opens no more streams; those in flight finish.
+		if err := d.onFrame(f); err != nil {
+			ce := connError{code: http2.ErrCodeProtocol, msg: err.Error()}
+			errors.As(err, &ce)
+			d.r.s.relayEvent(RelayConnClosed, ce.reason())
+			d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "code", ce.code, "err", ce.msg)
+			d.goAwayNow(ce.code, ce.debug)
+			d.lingerRead()
+			return
 		}
 	}
 }
 
+// lingerRead reads and drops what the client still sends, for at most
+// closeLinger, after a GOAWAY that ends the connection: closing a socket
+// with unread bytes makes the kernel send a RST, and the client may lose
+// the GOAWAY that says why (Go's net/http2 server waits the same way).
+func (d *dconn) lingerRead() {
+	d.out.signal()
+	_ = d.nc.SetReadDeadline(time.Now().Add(closeLinger))
+	_, _ = io.Copy(io.Discard, d.br)
+}
+
+// connError is a connection error (RFC 9113 section 5.4.1): the
+// connection ends with GOAWAY code and debug data.
+type connError struct {
+	code  http2.ErrCode
+	debug string // GOAWAY debug data, for the client
+	msg   string // for the log
+}
+
+func (e connError) Error() string { return e.code.String() + ": " + e.msg }
+
+// reason is the metric label of the close.
+func (e connError) reason() string {
+	if e.code == http2.ErrCodeEnhanceYourCalm {
+		if e.debug == "too_many_pings" {
+			return "too_many_pings"
+		}
+		return "abuse"
+	}
+	return "protocol_error"
+}
+
+func protocolError(code http2.ErrCode, msg string) error { return connError{code: code, msg: msg} }
+
+func calmError(msg string) error {
+	return connError{code: http2.ErrCodeEnhanceYourCalm, debug: msg, msg: msg}
+}
+
+// onFrame handles one frame on the reader goroutine; an error is a
+// connection error.
+func (d *dconn) onFrame(f http2.Frame) error {
+	lim := &d.r.lim
+	switch f := f.(type) {
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		if c, ok := f.(*http2.ContinuationFrame); ok && len(c.HeaderBlockFragment()) == 0 && !c.HeadersEnded() {
+			if !d.ctrlBudget.take(time.Now(), float64(lim.ControlFramesPerSecond), 10*float64(lim.ControlFramesPerSecond)) {
+				return calmError("too many empty frames")
+			}
+		}
+		fields, complete, err := d.hr.read(f)
+		if err != nil {
+			if errors.Is(err, errHeaderBlock) {
+				d.r.s.relayEvent(RelayRefused, "header_block")
+				return calmError("header block too large or too slow")
+			}
+			return protocolError(http2.ErrCodeCompression, err.Error())
+		}
+		if complete {
+			return d.onHeaders(d.hr.streamID, d.hr.endStream, fields, d.hr.selfDep)
+		}
+	case *http2.DataFrame:
+		return d.onData(f)
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if !d.ctrlBudget.take(time.Now(), float64(lim.ControlFramesPerSecond), 10*float64(lim.ControlFramesPerSecond)) {
+			return calmError("too many SETTINGS")
+		}
+		return d.onSettings(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			if f.Data == drainPing {
+				d.finishGoAway()
+			}
+			return nil
+		}
+		if !d.pingAllowed() {
+			return connError{code: http2.ErrCodeEnhanceYourCalm, debug: "too_many_pings", msg: "too many pings"}
+		}
+		d.w.writePingAck(f.Data, &d.fl)
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			if !d.flow.addConn(int64(f.Increment)) {
+				return protocolError(http2.ErrCodeFlowControl, "connection window over 2^31-1")
+			}
+			return nil
+		}
+		st := d.stream(f.StreamID)
+		if st == nil {
+			if d.isIdle(f.StreamID) {
+				return protocolError(http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream")
+			}
+			return nil
+		}
+		if !d.flow.addStream(&st.sf, int64(f.Increment)) {
+			d.abortStream(st, http2.ErrCodeFlowControl)
+		}
+	case *http2.RSTStreamFrame:
+		st := d.stream(f.StreamID)
+		if st == nil {
+			if d.isIdle(f.StreamID) {
+				return protocolError(http2.ErrCodeProtocol, "RST_STREAM on an idle stream")
+			}
+			return nil
+		}
+		// A reset of a call not answered yet: cheap for the client,
+		// not for the proxy and the cluster (CVE-2023-44487).
+		if !d.resetBudget.take(time.Now(), float64(lim.ResetsPerSecond), 10*float64(lim.ResetsPerSecond)) {
+			return calmError("too many stream resets")
+		}
+		// The call's context ends first, so that whoever judges the
+		// aborted backend stream sees a client's cancel, not a
+		// cluster's failure.
+		st.cancel()
+		if up := st.abortUp.Load(); up != nil {
+			up.abort()
+		}
+		st.decide(gstatus.Error(codes.Canceled, "milvus-ha-proxy: the client reset the stream"))
+		d.endStream(st)
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			// RFC 9113 section 5.3.1: a stream depending on itself.
+			if st := d.stream(f.StreamID); st != nil {
+				d.abortStream(st, http2.ErrCodeProtocol)
+			} else {
+				d.resetStream(f.StreamID, http2.ErrCodeProtocol)
+			}
+		}
+	case *http2.PushPromiseFrame:
+		return protocolError(http2.ErrCodeProtocol, "PUSH_PROMISE from a client")
+	case *http2.GoAwayFrame:
+		// The client opens no more streams; those in flight finish.
+	}
+	return nil
+}
+
+// pingAllowed applies the keepalive enforcement policy to a PING, as
+// grpc-go's server does: a ping sooner than PingMinTime after the last
+// one (or, unless PingWithoutCalls, with no call open) is a strike, an
+// answer sent since the last ping forgives them, and the third strike is
+// one too many.
+func (d *dconn) pingAllowed() bool {
+	lim := &d.r.lim
+	now := time.Now()
+	if d.w.answered.Swap(false) {
+		d.pingStrikes = 0
+	}
+	strike := !d.lastPing.IsZero() && now.Sub(d.lastPing) < lim.PingMinTime
+	if !*lim.PingWithoutCalls {
+		d.mu.Lock()
+		strike = strike || len(d.streams) == 0
+		d.mu.Unlock()
+	}
+	d.lastPing = now
+	if strike {
+		d.pingStrikes++
+	}
+	return d.pingStrikes <= 2
+}
+
+// isIdle reports whether stream id was never opened (RFC 9113 section
+// 5.1: frames other than HEADERS and PRIORITY on it are a connection
+// error).
+func (d *dconn) isIdle(id uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return id > d.maxID
+}
+
+// recentlyClosed reports whether stream id is among the last streams
+// that ended (under d.mu).
+func (d *dconn) recentlyClosed(id uint32) bool {
+	for _, x := range d.closedIDs {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+// checkIdle runs every IdleTimeout: a connection that had no call open
+// and started none for a whole period goes away gracefully.
+func (d *dconn) checkIdle() {
+	d.mu.Lock()
+	idle := len(d.streams) == 0 && d.streamsSeen == d.idleSeen && !d.closed && !d.draining
+	d.idleSeen = d.streamsSeen
+	d.mu.Unlock()
+	if idle {
+		d.r.s.relayEvent(RelayConnClosed, "idle")
+		d.goAway()
+		return
+	}
+	d.mu.Lock()
+	if !d.closed && d.idle != nil {
+		d.idle.Reset(d.r.lim.IdleTimeout)
+	}
+	d.mu.Unlock()
+}
+
+// abortStream resets a stream the client may still be using and ends its
+// call.
+func (d *dconn) abortStream(st *dstream, code http2.ErrCode) {
+	st.cancel()
+	if up := st.abortUp.Load(); up != nil {
+		up.abort()
+	}
+	st.decide(gstatus.Errorf(codes.Canceled, "milvus-ha-proxy: stream reset (%v)", code))
+	d.resetStream(st.id, code)
+	d.endStream(st)
+}
+
 // goAwayNow sends GOAWAY with code, naming the highest stream seen (read
 // under the writer's lock, after any frame written before it).
-func (d *dconn) goAwayNow(code http2.ErrCode) {
+func (d *dconn) goAwayNow(code http2.ErrCode, debug string) {
 	d.w.lock()
 	if d.w.err == nil {
-		d.w.err = d.fr.WriteGoAway(d.maxStreamID(), code, nil)
+		d.w.err = d.fr.WriteGoAway(d.maxStreamID(), code, []byte(debug))
 	}
 	d.w.unlock()
 }
@@ -624,13 +887,18 @@ func (d *dconn) close(err error) {
 	_ = d.nc.SetReadDeadline(time.Now())
 }
 
-func (d *dconn) onSettings(f *http2.SettingsFrame) {
+func (d *dconn) onSettings(f *http2.SettingsFrame) error {
 	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
-		d.goAwayNow(http2.ErrCodeProtocol)
-		d.close(err)
-		return
+		var ce http2.ConnectionError
+		if errors.As(err, &ce) {
+			return protocolError(http2.ErrCode(ce), err.Error())
+		}
+		return protocolError(http2.ErrCodeProtocol, err.Error())
 	}
-	applySettings(f, &d.w, &d.flow, &d.mu, &d.streams, nil)
+	if !applySettings(f, &d.w, &d.flow, &d.mu, &d.streams, nil) {
+		return protocolError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE takes a window over 2^31-1")
+	}
+	return nil
 }
 
 var (
@@ -638,34 +906,74 @@ var (
 	healthWatchPath = "/grpc.health.v1.Health/Watch"
 )
 
-func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
+func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, selfDep bool) error {
 	d.mu.Lock()
 	if st := d.streams[id]; st != nil {
-		// Trailers from a client: gRPC sends none; treat as a half close.
 		d.mu.Unlock()
-		if ended {
-			d.onClientEnd(st)
+		if st.ended {
+			// RFC 9113 section 5.1: half-closed (remote).
+			return protocolError(http2.ErrCodeStreamClosed, "HEADERS on a half-closed stream")
 		}
-		return
+		// Trailers (gRPC clients send none): they must end the stream
+		// and carry no pseudo-header (RFC 9113 section 8.1).
+		if !ended || fields == nil || !checkTrailers(fields) {
+			d.r.s.relayEvent(RelayRefused, "malformed")
+			d.abortStream(st, http2.ErrCodeProtocol)
+			return nil
+		}
+		d.onClientEnd(st)
+		return nil
 	}
-	if id%2 == 0 || id <= d.maxID {
+	switch {
+	case id%2 == 0:
 		d.mu.Unlock()
-		d.resetStream(id, http2.ErrCodeProtocol)
-		return
+		return protocolError(http2.ErrCodeProtocol, "HEADERS on an even stream id")
+	case id <= d.maxID && d.recentlyClosed(id):
+		d.mu.Unlock()
+		return protocolError(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
+	case id <= d.maxID:
+		d.mu.Unlock()
+		return protocolError(http2.ErrCodeProtocol, "HEADERS on a stream id lower than one already used")
 	}
 	d.maxID = id
+	d.streamsSeen++
 	refuse := d.goneAway || d.closed || uint32(len(d.streams)) >= d.r.lim.MaxConcurrentStreams
 	d.mu.Unlock()
 	if refuse {
+		d.r.s.relayEvent(RelayRefused, "streams")
 		d.resetStream(id, http2.ErrCodeRefusedStream)
-		return
+		return nil
 	}
 	if fields == nil {
+		d.r.s.relayEvent(RelayRefused, "header_list")
 		d.respondHeadersOnly(id, codes.ResourceExhausted, "milvus-ha-proxy: header list too large")
 		if !ended {
 			d.resetStream(id, http2.ErrCodeNo)
 		}
-		return
+		return nil
+	}
+	if selfDep {
+		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return nil
+	}
+	switch verdict, msg := checkRequest(fields); verdict {
+	case headersMalformed:
+		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.s.log.Debug("proxy: malformed request", "remote", d.remote, "stream", id, "problem", msg)
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return nil
+	case headersBadMethod, headersBadContentType:
+		d.r.s.relayEvent(RelayRefused, "not_grpc")
+		status := "405"
+		if verdict == headersBadContentType {
+			status = "415"
+		}
+		d.respondHTTPError(id, status, "milvus-ha-proxy: "+msg)
+		if !ended {
+			d.resetStream(id, http2.ErrCodeNo)
+		}
+		return nil
 	}
 
 	st := &dstream{d: d, id: id}
@@ -685,7 +993,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 			st.gzip = hf.Value == "gzip"
 			if hf.Value != "gzip" && hf.Value != "identity" {
 				d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unsupported grpc-encoding "+hf.Value)
-				return
+				return nil
 			}
 			continue
 		case "dbname":
@@ -710,7 +1018,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 			if !ended {
 				d.resetStream(id, http2.ErrCodeNo)
 			}
-			return
+			return nil
 		}
 		st.m = m
 		if m.stream {
@@ -750,38 +1058,83 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 	if ended {
 		d.onClientEnd(st)
 	}
+	return nil
+}
+
+// respondHTTPError answers a request that is not gRPC with an HTTP status
+// and, as grpc-go does, grpc-status Internal.
+func (d *dconn) respondHTTPError(id uint32, httpStatus, msg string) {
+	d.w.lock()
+	d.w.writeHeaders(id, true, []hpack.HeaderField{{Name: ":status", Value: httpStatus}, hdrContentType,
+		{Name: "grpc-status", Value: itoa(int(codes.Internal))}, {Name: "grpc-message", Value: encodeGRPCMessage(msg)}})
+	d.w.unlock()
 }
 
 // onData takes request DATA. Connection credit is returned as it is
 // read; stream credit as unary messages are buffered (they are bounded by
 // the message size limit) or, for streaming methods, once the backend took
 // the message.
-func (d *dconn) onData(f *http2.DataFrame) {
+func (d *dconn) onData(f *http2.DataFrame) error {
 	n := int(f.Header().Length)
 	st, sendConn := recvData(&d.mu, &d.streams, &d.recvConn, f.StreamID, n)
+	if st == nil {
+		d.w.writeWindowUpdates(0, sendConn, 0, &d.fl)
+		d.mu.Lock()
+		idle, closed := f.StreamID > d.maxID, d.recentlyClosed(f.StreamID)
+		d.mu.Unlock()
+		switch {
+		case idle:
+			return protocolError(http2.ErrCodeProtocol, "DATA on an idle stream")
+		case closed:
+			// RFC 9113 section 5.1: closed (DATA may also still
+			// be in flight after our answer; a reset is harmless).
+			d.resetStream(f.StreamID, http2.ErrCodeStreamClosed)
+		}
+		return nil
+	}
+	if st.ended {
+		// RFC 9113 section 5.1: half-closed (remote).
+		d.w.writeWindowUpdates(0, sendConn, 0, &d.fl)
+		d.abortStream(st, http2.ErrCodeStreamClosed)
+		return nil
+	}
+	if n == 0 && !f.StreamEnded() {
+		lim := &d.r.lim
+		if !d.ctrlBudget.take(time.Now(), float64(lim.ControlFramesPerSecond), 10*float64(lim.ControlFramesPerSecond)) {
+			return calmError("too many empty frames")
+		}
+	}
 	sendStream := 0
-	if st != nil && !st.ended {
-		msgs, err := st.msg.append(f.Data(), d.s.maxMsg)
-		if err != nil {
-			d.failStream(st, err)
-			st = nil
-		} else if st.in != nil {
-			for _, m := range msgs {
-				st.in.push(m)
-			}
-			st.msg.done = st.msg.done[:0]
-			st.recv += n
-		} else {
-			st.recv += n
-			if !f.StreamEnded() && st.recv >= relayStreamUpdate {
-				sendStream, st.recv = st.recv, 0
-			}
+	msgs, err := st.msg.append(f.Data(), d.s.maxMsg)
+	switch {
+	case err != nil:
+		d.r.s.relayEvent(RelayRefused, "message_size")
+		d.failStream(st, err)
+		st = nil
+	case st.in != nil:
+		for _, m := range msgs {
+			st.in.push(m)
+		}
+		st.msg.done = st.msg.done[:0]
+		st.recv += n
+	case len(st.msg.done) > 1 || (len(st.msg.done) == 1 && st.msg.partial()):
+		// A unary call's second message: refused now, not buffered
+		// until the client ends the stream (grpc-go: "cardinality
+		// violation").
+		d.r.s.relayEvent(RelayRefused, "cardinality")
+		d.failStream(st, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: a unary call takes exactly one request message; got a second"))
+		st = nil
+	default:
+		st.recv += n
+		if !f.StreamEnded() && st.recv >= relayStreamUpdate {
+			sendStream, st.recv = st.recv, 0
 		}
 	}
 	d.w.writeWindowUpdates(f.StreamID, sendConn, sendStream, &d.fl)
 	if st != nil && f.StreamEnded() {
 		d.onClientEnd(st)
 	}
+	return nil
 }
 
 // onClientEnd runs when the client half-closes a stream.
@@ -814,6 +1167,10 @@ func (d *dconn) endStream(st *dstream) {
 	d.mu.Lock()
 	_, open := d.streams[st.id]
 	delete(d.streams, st.id)
+	if open {
+		d.closedIDs[d.closedNext] = st.id
+		d.closedNext = (d.closedNext + 1) % len(d.closedIDs)
+	}
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
 	st.cancel()
@@ -1319,12 +1676,19 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 			if size > maxMsg {
 				return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message of %d bytes exceeds the limit of %d", size, maxMsg)
 			}
-			buf := mem.DefaultBufferPool().Get(size)
+			// The buffer holds what arrived, not what the prefix
+			// claims: up to assemblerChunk at first, then it grows
+			// with the bytes (a client that claims 255 MiB and sends
+			// 1 KiB costs 64 KiB, not 255 MiB).
+			buf := mem.DefaultBufferPool().Get(min(size, max(len(p), assemblerChunk)))
 			a.body, a.want = (*buf)[:0], size
 			a.cur = &frame{compressed: a.prefix[0] == 1, pooled: buf}
 			a.nprefix = 0
 		}
 		k := min(a.want-len(a.body), len(p))
+		if len(a.body)+k > cap(a.body) {
+			a.grow(k)
+		}
 		a.body = append(a.body, p[:k]...)
 		p = p[k:]
 		if len(a.body) == a.want {
@@ -1335,6 +1699,21 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 		}
 	}
 	return a.done[first:], nil
+}
+
+// assemblerChunk is the first buffer of a message whose bytes have not
+// arrived yet.
+const assemblerChunk = 64 << 10
+
+// grow makes room for k more bytes of the current message: at least
+// double, never past the claimed length, in a pool buffer.
+func (a *msgAssembler) grow(k int) {
+	n := min(a.want, max(2*cap(a.body), len(a.body)+k))
+	buf := mem.DefaultBufferPool().Get(n)
+	nb := append((*buf)[:0], a.body...)
+	*a.cur.pooled = a.body
+	mem.DefaultBufferPool().Put(a.cur.pooled)
+	a.cur.pooled, a.body = buf, nb
 }
 
 // msgQueue hands a streaming call's messages from the connection's reader
@@ -1438,4 +1817,31 @@ func (d *dconn) healthWatch(st *dstream, req *frame) {
 	d.w.lock()
 	d.w.writeHeaders(st.id, true, []hpack.HeaderField{hdrGRPCStatus0})
 	d.w.unlock()
+}
+
+// RelayEvent is what a RelayObserver is told.
+type RelayEvent string
+
+// Relay events.
+const (
+	// RelayRefused: a request or stream refused at the edge (reasons:
+	// malformed, not_grpc, streams, header_list, header_block,
+	// message_size, cardinality).
+	RelayRefused RelayEvent = "refused"
+	// RelayConnClosed: a client connection the proxy closed (reasons:
+	// protocol_error, abuse, too_many_pings, idle, write_timeout,
+	// output_overflow).
+	RelayConnClosed RelayEvent = "closed"
+)
+
+// RelayObserver is told about the relay's refusals and the client
+// connections it closes, when the Options.Observer implements it.
+type RelayObserver interface {
+	RelayEvent(ev RelayEvent, reason string)
+}
+
+func (s *Server) relayEvent(ev RelayEvent, reason string) {
+	if o, ok := s.obs.(RelayObserver); ok {
+		o.RelayEvent(ev, reason)
+	}
 }

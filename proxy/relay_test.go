@@ -528,7 +528,10 @@ func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
 // answers GOAWAY too_many_pings. (The grpc engine permits pings every 5 s
 // with or without calls: its server's keepalive.EnforcementPolicy.)
 func TestRelayAnswersClientPings(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits.PingMinTime = 10 * time.Millisecond
+	})
 	nc, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -547,6 +550,7 @@ func TestRelayAnswersClientPings(t *testing.T) {
 		if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
 			t.Fatal(err)
 		}
+		time.Sleep(20 * time.Millisecond) // the policy's minimum, with room
 	}
 	acks := 0
 	for acks < pings {
@@ -786,5 +790,291 @@ func TestRelayFrameTooLarge(t *testing.T) {
 	}
 	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeFrameSize {
 		t.Fatalf("GOAWAY %v", code)
+	}
+}
+
+// streamAnswer reads until stream id is reset or answered with END_STREAM
+// headers, and returns the RST code or the :status and grpc-status.
+func (c *rawClient) streamAnswer(id uint32) (rst http2.ErrCode, httpStatus, grpcStatus string, reset bool) {
+	c.t.Helper()
+	c.until(5*time.Second, func(f http2.Frame) bool {
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if f.StreamID == id {
+				rst, reset = f.ErrCode, true
+				return true
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID != id {
+				return false
+			}
+			if s := f.PseudoValue("status"); s != "" {
+				httpStatus = s
+			}
+			for _, hf := range f.RegularFields() {
+				if hf.Name == "grpc-status" {
+					grpcStatus = hf.Value
+				}
+			}
+			return f.StreamEnded()
+		case *http2.GoAwayFrame:
+			c.t.Fatalf("GOAWAY %v %q", f.ErrCode, f.DebugData())
+		}
+		return false
+	})
+	return
+}
+
+// TestRelayRefusesMalformedRequests: requests that break RFC 9113
+// section 8 or gRPC's rules are refused at the edge, as grpc-go's server
+// does, and never reach a cluster; the connection stays usable.
+func TestRelayRefusesMalformedRequests(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	with := func(mut func([]hpack.HeaderField) []hpack.HeaderField) []hpack.HeaderField {
+		return mut(grpcHeaders("Search"))
+	}
+	set := func(name, value string) func([]hpack.HeaderField) []hpack.HeaderField {
+		return func(fs []hpack.HeaderField) []hpack.HeaderField {
+			for i := range fs {
+				if fs[i].Name == name {
+					fs[i].Value = value
+				}
+			}
+			return fs
+		}
+	}
+	add := func(name, value string) func([]hpack.HeaderField) []hpack.HeaderField {
+		return func(fs []hpack.HeaderField) []hpack.HeaderField {
+			return append(fs, hpack.HeaderField{Name: name, Value: value})
+		}
+	}
+	drop := func(name string) func([]hpack.HeaderField) []hpack.HeaderField {
+		return func(fs []hpack.HeaderField) []hpack.HeaderField {
+			out := fs[:0]
+			for _, f := range fs {
+				if f.Name != name {
+					out = append(out, f)
+				}
+			}
+			return out
+		}
+	}
+	for _, tc := range []struct {
+		name       string
+		fields     []hpack.HeaderField
+		rst        http2.ErrCode // when reset
+		httpStatus string        // when answered
+	}{
+		{"upper-case name", with(add("X-Upper", "v")), http2.ErrCodeProtocol, ""},
+		{"unknown pseudo-header", with(add(":foo", "v")), http2.ErrCodeProtocol, ""},
+		{"response pseudo-header", with(func(fs []hpack.HeaderField) []hpack.HeaderField {
+			return append([]hpack.HeaderField{{Name: ":status", Value: "200"}}, fs...)
+		}), http2.ErrCodeProtocol, ""},
+		{"pseudo after regular", with(add(":authority", "x")), http2.ErrCodeProtocol, ""},
+		{"repeated :path", with(func(fs []hpack.HeaderField) []hpack.HeaderField {
+			return append([]hpack.HeaderField{{Name: ":path", Value: "/x"}}, fs...)
+		}), http2.ErrCodeProtocol, ""},
+		{"missing :method", with(drop(":method")), http2.ErrCodeProtocol, ""},
+		{"connection header", with(add("connection", "keep-alive")), http2.ErrCodeProtocol, ""},
+		{"te not trailers", with(set("te", "gzip")), http2.ErrCodeProtocol, ""},
+		{"bad value", with(add("x-v", "a\x00b")), http2.ErrCodeProtocol, ""},
+		{"GET", with(set(":method", "GET")), 0, "405"},
+		{"text/plain", with(set("content-type", "text/plain")), 0, "415"},
+		{"no content-type", with(drop("content-type")), 0, "415"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, e.addr, 0)
+			if err := c.headers(1, true, tc.fields); err != nil {
+				t.Fatal(err)
+			}
+			rst, httpStatus, grpcStatus, reset := c.streamAnswer(1)
+			if tc.httpStatus != "" {
+				if reset || httpStatus != tc.httpStatus || grpcStatus != "13" {
+					t.Fatalf("got reset=%v %v, :status %q grpc-status %q; want :status %s", reset, rst, httpStatus, grpcStatus, tc.httpStatus)
+				}
+			} else if !reset || rst != tc.rst {
+				t.Fatalf("got reset=%v %v (:status %q); want RST_STREAM %v", reset, rst, httpStatus, tc.rst)
+			}
+			// The connection still serves a well-formed call.
+			c.call(3, "Search", search("coll", commonpb.ConsistencyLevel_Bounded, 0, false))
+			if _, _, gs, reset := c.streamAnswer(3); reset || gs != "0" {
+				t.Fatalf("the next call: reset=%v grpc-status %q", reset, gs)
+			}
+		})
+	}
+	if n := e.totalReceived("Search"); n != 12 {
+		t.Fatalf("backends saw %d Search calls, want only the 12 well-formed ones", n)
+	}
+}
+
+// TestRelayConnectionErrors: what RFC 9113 makes a connection error ends
+// the connection with GOAWAY and that code; abuse of cheap frames ends it
+// with ENHANCE_YOUR_CALM, as Go's net/http2 and grpc-go do.
+func TestRelayConnectionErrors(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits.ResetsPerSecond = 5
+		o.RelayLimits.ControlFramesPerSecond = 5
+		o.RelayLimits.MaxHeaderListSize = 64 << 10
+	})
+	req := func(c *rawClient, id uint32) error { return c.headers(id, false, grpcHeaders("Query")) }
+	for _, tc := range []struct {
+		name  string
+		send  func(c *rawClient) error
+		code  http2.ErrCode
+		debug string
+	}{
+		{"even stream id", func(c *rawClient) error { return c.headers(2, true, grpcHeaders("Search")) }, http2.ErrCodeProtocol, ""},
+		{"decreasing stream id", func(c *rawClient) error {
+			if err := req(c, 5); err != nil {
+				return err
+			}
+			return c.headers(3, true, grpcHeaders("Search"))
+		}, http2.ErrCodeProtocol, ""},
+		{"HEADERS on a half-closed stream", func(c *rawClient) error {
+			if err := c.headers(1, true, grpcHeaders("Query")); err != nil {
+				return err
+			}
+			return c.headers(1, true, []hpack.HeaderField{{Name: "x-trailer", Value: "v"}})
+		}, http2.ErrCodeStreamClosed, ""},
+		{"DATA on an idle stream", func(c *rawClient) error { return c.fr.WriteData(7, true, []byte{0}) }, http2.ErrCodeProtocol, ""},
+		{"RST_STREAM on an idle stream", func(c *rawClient) error { return c.fr.WriteRSTStream(9, http2.ErrCodeCancel) }, http2.ErrCodeProtocol, ""},
+		{"connection window overflow", func(c *rawClient) error { return c.fr.WriteWindowUpdate(0, 1<<31-1) }, http2.ErrCodeFlowControl, ""},
+		{"PUSH_PROMISE", func(c *rawClient) error {
+			return c.fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, EndHeaders: true})
+		}, http2.ErrCodeProtocol, ""},
+		{"ping flood", func(c *rawClient) error {
+			for i := 0; i < 10; i++ {
+				if c.fr.WritePing(false, [8]byte{byte(i)}) != nil {
+					return nil // closed under us: what we want
+				}
+			}
+			return nil
+		}, http2.ErrCodeEnhanceYourCalm, "too_many_pings"},
+		{"rapid reset", func(c *rawClient) error {
+			for id := uint32(1); id < 400; id += 2 {
+				if req(c, id) != nil || c.fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+					return nil // closed under us: what we want
+				}
+			}
+			return nil
+		}, http2.ErrCodeEnhanceYourCalm, "too many stream resets"},
+		{"SETTINGS flood", func(c *rawClient) error {
+			for i := 0; i < 200; i++ {
+				if c.fr.WriteSettings() != nil {
+					return nil // closed under us: what we want
+				}
+			}
+			return nil
+		}, http2.ErrCodeEnhanceYourCalm, "too many SETTINGS"},
+		{"empty DATA flood", func(c *rawClient) error {
+			if err := req(c, 1); err != nil {
+				return err
+			}
+			for i := 0; i < 200; i++ {
+				if c.fr.WriteData(1, false, nil) != nil {
+					return nil // closed under us: what we want
+				}
+			}
+			return nil
+		}, http2.ErrCodeEnhanceYourCalm, "too many empty frames"},
+		{"CONTINUATION flood", func(c *rawClient) error {
+			c.hbuf.Reset()
+			for _, f := range grpcHeaders("Search") {
+				_ = c.henc.WriteField(f)
+			}
+			if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.hbuf.Bytes()}); err != nil {
+				return err
+			}
+			frag := bytes.Repeat([]byte{0x40, 0x01, 'x', 0x01, 'y'}, 1000) // literal x: y, over and over
+			for i := 0; i < 1000; i++ {
+				if err := c.fr.WriteContinuation(1, false, frag); err != nil {
+					return nil // closed under us: what we want
+				}
+			}
+			return nil
+		}, http2.ErrCodeEnhanceYourCalm, "header block too large or too slow"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, e.addr, 0)
+			if err := tc.send(c); err != nil {
+				t.Fatal(err)
+			}
+			var g *http2.GoAwayFrame
+			c.until(10*time.Second, func(f http2.Frame) bool {
+				g, _ = f.(*http2.GoAwayFrame)
+				return g != nil
+			})
+			if g.ErrCode != tc.code || (tc.debug != "" && string(g.DebugData()) != tc.debug) {
+				t.Fatalf("GOAWAY %v %q, want %v %q", g.ErrCode, g.DebugData(), tc.code, tc.debug)
+			}
+		})
+	}
+}
+
+// TestRelayUnarySecondMessage: a unary call's second message is refused
+// at once, without waiting for the end of the stream.
+func TestRelayUnarySecondMessage(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	c := dialRaw(t, e.addr, 0)
+	if err := c.headers(1, false, grpcHeaders("Insert")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := c.message(1, false, &milvuspb.InsertRequest{CollectionName: "coll"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, gs, reset := c.streamAnswer(1); reset || gs != "13" {
+		t.Fatalf("reset=%v grpc-status %q, want 13 (Internal)", reset, gs)
+	}
+	if n := e.totalReceived("Insert"); n != 0 {
+		t.Fatalf("backends saw %d Inserts", n)
+	}
+}
+
+// TestRelayIdleTimeout: a connection without calls goes away gracefully;
+// one with a call open does not.
+func TestRelayIdleTimeout(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits.IdleTimeout = 100 * time.Millisecond
+	})
+	c := dialRaw(t, e.addr, 0)
+	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY %v", code)
+	}
+}
+
+// TestMsgAssemblerGrowsWithBytes: a length prefix claiming far more than
+// arrives costs what arrived, not what it claims.
+func TestMsgAssemblerGrowsWithBytes(t *testing.T) {
+	var a msgAssembler
+	msgs, err := a.append(append([]byte{0, 0x0f, 0xff, 0xff, 0xff}, make([]byte, 1024)...), 256<<20)
+	if err != nil || len(msgs) != 0 {
+		t.Fatalf("%v %v", msgs, err)
+	}
+	if c := cap(a.body); c > 1<<20 {
+		t.Fatalf("a 255 MiB claim with 1 KiB sent holds %d bytes", c)
+	}
+	// A message whose bytes come in pieces is whole at the end.
+	a = msgAssembler{}
+	want := make([]byte, 300<<10)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	in := append([]byte{0, 0, 0x04, 0xb0, 0x00}, want...)
+	var got []*frame
+	for len(in) > 0 {
+		n := min(len(in), 1000)
+		m, err := a.append(in[:n], 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m...)
+		in = in[n:]
+	}
+	if len(got) != 1 || !bytes.Equal(got[0].bytes(), want) {
+		t.Fatalf("got %d messages", len(got))
 	}
 }

@@ -17,7 +17,7 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("attach", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	id := fs.String("cluster", "", "id of the cluster to attach (required; one of the proxy's configured clusters)")
-	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
+	adminURL := fs.String("admin", "", adminFlagHelp)
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the proxy to finish")
 	setUsage(fs, "attach --cluster ID [--admin URL]",
 		"Attaches a rebuilt or new cluster as a replication target of the current leader:\n"+
@@ -32,7 +32,7 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "milvus-ha-proxy attach: missing --cluster ID (the cluster to attach; `milvus-ha-proxy status` lists them)")
 		return 2
 	}
-	c, err := admin.NewClient(*adminURL, nil)
+	c, err := admin.NewClient(adminURLOr(*adminURL), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "milvus-ha-proxy attach: %v\n", err)
 		return 2

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,7 +20,7 @@ import (
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
+	adminURL := fs.String("admin", "", adminFlagHelp)
 	asJSON := fs.Bool("json", false, "print the topology as JSON instead of a table")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the proxy")
 	setUsage(fs, "status [--admin URL] [--json]",
@@ -27,7 +28,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
-	c, err := admin.NewClient(*adminURL, nil)
+	c, err := admin.NewClient(adminURLOr(*adminURL), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "milvus-ha-proxy status: %v\n", err)
 		return 2
@@ -50,6 +51,25 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	printStatus(stdout, v)
 	return 0
+}
+
+// envAdmin names the admin API for status, switchover and failover when
+// --admin is not given: a proxy whose admin port is elsewhere (another
+// host, a kubectl port-forward) is set once per shell.
+const envAdmin = "MILVUS_HA_PROXY_ADMIN"
+
+const adminFlagHelp = "the proxy's admin API `URL` (default $" + envAdmin + ", else " + admin.DefaultURL + ")"
+
+// adminURLOr is flagValue (--admin) when set, else $MILVUS_HA_PROXY_ADMIN,
+// else admin.DefaultURL.
+func adminURLOr(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if u := os.Getenv(envAdmin); u != "" {
+		return u
+	}
+	return admin.DefaultURL
 }
 
 // parseFlags parses args and reports whether the command should stop, with
@@ -170,6 +190,45 @@ func printStatus(w io.Writer, v admin.View) {
 			fmt.Fprintln(w, n)
 		}
 	}
+	printArbiter(w, v.Arbiter)
+}
+
+// printArbiter shows the etcd arbiter: who decides and every proxy.
+func printArbiter(w io.Writer, a *admin.ArbiterView) {
+	if a == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	state := "connected"
+	if !a.Connected {
+		state = "NOT CONNECTED"
+	}
+	role := "follows " + orDash(a.Decider)
+	if a.Deciding {
+		role = "DECIDES"
+	}
+	fmt.Fprintf(w, "arbiter: etcd %s %s | %s | this proxy %s, %s | topology epoch %d, leader %s\n",
+		strings.Join(a.Endpoints, ","), a.Prefix, state, a.ProxyID, role, a.Epoch, orDash(a.Leader))
+	if a.Fenced {
+		fmt.Fprintf(w, "WRITES FENCED: %s\n", a.FenceReason)
+	}
+	if a.LastError != "" {
+		fmt.Fprintf(w, "last etcd error: %s\n", a.LastError)
+	}
+	if a.ChangeRunning {
+		fmt.Fprintln(w, "a leader change recorded in etcd has not finished")
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tADDRESS\tEPOCH\tLEADER\tLAST HEARTBEAT\tDECIDES")
+	for _, p := range a.Proxies {
+		d := ""
+		if p.Deciding {
+			d = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Address, p.Epoch, orDash(p.Leader),
+			p.LastHeartbeat.UTC().Format("15:04:05.000"), d)
+	}
+	tw.Flush()
 }
 
 // banner names what stops writes, if anything: a change under way (with

@@ -274,3 +274,21 @@ func TestStatusServerError(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 }
+
+// TestAdminURLFromEnv: without --admin, status and switchover use
+// $MILVUS_HA_PROXY_ADMIN; --admin wins over it.
+func TestAdminURLFromEnv(t *testing.T) {
+	f := &fakeController{ready: true, view: sampleView(), result: admin.Result{From: "b", To: "c", Epoch: 3}}
+	url := startAdmin(t, f)
+	t.Setenv(envAdmin, url)
+	if code, out, errOut := runCmd(runStatus); code != 0 || !strings.HasPrefix(out, "leader b |") {
+		t.Errorf("status with $%s: exit %d\n%s%s", envAdmin, code, out, errOut)
+	}
+	if code, out, errOut := runCmd(runSwitchover, "--to", "c"); code != 0 || !strings.Contains(out, "switchover done: leader is now c") {
+		t.Errorf("switchover with $%s: exit %d\n%s%s", envAdmin, code, out, errOut)
+	}
+	dead := "http://" + deadAddr(t)
+	if code, _, errOut := runCmd(runStatus, "--admin", dead); code != 1 || !strings.Contains(errOut, strings.TrimPrefix(dead, "http://")) {
+		t.Errorf("--admin %s did not win over $%s: exit %d\n%s", dead, envAdmin, code, errOut)
+	}
+}

@@ -26,7 +26,7 @@ func runAction(ctx context.Context, kind, about, note string, args []string, std
 	fs := flag.NewFlagSet(kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	to := fs.String("to", "", "id of the cluster to make leader (required)")
-	adminURL := fs.String("admin", admin.DefaultURL, "the proxy's admin API")
+	adminURL := fs.String("admin", "", adminFlagHelp)
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the proxy to finish")
 	setUsage(fs, kind+" --to ID [--admin URL]", about)
 	if code, done := parseFlags(fs, args); done {
@@ -36,7 +36,7 @@ func runAction(ctx context.Context, kind, about, note string, args []string, std
 		fmt.Fprintf(stderr, "milvus-ha-proxy %s: missing --to ID (the cluster to make leader; `milvus-ha-proxy status` lists them)\n", kind)
 		return 2
 	}
-	c, err := admin.NewClient(*adminURL, nil)
+	c, err := admin.NewClient(adminURLOr(*adminURL), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "milvus-ha-proxy %s: %v\n", kind, err)
 		return 2

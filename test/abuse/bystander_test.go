@@ -189,7 +189,7 @@ func oneCall(ctx context.Context, mc milvuspb.MilvusServiceClient, insert bool) 
 }
 
 // searchRequest is a small Search of coll; params are added to its search
-// parameters (the backend's paramRespBytes, paramDelay).
+// parameters (backend.ParamRespBytes, backend.ParamDelay).
 func searchRequest(coll string, params ...string) *milvuspb.SearchRequest {
 	kv := []*commonpb.KeyValuePair{{Key: "anns_field", Value: "vec"}, {Key: "topk", Value: "3"}}
 	for i := 0; i+1 < len(params); i += 2 {

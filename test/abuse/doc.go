@@ -4,10 +4,11 @@
 //
 // Every probe runs against the built `serve` binary in its own process,
 // once per engine (relay and grpc), in front of a minimal Milvus backend
-// (a grpc-go server with the milvus-proto types), all on loopback ports
-// chosen at run time. A well-behaved bystander client measures its
-// throughput, latency and errors before, during and after the probe, and
-// the proxy's RSS is sampled from /proc/<pid>/status. The probes send raw
+// (package backend: a grpc-go server with the milvus-proto types, in a
+// process of its own too), all on loopback ports chosen at run time. A
+// well-behaved bystander client measures its throughput, latency and
+// errors before, during and after the probe, and the proxy's RSS is
+// sampled from /proc/<pid>/status. The probes send raw
 // HTTP/2 frames (golang.org/x/net/http2's Framer and hpack) where a
 // well-behaved library would refuse to: Rapid Reset, CONTINUATION floods,
 // HPACK bombs, oversized headers, lying length prefixes, zero windows,

@@ -20,11 +20,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/abuse/backend"
 )
 
 // abuseColl is the collection every abusive request names, so that the
 // backend's counters tell them from the bystander's.
-const abuseColl = "abuse"
+const abuseColl = backend.AbuseCollection
 
 // probes are the rows of the table, in the order of the audit.
 var probes = []probe{
@@ -36,19 +38,19 @@ var probes = []probe{
 			d.during = 3 * time.Second
 		}
 	}},
-	{name: "cancel-8/s", run: probeCancels, durations: func(d *durations, long bool) {
+	{name: "cancel-8-per-s", run: probeCancels, durations: func(d *durations, long bool) {
 		if !long {
 			d.during = 3 * time.Second
 		}
 	}},
-	{name: "rapid-reset-5/s", run: func(ctx context.Context, env probeEnv) (string, error) {
+	{name: "rapid-reset-5-per-s", run: func(ctx context.Context, env probeEnv) (string, error) {
 		return probeRapidReset(ctx, env, 200*time.Millisecond)
 	}},
 	{name: "rapid-reset-max", run: func(ctx context.Context, env probeEnv) (string, error) {
 		return probeRapidReset(ctx, env, 0)
 	}},
-	{name: "garbage-insert-5/s", run: probeGarbageInsert},
-	{name: "upper-case-header-5/s", run: probeUpperCaseHeader},
+	{name: "garbage-insert-5-per-s", run: probeGarbageInsert},
+	{name: "upper-case-header-5-per-s", run: probeUpperCaseHeader},
 	{name: "continuation-flood", run: probeContinuationFlood},
 	{name: "unary-no-end-stream", run: probeUnaryNoEndStream},
 	{name: "length-255MiB-1KiB-sent", run: probeLyingLength},
@@ -89,7 +91,7 @@ func idleConns(long bool) int {
 }
 
 // searchMsg is a Search of the abuse collection as a gRPC message; params
-// go to the backend (paramRespBytes, paramDelay).
+// go to the backend (backend.ParamRespBytes, backend.ParamDelay).
 func searchMsg(params ...string) []byte {
 	return grpcFrame(searchRequest(abuseColl, params...))
 }
@@ -105,7 +107,7 @@ func probeSlowReader(ctx context.Context, env probeEnv) (string, error) {
 		answer = 4 << 20
 	}
 	block := staticBlock(grpcHeaders("Search"))
-	msg := searchMsg(paramRespBytes, strconv.Itoa(answer))
+	msg := searchMsg(backend.ParamRespBytes, strconv.Itoa(answer))
 	var wg sync.WaitGroup
 	var requests atomic.Int64
 	opened := 0
@@ -147,7 +149,7 @@ func probeCancels(ctx context.Context, env probeEnv) (string, error) {
 	}
 	defer conn.Close()
 	mc := milvuspb.NewMilvusServiceClient(conn)
-	req := searchRequest(abuseColl, paramDelay, "500ms")
+	req := searchRequest(abuseColl, backend.ParamDelay, "500ms")
 	var mu sync.Mutex
 	codes := map[string]int{}
 	var wg sync.WaitGroup
@@ -277,7 +279,7 @@ func probeGarbageInsert(ctx context.Context, env probeEnv) (string, error) {
 			break
 		}
 	}
-	note := fmt.Sprintf("garbage Inserts ended %s; last: %q", countList(codes), truncate(lastMsg, 100))
+	note := fmt.Sprintf("garbage Inserts ended %s; last: %s", countList(codes), truncate(strings.ReplaceAll(lastMsg, "\u00a0", " "), 100))
 	if unknown > 0 {
 		// The backend answered: the request cannot have been lost with
 		// the connection, and the client must not be told it might.
@@ -323,8 +325,19 @@ func probeUpperCaseHeader(ctx context.Context, env probeEnv) (string, error) {
 		h.mu.Unlock()
 	}
 	note := fmt.Sprintf("%d requests on %d connections: %s", sent, conns, countList(outcomes))
-	if n := outcomes["grpc-status 0"]; n > 0 {
-		return note, fmt.Errorf("%d of %d requests with an upper-case header name were served", n, sent)
+	// Refused at the edge, as grpc-go and net/http do: the stream reset
+	// with PROTOCOL_ERROR (RFC 9113 section 8.1.1), an HTTP 400, or the
+	// connection ended with GOAWAY PROTOCOL_ERROR. Anything else (a gRPC
+	// status) means the request went on to the backend.
+	refused := 0
+	for k, n := range outcomes {
+		switch k {
+		case "RST " + http2.ErrCodeProtocol.String(), ":status 400", "GOAWAY " + http2.ErrCodeProtocol.String():
+			refused += n
+		}
+	}
+	if refused == 0 && sent > 0 {
+		return note, fmt.Errorf("none of %d requests with an upper-case header name was refused at the edge", sent)
 	}
 	return note, nil
 }
@@ -352,8 +365,8 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 	head := staticBlock(grpcHeaders("Search"))
 	frag := floodFragment()
 	var mu sync.Mutex
-	var closedAt []int64 // bytes taken by each connection the target closed
-	var openAt []int64   // bytes taken by each connection still open at the end
+	var closedAt []int64 // bytes sent on each connection the target closed
+	var openAt []int64   // bytes sent on each connection still open at the end
 	var last string
 	var wg sync.WaitGroup
 	for range conns {
@@ -402,12 +415,12 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 		note += fmt.Sprintf(" after at most %s", mib(closedAt[len(closedAt)-1]))
 	}
 	if len(openAt) > 0 {
-		note += fmt.Sprintf(", %d never closed (up to %s taken)", len(openAt), mib(openAt[len(openAt)-1]))
+		note += fmt.Sprintf(", %d still open at the end (up to %s sent)", len(openAt), mib(openAt[len(openAt)-1]))
 	}
 	note += "; last: " + last
 	for _, n := range append(closedAt, openAt...) {
 		if n > floodCap {
-			return note, fmt.Errorf("a flooding connection took %s before it was closed (cap %s)", mib(n), mib(floodCap))
+			return note, fmt.Errorf("a flooding connection took %s without being closed (cap %s)", mib(n), mib(floodCap))
 		}
 	}
 	return note, nil
@@ -553,13 +566,29 @@ func probeIdleAfterPreface(ctx context.Context, env probeEnv) (string, error) {
 	opened := time.Since(start)
 	<-ctx.Done()
 	closed := 0
+	var how []string
+	var first, last time.Duration
 	for _, h := range hs {
 		if h.closed() {
 			closed++
+			how = append(how, h.summary())
+			h.mu.Lock()
+			at := h.endedAt.Sub(start)
+			h.mu.Unlock()
+			if first == 0 || at < first {
+				first = at
+			}
+			last = max(last, at)
 		}
 	}
 	note := fmt.Sprintf("%d of %d idle connections closed by the target within %s (opened in %s)",
 		closed, len(hs), env.during.Round(time.Second), opened.Round(100*time.Millisecond))
+	if closed > 0 {
+		note += fmt.Sprintf(", at %s to %s", first.Round(100*time.Millisecond), last.Round(100*time.Millisecond))
+	}
+	if len(how) > 0 {
+		note += ": " + strings.Join(uniq(how), "; ")
+	}
 	if env.long && closed < len(hs) {
 		return note, fmt.Errorf("%d idle connections still open after %s", len(hs)-closed, env.during)
 	}
@@ -579,7 +608,7 @@ func probeZeroWindow(ctx context.Context, env probeEnv) (string, error) {
 		return "", err
 	}
 	defer h.close()
-	if err := h.rawStreams(streams, staticBlock(grpcHeaders("Search")), searchMsg(paramRespBytes, strconv.Itoa(4<<20)), false); err != nil {
+	if err := h.rawStreams(streams, staticBlock(grpcHeaders("Search")), searchMsg(backend.ParamRespBytes, strconv.Itoa(4<<20)), false); err != nil {
 		return "", fmt.Errorf("sending requests: %w", err)
 	}
 	<-ctx.Done()
@@ -598,7 +627,7 @@ func probeBigHeader(ctx context.Context, env probeEnv) (string, error) {
 	msg := searchMsg()
 	sent, conns := 0, 0
 	var sums []string
-	before, _, _ := env.backend.stats()
+	before := env.backend.stats().Abuse
 	for sent < streams && ctx.Err() == nil {
 		h, err := dialH2(ctx, env.addr, h2options{writeBuffer: 256 << 10})
 		if err != nil {
@@ -619,7 +648,7 @@ func probeBigHeader(ctx context.Context, env probeEnv) (string, error) {
 		h.close()
 	}
 	<-ctx.Done()
-	after, _, _ := env.backend.stats()
+	after := env.backend.stats().Abuse
 	return fmt.Sprintf("%d streams with an 8 MiB header on %d connections, backend got %d Searches; %s",
 		sent, conns, after["Search"]-before["Search"], strings.Join(uniq(sums), "; ")), nil
 }
@@ -634,16 +663,17 @@ func probeHPACKBomb(ctx context.Context, env probeEnv) (string, error) {
 	block = append(block, bytesRepeat(ref, refs)...)
 	msg := searchMsg()
 	var sums []string
-	bombs := 0
+	bombs, conns := 0, 0
+	before := env.backend.stats().Abuse
 	for ctx.Err() == nil {
 		h, err := dialH2(ctx, env.addr, h2options{writeBuffer: 256 << 10})
 		if err != nil {
 			sleepCtx(ctx, 10*time.Millisecond)
 			continue
 		}
+		conns++
 		id := h.newStream()
-		if h.writeBlock(id, block, false) == nil {
-			_ = h.writeData(ctx, id, msg, true, true)
+		if h.writeBlock(id, block, false) == nil && h.writeData(ctx, id, msg, true, true) == nil {
 			bombs++
 		}
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -654,7 +684,9 @@ func probeHPACKBomb(ctx context.Context, env probeEnv) (string, error) {
 		}
 		h.close()
 	}
-	return fmt.Sprintf("%d bombs of %d references; %s", bombs, refs, strings.Join(uniq(sums), "; ")), nil
+	after := env.backend.stats().Abuse
+	return fmt.Sprintf("%d connections, %d bombs of %d references sent whole, backend got %d Searches; %s",
+		conns, bombs, refs, after["Search"]-before["Search"], strings.Join(uniq(sums), "; ")), nil
 }
 
 func bytesRepeat(b []byte, n int) []byte {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/abuse/backend"
 )
 
 // envNoFile, set in the environment of a re-executed test binary, makes
@@ -63,31 +70,137 @@ func execWithNoFile(n string) {
 	os.Exit(3)
 }
 
-// binDir is the temporary directory of the built binary; TestMain removes
-// it.
+// binDir is the temporary directory of the built binaries; TestMain
+// removes it.
 var binDir struct {
 	sync.Mutex
 	path string
 }
 
-// proxyBinary builds the milvus-ha-proxy command once per test process.
-var proxyBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "milvus-ha-proxy-abuse-")
+// builds holds one build per package: each binary is built once per test
+// process, without -race whatever the test's flags (they are the
+// programs under test, not the test).
+var builds sync.Map // package path -> func() (string, error)
+
+// buildBinary builds the main package pkg into the temporary directory
+// once and returns the binary's path.
+func buildBinary(pkg string) (string, error) {
+	f, _ := builds.LoadOrStore(pkg, sync.OnceValues(func() (string, error) {
+		binDir.Lock()
+		if binDir.path == "" {
+			dir, err := os.MkdirTemp("", "milvus-ha-proxy-abuse-")
+			if err != nil {
+				binDir.Unlock()
+				return "", err
+			}
+			binDir.path = dir
+		}
+		dir := binDir.path
+		binDir.Unlock()
+		out := filepath.Join(dir, filepath.Base(pkg))
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, stderr.String())
+		}
+		return out, nil
+	}))
+	return f.(func() (string, error))()
+}
+
+const (
+	proxyPkg   = "github.com/milvus-ha-proxy/milvus-ha-proxy/cmd/milvus-ha-proxy"
+	backendPkg = "github.com/milvus-ha-proxy/milvus-ha-proxy/test/abuse/backend/abuse-backend"
+)
+
+// backendProc is the minimal Milvus (package backend) in a process of
+// its own.
+type backendProc struct {
+	addr   string
+	cmd    *exec.Cmd
+	stdin  io.Closer // closing it stops the backend
+	conn   *grpc.ClientConn
+	exited chan struct{}
+}
+
+var backendRE = regexp.MustCompile(`abuse-backend listening on (\S+)`)
+
+// startBackend starts a backend; the test's cleanup stops it.
+func startBackend(t testing.TB) *backendProc {
+	t.Helper()
+	bin, err := buildBinary(backendPkg)
 	if err != nil {
-		return "", err
+		t.Fatal(err)
 	}
-	binDir.Lock()
-	binDir.path = dir
-	binDir.Unlock()
-	out := filepath.Join(dir, "milvus-ha-proxy")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/milvus-ha-proxy/milvus-ha-proxy/cmd/milvus-ha-proxy")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, stderr.String())
+	b := &backendProc{exited: make(chan struct{})}
+	b.cmd = exec.Command(bin)
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	logs := &syncBuffer{}
+	b.cmd.Stderr = logs
+	stdin, err := b.cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out, nil
-})
+	b.stdin = stdin
+	stdout, err := b.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := backendRE.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		_ = b.cmd.Wait()
+		close(b.exited)
+	}()
+	t.Cleanup(b.stop)
+	select {
+	case b.addr = <-addr:
+	case <-b.exited:
+		t.Fatalf("abuse-backend exited: %s\n%s", b.cmd.ProcessState, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("abuse-backend did not print its address\n%s", logs.String())
+	}
+	b.conn, err = grpc.NewClient(b.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// stats reads the backend's counters (empty when it cannot).
+func (b *backendProc) stats() backend.Stats {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	var st backend.Stats
+	r, err := milvuspb.NewMilvusServiceClient(b.conn).GetMetrics(ctx, &milvuspb.GetMetricsRequest{Request: backend.StatsRequest})
+	if err == nil {
+		_ = json.Unmarshal([]byte(r.GetResponse()), &st)
+	}
+	return st
+}
+
+// stop stops the backend and waits for it.
+func (b *backendProc) stop() {
+	if b.conn != nil {
+		b.conn.Close()
+	}
+	b.stdin.Close()
+	select {
+	case <-b.exited:
+	case <-time.After(5 * time.Second):
+		_ = b.cmd.Process.Kill()
+		<-b.exited
+	}
+}
 
 // target is the process under test: the proxy with one engine, or
 // HAProxy, in front of the backend.
@@ -148,7 +261,7 @@ func startTarget(t testing.TB, engine, backendAddr string, o targetOptions) *tar
 		writeFile(t, cfg, haproxyConfig(tg.addr, backendAddr))
 		argv = []string{haproxyPath, "-db", "-f", cfg}
 	} else {
-		bin, err := proxyBinary()
+		bin, err := buildBinary(proxyPkg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,6 +276,9 @@ func startTarget(t testing.TB, engine, backendAddr string, o targetOptions) *tar
 	} else {
 		cmd = exec.Command(argv[0], argv[1:]...)
 	}
+	// The target dies with the test process, even one killed by a
+	// timeout.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = tg.logs
 	pr, err := cmd.StdoutPipe()
 	if err != nil {
@@ -267,11 +383,10 @@ log: {level: warn}
 const haproxyPath = "/usr/sbin/haproxy"
 
 // haproxyConfig relays h2 (prior knowledge, as gRPC clients speak it) to
-// the backend in h2, with HAProxy's defaults otherwise.
+// the backend in h2, with HAProxy's defaults otherwise (maxconn derived
+// from the fd limit).
 func haproxyConfig(listen, backendAddr string) string {
-	return fmt.Sprintf(`global
-    maxconn 20000
-defaults
+	return fmt.Sprintf(`defaults
     mode http
     timeout connect 5s
     timeout client 60s

@@ -116,6 +116,21 @@ type world struct {
 	diverged map[string]bool
 }
 
+func (w *world) String() string {
+	set := func(m map[string]bool) string {
+		var ids []string
+		for id, ok := range m {
+			if ok {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		return "[" + strings.Join(ids, " ") + "]"
+	}
+	return fmt.Sprintf("leader %s, dead %s, paused %s, quarantined by the proxy %s, diverged (former leaders of lossy changes) %s",
+		w.leader, set(w.dead), set(w.paused), set(w.quarantined), set(w.diverged))
+}
+
 // chaosEnv reads the knobs (see the package comment).
 type chaosEnv struct {
 	seed    uint64
@@ -249,12 +264,12 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 	w := &world{kinds: env.kinds, leader: "a", dead: map[string]bool{}, paused: map[string]bool{},
 		quarantined: map[string]bool{}, diverged: map[string]bool{}}
 	atRisk := map[int64]bool{}
-	var lossy []window
+	var lossy, proxyDown []window
 	fail := func(format string, a ...any) {
 		if why == "" {
 			why = fmt.Sprintf(format, a...)
 		}
-		t.Errorf("seed %d, after step %d: %s\nsteps:\n%s\n%s\n%s", seed, len(done), fmt.Sprintf(format, a...), stepsTable(done), r.diagnostics(), replay())
+		t.Errorf("seed %d, after step %d: %s\nsteps:\n%s\nthe schedule's model: %s\n%s\n%s", seed, len(done), fmt.Sprintf(format, a...), stepsTable(done), w, r.diagnostics(), replay())
 	}
 	begin := time.Now()
 	stuck := false
@@ -309,6 +324,12 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		for _, s := range burst {
 			if s.disruptive() {
 				tot.byKind[s.kind] = max(tot.byKind[s.kind], settled)
+				break
+			}
+		}
+		for _, s := range burst {
+			if s.kind == stepProxyRestart {
+				proxyDown = append(proxyDown, window{from: s.start, to: time.Now()})
 				break
 			}
 		}
@@ -370,6 +391,9 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		fail("%d Session reads missed the worker's own acknowledged insert", bad)
 	}
 	checked, inconclusive := checkLinearizable(t, ops, lossy)
+	if n, ex := heldWritesFailed(ops, proxyDown); n > 0 {
+		fail("%d writes failed while the proxy was up, though a write that never reached a backend must wait up to write_hold (%s) for a writable leader and only an unknown outcome may come back; e.g.\n%s", n, writeHold, ex)
+	}
 
 	lost := r.lostCount(leader, ops, atRisk)
 	nerr, table := errorTable(ops)
@@ -383,6 +407,40 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		len(atRisk), lost, checked, inconclusive)
 	t.Logf("client errors: %d\n%s", nerr, table)
 	t.Logf("%s", replay())
+}
+
+// reconnectGrace is how long after a proxy restart a client's calls may
+// still fail on its connection (dial backoff at most 500ms, see dial).
+const reconnectGrace = 3 * time.Second
+
+// heldWritesFailed counts the writes that failed outside the windows in
+// which the proxy process itself was down, other than those reported as of
+// unknown outcome.
+func heldWritesFailed(ops []op, proxyDown []window) (int, string) {
+	n := 0
+	var ex []string
+	for _, o := range ops {
+		if (o.kind != opInsert && o.kind != opUpsert) || o.out != failed || strings.Contains(o.err.Error(), "outcome unknown") {
+			continue
+		}
+		overlaps := false
+		for _, w := range proxyDown {
+			// A client's connection comes back a moment after the proxy
+			// (its reconnect backoff): calls fail fast until then.
+			if o.start.Before(w.to.Add(reconnectGrace)) && o.end.After(w.from) {
+				overlaps = true
+				break
+			}
+		}
+		if overlaps {
+			continue
+		}
+		n++
+		if len(ex) < 5 {
+			ex = append(ex, fmt.Sprintf("  %s %d at %s after %s: %.200s", o.kind, o.pk, o.start.Format("15:04:05.000"), o.end.Sub(o.start).Round(time.Millisecond), o.err))
+		}
+	}
+	return n, strings.Join(ex, "\n")
 }
 
 // disruptive: the step changed the leader or took it or the proxy away.

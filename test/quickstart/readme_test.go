@@ -2,6 +2,7 @@ package quickstart
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,4 +134,113 @@ func runExample(t *testing.T, d *demo, cmd *exec.Cmd) string {
 		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s\ndemo log:\n%s", cmd.Path, err, out, stderr.String(), d.log())
 	}
 	return string(out)
+}
+
+// setupCommands returns the README's "## Set up" command block that drives
+// a demo (the one with the fault controls), one command a line.
+func setupCommands(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "\n## Set up\n")
+	end := strings.Index(text, "\n## Connect\n")
+	if start < 0 || end < start {
+		t.Fatal(`README.md lacks "## Set up" followed by "## Connect"`)
+	}
+	for _, block := range regexp.MustCompile(`(?m)(?:^    \S.*\n)+`).FindAllString(text[start:end], -1) {
+		if !strings.Contains(block, "/sim/") {
+			continue
+		}
+		var cmds []string
+		for _, l := range strings.Split(strings.TrimRight(block, "\n"), "\n") {
+			cmds = append(cmds, strings.TrimSpace(l))
+		}
+		return cmds
+	}
+	t.Fatal(`README "## Set up" has no command block with the /sim/ fault controls`)
+	return nil
+}
+
+// TestReadmeSetupCommands runs the README's demo commands in their order
+// against a fresh demo, as a user would type them: every one must
+// succeed (curl with --fail), and the story they tell must happen — a
+// leads, the switchover makes b leader, crashing b fails over to another
+// cluster, and the last status reports the salvage. Between commands the
+// test waits only where a user would watch: for the failover after a
+// crash and for the cluster to be back after a restart.
+func TestReadmeSetupCommands(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		skipOrFail(t, "curl not installed")
+	}
+	cmds := setupCommands(t)
+	d := startDemo(t)
+	bin := binary(t)
+	var outputs []string
+	for i, line := range cmds {
+		sh := strings.ReplaceAll(line, "go run ./cmd/milvus-ha-proxy", bin)
+		sh = strings.ReplaceAll(sh, "127.0.0.1:9091", d.admin)
+		sh = strings.ReplaceAll(sh, "curl ", "curl --fail --silent --show-error --max-time 60 ")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		cmd := exec.CommandContext(ctx, "sh", "-c", sh)
+		cmd.Env = append(os.Environ(), "MILVUS_HA_PROXY_ADMIN=http://"+d.admin)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("README command %d %q failed: %v\n%s\ndemo log:\n%s", i+1, line, err, out, tail(d.log(), 4000))
+		}
+		outputs = append(outputs, string(out))
+		if m := regexp.MustCompile(`/sim/(\w+)/crash`).FindStringSubmatch(line); m != nil {
+			waitTopology(t, d, "a leader other than the crashed "+m[1], func(v topologyView) bool { return v.Leader != "" && v.Leader != m[1] })
+		}
+		if m := regexp.MustCompile(`/sim/(\w+)/restart`).FindStringSubmatch(line); m != nil {
+			waitTopology(t, d, m[1]+" healthy again", func(v topologyView) bool {
+				for _, c := range v.Clusters {
+					if c.ID == m[1] {
+						return c.Healthy
+					}
+				}
+				return false
+			})
+		}
+	}
+	first, last := outputs[0], outputs[len(outputs)-1]
+	if !strings.HasPrefix(first, "leader a |") {
+		t.Errorf("first status does not show a leading:\n%s", first)
+	}
+	for i, line := range cmds {
+		if strings.Contains(line, "switchover --to b") && !strings.Contains(outputs[i], "leader is now b") {
+			t.Errorf("switchover output:\n%s", outputs[i])
+		}
+	}
+	if strings.HasPrefix(last, "leader b |") || !strings.Contains(last, "salvage (epoch") {
+		t.Errorf("last status does not show the failover away from b and its salvage:\n%s", last)
+	}
+}
+
+// topologyView is the part of /api/v1/topology the README test watches.
+type topologyView struct {
+	Leader   string `json:"leader"`
+	Clusters []struct {
+		ID      string `json:"id"`
+		Healthy bool   `json:"healthy"`
+	} `json:"clusters"`
+}
+
+func waitTopology(t *testing.T, d *demo, what string, ok func(topologyView) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, body := get(t, "http://"+d.admin+"/api/v1/topology")
+		var v topologyView
+		if code == 200 && json.Unmarshal([]byte(body), &v) == nil && ok(v) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 60s: %d %s\ndemo log:\n%s", what, code, body, tail(d.log(), 4000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

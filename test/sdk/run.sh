@@ -19,8 +19,9 @@
 #            SDK_BACKEND=lite when it is Milvus Lite or the proxy before one)
 #   milvus   every suite directly against a real Milvus 2.3.5 standalone
 #            server (PyPI `milvus`, started by test/milvus/launch.py), then
-#            through `milvus-ha-proxy serve` in front of it; steps that need
-#            Milvus >= 2.4 are skipped with the reason
+#            through `milvus-ha-proxy serve` in front of it, then
+#            compare_lite.py --backend milvus (two real servers); steps
+#            Milvus 2.3.5 cannot serve are skipped with the reason
 #   all      lite, selftest, sim, demo, liteproxy and compare (default;
 #            `make test` runs milvus separately, from mk/milvus.mk)
 #
@@ -326,8 +327,9 @@ target_selftest() {
 run_compare() { # label args...
 	local label="$1"
 	shift
-	local log="$WORK/$label.log" rc t0 t1 summary p f
-	echo "=== Milvus Lite comparison ($label: proxy vs leader)"
+	local log="$WORK/$label.log" rc t0 t1 summary p f servers="lite×2"
+	case " $* " in *" --backend milvus "*) servers="milvus×2" ;; esac
+	echo "=== $servers comparison ($label: proxy vs leader)"
 	t0=$(date +%s.%N)
 	"$PYTHON" test/sdk/python/compare_lite.py "$@" >"$log" 2>&1
 	rc=$?
@@ -344,7 +346,7 @@ run_compare() { # label args...
 	fi
 	TOTAL_PASS=$((TOTAL_PASS + p))
 	TOTAL_FAIL=$((TOTAL_FAIL + f))
-	ROWS+=("$(printf '%-9s %-28s %-11s %6s %6s %6s %7.1fs' "$label" "$(version_of python)" "lite×2" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
+	ROWS+=("$(printf '%-9s %-28s %-11s %6s %6s %6s %7.1fs' "$label" "$(version_of python)" "$servers" "$p" "$f" 0 "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")")
 }
 
 # start_milvus NAME -> sets MILVUS_PORT: a real Milvus 2.3.5 standalone
@@ -462,6 +464,9 @@ target_milvus() {
 	for sdk in $SUITES; do
 		milvus23_suite "$sdk" milvusproxy "http://127.0.0.1:$port"
 	done
+	# compare_lite.py on two real Milvus servers: the pymilvus scenario
+	# through the proxy vs directly, step by step, and the routing probe.
+	run_compare milvuscompare --proxy-bin "$WORK/milvus-ha-proxy" --backend milvus
 }
 
 target_uri() {

@@ -26,7 +26,13 @@ Session and Customized must be served by `a`, Eventually by `b`; and the
 admin topology (/api/v1/topology) must list both clusters and say why `b`
 serves only Eventually reads.
 
-Usage: compare_lite.py [--proxy-bin PATH]   (default: go run ./cmd/milvus-ha-proxy)
+With --backend milvus, `a` and `b` are real Milvus 2.3.5 standalone servers
+(PyPI `milvus`, started by test/milvus/launch.py on ports chosen at run time
+and stopped with SIGKILL) instead of Milvus Lite. Milvus 2.3 has no
+GetReplicateInfo either, so the same rules hold; the scenario skips the steps
+2.3 cannot serve (use_database: pymilvus calls DescribeDatabase; hybrid_search).
+
+Usage: compare_lite.py [--proxy-bin PATH] [--backend lite|milvus]
 Prints PASS/FAIL per check and a closing `N passed, N failed`.
 """
 
@@ -57,6 +63,9 @@ from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc  # noqa: E
 from scenario import Scenario, row  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+LAUNCH = os.path.join(ROOT, "test", "milvus", "launch.py")
+# Steps of scenario.py that Milvus 2.3 cannot serve (see test/sdk/run.sh).
+MILVUS23_SKIP = ["use_database", "hybrid_search"]
 HEADER = "x-milvus-ha-cluster"
 
 
@@ -86,20 +95,25 @@ class Procs:
 
     def __init__(self) -> None:
         self.procs: List[Tuple[str, subprocess.Popen, str]] = []
+        self.kill_only: set = set()
 
-    def start(self, name: str, argv: List[str], log_path: str, **kw) -> subprocess.Popen:
+    def start(self, name: str, argv: List[str], log_path: str, kill: bool = False, **kw) -> subprocess.Popen:
+        """kill: stop it with SIGKILL at once (a real Milvus panics or hangs
+        on SIGTERM after work)."""
         log = open(log_path, "w")  # noqa: SIM115 -- closed with the process
         # Own process group, so `go run` and its child stop together.
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True, **kw)
         self.procs.append((name, p, log_path))
+        if kill:
+            self.kill_only.add(p.pid)
         return p
 
     def stop(self) -> None:
         for _, p, _ in reversed(self.procs):
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGTERM)
+                    os.killpg(p.pid, signal.SIGKILL if p.pid in self.kill_only else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         for _, p, _ in reversed(self.procs):
@@ -161,9 +175,10 @@ class Checks:
         return cond
 
 
-def run_scenario(label: str, uri: str, run_id: str, mirror_uri: Optional[str]) -> Scenario:
+def run_scenario(label: str, uri: str, run_id: str, mirror_uri: Optional[str],
+                 skip: Optional[List[str]] = None) -> Scenario:
     out = io.StringIO()
-    sc = Scenario(uri, run_id=run_id, mirror_uri=mirror_uri, out=out)
+    sc = Scenario(uri, run_id=run_id, mirror_uri=mirror_uri, skip=skip, out=out)
     t0 = time.monotonic()
     sc.run()
     for line in out.getvalue().splitlines():
@@ -175,12 +190,16 @@ def run_scenario(label: str, uri: str, run_id: str, mirror_uri: Optional[str]) -
 def routing_probe(checks: Checks, proxy_uri: str, leader_uri: str, alt_uri: str) -> None:
     """Which cluster serves each consistency level, from the response header."""
     db = f"route_{uuid.uuid4().hex[:8]}"
-    clients = [MilvusClient(uri=u, timeout=30) for u in (proxy_uri, alt_uri)]
-    proxy, alt = clients
+    admins = [MilvusClient(uri=u, timeout=30) for u in (proxy_uri, alt_uri)]
+    clients: List[MilvusClient] = []
     try:
-        for c in clients:  # proxy → leader, plus the stand-in replication to b
-            c.create_database(db)
-            c.use_database(db)
+        # proxy → leader, plus the stand-in replication to b. A client made
+        # for the database, not use_database: that calls DescribeDatabase,
+        # which Milvus 2.3 lacks.
+        for a, u in zip(admins, (proxy_uri, alt_uri)):
+            a.create_database(db)
+            clients.append(MilvusClient(uri=u, db_name=db, timeout=30))
+        for c in clients:
             c.create_collection("r", dimension=8, primary_field_name="id", vector_field_name="vec",
                                 consistency_level="Bounded", auto_id=False)
             c.insert("r", [{"id": i, "vec": row(i)["vec"]} for i in range(10)])
@@ -220,16 +239,18 @@ def routing_probe(checks: Checks, proxy_uri: str, leader_uri: str, alt_uri: str)
     finally:
         for c in clients:
             try:
-                c.use_database("default")
-                if db in c.list_databases():
-                    c.use_database(db)
-                    for coll in c.list_collections():
-                        c.drop_collection(coll)
-                    c.use_database("default")
-                    c.drop_database(db)
+                for coll in c.list_collections():
+                    c.drop_collection(coll)
             except Exception as e:  # noqa: BLE001
                 print(f"# cleanup of {db}: {e}")
             c.close()
+        for a in admins:
+            try:
+                if db in a.list_databases():
+                    a.drop_database(db)
+            except Exception as e:  # noqa: BLE001
+                print(f"# cleanup of {db}: {e}")
+            a.close()
 
 
 def check_status(checks: Checks, admin: str) -> None:
@@ -269,12 +290,35 @@ def check_status(checks: Checks, admin: str) -> None:
               f"b's entry: {json.dumps(entries)[:400]}")
 
 
+def start_milvus(procs: Procs, work: str, cid: str) -> Optional[int]:
+    """Starts a real Milvus standalone server with launch.py; returns its
+    gRPC port once /healthz answers OK, or None (after printing why)."""
+    info = os.path.join(work, f"{cid}.json")
+    p = procs.start(cid, [sys.executable, LAUNCH, "--dir", os.path.join(work, cid), "--info", info],
+                    os.path.join(work, f"{cid}.log"), kill=True)
+    deadline = time.time() + 180  # the first start unpacks the binaries
+    while time.time() < deadline and p.poll() is None:
+        try:
+            with open(info) as f:
+                inf = json.load(f)
+            with urllib.request.urlopen(f"http://127.0.0.1:{inf['metrics_port']}/healthz", timeout=2) as r:
+                if b"OK" in r.read():
+                    return int(inf["port"])
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    print(f"FAIL start_{cid}: Milvus did not become healthy\n{procs.tail(cid)}")
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proxy-bin", help="milvus-ha-proxy binary (default: go run ./cmd/milvus-ha-proxy)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--fake-proxy", action="store_true",
                     help="use fake_proxy.py instead of milvus-ha-proxy (tests this script itself)")
+    ap.add_argument("--backend", choices=("lite", "milvus"), default="lite",
+                    help="what a and b are: Milvus Lite, or real Milvus 2.3.5 standalone servers")
     ap.add_argument("--no-mirror", action="store_true",
                     help="do not copy writes to b: Eventually reads must then differ (shows the check can fail)")
     args = ap.parse_args()
@@ -287,15 +331,21 @@ def main() -> int:
     checks = Checks()
     t0 = time.monotonic()
     try:
-        ports = {"a": free_port(), "b": free_port()}
-        for cid, port in ports.items():
-            p = procs.start(cid, [sys.executable, "-m", "milvus_lite", "server", "--data-dir",
-                                  os.path.join(work, cid), "--host", "127.0.0.1", "--port", str(port)],
-                            os.path.join(work, f"{cid}.log"))
-            if not wait_port(port, 60, p):
-                print(f"FAIL start_{cid}: milvus-lite did not start\n{procs.tail(cid)}")
+        if args.backend == "milvus":
+            ports = {cid: start_milvus(procs, work, cid) for cid in ("a", "b")}
+            if None in ports.values():
                 print("0 passed, 1 failed")
                 return 1
+        else:
+            ports = {"a": free_port(), "b": free_port()}
+            for cid, port in ports.items():
+                p = procs.start(cid, [sys.executable, "-m", "milvus_lite", "server", "--data-dir",
+                                      os.path.join(work, cid), "--host", "127.0.0.1", "--port", str(port)],
+                                os.path.join(work, f"{cid}.log"))
+                if not wait_port(port, 60, p):
+                    print(f"FAIL start_{cid}: milvus-lite did not start\n{procs.tail(cid)}")
+                    print("0 passed, 1 failed")
+                    return 1
         listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         cfg = os.path.join(work, "proxy.yaml")
         with open(cfg, "w") as f:
@@ -311,12 +361,12 @@ clusters:
     uri: 127.0.0.1:{ports['b']}
     role: alternative
 read:
-  # b's lag is unknown (Milvus Lite has no GetReplicateInfo), so b may serve
+  # b's lag is unknown (Milvus Lite and 2.3 have no GetReplicateInfo), so b may serve
   # only Eventually reads; with the leader out of the read pool, every
   # Eventually read goes to b and the routing is deterministic.
   leader_serves_reads: false
 failover:
-  mode: manual   # Milvus Lite cannot be promoted (no UpdateReplicateConfiguration)
+  mode: manual   # neither Lite nor 2.3 can be promoted (no UpdateReplicateConfiguration)
 log:
   level: info
 """)
@@ -339,8 +389,9 @@ log:
         leader_uri = f"http://127.0.0.1:{ports['a']}"
         alt_uri = f"http://127.0.0.1:{ports['b']}"
         proxy_uri = f"http://{listen}"
-        direct = run_scenario("direct", leader_uri, run_id, None)
-        through = run_scenario("proxy", proxy_uri, run_id, None if args.no_mirror else alt_uri)
+        skip = MILVUS23_SKIP if args.backend == "milvus" else None
+        direct = run_scenario("direct", leader_uri, run_id, None, skip)
+        through = run_scenario("proxy", proxy_uri, run_id, None if args.no_mirror else alt_uri, skip)
 
         checks.ok("scenario_direct", direct.failed() == 0, direct.summary())
         checks.ok("scenario_proxy", through.failed() == 0, through.summary())

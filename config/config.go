@@ -31,7 +31,7 @@ const (
 // Role is a cluster's role in static discovery.
 type Role string
 
-// Roles, as DESIGN.md names them.
+// Roles (docs/architecture.md, "Roles").
 const (
 	RoleLeader      Role = "leader"
 	RoleAlternative Role = "alternative"
@@ -174,8 +174,9 @@ type Log struct {
 	Format string `yaml:"format" doc:"text or json; --log-format overrides it."`
 }
 
-// Default returns a Config holding every default of DESIGN.md, with no
-// clusters; it does not validate until clusters are added.
+// Default returns a Config holding every documented default
+// (docs/config.md), with no clusters; it does not validate until clusters
+// are added.
 func Default() *Config {
 	return &Config{
 		Listen:      "0.0.0.0:19530",

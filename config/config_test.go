@@ -36,7 +36,7 @@ func TestParseMinimalTakesDefaults(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got\n%s\nwant\n%s", c, want)
 	}
-	// The defaults DESIGN.md fixes.
+	// The documented defaults (docs/config.md).
 	checks := []struct {
 		name      string
 		got, want any

@@ -15,7 +15,10 @@ import (
 
 // The Arbiter is the failover/switchover/demotion state machine. The
 // Manager detects and records; the Arbiter decides and drives Milvus's
-// own protocols (MILVUS_FACTS.md, "Replication"):
+// own replication protocol (Milvus 2.6 CDC: UpdateReplicateConfiguration,
+// force_promote and GetReplicateInfo in milvus-proto's milvus.proto; the
+// Milvus documentation's cdc_failover and switchover guides;
+// docs/architecture.md, "A failover's path"):
 //
 //	steady ──leader lost──▶ lost ──auto, or `failover --to`──▶ holding
 //	holding ──▶ promoting (force_promote on the chosen alternative)

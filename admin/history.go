@@ -126,17 +126,35 @@ func (s *sampler) sample(now time.Time) {
 	s.next = (s.next + 1) % len(s.ring)
 	s.full = s.full || s.next == 0
 	if lc := v.LastChange; lc != nil {
-		if n := len(s.changes); n == 0 || !sameChange(s.changes[n-1], *lc) {
-			s.changes = append(s.changes, *lc)
-			if len(s.changes) > maxChanges {
-				s.changes = append(s.changes[:0:0], s.changes[len(s.changes)-maxChanges:]...)
-			}
+		s.addChangeLocked(*lc)
+	}
+}
+
+// addChange records a finished leader change (RecordChange, or the last
+// change a sample saw), once.
+func (s *sampler) addChange(c Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.addChangeLocked(c)
+}
+
+func (s *sampler) addChangeLocked(c Change) {
+	if c.Result == "" {
+		return // still running: recorded when it ends
+	}
+	for i := len(s.changes) - 1; i >= 0 && i >= len(s.changes)-4; i-- {
+		if sameChange(s.changes[i], c) {
+			return
 		}
+	}
+	s.changes = append(s.changes, c)
+	if len(s.changes) > maxChanges {
+		s.changes = append(s.changes[:0:0], s.changes[len(s.changes)-maxChanges:]...)
 	}
 }
 
 func sameChange(a, b Change) bool {
-	return a.Epoch == b.Epoch && a.At.Equal(b.At) && a.To == b.To && a.Result == b.Result
+	return a.Kind == b.Kind && a.Epoch == b.Epoch && a.At.Equal(b.At) && a.To == b.To && a.Result == b.Result
 }
 
 // history returns a copy of the samples, oldest first.
@@ -157,6 +175,11 @@ func (s *sampler) history() History {
 	}
 	return h
 }
+
+// RecordChange adds a finished leader change (or a refused or failed
+// attempt) to the history. The sampler also picks up the topology's last
+// change, but two changes between samples would show it only the second.
+func (s *Server) RecordChange(c Change) { s.hist.addChange(c) }
 
 func (s *Server) historyHandler(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.hist.history())

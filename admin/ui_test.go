@@ -157,3 +157,27 @@ func TestUIPage(t *testing.T) {
 		t.Errorf("index does not list /ui: %d %s", code, body)
 	}
 }
+
+// TestHistoryRecordChange: changes reported by RecordChange are kept even
+// when two fall between samples, a change the sampler also sees is kept
+// once, and a change still running is not recorded.
+func TestHistoryRecordChange(t *testing.T) {
+	f := &fakeController{}
+	s := New(Options{Controller: f, Logger: slog.New(slog.DiscardHandler)})
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	first := Change{Kind: "switchover", From: "a", To: "b", Epoch: 1, At: t0, Result: "ok"}
+	second := Change{Kind: "failover", From: "b", To: "c", Epoch: 2, At: t0.Add(time.Second), Result: "ok"}
+	refused := Change{Kind: "switchover", From: "c", To: "c", Epoch: 2, At: t0.Add(2 * time.Second), Result: "refused"}
+	s.RecordChange(first)
+	s.RecordChange(second)
+	s.RecordChange(refused)
+	s.RecordChange(Change{Kind: "switchover", From: "c", To: "a", Epoch: 2, At: t0.Add(3 * time.Second)}) // running
+	f.mu.Lock()
+	f.view = View{Leader: "c", Epoch: 2, LastChange: &refused}
+	f.mu.Unlock()
+	s.hist.sample(t0.Add(4 * time.Second))
+	h := s.hist.history()
+	if len(h.Changes) != 3 || h.Changes[0].To != "b" || h.Changes[1].To != "c" || h.Changes[2].Result != "refused" {
+		t.Errorf("changes %+v, want a->b, b->c and the refused one, once each", h.Changes)
+	}
+}

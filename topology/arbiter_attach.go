@@ -26,6 +26,9 @@ const KindAttach = "attach"
 // becomes a secondary of the leader), then to the leader (its CDC starts
 // replicating to it), then to the other targets.
 func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
+	if err := a.errNotDeciding(); err != nil {
+		return a.refusedErr(KindAttach, "", id, err)
+	}
 	if err := a.acquireWait(ctx, "attaching "+id); err != nil {
 		return a.refusedErr(KindAttach, "", id, err)
 	}

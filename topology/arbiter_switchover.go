@@ -18,6 +18,9 @@ import (
 // leader demotes until the target leads; requests already on their way to
 // the old leader finish first, so no client sees a refusal.
 func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
+	if err := a.errNotDeciding(); err != nil {
+		return a.refusedErr(KindSwitchover, "", to, err)
+	}
 	if err := a.acquireWait(ctx, "a switchover to "+to); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}

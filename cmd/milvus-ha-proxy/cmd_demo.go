@@ -123,6 +123,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "\nconnect with: pymilvus MilvusClient(uri=\"http://%s\")  |  Go SDK milvusclient.New(ctx, &milvusclient.ClientConfig{Address: %q})\n", *listen, *listen)
 	fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause   crash the leader: curl -XPOST http://%s/sim/a/crash\n", *adminListen, *adminListen, *adminListen)
+	fmt.Fprintf(stdout, "status page: http://%s/ui   (the demo has no authentication: connect without a token)\n", *adminListen)
 	return runApp(ctx, app.Options{
 		Config:        cfg,
 		Logger:        logger,

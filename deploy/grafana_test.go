@@ -193,9 +193,9 @@ func TestDashboardLayout(t *testing.T) {
 	}
 	var dash struct {
 		Panels []struct {
-			ID      int    `json:"id"`
-			Title   string `json:"title"`
-			Type    string `json:"type"`
+			ID      int                      `json:"id"`
+			Title   string                   `json:"title"`
+			Type    string                   `json:"type"`
 			GridPos struct{ X, Y, W, H int } `json:"gridPos"`
 		} `json:"panels"`
 	}

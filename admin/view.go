@@ -76,8 +76,50 @@ type View struct {
 	// Salvage reports forced promotions and what the old leader held that
 	// was never replicated.
 	Salvage []Salvage `json:"salvage,omitempty"`
+	// Arbiter is the etcd arbiter as this proxy sees it; nil when the
+	// proxy decides alone (no arbiter configured).
+	Arbiter *ArbiterView `json:"arbiter,omitempty"`
 	// GeneratedAt is when the view was taken.
 	GeneratedAt time.Time `json:"generated_at"`
+}
+
+// ArbiterView is the etcd arbiter: which proxy decides, what this proxy
+// last read from etcd, and every running proxy.
+type ArbiterView struct {
+	Endpoints []string `json:"endpoints"`
+	Prefix    string   `json:"prefix"`
+	// ProxyID is this proxy; Deciding says whether it decides, Decider
+	// which proxy does.
+	ProxyID  string `json:"proxy_id"`
+	Deciding bool   `json:"deciding"`
+	Decider  string `json:"decider,omitempty"`
+	// Connected: etcd confirmed this proxy's lease within its TTL.
+	Connected bool `json:"connected"`
+	// LeaseValidSeconds is how long the lease lasts at least without
+	// another keepalive (negative: it may have expired).
+	LeaseValidSeconds float64 `json:"lease_valid_seconds"`
+	// Epoch and Leader are the topology in etcd as last read.
+	Epoch  uint64 `json:"epoch"`
+	Leader string `json:"leader,omitempty"`
+	// Fenced: writes are held, then refused, because this proxy cannot
+	// confirm the leader with etcd; FenceReason says why.
+	Fenced      bool       `json:"fenced"`
+	FencedSince *time.Time `json:"fenced_since,omitempty"`
+	FenceReason string     `json:"fence_reason,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	// ChangeRunning: the change record in etcd has no result yet.
+	ChangeRunning bool         `json:"change_running,omitempty"`
+	Proxies       []ProxyEntry `json:"proxies"`
+}
+
+// ProxyEntry is one running proxy, from its record in etcd.
+type ProxyEntry struct {
+	ID            string    `json:"id"`
+	Address       string    `json:"address"`
+	Epoch         uint64    `json:"epoch"`
+	Leader        string    `json:"leader,omitempty"`
+	Deciding      bool      `json:"deciding"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
 }
 
 // ClusterView is one cluster in a View.

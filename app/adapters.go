@@ -38,6 +38,7 @@ func (c *controller) Topology(context.Context) admin.View {
 		FailoverMode: string(a.cfg.Failover.Mode),
 		GeneratedAt:  time.Now(),
 	}
+	v.Arbiter = arbiterView(a.etcd)
 	as := a.arbiter.Status()
 	v.Phase = as.Phase
 	v.ChangeUnderWay = changeOf(as.Current)
@@ -76,19 +77,35 @@ func (c *controller) Topology(context.Context) admin.View {
 
 // Ready is the topology's own verdict (leader known, reachable, not lost,
 // no failover under way); the admin server adds draining.
-func (c *controller) Ready() (bool, string) { return c.app.topo.Ready() }
+func (c *controller) Ready() (bool, string) {
+	if e := c.app.etcd; e != nil {
+		if st := e.Status(); st.Fenced {
+			return false, st.FenceReason
+		}
+	}
+	return c.app.topo.Ready()
+}
 
 func (c *controller) Switchover(ctx context.Context, to string) (admin.Result, error) {
+	if r, ok, err := c.forward(ctx, topology.KindSwitchover, to); ok {
+		return r, err
+	}
 	ch, err := c.app.arbiter.Switchover(ctx, to)
 	return resultOf(ch), adminError(err)
 }
 
 func (c *controller) Failover(ctx context.Context, to string) (admin.Result, error) {
+	if r, ok, err := c.forward(ctx, topology.KindFailover, to); ok {
+		return r, err
+	}
 	ch, err := c.app.arbiter.Failover(ctx, to)
 	return resultOf(ch), adminError(err)
 }
 
 func (c *controller) Attach(ctx context.Context, cluster string) (admin.Result, error) {
+	if r, ok, err := c.forward(ctx, topology.KindAttach, cluster); ok {
+		return r, err
+	}
 	ch, err := c.app.arbiter.Attach(ctx, cluster)
 	return resultOf(ch), adminError(err)
 }
@@ -178,6 +195,10 @@ func (a *App) metricsState() telemetry.State {
 	// A lost leader not yet replaced counts as failing over, in manual
 	// mode too: writes cannot go anywhere.
 	st := telemetry.State{Epoch: tv.Epoch, FailingOver: tv.FailingOver || tv.LeaderLostAt != nil}
+	if a.etcd != nil {
+		es := a.etcd.Status()
+		st.Arbiter = &telemetry.ArbiterState{Connected: es.Connected, Deciding: es.Deciding, Fenced: es.Fenced, Epoch: es.Epoch}
+	}
 	for _, cv := range tv.Clusters {
 		cs := telemetry.ClusterState{
 			ID: cv.ID, Role: string(cv.Role), Healthy: cv.Healthy,

@@ -19,6 +19,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/etcdarbiter"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
@@ -50,6 +51,8 @@ type App struct {
 	tel      *telemetry.Telemetry
 	topo     *topology.Manager
 	arbiter  *topology.Arbiter
+	// etcd is the arbiter shared with other proxies; nil without one.
+	etcd *etcdarbiter.Arbiter
 	router   *router.Router
 	proxy    *proxy.Server
 	admin    *admin.Server
@@ -105,11 +108,28 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building topology: %w", err)
 	}
-	a.arbiter, err = topology.NewArbiter(a.topo, topology.ArbiterOptions{
+	a.etcd, err = newEtcdArbiter(cfg, a.topo, logger)
+	if err != nil {
+		a.closePartial(ctx)
+		return nil, err
+	}
+	var store topology.ChangeStore
+	if cfg.Failover.StateFile != "" {
+		store = &topology.FileChangeStore{Path: cfg.Failover.StateFile}
+	}
+	arbOpts := topology.ArbiterOptions{
 		Mode:     string(cfg.Failover.Mode),
 		OnChange: a.recordChange,
+		Store:    store,
 		Logger:   logger,
-	})
+	}
+	if a.etcd != nil {
+		// Only the elected proxy decides, and its change records live in
+		// etcd, where the next decider finds them.
+		arbOpts.Decides = a.etcd.Deciding
+		arbOpts.Store = a.etcd.ChangeStore()
+	}
+	a.arbiter, err = topology.NewArbiter(a.topo, arbOpts)
 	if err != nil {
 		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building the failover arbiter: %w", err)
@@ -180,6 +200,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 
 // closePartial releases what New built before it failed.
 func (a *App) closePartial(ctx context.Context) {
+	if a.etcd != nil {
+		_ = a.etcd.Close()
+	}
 	if a.topo != nil {
 		_ = a.topo.Close()
 	}
@@ -208,6 +231,9 @@ func (a *App) Start() error {
 	// The arbiter runs as one of the topology's goroutines: it stops when
 	// Shutdown closes the topology.
 	a.arbiter.Start()
+	if a.etcd != nil {
+		a.etcd.Start()
+	}
 	_ = ctx
 	a.wg.Add(2)
 	go func() {
@@ -263,6 +289,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	defer cancel()
 	if err := a.admin.Shutdown(actx); err != nil {
 		errs = append(errs, fmt.Errorf("stopping admin server: %w", err))
+	}
+	if a.etcd != nil {
+		// Resigns: another proxy decides at once, not after the lease.
+		_ = a.etcd.Close()
 	}
 	if err := a.topo.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing topology: %w", err))

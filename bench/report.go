@@ -200,8 +200,8 @@ func ratio(t, b TargetReport) Ratio {
 	}
 }
 
-func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
-	active := time.Duration(rec.active.Load())
+func (r *recorder) targetReport(t Target, cfg *Config) TargetReport {
+	active := time.Duration(r.active.Load())
 	per := func(n uint64) float64 {
 		if active <= 0 {
 			return 0
@@ -212,17 +212,17 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 		Name: t.Name, Addr: t.Addr,
 		DurationS:       active.Seconds(),
 		ByOp:            map[string]OpReport{},
-		ErrorsByCode:    rec.codes.snapshot(),
-		ReadsByCluster:  rec.reads.snapshot(),
-		WritesByCluster: rec.writes.snapshot(),
+		ErrorsByCode:    r.codes.snapshot(),
+		ReadsByCluster:  r.reads.snapshot(),
+		WritesByCluster: r.writes.snapshot(),
 		LeaderChanges:   []LeaderChange{},
 		Timeline:        []Point{},
 	}
 	all := NewHistogram(precisionTotal)
 	var wrote, read bool
 	for k := range numOpKinds {
-		h := rec.hist[k]
-		e := rec.errs[k].Load()
+		h := r.hist[k]
+		e := r.errs[k].Load()
 		if h.Count() == 0 && e == 0 {
 			continue
 		}
@@ -239,47 +239,47 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 	tr.Ops = tr.OK + tr.Errors
 	tr.Throughput = per(tr.OK)
 	tr.Latency = latencyOf(all)
-	rec.sampleMu.Lock()
-	if len(rec.samples) > 0 {
-		tr.ErrorSamples = maps.Clone(rec.samples)
+	r.sampleMu.Lock()
+	if len(r.samples) > 0 {
+		tr.ErrorSamples = maps.Clone(r.samples)
 	}
-	rec.sampleMu.Unlock()
+	r.sampleMu.Unlock()
 	if wrote && cfg.VerifyEvery > 0 && (cfg.Workload == WorkloadInsert || cfg.Workload == WorkloadMixed) {
 		switch cfg.Consistency {
 		case Strong, Session, Customized:
-			tr.Verify = &Verify{Level: cfg.Consistency, Checks: rec.verifyChecks.Load(), Misses: rec.verifyMisses.Load(),
-				Skipped: rec.verifySkipped.Load()}
+			tr.Verify = &Verify{Level: cfg.Consistency, Checks: r.verifyChecks.Load(), Misses: r.verifyMisses.Load(),
+				Skipped: r.verifySkipped.Load()}
 		}
 	}
-	rec.leaderMu.Lock()
-	tr.LeaderChanges = append(tr.LeaderChanges, rec.leaderEvents...)
-	rec.leaderMu.Unlock()
+	r.leaderMu.Lock()
+	tr.LeaderChanges = append(tr.LeaderChanges, r.leaderEvents...)
+	r.leaderMu.Unlock()
 	gap := func(g *gapTracker) *Gap {
 		return &Gap{S: time.Duration(g.max.Load()).Seconds(), EndS: time.Duration(g.maxEnd.Load()).Seconds()}
 	}
 	if wrote {
-		tr.WriteGap = gap(&rec.writeGap)
+		tr.WriteGap = gap(&r.writeGap)
 	}
 	if read {
-		tr.ReadGap = gap(&rec.readGap)
+		tr.ReadGap = gap(&r.readGap)
 	}
-	rec.tl.mu.Lock()
+	r.tl.mu.Lock()
 	// Every second the target was measured gets a point, including seconds
 	// in which nothing completed: an outage must show as zeros, not as a
 	// line bridging it.
-	rec.phaseMu.Lock()
+	r.phaseMu.Lock()
 	last := 0.0
-	for _, p := range rec.phases {
+	for _, p := range r.phases {
 		last = max(last, p[1])
 	}
-	rec.phaseMu.Unlock()
-	n := max(len(rec.tl.secs), int(math.Ceil(last)))
+	r.phaseMu.Unlock()
+	n := max(len(r.tl.secs), int(math.Ceil(last)))
 	for i := range n {
 		var s *second
-		if i < len(rec.tl.secs) {
-			s = rec.tl.secs[i]
+		if i < len(r.tl.secs) {
+			s = r.tl.secs[i]
 		}
-		active := rec.activeIn(float64(i), float64(i+1))
+		active := r.activeIn(float64(i), float64(i+1))
 		// Skip slivers (a phase that ends a few ms into a second): their
 		// rate would be noise. Seconds with completions always count.
 		if s == nil && active < 0.05 {
@@ -295,7 +295,7 @@ func (rec *recorder) targetReport(t Target, cfg *Config) TargetReport {
 		p.Rate = float64(p.OK) / max(p.ActiveS, 0.05)
 		tr.Timeline = append(tr.Timeline, p)
 	}
-	rec.tl.mu.Unlock()
+	r.tl.mu.Unlock()
 	return tr
 }
 

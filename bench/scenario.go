@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Scenario names, as issue 7 lists them.
+// Scenario names (bench/README.md, "Scenarios").
 const (
 	ScenarioOverhead        = "overhead"
 	ScenarioReadScaling     = "read-scaling"
@@ -31,7 +31,7 @@ type ScenarioRun struct {
 }
 
 // ScenarioReport is a scenario's runs plus the table that answers its
-// question, and the headline numbers the issue sets goals for.
+// question, and its headline numbers.
 type ScenarioReport struct {
 	Scenario string             `json:"scenario"`
 	Runs     []ScenarioRun      `json:"runs"`

@@ -8,8 +8,12 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
+	"net"
 	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -31,7 +35,7 @@ const (
 // Role is a cluster's role in static discovery.
 type Role string
 
-// Roles, as DESIGN.md names them.
+// Roles (docs/architecture.md, "Roles").
 const (
 	RoleLeader      Role = "leader"
 	RoleAlternative Role = "alternative"
@@ -81,7 +85,7 @@ type Config struct {
 	Failover    Failover    `yaml:"failover" doc:"Leader-loss detection and promotion."`
 	Health      Health      `yaml:"health" doc:"Health probes of every cluster."`
 	Drain       Drain       `yaml:"drain" doc:"Graceful stop on SIGTERM/SIGINT."`
-	Arbiter     Arbiter     `yaml:"arbiter" doc:"Coordination of several proxies (not implemented yet; leave empty)."`
+	Arbiter     Arbiter     `yaml:"arbiter" doc:"Coordination of several proxies in front of the same clusters through etcd. Empty: this proxy decides alone, and then only one proxy may run with failover.mode auto."`
 	Telemetry   Telemetry   `yaml:"telemetry" doc:"Tracing; metrics are always served on the admin port at /metrics."`
 	Log         Log         `yaml:"log" doc:"Logging to stderr."`
 
@@ -143,6 +147,7 @@ type Failover struct {
 	Mode        FailoverMode `yaml:"mode" doc:"auto: promote the most caught-up alternative when the leader is lost; manual: only on POST /api/v1/failover (milvus-ha-proxy failover)."`
 	DetectAfter Duration     `yaml:"detect_after" doc:"How long probes and data-path calls must fail before the leader is declared lost."`
 	WriteHold   Duration     `yaml:"write_hold" doc:"How long writes wait for a new leader during a failover or switchover before failing with Unavailable."`
+	StateFile   string       `yaml:"state_file" doc:"File that keeps the record of the latest leader change (its steps) and the quarantines in force, so a restarted proxy settles an interrupted change and keeps reads and switchovers away from clusters that lack data. Empty: kept in memory only (lost on restart)."`
 }
 
 // Health is the probing of clusters.
@@ -156,9 +161,100 @@ type Drain struct {
 	GracePeriod Duration `yaml:"grace_period" doc:"On SIGTERM/SIGINT, /readyz turns 503 and new calls are refused; calls in flight get this long to finish before the proxy exits. Keep it below the orchestrator's kill timeout (Kubernetes: 30s)."`
 }
 
-// Arbiter is reserved for coordinating several proxies (etcd).
+// Arbiter coordinates several proxies in front of the same clusters: they
+// elect one decider through an etcd lease, and every proxy routes by the
+// topology the decider writes to etcd.
 type Arbiter struct {
-	Endpoints []string `yaml:"endpoints,omitempty" doc:"Reserved: etcd endpoints for several proxies to agree on one leader. Not implemented yet; must be empty."`
+	Etcd             Etcd   `yaml:"etcd,omitempty" doc:"The etcd cluster (3.4 or later; the one Milvus runs on will do) the proxies coordinate through. Off when endpoints is empty."`
+	ProxyID          string `yaml:"proxy_id,omitempty" doc:"This proxy's name among the proxies, unique per prefix; empty: the host name and the admin port (host-9091). Letters, digits, '.', '_', '-'."`
+	AdvertiseAddress string `yaml:"advertise_address,omitempty" doc:"The admin address (host:port) other proxies forward switchover and failover requests to while this proxy decides; empty: admin_listen, with a wildcard host replaced by the host name."`
+}
+
+// Etcd is the etcd connection of the arbiter.
+type Etcd struct {
+	Endpoints []string   `yaml:"endpoints,omitempty" doc:"etcd client endpoints: host:port, http://host:port or https://host:port (https turns TLS on). Setting them turns the etcd arbiter on."`
+	Prefix    string     `yaml:"prefix,omitempty" doc:"Key prefix of this set of proxies in etcd; empty: /milvus-ha-proxy/ followed by the cluster ids, sorted and joined with '+' (/milvus-ha-proxy/a+b+c). Proxies in front of the same clusters must share it."`
+	Username  string     `yaml:"username,omitempty" doc:"etcd user (etcd authentication); needs password."`
+	Password  Secret     `yaml:"password,omitempty" doc:"Password of username. Never logged."`
+	TLS       ClusterTLS `yaml:"tls,omitempty" doc:"TLS towards etcd. On when an endpoint is https:// or any key here is set."`
+	LeaseTTL  Duration   `yaml:"lease_ttl" doc:"TTL of this proxy's etcd lease, in whole seconds: a decider that dies is replaced after about this long, and a proxy cut off from etcd for longer holds writes (up to failover.write_hold), then refuses them."`
+}
+
+// Enabled reports whether the etcd arbiter is configured.
+func (a *Arbiter) Enabled() bool { return len(a.Etcd.Endpoints) > 0 }
+
+// EtcdPrefix returns arbiter.etcd.prefix, or its default for the clusters
+// of c.
+func (c *Config) EtcdPrefix() string {
+	if p := c.Arbiter.Etcd.Prefix; p != "" {
+		return strings.TrimSuffix(p, "/")
+	}
+	ids := make([]string, 0, len(c.Clusters))
+	for _, cl := range c.Clusters {
+		ids = append(ids, cl.ID)
+	}
+	slices.Sort(ids)
+	return "/milvus-ha-proxy/" + strings.Join(ids, "+")
+}
+
+// EtcdEndpoints returns the etcd endpoints as host:port (the form the etcd
+// client dials) and whether TLS is on.
+func (c *Config) EtcdEndpoints() (eps []string, useTLS bool, err error) {
+	t := c.Arbiter.Etcd.TLS
+	useTLS = t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
+	for _, raw := range c.Arbiter.Etcd.Endpoints {
+		addr, tls, err := parseURI(raw)
+		if err != nil {
+			return nil, false, err
+		}
+		useTLS = useTLS || tls
+		eps = append(eps, addr)
+	}
+	return eps, useTLS, nil
+}
+
+// EtcdTLSConfig returns the TLS configuration towards etcd, or nil (and no
+// error) when TLS is off.
+func (c *Config) EtcdTLSConfig() (*tls.Config, error) {
+	_, on, err := c.EtcdEndpoints()
+	if err != nil || !on {
+		return nil, err
+	}
+	cfg, kerr := clientTLS(c.Arbiter.Etcd.TLS)
+	if kerr != nil {
+		return nil, fmt.Errorf("arbiter.etcd.tls.%w", kerr)
+	}
+	return cfg, nil
+}
+
+// ProxyID returns arbiter.proxy_id, or its default: the host name and the
+// admin port.
+func (c *Config) ProxyID() string {
+	if c.Arbiter.ProxyID != "" {
+		return c.Arbiter.ProxyID
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "proxy"
+	}
+	_, port, _ := net.SplitHostPort(c.AdminListen)
+	return host + "-" + port
+}
+
+// AdvertiseAddress returns arbiter.advertise_address, or admin_listen with
+// a wildcard host replaced by the host name.
+func (c *Config) AdvertiseAddress() string {
+	if c.Arbiter.AdvertiseAddress != "" {
+		return c.Arbiter.AdvertiseAddress
+	}
+	host, port, err := net.SplitHostPort(c.AdminListen)
+	if err != nil {
+		return c.AdminListen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host, _ = os.Hostname()
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Telemetry is tracing.
@@ -174,8 +270,9 @@ type Log struct {
 	Format string `yaml:"format" doc:"text or json; --log-format overrides it."`
 }
 
-// Default returns a Config holding every default of DESIGN.md, with no
-// clusters; it does not validate until clusters are added.
+// Default returns a Config holding every documented default
+// (docs/config.md), with no clusters; it does not validate until clusters
+// are added.
 func Default() *Config {
 	return &Config{
 		Listen:      "0.0.0.0:19530",
@@ -204,6 +301,7 @@ func Default() *Config {
 			ProbeTimeout:  Duration(500 * time.Millisecond),
 		},
 		Drain:     Drain{GracePeriod: Duration(20 * time.Second)},
+		Arbiter:   Arbiter{Etcd: Etcd{LeaseTTL: Duration(5 * time.Second)}},
 		Telemetry: Telemetry{ServiceName: "milvus-ha-proxy", SampleRatio: 1},
 		Log:       Log{Level: "info", Format: "text"},
 	}

@@ -36,7 +36,7 @@ func TestParseMinimalTakesDefaults(t *testing.T) {
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got\n%s\nwant\n%s", c, want)
 	}
-	// The defaults DESIGN.md fixes.
+	// The documented defaults (docs/config.md).
 	checks := []struct {
 		name      string
 		got, want any
@@ -153,7 +153,7 @@ func TestErrors(t *testing.T) {
 	}{
 		{"unknown top key", static("listn: :1\n"), "listn", "unknown key (did you mean listen?)", 6},
 		{"unknown nested key", static("read:\n  leader_serve_reads: true\n"), "read.leader_serve_reads", "did you mean leader_serves_reads?", 7},
-		{"unknown key lists known ones", static("failover:\n  zzzzzzz: 1\n"), "failover.zzzzzzz", "known keys: detect_after, mode, write_hold", 0},
+		{"unknown key lists known ones", static("failover:\n  zzzzzzz: 1\n"), "failover.zzzzzzz", "known keys: detect_after, mode, state_file, write_hold", 0},
 		{"unknown cluster key", "clusters:\n  - {id: a, uri: 'h:1', tokn: x}\n", "clusters[0].tokn", "did you mean token?", 2},
 		{"unknown tls key", "clusters:\n  - id: a\n    uri: h:1\n    tls: {ca: x}\n", "clusters[0].tls.ca", "unknown key", 4},
 		{"key twice", static("listen: :1\nlisten: :2\n"), "listen", "key given twice (first on line 6)", 7},
@@ -211,7 +211,18 @@ func TestErrors(t *testing.T) {
 			"clusters[0].tls.cert_file", "private key does not match", 0},
 		{"cluster insecure with ca", replicate("") + fmt.Sprintf("    tls: {ca_file: %s, insecure_skip_verify: true}\n", pki.caFile),
 			"clusters[0].tls.insecure_skip_verify", "conflicts with ca_file", 0},
-		{"arbiter endpoints", replicate("arbiter: {endpoints: [etcd:2379]}\n"), "arbiter.endpoints", "not implemented yet", 0},
+		{"arbiter endpoints moved", replicate("arbiter: {endpoints: [etcd:2379]}\n"), "arbiter.endpoints", "moved to arbiter.etcd.endpoints", 0},
+		{"etcd endpoint bad", replicate("arbiter: {etcd: {endpoints: ['etcd']}}\n"), "arbiter.etcd.endpoints[0]", "want host:port", 0},
+		{"etcd endpoint scheme", replicate("arbiter: {etcd: {endpoints: ['unix://etcd:2379']}}\n"), "arbiter.etcd.endpoints[0]", `unknown scheme "unix"`, 0},
+		{"etcd prefix relative", replicate("arbiter: {etcd: {endpoints: ['etcd:2379'], prefix: proxies}}\n"), "arbiter.etcd.prefix", "absolute key prefix", 0},
+		{"etcd user without password", replicate("arbiter: {etcd: {endpoints: ['etcd:2379'], username: u}}\n"), "arbiter.etcd.password", "required with username", 0},
+		{"etcd password without user", replicate("arbiter: {etcd: {endpoints: ['etcd:2379'], password: p}}\n"), "arbiter.etcd.username", "required with password", 0},
+		{"etcd lease too short", replicate("arbiter: {etcd: {endpoints: ['etcd:2379'], lease_ttl: 1s}}\n"), "arbiter.etcd.lease_ttl", "below 2s", 0},
+		{"etcd lease fractional", replicate("arbiter: {etcd: {endpoints: ['etcd:2379'], lease_ttl: 2500ms}}\n"), "arbiter.etcd.lease_ttl", "not whole seconds", 0},
+		{"etcd tls cert without key", replicate(fmt.Sprintf("arbiter: {etcd: {endpoints: ['etcd:2379'], tls: {cert_file: %s}}}\n", pki.certFile)),
+			"arbiter.etcd.tls.key_file", "required with cert_file", 0},
+		{"proxy id bad", replicate("arbiter: {proxy_id: 'a b'}\n"), "arbiter.proxy_id", "want letters", 0},
+		{"advertise bad", replicate("arbiter: {advertise_address: 'nohost'}\n"), "arbiter.advertise_address", "not host:port", 0},
 		{"otlp bad scheme", replicate("telemetry: {otlp_endpoint: 'grpc://c:4317'}\n"), "telemetry.otlp_endpoint", `unknown scheme "grpc"`, 0},
 		{"otlp no port", replicate("telemetry: {otlp_endpoint: 'https://c'}\n"), "telemetry.otlp_endpoint", "missing port", 0},
 		{"sample ratio", replicate("telemetry: {sample_ratio: 2}\n"), "telemetry.sample_ratio", "outside 0..1", 0},
@@ -464,8 +475,9 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 		"clusters[].tls.insecure_skip_verify", "clusters[].role", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
 		"read.leader_serves_reads", "read.balance", "read.describe_failure_ttl", "consistency.bounded_staleness", "consistency.strong_reads",
 		"consistency.max_wait", "consistency.eventually_max_lag", "replication.poll_interval", "failover.mode",
-		"failover.detect_after", "failover.write_hold", "health.probe_interval", "health.probe_timeout",
-		"drain.grace_period", "arbiter", "arbiter.endpoints", "telemetry.otlp_endpoint", "telemetry.service_name",
+		"failover.detect_after", "failover.write_hold", "failover.state_file", "health.probe_interval", "health.probe_timeout",
+		"drain.grace_period", "arbiter", "arbiter.etcd.endpoints", "arbiter.etcd.prefix", "arbiter.etcd.username",
+		"arbiter.etcd.password", "arbiter.etcd.tls.ca_file", "arbiter.etcd.lease_ttl", "arbiter.proxy_id", "arbiter.advertise_address", "telemetry.otlp_endpoint", "telemetry.service_name",
 		"telemetry.sample_ratio", "log.level", "log.format",
 	} {
 		if !seen[key] {

@@ -93,6 +93,10 @@ func (c *Config) resolvePaths() {
 		abs(&t.CertFile)
 		abs(&t.KeyFile)
 	}
+	et := &c.Arbiter.Etcd.TLS
+	abs(&et.CAFile)
+	abs(&et.CertFile)
+	abs(&et.KeyFile)
 }
 
 // decoder fills Go values from a yaml.Node tree itself, rather than through
@@ -231,11 +235,21 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		d.errs.lines[p] = k.Line
 		idx, ok := fields[k.Value]
 		if !ok {
+			if to, moved := movedKeys[p]; moved {
+				d.fail(k, p, "moved to %s", to)
+				continue
+			}
 			d.fail(k, p, "unknown key%s", suggest(k.Value, fields))
 			continue
 		}
 		d.decode(val, v.Field(idx), p)
 	}
+}
+
+// movedKeys are keys of earlier versions and where they went, so a file
+// written for one gets an error naming the new key.
+var movedKeys = map[string]string{
+	"arbiter.endpoints": "arbiter.etcd.endpoints (a list of etcd host:port, with arbiter.etcd.prefix, username, password, tls and lease_ttl beside it)",
 }
 
 // yamlFields maps a struct's YAML keys to field indexes.

@@ -82,9 +82,7 @@ func (c *Config) validate(lines map[string]int) error {
 
 	nonNegative(e, "drain.grace_period", c.Drain.GracePeriod)
 
-	if len(c.Arbiter.Endpoints) > 0 {
-		e.add("arbiter.endpoints", "not implemented yet: run one proxy per set of clusters and leave arbiter empty")
-	}
+	c.validateArbiter(e)
 
 	if c.Telemetry.OTLPEndpoint != "" {
 		if _, _, err := ParseOTLPEndpoint(c.Telemetry.OTLPEndpoint); err != nil {
@@ -296,5 +294,46 @@ func positive(e *errs, key string, d Duration) {
 func nonNegative(e *errs, key string, d Duration) {
 	if d < 0 {
 		e.add(key, "must not be negative, got %s", time.Duration(d))
+	}
+}
+
+// validateArbiter checks the arbiter section; most keys matter only when
+// etcd endpoints are set.
+func (c *Config) validateArbiter(e *errs) {
+	a := &c.Arbiter
+	if a.ProxyID != "" && !idPattern.MatchString(a.ProxyID) {
+		e.add("arbiter.proxy_id", "%q: want letters, digits, '.', '_' or '-' (at most 64)", a.ProxyID)
+	}
+	if a.AdvertiseAddress != "" {
+		if err := checkHostPort(a.AdvertiseAddress); err != nil {
+			e.add("arbiter.advertise_address", "%v", err)
+		}
+	}
+	et := &a.Etcd
+	if !a.Enabled() {
+		return
+	}
+	for i, ep := range et.Endpoints {
+		if _, _, err := parseURI(ep); err != nil {
+			e.add(fmt.Sprintf("arbiter.etcd.endpoints[%d]", i), "%v", strings.Replace(err.Error(), "uri ", "endpoint ", 1))
+		}
+	}
+	if et.Prefix != "" && (!strings.HasPrefix(et.Prefix, "/") || strings.TrimRight(et.Prefix, "/") == "") {
+		e.add("arbiter.etcd.prefix", "%q: want an absolute key prefix like /milvus-ha-proxy/prod", et.Prefix)
+	}
+	if et.Username != "" && !et.Password.IsSet() {
+		e.add("arbiter.etcd.password", "required with username")
+	}
+	if et.Password.IsSet() && et.Username == "" {
+		e.add("arbiter.etcd.username", "required with password")
+	}
+	switch ttl := time.Duration(et.LeaseTTL); {
+	case ttl < 2*time.Second:
+		e.add("arbiter.etcd.lease_ttl", "%s is below 2s: etcd leases are whole seconds, and a 1s lease expires on one slow keepalive", ttl)
+	case ttl%time.Second != 0:
+		e.add("arbiter.etcd.lease_ttl", "%s is not whole seconds (etcd leases are)", ttl)
+	}
+	if _, kerr := clientTLS(et.TLS); kerr != nil {
+		e.add("arbiter.etcd.tls."+kerr.key, "%v", kerr.err)
 	}
 }

@@ -1,4 +1,4 @@
-# SDK drop-in suites and the Milvus Lite comparison (issue 6).
+# SDK drop-in suites and the Milvus Lite comparison.
 # Included from the Makefile: `make test-sdk` installs what the suites need
 # (Python venv from requirements.txt, npm ci, Maven resolves on first run)
 # and runs test/sdk/run.sh: every suite against Milvus Lite directly, through

@@ -456,7 +456,8 @@ func benchTarget(b *testing.B, name, addr string, child *childProc) {
 }
 
 // spawnHAProxy runs HAProxy as a generic L7 gRPC proxy (h2 frontend, h2
-// backend), the calibration point of the speed goal.
+// backend), the calibration point of the proxy's speed goal (README.md,
+// "Benchmarks").
 func spawnHAProxy(b *testing.B, backend string) (string, *childProc) {
 	path, err := exec.LookPath("haproxy")
 	if err != nil {

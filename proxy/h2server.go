@@ -1834,8 +1834,8 @@ const (
 	RelayConnClosed RelayEvent = "closed"
 )
 
-// RelayObserver, when the Options.Observer implements it, is told about
-// the relay's refusals and the client connections it closes.
+// RelayObserver is told about the relay's refusals and the client
+// connections it closes, when the Options.Observer implements it.
 type RelayObserver interface {
 	RelayEvent(ev RelayEvent, reason string)
 }

@@ -120,7 +120,8 @@ func ruleFor(name string) (rule, bool) {
 		"ListFileResources", "GetUserTags", "ListUsersWithTag",
 		"ListRowPolicies", "GetReplicateConfiguration", "GetReplicateInfo",
 		"CalcDistance", "DumpMessages",
-		// Retrying either call is safe (MILVUS_FACTS.md).
+		// Retrying either call is safe: Milvus answers a configuration it
+		// already has as a no-op (the switchover protocol of its CDC docs).
 		"UpdateReplicateConfiguration":
 		return rule{class: ClassLeader, idempotent: true}, true
 

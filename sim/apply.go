@@ -429,15 +429,15 @@ func (c *Cluster) applyDDL(e *entry) error {
 // applyToColl decodes e's payload into req (unless nil) and runs fn on the
 // collection e names, holding the catalog for writing. A collection since
 // dropped is left alone: the message is stale, not wrong.
-func (cat *catalog) applyToColl(e *entry, req proto.Message, fn func(coll *collection)) error {
+func (c *catalog) applyToColl(e *entry, req proto.Message, fn func(coll *collection)) error {
 	if req != nil {
 		if err := proto.Unmarshal(e.payload, req); err != nil {
 			return err
 		}
 	}
-	cat.mu.Lock()
-	defer cat.mu.Unlock()
-	if coll := cat.colls[propInt(e, propCollID)]; coll != nil {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if coll := c.colls[propInt(e, propCollID)]; coll != nil {
 		fn(coll)
 	}
 	return nil

@@ -106,6 +106,21 @@ type State struct {
 	Epoch       uint64
 	FailingOver bool
 	Clusters    []ClusterState
+	// Arbiter is the etcd arbiter's state; nil without one.
+	Arbiter *ArbiterState
+}
+
+// ArbiterState is the etcd arbiter as the metrics report it.
+type ArbiterState struct {
+	// Connected: etcd confirmed this proxy's lease within its TTL.
+	Connected bool
+	// Deciding: this proxy is the elected decider.
+	Deciding bool
+	// Fenced: writes are held, then refused, because this proxy cannot
+	// confirm the leader with etcd.
+	Fenced bool
+	// Epoch is the topology epoch last read from etcd.
+	Epoch uint64
 }
 
 // Metrics are the proxy's instruments. Every method is safe for concurrent
@@ -251,6 +266,14 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 		"Leader changes since the proxy started.")
 	failingOver := b.gauge("milvus_ha_proxy_failover_in_progress",
 		"1 while the leader is lost and no new leader is promoted yet (writes are held).")
+	arbConnected := b.gauge("milvus_ha_proxy_arbiter_connected",
+		"With the etcd arbiter: 1 while etcd confirms this proxy's lease, 0 when it is cut off (it then routes by the last topology it read and never decides).")
+	arbDeciding := b.gauge("milvus_ha_proxy_arbiter_deciding",
+		"With the etcd arbiter: 1 on the proxy elected to decide leader changes, else 0.")
+	arbFenced := b.gauge("milvus_ha_proxy_arbiter_writes_fenced",
+		"With the etcd arbiter: 1 while writes are held (then refused) because this proxy cannot confirm the leader with etcd.")
+	arbEpoch := b.gauge("milvus_ha_proxy_arbiter_epoch",
+		"With the etcd arbiter: the topology epoch this proxy last read from etcd (the same on every proxy that is caught up).")
 	if b.err != nil {
 		return nil, b.err
 	}
@@ -263,6 +286,12 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 		st := (*fn)()
 		o.ObserveInt64(epoch, int64(st.Epoch))
 		o.ObserveInt64(failingOver, b2i(st.FailingOver))
+		if a := st.Arbiter; a != nil {
+			o.ObserveInt64(arbConnected, b2i(a.Connected))
+			o.ObserveInt64(arbDeciding, b2i(a.Deciding))
+			o.ObserveInt64(arbFenced, b2i(a.Fenced))
+			o.ObserveInt64(arbEpoch, int64(a.Epoch))
+		}
 		for _, c := range st.Clusters {
 			id := metric.WithAttributeSet(attribute.NewSet(attribute.String(labelCluster, c.ID)))
 			o.ObserveInt64(healthy, b2i(c.Healthy), metric.WithAttributeSet(attribute.NewSet(
@@ -281,7 +310,7 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 			}
 		}
 		return nil
-	}, lag, breaker, healthy, quarantined, outstanding, epoch, failingOver)
+	}, lag, breaker, healthy, quarantined, outstanding, epoch, failingOver, arbConnected, arbDeciding, arbFenced, arbEpoch)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,10 @@ import (
 
 // The Arbiter is the failover/switchover/demotion state machine. The
 // Manager detects and records; the Arbiter decides and drives Milvus's
-// own protocols (MILVUS_FACTS.md, "Replication"):
+// own replication protocol (Milvus 2.6 CDC: UpdateReplicateConfiguration,
+// force_promote and GetReplicateInfo in milvus-proto's milvus.proto; the
+// Milvus documentation's cdc_failover and switchover guides;
+// docs/architecture.md, "A failover's path"):
 //
 //	steady ──leader lost──▶ lost ──auto, or `failover --to`──▶ holding
 //	holding ──▶ promoting (force_promote on the chosen alternative)
@@ -111,6 +114,12 @@ type ArbiterOptions struct {
 	// Store keeps the record of the change under way (default: in
 	// memory, a MemoryChangeStore).
 	Store ChangeStore
+	// Decides, when set, says whether this proxy may decide now (several
+	// proxies elect one through the etcd arbiter). While it is false the
+	// arbiter acts on no leader loss, looks after no returning cluster
+	// and refuses operators' changes; a loss reported meanwhile is acted
+	// on once it turns true, if it still stands. nil: always.
+	Decides func() bool
 	// Logger defaults to the manager's.
 	Logger *slog.Logger
 }
@@ -404,35 +413,73 @@ func (a *Arbiter) loop(ctx context.Context) {
 	t := time.NewTicker(a.m.opts.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
-	a.resume(ctx)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-a.m.LeaderLost():
-			if a.opts.Mode != ModeAuto {
-				a.setPhase(PhaseLost)
-				a.log.Warn("leader lost; failover.mode is manual: waiting for `milvus-ha-proxy failover --to ID`",
-					"leader", ev.ClusterID, "last_contact", ev.LastContact, "epoch", ev.Epoch)
-				continue
-			}
-			if _, err := a.autoFailover(ctx, ev); err != nil && !errors.Is(err, errNotNeeded) {
-				a.log.Error("automatic failover failed; retrying", "lost", ev.ClusterID, "err", err, "retry_in", backoff)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 30*time.Second)
-				// Report the loss again if it still stands.
-				a.m.rearmLossDetection()
-				continue
-			}
-			backoff = a.opts.RetryBackoff
-		case <-t.C:
-			a.tick(ctx)
+	// deferred is a loss reported while another proxy decided; resumed
+	// says whether the recorded change was looked at since this proxy
+	// last began to decide (it may have been left unfinished by another).
+	var deferred *LeaderLoss
+	resumed := false
+	decides := func() bool {
+		if !a.decides() {
+			resumed = false
+			return false
 		}
+		if !resumed {
+			resumed = true
+			a.resume(ctx)
+		}
+		return true
 	}
+	for {
+		var ev LeaderLoss
+		if decides() && deferred != nil {
+			ev, deferred = *deferred, nil
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case ev = <-a.m.LeaderLost():
+			case <-t.C:
+				if decides() {
+					a.tick(ctx)
+				}
+				continue
+			}
+			if !decides() {
+				deferred = &ev
+				continue
+			}
+		}
+		if a.opts.Mode != ModeAuto {
+			a.setPhase(PhaseLost)
+			a.log.Warn("leader lost; failover.mode is manual: waiting for `milvus-ha-proxy failover --to ID`",
+				"leader", ev.ClusterID, "last_contact", ev.LastContact, "epoch", ev.Epoch)
+			continue
+		}
+		if _, err := a.autoFailover(ctx, ev); err != nil && !errors.Is(err, errNotNeeded) {
+			a.log.Error("automatic failover failed; retrying", "lost", ev.ClusterID, "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			// Report the loss again if it still stands.
+			a.m.rearmLossDetection()
+			continue
+		}
+		backoff = a.opts.RetryBackoff
+	}
+}
+
+func (a *Arbiter) decides() bool { return a.opts.Decides == nil || a.opts.Decides() }
+
+// errNotDeciding refuses an operator's change on a proxy that does not
+// decide (the admin API forwards it to the one that does).
+func (a *Arbiter) errNotDeciding() error {
+	if a.decides() {
+		return nil
+	}
+	return fmt.Errorf("%w: this proxy does not decide leader changes now (another proxy of the etcd arbiter does, or this one cannot reach etcd)", ErrRefused)
 }
 
 // errNotNeeded: the leader recovered before the failover began.
@@ -467,6 +514,9 @@ func (a *Arbiter) autoFailover(ctx context.Context, ev LeaderLoss) (Change, erro
 // Failover force-promotes to (an operator's `failover --to`): the leader is
 // lost, or the operator says so. Writes are held meanwhile.
 func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
+	if err := a.errNotDeciding(); err != nil {
+		return a.refusedErr(KindFailover, "", to, err)
+	}
 	if err := a.acquireWait(ctx, "a failover to "+to); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
@@ -493,6 +543,9 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 		return a.refused(KindFailover, from, to, fmt.Sprintf("%s is not healthy: %s", to, c.HealthReason))
 	}
 	a.cancelBackground()
+	if old := s.Cluster(from); s.Leader != nil && old.Healthy && s.LeaderLostAt.IsZero() && pchannelCount(s, c) > 0 {
+		return a.failoverReachable(ctx, s, from, to)
+	}
 	return a.failover(ctx, s, from, to, false)
 }
 

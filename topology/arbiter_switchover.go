@@ -18,6 +18,9 @@ import (
 // leader demotes until the target leads; requests already on their way to
 // the old leader finish first, so no client sees a refusal.
 func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
+	if err := a.errNotDeciding(); err != nil {
+		return a.refusedErr(KindSwitchover, "", to, err)
+	}
 	if err := a.acquireWait(ctx, "a switchover to "+to); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
@@ -70,6 +73,53 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 		return w.stuck(ctx, err)
 	}
 	return w.done(ctx), nil
+}
+
+// failoverReachable is `failover --to` while the old leader answers: it
+// is sent the new configuration first (it demotes itself, refuses writes,
+// and its CDC carries the configuration to every target, to included),
+// then to takes over as in a switchover, without waiting for to to catch
+// up first. Nothing the old leader acknowledged is lost when its CDC to
+// to is alive. Only when the old leader refuses the configuration, or to
+// does not take over within 2 drain timeouts (at least 2s), is to promoted by force
+// (and the old leader demoted afterwards, or reported as a split-brain
+// risk). Re-pointing the other targets through the old leader's own
+// configuration message keeps them on the stream the new leader continues.
+func (a *Arbiter) failoverReachable(ctx context.Context, s *Snapshot, from, to string) (Change, error) {
+	w := &switchoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, false), s: s, from: from, to: to,
+		fromMb: a.m.members[from], toMb: a.m.members[to], c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
+	force := func(why error) (Change, error) {
+		w.finish(ctx, ResultFailed, fmt.Sprintf("%v; promoting %s by force", why, to))
+		return a.failover(ctx, a.m.Snapshot(), from, to, false)
+	}
+	if err := w.readConfig(ctx); err != nil {
+		a.setPhase(PhaseSteady)
+		return force(err)
+	}
+	if err := w.hold(ctx); err != nil {
+		return w.failed(ctx, err)
+	}
+	if err := w.demote(ctx); err != nil {
+		return force(fmt.Errorf("the old leader %s did not take the new configuration: %w", from, err))
+	}
+	// Writes are held: a target that does not take over soon (its
+	// replication stalled) is promoted by force rather than holding them
+	// toward write_hold.
+	pctx, cancel := context.WithTimeout(ctx, 2*max(a.opts.DrainTimeout, time.Second))
+	defer cancel()
+	if err := w.promoteTarget(pctx); err != nil {
+		return force(fmt.Errorf("%s did not take over after %s demoted itself: %w", to, from, err))
+	}
+	if err := w.install(ctx); err != nil {
+		return force(err)
+	}
+	a.mu.Lock()
+	a.stuck = nil
+	a.mu.Unlock()
+	ch := w.finish(ctx, ResultOK, fmt.Sprintf("the old leader %s answered: it was demoted first and %s took over from its stream (no acknowledged write lost)", from, to))
+	a.setPhase(PhaseSteady)
+	a.log.Warn("failover done (old leader reachable: demoted first)", "from", from, "to", to, "epoch", ch.Epoch, "held", ch.Held, "took", ch.Took)
+	return ch, nil
 }
 
 // switchoverSource checks a switchover to to and returns the leader it

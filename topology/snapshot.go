@@ -15,7 +15,7 @@ import (
 // Role is what a cluster does in the replication topology.
 type Role string
 
-// Roles, as DESIGN.md names them.
+// Roles (docs/architecture.md, "Roles").
 const (
 	RoleLeader      Role = "leader"      // replication source, takes writes
 	RoleAlternative Role = "alternative" // replication target, serves reads

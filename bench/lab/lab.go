@@ -1,4 +1,4 @@
-// Package lab runs the benchmark scenarios of issue 7 by themselves: it
+// Package lab runs the benchmark scenarios (bench/README.md) by themselves: it
 // starts simulated Milvus clusters (sim) joined by replication and the
 // proxy (app) in this process, on loopback ports, points the bench harness
 // at them, injects the scenario's faults through the simulator's handles,

@@ -378,7 +378,7 @@ func writeOutputs(stdout, stderr io.Writer, outs []output) int {
 	return code
 }
 
-// runScenario runs one of issue 7's scenarios and prints each run's table,
+// runScenario runs one of bench's scenarios (bench/README.md) and prints each run's table,
 // then the scenario's summary.
 func runScenario(ctx context.Context, run func(context.Context) (*bench.ScenarioReport, error), out, plotFile string, stdout, stderr io.Writer) int {
 	s, err := run(ctx)

@@ -190,6 +190,45 @@ func printStatus(w io.Writer, v admin.View) {
 			fmt.Fprintln(w, n)
 		}
 	}
+	printArbiter(w, v.Arbiter)
+}
+
+// printArbiter shows the etcd arbiter: who decides and every proxy.
+func printArbiter(w io.Writer, a *admin.ArbiterView) {
+	if a == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	state := "connected"
+	if !a.Connected {
+		state = "NOT CONNECTED"
+	}
+	role := "follows " + orDash(a.Decider)
+	if a.Deciding {
+		role = "DECIDES"
+	}
+	fmt.Fprintf(w, "arbiter: etcd %s %s | %s | this proxy %s, %s | topology epoch %d, leader %s\n",
+		strings.Join(a.Endpoints, ","), a.Prefix, state, a.ProxyID, role, a.Epoch, orDash(a.Leader))
+	if a.Fenced {
+		fmt.Fprintf(w, "WRITES FENCED: %s\n", a.FenceReason)
+	}
+	if a.LastError != "" {
+		fmt.Fprintf(w, "last etcd error: %s\n", a.LastError)
+	}
+	if a.ChangeRunning {
+		fmt.Fprintln(w, "a leader change recorded in etcd has not finished")
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tADDRESS\tEPOCH\tLEADER\tLAST HEARTBEAT\tDECIDES")
+	for _, p := range a.Proxies {
+		d := ""
+		if p.Deciding {
+			d = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Address, p.Epoch, orDash(p.Leader),
+			p.LastHeartbeat.UTC().Format("15:04:05.000"), d)
+	}
+	tw.Flush()
 }
 
 // banner names what stops writes, if anything: a change under way (with

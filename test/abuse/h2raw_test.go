@@ -50,6 +50,7 @@ type h2conn struct {
 	ended      map[uint32]bool
 	dataRecv   int64
 	readErr    error
+	endedAt    time.Time // when the reader stopped
 	done       chan struct{} // closed when the reader stops
 }
 
@@ -135,12 +136,14 @@ func (h *h2conn) close() {
 	<-h.done
 }
 
-// closed reports whether the reader saw the connection end (EOF, reset,
-// or an error) — the peer closed it.
+// closed reports whether the reader saw the peer end the connection
+// (EOF, reset, or an error other than our own close).
 func (h *h2conn) closed() bool {
 	select {
 	case <-h.done:
-		return !h.opts.noRead
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return !h.opts.noRead && !errors.Is(h.readErr, net.ErrClosed)
 	default:
 		return false
 	}
@@ -153,6 +156,7 @@ func (h *h2conn) readLoop() {
 		if err != nil {
 			h.mu.Lock()
 			h.readErr = err
+			h.endedAt = time.Now()
 			h.cond.Broadcast()
 			h.mu.Unlock()
 			return

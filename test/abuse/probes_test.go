@@ -566,13 +566,29 @@ func probeIdleAfterPreface(ctx context.Context, env probeEnv) (string, error) {
 	opened := time.Since(start)
 	<-ctx.Done()
 	closed := 0
+	var how []string
+	var first, last time.Duration
 	for _, h := range hs {
 		if h.closed() {
 			closed++
+			how = append(how, h.summary())
+			h.mu.Lock()
+			at := h.endedAt.Sub(start)
+			h.mu.Unlock()
+			if first == 0 || at < first {
+				first = at
+			}
+			last = max(last, at)
 		}
 	}
 	note := fmt.Sprintf("%d of %d idle connections closed by the target within %s (opened in %s)",
 		closed, len(hs), env.during.Round(time.Second), opened.Round(100*time.Millisecond))
+	if closed > 0 {
+		note += fmt.Sprintf(", at %s to %s", first.Round(100*time.Millisecond), last.Round(100*time.Millisecond))
+	}
+	if len(how) > 0 {
+		note += ": " + strings.Join(uniq(how), "; ")
+	}
 	if env.long && closed < len(hs) {
 		return note, fmt.Errorf("%d idle connections still open after %s", len(hs)-closed, env.during)
 	}

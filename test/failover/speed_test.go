@@ -13,7 +13,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
-// The speed measurements of issue 4. `make test` runs one failover and
+// The speed measurements of failover and switchover. `make test` runs one failover and
 // three switchovers; for the report:
 //
 //	MHP_FAILOVER_ROUNDS=20 MHP_SWITCHOVER_ROUNDS=20 go test -count=1 -run 'Speed' -v ./test/failover/

@@ -109,7 +109,7 @@ func exerciseTelemetry(t *testing.T) metrics {
 		return telemetry.State{Epoch: 1, Clusters: []telemetry.ClusterState{
 			{ID: "a", Role: "leader", Healthy: true, Breaker: "closed"},
 			{ID: "b", Role: "alternative", Healthy: true, Breaker: "closed", LagSeconds: 0.1, LagKnown: true},
-		}}
+		}, Arbiter: &telemetry.ArbiterState{Connected: true, Deciding: true, Epoch: 1}}
 	})
 	m.RecordRequest(ctx, telemetry.Request{Method: "Search", Class: "read", Cluster: "b", Role: "alternative", Code: "OK", Duration: time.Millisecond})
 	m.RecordRead(ctx, "b", telemetry.ReadAlternative)

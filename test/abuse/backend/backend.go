@@ -35,8 +35,8 @@ const (
 	ParamDelay     = "abuse_delay"          // answer after this duration (Go syntax)
 )
 
-// StatsRequest, as GetMetrics' request, asks for the counters (Stats as
-// JSON in the response).
+// StatsRequest is the GetMetrics request that asks for the counters (Stats
+// as JSON in the response).
 const StatsRequest = "abuse-backend-stats"
 
 // Stats are the backend's counters.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
@@ -191,18 +192,44 @@ func (w *switchoverRun) catchUp(ctx context.Context) error {
 // configuration; rebuilding it from there yields the same one (clusters in
 // the same order), so a retried switchover sends identical requests.
 func (w *switchoverRun) readConfig(ctx context.Context) error {
-	return w.step(ctx, StepReadConfigs, w.from, "GetReplicateConfiguration", func() (string, error) {
-		cctx, cancel := w.a.callCtx(ctx)
-		cfg, err := w.a.m.replicateConfig(cctx, w.fromMb)
-		cancel()
-		if err != nil {
-			return "", err
+	m := w.a.m
+	return w.step(ctx, StepReadConfigs, "", "GetReplicateConfiguration on every cluster", func() (string, error) {
+		// The clusters' own configurations are the truth, not the
+		// proxy's last discovery round.
+		answers := m.fetchConfigs(ctx, m.order)
+		var summary []string
+		for _, mb := range m.order {
+			if ans := answers[mb.id]; ans.err == nil {
+				summary = append(summary, fmt.Sprintf("%s: source %s", mb.id, orNone(sourceOf(ans.cfg))))
+			} else {
+				summary = append(summary, fmt.Sprintf("%s: %s", mb.id, grpcMessage(ans.err)))
+			}
 		}
+		seen := strings.Join(summary, "; ")
+		own := answers[w.from]
+		if own.err != nil {
+			return seen, own.err
+		}
+		cfg := own.cfg
 		if entryOf(cfg, w.to) == nil {
-			return "", fmt.Errorf("%w: %s is not in the replicate configuration of %s", ErrRefused, w.to, w.from)
+			return seen, fmt.Errorf("%w: %s is not in the replicate configuration of %s", ErrRefused, w.to, w.from)
+		}
+		if !w.resume {
+			if src := sourceOf(cfg); src != w.from {
+				m.Rediscover()
+				return seen, fmt.Errorf("%w: %s is not a primary in its own replicate configuration (its source is %s): the proxy's view is stale and follows the next discovery round", ErrRefused, w.from, orNone(src))
+			}
+			if t := answers[w.to]; t.err == nil && sourceOf(t.cfg) != w.from {
+				return seen, fmt.Errorf("%w: %s replicates from %s, not from %s: it would never receive the new configuration (use `failover --to %s`)", ErrRefused, w.to, orNone(sourceOf(t.cfg)), w.from, w.to)
+			}
+			for _, mb := range m.order {
+				if ans := answers[mb.id]; mb.id != w.from && ans.err == nil && primaryInOwnEyes(ans.cfg, mb.id) {
+					return seen, fmt.Errorf("%w: %s is also a primary in its own replicate configuration: two clusters take writes; the arbiter demotes %s first (see `milvus-ha-proxy status`)", ErrRefused, mb.id, mb.id)
+				}
+			}
 		}
 		w.newCfg = reverseConfig(cfg, w.to)
-		return describeConfig(cfg, false), nil
+		return seen, nil
 	})
 }
 

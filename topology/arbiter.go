@@ -213,7 +213,8 @@ type stuckSwitchover struct{ from, to string }
 // Arbiter drives leader changes for one Manager. Create it with
 // NewArbiter and Start it after the manager; it stops with the manager.
 type Arbiter struct {
-	m    *Manager
+	m    control
+	mo   Options // the manager's settings
 	opts ArbiterOptions
 	log  *slog.Logger
 	sem  chan struct{} // one leader change or rejoin at a time
@@ -267,13 +268,13 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	def(&opts.RetryBackoff, time.Second)
 	def(&opts.QueueWait, 30*time.Second)
 	if opts.Logger == nil {
-		opts.Logger = m.opts.Logger
+		opts.Logger = m.settings().Logger
 	}
 	if opts.Store == nil {
 		opts.Store = &MemoryChangeStore{}
 	}
 	return &Arbiter{
-		m: m, opts: opts,
+		m: m, mo: m.settings(), opts: opts,
 		log:        opts.Logger.With("component", "arbiter"),
 		sem:        make(chan struct{}, 1),
 		phase:      PhaseSteady,
@@ -410,7 +411,7 @@ func (a *Arbiter) record(c Change) {
 
 // loop reacts to leader loss and looks after returning clusters.
 func (a *Arbiter) loop(ctx context.Context) {
-	t := time.NewTicker(a.m.opts.ProbeInterval)
+	t := time.NewTicker(a.mo.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
 	// deferred is a loss reported while another proxy decided; resumed
@@ -569,12 +570,15 @@ func (a *Arbiter) refused(kind, from, to, msg string) (Change, error) {
 }
 
 func (a *Arbiter) refusedErr(kind, from, to string, err error) (Change, error) {
-	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
+	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.mo.Now()}
 	if a.opts.OnChange != nil {
 		a.opts.OnChange(c)
 	}
 	return c, err
 }
+
+// known reports whether id is a configured cluster.
+func (a *Arbiter) known(id string) bool { return slices.Contains(a.m.clusterIDs(), id) }
 
 // callCtx bounds one Milvus call.
 func (a *Arbiter) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {

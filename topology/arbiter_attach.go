@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -116,7 +117,7 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) {
 	c := s.Cluster(id)
 	if c == nil {
-		return "", fmt.Errorf("%w %q", ErrUnknownCluster, id)
+		return "", fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, id, strings.Join(a.m.clusterIDs(), ", "))
 	}
 	if s.Leader == nil {
 		return "", fmt.Errorf("%w: no leader to attach %s to (a leader change is under way, or none is known)", ErrRefused, id)

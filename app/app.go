@@ -113,9 +113,14 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		a.closePartial(ctx)
 		return nil, err
 	}
+	var store topology.ChangeStore
+	if cfg.Failover.StateFile != "" {
+		store = &topology.FileChangeStore{Path: cfg.Failover.StateFile}
+	}
 	arbOpts := topology.ArbiterOptions{
 		Mode:     string(cfg.Failover.Mode),
 		OnChange: a.recordChange,
+		Store:    store,
 		Logger:   logger,
 	}
 	if a.etcd != nil {

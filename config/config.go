@@ -147,6 +147,7 @@ type Failover struct {
 	Mode        FailoverMode `yaml:"mode" doc:"auto: promote the most caught-up alternative when the leader is lost; manual: only on POST /api/v1/failover (milvus-ha-proxy failover)."`
 	DetectAfter Duration     `yaml:"detect_after" doc:"How long probes and data-path calls must fail before the leader is declared lost."`
 	WriteHold   Duration     `yaml:"write_hold" doc:"How long writes wait for a new leader during a failover or switchover before failing with Unavailable."`
+	StateFile   string       `yaml:"state_file" doc:"File that keeps the record of the latest leader change (its steps) and the quarantines in force, so a restarted proxy settles an interrupted change and keeps reads and switchovers away from clusters that lack data. Empty: kept in memory only (lost on restart)."`
 }
 
 // Health is the probing of clusters.

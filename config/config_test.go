@@ -153,7 +153,7 @@ func TestErrors(t *testing.T) {
 	}{
 		{"unknown top key", static("listn: :1\n"), "listn", "unknown key (did you mean listen?)", 6},
 		{"unknown nested key", static("read:\n  leader_serve_reads: true\n"), "read.leader_serve_reads", "did you mean leader_serves_reads?", 7},
-		{"unknown key lists known ones", static("failover:\n  zzzzzzz: 1\n"), "failover.zzzzzzz", "known keys: detect_after, mode, write_hold", 0},
+		{"unknown key lists known ones", static("failover:\n  zzzzzzz: 1\n"), "failover.zzzzzzz", "known keys: detect_after, mode, state_file, write_hold", 0},
 		{"unknown cluster key", "clusters:\n  - {id: a, uri: 'h:1', tokn: x}\n", "clusters[0].tokn", "did you mean token?", 2},
 		{"unknown tls key", "clusters:\n  - id: a\n    uri: h:1\n    tls: {ca: x}\n", "clusters[0].tls.ca", "unknown key", 4},
 		{"key twice", static("listen: :1\nlisten: :2\n"), "listen", "key given twice (first on line 6)", 7},
@@ -475,7 +475,7 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 		"clusters[].tls.insecure_skip_verify", "clusters[].role", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
 		"read.leader_serves_reads", "read.balance", "read.describe_failure_ttl", "consistency.bounded_staleness", "consistency.strong_reads",
 		"consistency.max_wait", "consistency.eventually_max_lag", "replication.poll_interval", "failover.mode",
-		"failover.detect_after", "failover.write_hold", "health.probe_interval", "health.probe_timeout",
+		"failover.detect_after", "failover.write_hold", "failover.state_file", "health.probe_interval", "health.probe_timeout",
 		"drain.grace_period", "arbiter", "arbiter.etcd.endpoints", "arbiter.etcd.prefix", "arbiter.etcd.username",
 		"arbiter.etcd.password", "arbiter.etcd.tls.ca_file", "arbiter.etcd.lease_ttl", "arbiter.proxy_id", "arbiter.advertise_address", "telemetry.otlp_endpoint", "telemetry.service_name",
 		"telemetry.sample_ratio", "log.level", "log.format",

@@ -183,3 +183,40 @@ func TestDashboardQueriesExist(t *testing.T) {
 		}
 	}
 }
+
+// TestDashboardLayout: panel ids are unique, every panel fits the 24-column
+// grid, and no two panels overlap (Grafana would push one down silently).
+func TestDashboardLayout(t *testing.T) {
+	b, err := os.ReadFile(dashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			ID      int                      `json:"id"`
+			Title   string                   `json:"title"`
+			Type    string                   `json:"type"`
+			GridPos struct{ X, Y, W, H int } `json:"gridPos"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[int]string{}
+	for i, p := range dash.Panels {
+		if prev, dup := ids[p.ID]; dup {
+			t.Errorf("panels %q and %q share id %d", prev, p.Title, p.ID)
+		}
+		ids[p.ID] = p.Title
+		g := p.GridPos
+		if g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+			t.Errorf("panel %q gridPos %+v does not fit the 24-column grid", p.Title, g)
+		}
+		for _, q := range dash.Panels[:i] {
+			h := q.GridPos
+			if g.X < h.X+h.W && h.X < g.X+g.W && g.Y < h.Y+h.H && h.Y < g.Y+g.H {
+				t.Errorf("panels %q %+v and %q %+v overlap", q.Title, h, p.Title, g)
+			}
+		}
+	}
+}

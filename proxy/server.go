@@ -2,10 +2,12 @@
 // speaks milvus.proto.milvus.MilvusService by forwarding raw message bytes
 // to the cluster each call belongs on. Writes and DDL go to the leader;
 // reads go where their consistency level allows (docs/architecture.md,
-// "Consistency rules"). Only the handful of fields routing needs are read from a message
-// (protowire); a read's consistency fields are rewritten by appending, so a
-// Search carrying megabytes of vectors is never unmarshalled or
-// re-marshalled.
+// "Consistency rules"). Only the handful of fields routing needs are read
+// from a message (protowire); a read's consistency fields are rewritten by
+// appending, so a Search carrying megabytes of vectors is never
+// unmarshalled or re-marshalled. docs/architecture.md follows a read and a
+// failover function by function and lists the relay's goroutines and
+// locks.
 //
 // Two engines carry the calls, with the same routing code: EngineGRPC, a
 // grpc-go server with a bytes codec in front of the topology's grpc-go

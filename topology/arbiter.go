@@ -543,6 +543,9 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 		return a.refused(KindFailover, from, to, fmt.Sprintf("%s is not healthy: %s", to, c.HealthReason))
 	}
 	a.cancelBackground()
+	if old := s.Cluster(from); s.Leader != nil && old.Healthy && s.LeaderLostAt.IsZero() && pchannelCount(s, c) > 0 {
+		return a.failoverReachable(ctx, s, from, to)
+	}
 	return a.failover(ctx, s, from, to, false)
 }
 

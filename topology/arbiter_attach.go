@@ -18,9 +18,9 @@ const KindAttach = "attach"
 // Attach makes cluster id, a rebuilt or new cluster, a replication target
 // of the current leader (`milvus-ha-proxy attach --cluster ID`). It is
 // refused, with the reason, when that is not safe: the cluster is the
-// leader or already its target, a former leader not rebuilt (it holds
-// writes the leader lacks), quarantined, unreachable, or replicating from
-// another cluster. A rebuilt cluster is one restored from a backup of the
+// leader or already its target, unreachable, a primary with targets of
+// its own (a former leader not rebuilt), or replicating from another
+// cluster. Attaching lifts a quarantine: the cluster was rebuilt. A rebuilt cluster is one restored from a backup of the
 // leader (docs/operations.md): its own replicate configuration is empty or
 // names only itself. The configuration goes to the cluster first (it
 // becomes a secondary of the leader), then to the leader (its CDC starts
@@ -94,6 +94,17 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 			a.sendInBackground(other, newCfg)
 		}
 	}
+	// A rebuilt cluster no longer holds what got it quarantined or made
+	// it a former leader to rejoin.
+	if err := m.SetQuarantine(id, ""); err != nil {
+		a.log.Error("lifting the quarantine of an attached cluster", "cluster", id, "err", err)
+	}
+	a.mu.Lock()
+	delete(a.pending, id)
+	delete(a.gaps, id)
+	delete(a.splitBrain, id)
+	a.mu.Unlock()
+	m.setFenced(id, false)
 	m.Rediscover()
 	ch := r.finish(ctx, ResultOK, fmt.Sprintf("%s is a replication target of %s; it serves reads once its checkpoints are polled", id, leader))
 	a.setPhase(PhaseSteady)
@@ -112,18 +123,14 @@ func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) 
 		return "", fmt.Errorf("%w: no leader to attach %s to (a leader change is under way, or none is known)", ErrRefused, id)
 	}
 	leader = s.Leader.ID
-	a.mu.Lock()
-	p := a.pending[id]
-	a.mu.Unlock()
 	switch {
 	case id == leader:
 		return leader, fmt.Errorf("%w: %s is the leader", ErrRefused, id)
+	case c.Target && c.Quarantined:
+		return leader, fmt.Errorf("%w: %s is already a replication target of %s, quarantined (%s): rebuild it from a backup of %s (a new deployment, with no replicate configuration) and attach that (docs/operations.md)",
+			ErrRefused, id, leader, c.QuarantineReason, leader)
 	case c.Target:
 		return leader, fmt.Errorf("%w: %s is already a replication target of %s", ErrRefused, id, leader)
-	case p != nil && p.kind == pendingFormerLeader:
-		return leader, fmt.Errorf("%w: %s is a former leader that has not rejoined; it may hold writes %s lacks: rebuild it from a backup of %s first (docs/operations.md)", ErrRefused, id, leader, leader)
-	case c.Quarantined:
-		return leader, fmt.Errorf("%w: %s is quarantined (%s): rebuild it from a backup of %s first (docs/operations.md)", ErrRefused, id, c.QuarantineReason, leader)
 	case !c.Healthy:
 		return leader, fmt.Errorf("%w: %s is not healthy: %s", ErrRefused, id, c.HealthReason)
 	case pchannelCount(s, s.Leader) == 0:

@@ -499,15 +499,18 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 	if self == nil {
 		return nil, nil, fmt.Errorf("the replicate configuration of %s has no entry for itself", cd.id)
 	}
-	if !standaloneOf(cfg, cd.id) {
+	// A cluster that is a primary in its own configuration already (a
+	// promotion whose answer was lost, or the old leader's configuration
+	// that made it the source) needs no force.
+	if sourceOf(cfg) != cd.id {
 		err = a.forcePromote(cctx, mb, self)
 		if err != nil {
 			// Retrying is safe and the call may have gone through (a
-			// timeout): a cluster that now stands alone is promoted.
+			// timeout): a cluster that is now a primary is promoted.
 			vctx, vcancel := a.callCtx(ctx)
 			cur, verr := m.replicateConfig(vctx, mb)
 			vcancel()
-			if verr != nil || !standaloneOf(cur, cd.id) {
+			if verr != nil || sourceOf(cur) != cd.id {
 				return nil, nil, err
 			}
 		}

@@ -51,6 +51,7 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 	a.cancelBackground()
 	a.setPhase(PhaseRejoining)
 	defer a.setPhase(PhaseSteady)
+	defer a.saveQuarantines(ctx)
 	for _, p := range due {
 		var err error
 		switch p.kind {
@@ -94,7 +95,10 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	if err != nil {
 		return err
 	}
-	already := sourceOf(oldCfg) == leader
+	// Its own configuration already makes it a target of the leader (it
+	// was demoted behind our back). Named as nobody's target (left out of
+	// a configuration), it stands alone as a primary.
+	already := targetOf(oldCfg, leader, p.id)
 
 	// A cluster that claimed to be a primary without ever leading has no
 	// salvage report; what it holds is not compared.
@@ -134,7 +138,10 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 		if entry == nil {
 			entry = p.entry
 		}
-		if entry == nil || entryOf(leaderCfg, leader) == nil {
+		if entry == nil {
+			entry = a.newEntry(s, p.id)
+		}
+		if entryOf(leaderCfg, leader) == nil {
 			return fmt.Errorf("cannot build a configuration naming %s as a target of %s: an entry is missing", p.id, leader)
 		}
 		newCfg := withTarget(leaderCfg, leader, entry)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 )
 
 // Settling: the arbiter's tick looks for what a change left unsettled and
@@ -41,7 +43,7 @@ func (a *Arbiter) settle(ctx context.Context, s *Snapshot) {
 	var suspects []*member
 	a.mu.Lock()
 	for _, c := range s.Clusters {
-		if c.ID != s.Leader.ID && c.ClaimsPrimary && c.Healthy && a.pending[c.ID] == nil {
+		if c.ID != s.Leader.ID && (c.ClaimsPrimary || !c.Target) && c.Healthy && a.pending[c.ID] == nil {
 			suspects = append(suspects, a.m.members[c.ID])
 		}
 	}
@@ -54,7 +56,7 @@ func (a *Arbiter) settle(ctx context.Context, s *Snapshot) {
 	defer a.mu.Unlock()
 	for _, mb := range suspects {
 		ans := answers[mb.id]
-		if ans.err != nil || sourceOf(ans.cfg) != mb.id || a.pending[mb.id] != nil || a.m.Snapshot().Leader == nil {
+		if ans.err != nil || !primaryInOwnEyes(ans.cfg, mb.id) || a.pending[mb.id] != nil || a.m.Snapshot().Leader == nil {
 			continue
 		}
 		a.log.Warn("a cluster claims to be a primary while another leads; demoting it to a quarantined target",
@@ -173,6 +175,7 @@ func (a *Arbiter) resume(ctx context.Context) {
 	if c == nil {
 		return
 	}
+	a.restoreQuarantines(c)
 	if !c.Running() {
 		a.mu.Lock()
 		if a.last == nil {
@@ -218,4 +221,44 @@ func (a *Arbiter) resume(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// restoreQuarantines puts back the quarantines a record says were in
+// force: a cluster kept from reads because it lacks data stays so across
+// a restart of the proxy, until the arbiter or an operator (attach after a
+// rebuild) lifts it.
+func (a *Arbiter) restoreQuarantines(c *Change) {
+	for id, reason := range c.QuarantinesInForce {
+		if a.m.members[id] == nil {
+			continue
+		}
+		if s := a.m.Snapshot(); s.Leader != nil && s.Leader.ID == id {
+			continue
+		}
+		if err := a.m.SetQuarantine(id, reason); err != nil {
+			a.log.Error("restoring a quarantine failed", "cluster", id, "err", err)
+			continue
+		}
+		a.log.Warn("quarantine restored from the leader change record", "cluster", id, "reason", reason)
+	}
+}
+
+// primaryInOwnEyes reports whether cfg, a cluster's own configuration,
+// leaves it taking writes: it is the source, or the configuration lists
+// clusters but names it nobody's target (a configuration message that left
+// it out made it stand alone). A cluster never configured (no clusters)
+// is not part of replication: it waits for `attach`.
+func primaryInOwnEyes(cfg *commonpb.ReplicateConfiguration, id string) bool {
+	if len(cfg.GetClusters()) == 0 {
+		return false
+	}
+	if sourceOf(cfg) == id {
+		return true
+	}
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if e.GetTargetClusterId() == id {
+			return false
+		}
+	}
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
@@ -75,6 +76,53 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	return w.done(ctx), nil
 }
 
+// failoverReachable is `failover --to` while the old leader answers: it
+// is sent the new configuration first (it demotes itself, refuses writes,
+// and its CDC carries the configuration to every target, to included),
+// then to takes over as in a switchover, without waiting for to to catch
+// up first. Nothing the old leader acknowledged is lost when its CDC to
+// to is alive. Only when the old leader refuses the configuration, or to
+// does not take over within 2 drain timeouts (at least 2s), is to promoted by force
+// (and the old leader demoted afterwards, or reported as a split-brain
+// risk). Re-pointing the other targets through the old leader's own
+// configuration message keeps them on the stream the new leader continues.
+func (a *Arbiter) failoverReachable(ctx context.Context, s *Snapshot, from, to string) (Change, error) {
+	w := &switchoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, false), s: s, from: from, to: to,
+		fromMb: a.m.members[from], toMb: a.m.members[to], c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
+	force := func(why error) (Change, error) {
+		w.finish(ctx, ResultFailed, fmt.Sprintf("%v; promoting %s by force", why, to))
+		return a.failover(ctx, a.m.Snapshot(), from, to, false)
+	}
+	if err := w.readConfig(ctx); err != nil {
+		a.setPhase(PhaseSteady)
+		return force(err)
+	}
+	if err := w.hold(ctx); err != nil {
+		return w.failed(ctx, err)
+	}
+	if err := w.demote(ctx); err != nil {
+		return force(fmt.Errorf("the old leader %s did not take the new configuration: %w", from, err))
+	}
+	// Writes are held: a target that does not take over soon (its
+	// replication stalled) is promoted by force rather than holding them
+	// toward write_hold.
+	pctx, cancel := context.WithTimeout(ctx, 2*max(a.opts.DrainTimeout, time.Second))
+	defer cancel()
+	if err := w.promoteTarget(pctx); err != nil {
+		return force(fmt.Errorf("%s did not take over after %s demoted itself: %w", to, from, err))
+	}
+	if err := w.install(ctx); err != nil {
+		return force(err)
+	}
+	a.mu.Lock()
+	a.stuck = nil
+	a.mu.Unlock()
+	ch := w.finish(ctx, ResultOK, fmt.Sprintf("the old leader %s answered: it was demoted first and %s took over from its stream (no acknowledged write lost)", from, to))
+	a.setPhase(PhaseSteady)
+	a.log.Warn("failover done (old leader reachable: demoted first)", "from", from, "to", to, "epoch", ch.Epoch, "held", ch.Held, "took", ch.Took)
+	return ch, nil
+}
+
 // switchoverSource checks a switchover to to and returns the leader it
 // starts from; resume is set when it retries a stuck one.
 func (a *Arbiter) switchoverSource(s *Snapshot, to string) (from string, resume bool, err error) {
@@ -144,18 +192,44 @@ func (w *switchoverRun) catchUp(ctx context.Context) error {
 // configuration; rebuilding it from there yields the same one (clusters in
 // the same order), so a retried switchover sends identical requests.
 func (w *switchoverRun) readConfig(ctx context.Context) error {
-	return w.step(ctx, StepReadConfigs, w.from, "GetReplicateConfiguration", func() (string, error) {
-		cctx, cancel := w.a.callCtx(ctx)
-		cfg, err := w.a.m.replicateConfig(cctx, w.fromMb)
-		cancel()
-		if err != nil {
-			return "", err
+	m := w.a.m
+	return w.step(ctx, StepReadConfigs, "", "GetReplicateConfiguration on every cluster", func() (string, error) {
+		// The clusters' own configurations are the truth, not the
+		// proxy's last discovery round.
+		answers := m.fetchConfigs(ctx, m.order)
+		var summary []string
+		for _, mb := range m.order {
+			if ans := answers[mb.id]; ans.err == nil {
+				summary = append(summary, fmt.Sprintf("%s: source %s", mb.id, orNone(sourceOf(ans.cfg))))
+			} else {
+				summary = append(summary, fmt.Sprintf("%s: %s", mb.id, grpcMessage(ans.err)))
+			}
 		}
+		seen := strings.Join(summary, "; ")
+		own := answers[w.from]
+		if own.err != nil {
+			return seen, own.err
+		}
+		cfg := own.cfg
 		if entryOf(cfg, w.to) == nil {
-			return "", fmt.Errorf("%w: %s is not in the replicate configuration of %s", ErrRefused, w.to, w.from)
+			return seen, fmt.Errorf("%w: %s is not in the replicate configuration of %s", ErrRefused, w.to, w.from)
+		}
+		if !w.resume {
+			if src := sourceOf(cfg); src != w.from {
+				m.Rediscover()
+				return seen, fmt.Errorf("%w: %s is not a primary in its own replicate configuration (its source is %s): the proxy's view is stale and follows the next discovery round", ErrRefused, w.from, orNone(src))
+			}
+			if t := answers[w.to]; t.err == nil && sourceOf(t.cfg) != w.from {
+				return seen, fmt.Errorf("%w: %s replicates from %s, not from %s: it would never receive the new configuration (use `failover --to %s`)", ErrRefused, w.to, orNone(sourceOf(t.cfg)), w.from, w.to)
+			}
+			for _, mb := range m.order {
+				if ans := answers[mb.id]; mb.id != w.from && ans.err == nil && primaryInOwnEyes(ans.cfg, mb.id) {
+					return seen, fmt.Errorf("%w: %s is also a primary in its own replicate configuration: two clusters take writes; the arbiter demotes %s first (see `milvus-ha-proxy status`)", ErrRefused, mb.id, mb.id)
+				}
+			}
 		}
 		w.newCfg = reverseConfig(cfg, w.to)
-		return describeConfig(cfg, false), nil
+		return seen, nil
 	})
 }
 

@@ -414,3 +414,23 @@ func TestAttachSafe(t *testing.T) {
 		t.Error("attached to a leader that is not a primary in its own configuration")
 	}
 }
+
+// TestPrimaryInOwnEyes: which own configurations leave a cluster taking
+// writes.
+func TestPrimaryInOwnEyes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  *commonpb.ReplicateConfiguration
+		want bool
+	}{
+		{"never configured", &commonpb.ReplicateConfiguration{}, false},
+		{"the source", star(entry("d"), entry("a")), true},
+		{"standing alone", star(entry("d")), true},
+		{"a target", star(entry("a"), entry("d")), false},
+		{"left out of the configuration", star(entry("a"), entry("b")), true},
+	} {
+		if got := primaryInOwnEyes(tc.cfg, "d"); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

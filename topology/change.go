@@ -2,7 +2,13 @@ package topology
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -55,6 +61,62 @@ func (s *MemoryChangeStore) Save(_ context.Context, c *Change) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.c = c.Clone()
+	return nil
+}
+
+// FileChangeStore is a ChangeStore in a JSON file, so a restarted proxy
+// resumes an interrupted change and remembers the quarantines in force.
+// Save writes a temporary file next to it, syncs it and renames it over
+// the old one: a crash leaves the old record or the new one, never half.
+type FileChangeStore struct {
+	Path string
+	mu   sync.Mutex
+}
+
+// Load reads the record; nil when the file does not exist yet.
+func (s *FileChangeStore) Load(context.Context) (*Change, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := os.ReadFile(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the leader change record %s: %w", s.Path, err)
+	}
+	var c Change
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("decoding the leader change record %s: %w", s.Path, err)
+	}
+	return &c, nil
+}
+
+// Save replaces the record with c.
+func (s *FileChangeStore) Save(_ context.Context, c *Change) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding the leader change record: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(s.Path), filepath.Base(s.Path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("writing the leader change record: %w", err)
+	}
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), s.Path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("writing the leader change record %s: %w", s.Path, err)
+	}
 	return nil
 }
 
@@ -132,6 +194,11 @@ type Change struct {
 	// from clients connected to it directly: a forced failover could
 	// neither send it the new configuration nor fence it.
 	SplitBrainRisk string `json:"split_brain_risk,omitempty"`
+	// QuarantinesInForce are the clusters kept from reads when the change
+	// ended (or when the arbiter last changed a quarantine), with why: a
+	// restarted arbiter puts them back, so a cluster that lacks data is
+	// never read from or switched to because the proxy forgot.
+	QuarantinesInForce map[string]string `json:"quarantines_in_force,omitempty"`
 }
 
 // Running reports whether the change has not ended.
@@ -145,12 +212,8 @@ func (c *Change) Clone() *Change {
 	cc := *c
 	cc.Steps = slices.Clone(c.Steps)
 	cc.Salvage = slices.Clone(c.Salvage)
-	if c.Quarantined != nil {
-		cc.Quarantined = make(map[string]string, len(c.Quarantined))
-		for k, v := range c.Quarantined {
-			cc.Quarantined[k] = v
-		}
-	}
+	cc.Quarantined = maps.Clone(c.Quarantined)
+	cc.QuarantinesInForce = maps.Clone(c.QuarantinesInForce)
 	return &cc
 }
 
@@ -240,6 +303,7 @@ func (r *changeRun) finish(ctx context.Context, result, msg string) Change {
 	r.ch.Took = now.Sub(r.ch.At)
 	r.ch.WritesHeld = a.m.holdsStarted.Load() - r.heldBefore
 	r.ch.Epoch = a.m.Snapshot().Epoch
+	r.ch.QuarantinesInForce = quarantinesOf(a.m.Snapshot())
 	c := r.ch.Clone()
 	if err := a.opts.Store.Save(ctx, c); err != nil {
 		a.log.Error("leader change record not saved", "change", r.ch.ID, "err", err)
@@ -249,6 +313,50 @@ func (r *changeRun) finish(ctx context.Context, result, msg string) Change {
 	a.mu.Unlock()
 	a.record(*c)
 	return *c
+}
+
+// quarantinesOf lists the quarantined clusters of s with their reasons.
+func quarantinesOf(s *Snapshot) map[string]string {
+	var out map[string]string
+	for _, c := range s.Clusters {
+		if c.Quarantined {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[c.ID] = c.QuarantineReason
+		}
+	}
+	return out
+}
+
+// saveQuarantines re-saves the last change with the quarantines in force
+// now, after the arbiter changed one outside a change (a rejoin, a gap
+// check). The caller holds the change token.
+func (a *Arbiter) saveQuarantines(ctx context.Context) {
+	a.mu.Lock()
+	last := a.last.Clone()
+	a.mu.Unlock()
+	q := quarantinesOf(a.m.Snapshot())
+	if last == nil {
+		if len(q) == 0 {
+			return
+		}
+		last = &Change{ID: "quarantines", Kind: KindSettle, Result: ResultOK, At: a.m.opts.Now(),
+			Message: "quarantines in force (no leader change recorded yet)"}
+	}
+	if maps.Equal(last.QuarantinesInForce, q) {
+		return
+	}
+	last.QuarantinesInForce = q
+	if err := a.opts.Store.Save(ctx, last); err != nil {
+		a.log.Error("saving the quarantines in force failed", "err", err)
+		return
+	}
+	a.mu.Lock()
+	if a.last == nil || a.last.ID == last.ID {
+		a.last = last
+	}
+	a.mu.Unlock()
 }
 
 // stepPhase maps a step name onto the phase Status reports.

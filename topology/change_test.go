@@ -2,12 +2,14 @@ package topology_test
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -121,5 +123,79 @@ func TestResumeInterruptedChange(t *testing.T) {
 	}
 	if s := r.m.Snapshot(); s.Leader == nil || s.Leader.ID != "a" || s.FailingOver {
 		t.Fatalf("leader after resuming: %+v", r.m.View())
+	}
+}
+
+// TestQuarantineSurvivesRestart: the quarantines in force are saved with
+// the change record (a file here) and put back by the next arbiter: a
+// restarted proxy does not read from, or switch to, a cluster that lacks
+// data because it forgot.
+func TestQuarantineSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	store := &topology.FileChangeStore{Path: path}
+	r := newArbiterRig(t, topology.ModeAuto, func(o *topology.ArbiterOptions) { o.Store = store })
+	if err := r.m.SetQuarantine("c", "lacks what a took before it rejoined"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.arb.Switchover(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := store.Load(context.Background())
+	if err != nil || saved.QuarantinesInForce["c"] != "lacks what a took before it rejoined" {
+		t.Fatalf("saved %+v, %v", saved, err)
+	}
+	r.m.Close()
+
+	// A new proxy over the same clusters and the same file.
+	opts := topology.Options{PollInterval: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond,
+		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 400 * time.Millisecond, WriteHold: 5 * time.Second}
+	for _, s := range []*sim.Cluster{r.a, r.b, r.c} {
+		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
+	}
+	m, err := topology.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arb, err := topology.NewArbiter(m, topology.ArbiterOptions{Store: &topology.FileChangeStore{Path: path}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	arb.Start()
+	t.Cleanup(func() { m.Close() })
+	s := waitSnap(t, m, "b leads, c quarantined again", func(s *topology.Snapshot) bool {
+		return s.Leader != nil && s.Leader.ID == "b" && s.Cluster("c").Quarantined
+	})
+	if got := s.Cluster("c").QuarantineReason; got != "lacks what a took before it rejoined" {
+		t.Fatalf("restored reason %q", got)
+	}
+	if _, err := arb.Switchover(context.Background(), "c"); err == nil || !strings.Contains(err.Error(), "quarantined") {
+		t.Fatalf("switchover to the restored quarantined cluster: %v", err)
+	}
+	if st := arb.Status(); st.LastChange == nil || st.LastChange.Kind != topology.KindSwitchover {
+		t.Fatalf("last change after restart %+v", st.LastChange)
+	}
+}
+
+// TestFileChangeStore: a missing file is no record; a saved record reads
+// back whole.
+func TestFileChangeStore(t *testing.T) {
+	s := &topology.FileChangeStore{Path: filepath.Join(t.TempDir(), "c.json")}
+	if c, err := s.Load(context.Background()); c != nil || err != nil {
+		t.Fatalf("empty store: %+v %v", c, err)
+	}
+	in := &topology.Change{ID: "x", Kind: topology.KindFailover, From: "a", To: "b", Epoch: 3,
+		Steps:              []topology.Step{{Name: topology.StepPromote, Cluster: "b", Sent: "s", Answer: "ok", Took: time.Millisecond}},
+		QuarantinesInForce: map[string]string{"c": "why"}}
+	if err := s.Save(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Load(context.Background())
+	if err != nil || out.ID != "x" || out.Steps[0].Answer != "ok" || out.QuarantinesInForce["c"] != "why" || out.Epoch != 3 {
+		t.Fatalf("read back %+v, %v", out, err)
+	}
+	bad := &topology.FileChangeStore{Path: filepath.Join(t.TempDir(), "missing-dir", "c.json")}
+	if err := bad.Save(context.Background(), in); err == nil || !strings.Contains(err.Error(), "missing-dir") {
+		t.Fatalf("save into a missing directory: %v", err)
 	}
 }

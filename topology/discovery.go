@@ -118,95 +118,20 @@ func sourceOf(cfg *commonpb.ReplicateConfiguration) string {
 // candidate that answered must itself agree that it is the source.
 func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (leaderChanged bool, epoch uint64, err error) {
 	meta := tx.meta()
-	claims := map[string]bool{}
-	votes := map[string]int{}
-	var errs []string
-	unimplemented := 0
-	for _, mb := range m.order {
-		a, ok := answers[mb.id]
-		if !ok {
-			continue
-		}
-		if a.err != nil {
-			if status.Code(a.err) == codes.Unimplemented {
-				unimplemented++
-			}
-			errs = append(errs, fmt.Sprintf("%s: %s", mb.id, grpcMessage(a.err)))
-			continue
-		}
-		src := sourceOf(a.cfg)
-		if src == "" {
-			continue
-		}
-		votes[src]++
-		if src == mb.id {
-			claims[mb.id] = true
-		}
-	}
-	answered := func(id string) bool { a, ok := answers[id]; return ok && a.err == nil }
-
+	t := m.tally(answers)
 	if meta.FailingOver {
 		// The failover owns the leader; record only what clusters claim.
-		return false, meta.Epoch, m.recordClaims(tx, claims)
+		return false, meta.Epoch, m.recordClaims(tx, t.claims)
 	}
-
-	leader := ""
-	if cur := meta.LeaderID; cur != "" && (claims[cur] || (!answered(cur) && votes[cur] > 0)) {
-		leader = cur
-	} else {
-		best := 0
-		for _, mb := range m.order {
-			if v := votes[mb.id]; v > best && (claims[mb.id] || !answered(mb.id)) {
-				leader, best = mb.id, v
-			}
-		}
-	}
-	if leader == "" && len(m.order) == 1 && answered(m.order[0].id) && len(answers[m.order[0].id].cfg.GetClusters()) == 0 {
-		// One standalone cluster whose configuration is empty: it is the
-		// only place writes can go, so it leads. (Milvus 2.6 blocks
-		// instead until a configuration is set, milvus#52686; its fix
-		// answers an empty configuration.)
-		leader = m.order[0].id
-		claims[leader] = true
-	}
+	leader := m.chooseLeader(meta.LeaderID, &t)
 	if leader == "" {
-		msg := "no configured cluster is named replication source by the replicate configuration"
-		switch {
-		case unimplemented == len(m.order):
-			msg = reasonNoReplicateConfig + "; use discovery: static"
-		case len(errs) == len(m.order):
-			msg = "no cluster answered GetReplicateConfiguration: " + joinReasons(errs)
-		}
+		msg := m.noLeaderReason(&t)
 		if meta.DiscoveryError != msg {
 			return false, meta.Epoch, tx.modifyMeta(func(mr *metaRecord) { mr.DiscoveryError = msg })
 		}
 		return false, meta.Epoch, nil
 	}
-
-	// The leader's own configuration is authoritative for its targets; if
-	// it did not answer, a target's copy (naming the same source) serves.
-	var cfg *commonpb.ReplicateConfiguration
-	if answered(leader) && claims[leader] {
-		cfg = answers[leader].cfg
-	} else {
-		for _, mb := range m.order {
-			if answered(mb.id) && sourceOf(answers[mb.id].cfg) == leader {
-				cfg = answers[mb.id].cfg
-				break
-			}
-		}
-	}
-	targets := map[string]bool{}
-	for _, e := range cfg.GetCrossClusterTopology() {
-		if e.GetSourceClusterId() == leader {
-			targets[e.GetTargetClusterId()] = true
-		}
-	}
-	pchannels := map[string][]string{}
-	for _, c := range cfg.GetClusters() {
-		pchannels[c.GetClusterId()] = c.GetPchannels()
-	}
-
+	targets, pchannels := leaderTopology(m.leaderConfig(leader, &t), leader)
 	leaderChanged = leader != meta.LeaderID
 	epoch = meta.Epoch
 	if leaderChanged && meta.LeaderID != "" {
@@ -214,38 +139,7 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 	}
 	for _, mb := range m.order {
 		err := tx.modifyCluster(mb.id, func(r *clusterRecord) {
-			r.ClaimsPrimary = claims[mb.id]
-			r.Target = targets[mb.id] && mb.id != leader
-			if pcs, ok := pchannels[mb.id]; ok {
-				r.PChannels = slices.Clone(pcs)
-			}
-			prevRole := r.Role
-			switch {
-			case mb.id == leader:
-				r.Role = RoleLeader
-				r.CheckpointsKnown, r.Checkpoints, r.LagReason = false, nil, ""
-			case targets[mb.id] && r.StaticRole == RoleStandby:
-				r.Role = RoleStandby
-			case targets[mb.id]:
-				r.Role = RoleAlternative
-			default:
-				r.Role = RoleStandby
-				r.CheckpointsKnown = false
-				if claims[mb.id] {
-					r.LagReason = fmt.Sprintf("claims to be a replication source but %s leads; never written to", leader)
-				} else {
-					r.LagReason = fmt.Sprintf("not a replication target of leader %s", leader)
-				}
-			}
-			if leaderChanged && r.Role != RoleLeader {
-				// Checkpoints were against the old source.
-				r.CheckpointsKnown = false
-				if targets[mb.id] {
-					r.LagReason = "new leader; awaiting first checkpoint poll"
-				}
-			} else if prevRole != r.Role && targets[mb.id] && !r.CheckpointsKnown {
-				r.LagReason = "awaiting first checkpoint poll"
-			}
+			m.applyRole(r, leader, leaderChanged, t.claims[mb.id], targets[mb.id], pchannels)
 		})
 		if err != nil {
 			return false, epoch, err
@@ -264,6 +158,145 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 			mr.LeaderLostAt = time.Time{}
 		}
 	})
+}
+
+// configTally is what one discovery round's answers say.
+type configTally struct {
+	answers       map[string]configAnswer
+	claims        map[string]bool // the cluster names itself the source
+	votes         map[string]int  // how many answers name each source
+	errs          []string
+	unimplemented int
+}
+
+func (t *configTally) answered(id string) bool { a, ok := t.answers[id]; return ok && a.err == nil }
+
+// tally counts which source each answer names.
+func (m *Manager) tally(answers map[string]configAnswer) configTally {
+	t := configTally{answers: answers, claims: map[string]bool{}, votes: map[string]int{}}
+	for _, mb := range m.order {
+		a, ok := answers[mb.id]
+		if !ok {
+			continue
+		}
+		if a.err != nil {
+			if status.Code(a.err) == codes.Unimplemented {
+				t.unimplemented++
+			}
+			t.errs = append(t.errs, fmt.Sprintf("%s: %s", mb.id, grpcMessage(a.err)))
+			continue
+		}
+		src := sourceOf(a.cfg)
+		if src == "" {
+			continue
+		}
+		t.votes[src]++
+		if src == mb.id {
+			t.claims[mb.id] = true
+		}
+	}
+	return t
+}
+
+// chooseLeader keeps the current leader while it claims to be the source
+// (or, unreachable, is still named by others); else the most named source
+// that agrees; else a single standalone cluster with an empty
+// configuration. "" when none qualifies.
+func (m *Manager) chooseLeader(cur string, t *configTally) string {
+	if cur != "" && (t.claims[cur] || (!t.answered(cur) && t.votes[cur] > 0)) {
+		return cur
+	}
+	leader, best := "", 0
+	for _, mb := range m.order {
+		if v := t.votes[mb.id]; v > best && (t.claims[mb.id] || !t.answered(mb.id)) {
+			leader, best = mb.id, v
+		}
+	}
+	if leader == "" && len(m.order) == 1 && t.answered(m.order[0].id) && len(t.answers[m.order[0].id].cfg.GetClusters()) == 0 {
+		// One standalone cluster whose configuration is empty: it is the
+		// only place writes can go, so it leads. (Milvus 2.6 blocks
+		// instead until a configuration is set, milvus#52686; its fix
+		// answers an empty configuration.)
+		leader = m.order[0].id
+		t.claims[leader] = true
+	}
+	return leader
+}
+
+// noLeaderReason says why no leader was found.
+func (m *Manager) noLeaderReason(t *configTally) string {
+	switch {
+	case t.unimplemented == len(m.order):
+		return reasonNoReplicateConfig + "; use discovery: static"
+	case len(t.errs) == len(m.order):
+		return "no cluster answered GetReplicateConfiguration: " + joinReasons(t.errs)
+	}
+	return "no configured cluster is named replication source by the replicate configuration"
+}
+
+// leaderConfig is the configuration that describes the leader's targets:
+// its own; if it did not answer, a target's copy naming the same source.
+func (m *Manager) leaderConfig(leader string, t *configTally) *commonpb.ReplicateConfiguration {
+	if t.answered(leader) && t.claims[leader] {
+		return t.answers[leader].cfg
+	}
+	for _, mb := range m.order {
+		if t.answered(mb.id) && sourceOf(t.answers[mb.id].cfg) == leader {
+			return t.answers[mb.id].cfg
+		}
+	}
+	return nil
+}
+
+// leaderTopology returns the leader's targets and every listed cluster's
+// pchannels from cfg.
+func leaderTopology(cfg *commonpb.ReplicateConfiguration, leader string) (targets map[string]bool, pchannels map[string][]string) {
+	targets, pchannels = map[string]bool{}, map[string][]string{}
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if e.GetSourceClusterId() == leader {
+			targets[e.GetTargetClusterId()] = true
+		}
+	}
+	for _, c := range cfg.GetClusters() {
+		pchannels[c.GetClusterId()] = c.GetPchannels()
+	}
+	return targets, pchannels
+}
+
+// applyRole sets one cluster's record from the discovered topology.
+func (m *Manager) applyRole(r *clusterRecord, leader string, leaderChanged, claims, target bool, pchannels map[string][]string) {
+	r.ClaimsPrimary = claims
+	r.Target = target && r.ID != leader
+	if pcs, ok := pchannels[r.ID]; ok {
+		r.PChannels = slices.Clone(pcs)
+	}
+	prevRole := r.Role
+	switch {
+	case r.ID == leader:
+		r.Role = RoleLeader
+		r.CheckpointsKnown, r.Checkpoints, r.LagReason = false, nil, ""
+	case target && r.StaticRole == RoleStandby:
+		r.Role = RoleStandby
+	case target:
+		r.Role = RoleAlternative
+	default:
+		r.Role = RoleStandby
+		r.CheckpointsKnown = false
+		if claims {
+			r.LagReason = fmt.Sprintf("claims to be a replication source but %s leads; never written to", leader)
+		} else {
+			r.LagReason = fmt.Sprintf("not a replication target of leader %s", leader)
+		}
+	}
+	if leaderChanged && r.Role != RoleLeader {
+		// Checkpoints were against the old source.
+		r.CheckpointsKnown = false
+		if target {
+			r.LagReason = "new leader; awaiting first checkpoint poll"
+		}
+	} else if prevRole != r.Role && target && !r.CheckpointsKnown {
+		r.LagReason = "awaiting first checkpoint poll"
+	}
 }
 
 // recordClaims stores which clusters claim to be a source, touching

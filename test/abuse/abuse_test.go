@@ -447,7 +447,7 @@ func formatTable(cells []cell, long bool) string {
 		rate = fmt.Sprintf("at %d calls/s", r)
 	}
 	fmt.Fprintf(&b, "abuse suite, %s form; bystander: %d workers %s (Search, Insert every 4th)\n\n", form, bystanderWorkers, rate)
-	b.WriteString("| probe | target | qps before → during → after | p99 before → during | errors | RSS before / peak / end | verdict | abuser saw |\n")
+	b.WriteString("| probe | target | qps before → during → after | p50 / p99 before → during (ms) | errors | RSS before / peak / end | verdict | abuser saw |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cells {
 		errs := 0
@@ -466,10 +466,11 @@ func formatTable(cells []cell, long bool) string {
 			}
 			verdict = "FAIL: " + strings.Join(parts, ", ")
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f → %.0f → %.0f | %s → %s | %d | %s / %s / %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f → %.0f → %.0f | %s / %s → %s / %s | %d | %s / %s / %s | %s | %s |\n",
 			c.probe, c.engine,
 			c.phases[phaseBefore].QPS, c.phases[phaseDuring].QPS, c.phases[phaseAfter].QPS,
-			ms(c.phases[phaseBefore].P99), ms(c.phases[phaseDuring].P99),
+			ms(c.phases[phaseBefore].P50), ms(c.phases[phaseBefore].P99),
+			ms(c.phases[phaseDuring].P50), ms(c.phases[phaseDuring].P99),
 			errs, mib(c.rssBefore), mib(c.rssPeak), mib(c.rssAfter), verdict,
 			strings.ReplaceAll(joinNonEmpty("; ", c.note, c.judged), "|", "/"))
 	}
@@ -481,7 +482,7 @@ func formatTable(cells []cell, long bool) string {
 	return b.String() + "\n"
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
 
 func joinNonEmpty(sep string, ss ...string) string {
 	var out []string

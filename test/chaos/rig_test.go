@@ -77,7 +77,10 @@ func newRig(t testing.TB) *rig {
 	for _, id := range r.ids {
 		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
 	}
-	fmt.Fprintf(&yaml, "failover:\n  mode: auto\n  detect_after: %s\n  write_hold: %s\ndrain:\n  grace_period: 2s\n", detectAfter, writeHold)
+	// The proxy keeps its leader change record and the quarantines in
+	// force in a file: a restarted proxy must not forget them.
+	fmt.Fprintf(&yaml, "failover:\n  mode: auto\n  detect_after: %s\n  write_hold: %s\n  state_file: %s\ndrain:\n  grace_period: 2s\n",
+		detectAfter, writeHold, filepath.Join(r.root, "proxy-state.json"))
 	cfgPath := filepath.Join(r.root, "proxy.yaml")
 	if err := os.WriteFile(cfgPath, []byte(yaml.String()), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,5 +1,5 @@
-// Package ops proves that milvus-ha-proxy is operable in production (issue
-// 5): the metrics move by exactly the traffic sent, traces continue the
+// Package ops proves that milvus-ha-proxy is operable in production: the
+// metrics move by exactly the traffic sent, traces continue the
 // client's and reach the backend, a drain under load loses no call, bad
 // configs exit 2 naming the key, TLS works both ways and refuses a wrong
 // CA, no log line carries a credential, and the reference docs match the

@@ -40,4 +40,5 @@ include mk/prereq.mk
 include mk/chaos.mk
 include mk/abuse.mk
 include mk/milvus.mk
+include mk/multiproxy.mk
 include mk/perf.mk

@@ -51,7 +51,7 @@ type h2conn struct {
 	ended      map[uint32]bool
 	dataRecv   int64
 	readErr    error
-	endedAt    time.Time // when the reader stopped
+	endedAt    time.Time     // when the reader stopped
 	done       chan struct{} // closed when the reader stops
 }
 

@@ -874,7 +874,7 @@ func (a *Arbiter) Status() Status {
 	return st
 }
 
-// Log attributes for the arbiter's options, with no secret.
+// LogValue gives the arbiter's options as log attributes, with no secret.
 func (a *Arbiter) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("prefix", a.opts.Prefix), slog.String("proxy", a.opts.ProxyID),
 		slog.String("endpoints", strings.Join(a.opts.Endpoints, ",")))

@@ -2,12 +2,15 @@ package app
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -344,4 +347,32 @@ func (c metadataCarrier) Keys() []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// RelayEvent counts the relay's refusals and the client connections it
+// closes (proxy.RelayObserver).
+func (o *observer) RelayEvent(ev proxy.RelayEvent, reason string) {
+	switch ev {
+	case proxy.RelayRefused:
+		o.tel.Metrics.RecordRelayRefused(context.Background(), reason)
+	case proxy.RelayConnClosed:
+		o.tel.Metrics.RecordRelayClosed(context.Background(), reason)
+	}
+}
+
+// relayLimits are the relay engine's limits from the config.
+func relayLimits(c *config.Relay) proxy.RelayLimits {
+	withoutCalls := c.KeepaliveWithoutCalls
+	return proxy.RelayLimits{
+		MaxConcurrentStreams:   uint32(c.MaxConcurrentStreams),
+		MaxHeaderListSize:      c.MaxHeaderListSize,
+		HandshakeTimeout:       c.HandshakeTimeout.Std(),
+		IdleTimeout:            c.IdleTimeout.Std(),
+		WriteTimeout:           c.WriteTimeout.Std(),
+		ConnOutputBuffer:       c.ConnOutputBuffer,
+		PingMinTime:            c.KeepaliveMinTime.Std(),
+		PingWithoutCalls:       &withoutCalls,
+		ResetsPerSecond:        c.ResetsPerSecond,
+		ControlFramesPerSecond: c.ControlFramesPerSecond,
+	}
 }

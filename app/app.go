@@ -172,6 +172,7 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	default:
 		// The relay ends health watches on drain by itself.
 		pOpts.Engine = proxy.EngineRelay
+		pOpts.RelayLimits = relayLimits(&cfg.Relay)
 		if tel.TracingEnabled() {
 			pOpts.CallHook = tr.hook
 		}

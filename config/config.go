@@ -79,6 +79,7 @@ type Config struct {
 	Clusters    []Cluster   `yaml:"clusters" doc:"Every Milvus cluster the proxy may talk to, in order of preference (the order breaks ties)."`
 	TLS         ServerTLS   `yaml:"tls,omitempty" doc:"TLS for Milvus clients connecting to the proxy. Off when cert_file is empty."`
 	Engine      Engine      `yaml:"engine" doc:"How calls are carried: relay (the default: the proxy speaks HTTP/2 itself on both sides and relays frames between client and cluster, at about half the CPU per call of grpc) or grpc (a grpc-go server in front of grpc-go client connections)."`
+	Relay       Relay       `yaml:"relay" doc:"Limits of each client connection of the relay engine (engine: relay): what one client may hold or do before it is refused or closed, so that it cannot hurt the others."`
 	Read        Read        `yaml:"read" doc:"Where reads go."`
 	Consistency Consistency `yaml:"consistency" doc:"How consistency levels map to required timestamps."`
 	Replication Replication `yaml:"replication" doc:"Tracking of replication progress on the alternatives."`
@@ -120,6 +121,20 @@ type ServerTLS struct {
 	CertFile     string `yaml:"cert_file,omitempty" doc:"PEM certificate the proxy serves gRPC with; setting it turns TLS on (needs key_file)."`
 	KeyFile      string `yaml:"key_file,omitempty" doc:"PEM private key of cert_file."`
 	ClientCAFile string `yaml:"client_ca_file,omitempty" doc:"PEM CA bundle; when set, clients must present a certificate it signs (mutual TLS)."`
+}
+
+// Relay is the relay engine's per-connection limits.
+type Relay struct {
+	MaxConcurrentStreams   int      `yaml:"max_concurrent_streams" doc:"Calls one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); a call past it is refused (REFUSED_STREAM) and clients retry it."`
+	MaxHeaderListSize      int      `yaml:"max_header_list_size" doc:"Bytes of request headers (decoded, as HTTP/2 counts them: name + value + 32 per field) one call may carry (SETTINGS_MAX_HEADER_LIST_SIZE); a larger call is refused with ResourceExhausted, a header block far over it or whose CONTINUATION frames take over 10s closes the connection."`
+	HandshakeTimeout       Duration `yaml:"handshake_timeout" doc:"How long a new client connection may take for its TLS handshake and HTTP/2 preface."`
+	IdleTimeout            Duration `yaml:"idle_timeout" doc:"A client connection without a call for this long (pings do not count) is sent GOAWAY and closed; clients reconnect on their next call (grpc-go's MaxConnectionIdle). Checked once per period, so it closes between one and two periods of idleness."`
+	WriteTimeout           Duration `yaml:"write_timeout" doc:"A client connection whose socket accepts nothing for this long (the client stopped reading) is closed; it never holds up answers to other clients."`
+	ConnOutputBuffer       int      `yaml:"conn_output_buffer" doc:"Bytes of answers one client connection may have waiting for its socket before further answers to it wait; at 4x + 4 MiB (frames piling up regardless) the connection is closed."`
+	KeepaliveMinTime       Duration `yaml:"keepalive_min_time" doc:"Keepalive enforcement, as grpc-go's server: a client pinging more often than this three times without an answer in between is closed with GOAWAY ENHANCE_YOUR_CALM too_many_pings. The SDKs ping every 5 s (Go) or 10 s (pymilvus)."`
+	KeepaliveWithoutCalls  bool     `yaml:"keepalive_permit_without_calls" doc:"Whether clients may ping while they have no call open (the SDKs do)."`
+	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below."`
+	ControlFramesPerSecond int      `yaml:"control_frames_per_second" doc:"SETTINGS frames and empty DATA or CONTINUATION frames one client connection may send per second, bursting to 10x; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM."`
 }
 
 // Read is the read-routing policy.
@@ -279,6 +294,18 @@ func Default() *Config {
 		AdminListen: "127.0.0.1:9091",
 		Discovery:   DiscoveryReplicate,
 		Engine:      EngineRelay,
+		Relay: Relay{
+			MaxConcurrentStreams:   1024,
+			MaxHeaderListSize:      1 << 20,
+			HandshakeTimeout:       Duration(10 * time.Second),
+			IdleTimeout:            Duration(2 * time.Minute),
+			WriteTimeout:           Duration(30 * time.Second),
+			ConnOutputBuffer:       4 << 20,
+			KeepaliveMinTime:       Duration(5 * time.Second),
+			KeepaliveWithoutCalls:  true,
+			ResetsPerSecond:        100,
+			ControlFramesPerSecond: 100,
+		},
 		Read: Read{
 			LeaderServesReads:  true,
 			Balance:            "p2c",

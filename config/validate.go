@@ -45,6 +45,30 @@ func (c *Config) validate(lines map[string]int) error {
 	if c.Engine != EngineRelay && c.Engine != EngineGRPC {
 		e.add("engine", "unknown value %q (want relay or grpc)", c.Engine)
 	}
+	for _, v := range []struct {
+		key string
+		n   int64
+	}{
+		{"relay.max_concurrent_streams", int64(c.Relay.MaxConcurrentStreams)},
+		{"relay.max_header_list_size", int64(c.Relay.MaxHeaderListSize)},
+		{"relay.handshake_timeout", int64(c.Relay.HandshakeTimeout)},
+		{"relay.idle_timeout", int64(c.Relay.IdleTimeout)},
+		{"relay.write_timeout", int64(c.Relay.WriteTimeout)},
+		{"relay.conn_output_buffer", int64(c.Relay.ConnOutputBuffer)},
+		{"relay.keepalive_min_time", int64(c.Relay.KeepaliveMinTime)},
+		{"relay.resets_per_second", int64(c.Relay.ResetsPerSecond)},
+		{"relay.control_frames_per_second", int64(c.Relay.ControlFramesPerSecond)},
+	} {
+		if v.n <= 0 {
+			e.add(v.key, "must be positive")
+		}
+	}
+	if n := c.Relay.MaxConcurrentStreams; n > 1<<31-1 {
+		e.add("relay.max_concurrent_streams", "%d is over 2^31-1", n)
+	}
+	if n := c.Relay.MaxHeaderListSize; n > 1<<30 {
+		e.add("relay.max_header_list_size", "%d is over 1 GiB", n)
+	}
 	if c.Read.Balance != "p2c" {
 		e.add("read.balance", "unknown value %q (want p2c)", c.Read.Balance)
 	}

@@ -95,8 +95,9 @@ type Options struct {
 	// Creds are the server's transport credentials (TLS); nil: plaintext.
 	Creds credentials.TransportCredentials
 
-	// Engine selects how calls are carried. EngineGRPC (the default) is a
-	// grpc-go server with the topology's grpc-go connections behind it:
+	// Engine selects how calls are carried. EngineRelay (the default, as
+	// in config.Default) speaks HTTP/2 frames on both sides. EngineGRPC is
+	// a grpc-go server with the topology's grpc-go connections behind it:
 	// ServerOptions (interceptors, stats handlers) apply. EngineRelay
 	// speaks HTTP/2 frames on both sides and costs about half the CPU per
 	// call; with it, CallHook stands in for interceptors and BackendCreds

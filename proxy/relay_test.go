@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
@@ -1076,5 +1077,18 @@ func TestMsgAssemblerGrowsWithBytes(t *testing.T) {
 	}
 	if len(got) != 1 || !bytes.Equal(got[0].bytes(), want) {
 		t.Fatalf("got %d messages", len(got))
+	}
+}
+
+// TestDefaultEngineIsRelay: proxy.New without an engine runs the relay,
+// the engine config.Default() names.
+func TestDefaultEngineIsRelay(t *testing.T) {
+	srv, err := New(Options{Topology: newFakeTopo(&atomic.Uint64{}), Router: router.New(router.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	if srv.relay == nil || srv.engine != EngineRelay {
+		t.Fatalf("engine %q", srv.engine)
 	}
 }

@@ -123,7 +123,7 @@ func New(opts Options) (*Server, error) {
 	}
 	switch opts.Engine {
 	case "":
-		opts.Engine = EngineGRPC
+		opts.Engine = EngineRelay // as config.Default()
 	case EngineRelay, EngineGRPC:
 	default:
 		return nil, fmt.Errorf("proxy: engine %q: want %q or %q", opts.Engine, EngineRelay, EngineGRPC)

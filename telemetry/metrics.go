@@ -136,6 +136,8 @@ type Metrics struct {
 	held         metric.Int64Counter
 	holdDuration metric.Float64Histogram
 	waiting      metric.Int64UpDownCounter
+	relayRefused metric.Int64Counter
+	relayClosed  metric.Int64Counter
 
 	// Attribute sets are built once per distinct label combination and
 	// reused, so recording is a map lookup plus the instrument update.
@@ -240,6 +242,12 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 		held: b.counter("milvus_ha_proxy_writes_held",
 			"Writes held while no leader was available, by outcome: released, timed_out, canceled.",
 			"{write}"),
+		relayRefused: b.counter("milvus_ha_proxy_relay_refused",
+			"Calls or streams the relay engine refused at the edge, by reason: malformed, not_grpc, streams, header_list, header_block, message_size, cardinality.",
+			"{refusal}"),
+		relayClosed: b.counter("milvus_ha_proxy_relay_connections_closed",
+			"Client connections the relay engine closed, by reason: protocol_error, abuse, too_many_pings, idle, write_timeout, output_overflow.",
+			"{connection}"),
 		holdDuration: b.seconds("milvus_ha_proxy_write_hold_duration",
 			"How long held writes waited for a leader, by outcome.",
 			.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
@@ -403,6 +411,24 @@ func (m *Metrics) RecordRetry(ctx context.Context, method, class string) {
 	}
 	m.retries.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(
 		attribute.String(labelMethod, method), attribute.String(labelClass, class))))
+}
+
+// RecordRelayRefused counts a call or stream the relay refused at the
+// edge, by reason.
+func (m *Metrics) RecordRelayRefused(ctx context.Context, reason string) {
+	if m == nil {
+		return
+	}
+	m.relayRefused.Add(ctx, 1, m.one(labelReason, reason).add...)
+}
+
+// RecordRelayClosed counts a client connection the relay closed, by
+// reason.
+func (m *Metrics) RecordRelayClosed(ctx context.Context, reason string) {
+	if m == nil {
+		return
+	}
+	m.relayClosed.Add(ctx, 1, m.one(labelReason, reason).add...)
 }
 
 // RecordLeaderChange counts a change of leader to newLeader; reason is

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,17 +25,28 @@ import (
 //	holding ──▶ promoting (force_promote on the chosen alternative)
 //	        ──▶ attaching (new configuration to the remaining alternatives)
 //	        ──▶ installing ──▶ steady
-//	steady ──`switchover --to`──▶ catching-up ──▶ holding ──▶ demoting (old
-//	        leader first) ──▶ promoting (target) ──▶ confirming (checkpoints
-//	        cover the last acknowledged write) ──▶ installing ──▶ steady
-//	steady ──former leader or unreachable alternative healthy again──▶
-//	        rejoining (salvage report, then a target of the leader) ──▶ steady
+//	steady ──`failover --to` with the old leader answering──▶ reading
+//	        (every cluster's own configuration) ──▶ holding ──▶ demoting (old
+//	        leader first) ──▶ promoting (target, from the old leader's
+//	        stream; by force if it does not take over) ──▶ installing ──▶ steady
+//	steady ──`switchover --to`──▶ catching-up ──▶ reading ──▶ holding ──▶
+//	        demoting (old leader first) ──▶ confirming (checkpoints cover the
+//	        last acknowledged write) ──▶ promoting (target) ──▶ installing ──▶ steady
+//	steady ──`attach --cluster`──▶ reading ──▶ the cluster, then the leader,
+//	        get the configuration naming it a target ──▶ steady
+//	steady ──former leader, unreachable alternative, or a cluster that
+//	        takes writes on its own healthy again──▶ rejoining (salvage
+//	        report, then a quarantined target of the leader) ──▶ steady
 //
+// Every change is recorded step by step (Change, Step) and saved to a
+// ChangeStore before and after each step; a restarted arbiter closes an
+// interrupted one and settles it from the clusters' own configurations.
 // Any failure before a promotion takes effect releases the held writes
 // and leaves the old topology; a switchover whose old leader already
 // demoted itself but whose target never confirmed stays "stuck", with
-// writes held, until `switchover --to` is retried or `failover --to` forces
-// it. One leader change runs at a time.
+// writes held, until it is retried, forced, or settled by the arbiter
+// after detect_after (rolled forward or back from what the clusters say).
+// One change runs at a time; another waits for it up to QueueWait.
 
 // Failover modes (config failover.mode).
 const (
@@ -213,7 +225,8 @@ type stuckSwitchover struct{ from, to string }
 // Arbiter drives leader changes for one Manager. Create it with
 // NewArbiter and Start it after the manager; it stops with the manager.
 type Arbiter struct {
-	m    *Manager
+	m    control
+	mo   Options // the manager's settings
 	opts ArbiterOptions
 	log  *slog.Logger
 	sem  chan struct{} // one leader change or rejoin at a time
@@ -267,13 +280,13 @@ func NewArbiter(m *Manager, opts ArbiterOptions) (*Arbiter, error) {
 	def(&opts.RetryBackoff, time.Second)
 	def(&opts.QueueWait, 30*time.Second)
 	if opts.Logger == nil {
-		opts.Logger = m.opts.Logger
+		opts.Logger = m.settings().Logger
 	}
 	if opts.Store == nil {
 		opts.Store = &MemoryChangeStore{}
 	}
 	return &Arbiter{
-		m: m, opts: opts,
+		m: m, mo: m.settings(), opts: opts,
 		log:        opts.Logger.With("component", "arbiter"),
 		sem:        make(chan struct{}, 1),
 		phase:      PhaseSteady,
@@ -410,7 +423,7 @@ func (a *Arbiter) record(c Change) {
 
 // loop reacts to leader loss and looks after returning clusters.
 func (a *Arbiter) loop(ctx context.Context) {
-	t := time.NewTicker(a.m.opts.ProbeInterval)
+	t := time.NewTicker(a.mo.ProbeInterval)
 	defer t.Stop()
 	backoff := a.opts.RetryBackoff
 	// deferred is a loss reported while another proxy decided; resumed
@@ -553,7 +566,7 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 func (a *Arbiter) checkTarget(s *Snapshot, to string) error {
 	c := s.Cluster(to)
 	if c == nil {
-		return fmt.Errorf("%w %q", ErrUnknownCluster, to)
+		return fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, to, strings.Join(a.m.clusterIDs(), ", "))
 	}
 	if c.Quarantined {
 		return fmt.Errorf("%w: %s is quarantined: %s", ErrRefused, to, c.QuarantineReason)
@@ -569,12 +582,15 @@ func (a *Arbiter) refused(kind, from, to, msg string) (Change, error) {
 }
 
 func (a *Arbiter) refusedErr(kind, from, to string, err error) (Change, error) {
-	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.m.opts.Now()}
+	c := Change{Kind: kind, From: from, To: to, Epoch: a.m.Snapshot().Epoch, Result: ResultRefused, Message: err.Error(), At: a.mo.Now()}
 	if a.opts.OnChange != nil {
 		a.opts.OnChange(c)
 	}
 	return c, err
 }
+
+// known reports whether id is a configured cluster.
+func (a *Arbiter) known(id string) bool { return slices.Contains(a.m.clusterIDs(), id) }
 
 // callCtx bounds one Milvus call.
 func (a *Arbiter) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {

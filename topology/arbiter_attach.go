@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -41,7 +42,6 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 	a.cancelBackground()
 	r := a.beginChange(ctx, KindAttach, leader, id, false)
 	m := a.m
-	mb, leaderMb := m.members[id], m.members[leader]
 
 	var own, leaderCfg *commonpb.ReplicateConfiguration
 	err = r.step(ctx, StepReadConfigs, "", fmt.Sprintf("GetReplicateConfiguration on %s and %s", id, leader), func() (string, error) {
@@ -51,7 +51,7 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 		// (milvus#52686; its fix answers an empty one). It answered its
 		// health probes, so a read that runs out of time means none.
 		octx, ocancel := context.WithTimeout(ctx, min(a.opts.CallTimeout, 2*time.Second))
-		own, err = m.replicateConfig(octx, mb)
+		own, err = m.replicateConfigOf(octx, id)
 		ocancel()
 		switch {
 		case err != nil && status.Code(errors.Unwrap(err)) == codes.DeadlineExceeded && ctx.Err() == nil:
@@ -61,7 +61,7 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 		}
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		if leaderCfg, err = m.replicateConfig(cctx, leaderMb); err != nil {
+		if leaderCfg, err = m.replicateConfigOf(cctx, leader); err != nil {
 			return "", err
 		}
 		return fmt.Sprintf("%s: %s; %s: %s", id, describeConfig(own, false), leader, describeConfig(leaderCfg, false)), nil
@@ -80,12 +80,12 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 	}
 	newCfg := withTarget(leaderCfg, leader, entry)
 	if err := r.step(ctx, StepDemote, id, describeConfig(newCfg, false), func() (string, error) {
-		return "ok", a.sendConfig(ctx, mb, newCfg)
+		return "ok", a.sendConfig(ctx, id, newCfg)
 	}); err != nil {
 		return a.attachFailed(ctx, r, err)
 	}
 	if err := r.step(ctx, StepAttach, leader, describeConfig(newCfg, false), func() (string, error) {
-		return "ok", a.sendConfig(ctx, leaderMb, newCfg)
+		return "ok", a.sendConfig(ctx, leader, newCfg)
 	}); err != nil {
 		return a.attachFailed(ctx, r, err)
 	}
@@ -117,7 +117,7 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) {
 	c := s.Cluster(id)
 	if c == nil {
-		return "", fmt.Errorf("%w %q", ErrUnknownCluster, id)
+		return "", fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, id, strings.Join(a.m.clusterIDs(), ", "))
 	}
 	if s.Leader == nil {
 		return "", fmt.Errorf("%w: no leader to attach %s to (a leader change is under way, or none is known)", ErrRefused, id)

@@ -156,9 +156,9 @@ func (a *Arbiter) positions(ctx context.Context, s *Snapshot, from string) []pos
 				p.err = fmt.Errorf("the pchannels of %s are unknown (discovery has not read a replicate configuration)", p.c.ID)
 				return
 			}
-			cctx, cancel := context.WithTimeout(ctx, a.m.opts.PollTimeout)
+			cctx, cancel := context.WithTimeout(ctx, a.mo.PollTimeout)
 			defer cancel()
-			p.cps, _, p.err = a.m.replicateInfo(cctx, a.m.members[p.c.ID], from, p.c.PChannels, n)
+			p.cps, _, p.err = a.m.replicateInfoOf(cctx, p.c.ID, from, p.c.PChannels, n)
 		})
 	}
 	wg.Wait()
@@ -228,7 +228,7 @@ func (f *failoverRun) hold(ctx context.Context) error {
 		if err := m.HoldWrites(reason); err != nil {
 			return "", err
 		}
-		f.holdStart = m.opts.Now()
+		f.holdStart = a.mo.Now()
 		if f.s.FailingOver && !f.s.HoldSince.IsZero() {
 			f.holdStart = f.s.HoldSince // a stuck switchover held them already
 		}
@@ -345,7 +345,7 @@ func (f *failoverRun) attach(ctx context.Context) {
 	err := f.step(ctx, StepAttach, chosen, describeConfig(attachCfg, false), func() (string, error) {
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		return "ok", m.updateReplicateConfig(cctx, m.members[chosen], attachCfg, false)
+		return "ok", m.updateReplicateConfigOf(cctx, chosen, attachCfg, false)
 	})
 	if err != nil {
 		a.log.Warn("attaching the remaining alternatives failed", "leader", chosen, "err", err)
@@ -373,7 +373,7 @@ func (f *failoverRun) install(ctx context.Context) error {
 		if err != nil {
 			return "", err
 		}
-		f.ch.Held = m.opts.Now().Sub(f.holdStart)
+		f.ch.Held = f.a.mo.Now().Sub(f.holdStart)
 		return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
 	})
 }
@@ -390,7 +390,7 @@ func (f *failoverRun) leaveForReconcile() {
 	delete(a.pending, chosen)
 	delete(a.splitBrain, chosen)
 	a.reports = append(a.reports, SalvageReport{
-		Epoch: a.m.Snapshot().Epoch, OldLeader: from, NewLeader: chosen, At: a.m.opts.Now(), Checkpoints: ticks(f.salvage),
+		Epoch: a.m.Snapshot().Epoch, OldLeader: from, NewLeader: chosen, At: a.mo.Now(), Checkpoints: ticks(f.salvage),
 	})
 	keep := cloneCheckpoints(f.salvage)
 	a.pending[from] = &pendingCluster{id: from, kind: pendingFormerLeader, source: from, salvage: keep,
@@ -488,10 +488,9 @@ func (f *failoverRun) abandon(ctx context.Context, err error) (Change, error) {
 // checkpoint of from's pchannels.
 func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int) (*commonpb.ReplicateConfiguration, []*commonpb.ReplicateCheckpoint, error) {
 	m := a.m
-	mb := m.members[cd.id]
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
-	cfg, err := m.replicateConfig(cctx, mb)
+	cfg, err := m.replicateConfigOf(cctx, cd.id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -503,12 +502,12 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 	// promotion whose answer was lost, or the old leader's configuration
 	// that made it the source) needs no force.
 	if sourceOf(cfg) != cd.id {
-		err = a.forcePromote(cctx, mb, self)
+		err = a.forcePromote(cctx, cd.id, self)
 		if err != nil {
 			// Retrying is safe and the call may have gone through (a
 			// timeout): a cluster that is now a primary is promoted.
 			vctx, vcancel := a.callCtx(ctx)
-			cur, verr := m.replicateConfig(vctx, mb)
+			cur, verr := m.replicateConfigOf(vctx, cd.id)
 			vcancel()
 			if verr != nil || sourceOf(cur) != cd.id {
 				return nil, nil, err
@@ -521,7 +520,7 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 	if c := m.Snapshot().Cluster(cd.id); c != nil {
 		own = c.PChannels
 	}
-	_, salvage, err := m.replicateInfo(sctx, mb, from, own, n)
+	_, salvage, err := m.replicateInfoOf(sctx, cd.id, from, own, n)
 	for i := range salvage {
 		if salvage[i] == nil && i < len(cd.cps) {
 			// No salvage checkpoint reported: the position read just
@@ -543,26 +542,26 @@ func (a *Arbiter) promote(ctx context.Context, cd candidate, from string, n int)
 // meta. The shape
 // one cluster accepted is tried first next time; a refusal that names
 // the other shape switches to it.
-func (a *Arbiter) forcePromote(ctx context.Context, mb *member, self *commonpb.MilvusCluster) error {
+func (a *Arbiter) forcePromote(ctx context.Context, id string, self *commonpb.MilvusCluster) error {
 	shapes := []*commonpb.ReplicateConfiguration{{Clusters: []*commonpb.MilvusCluster{self}}, {}}
 	a.mu.Lock()
-	if a.emptyShape[mb.id] {
+	if a.emptyShape[id] {
 		shapes[0], shapes[1] = shapes[1], shapes[0]
 	}
 	a.mu.Unlock()
 	var err error
 	for _, cfg := range shapes {
-		err = a.m.updateReplicateConfig(ctx, mb, cfg, true)
+		err = a.m.updateReplicateConfigOf(ctx, id, cfg, true)
 		if err == nil {
 			a.mu.Lock()
-			a.emptyShape[mb.id] = len(cfg.GetClusters()) == 0
+			a.emptyShape[id] = len(cfg.GetClusters()) == 0
 			a.mu.Unlock()
 			return nil
 		}
 		if !otherShapeWanted(err, len(cfg.GetClusters()) == 0) {
 			return err
 		}
-		a.log.Info("force promote refused in one request shape; trying the other", "cluster", mb.id, "err", err)
+		a.log.Info("force promote refused in one request shape; trying the other", "cluster", id, "err", err)
 	}
 	return err
 }
@@ -584,10 +583,6 @@ func otherShapeWanted(err error, empty bool) bool {
 // for an old configuration when it is promoted could otherwise apply that
 // old configuration as a primary.
 func (a *Arbiter) sendInBackground(id string, cfg *commonpb.ReplicateConfiguration) {
-	mb := a.m.members[id]
-	if mb == nil {
-		return
-	}
 	// Registered before the goroutine starts, so a change that begins
 	// right after this returns cancels it.
 	cctx, cancel := context.WithTimeout(context.Background(), 6*a.opts.CallTimeout)
@@ -606,7 +601,7 @@ func (a *Arbiter) sendInBackground(id string, cfg *commonpb.ReplicateConfigurati
 		defer done()
 		stop := context.AfterFunc(ctx, cancel) // the manager is closing
 		defer stop()
-		if err := a.m.updateReplicateConfig(cctx, mb, cfg, false); err != nil && cctx.Err() == nil {
+		if err := a.m.updateReplicateConfigOf(cctx, id, cfg, false); err != nil && cctx.Err() == nil {
 			a.log.Warn("a cluster did not confirm the new replicate configuration", "cluster", id, "err", err)
 		}
 	})

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 )
 
 // reconcile looks after clusters left behind by a forced failover: a
@@ -20,7 +19,7 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 	if s.FailingOver || s.Leader == nil {
 		return
 	}
-	now := a.m.opts.Now()
+	now := a.mo.Now()
 	a.mu.Lock()
 	var due []*pendingCluster
 	for id, p := range a.pending {
@@ -67,7 +66,7 @@ func (a *Arbiter) reconcile(ctx context.Context, s *Snapshot) {
 		if err != nil {
 			p.lastErr = err.Error()
 			p.backoff = min(max(2*p.backoff, a.opts.RetryBackoff), 30*time.Second)
-			p.nextTry = a.m.opts.Now().Add(p.backoff)
+			p.nextTry = a.mo.Now().Add(p.backoff)
 			a.log.Warn("returning cluster not handled yet; will retry", "cluster", p.id, "err", err, "retry_in", p.backoff)
 		} else {
 			delete(a.pending, p.id)
@@ -87,10 +86,9 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	m := a.m
 	s := m.Snapshot()
 	leader := s.Leader.ID
-	oldMb, leaderMb := m.members[p.id], m.members[leader]
 
 	cctx, cancel := a.callCtx(ctx)
-	oldCfg, err := m.replicateConfig(cctx, oldMb)
+	oldCfg, err := m.replicateConfigOf(cctx, p.id)
 	cancel()
 	if err != nil {
 		return err
@@ -116,7 +114,7 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 			// replicated from the leader, which cannot be told apart.
 			u.Incomplete = fmt.Sprintf("it rejoined %s before the proxy could read it", leader)
 		} else {
-			u, err = a.unreplicated(ctx, oldMb, p.salvage)
+			u, err = a.unreplicated(ctx, p.id, p.salvage)
 			if err != nil {
 				return err
 			}
@@ -128,7 +126,7 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	}
 
 	lctx, lcancel := a.callCtx(ctx)
-	leaderCfg, err := m.replicateConfig(lctx, leaderMb)
+	leaderCfg, err := m.replicateConfigOf(lctx, leader)
 	lcancel()
 	if err != nil {
 		return err
@@ -150,7 +148,7 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 			// itself and its own CDC stops. Only then does the
 			// configuration listing it reach the other targets (see
 			// ArbiterOptions.RejoinSettle).
-			if err := a.sendConfig(ctx, oldMb, newCfg); err != nil {
+			if err := a.sendConfig(ctx, p.id, newCfg); err != nil {
 				return err
 			}
 			select {
@@ -159,7 +157,7 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 			case <-time.After(a.opts.RejoinSettle):
 			}
 		}
-		if err := a.sendConfig(ctx, leaderMb, newCfg); err != nil {
+		if err := a.sendConfig(ctx, leader, newCfg); err != nil {
 			return err
 		}
 		for _, e := range newCfg.GetClusters() {
@@ -171,7 +169,7 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 
 	a.mu.Lock()
 	u := report.Unreplicated
-	report.OldLeaderReturned, report.ReturnedAt, report.Error = true, m.opts.Now(), ""
+	report.OldLeaderReturned, report.ReturnedAt, report.Error = true, a.mo.Now(), ""
 	a.mu.Unlock()
 	reason := fmt.Sprintf("former leader, demoted to a target of %s after a forced failover: it holds %s past %s's salvage checkpoint and lacks what %s took before it rejoined; rebuild it before it serves reads",
 		leader, u, report.NewLeader, leader)
@@ -191,19 +189,16 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 
 // unreplicated dumps, on a former leader, what lies past the salvage
 // checkpoint and up to its current timestamp (nothing writes to it).
-func (a *Arbiter) unreplicated(ctx context.Context, mb *member, salvage []*commonpb.ReplicateCheckpoint) (Unreplicated, error) {
+func (a *Arbiter) unreplicated(ctx context.Context, id string, salvage []*commonpb.ReplicateCheckpoint) (Unreplicated, error) {
 	cctx, cancel := a.callCtx(ctx)
-	resp, err := mb.rpc.AllocTimestamp(mb.outgoing(cctx, ""), &milvuspb.AllocTimestampRequest{})
+	end, err := a.m.allocTimestampOf(cctx, id)
 	cancel()
-	if err == nil {
-		err = statusErr("AllocTimestamp", mb.id, resp.GetStatus())
-	}
 	if err != nil {
-		return Unreplicated{}, fmt.Errorf("AllocTimestamp on %s: %w", mb.id, err)
+		return Unreplicated{}, err
 	}
 	dctx, dcancel := context.WithTimeout(ctx, 2*a.opts.CallTimeout)
 	defer dcancel()
-	return a.m.dumpPast(dctx, mb, salvage, resp.GetTimestamp()), nil
+	return a.m.dumpPastOf(dctx, id, salvage, end), nil
 }
 
 // evaluate compares an alternative that was unreachable during a failover
@@ -214,10 +209,9 @@ func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
 	s := m.Snapshot()
 	leader := s.Leader.ID
 	c := s.Cluster(p.id)
-	mb, leaderMb := m.members[p.id], m.members[leader]
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
-	cfg, err := m.replicateConfig(cctx, mb)
+	cfg, err := m.replicateConfigOf(cctx, p.id)
 	if err != nil {
 		return err
 	}
@@ -226,7 +220,7 @@ func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
 		// quarantine stays until someone decides otherwise.
 		return nil
 	}
-	cps, _, err := m.replicateInfo(cctx, mb, p.source, c.PChannels, len(p.salvage))
+	cps, _, err := m.replicateInfoOf(cctx, p.id, p.source, c.PChannels, len(p.salvage))
 	if err != nil {
 		return err
 	}
@@ -236,7 +230,7 @@ func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
 		return m.SetQuarantine(p.id, fmt.Sprintf("ran ahead of the salvage checkpoint of %s on pchannel %d (%d > %d): it holds writes of %s that the leader lacks; rebuild it before it serves reads",
 			p.source, aheadOn, t[aheadOn], salv[aheadOn], p.source))
 	}
-	leaderCfg, err := m.replicateConfig(cctx, leaderMb)
+	leaderCfg, err := m.replicateConfigOf(cctx, leader)
 	if err != nil {
 		return err
 	}
@@ -248,7 +242,7 @@ func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
 		return fmt.Errorf("cannot build a configuration naming %s as a target of %s: an entry is missing", p.id, leader)
 	}
 	newCfg := withTarget(leaderCfg, leader, entry)
-	if err := a.sendConfig(ctx, leaderMb, newCfg); err != nil {
+	if err := a.sendConfig(ctx, leader, newCfg); err != nil {
 		return err
 	}
 	a.sendInBackground(p.id, newCfg)
@@ -268,7 +262,6 @@ func (a *Arbiter) evaluate(ctx context.Context, p *pendingCluster) error {
 // salvage checkpoint missed: nothing but time ticks, and it serves reads
 // again; data, and its quarantine says how much.
 func (a *Arbiter) checkGap(ctx context.Context, g *gapCheck) {
-	mb := a.m.members[g.source]
 	dctx, cancel := context.WithTimeout(ctx, 2*a.opts.CallTimeout)
 	defer cancel()
 	var u Unreplicated
@@ -277,7 +270,7 @@ func (a *Arbiter) checkGap(ctx context.Context, g *gapCheck) {
 		if i < len(g.salvage) {
 			end = g.salvage[i]
 		}
-		u.add(a.m.dumpOne(dctx, mb, i, ck, end))
+		u.add(a.m.dumpOneOf(dctx, g.source, i, ck, end))
 	}
 	if ctx.Err() != nil {
 		return

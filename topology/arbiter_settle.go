@@ -31,7 +31,7 @@ func (a *Arbiter) settle(ctx context.Context, s *Snapshot) {
 	a.mu.Lock()
 	stuck, since := a.stuck, a.stuckSince
 	a.mu.Unlock()
-	if stuck != nil && s.FailingOver && a.m.opts.Now().Sub(since) >= a.m.opts.DetectAfter {
+	if stuck != nil && s.FailingOver && a.mo.Now().Sub(since) >= a.mo.DetectAfter {
 		a.settleStuck(ctx, *stuck)
 		return
 	}
@@ -40,28 +40,28 @@ func (a *Arbiter) settle(ctx context.Context, s *Snapshot) {
 	}
 	// The snapshot's claims can lag a change (a switchover's old leader
 	// claimed until the next discovery round): ask the cluster itself.
-	var suspects []*member
+	var suspects []string
 	a.mu.Lock()
 	for _, c := range s.Clusters {
 		if c.ID != s.Leader.ID && (c.ClaimsPrimary || !c.Target) && c.Healthy && a.pending[c.ID] == nil {
-			suspects = append(suspects, a.m.members[c.ID])
+			suspects = append(suspects, c.ID)
 		}
 	}
 	a.mu.Unlock()
 	if len(suspects) == 0 {
 		return
 	}
-	answers := a.m.fetchConfigs(ctx, suspects)
+	answers := a.m.configsOf(ctx, suspects)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, mb := range suspects {
-		ans := answers[mb.id]
-		if ans.err != nil || !primaryInOwnEyes(ans.cfg, mb.id) || a.pending[mb.id] != nil || a.m.Snapshot().Leader == nil {
+	for _, id := range suspects {
+		ans := answers[id]
+		if ans.err != nil || !primaryInOwnEyes(ans.cfg, id) || a.pending[id] != nil || a.m.Snapshot().Leader == nil {
 			continue
 		}
 		a.log.Warn("a cluster claims to be a primary while another leads; demoting it to a quarantined target",
-			"cluster", mb.id, "leader", a.m.Snapshot().Leader.ID)
-		a.pending[mb.id] = &pendingCluster{id: mb.id, kind: pendingFormerLeader, source: mb.id, report: -1}
+			"cluster", id, "leader", a.m.Snapshot().Leader.ID)
+		a.pending[id] = &pendingCluster{id: id, kind: pendingFormerLeader, source: id, report: -1}
 	}
 }
 
@@ -113,7 +113,7 @@ func (a *Arbiter) settleStuck(ctx context.Context, st stuckSwitchover) {
 		if _, err := a.failover(ctx, m.Snapshot(), st.from, st.to, true); err != nil {
 			a.log.Error("settling the stuck switchover by force promotion failed; retrying", "from", st.from, "to", st.to, "err", err)
 			a.mu.Lock()
-			a.stuck, a.stuckSince = &st, m.opts.Now()
+			a.stuck, a.stuckSince = &st, a.mo.Now()
 			a.mu.Unlock()
 			_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck; settling", st.from, st.to))
 		}
@@ -139,21 +139,19 @@ func (a *Arbiter) endStuck(ctx context.Context, r *changeRun, err error, msg str
 // readClaims asks every cluster for its replicate configuration and
 // returns which ones are primaries in their own eyes, and a summary.
 func (a *Arbiter) readClaims(ctx context.Context) (map[string]bool, []string) {
-	answers := a.m.fetchConfigs(ctx, a.m.order)
+	ids := a.m.clusterIDs()
+	answers := a.m.configsOf(ctx, ids)
 	claims := map[string]bool{}
 	var summary []string
-	for _, mb := range a.m.order {
-		ans := answers[mb.id]
+	for _, id := range ids {
+		ans := answers[id]
 		switch {
 		case ans.err != nil:
-			summary = append(summary, fmt.Sprintf("%s: %s", mb.id, grpcMessage(ans.err)))
+			summary = append(summary, fmt.Sprintf("%s: %s", id, grpcMessage(ans.err)))
 		default:
 			src := sourceOf(ans.cfg)
-			claims[mb.id] = src == mb.id
-			if src == "" {
-				src = "none"
-			}
-			summary = append(summary, fmt.Sprintf("%s: source %s", mb.id, src))
+			claims[id] = src == id
+			summary = append(summary, fmt.Sprintf("%s: source %s", id, orNone(src)))
 		}
 	}
 	return claims, summary
@@ -192,15 +190,15 @@ func (a *Arbiter) resume(ctx context.Context) {
 		"change", c.ID, "kind", c.Kind, "from", c.From, "to", c.To, "step", step)
 	c.Result, c.Current = ResultFailed, ""
 	c.Message = fmt.Sprintf("interrupted at step %s (the arbiter running it stopped); settled from the clusters' own configurations", step)
-	c.Took = a.m.opts.Now().Sub(c.At)
+	c.Took = a.mo.Now().Sub(c.At)
 	if err := a.opts.Store.Save(ctx, c); err != nil {
 		a.log.Error("closing the interrupted leader change record failed", "change", c.ID, "err", err)
 	}
 	a.record(*c)
-	if c.From == "" || c.To == "" || c.From == c.To || a.m.members[c.From] == nil || a.m.members[c.To] == nil {
+	if c.From == "" || c.To == "" || c.From == c.To || !a.known(c.From) || !a.known(c.To) {
 		return // nothing was promoted yet, or nothing to settle between
 	}
-	deadline := time.NewTimer(a.m.opts.DetectAfter + a.m.opts.DiscoveryInterval)
+	deadline := time.NewTimer(a.mo.DetectAfter + a.mo.DiscoveryInterval)
 	defer deadline.Stop()
 	for {
 		ch := a.m.Changed()
@@ -229,7 +227,7 @@ func (a *Arbiter) resume(ctx context.Context) {
 // rebuild) lifts it.
 func (a *Arbiter) restoreQuarantines(c *Change) {
 	for id, reason := range c.QuarantinesInForce {
-		if a.m.members[id] == nil {
+		if !a.known(id) {
 			continue
 		}
 		if s := a.m.Snapshot(); s.Leader != nil && s.Leader.ID == id {

@@ -33,7 +33,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	}
 	a.cancelBackground()
 	w := &switchoverRun{changeRun: a.beginChange(ctx, KindSwitchover, from, to, false), s: s, from: from, to: to, resume: resume,
-		fromMb: a.m.members[from], toMb: a.m.members[to], c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
+		c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
 	if !resume {
 		if err := w.catchUp(ctx); err != nil {
 			a.setPhase(PhaseSteady)
@@ -62,7 +62,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	// Past the demotion the old leader refuses writes: the switchover
 	// finishes, or stays stuck with writes held until it is retried or
 	// forced.
-	dctx, dcancel := context.WithDeadline(ctx, w.holdStart.Add(a.m.opts.WriteHold))
+	dctx, dcancel := context.WithDeadline(ctx, w.holdStart.Add(a.mo.WriteHold))
 	defer dcancel()
 	if err := w.confirm(dctx); err != nil {
 		return w.stuck(ctx, err)
@@ -88,7 +88,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 // configuration message keeps them on the stream the new leader continues.
 func (a *Arbiter) failoverReachable(ctx context.Context, s *Snapshot, from, to string) (Change, error) {
 	w := &switchoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, false), s: s, from: from, to: to,
-		fromMb: a.m.members[from], toMb: a.m.members[to], c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
+		c: s.Cluster(to), n: pchannelCount(s, s.Cluster(to))}
 	force := func(why error) (Change, error) {
 		w.finish(ctx, ResultFailed, fmt.Sprintf("%v; promoting %s by force", why, to))
 		return a.failover(ctx, a.m.Snapshot(), from, to, false)
@@ -164,21 +164,20 @@ func (a *Arbiter) switchoverSource(s *Snapshot, to string) (from string, resume 
 // switchoverRun carries one switchover across its steps.
 type switchoverRun struct {
 	*changeRun
-	s            *Snapshot
-	from, to     string
-	resume       bool
-	fromMb, toMb *member
-	c            *Cluster // the target
-	n            int      // the leader's pchannel count
-	newCfg       *commonpb.ReplicateConfiguration
-	holdStart    time.Time
-	bar          uint64 // the old leader's last acknowledged write
+	s         *Snapshot
+	from, to  string
+	resume    bool
+	c         *Cluster // the target
+	n         int      // the leader's pchannel count
+	newCfg    *commonpb.ReplicateConfiguration
+	holdStart time.Time
+	bar       uint64 // the old leader's last acknowledged write
 }
 
 // catchUp lets the target catch up while writes still flow, so the pause
 // covers only the last few milliseconds of replication.
 func (w *switchoverRun) catchUp(ctx context.Context) error {
-	bar := w.fromMb.ackedWrite.Load()
+	bar := w.a.m.ackedWrite(w.from)
 	return w.step(ctx, StepCatchUp, w.to, fmt.Sprintf("wait for checkpoints to cover %d", bar), func() (string, error) {
 		if err := w.a.waitCaughtUp(ctx, w.to, bar, w.a.opts.CatchUpTimeout); err != nil {
 			return "", fmt.Errorf("%w: %w", ErrRefused, err)
@@ -196,13 +195,14 @@ func (w *switchoverRun) readConfig(ctx context.Context) error {
 	return w.step(ctx, StepReadConfigs, "", "GetReplicateConfiguration on every cluster", func() (string, error) {
 		// The clusters' own configurations are the truth, not the
 		// proxy's last discovery round.
-		answers := m.fetchConfigs(ctx, m.order)
+		ids := m.clusterIDs()
+		answers := m.configsOf(ctx, ids)
 		var summary []string
-		for _, mb := range m.order {
-			if ans := answers[mb.id]; ans.err == nil {
-				summary = append(summary, fmt.Sprintf("%s: source %s", mb.id, orNone(sourceOf(ans.cfg))))
+		for _, id := range ids {
+			if ans := answers[id]; ans.err == nil {
+				summary = append(summary, fmt.Sprintf("%s: source %s", id, orNone(sourceOf(ans.cfg))))
 			} else {
-				summary = append(summary, fmt.Sprintf("%s: %s", mb.id, grpcMessage(ans.err)))
+				summary = append(summary, fmt.Sprintf("%s: %s", id, grpcMessage(ans.err)))
 			}
 		}
 		seen := strings.Join(summary, "; ")
@@ -222,9 +222,9 @@ func (w *switchoverRun) readConfig(ctx context.Context) error {
 			if t := answers[w.to]; t.err == nil && sourceOf(t.cfg) != w.from {
 				return seen, fmt.Errorf("%w: %s replicates from %s, not from %s: it would never receive the new configuration (use `failover --to %s`)", ErrRefused, w.to, orNone(sourceOf(t.cfg)), w.from, w.to)
 			}
-			for _, mb := range m.order {
-				if ans := answers[mb.id]; mb.id != w.from && ans.err == nil && primaryInOwnEyes(ans.cfg, mb.id) {
-					return seen, fmt.Errorf("%w: %s is also a primary in its own replicate configuration: two clusters take writes; the arbiter demotes %s first (see `milvus-ha-proxy status`)", ErrRefused, mb.id, mb.id)
+			for _, id := range ids {
+				if ans := answers[id]; id != w.from && ans.err == nil && primaryInOwnEyes(ans.cfg, id) {
+					return seen, fmt.Errorf("%w: %s is also a primary in its own replicate configuration: two clusters take writes; the arbiter demotes %s first (see `milvus-ha-proxy status`)", ErrRefused, id, id)
 				}
 			}
 		}
@@ -241,7 +241,7 @@ func (w *switchoverRun) hold(ctx context.Context) error {
 		if err := m.HoldWrites(fmt.Sprintf("switchover from %s to %s", w.from, w.to)); err != nil {
 			return "", err
 		}
-		w.holdStart = m.opts.Now()
+		w.holdStart = a.mo.Now()
 		if w.resume && !w.s.HoldSince.IsZero() {
 			w.holdStart = w.s.HoldSince
 		}
@@ -258,7 +258,7 @@ func (w *switchoverRun) hold(ctx context.Context) error {
 // itself and refuses new writes.
 func (w *switchoverRun) demote(ctx context.Context) error {
 	return w.step(ctx, StepDemote, w.from, describeConfig(w.newCfg, false), func() (string, error) {
-		return "ok", w.a.sendConfig(ctx, w.fromMb, w.newCfg)
+		return "ok", w.a.sendConfig(ctx, w.from, w.newCfg)
 	})
 }
 
@@ -267,9 +267,9 @@ func (w *switchoverRun) demote(ctx context.Context) error {
 // pchannel: every write the old leader acknowledged precedes its
 // configuration message in its WAL, and CDC delivers both.
 func (w *switchoverRun) confirm(ctx context.Context) error {
-	w.bar = w.fromMb.ackedWrite.Load()
+	w.bar = w.a.m.ackedWrite(w.from)
 	return w.step(ctx, StepConfirm, w.to, fmt.Sprintf("GetReplicateInfo until checkpoints cover %d", w.bar), func() (string, error) {
-		return "covered", w.a.confirmCovered(ctx, w.toMb, w.from, w.c.PChannels, w.n, w.bar)
+		return "covered", w.a.confirmCovered(ctx, w.to, w.from, w.c.PChannels, w.n, w.bar)
 	})
 }
 
@@ -281,7 +281,7 @@ func (w *switchoverRun) promoteTarget(ctx context.Context) error {
 	err := w.step(ctx, StepPromote, w.to, describeConfig(w.newCfg, false), func() (string, error) {
 		for {
 			cctx, cancel := a.callCtx(ctx)
-			err := m.updateReplicateConfig(cctx, w.toMb, w.newCfg, false)
+			err := m.updateReplicateConfigOf(cctx, w.to, w.newCfg, false)
 			cancel()
 			if err == nil || ctx.Err() != nil {
 				return "ok", err
@@ -312,7 +312,7 @@ func (w *switchoverRun) install(ctx context.Context) error {
 		if err := m.InstallLeader(Promotion{Leader: w.to, Demoted: true}); err != nil {
 			return "", err
 		}
-		w.ch.Held = m.opts.Now().Sub(w.holdStart)
+		w.ch.Held = w.a.mo.Now().Sub(w.holdStart)
 		m.setFenced(w.from, false)
 		return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
 	})
@@ -360,12 +360,12 @@ func (w *switchoverRun) release(ctx context.Context, err error) (Change, error) 
 func (w *switchoverRun) stuck(ctx context.Context, err error) (Change, error) {
 	a, m := w.a, w.a.m
 	a.mu.Lock()
-	a.stuck, a.stuckSince = &stuckSwitchover{from: w.from, to: w.to}, m.opts.Now()
+	a.stuck, a.stuckSince = &stuckSwitchover{from: w.from, to: w.to}, a.mo.Now()
 	a.mu.Unlock()
 	_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck: %v; retry `milvus-ha-proxy switchover --to %s` or force `milvus-ha-proxy failover --to %s`",
 		w.from, w.to, err, w.to, w.to))
 	if !w.holdStart.IsZero() {
-		w.ch.Held = m.opts.Now().Sub(w.holdStart)
+		w.ch.Held = a.mo.Now().Sub(w.holdStart)
 	}
 	ch := w.finish(ctx, ResultFailed, "stuck after the old leader demoted itself: "+err.Error())
 	a.setPhase(PhaseStuck)
@@ -376,15 +376,15 @@ func (w *switchoverRun) stuck(ctx context.Context, err error) (Change, error) {
 // sendConfig sends cfg and, when the call fails, checks whether the
 // cluster took it anyway (the answer was lost): retrying is safe, and a
 // cluster already holding cfg needs nothing more.
-func (a *Arbiter) sendConfig(ctx context.Context, mb *member, cfg *commonpb.ReplicateConfiguration) error {
+func (a *Arbiter) sendConfig(ctx context.Context, id string, cfg *commonpb.ReplicateConfiguration) error {
 	cctx, cancel := a.callCtx(ctx)
-	err := a.m.updateReplicateConfig(cctx, mb, cfg, false)
+	err := a.m.updateReplicateConfigOf(cctx, id, cfg, false)
 	cancel()
 	if err == nil {
 		return nil
 	}
 	vctx, vcancel := a.callCtx(ctx)
-	cur, verr := a.m.replicateConfig(vctx, mb)
+	cur, verr := a.m.replicateConfigOf(vctx, id)
 	vcancel()
 	if verr == nil && sameConfig(cur, cfg) {
 		return nil
@@ -424,11 +424,11 @@ func (a *Arbiter) waitCaughtUp(ctx context.Context, to string, bar uint64, timeo
 
 // confirmCovered polls the target's checkpoints of from's pchannels until
 // each covers bar.
-func (a *Arbiter) confirmCovered(ctx context.Context, mb *member, from string, own []string, n int, bar uint64) error {
+func (a *Arbiter) confirmCovered(ctx context.Context, id, from string, own []string, n int, bar uint64) error {
 	var last []uint64
 	for {
 		cctx, cancel := a.callCtx(ctx)
-		cps, _, err := a.m.replicateInfo(cctx, mb, from, own, n)
+		cps, _, err := a.m.replicateInfoOf(cctx, id, from, own, n)
 		cancel()
 		if err == nil {
 			last = ticks(cps)
@@ -439,9 +439,9 @@ func (a *Arbiter) confirmCovered(ctx context.Context, mb *member, from string, o
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return fmt.Errorf("confirming that %s covers %s's last acknowledged write: %w", mb.id, from, err)
+				return fmt.Errorf("confirming that %s covers %s's last acknowledged write: %w", id, from, err)
 			}
-			return fmt.Errorf("%s's checkpoints %v of %s's pchannels do not cover its last acknowledged write %d", mb.id, last, from, bar)
+			return fmt.Errorf("%s's checkpoints %v of %s's pchannels do not cover its last acknowledged write %d", id, last, from, bar)
 		case <-time.After(2 * time.Millisecond):
 		}
 	}

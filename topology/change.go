@@ -237,9 +237,9 @@ type changeRun struct {
 // beginChange starts the record of a change; the caller holds the change
 // token and ends the run with finish.
 func (a *Arbiter) beginChange(ctx context.Context, kind, from, to string, auto bool) *changeRun {
-	now := a.m.opts.Now()
+	now := a.mo.Now()
 	s := a.m.Snapshot()
-	r := &changeRun{a: a, heldBefore: a.m.holdsStarted.Load(), ch: Change{
+	r := &changeRun{a: a, heldBefore: a.m.writesHeld(), ch: Change{
 		ID:   fmt.Sprintf("%s-%d-%s", kind, s.Epoch, now.UTC().Format("20060102T150405.000000000")),
 		Kind: kind, Auto: auto, From: from, To: to, Epoch: s.Epoch, At: now,
 	}}
@@ -268,7 +268,7 @@ func (r *changeRun) step(ctx context.Context, name, cluster, sent string, fn fun
 		return r.saveErr
 	}
 	r.a.setPhase(stepPhase(name))
-	st := Step{Name: name, Cluster: cluster, Sent: sent, Start: r.a.m.opts.Now()}
+	st := Step{Name: name, Cluster: cluster, Sent: sent, Start: r.a.mo.Now()}
 	r.ch.Steps = append(r.ch.Steps, st)
 	r.ch.Current = name
 	r.publish(ctx)
@@ -283,7 +283,7 @@ func (r *changeRun) step(ctx context.Context, name, cluster, sent string, fn fun
 
 func (r *changeRun) endStep(ctx context.Context, answer string, err error) {
 	st := &r.ch.Steps[len(r.ch.Steps)-1]
-	st.End = r.a.m.opts.Now()
+	st.End = r.a.mo.Now()
 	st.Took = st.End.Sub(st.Start)
 	st.Answer = answer
 	if err != nil {
@@ -298,10 +298,10 @@ func (r *changeRun) endStep(ctx context.Context, answer string, err error) {
 // way.
 func (r *changeRun) finish(ctx context.Context, result, msg string) Change {
 	a := r.a
-	now := a.m.opts.Now()
+	now := a.mo.Now()
 	r.ch.Result, r.ch.Message, r.ch.Current = result, msg, ""
 	r.ch.Took = now.Sub(r.ch.At)
-	r.ch.WritesHeld = a.m.holdsStarted.Load() - r.heldBefore
+	r.ch.WritesHeld = a.m.writesHeld() - r.heldBefore
 	r.ch.Epoch = a.m.Snapshot().Epoch
 	r.ch.QuarantinesInForce = quarantinesOf(a.m.Snapshot())
 	c := r.ch.Clone()
@@ -341,7 +341,7 @@ func (a *Arbiter) saveQuarantines(ctx context.Context) {
 		if len(q) == 0 {
 			return
 		}
-		last = &Change{ID: "quarantines", Kind: KindSettle, Result: ResultOK, At: a.m.opts.Now(),
+		last = &Change{ID: "quarantines", Kind: KindSettle, Result: ResultOK, At: a.mo.Now(),
 			Message: "quarantines in force (no leader change recorded yet)"}
 	}
 	if maps.Equal(last.QuarantinesInForce, q) {

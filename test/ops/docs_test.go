@@ -119,6 +119,8 @@ func exerciseTelemetry(t *testing.T) metrics {
 	m.RecordSwitchover(ctx, telemetry.ResultOK)
 	m.WriteHoldStarted(ctx)
 	m.WriteHoldEnded(ctx, telemetry.HoldReleased, time.Second)
+	m.RecordRelayRefused(ctx, "malformed")
+	m.RecordRelayClosed(ctx, "abuse")
 
 	rec := httptest.NewRecorder()
 	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -208,6 +210,7 @@ computed from the topology at each scrape.
 | ` + "`code`" + ` | the gRPC status code name: ` + codeList() + ` |
 | ` + "`reason`" + ` (reads) | see below |
 | ` + "`reason`" + ` (leader changes) | ` + "`failover`, `switchover`, `discovery`" + ` (the clusters changed it themselves) |
+| ` + "`reason`" + ` (relay) | refusals: ` + "`malformed`, `not_grpc`, `streams`, `header_list`, `header_block`, `message_size`, `cardinality`" + `; closed connections: ` + "`protocol_error`, `abuse`, `too_many_pings`, `idle`, `write_timeout`, `output_overflow`" + ` |
 | ` + "`leader`" + ` | the new leader's id |
 | ` + "`outcome`" + ` | ` + "`" + telemetry.HoldReleased + "`, `" + telemetry.HoldTimedOut + "`, `" + telemetry.HoldCanceled + "`" + ` |
 | ` + "`result`" + ` | ` + "`" + telemetry.ResultOK + "`, `" + telemetry.ResultRefused + "` (not attempted: unknown target, already leader, busy), `" + telemetry.ResultFailed + "`" + ` |

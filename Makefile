@@ -40,3 +40,4 @@ include mk/prereq.mk
 include mk/chaos.mk
 include mk/abuse.mk
 include mk/milvus.mk
+include mk/multiproxy.mk

@@ -119,6 +119,19 @@ func New(opts Options) (*Arbiter, error) {
 	}, nil
 }
 
+// SetIdentity replaces the proxy id and admin address given in Options,
+// before Start (an admin listener on port 0 knows its port only once
+// bound).
+func (a *Arbiter) SetIdentity(proxyID, address string) {
+	if proxyID != "" {
+		a.opts.ProxyID = proxyID
+		a.log = a.opts.Logger.With("component", "etcd-arbiter", "proxy", proxyID)
+	}
+	if address != "" {
+		a.opts.Address = address
+	}
+}
+
 // Start runs the session (lease, election, heartbeat), the document
 // watch and the guard that judges the lease and fences writes.
 func (a *Arbiter) Start() {
@@ -872,10 +885,4 @@ func (a *Arbiter) Status() Status {
 		st.Epoch, st.Leader, st.Change = a.doc.Epoch, a.doc.Leader, cloneChange(a.doc.Change)
 	}
 	return st
-}
-
-// LogValue gives the arbiter's options as log attributes, with no secret.
-func (a *Arbiter) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("prefix", a.opts.Prefix), slog.String("proxy", a.opts.ProxyID),
-		slog.String("endpoints", strings.Join(a.opts.Endpoints, ",")))
 }

@@ -355,6 +355,9 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 			}
 		}
 		if msg := r.checkKept(leader, l.snapshot(), atRisk); msg != "" {
+			if w.diverged[leader] {
+				msg += fmt.Sprintf("; %s is a former leader of a lossy change, never rebuilt, and the proxy let it lead again", leader)
+			}
 			fail("%s", msg)
 			return
 		}

@@ -283,7 +283,8 @@ func TestArbiterAttach(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts := topology.Options{PollInterval: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond,
-		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger}
+		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger,
+		ProbeTimeout: 2 * time.Second} // a loaded machine must not make d or b look down
 	for _, s := range []*sim.Cluster{a, b, d, e} {
 		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
 	}

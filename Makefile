@@ -41,3 +41,4 @@ include mk/chaos.mk
 include mk/abuse.mk
 include mk/milvus.mk
 include mk/multiproxy.mk
+include mk/perf.mk

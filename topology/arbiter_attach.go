@@ -19,9 +19,11 @@ const KindAttach = "attach"
 // Attach makes cluster id, a rebuilt or new cluster, a replication target
 // of the current leader (`milvus-ha-proxy attach --cluster ID`). It is
 // refused, with the reason, when that is not safe: the cluster is the
-// leader or already its target, unreachable, a primary with targets of
-// its own (a former leader not rebuilt), or replicating from another
-// cluster. Attaching lifts a quarantine: the cluster was rebuilt. A rebuilt cluster is one restored from a backup of the
+// leader, unreachable, already replicating from the leader in its own
+// configuration, a primary with targets of its own (a former leader not
+// rebuilt), or replicating from another cluster. A rebuilt former target
+// the leader still names is detached from the leader first. Attaching
+// lifts a quarantine: the cluster was rebuilt. A rebuilt cluster is one restored from a backup of the
 // leader (docs/operations.md): its own replicate configuration is empty or
 // names only itself. The configuration goes to the cluster first (it
 // becomes a secondary of the leader), then to the leader (its CDC starts
@@ -78,6 +80,28 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 	if entry == nil {
 		entry = a.newEntry(s, id)
 	}
+	if targetOf(leaderCfg, leader, id) {
+		// A rebuilt cluster the leader still names as its target (it was
+		// one before it was wiped): the leader lets go of it first, so
+		// that replication to it starts afresh at the configuration that
+		// attaches it again, not where the old cluster had stopped.
+		detach := withoutTarget(leaderCfg, leader, id)
+		if err := r.step(ctx, StepDetach, leader, describeConfig(detach, false), func() (string, error) {
+			return "ok", a.sendConfig(ctx, leader, detach)
+		}); err != nil {
+			return a.attachFailed(ctx, r, err)
+		}
+		leaderCfg = detach
+		// The leader's CDC still carries that configuration message to
+		// the cluster as the last one of the edge: applied after the
+		// cluster took its new configuration, it would leave it standing
+		// alone. Give it RejoinSettle to arrive first.
+		select {
+		case <-ctx.Done():
+			return a.attachFailed(ctx, r, ctx.Err())
+		case <-time.After(a.opts.RejoinSettle):
+		}
+	}
 	newCfg := withTarget(leaderCfg, leader, entry)
 	if err := r.step(ctx, StepDemote, id, describeConfig(newCfg, false), func() (string, error) {
 		return "ok", a.sendConfig(ctx, id, newCfg)
@@ -126,11 +150,6 @@ func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) 
 	switch {
 	case id == leader:
 		return leader, fmt.Errorf("%w: %s is the leader", ErrRefused, id)
-	case c.Target && c.Quarantined:
-		return leader, fmt.Errorf("%w: %s is already a replication target of %s, quarantined (%s): rebuild it from a backup of %s (a new deployment, with no replicate configuration) and attach that (docs/operations.md)",
-			ErrRefused, id, leader, c.QuarantineReason, leader)
-	case c.Target:
-		return leader, fmt.Errorf("%w: %s is already a replication target of %s", ErrRefused, id, leader)
 	case !c.Healthy:
 		return leader, fmt.Errorf("%w: %s is not healthy: %s", ErrRefused, id, c.HealthReason)
 	case pchannelCount(s, s.Leader) == 0:

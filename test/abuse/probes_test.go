@@ -380,7 +380,9 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 				err = h.write(func() error {
 					return h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: head})
 				})
-				for err == nil && ctx.Err() == nil && !h.closed() {
+				// Until the target sends GOAWAY or closes: what it
+				// reads and drops after its GOAWAY costs it little.
+				for err == nil && ctx.Err() == nil && !h.closed() && !h.goneAway() {
 					err = h.write(func() error {
 						for range 16 {
 							if err := h.fr.WriteContinuation(1, false, frag); err != nil {
@@ -390,8 +392,8 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 						return nil
 					})
 				}
-				gone := h.closed() || (err != nil && ctx.Err() == nil)
-				n := h.sent.Load()
+				gone := h.closed() || h.goneAway() || (err != nil && ctx.Err() == nil)
+				n := h.sentBeforeEnd()
 				s := h.summary()
 				h.close()
 				mu.Lock()
@@ -410,7 +412,7 @@ func probeContinuationFlood(ctx context.Context, env probeEnv) (string, error) {
 	wg.Wait()
 	slices.Sort(closedAt)
 	slices.Sort(openAt)
-	note := fmt.Sprintf("%d connections closed by the target", len(closedAt))
+	note := fmt.Sprintf("%d connections ended by the target (GOAWAY or close)", len(closedAt))
 	if len(closedAt) > 0 {
 		note += fmt.Sprintf(" after at most %s", mib(closedAt[len(closedAt)-1]))
 	}
@@ -631,6 +633,9 @@ func probeBigHeader(ctx context.Context, env probeEnv) (string, error) {
 	for sent < streams && ctx.Err() == nil {
 		h, err := dialH2(ctx, env.addr, h2options{writeBuffer: 256 << 10})
 		if err != nil {
+			if ctx.Err() == nil {
+				sums = append(sums, "dial: "+err.Error())
+			}
 			break
 		}
 		conns++

@@ -347,6 +347,7 @@ func TestArbiterAttach(t *testing.T) {
 	}
 	addr := b.Addr()
 	b.Stop()
+	eventually(t, "b seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("b").Healthy })
 	b = startSimOn(t, "b", addr)
 	eventually(t, "the rebuilt b seen healthy", 10*time.Second, func() bool { return m.Snapshot().Cluster("b").Healthy })
 	// The proxy's connection to b may still be in its reconnect backoff:

@@ -160,6 +160,35 @@ func TestSessionAcrossProxies(t *testing.T) {
 			t.Fatalf("Session read through %s with guarantee %d missed the write through %s", rd.name, ts, w.name)
 		}
 	}
+
+	// An operator's switchover sent to a proxy that does not decide is
+	// forwarded to the one that does; every proxy follows.
+	d, err := r.decider()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f *node
+	for _, n := range r.nodes {
+		if n != d {
+			f = n
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := f.adm.Switchover(ctx, "c")
+	if err != nil {
+		t.Fatalf("switchover through %s (the decider is %s): %v\n%s", f.name, d.name, err, r.diagnostics())
+	}
+	if !strings.Contains(res.Message, "run by proxy "+d.name) {
+		t.Errorf("switchover answer %+v does not say the decider %s ran it", res, d.name)
+	}
+	if _, err := r.agree(10*time.Second, "c"); err != nil {
+		t.Fatalf("after the forwarded switchover: %v\n%s", err, r.diagnostics())
+	}
+	if n, by := r.promotions(); n != 0 {
+		t.Errorf("%d force promotions (%s) for a switchover", n, by)
+	}
 }
 
 // TestKillLeaderOneForcePromotion: the leading cluster dies under writes

@@ -179,7 +179,9 @@ func probeCancels(ctx context.Context, env probeEnv) (string, error) {
 
 // probeRapidReset: HEADERS and DATA of a Search, then RST_STREAM(CANCEL)
 // at once (CVE-2023-44487), every interval, or as fast as the socket takes
-// them when interval is 0; a connection the target closes is replaced.
+// them when interval is 0; a connection the target ends is replaced. The
+// count is of resets written before the target's GOAWAY (some of the last
+// batch may not have reached it).
 func probeRapidReset(ctx context.Context, env probeEnv, interval time.Duration) (string, error) {
 	block := staticBlock(grpcHeaders("Search"))
 	msg := searchMsg()
@@ -199,7 +201,9 @@ func probeRapidReset(ctx context.Context, env probeEnv, interval time.Duration) 
 			continue
 		}
 		conns++
-		for ctx.Err() == nil && !h.closed() {
+		// Until the target sends GOAWAY (then a new connection, as an
+		// attacker would), counting what it had read by then.
+		for ctx.Err() == nil && !h.closed() && !h.goneAway() {
 			if err := h.rawStreams(batch, block, msg, true); err != nil {
 				break
 			}

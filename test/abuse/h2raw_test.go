@@ -51,7 +51,7 @@ type h2conn struct {
 	ended      map[uint32]bool
 	dataRecv   int64
 	readErr    error
-	endedAt    time.Time     // when the reader stopped
+	endedAt    time.Time     // when the peer sent GOAWAY or the reader stopped
 	done       chan struct{} // closed when the reader stops
 }
 
@@ -175,7 +175,9 @@ func (h *h2conn) readLoop() {
 		if err != nil {
 			h.mu.Lock()
 			h.readErr = err
-			h.endedAt = time.Now()
+			if h.endedAt.IsZero() {
+				h.endedAt = time.Now()
+			}
 			h.cond.Broadcast()
 			h.mu.Unlock()
 			return
@@ -219,6 +221,7 @@ func (h *h2conn) readLoop() {
 			h.mu.Lock()
 			if h.goAway == nil {
 				h.goAwaySent = h.sent.Load()
+				h.endedAt = time.Now()
 			}
 			g := *f // the frame's buffer is the framer's
 			h.goAway = &g

@@ -396,7 +396,12 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		fail("%d Session reads missed the worker's own acknowledged insert", bad)
 	}
 	checked, inconclusive := checkLinearizable(t, ops, lossy)
-	if n, ex := heldWritesFailed(ops, proxyDown); n > 0 {
+	if n, ex := failedWhileUp(ops, proxyDown, opEventually); n > 0 {
+		// Not an invariant: with every alternative quarantined or down an
+		// Eventually read has nowhere to go but the leader.
+		t.Logf("%d Eventually reads failed while the proxy was up; e.g.\n%s", n, ex)
+	}
+	if n, ex := failedWhileUp(ops, proxyDown, opInsert, opUpsert); n > 0 {
 		fail("%d writes failed while the proxy was up, though a write that never reached a backend must wait up to write_hold (%s) for a writable leader and only an unknown outcome may come back; e.g.\n%s", n, writeHold, ex)
 	}
 
@@ -418,14 +423,14 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 // still fail on its connection (dial backoff at most 500ms, see dial).
 const reconnectGrace = 3 * time.Second
 
-// heldWritesFailed counts the writes that failed outside the windows in
-// which the proxy process itself was down, other than those reported as of
-// unknown outcome.
-func heldWritesFailed(ops []op, proxyDown []window) (int, string) {
+// failedWhileUp counts the calls of the given kinds that failed outside
+// the windows in which the proxy process itself was down, other than
+// writes reported as of unknown outcome.
+func failedWhileUp(ops []op, proxyDown []window, kinds ...opKind) (int, string) {
 	n := 0
 	var ex []string
 	for _, o := range ops {
-		if (o.kind != opInsert && o.kind != opUpsert) || o.out != failed || strings.Contains(o.err.Error(), "outcome unknown") {
+		if !slices.Contains(kinds, o.kind) || o.out != failed || strings.Contains(o.err.Error(), "outcome unknown") {
 			continue
 		}
 		overlaps := false

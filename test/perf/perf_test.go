@@ -39,6 +39,7 @@ import (
 //	direct           the minimal backend, no proxy
 //	haproxy          HAProxy (/usr/sbin/haproxy), h2 frontend and h2 backend
 //	serve            milvus-ha-proxy serve, static discovery, default config
+//	serve-base       the same with MHP_PERF_BASE_BIN (only when named)
 //	sim-direct       simulated cluster a, no proxy
 //	serve-replicate  serve, replicate discovery, clusters a, b, c
 //
@@ -56,7 +57,9 @@ import (
 // Environment: MHP_PERF_ROUNDS (3), MHP_PERF_DURATION (3s), MHP_PERF_CALLS
 // (3000), MHP_PERF_TARGETS (comma list, default all), MHP_PERF_CPUPROFILE
 // (a file: serve runs with admin_pprof on and, after the rounds, a CPU
-// profile of it under the c=8 load is written there).
+// profile of it under the c=8 load is written there), MHP_PERF_BASE_BIN
+// (another milvus-ha-proxy binary, measured as target serve-base in the
+// same rounds: what a change to the code bought).
 func BenchmarkProxy(b *testing.B) {
 	o := perfOptions{rounds: 3, duration: 3 * time.Second, calls: 3000, conc: 8,
 		targets: []string{"direct", "haproxy", "serve", "sim-direct", "serve-replicate"}}
@@ -67,7 +70,7 @@ func BenchmarkProxy(b *testing.B) {
 	var backendAddr, simA string
 	var sims map[string]string
 	need := func(name string) bool { return slices.Contains(o.targets, name) }
-	if need("direct") || need("haproxy") || need("serve") {
+	if need("direct") || need("haproxy") || need("serve") || need("serve-base") {
 		out := startHelper(b, childBackend, regexp.MustCompile(`perf-backend listening on (\S+)`))
 		backendAddr = out[1]
 	}
@@ -84,11 +87,16 @@ func BenchmarkProxy(b *testing.B) {
 		case "haproxy":
 			tg = startHAProxy(b, backendAddr)
 		case "serve":
-			tg = startServe(b, name, staticConfig(backendAddr, o.cpuProfile != ""))
+			tg = startServe(b, name, "", staticConfig(backendAddr, o.cpuProfile != ""))
+		case "serve-base":
+			if o.baseBin == "" {
+				b.Fatal("MHP_PERF_TARGETS: serve-base needs MHP_PERF_BASE_BIN")
+			}
+			tg = startServe(b, name, o.baseBin, staticConfig(backendAddr, false))
 		case "sim-direct":
 			tg = &target{name: name, addr: simA}
 		case "serve-replicate":
-			tg = startServe(b, name, replicateConfig(sims, o.cpuProfile != ""))
+			tg = startServe(b, name, "", replicateConfig(sims, o.cpuProfile != ""))
 		default:
 			b.Fatalf("MHP_PERF_TARGETS: unknown target %q", name)
 		}
@@ -150,6 +158,7 @@ type perfOptions struct {
 	conc       int
 	targets    []string
 	cpuProfile string
+	baseBin    string
 }
 
 func (o *perfOptions) fromEnv() error {
@@ -178,6 +187,10 @@ func (o *perfOptions) fromEnv() error {
 		o.targets = strings.Split(v, ",")
 	}
 	o.cpuProfile = os.Getenv("MHP_PERF_CPUPROFILE")
+	o.baseBin = os.Getenv("MHP_PERF_BASE_BIN")
+	if o.baseBin == "" && slices.Contains(o.targets, "serve-base") {
+		return fmt.Errorf("MHP_PERF_TARGETS: serve-base needs MHP_PERF_BASE_BIN")
+	}
 	return nil
 }
 
@@ -577,11 +590,14 @@ clusters:
 `, pprof, sims["a"], sims["b"], sims["c"])
 }
 
-// startServe runs serve with config and waits until it is ready.
-func startServe(b *testing.B, name, config string) *target {
-	bin, err := buildServe()
-	if err != nil {
-		b.Fatal(err)
+// startServe runs serve (bin, or the binary built from this tree when
+// empty) with config and waits until it is ready.
+func startServe(b *testing.B, name, bin, config string) *target {
+	if bin == "" {
+		var err error
+		if bin, err = buildServe(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	cfg := filepath.Join(b.TempDir(), "proxy.yaml")
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {

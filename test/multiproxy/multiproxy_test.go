@@ -315,13 +315,21 @@ func TestCutOffProxyNeverPromotes(t *testing.T) {
 }
 
 // TestKillDecidingProxyMidFailover: the leader dies and the deciding
-// proxy is killed while the failover runs; another proxy takes over and
-// finishes it: one leader, taken by every proxy left, one force
-// promotion. Behind MHP_MULTIPROXY_LONG=1.
+// proxy is killed while the failover runs (once it holds writes; once a
+// cluster was force-promoted, before the others are attached and the new
+// leader installed); another proxy takes over and finishes it: one
+// leader, taken by every proxy left, one force promotion. Behind
+// MHP_MULTIPROXY_LONG=1.
 func TestKillDecidingProxyMidFailover(t *testing.T) {
 	if os.Getenv("MHP_MULTIPROXY_LONG") == "" {
 		t.Skip("set MHP_MULTIPROXY_LONG=1 to run the slower multi-proxy scenarios")
 	}
+	for _, at := range []string{"holding", "promoted"} {
+		t.Run(at, func(t *testing.T) { killDeciderMidFailover(t, at) })
+	}
+}
+
+func killDeciderMidFailover(t *testing.T, at string) {
 	r := newRig(t)
 	d, err := r.decider()
 	if err != nil {
@@ -331,19 +339,27 @@ func TestKillDecidingProxyMidFailover(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	killedAt := time.Now()
 	r.sims["a"].signal(syscall.SIGKILL)
-	// Kill the decider once its failover holds writes (or after
-	// detect_after at the latest).
 	var phase string
-	for deadline := time.Now().Add(detectAfter + 3*time.Second); time.Now().Before(deadline); {
-		v, err := d.topology()
-		if err == nil && (v.FailingOver || v.Leader != "a") {
-			phase = fmt.Sprintf("failing over %v, leader %s", v.FailingOver, v.Leader)
-			break
+	for deadline := time.Now().Add(detectAfter + 5*time.Second); time.Now().Before(deadline) && phase == ""; {
+		switch at {
+		case "holding":
+			if v, err := d.topology(); err == nil && (v.FailingOver || v.Leader != "a") {
+				phase = fmt.Sprintf("failing over %v, leader %q", v.FailingOver, v.Leader)
+			}
+		case "promoted":
+			if n, by := r.promotions(); n > 0 {
+				phase = "force promoted: " + by
+			}
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	d.p.signal(syscall.SIGKILL)
-	t.Logf("decider %s killed %s after the leader (%s)", d.name, time.Since(killedAt).Round(time.Millisecond), phase)
+	n0, by0 := r.promotions()
+	t.Logf("decider %s killed %s after the leader (%s); force promotions then: %d (%s)",
+		d.name, time.Since(killedAt).Round(time.Millisecond), phase, n0, by0)
+	if phase == "" {
+		t.Fatalf("the decider never reached %q\n%s", at, r.diagnostics())
+	}
 	leader, err := r.agree(detectAfter+leaseTTL+10*time.Second, "!a")
 	if err != nil {
 		w.finish()

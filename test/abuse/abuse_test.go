@@ -108,6 +108,11 @@ type probe struct {
 var knownFailures = map[string]map[string]string{
 	// grpc-go runs a handler for every stream before it sees the reset.
 	"rapid-reset-max/grpc": {failThroughput: "grpc-go serves every reset stream's handler: the abuser takes the CPU"},
+	// The relay ends a connection with GOAWAY ENHANCE_YOUR_CALM after
+	// its reset budget (1,000 at once); the abuser reconnects at once, and
+	// the bystander keeps 45-60% of its rate on a loaded 2-core machine
+	// (HAProxy: 15%).
+	"rapid-reset-max/relay": {failThroughput: "borderline: every new connection gets its reset budget before GOAWAY"},
 	// The relay decodes and drops a header block up to 16 MiB before
 	// GOAWAY ENHANCE_YOUR_CALM, grpc-go up to its 16 MiB header list
 	// limit: the flood of new connections takes the CPU.

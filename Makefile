@@ -40,4 +40,6 @@ include mk/prereq.mk
 include mk/chaos.mk
 include mk/abuse.mk
 include mk/milvus.mk
+include mk/multiproxy.mk
+include mk/perf.mk
 include mk/h2spec.mk

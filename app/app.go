@@ -233,6 +233,8 @@ func (a *App) Start() error {
 	// Shutdown closes the topology.
 	a.arbiter.Start()
 	if a.etcd != nil {
+		bound := al.Addr().String()
+		a.etcd.SetIdentity(a.cfg.ProxyIDFor(bound), a.cfg.AdvertiseAddressFor(bound))
 		a.etcd.Start()
 	}
 	_ = ctx

@@ -244,7 +244,11 @@ func (c *Config) EtcdTLSConfig() (*tls.Config, error) {
 
 // ProxyID returns arbiter.proxy_id, or its default: the host name and the
 // admin port.
-func (c *Config) ProxyID() string {
+func (c *Config) ProxyID() string { return c.ProxyIDFor(c.AdminListen) }
+
+// ProxyIDFor is ProxyID for an admin listener bound at adminAddr (its
+// port stands in for the configured one, which may be 0).
+func (c *Config) ProxyIDFor(adminAddr string) string {
 	if c.Arbiter.ProxyID != "" {
 		return c.Arbiter.ProxyID
 	}
@@ -252,19 +256,23 @@ func (c *Config) ProxyID() string {
 	if host == "" {
 		host = "proxy"
 	}
-	_, port, _ := net.SplitHostPort(c.AdminListen)
+	_, port, _ := net.SplitHostPort(adminAddr)
 	return host + "-" + port
 }
 
 // AdvertiseAddress returns arbiter.advertise_address, or admin_listen with
 // a wildcard host replaced by the host name.
-func (c *Config) AdvertiseAddress() string {
+func (c *Config) AdvertiseAddress() string { return c.AdvertiseAddressFor(c.AdminListen) }
+
+// AdvertiseAddressFor is AdvertiseAddress for an admin listener bound at
+// adminAddr.
+func (c *Config) AdvertiseAddressFor(adminAddr string) string {
 	if c.Arbiter.AdvertiseAddress != "" {
 		return c.Arbiter.AdvertiseAddress
 	}
-	host, port, err := net.SplitHostPort(c.AdminListen)
+	host, port, err := net.SplitHostPort(adminAddr)
 	if err != nil {
-		return c.AdminListen
+		return adminAddr
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host, _ = os.Hostname()

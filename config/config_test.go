@@ -358,7 +358,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestExamplesLoad(t *testing.T) {
-	for _, name := range []string{"static.yaml", "replicate.yaml"} {
+	for _, name := range []string{"static.yaml", "replicate.yaml", "etcd-arbiter.yaml"} {
 		t.Run(name, func(t *testing.T) {
 			c, err := Load(filepath.Join("..", "examples", name))
 			if err != nil {

@@ -67,6 +67,7 @@ type Arbiter struct {
 	// docLoaded whether etcd was ever read; written what this proxy last
 	// wrote while deciding.
 	doc       *Document
+	docRev    int64 // mod revision of doc in etcd
 	docLoaded bool
 	written   *Document
 	proxies   []ProxyRecord
@@ -81,6 +82,10 @@ type Arbiter struct {
 	docHold bool
 
 	pubMu sync.Mutex // one document write at a time
+	// followMu: one application of the document to the local topology at
+	// a time (the watch and the guard both apply it), always of the
+	// newest document.
+	followMu sync.Mutex
 
 	kick      chan struct{}
 	cancel    context.CancelFunc
@@ -117,6 +122,19 @@ func New(opts Options) (*Arbiter, error) {
 		log:  o.Logger.With("component", "etcd-arbiter", "proxy", o.ProxyID),
 		kick: make(chan struct{}, 1),
 	}, nil
+}
+
+// SetIdentity replaces the proxy id and admin address given in Options,
+// before Start (an admin listener on port 0 knows its port only once
+// bound).
+func (a *Arbiter) SetIdentity(proxyID, address string) {
+	if proxyID != "" {
+		a.opts.ProxyID = proxyID
+		a.log = a.opts.Logger.With("component", "etcd-arbiter", "proxy", proxyID)
+	}
+	if address != "" {
+		a.opts.Address = address
+	}
 }
 
 // Start runs the session (lease, election, heartbeat), the document
@@ -413,14 +431,14 @@ func (a *Arbiter) becomeDecider(ctx context.Context, e *concurrency.Election) er
 	a.mu.Lock()
 	a.elected, a.election = true, e
 	a.written = doc.clone()
-	if doc != nil {
-		a.doc = doc.clone()
+	if doc != nil && resp.Kvs[0].ModRevision >= a.docRev {
+		a.doc, a.docRev = doc.clone(), resp.Kvs[0].ModRevision
 	}
 	a.docLoaded = true
 	a.mu.Unlock()
 	var change *topology.Change
 	if doc != nil {
-		a.follow(doc, true)
+		a.follow(true)
 		change = cloneChange(doc.Change)
 	}
 	// A hold copied from the last decider's document is this proxy's to
@@ -501,7 +519,7 @@ func (a *Arbiter) watchLoop(ctx context.Context) {
 			continue
 		}
 		if len(resp.Kvs) > 0 {
-			a.onDocument(resp.Kvs[0].Value)
+			a.onDocument(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 		} else {
 			a.mu.Lock()
 			a.docLoaded = true
@@ -519,7 +537,7 @@ func (a *Arbiter) watchLoop(ctx context.Context) {
 			}
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypePut {
-					a.onDocument(ev.Kv.Value)
+					a.onDocument(ev.Kv.Value, ev.Kv.ModRevision)
 				}
 			}
 		}
@@ -530,7 +548,7 @@ func (a *Arbiter) watchLoop(ctx context.Context) {
 	}
 }
 
-func (a *Arbiter) onDocument(b []byte) {
+func (a *Arbiter) onDocument(b []byte, rev int64) {
 	doc, err := decodeDocument(b)
 	if err != nil {
 		a.setErr(err)
@@ -538,19 +556,31 @@ func (a *Arbiter) onDocument(b []byte) {
 		return
 	}
 	a.mu.Lock()
-	a.doc, a.docLoaded = doc, true
+	if rev < a.docRev {
+		a.mu.Unlock()
+		return // older than one already read
+	}
+	a.doc, a.docRev, a.docLoaded = doc, rev, true
 	mine := a.elected
 	a.mu.Unlock()
 	if !mine {
-		a.follow(doc, false)
+		a.follow(false)
 	}
 	a.poke()
 }
 
-// follow makes the local topology route by doc. takeover: this proxy was
-// just elected; the document's hold is not copied (the new decider's own
-// arbiter, through Takeover, decides what happens to it).
-func (a *Arbiter) follow(doc *Document, takeover bool) {
+// follow makes the local topology route by the newest document read.
+// takeover: this proxy was just elected; the document's hold is not
+// copied (the new decider's own arbiter decides what happens to it).
+func (a *Arbiter) follow(takeover bool) {
+	a.followMu.Lock()
+	defer a.followMu.Unlock()
+	a.mu.Lock()
+	doc := a.doc.clone()
+	a.mu.Unlock()
+	if doc == nil {
+		return
+	}
 	l := a.opts.Local
 	s := l.Snapshot()
 	cur := ""
@@ -683,7 +713,7 @@ func (a *Arbiter) guard(ctx context.Context) {
 	a.mu.Unlock()
 	if !elected && !fenced && doc != nil && a.strays(doc) {
 		// Local discovery moved the leader on its own: the document wins.
-		a.follow(doc, false)
+		a.follow(false)
 	}
 	if a.Deciding() {
 		if err := a.publish(ctx); err != nil && ctx.Err() == nil {
@@ -751,7 +781,7 @@ func (a *Arbiter) unfence() {
 		_ = a.opts.Local.ReleaseWrites()
 	}
 	if doc != nil && !elected {
-		a.follow(doc, false)
+		a.follow(false)
 	}
 }
 
@@ -814,7 +844,9 @@ func (a *Arbiter) update(ctx context.Context, mutate func(prev *Document) (*Docu
 	}
 	a.mu.Lock()
 	a.written = next.clone()
-	a.doc = next.clone()
+	if rev := resp.Header.Revision; rev >= a.docRev {
+		a.doc, a.docRev = next.clone(), rev
+	}
 	a.mu.Unlock()
 	if prev == nil || !prev.sameRouting(next) {
 		a.log.Info("topology written", "epoch", next.Epoch, "leader", next.Leader, "hold", next.Hold)
@@ -872,10 +904,4 @@ func (a *Arbiter) Status() Status {
 		st.Epoch, st.Leader, st.Change = a.doc.Epoch, a.doc.Leader, cloneChange(a.doc.Change)
 	}
 	return st
-}
-
-// LogValue gives the arbiter's options as log attributes, with no secret.
-func (a *Arbiter) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("prefix", a.opts.Prefix), slog.String("proxy", a.opts.ProxyID),
-		slog.String("endpoints", strings.Join(a.opts.Endpoints, ",")))
 }

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"io"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"google.golang.org/grpc"
@@ -103,97 +101,42 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 }
 
 // streamHandler proxies a streaming method (CreateReplicateStream,
-// DumpMessages) to the leader, frame by frame in both directions. The
-// backend's header and trailer go back to the client with HeaderCluster
-// added to both.
+// DumpMessages) to the leader (Server.proxyStream). The backend's header
+// and trailer go back to the client with HeaderCluster added to both.
 func (s *Server) streamHandler(m *method) grpc.StreamHandler {
-	desc := &grpc.StreamDesc{StreamName: m.name, ServerStreams: m.serverStreams, ClientStreams: m.clientStreams}
 	return func(_ any, ss grpc.ServerStream) error {
-		if s.draining.Load() {
-			return errDraining
-		}
 		c := s.newGRPCCall(ss.Context(), m)
 		c.ev.Reason = ReasonLeaderOnly
-		cl, err := s.topo.WaitLeader(c.ctx)
-		if err != nil {
-			return err
-		}
-		if cl.Conn == nil {
-			return status.Errorf(codes.Unavailable, "milvus-ha-proxy: no connection to cluster %s", cl.ID)
-		}
-		done, err := s.topo.Allow(cl.ID)
-		if err != nil {
-			return refusedBy(cl.ID, err).status()
-		}
-		if cl.Outstanding != nil {
-			cl.Outstanding.Add(1)
-			defer cl.Outstanding.Add(-1)
-		}
-		if cl.Served != nil {
-			cl.Served.Add(1)
-		}
-		ctx, cancel := context.WithCancel(c.out)
-		defer cancel()
-		cs, err := cl.Conn.NewStream(ctx, desc, m.full, s.grpcCallOpts()...)
-		if err != nil {
-			done(!transportFailure(c.ctx, err))
-			return err
-		}
-		clusterMD := s.clusterHeader(cl.ID)
-
-		// Client to backend. The goroutine ends when the client half
-		// closes or fails, or when this handler returns (gRPC then fails
-		// the pending RecvMsg).
-		go func() {
-			for {
-				f := &frame{}
-				if err := ss.RecvMsg(f); err != nil {
-					if errors.Is(err, io.EOF) {
-						_ = cs.CloseSend()
-						return
-					}
-					cancel()
-					return
-				}
-				err := cs.SendMsg(f)
-				f.free()
-				if err != nil {
-					// io.EOF: the backend ended the stream; its status
-					// comes from RecvMsg below.
-					return
-				}
-			}
-		}()
-
-		hdr, err := cs.Header()
-		if err != nil {
-			done(!transportFailure(c.ctx, err))
-			return err
-		}
-		if err := ss.SendHeader(metadata.Join(filterMD(hdr), clusterMD)); err != nil {
-			done(true)
-			return err
-		}
-		for {
-			f := &frame{}
-			err := cs.RecvMsg(f)
-			if err != nil {
-				ss.SetTrailer(metadata.Join(filterMD(cs.Trailer()), clusterMD))
-				if errors.Is(err, io.EOF) {
-					done(true)
-					return nil
-				}
-				done(!transportFailure(c.ctx, err))
-				return err
-			}
-			err = ss.SendMsg(f)
-			f.free()
-			if err != nil {
-				done(true)
-				return err
-			}
-		}
+		_, err := s.proxyStream(&c, c.out, grpcClientStream{s: s, ss: ss})
+		return err
 	}
+}
+
+// grpcClientStream is the grpc engine's side of a proxied stream.
+type grpcClientStream struct {
+	s  *Server
+	ss grpc.ServerStream
+}
+
+func (g grpcClientStream) recv(context.Context) (*frame, int, error) {
+	f := &frame{}
+	if err := g.ss.RecvMsg(f); err != nil {
+		return nil, 0, err
+	}
+	return f, 0, nil
+}
+
+func (g grpcClientStream) sent(int) {}
+
+func (g grpcClientStream) sendHeader(hdr metadata.MD, cluster string) error {
+	return g.ss.SendHeader(metadata.Join(filterMD(hdr), g.s.clusterHeader(cluster)))
+}
+
+func (g grpcClientStream) send(m *frame) error { return g.ss.SendMsg(m) }
+
+func (g grpcClientStream) finish(_ error, trailer metadata.MD, cluster string) {
+	// The handler returns the outcome; gRPC sends it after this trailer.
+	g.ss.SetTrailer(metadata.Join(filterMD(trailer), g.s.clusterHeader(cluster)))
 }
 
 // filterMD drops the keys gRPC owns from backend metadata.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -240,6 +241,32 @@ func (b *fakeBackend) DumpMessages(r *milvuspb.DumpMessagesRequest, ss milvuspb.
 	}
 	ss.SetTrailer(metadata.Pairs("backend-trailer", b.id))
 	return nil
+}
+
+// CreateReplicateStream confirms each message's payload length as a time
+// tick and, when the client half-closes, ends with FailedPrecondition and
+// a trailer: a bidirectional stream whose outcome is an error.
+func (b *fakeBackend) CreateReplicateStream(ss milvuspb.MilvusService_CreateReplicateStreamServer) error {
+	b.mu.Lock()
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	b.calls = append(b.calls, recorded{method: "CreateReplicateStream", md: md})
+	b.mu.Unlock()
+	_ = ss.SendHeader(metadata.Pairs("backend-header", b.id))
+	for {
+		req, err := ss.Recv()
+		if errors.Is(err, io.EOF) {
+			ss.SetTrailer(metadata.Pairs("backend-trailer", b.id))
+			return status.Error(codes.FailedPrecondition, "replicate stream ended by the source")
+		}
+		if err != nil {
+			return err
+		}
+		n := len(req.GetReplicateMessage().GetMessage().GetPayload())
+		if err := ss.Send(&milvuspb.ReplicateResponse{Response: &milvuspb.ReplicateResponse_ReplicateConfirmedMessageInfo{
+			ReplicateConfirmedMessageInfo: &milvuspb.ReplicateConfirmedMessageInfo{ConfirmedTimeTick: uint64(n)}}}); err != nil {
+			return err
+		}
+	}
 }
 
 // fakeTopo is an in-memory Topology over fake backends.

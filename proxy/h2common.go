@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -263,12 +264,18 @@ type connOut struct {
 	writeTimeout time.Duration
 	flow         *flow // woken when queued drops under budget
 	overflow     bool  // under w.mu: hardCap passed
-	deadlineMu   sync.Mutex
-	stopping     bool // under deadlineMu: finish was called
-	wake         chan struct{}
-	stop         chan struct{} // closed by finish
-	stopOnce     sync.Once
-	done         chan struct{} // closed when run has returned
+	// raw is the socket for Flush's one non-blocking write (nil: not a
+	// plain TCP connection, every write goes through run).
+	raw syscall.RawConn
+	// busy is set (under w.mu) while run holds a batch it has not
+	// finished writing: Flush must not write around it.
+	busy       bool
+	deadlineMu sync.Mutex
+	stopping   bool // under deadlineMu: finish was called
+	wake       chan struct{}
+	stop       chan struct{} // closed by finish
+	stopOnce   sync.Once
+	done       chan struct{} // closed when run has returned
 	// fail is called (once, from run) when a write fails or times out
 	// or the output overflows; the socket is closed already.
 	fail func(error)
@@ -282,8 +289,17 @@ var errOutputOverflow = errors.New("milvus-ha-proxy: client connection's output 
 const clientWriteChunk = 256 << 10
 
 func newConnOut(w *h2writer, nc net.Conn, f *flow, budget int64, writeTimeout time.Duration) *connOut {
-	return &connOut{w: w, nc: nc, flow: f, budget: budget, hardCap: 4*budget + 4<<20, writeTimeout: writeTimeout,
+	o := &connOut{w: w, nc: nc, flow: f, budget: budget, hardCap: 4*budget + 4<<20, writeTimeout: writeTimeout,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	// Only a plain TCP socket: a TLS connection (which grpc's credentials
+	// wrap so that it still offers its socket's SyscallConn) must write
+	// through its record layer.
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			o.raw = raw
+		}
+	}
+	return o
 }
 
 // Write appends p (under w.mu).
@@ -303,10 +319,44 @@ func (o *connOut) Write(p []byte) (int, error) {
 // Buffered is what run has not taken yet (under w.mu).
 func (o *connOut) Buffered() int { return len(o.buf) }
 
-// Flush hands what is buffered to the writer goroutine; it never blocks.
+// Flush sends what is buffered; it never blocks. When the writer
+// goroutine is idle, it first tries one non-blocking write of the whole
+// buffer on the caller's goroutine: a response then leaves without waking
+// the writer (a goroutine switch and a futex wake per call). What the
+// socket does not take at once (the client reads slowly), or any error,
+// is left to the writer goroutine, which waits for the socket under its
+// write timeout; so the caller, often a cluster connection's reader
+// serving many clients, is never held up by one client.
 func (o *connOut) Flush() error {
+	if o.raw != nil && !o.busy && !o.overflow && len(o.buf) > 0 {
+		o.writeNow()
+		if len(o.buf) == 0 {
+			return nil
+		}
+	}
 	o.signal()
 	return nil
+}
+
+// writeNow writes as much of buf as the socket takes without waiting
+// (under w.mu, with run idle).
+func (o *connOut) writeNow() {
+	n := 0
+	err := o.raw.Write(func(fd uintptr) bool {
+		k, err := syscall.Write(int(fd), o.buf)
+		if err == nil && k > 0 {
+			n = k
+		}
+		return true // one attempt: never wait for the socket here
+	})
+	if err != nil || n == 0 {
+		return // run writes it and meets the error, if any
+	}
+	rest := copy(o.buf, o.buf[n:])
+	o.buf = o.buf[:rest]
+	if o.queued.Add(-int64(n))+int64(n) >= o.budget {
+		o.flow.wake() // take may be waiting for this
+	}
 }
 
 func (o *connOut) signal() {
@@ -352,6 +402,7 @@ func (o *connOut) run() {
 		b := o.buf
 		o.buf = o.spare[:0]
 		overflow := o.overflow
+		o.busy = len(b) > 0
 		o.w.mu.Unlock()
 		if overflow {
 			err = errOutputOverflow
@@ -382,6 +433,9 @@ func (o *connOut) run() {
 		} else {
 			o.spare = nil
 		}
+		o.w.mu.Lock()
+		o.busy = false
+		o.w.mu.Unlock()
 		if stopping {
 			o.w.mu.Lock()
 			empty := len(o.buf) == 0

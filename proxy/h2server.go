@@ -367,6 +367,9 @@ func newDconn(r *relayServer, nc net.Conn) *dconn {
 	}
 	d.fr = http2.NewFramer(d.out, d.br)
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	// DATA frames are copied out (msgAssembler) before the next read:
+	// the framer may reuse one DataFrame.
+	d.fr.SetReuseFrames()
 	d.hr = newHeaderReader(lim.MaxHeaderListSize)
 	d.w.init(d.out, d.fr)
 	d.flow.init()
@@ -1604,111 +1607,64 @@ func passTrailers(fs []hpack.HeaderField) []hpack.HeaderField {
 	return out
 }
 
-// runStream proxies a streaming method to the leader: messages from the
-// client go to the backend as they arrive (over the cluster's grpc-go
-// connection), messages from the backend come back under the client's
-// flow control. Rare admin calls, so clarity over speed.
+// runStream proxies a streaming method to the leader (Server.proxyStream):
+// messages from the client go to the backend as they arrive, messages
+// from the backend come back under the client's flow control.
 func (d *dconn) runStream(st *dstream) {
 	defer d.r.active.Done()
 	defer d.endStream(st)
 	c := call{m: st.m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
-	fail := func(err error) { d.respondErr(st, &c, err) }
-	if d.s.draining.Load() {
-		fail(errDraining)
-		return
+	out := metadata.NewOutgoingContext(st.ctx, fieldsMD(st.fwd))
+	if started, err := d.s.proxyStream(&c, out, relayClientStream{d: d, st: st}); !started {
+		d.respondErr(st, &c, err)
 	}
-	cl, err := d.s.topo.WaitLeader(st.ctx)
+}
+
+// relayClientStream is the relay engine's side of a proxied stream.
+type relayClientStream struct {
+	d  *dconn
+	st *dstream
+}
+
+func (r relayClientStream) recv(ctx context.Context) (*frame, int, error) {
+	m, err := r.st.in.pop(ctx)
 	if err != nil {
-		fail(err)
-		return
+		return nil, 0, err
 	}
-	if cl.Conn == nil {
-		fail(gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: no connection to cluster %s", cl.ID))
-		return
-	}
-	done, err := d.s.topo.Allow(cl.ID)
+	n := m.len() + 5
+	m, err = r.st.decompress(m)
+	return m, n, err
+}
+
+func (r relayClientStream) sent(credit int) { r.d.returnCredit(r.st.id, credit) }
+
+func (r relayClientStream) sendHeader(hdr metadata.MD, cluster string) error {
+	headers := append(mdFields([]hpack.HeaderField{hdrStatus200, hdrContentType}, hdr), hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+	r.d.w.lock()
+	r.d.w.writeHeaders(r.st.id, false, headers)
+	r.d.w.unlock()
+	return nil
+}
+
+func (r relayClientStream) send(m *frame) error {
+	err := sendMessage(r.st.ctx, &r.d.w, &r.d.flow, &r.st.sf, r.st.id, false, m.bytes())
 	if err != nil {
-		fail(refusedBy(cl.ID, err).status())
-		return
+		r.d.resetStream(r.st.id, http2.ErrCodeCancel)
 	}
-	c.served = cl
-	countStart(cl)
-	defer countEnd(cl)
-	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(st.ctx, fieldsMD(st.fwd)))
-	defer cancel()
-	desc := &grpc.StreamDesc{StreamName: st.m.name, ServerStreams: st.m.serverStreams, ClientStreams: st.m.clientStreams}
-	cs, err := cl.Conn.NewStream(ctx, desc, st.m.full, d.s.grpcCallOpts()...)
-	if err != nil {
-		done(!transportFailure(st.ctx, err))
-		fail(err)
-		return
+	return err
+}
+
+func (r relayClientStream) finish(outcome error, trailer metadata.MD, cluster string) {
+	s := gstatus.Convert(outcome)
+	r.st.decide(s.Err())
+	trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
+	if s.Message() != "" {
+		trl = append(trl, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(s.Message())})
 	}
-	go func() {
-		for {
-			m, err := st.in.pop(ctx)
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					_ = cs.CloseSend()
-				} else {
-					cancel()
-				}
-				return
-			}
-			n := m.len() + 5
-			m, err = st.decompress(m)
-			if err != nil {
-				cancel()
-				return
-			}
-			err = cs.SendMsg(m)
-			m.free()
-			if err != nil {
-				return // the backend ended the stream; RecvMsg reports why
-			}
-			d.returnCredit(st.id, n)
-		}
-	}()
-	hdr, err := cs.Header()
-	if err != nil {
-		done(!transportFailure(st.ctx, err))
-		fail(err)
-		return
-	}
-	clusterField := hpack.HeaderField{Name: HeaderCluster, Value: cl.ID}
-	headers := append(mdFields([]hpack.HeaderField{hdrStatus200, hdrContentType}, hdr), clusterField)
-	d.w.lock()
-	d.w.writeHeaders(st.id, false, headers)
-	d.w.unlock()
-	for {
-		m := &frame{}
-		err := cs.RecvMsg(m)
-		if err != nil {
-			s := gstatus.Convert(err)
-			if errors.Is(err, io.EOF) {
-				s = gstatus.New(codes.OK, "")
-				done(true)
-			} else {
-				done(!transportFailure(st.ctx, err))
-			}
-			st.decide(s.Err())
-			trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
-			if s.Message() != "" {
-				trl = append(trl, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(s.Message())})
-			}
-			trl = append(mdFields(trl, cs.Trailer()), clusterField)
-			d.w.lock()
-			d.w.writeHeaders(st.id, true, trl)
-			d.w.unlock()
-			return
-		}
-		err = sendMessage(st.ctx, &d.w, &d.flow, &st.sf, st.id, false, m.bytes())
-		m.free()
-		if err != nil {
-			done(true)
-			d.resetStream(st.id, http2.ErrCodeCancel)
-			return
-		}
-	}
+	trl = append(mdFields(trl, trailer), hpack.HeaderField{Name: HeaderCluster, Value: cluster})
+	r.d.w.lock()
+	r.d.w.writeHeaders(r.st.id, true, trl)
+	r.d.w.unlock()
 }
 
 func countStart(cl *topology.Cluster) {

@@ -587,6 +587,52 @@ func testHealthServiceFollowsLeader(t *testing.T) {
 	waitFor(healthpb.HealthCheckResponse_SERVING)
 }
 
+// TestBidiStreamProxied: a client-streaming call (CreateReplicateStream)
+// carries the client's messages to the leader and the leader's answers
+// back, large messages included (flow-control credit returned), and the
+// backend's error outcome reaches the client with its trailer.
+func TestBidiStreamProxied(t *testing.T) { bothEngines(t, testBidiStreamProxied) }
+
+func testBidiStreamProxied(t *testing.T) {
+	e := newEnv(t)
+	st, err := e.client.CreateReplicateStream(e.ctx("authorization", "tok"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// More than the 64 KiB initial window in total: the relay must return
+	// credit as it sends messages on.
+	sizes := []int{1, 1 << 10, 100 << 10, 300 << 10, 7}
+	for _, n := range sizes {
+		if err := st.Send(&milvuspb.ReplicateRequest{Request: &milvuspb.ReplicateRequest_ReplicateMessage{ReplicateMessage: &milvuspb.ReplicateMessage{
+			SourceClusterId: "src", Message: &commonpb.ImmutableMessage{Payload: make([]byte, n)}}}}); err != nil {
+			t.Fatalf("Send %d bytes: %v", n, err)
+		}
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("Recv after %d bytes: %v", n, err)
+		}
+		if got := resp.GetReplicateConfirmedMessageInfo().GetConfirmedTimeTick(); got != uint64(n) {
+			t.Fatalf("confirmed %d, want %d", got, n)
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Recv()
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ended by the source") {
+		t.Fatalf("outcome %v, want the backend's FailedPrecondition", err)
+	}
+	if hdr, _ := st.Header(); hdr.Get(HeaderCluster)[0] != "a" || hdr.Get("backend-header")[0] != "a" {
+		t.Fatalf("header %v", hdr)
+	}
+	if tr := st.Trailer(); len(tr.Get(HeaderCluster)) == 0 || tr.Get(HeaderCluster)[0] != "a" || tr.Get("backend-trailer")[0] != "a" {
+		t.Fatalf("trailer %v", tr)
+	}
+	if r := e.backends["a"].received("CreateReplicateStream"); len(r) != 1 || r[0].md.Get("authorization")[0] != "tok" {
+		t.Fatalf("backend got %v", r)
+	}
+}
+
 func TestStreamProxied(t *testing.T) { bothEngines(t, testStreamProxied) }
 
 func testStreamProxied(t *testing.T) {

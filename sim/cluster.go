@@ -133,6 +133,9 @@ type Cluster struct {
 	// inboundStreams counts accepted incoming replicate streams (tests use it
 	// to see that a source reconnected).
 	inboundStreams atomic.Int64
+	// forcePromotions counts force promotions this process carried out
+	// (not the "same configuration" no-op), for tests that count them.
+	forcePromotions atomic.Int64
 	// configWaits counts calls waiting for a first replicate configuration
 	// (awaitConfigured; tests watch it).
 	configWaits atomic.Int64

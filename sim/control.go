@@ -315,6 +315,9 @@ type ClusterStatus struct {
 	// takes replicated messages from.
 	PChannelSources map[string]string `json:"pchannel_sources,omitempty"`
 	Salvage         map[string]string `json:"salvage,omitempty"`
+	// ForcePromotions counts the force promotions this process carried
+	// out (a repeated one with the same configuration is not counted).
+	ForcePromotions int64 `json:"force_promotions"`
 }
 
 // CheckpointStatus is how far replication from one source pchannel got.
@@ -329,7 +332,8 @@ type CheckpointStatus struct {
 // Status reports the cluster's role, fault settings and checkpoints.
 func (c *Cluster) Status() ClusterStatus {
 	paused, delay, _, _ := c.faults.get()
-	st := ClusterStatus{ID: c.id, Addr: c.Addr(), Role: c.Role(), Paused: paused, Delay: delay.String(), Served: map[string]uint64{}}
+	st := ClusterStatus{ID: c.id, Addr: c.Addr(), Role: c.Role(), Paused: paused, Delay: delay.String(), Served: map[string]uint64{},
+		ForcePromotions: c.forcePromotions.Load()}
 	for _, w := range c.wals {
 		st.Served[w.name] = w.served.Load()
 	}

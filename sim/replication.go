@@ -467,6 +467,7 @@ func (c *Cluster) forcePromote(cfg *commonpb.ReplicateConfiguration) error {
 	if _, err := c.broadcastLocked(kindAlterReplicaConfig, payload, nil, salvage); err != nil {
 		return err
 	}
+	c.forcePromotions.Add(1)
 	c.log.Warn("force promoted to standalone primary", "old_source", source)
 	return nil
 }

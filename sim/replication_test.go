@@ -358,6 +358,9 @@ func TestForcePromoteEmptyShape(t *testing.T) {
 	if b.Role() != "primary" {
 		t.Fatalf("b is %s after force promote", b.Role())
 	}
+	if n := b.Status().ForcePromotions; n != 1 {
+		t.Fatalf("force promotions counted = %d after one (refused ones do not count)", n)
+	}
 	cfg := b.repl.config()
 	if len(cfg.GetClusters()) != 1 || cfg.GetClusters()[0].GetClusterId() != "b" || len(cfg.GetCrossClusterTopology()) != 0 {
 		t.Fatalf("configuration after the promotion %v", cfg)

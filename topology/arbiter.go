@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,17 +25,28 @@ import (
 //	holding ──▶ promoting (force_promote on the chosen alternative)
 //	        ──▶ attaching (new configuration to the remaining alternatives)
 //	        ──▶ installing ──▶ steady
-//	steady ──`switchover --to`──▶ catching-up ──▶ holding ──▶ demoting (old
-//	        leader first) ──▶ promoting (target) ──▶ confirming (checkpoints
-//	        cover the last acknowledged write) ──▶ installing ──▶ steady
-//	steady ──former leader or unreachable alternative healthy again──▶
-//	        rejoining (salvage report, then a target of the leader) ──▶ steady
+//	steady ──`failover --to` with the old leader answering──▶ reading
+//	        (every cluster's own configuration) ──▶ holding ──▶ demoting (old
+//	        leader first) ──▶ promoting (target, from the old leader's
+//	        stream; by force if it does not take over) ──▶ installing ──▶ steady
+//	steady ──`switchover --to`──▶ catching-up ──▶ reading ──▶ holding ──▶
+//	        demoting (old leader first) ──▶ confirming (checkpoints cover the
+//	        last acknowledged write) ──▶ promoting (target) ──▶ installing ──▶ steady
+//	steady ──`attach --cluster`──▶ reading ──▶ the cluster, then the leader,
+//	        get the configuration naming it a target ──▶ steady
+//	steady ──former leader, unreachable alternative, or a cluster that
+//	        takes writes on its own healthy again──▶ rejoining (salvage
+//	        report, then a quarantined target of the leader) ──▶ steady
 //
+// Every change is recorded step by step (Change, Step) and saved to a
+// ChangeStore before and after each step; a restarted arbiter closes an
+// interrupted one and settles it from the clusters' own configurations.
 // Any failure before a promotion takes effect releases the held writes
 // and leaves the old topology; a switchover whose old leader already
 // demoted itself but whose target never confirmed stays "stuck", with
-// writes held, until `switchover --to` is retried or `failover --to` forces
-// it. One leader change runs at a time.
+// writes held, until it is retried, forced, or settled by the arbiter
+// after detect_after (rolled forward or back from what the clusters say).
+// One change runs at a time; another waits for it up to QueueWait.
 
 // Failover modes (config failover.mode).
 const (
@@ -554,7 +566,7 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 func (a *Arbiter) checkTarget(s *Snapshot, to string) error {
 	c := s.Cluster(to)
 	if c == nil {
-		return fmt.Errorf("%w %q", ErrUnknownCluster, to)
+		return fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, to, strings.Join(a.m.clusterIDs(), ", "))
 	}
 	if c.Quarantined {
 		return fmt.Errorf("%w: %s is quarantined: %s", ErrRefused, to, c.QuarantineReason)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -18,13 +19,16 @@ const KindAttach = "attach"
 // Attach makes cluster id, a rebuilt or new cluster, a replication target
 // of the current leader (`milvus-ha-proxy attach --cluster ID`). It is
 // refused, with the reason, when that is not safe: the cluster is the
-// leader or already its target, unreachable, a primary with targets of
-// its own (a former leader not rebuilt), or replicating from another
-// cluster. Attaching lifts a quarantine: the cluster was rebuilt. A rebuilt cluster is one restored from a backup of the
-// leader (docs/operations.md): its own replicate configuration is empty or
-// names only itself. The configuration goes to the cluster first (it
-// becomes a secondary of the leader), then to the leader (its CDC starts
-// replicating to it), then to the other targets.
+// leader, unreachable, already replicating from the leader in its own
+// configuration, a primary with targets of its own (a former leader not
+// rebuilt), or replicating from another cluster. A rebuilt former target
+// the leader still names is detached from the leader first. Attaching
+// lifts a quarantine: the cluster was rebuilt. A rebuilt cluster is one
+// restored from a backup of the leader (docs/operations.md): its own
+// replicate configuration is empty or names only itself. The
+// configuration goes to the cluster first (it becomes a secondary of the
+// leader), then to the leader (its CDC starts replicating to it), then to
+// the other targets.
 func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindAttach, "", id, err)
@@ -39,62 +43,120 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 		return a.refusedErr(KindAttach, leader, id, err)
 	}
 	a.cancelBackground()
-	r := a.beginChange(ctx, KindAttach, leader, id, false)
-	m := a.m
+	t := &attachRun{changeRun: a.beginChange(ctx, KindAttach, leader, id, false), s: s, id: id, leader: leader}
+	if err := t.readConfigs(ctx); err != nil {
+		return t.failed(ctx, err)
+	}
+	if err := attachSafe(t.own, t.leaderCfg, id, leader); err != nil {
+		ch := t.finish(ctx, ResultRefused, err.Error())
+		a.setPhase(PhaseSteady)
+		return ch, err
+	}
+	if targetOf(t.leaderCfg, leader, id) {
+		if err := t.detach(ctx); err != nil {
+			return t.failed(ctx, err)
+		}
+	}
+	if err := t.configure(ctx); err != nil {
+		return t.failed(ctx, err)
+	}
+	return t.done(ctx), nil
+}
 
-	var own, leaderCfg *commonpb.ReplicateConfiguration
-	err = r.step(ctx, StepReadConfigs, "", fmt.Sprintf("GetReplicateConfiguration on %s and %s", id, leader), func() (string, error) {
+// attachRun carries one attach across its steps.
+type attachRun struct {
+	*changeRun
+	s              *Snapshot
+	id, leader     string
+	own, leaderCfg *commonpb.ReplicateConfiguration
+}
+
+// readConfigs reads the cluster's own configuration and the leader's.
+func (t *attachRun) readConfigs(ctx context.Context) error {
+	a, m, id, leader := t.a, t.a.m, t.id, t.leader
+	return t.step(ctx, StepReadConfigs, "", fmt.Sprintf("GetReplicateConfiguration on %s and %s", id, leader), func() (string, error) {
 		var err error
 		// A cluster never given a configuration may not answer at all:
 		// Milvus 2.6 blocks GetReplicateConfiguration until one is set
 		// (milvus#52686; its fix answers an empty one). It answered its
 		// health probes, so a read that runs out of time means none.
 		octx, ocancel := context.WithTimeout(ctx, min(a.opts.CallTimeout, 2*time.Second))
-		own, err = m.replicateConfigOf(octx, id)
+		t.own, err = m.replicateConfigOf(octx, id)
 		ocancel()
 		switch {
 		case err != nil && status.Code(errors.Unwrap(err)) == codes.DeadlineExceeded && ctx.Err() == nil:
-			own = &commonpb.ReplicateConfiguration{}
+			t.own = &commonpb.ReplicateConfiguration{}
 		case err != nil:
 			return "", err
 		}
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		if leaderCfg, err = m.replicateConfigOf(cctx, leader); err != nil {
+		if t.leaderCfg, err = m.replicateConfigOf(cctx, leader); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s: %s; %s: %s", id, describeConfig(own, false), leader, describeConfig(leaderCfg, false)), nil
+		return fmt.Sprintf("%s: %s; %s: %s", id, describeConfig(t.own, false), leader, describeConfig(t.leaderCfg, false)), nil
 	})
-	if err != nil {
-		return a.attachFailed(ctx, r, err)
+}
+
+// detach has the leader let go of a rebuilt cluster it still names as
+// its target (it was one before it was wiped), so that replication to it
+// starts afresh at the configuration that attaches it again, not where
+// the old cluster had stopped.
+func (t *attachRun) detach(ctx context.Context) error {
+	a := t.a
+	detach := withoutTarget(t.leaderCfg, t.leader, t.id)
+	if err := t.step(ctx, StepDetach, t.leader, describeConfig(detach, false), func() (string, error) {
+		return "ok", a.sendConfig(ctx, t.leader, detach)
+	}); err != nil {
+		return err
 	}
-	if err := attachSafe(own, leaderCfg, id, leader); err != nil {
-		ch := r.finish(ctx, ResultRefused, err.Error())
-		a.setPhase(PhaseSteady)
-		return ch, err
+	t.leaderCfg = detach
+	// The leader's CDC still carries that configuration message to the
+	// cluster as the last one of the edge: applied after the cluster took
+	// its new configuration, it would leave it standing alone. Give it
+	// RejoinSettle to arrive first.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(a.opts.RejoinSettle):
+		return nil
 	}
-	entry := entryOf(own, id)
+}
+
+// configure sends the configuration naming the cluster a target of the
+// leader: to the cluster first (it becomes a secondary of the leader),
+// then to the leader (its CDC starts replicating to it), then in the
+// background to the other targets.
+func (t *attachRun) configure(ctx context.Context) error {
+	a := t.a
+	entry := entryOf(t.own, t.id)
 	if entry == nil {
-		entry = a.newEntry(s, id)
+		entry = a.newEntry(t.s, t.id)
 	}
-	newCfg := withTarget(leaderCfg, leader, entry)
-	if err := r.step(ctx, StepDemote, id, describeConfig(newCfg, false), func() (string, error) {
-		return "ok", a.sendConfig(ctx, id, newCfg)
+	newCfg := withTarget(t.leaderCfg, t.leader, entry)
+	if err := t.step(ctx, StepDemote, t.id, describeConfig(newCfg, false), func() (string, error) {
+		return "ok", a.sendConfig(ctx, t.id, newCfg)
 	}); err != nil {
-		return a.attachFailed(ctx, r, err)
+		return err
 	}
-	if err := r.step(ctx, StepAttach, leader, describeConfig(newCfg, false), func() (string, error) {
-		return "ok", a.sendConfig(ctx, leader, newCfg)
+	if err := t.step(ctx, StepAttach, t.leader, describeConfig(newCfg, false), func() (string, error) {
+		return "ok", a.sendConfig(ctx, t.leader, newCfg)
 	}); err != nil {
-		return a.attachFailed(ctx, r, err)
+		return err
 	}
 	for _, e := range newCfg.GetClusters() {
-		if other := e.GetClusterId(); other != leader && other != id {
+		if other := e.GetClusterId(); other != t.leader && other != t.id {
 			a.sendInBackground(other, newCfg)
 		}
 	}
-	// A rebuilt cluster no longer holds what got it quarantined or made
-	// it a former leader to rejoin.
+	return nil
+}
+
+// done forgets what the cluster was held for (a rebuilt cluster no longer
+// holds what got it quarantined or made it a former leader to rejoin) and
+// records the attach.
+func (t *attachRun) done(ctx context.Context) Change {
+	a, m, id := t.a, t.a.m, t.id
 	if err := m.SetQuarantine(id, ""); err != nil {
 		a.log.Error("lifting the quarantine of an attached cluster", "cluster", id, "err", err)
 	}
@@ -105,10 +167,14 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 	a.mu.Unlock()
 	m.setFenced(id, false)
 	m.Rediscover()
-	ch := r.finish(ctx, ResultOK, fmt.Sprintf("%s is a replication target of %s; it serves reads once its checkpoints are polled", id, leader))
+	ch := t.finish(ctx, ResultOK, fmt.Sprintf("%s is a replication target of %s; it serves reads once its checkpoints are polled", id, t.leader))
 	a.setPhase(PhaseSteady)
-	a.log.Info("cluster attached as a target of the leader", "cluster", id, "leader", leader)
-	return ch, nil
+	a.log.Info("cluster attached as a target of the leader", "cluster", id, "leader", t.leader)
+	return ch
+}
+
+func (t *attachRun) failed(ctx context.Context, err error) (Change, error) {
+	return t.a.attachFailed(ctx, t.changeRun, err)
 }
 
 // attachable checks what the snapshot says about attaching id and
@@ -116,7 +182,7 @@ func (a *Arbiter) Attach(ctx context.Context, id string) (Change, error) {
 func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) {
 	c := s.Cluster(id)
 	if c == nil {
-		return "", fmt.Errorf("%w %q", ErrUnknownCluster, id)
+		return "", fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, id, strings.Join(a.m.clusterIDs(), ", "))
 	}
 	if s.Leader == nil {
 		return "", fmt.Errorf("%w: no leader to attach %s to (a leader change is under way, or none is known)", ErrRefused, id)
@@ -125,11 +191,6 @@ func (a *Arbiter) attachable(s *Snapshot, id string) (leader string, err error) 
 	switch {
 	case id == leader:
 		return leader, fmt.Errorf("%w: %s is the leader", ErrRefused, id)
-	case c.Target && c.Quarantined:
-		return leader, fmt.Errorf("%w: %s is already a replication target of %s, quarantined (%s): rebuild it from a backup of %s (a new deployment, with no replicate configuration) and attach that (docs/operations.md)",
-			ErrRefused, id, leader, c.QuarantineReason, leader)
-	case c.Target:
-		return leader, fmt.Errorf("%w: %s is already a replication target of %s", ErrRefused, id, leader)
 	case !c.Healthy:
 		return leader, fmt.Errorf("%w: %s is not healthy: %s", ErrRefused, id, c.HealthReason)
 	case pchannelCount(s, s.Leader) == 0:

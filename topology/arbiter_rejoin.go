@@ -86,7 +86,6 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	m := a.m
 	s := m.Snapshot()
 	leader := s.Leader.ID
-
 	cctx, cancel := a.callCtx(ctx)
 	oldCfg, err := m.replicateConfigOf(cctx, p.id)
 	cancel()
@@ -97,76 +96,13 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	// was demoted behind our back). Named as nobody's target (left out of
 	// a configuration), it stands alone as a primary.
 	already := targetOf(oldCfg, leader, p.id)
-
-	// A cluster that claimed to be a primary without ever leading has no
-	// salvage report; what it holds is not compared.
-	report := &SalvageReport{Unreplicated: &Unreplicated{Incomplete: "never led: not compared"}}
-	a.mu.Lock()
-	if p.report >= 0 {
-		report = &a.reports[p.report]
-	}
-	known := report.Unreplicated != nil
-	a.mu.Unlock()
-	if !known {
-		var u Unreplicated
-		if already {
-			// Demoted behind our back: its WAL now also holds what it
-			// replicated from the leader, which cannot be told apart.
-			u.Incomplete = fmt.Sprintf("it rejoined %s before the proxy could read it", leader)
-		} else {
-			u, err = a.unreplicated(ctx, p.id, p.salvage)
-			if err != nil {
-				return err
-			}
-		}
-		a.mu.Lock()
-		report.Unreplicated = &u
-		a.mu.Unlock()
-		a.log.Warn("former leader is back; what it held that never replicated", "cluster", p.id, "new_leader", leader, "unreplicated", u.String())
-	}
-
-	lctx, lcancel := a.callCtx(ctx)
-	leaderCfg, err := m.replicateConfigOf(lctx, leader)
-	lcancel()
+	report, err := a.salvageReport(ctx, p, leader, already)
 	if err != nil {
 		return err
 	}
-	if !already || !targetOf(leaderCfg, leader, p.id) {
-		entry := entryOf(oldCfg, p.id)
-		if entry == nil {
-			entry = p.entry
-		}
-		if entry == nil {
-			entry = a.newEntry(s, p.id)
-		}
-		if entryOf(leaderCfg, leader) == nil {
-			return fmt.Errorf("cannot build a configuration naming %s as a target of %s: an entry is missing", p.id, leader)
-		}
-		newCfg := withTarget(leaderCfg, leader, entry)
-		if !already {
-			// The former leader first, as in a switchover: it demotes
-			// itself and its own CDC stops. Only then does the
-			// configuration listing it reach the other targets (see
-			// ArbiterOptions.RejoinSettle).
-			if err := a.sendConfig(ctx, p.id, newCfg); err != nil {
-				return err
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(a.opts.RejoinSettle):
-			}
-		}
-		if err := a.sendConfig(ctx, leader, newCfg); err != nil {
-			return err
-		}
-		for _, e := range newCfg.GetClusters() {
-			if id := e.GetClusterId(); id != leader && id != p.id {
-				a.sendInBackground(id, newCfg)
-			}
-		}
+	if err := a.demoteToTarget(ctx, s, p, oldCfg, leader, already); err != nil {
+		return err
 	}
-
 	a.mu.Lock()
 	u := report.Unreplicated
 	report.OldLeaderReturned, report.ReturnedAt, report.Error = true, a.mo.Now(), ""
@@ -184,6 +120,86 @@ func (a *Arbiter) rejoinFormerLeader(ctx context.Context, p *pendingCluster) err
 	m.setFenced(p.id, false)
 	m.Rediscover()
 	a.log.Info("former leader rejoined as a quarantined target", "cluster", p.id, "leader", leader)
+	return nil
+}
+
+// salvageReport fills in, once, what a former leader holds past the
+// salvage checkpoint (DumpMessages), and returns its report. A cluster
+// that claimed to be a primary without ever leading has none; what it
+// holds is not compared.
+func (a *Arbiter) salvageReport(ctx context.Context, p *pendingCluster, leader string, already bool) (*SalvageReport, error) {
+	report := &SalvageReport{Unreplicated: &Unreplicated{Incomplete: "never led: not compared"}}
+	a.mu.Lock()
+	if p.report >= 0 {
+		report = &a.reports[p.report]
+	}
+	known := report.Unreplicated != nil
+	a.mu.Unlock()
+	if known {
+		return report, nil
+	}
+	var u Unreplicated
+	if already {
+		// Demoted behind our back: its WAL now also holds what it
+		// replicated from the leader, which cannot be told apart.
+		u.Incomplete = fmt.Sprintf("it rejoined %s before the proxy could read it", leader)
+	} else {
+		var err error
+		if u, err = a.unreplicated(ctx, p.id, p.salvage); err != nil {
+			return nil, err
+		}
+	}
+	a.mu.Lock()
+	report.Unreplicated = &u
+	a.mu.Unlock()
+	a.log.Warn("former leader is back; what it held that never replicated", "cluster", p.id, "new_leader", leader, "unreplicated", u.String())
+	return report, nil
+}
+
+// demoteToTarget makes a former leader a target of the leader: the
+// former leader first, as in a switchover (it demotes itself and its own
+// CDC stops; only then does the configuration listing it reach the other
+// targets, see ArbiterOptions.RejoinSettle), then the leader, then the
+// other targets in the background.
+func (a *Arbiter) demoteToTarget(ctx context.Context, s *Snapshot, p *pendingCluster, oldCfg *commonpb.ReplicateConfiguration, leader string, already bool) error {
+	cctx, cancel := a.callCtx(ctx)
+	leaderCfg, err := a.m.replicateConfigOf(cctx, leader)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if already && targetOf(leaderCfg, leader, p.id) {
+		return nil
+	}
+	entry := entryOf(oldCfg, p.id)
+	if entry == nil {
+		entry = p.entry
+	}
+	if entry == nil {
+		entry = a.newEntry(s, p.id)
+	}
+	if entryOf(leaderCfg, leader) == nil {
+		return fmt.Errorf("cannot build a configuration naming %s as a target of %s: the leader has no entry of its own", p.id, leader)
+	}
+	newCfg := withTarget(leaderCfg, leader, entry)
+	if !already {
+		if err := a.sendConfig(ctx, p.id, newCfg); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(a.opts.RejoinSettle):
+		}
+	}
+	if err := a.sendConfig(ctx, leader, newCfg); err != nil {
+		return err
+	}
+	for _, e := range newCfg.GetClusters() {
+		if id := e.GetClusterId(); id != leader && id != p.id {
+			a.sendInBackground(id, newCfg)
+		}
+	}
 	return nil
 }
 

@@ -59,6 +59,7 @@ func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), ar
 		ProbeInterval:     50 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
 		DetectAfter:       400 * time.Millisecond,
+		ProbeTimeout:      time.Second, // the default (2*ProbeInterval, 100ms) times out on a loaded machine and fails the leader over
 		WriteHold:         5 * time.Second,
 		BreakerOpenFor:    300 * time.Millisecond,
 		Logger:            logger,
@@ -283,7 +284,8 @@ func TestArbiterAttach(t *testing.T) {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts := topology.Options{PollInterval: 20 * time.Millisecond, ProbeInterval: 50 * time.Millisecond,
-		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger}
+		DiscoveryInterval: 100 * time.Millisecond, DetectAfter: 2 * time.Second, WriteHold: 5 * time.Second, Logger: logger,
+		ProbeTimeout: 2 * time.Second} // a loaded machine must not make d or b look down
 	for _, s := range []*sim.Cluster{a, b, d, e} {
 		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
 	}
@@ -304,9 +306,9 @@ func TestArbiterAttach(t *testing.T) {
 	ca, cd := dial(t, a.Addr()), dial(t, d.Addr())
 
 	for _, tc := range []struct{ id, want string }{
-		{"zz", `unknown cluster "zz"`},
+		{"zz", `unknown cluster "zz" (configured: a, b, d, e)`},
 		{"a", "a is the leader"},
-		{"b", "already a replication target of a"},
+		{"b", "b already replicates from a"},
 	} {
 		_, err := arb.Attach(context.Background(), tc.id)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Count(err.Error(), "refused") > 1 {
@@ -338,9 +340,64 @@ func TestArbiterAttach(t *testing.T) {
 	if _, err := arb.Attach(context.Background(), "d"); err == nil || !strings.Contains(err.Error(), "already") {
 		t.Fatalf("attach d again: %v", err)
 	}
+
+	// b is rebuilt: a new, empty deployment on its address. The leader
+	// still names it; attach detaches it first, then attaches it anew.
+	if err := m.SetQuarantine("b", "diverged"); err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addr()
+	b.Stop()
+	eventually(t, "b seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("b").Healthy })
+	b = startSimOn(t, "b", addr)
+	eventually(t, "the rebuilt b seen healthy", 10*time.Second, func() bool { return m.Snapshot().Cluster("b").Healthy })
+	// The proxy's connection to b may still be in its reconnect backoff:
+	// a failed attach says so and is retried, as an operator would.
+	for i := 0; ; i++ {
+		ch, err = arb.Attach(context.Background(), "b")
+		if err == nil || i == 20 || errors.Is(err, topology.ErrRefused) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("attach the rebuilt b: %v %+v", err, ch)
+	}
+	order = nil
+	for _, st := range ch.Steps {
+		order = append(order, st.Name+"@"+st.Cluster)
+	}
+	if got := strings.Join(order, ","); got != "read-configs@,detach@a,demote@b,attach@a" {
+		t.Fatalf("re-attach steps %s", got)
+	}
+	cb := dial(t, b.Addr())
+	ca.createLoaded("docs2")
+	ca.insert("docs2", 7)
+	eventuallyOr(t, "the rebuilt b replicates what a takes", 10*time.Second, func() bool { return cb.has("docs2", 7)[7] },
+		func() string { return fmt.Sprintf("a %+v\nb %+v", a.Status(), b.Status()) })
+	if c := m.Snapshot().Cluster("b"); c.Quarantined {
+		t.Fatalf("b still quarantined after the attach: %s", c.QuarantineReason)
+	}
 	e.Crash()
 	eventually(t, "e seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("e").Healthy })
 	if _, err := arb.Attach(context.Background(), "e"); err == nil || !strings.Contains(err.Error(), "not healthy") {
 		t.Fatalf("attach an unhealthy cluster: %v", err)
 	}
+}
+
+// startSimOn starts an empty simulated cluster on addr (a rebuilt one).
+func startSimOn(t *testing.T, id, addr string) *sim.Cluster {
+	t.Helper()
+	var c *sim.Cluster
+	var err error
+	for range 20 {
+		c, err = sim.Start(context.Background(), sim.Options{ClusterID: id, Users: users, TimeTickInterval: 20 * time.Millisecond, Listen: addr})
+		if err == nil {
+			t.Cleanup(c.Stop)
+			return c
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("starting %s on %s: %v", id, addr, err)
+	return nil
 }

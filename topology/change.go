@@ -400,6 +400,7 @@ const (
 	StepInstall     = "install"      // the proxy routes writes to the new leader
 	StepSettle      = "settle"       // a change that failed part-way is rolled forward or back
 	StepRelease     = "release"      // writes released to the leader of before
+	StepDetach      = "detach"       // attach: the leader lets go of a rebuilt former target
 )
 
 // describeConfig summarises a replicate configuration for a step record:

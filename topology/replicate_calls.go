@@ -190,6 +190,20 @@ func withTarget(cfg *commonpb.ReplicateConfiguration, leader string, target *com
 	return star(src, append(targets, proto.Clone(target).(*commonpb.MilvusCluster))...)
 }
 
+// withoutTarget returns the leader's configuration without target (its
+// entry and its edge removed).
+func withoutTarget(cfg *commonpb.ReplicateConfiguration, leader, target string) *commonpb.ReplicateConfiguration {
+	var targets []*commonpb.MilvusCluster
+	for _, e := range cfg.GetCrossClusterTopology() {
+		if e.GetSourceClusterId() == leader && e.GetTargetClusterId() != target {
+			if t := entryOf(cfg, e.GetTargetClusterId()); t != nil {
+				targets = append(targets, t)
+			}
+		}
+	}
+	return star(entryOf(cfg, leader), targets...)
+}
+
 // standaloneOf reports whether cfg makes id a primary standing alone (what
 // a force promotion leaves behind).
 func standaloneOf(cfg *commonpb.ReplicateConfiguration, id string) bool {

@@ -121,12 +121,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, " %s=%s (%s)", c.ID(), c.Addr(), role)
 	}
-	fmt.Fprintf(stdout, "\nconnect with: pymilvus MilvusClient(uri=\"http://%s\")  |  Go SDK milvusclient.New(ctx, &milvusclient.ClientConfig{Address: %q})\n", *listen, *listen)
-	fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause   crash the leader: curl -XPOST http://%s/sim/a/crash\n", *adminListen, *adminListen, *adminListen)
-	fmt.Fprintf(stdout, "status page: http://%s/ui   (the demo has no authentication: connect without a token)\n", *adminListen)
+	fmt.Fprintln(stdout)
+	// The hints name the addresses the proxy got, which differ from the
+	// flags' with port 0.
+	hints := func(addr, adminAddr string) {
+		fmt.Fprintf(stdout, "connect with: pymilvus MilvusClient(uri=\"http://%s\")  |  Go SDK milvusclient.New(ctx, &milvusclient.ClientConfig{Address: %q})\n", addr, addr)
+		fmt.Fprintf(stdout, "status: go run ./cmd/milvus-ha-proxy status --admin http://%s   faults: curl -XPOST http://%s/sim/b/replication/pause   crash the leader: curl -XPOST http://%s/sim/a/crash\n", adminAddr, adminAddr, adminAddr)
+		fmt.Fprintf(stdout, "status page: http://%s/ui   (the demo has no authentication: connect without a token)\n", adminAddr)
+	}
 	return runApp(ctx, app.Options{
 		Config:        cfg,
 		Logger:        logger,
 		AdminHandlers: map[string]http.Handler{"/sim/": fleet.Handler()},
-	}, stdout)
+	}, stdout, hints)
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 )
@@ -58,6 +59,12 @@ func TestDemoBecomesReady(t *testing.T) {
 			}
 			if !ready {
 				t.Fatalf("demo never became ready; stdout:\n%s", stdout.String())
+			}
+			// The hints name the addresses the proxy got, not port 0.
+			out := stdout.String()
+			admin := demoAdminRE.FindStringSubmatch(out)[1]
+			if !strings.Contains(out, "status page: http://"+admin+"/ui") || strings.Contains(out, ":0") {
+				t.Errorf("demo's hints do not name the address it got (%s):\n%s", admin, out)
 			}
 			cancel()
 			select {

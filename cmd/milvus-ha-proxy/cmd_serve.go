@@ -68,7 +68,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 2
 	}
-	return runApp(ctx, app.Options{Config: cfg, Logger: logger}, stdout)
+	return runApp(ctx, app.Options{Config: cfg, Logger: logger}, stdout, nil)
 }
 
 func overrideListen(cfg *config.Config, listen, adminListen string) {
@@ -80,9 +80,10 @@ func overrideListen(cfg *config.Config, listen, adminListen string) {
 	}
 }
 
-// runApp starts the proxy, prints where it listens, waits for ctx (a
-// signal) or a server failure, then drains.
-func runApp(ctx context.Context, opts app.Options, stdout io.Writer) int {
+// runApp starts the proxy, prints where it listens (and, when hints is
+// set, the lines it prints with the addresses the proxy got: demo), waits
+// for ctx (a signal) or a server failure, then drains.
+func runApp(ctx context.Context, opts app.Options, stdout io.Writer, hints func(addr, adminAddr string)) int {
 	logger := opts.Logger
 	a, err := app.New(ctx, opts)
 	if err != nil {
@@ -94,6 +95,9 @@ func runApp(ctx context.Context, opts app.Options, stdout io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "milvus-ha-proxy listening on %s (gRPC), admin on http://%s\n", a.Addr(), a.AdminAddr())
+	if hints != nil {
+		hints(a.Addr(), a.AdminAddr())
+	}
 	code := 0
 	select {
 	case <-ctx.Done():

@@ -174,7 +174,11 @@ func printStatus(w io.Writer, v admin.View) {
 		notes = append(notes, line)
 	}
 	if lc := v.LastChange; lc != nil {
-		line := fmt.Sprintf("last change: %s %s -> %s at %s (epoch %d, %s, took %s)", lc.Kind, orDash(lc.From), orDash(lc.To),
+		what := fmt.Sprintf("%s %s -> %s", lc.Kind, orDash(lc.From), orDash(lc.To))
+		if lc.Kind == "attach" {
+			what = fmt.Sprintf("attach %s to %s", orDash(lc.To), orDash(lc.From))
+		}
+		line := fmt.Sprintf("last change: %s at %s (epoch %d, %s, took %s)", what,
 			lc.At.UTC().Format(time.RFC3339), lc.Epoch, orDash(lc.Result), seconds(lc.TookSeconds))
 		if lc.Message != "" {
 			line += ": " + lc.Message

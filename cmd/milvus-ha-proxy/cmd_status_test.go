@@ -292,3 +292,40 @@ func TestAdminURLFromEnv(t *testing.T) {
 		t.Errorf("--admin %s did not win over $%s: exit %d\n%s", dead, envAdmin, code, errOut)
 	}
 }
+
+// TestStatusArbiter: with the etcd arbiter, status names the decider,
+// lists every proxy from etcd and says when this one is fenced.
+func TestStatusArbiter(t *testing.T) {
+	hb := time.Date(2026, 1, 2, 3, 4, 5, 600_000_000, time.UTC)
+	v := admin.View{Leader: "a", Epoch: 2, Ready: false, NotReadyReason: "cannot confirm the leader with the etcd arbiter",
+		Arbiter: &admin.ArbiterView{
+			Endpoints: []string{"etcd:2379"}, Prefix: "/milvus-ha-proxy/a+b", ProxyID: "p2", Decider: "p1",
+			Epoch: 3, Leader: "b", Fenced: true, FenceReason: "cannot confirm the leader with the etcd arbiter: etcd has not confirmed",
+			ChangeRunning: true,
+			Proxies: []admin.ProxyEntry{
+				{ID: "p1", Address: "10.0.0.1:9091", Epoch: 3, Leader: "b", Deciding: true, LastHeartbeat: hb},
+				{ID: "p2", Address: "10.0.0.2:9091", Epoch: 2, Leader: "a", LastHeartbeat: hb},
+			},
+		}}
+	var b strings.Builder
+	printStatus(&b, v)
+	out := b.String()
+	for _, want := range []string{
+		"arbiter: etcd etcd:2379 /milvus-ha-proxy/a+b | NOT CONNECTED | this proxy p2, follows p1 | topology epoch 3, leader b",
+		"WRITES FENCED: cannot confirm the leader with the etcd arbiter",
+		"a leader change recorded in etcd has not finished",
+		"PROXY", "LAST HEARTBEAT",
+		"p1     10.0.0.1:9091  3      b       03:04:05.600    yes",
+		"p2     10.0.0.2:9091  2      a       03:04:05.600",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	v.Arbiter = nil
+	b.Reset()
+	printStatus(&b, v)
+	if strings.Contains(b.String(), "PROXY") || strings.Contains(b.String(), "arbiter: etcd") {
+		t.Errorf("status without an arbiter mentions one:\n%s", b.String())
+	}
+}

@@ -53,7 +53,9 @@ func runAction(ctx context.Context, kind, about, note string, args []string, std
 		return 1
 	}
 	printResult(stdout, kind, res)
-	if note != "" {
+	// The note is about a promotion by force; a failover whose old
+	// leader answered was not one (no salvage checkpoint).
+	if note != "" && (kind != "failover" || len(res.SalvageCheckpoint) > 0) {
 		fmt.Fprintln(stdout, note)
 	}
 	return 0

@@ -106,23 +106,18 @@ type probe struct {
 // KNOWN and do not fail the test unless MHP_ABUSE_STRICT=1; any other
 // failure does. Remove an entry as soon as the engine meets it.
 var knownFailures = map[string]map[string]string{
-	// Resets are neither counted per connection nor answered with
-	// ENHANCE_YOUR_CALM: the abuser takes the CPU.
-	"rapid-reset-max/relay": {failThroughput: "resets are not counted per connection nor answered with ENHANCE_YOUR_CALM"},
-	"rapid-reset-max/grpc":  {failThroughput: "grpc-go serves every reset stream's handler: the abuser takes the CPU"},
-	// Both engines decode up to 16 MiB of header block before refusing
-	// it; the flood takes the CPU.
-	"continuation-flood/relay":        {failThroughput: "up to 16 MiB of CONTINUATION decoded per connection"},
-	"continuation-flood/grpc":         {failThroughput: "up to 16 MiB of CONTINUATION decoded per connection"},
-	"unary-no-end-stream/relay":       {failProbe: "a unary stream's messages are collected until END_STREAM"},
-	"upper-case-header-5-per-s/relay": {failProbe: "header names are not validated: the backend resets the request"},
-	// EMFILE from accept ends the relay's serve loop and the process.
-	"idle-tcp-over-fd-limit/relay": {
-		failErrors:     "the process exits on EMFILE",
-		failExited:     "the process exits on EMFILE",
-		failNewConn:    "the process exits on EMFILE",
-		failThroughput: "the process exits on EMFILE",
-	},
+	// grpc-go runs a handler for every stream before it sees the reset.
+	"rapid-reset-max/grpc": {failThroughput: "grpc-go serves every reset stream's handler: the abuser takes the CPU"},
+	// The relay ends a connection with GOAWAY ENHANCE_YOUR_CALM after
+	// its reset budget (1,000 at once); the abuser reconnects at once, and
+	// the bystander keeps 45-60% of its rate on a loaded 2-core machine
+	// (HAProxy: 15%).
+	"rapid-reset-max/relay": {failThroughput: "borderline: every new connection gets its reset budget before GOAWAY"},
+	// The relay decodes and drops a header block up to 16 MiB before
+	// GOAWAY ENHANCE_YOUR_CALM, grpc-go up to its 16 MiB header list
+	// limit: the flood of new connections takes the CPU.
+	"continuation-flood/relay": {failThroughput: "CONTINUATION read up to 16 MiB per connection before GOAWAY"},
+	"continuation-flood/grpc":  {failThroughput: "CONTINUATION decoded up to 16 MiB per connection"},
 	// Answers are buffered whole while the client grants no window (no
 	// back-pressure on the backend stream), and the backend connection
 	// the bystander shares stalls meanwhile.
@@ -134,9 +129,11 @@ var knownFailures = map[string]map[string]string{
 		failRSS:        "answers held whole while the client's window is closed",
 		failThroughput: "the shared backend connection stalls behind the held answers",
 	},
-	// 8 MiB header fields are accepted (16 MiB header list), decoded and
-	// forwarded upstream.
-	"8MiB-header/relay": {failThroughput: "8 MiB headers decoded and forwarded upstream"},
+	// relay.idle_timeout is the relay's: the grpc engine sets no
+	// MaxConnectionIdle (grpc-go resets some at 30-60 s).
+	"idle-after-preface/grpc": {failProbe: "the grpc engine has no idle timeout"},
+	// grpc-go accepts 8 MiB header fields (16 MiB header list), decodes
+	// and forwards them.
 	"8MiB-header/grpc": {
 		failRSS:        "8 MiB headers decoded and forwarded upstream",
 		failThroughput: "8 MiB headers decoded and forwarded upstream",
@@ -259,7 +256,7 @@ func runProbe(t *testing.T, p probe, engine string, long bool) cell {
 	if p.durations != nil {
 		p.durations(&d, long)
 	}
-	var o targetOptions
+	o := targetOptions{long: long}
 	if p.nofile != nil {
 		o.nofile = p.nofile(long)
 	}

@@ -45,12 +45,13 @@ type h2conn struct {
 	maxFrame   uint32
 	goAway     *http2.GoAwayFrame
 	goAwayData string
+	goAwaySent int64 // bytes we had written when the first GOAWAY came
 	resets     map[http2.ErrCode]int
 	statuses   map[string]int // grpc-status (or ":status N") of ended streams
 	ended      map[uint32]bool
 	dataRecv   int64
 	readErr    error
-	endedAt    time.Time // when the reader stopped
+	endedAt    time.Time     // when the peer sent GOAWAY or the reader stopped
 	done       chan struct{} // closed when the reader stops
 }
 
@@ -136,6 +137,24 @@ func (h *h2conn) close() {
 	<-h.done
 }
 
+// sentBeforeEnd is how many bytes we had written when the peer sent
+// GOAWAY, or all we wrote when it sent none.
+func (h *h2conn) sentBeforeEnd() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.goAway != nil {
+		return h.goAwaySent
+	}
+	return h.sent.Load()
+}
+
+// goneAway reports whether the peer sent GOAWAY.
+func (h *h2conn) goneAway() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.goAway != nil
+}
+
 // closed reports whether the reader saw the peer end the connection
 // (EOF, reset, or an error other than our own close).
 func (h *h2conn) closed() bool {
@@ -156,7 +175,9 @@ func (h *h2conn) readLoop() {
 		if err != nil {
 			h.mu.Lock()
 			h.readErr = err
-			h.endedAt = time.Now()
+			if h.endedAt.IsZero() {
+				h.endedAt = time.Now()
+			}
 			h.cond.Broadcast()
 			h.mu.Unlock()
 			return
@@ -198,7 +219,12 @@ func (h *h2conn) readLoop() {
 			h.mu.Unlock()
 		case *http2.GoAwayFrame:
 			h.mu.Lock()
-			h.goAway = f
+			if h.goAway == nil {
+				h.goAwaySent = h.sent.Load()
+				h.endedAt = time.Now()
+			}
+			g := *f // the frame's buffer is the framer's
+			h.goAway = &g
 			h.goAwayData = string(f.DebugData())
 			h.cond.Broadcast()
 			h.mu.Unlock()

@@ -244,7 +244,8 @@ func (tg *target) tail(n int) string {
 
 // targetOptions say how to start a target.
 type targetOptions struct {
-	nofile int // RLIMIT_NOFILE of the process; 0: inherited
+	nofile int  // RLIMIT_NOFILE of the process; 0: inherited
+	long   bool // the long form's config
 }
 
 // startTarget starts engine ("relay", "grpc" or "haproxy") in front of
@@ -258,7 +259,7 @@ func startTarget(t testing.TB, engine, backendAddr string, o targetOptions) *tar
 	if engine == "haproxy" {
 		tg.addr = freeAddr(t)
 		cfg := filepath.Join(dir, "haproxy.cfg")
-		writeFile(t, cfg, haproxyConfig(tg.addr, backendAddr))
+		writeFile(t, cfg, haproxyConfig(tg.addr, backendAddr, o.long))
 		argv = []string{haproxyPath, "-db", "-f", cfg}
 	} else {
 		bin, err := buildBinary(proxyPkg)
@@ -266,7 +267,7 @@ func startTarget(t testing.TB, engine, backendAddr string, o targetOptions) *tar
 			t.Fatal(err)
 		}
 		cfg := filepath.Join(dir, "proxy.yaml")
-		writeFile(t, cfg, proxyConfig(engine, backendAddr))
+		writeFile(t, cfg, proxyConfig(engine, backendAddr, o.long))
 		argv = []string{bin, "serve", "--config", cfg}
 	}
 	var cmd *exec.Cmd
@@ -364,9 +365,21 @@ func waitReadyz(t testing.TB, tg *target, admin string, deadline <-chan time.Tim
 	}
 }
 
+// idleTimeout is how long a client connection without a call may stay
+// open: the relay's relay.idle_timeout and HAProxy's timeout client. The
+// short form's is short enough for its idle probe to see every idle
+// connection closed; the long form's is what grpc-go closes them after.
+func idleTimeout(long bool) time.Duration {
+	if long {
+		return 30 * time.Second
+	}
+	return 500 * time.Millisecond
+}
+
 // proxyConfig is the proxy's config: static discovery of the one backend,
-// fast health probes, quiet logs.
-func proxyConfig(engine, backendAddr string) string {
+// fast health probes, quiet logs, the relay's defaults but for its idle
+// timeout.
+func proxyConfig(engine, backendAddr string, long bool) string {
 	return fmt.Sprintf(`listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 discovery: static
@@ -376,7 +389,8 @@ clusters:
 health: {probe_interval: 100ms, probe_timeout: 1s}
 drain: {grace_period: 1s}
 log: {level: warn}
-`, engine, backendAddr)
+relay: {idle_timeout: %s}
+`, engine, backendAddr, idleTimeout(long))
 }
 
 // haproxyPath is where Debian installs HAProxy.
@@ -384,19 +398,19 @@ const haproxyPath = "/usr/sbin/haproxy"
 
 // haproxyConfig relays h2 (prior knowledge, as gRPC clients speak it) to
 // the backend in h2, with HAProxy's defaults otherwise (maxconn derived
-// from the fd limit).
-func haproxyConfig(listen, backendAddr string) string {
+// from the fd limit) but for the client timeout (idleTimeout).
+func haproxyConfig(listen, backendAddr string, long bool) string {
 	return fmt.Sprintf(`defaults
     mode http
     timeout connect 5s
-    timeout client 60s
+    timeout client %dms
     timeout server 60s
 frontend grpc
     bind %s proto h2
     default_backend milvus
 backend milvus
     server b1 %s proto h2
-`, listen, backendAddr)
+`, idleTimeout(long).Milliseconds(), listen, backendAddr)
 }
 
 // freeAddr returns a loopback address nobody listens on right now.

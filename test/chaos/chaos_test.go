@@ -41,14 +41,16 @@ var stepNames = [...]string{"switchover", "failover", "kill-leader", "restart-si
 func (k stepKind) String() string { return stepNames[k] }
 
 // defaultKinds are the steps a run uses without MHP_CHAOS_KINDS (the
-// schedule `make test` runs): the kinds that pass today. The others still
-// break an invariant within a minute (`make chaos` runs them all, "all",
-// and prints each failing seed with its replay command): a forced failover
-// or a leader kill ends with two writable clusters when an alternative
-// ran ahead or the proxy restarted since, and a switchover while a third
-// cluster's replication is paused leaves that cluster without the old
-// leader's last writes, lost once it leads.
-const defaultKinds = "switchover,restart-proxy"
+// schedule `make test` runs): the kinds that pass today (5 of 5 seeds,
+// 59-231 steps each). The others still break an invariant within a few
+// minutes (`make chaos` runs them all, "all", and prints each failing seed
+// with its replay command): after a leader kill the proxy, restarted,
+// forgets which clusters it quarantined and lets one lead again (acknowledged
+// writes lost); a killed leader that returns while an alternative is
+// quarantined leaves two writable clusters; a switchover to a target whose
+// replication is paused fails part-way and is settled by promoting another
+// cluster by force, or, after a proxy restart, not at all.
+const defaultKinds = "switchover,failover,restart-proxy"
 
 // parseKinds reads a comma-separated list of step names, or "all".
 func parseKinds(s string) (map[stepKind]bool, error) {
@@ -355,6 +357,9 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 			}
 		}
 		if msg := r.checkKept(leader, l.snapshot(), atRisk); msg != "" {
+			if w.diverged[leader] {
+				msg += fmt.Sprintf("; %s is a former leader of a lossy change, never rebuilt, and the proxy let it lead again", leader)
+			}
 			fail("%s", msg)
 			return
 		}
@@ -391,7 +396,12 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 		fail("%d Session reads missed the worker's own acknowledged insert", bad)
 	}
 	checked, inconclusive := checkLinearizable(t, ops, lossy)
-	if n, ex := heldWritesFailed(ops, proxyDown); n > 0 {
+	if n, ex := failedWhileUp(ops, proxyDown, opEventually); n > 0 {
+		// Not an invariant: with every alternative quarantined or down an
+		// Eventually read has nowhere to go but the leader.
+		t.Logf("%d Eventually reads failed while the proxy was up; e.g.\n%s", n, ex)
+	}
+	if n, ex := failedWhileUp(ops, proxyDown, opInsert, opUpsert); n > 0 {
 		fail("%d writes failed while the proxy was up, though a write that never reached a backend must wait up to write_hold (%s) for a writable leader and only an unknown outcome may come back; e.g.\n%s", n, writeHold, ex)
 	}
 
@@ -413,14 +423,14 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 // still fail on its connection (dial backoff at most 500ms, see dial).
 const reconnectGrace = 3 * time.Second
 
-// heldWritesFailed counts the writes that failed outside the windows in
-// which the proxy process itself was down, other than those reported as of
-// unknown outcome.
-func heldWritesFailed(ops []op, proxyDown []window) (int, string) {
+// failedWhileUp counts the calls of the given kinds that failed outside
+// the windows in which the proxy process itself was down, other than
+// writes reported as of unknown outcome.
+func failedWhileUp(ops []op, proxyDown []window, kinds ...opKind) (int, string) {
 	n := 0
 	var ex []string
 	for _, o := range ops {
-		if (o.kind != opInsert && o.kind != opUpsert) || o.out != failed || strings.Contains(o.err.Error(), "outcome unknown") {
+		if !slices.Contains(kinds, o.kind) || o.out != failed || strings.Contains(o.err.Error(), "outcome unknown") {
 			continue
 		}
 		overlaps := false

@@ -34,10 +34,11 @@ const (
 	opUpsert                // a shared register
 	opSession               // Session read of the worker's own last insert
 	opStrong                // Strong read of a shared register
+	opEventually            // Eventually read of one of the worker's earlier inserts
 )
 
 func (k opKind) String() string {
-	return [...]string{"insert", "upsert", "session-read", "strong-read"}[k]
+	return [...]string{"insert", "upsert", "session-read", "strong-read", "eventually-read"}[k]
 }
 
 type outcome int
@@ -241,6 +242,12 @@ func (l *load) worker(w int, c *client, rng *rand.Rand) {
 			if ins.out == acked {
 				l.record(l.read(c, w, opSession, pk, ins.ts))
 			}
+			if seq%3 == 0 {
+				// Served by an alternative while one is eligible, during
+				// leader changes too.
+				earlier := int64(w+1)*1_000_000_000 + 1 + rng.Int64N(seq)
+				l.record(l.read(c, w, opEventually, earlier, 0))
+			}
 		}
 		time.Sleep(l.pace)
 	}
@@ -279,8 +286,11 @@ func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) o
 	ctx, cancel := callCtx()
 	defer cancel()
 	level := commonpb.ConsistencyLevel_Session
-	if kind == opStrong {
+	switch kind {
+	case opStrong:
 		level = commonpb.ConsistencyLevel_Strong
+	case opEventually:
+		level = commonpb.ConsistencyLevel_Eventually
 	}
 	var hdr metadata.MD
 	rows, err := c.query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
@@ -352,7 +362,7 @@ func summary(ops []op) string {
 		n[key{o.kind, o.out}]++
 	}
 	var parts []string
-	for k := opInsert; k <= opStrong; k++ {
+	for k := opInsert; k <= opEventually; k++ {
 		parts = append(parts, fmt.Sprintf("%s %d ok/%d failed", k, n[key{k, acked}], n[key{k, failed}]))
 	}
 	return strings.Join(parts, ", ")
@@ -364,12 +374,20 @@ func summary(ops []op) string {
 type window struct{ from, to time.Time }
 
 // checkSession: a Session read sees the worker's own acknowledged insert,
-// unless that insert was put at risk by a lossy change; a read never
-// returns a value nobody wrote or a key twice.
+// unless that insert was put at risk by a lossy change; no read returns a
+// value nobody wrote or a key twice.
 func checkSession(t testing.TB, ops []op, atRisk map[int64]bool) int {
 	t.Helper()
 	bad := 0
 	for _, o := range ops {
+		if o.kind == opEventually && o.out == acked {
+			if o.found && o.val != o.pk {
+				t.Errorf("Eventually read of %d returned value %d, never written", o.pk, o.val)
+			}
+			if o.rows > 1 {
+				t.Errorf("Eventually read of %d returned %d rows: a write applied twice", o.pk, o.rows)
+			}
+		}
 		if o.kind != opSession || o.out != acked {
 			continue
 		}

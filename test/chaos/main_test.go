@@ -10,14 +10,20 @@
 // After every step (or burst of back-to-back steps), within a bound:
 // exactly one cluster accepts writes (asked of each cluster directly), the
 // proxy routes writes to it and /readyz is 200; no acknowledged write that
-// had replicated to the new leader is lost. At the end no Session read
-// missed its own write and the Strong history of the shared registers is
-// linearizable (porcupine).
+// the new leader held before a lossy change (or any, without one) is lost.
+// At the end: no insert is applied twice, no Session read missed its own
+// write, the Strong history of the shared registers is linearizable
+// (porcupine, from an unknown value after each lossy change), and no write
+// failed while the proxy process was up other than with an unknown
+// outcome (writes wait up to write_hold for a writable leader).
 //
 // Knobs (environment):
 //
 //	MHP_CHAOS_SEED=N      run this seed (a failure prints it, with the step count)
 //	MHP_CHAOS_STEPS=N     run exactly N steps per seed (replay)
+//	MHP_CHAOS_KINDS=...   the kinds of step to draw from, comma-separated, or
+//	                      all (default: the kinds that pass today, see
+//	                      defaultKinds)
 //	MHP_CHAOS_SECONDS=S   total time budget; seeds run one after another
 //	                      until it is spent (default 40: `make test`;
 //	                      `make chaos SECONDS=600` for a long run)

@@ -44,7 +44,7 @@ func connectSnippets(t *testing.T) map[string]string {
 		}
 		out[m[1]] = m[2]
 	}
-	for _, lang := range []string{"python", "go"} {
+	for _, lang := range []string{"python", "go", "javascript"} {
 		s, ok := out[lang]
 		if !ok {
 			t.Fatalf("README \"## Connect\" has no %s example", lang)
@@ -56,7 +56,7 @@ func connectSnippets(t *testing.T) map[string]string {
 	return out
 }
 
-// TestReadmeConnectExamples runs the README's Python and Go connect
+// TestReadmeConnectExamples runs the README's Python, Go and Node connect
 // examples, as written, against a fresh demo: each creates a collection,
 // inserts 1000 random rows and searches for row 7's vector at Session
 // consistency, so row 7 must come first (the client reads its own
@@ -77,6 +77,29 @@ func TestReadmeConnectExamples(t *testing.T) {
 			out := runExample(t, d, exec.Command(py, src))
 			if !regexp.MustCompile(`(?m)^\[7, \d+, \d+\]$`).MatchString(out) {
 				t.Fatalf("run %d: want [7, x, y] (row 7 first, 3 hits), got:\n%s", run, out)
+			}
+		}
+	})
+
+	t.Run("node", func(t *testing.T) {
+		modules := filepath.Join(root, "test", "sdk", "node", "node_modules")
+		if _, err := os.Stat(filepath.Join(modules, "@zilliz", "milvus2-sdk-node")); err != nil {
+			skipOrFail(t, "no Node SDK in %s (make sdk-deps installs it)", modules)
+		}
+		node, err := exec.LookPath("node")
+		if err != nil {
+			skipOrFail(t, "node not installed")
+		}
+		src := filepath.Join(t.TempDir(), "connect.js")
+		if err := os.WriteFile(src, []byte(strings.ReplaceAll(snippets["javascript"], readmeAddr, d.addr)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for run := 1; run <= 2; run++ {
+			cmd := exec.Command(node, src)
+			cmd.Env = append(os.Environ(), "NODE_PATH="+modules)
+			out := runExample(t, d, cmd)
+			if !regexp.MustCompile(`(?m)^\[ '7', '\d+', '\d+' \]$`).MatchString(out) {
+				t.Fatalf("run %d: want [ '7', 'x', 'y' ] (row 7 first, 3 hits), got:\n%s", run, out)
 			}
 		}
 	})
@@ -127,6 +150,7 @@ func runExample(t *testing.T, d *demo, cmd *exec.Cmd) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	c.Env = cmd.Env
 	var stderr strings.Builder
 	c.Stderr = &stderr
 	out, err := c.Output()

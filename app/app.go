@@ -103,6 +103,11 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		}
 	}
 	topoOpts.HoldObserver = tel.Metrics
+	if cfg.Arbiter.Enabled() {
+		// A proxy that does not decide routes by the decider's leader
+		// only (a.etcd is set below, before the topology starts).
+		topoOpts.FollowsLeader = func() bool { return a.etcd != nil && !a.etcd.Deciding() }
+	}
 	a.topo, err = topology.New(topoOpts)
 	if err != nil {
 		a.closePartial(ctx)

@@ -27,8 +27,9 @@ type fastCall struct {
 	cl     *topology.Cluster
 	done   func(bool) // the breaker's
 	us     ustream
-	write  bool // a leader call (else a read)
-	resent bool // a refused attempt was sent again
+	up     upRef // the backend stream, for a client's RST_STREAM
+	write  bool  // a leader call (else a read)
+	resent bool  // a refused attempt was sent again
 }
 
 // startUnary takes a complete unary request on the connection's reader
@@ -117,7 +118,8 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 		fc.slowAttempt(cl)
 		return
 	}
-	fc.st.abortUp.Store(&upRef{u: u, id: fc.us.id})
+	fc.up = upRef{u: u, id: fc.us.id} // in fc: no allocation of its own
+	fc.st.abortUp.Store(&fc.up)
 }
 
 // slowAttempt makes the attempt at cl, and the rest, on a worker.

@@ -271,6 +271,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
 	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
 	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
 	u.w.init(bw, u.fr)
 	u.flow.init()

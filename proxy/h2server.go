@@ -362,6 +362,9 @@ func newDconn(r *relayServer, nc net.Conn) *dconn {
 	}
 	d.fr = http2.NewFramer(d.out, d.br)
 	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	// DATA frames are copied out (msgAssembler) before the next read:
+	// the framer may reuse one DataFrame.
+	d.fr.SetReuseFrames()
 	d.hr = newHeaderReader(lim.MaxHeaderListSize)
 	d.w.init(d.out, d.fr)
 	d.flow.init()

@@ -172,6 +172,9 @@ type failoverRun struct {
 	from, to  string
 	auto      bool
 	holdStart time.Time
+	// oldDemoted: the old leader already took the new configuration; it
+	// is no primary to fall back to.
+	oldDemoted bool
 
 	pos     []position  // every target's checkpoints of from's pchannels
 	cands   []candidate // those that may be promoted
@@ -191,6 +194,21 @@ type failoverRun struct {
 func (a *Arbiter) failover(ctx context.Context, s *Snapshot, from, to string, auto bool) (Change, error) {
 	f := &failoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, auto), s: s, from: from, to: to, auto: auto,
 		quarantine: map[string]string{}}
+	return a.runFailover(ctx, f)
+}
+
+// failoverDemoted force-promotes to after the old leader from already
+// demoted itself (it took the new configuration but to never took over):
+// if that fails too, writes stay held (there is no primary to release
+// them to) and the change is settled again after detect_after.
+func (a *Arbiter) failoverDemoted(ctx context.Context, from, to string, auto bool) (Change, error) {
+	f := &failoverRun{changeRun: a.beginChange(ctx, KindFailover, from, to, auto), s: a.m.Snapshot(), from: from, to: to, auto: auto,
+		quarantine: map[string]string{}, oldDemoted: true}
+	return a.runFailover(ctx, f)
+}
+
+func (a *Arbiter) runFailover(ctx context.Context, f *failoverRun) (Change, error) {
+	s, from := f.s, f.from
 	if err := f.hold(ctx); err != nil {
 		return f.abandon(ctx, err)
 	}
@@ -473,6 +491,9 @@ func (f *failoverRun) done(ctx context.Context) Change {
 // writes go to the old leader again.
 func (f *failoverRun) abandon(ctx context.Context, err error) (Change, error) {
 	m := f.a.m
+	if f.oldDemoted {
+		return f.stayStuck(ctx, err)
+	}
 	m.setFenced(f.from, false)
 	if rerr := m.ReleaseWrites(); rerr != nil {
 		err = errors.Join(err, rerr)
@@ -619,4 +640,20 @@ func (a *Arbiter) cancelBackground() {
 		c()
 		delete(a.bgCancel, seq)
 	}
+}
+
+// stayStuck ends a failover that promoted nobody after the old leader had
+// demoted itself: writes stay held and the old leader fenced, and the
+// change is recorded as stuck, for settle to retry after detect_after
+// (rolled forward once to, or another cluster, takes over).
+func (f *failoverRun) stayStuck(ctx context.Context, err error) (Change, error) {
+	a, m := f.a, f.a.m
+	a.mu.Lock()
+	a.stuck, a.stuckSince = &stuckSwitchover{from: f.from, to: f.to}, a.mo.Now()
+	a.mu.Unlock()
+	_ = m.HoldWrites(fmt.Sprintf("%s demoted itself but %s did not take over (%v); settled again after detect_after", f.from, f.to, err))
+	ch := f.finish(ctx, ResultFailed, fmt.Sprintf("%v; %s already demoted itself: writes stay held until %s takes over", err, f.from, f.to))
+	a.setPhase(PhaseStuck)
+	a.log.Error("failover stuck after the old leader demoted itself; writes stay held", "from", f.from, "to", f.to, "err", err)
+	return ch, fmt.Errorf("failover from %s to %s: %w", f.from, f.to, err)
 }

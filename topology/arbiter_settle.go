@@ -110,12 +110,8 @@ func (a *Arbiter) settleStuck(ctx context.Context, st stuckSwitchover) {
 		a.endStuck(ctx, r, err, fmt.Sprintf("rolled back: %s is still a primary in its own configuration; %s never took over", st.from, st.to))
 	default:
 		r.finish(ctx, ResultOK, fmt.Sprintf("neither %s nor %s is a primary in its own configuration: rolling forward by force-promoting %s", st.from, st.to, st.to))
-		if _, err := a.failover(ctx, m.Snapshot(), st.from, st.to, true); err != nil {
-			a.log.Error("settling the stuck switchover by force promotion failed; retrying", "from", st.from, "to", st.to, "err", err)
-			a.mu.Lock()
-			a.stuck, a.stuckSince = &st, a.mo.Now()
-			a.mu.Unlock()
-			_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck; settling", st.from, st.to))
+		if _, err := a.failoverDemoted(ctx, st.from, st.to, true); err != nil {
+			a.log.Error("settling the stuck switchover by force promotion failed; retrying after detect_after", "from", st.from, "to", st.to, "err", err)
 		}
 	}
 }

@@ -59,6 +59,7 @@ func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), ar
 		ProbeInterval:     50 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
 		DetectAfter:       400 * time.Millisecond,
+		ProbeTimeout:      time.Second, // the default (2*ProbeInterval, 100ms) times out on a loaded machine and fails the leader over
 		WriteHold:         5 * time.Second,
 		BreakerOpenFor:    300 * time.Millisecond,
 		Logger:            logger,

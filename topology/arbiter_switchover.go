@@ -93,6 +93,12 @@ func (a *Arbiter) failoverReachable(ctx context.Context, s *Snapshot, from, to s
 		w.finish(ctx, ResultFailed, fmt.Sprintf("%v; promoting %s by force", why, to))
 		return a.failover(ctx, a.m.Snapshot(), from, to, false)
 	}
+	// After the old leader demoted itself there is no primary to fall
+	// back to: a promotion by force that fails leaves the change stuck.
+	forceDemoted := func(why error) (Change, error) {
+		w.finish(ctx, ResultFailed, fmt.Sprintf("%v; promoting %s by force", why, to))
+		return a.failoverDemoted(ctx, from, to, false)
+	}
 	if err := w.readConfig(ctx); err != nil {
 		a.setPhase(PhaseSteady)
 		return force(err)
@@ -109,10 +115,10 @@ func (a *Arbiter) failoverReachable(ctx context.Context, s *Snapshot, from, to s
 	pctx, cancel := context.WithTimeout(ctx, 2*max(a.opts.DrainTimeout, time.Second))
 	defer cancel()
 	if err := w.promoteTarget(pctx); err != nil {
-		return force(fmt.Errorf("%s did not take over after %s demoted itself: %w", to, from, err))
+		return forceDemoted(fmt.Errorf("%s did not take over after %s demoted itself: %w", to, from, err))
 	}
 	if err := w.install(ctx); err != nil {
-		return force(err)
+		return forceDemoted(err)
 	}
 	a.mu.Lock()
 	a.stuck = nil

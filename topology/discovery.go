@@ -124,6 +124,10 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 		return false, meta.Epoch, m.recordClaims(tx, t.claims)
 	}
 	leader := m.chooseLeader(meta.LeaderID, &t)
+	if leader != meta.LeaderID && meta.LeaderID != "" && m.opts.FollowsLeader != nil && m.opts.FollowsLeader() {
+		// Another proxy decides; it installs the leader it chose.
+		return false, meta.Epoch, m.recordClaims(tx, t.claims)
+	}
 	if leader == "" {
 		msg := m.noLeaderReason(&t)
 		if meta.DiscoveryError != msg {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -701,5 +702,49 @@ func TestDiscoveryReplicateStandalone(t *testing.T) {
 	s2 := waitFor(t, m2, "discovery error", func(s *Snapshot) bool { return s.DiscoveryError != "" })
 	if s2.Leader != nil {
 		t.Fatalf("two unjoined clusters got a leader: %s", describe(s2))
+	}
+}
+
+// TestDiscoveryFollowsInstalledLeader: a proxy that follows another's
+// decisions (the etcd arbiter's followers) keeps the leader it was given
+// when the clusters' configurations name another, and records the claims;
+// once it decides itself, discovery moves the leader again.
+func TestDiscoveryFollowsInstalledLeader(t *testing.T) {
+	a, b, c := startFake(t, "a"), startFake(t, "b"), startFake(t, "c")
+	for _, f := range []*fakeMilvus{a, b, c} {
+		f.set(func(f *fakeMilvus) { f.cfg = starConfig("a", 2, "b", "c") })
+	}
+	var following atomic.Bool
+	following.Store(true)
+	opts := testOptions(DiscoveryReplicate, cluster(a, ""), cluster(b, ""), cluster(c, ""))
+	opts.FollowsLeader = following.Load
+	m := startManager(t, opts)
+	waitFor(t, m, "leader a (a proxy with no leader still discovers its first)", func(s *Snapshot) bool { return s.Leader != nil && s.Leader.ID == "a" })
+
+	// A switchover the decider ran: the clusters say b before this proxy
+	// has read the decider's document.
+	for _, f := range []*fakeMilvus{a, b, c} {
+		f.set(func(f *fakeMilvus) { f.cfg = starConfig("b", 2, "a", "c") })
+	}
+	m.Rediscover()
+	s := waitFor(t, m, "b's claim recorded", func(s *Snapshot) bool { return s.Cluster("b").ClaimsPrimary })
+	if s.Leader.ID != "a" || s.Epoch != 0 {
+		t.Fatalf("a follower moved its leader by discovery: %s", describe(s))
+	}
+	// The decider's document arrives.
+	if err := m.InstallLeader(Promotion{Leader: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, "leader b installed", func(s *Snapshot) bool { return s.Leader != nil && s.Leader.ID == "b" })
+
+	// Deciding itself, discovery moves the leader as without an arbiter.
+	following.Store(false)
+	for _, f := range []*fakeMilvus{a, b, c} {
+		f.set(func(f *fakeMilvus) { f.cfg = starConfig("c", 2, "a", "b") })
+	}
+	m.Rediscover()
+	s = waitFor(t, m, "leader c discovered", func(s *Snapshot) bool { return s.Leader != nil && s.Leader.ID == "c" })
+	if s.Epoch <= 1 {
+		t.Fatalf("epoch %d after two leader changes", s.Epoch)
 	}
 }

@@ -71,6 +71,16 @@ type Options struct {
 	// (metrics).
 	HoldObserver HoldObserver
 
+	// FollowsLeader, when set and true, says another proxy decides the
+	// leader (the etcd arbiter's decider) and this one installs it with
+	// InstallLeader: discovery then keeps the installed leader even when
+	// the clusters' configurations name another, and only refreshes roles
+	// and claims. Without it a follower whose discovery ran before the
+	// decider's topology document arrived would route writes, for a
+	// moment, to a leader of its own choosing (see docs/arbiter.md).
+	// Discovery still chooses the first leader of a proxy that has none.
+	FollowsLeader func() bool
+
 	// Breaker tuning. BreakerFailures consecutive failures open a
 	// cluster's breaker (default 5); it stays open BreakerOpenFor (default
 	// 2s), then lets BreakerHalfOpenRequests trial requests through

@@ -70,6 +70,7 @@ func TestAgainstSimulatedClusters(t *testing.T) {
 		ProbeInterval:     50 * time.Millisecond,
 		DiscoveryInterval: 100 * time.Millisecond,
 		DetectAfter:       500 * time.Millisecond,
+		ProbeTimeout:      time.Second, // the default (2*ProbeInterval, 100ms) times out on a loaded machine
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	for _, s := range []*sim.Cluster{a, b, c} {

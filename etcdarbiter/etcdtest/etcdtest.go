@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -18,12 +21,68 @@ import (
 	"go.uber.org/zap"
 )
 
-// Server is an embedded single-member etcd.
+// Server is a single-member etcd: embedded, or a process of an etcd
+// binary (StartBinary).
 type Server struct {
 	// Endpoint is the client address, host:port.
 	Endpoint string
 	e        *embed.Etcd
+	cmd      *exec.Cmd
 	stopOnce sync.Once
+}
+
+// StartBinary runs the etcd binary at path (Debian's etcd-server is etcd
+// 3.4, the oldest the arbiter supports) with its data in a temporary
+// directory, waits until it answers and stops it when the test ends.
+func StartBinary(t testing.TB, path string) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	var last error
+	for range 5 {
+		client, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(path, "--name", "etcdtest", "--data-dir", filepath.Join(dir, client),
+			"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+			"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
+			"--initial-cluster", "etcdtest=http://"+peer, "--log-level", "error")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("etcdtest: starting %s: %v", path, err)
+		}
+		s := &Server{Endpoint: client, cmd: cmd}
+		if last = waitServing(client, 30*time.Second); last == nil {
+			t.Cleanup(s.Stop)
+			return s
+		}
+		s.Stop()
+	}
+	t.Fatalf("etcdtest: %s did not serve: %v", path, last)
+	return nil
+}
+
+// waitServing waits until an etcd at addr answers its /health endpoint.
+func waitServing(addr string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	hc := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := hc.Get("http://" + addr + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("/health answered %s", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Start starts an etcd member with its data in a temporary directory and
@@ -79,7 +138,15 @@ func StartIn(dir string) (*Server, error) {
 
 // Stop stops the member.
 func (s *Server) Stop() {
-	s.stopOnce.Do(func() { s.e.Close() })
+	s.stopOnce.Do(func() {
+		if s.e != nil {
+			s.e.Close()
+		}
+		if s.cmd != nil {
+			_ = s.cmd.Process.Kill()
+			_ = s.cmd.Wait()
+		}
+	})
 }
 
 func freePort() (string, error) {

@@ -71,8 +71,9 @@ func TestReadmeTryAFailover(t *testing.T) {
 	// What each block must print, besides exiting 0: what the README
 	// says the reader will see.
 	want := [][]string{
-		{"errors: none", "leader change at", ": a -> "},
+		{"leader change at", ": a -> "},
 		{"a is down", "a is QUARANTINED", "never replicated"},
+		{"crash, data wiped", "attach done: a is a replication target of"},
 	}
 	if len(blocks) != len(want) {
 		t.Fatalf("README \"Try a failover\" has %d sh blocks; the test knows what %d of them print", len(blocks), len(want))
@@ -87,10 +88,62 @@ func TestReadmeTryAFailover(t *testing.T) {
 		if err != nil {
 			t.Fatalf("README \"Try a failover\" block %d failed: %v\n--- script\n%s\n--- output\n%s", i+1, err, script, out)
 		}
+		if i == 0 {
+			if msg := onlyUnknownOutcomes(string(out)); msg != "" {
+				t.Errorf("README \"Try a failover\" block 1: %s\n--- output\n%s", msg, out)
+			}
+		}
 		for _, w := range want[i] {
 			if !strings.Contains(string(out), w) {
 				t.Errorf("README \"Try a failover\" block %d: output lacks %q\n--- output\n%s", i+1, w, out)
 			}
+		}
+	}
+}
+
+// onlyUnknownOutcomes checks a bench report for what the README promises
+// during the crash: no errors, or only writes in flight at the crash whose
+// outcome is unknown. It returns what is wrong, or "".
+func onlyUnknownOutcomes(report string) string {
+	if strings.Contains(report, "errors: none") {
+		return ""
+	}
+	lines := strings.Split(report, "\n")
+	for i, l := range lines {
+		if !strings.Contains(l, "errors by code:") {
+			continue
+		}
+		n := 0
+		for _, e := range lines[i+1:] {
+			if !strings.HasPrefix(e, "    ") {
+				break
+			}
+			if !strings.Contains(e, "outcome unknown") {
+				return "an error other than an unknown outcome: " + strings.TrimSpace(e)
+			}
+			n++
+		}
+		if n == 0 {
+			return "errors counted but not listed"
+		}
+		return ""
+	}
+	return `neither "errors: none" nor an "errors by code" list`
+}
+
+func TestOnlyUnknownOutcomes(t *testing.T) {
+	for _, tc := range []struct {
+		report string
+		ok     bool
+	}{
+		{"x:\n  errors: none\n  reads per cluster: a 1", true},
+		{"x:\n  errors by code: milvus:65535=1\n    milvus:65535: milvus-ha-proxy: Insert outcome unknown: it was sent\n  reads per cluster: a 1", true},
+		{"x:\n  errors by code: Unavailable=2\n    Unavailable: no leader\n  reads", false},
+		{"x:\n  errors by code: Unavailable=2\n  reads", false},
+		{"nothing", false},
+	} {
+		if got := onlyUnknownOutcomes(tc.report) == ""; got != tc.ok {
+			t.Errorf("onlyUnknownOutcomes(%q) ok=%v, want %v", tc.report, got, tc.ok)
 		}
 	}
 }

@@ -15,8 +15,9 @@
 // acknowledged write that reached the new leader was lost.
 //
 // MHP_MULTIPROXY_LONG=1 adds the slower scenarios (the decider killed in
-// the middle of a failover). MHP_BIN=path uses that binary instead of
-// building one.
+// the middle of a failover). MHP_ETCD_BIN=path runs that etcd binary
+// (e.g. /usr/bin/etcd of Debian's etcd-server, 3.4) instead of the
+// embedded server. MHP_BIN=path uses that binary instead of building one.
 package multiproxy_test
 
 import (

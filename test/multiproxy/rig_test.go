@@ -62,7 +62,11 @@ func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{t: t, root: t.TempDir(), ids: []string{"a", "b", "c"}, sims: map[string]*simProc{},
 		direct: map[string]*client{}, hc: &http.Client{Timeout: 5 * time.Second}}
-	r.etcd = etcdtest.Start(t)
+	if bin := os.Getenv("MHP_ETCD_BIN"); bin != "" {
+		r.etcd = etcdtest.StartBinary(t, bin)
+	} else {
+		r.etcd = etcdtest.Start(t)
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	errs := make([]error, len(r.ids))

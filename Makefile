@@ -25,12 +25,12 @@ lint: vet $(BIN)/staticcheck
 # prereq first: it names a missing tool before anything is installed;
 # sdk-deps and ui-deps before test-go, whose quickstart tests use the venv
 # and Chromium.
-test: prereq lint sdk-deps ui-deps test-go test-sdk test-milvus
+test: prereq lint sdk-deps ui-deps h2spec-deps test-go test-fuzz test-sdk test-milvus
 
 # PYTHON: the venv of sdk-deps, which test/quickstart runs README's
 # Python example with.
 test-go:
-	PYTHON=$(abspath $(SDK_VENV))/bin/python $(GO) test $(GOTEST_FLAGS) ./...
+	PYTHON=$(abspath $(SDK_VENV))/bin/python H2SPEC=$(BIN)/h2spec $(GO) test $(GOTEST_FLAGS) ./...
 
 demo:
 	$(GO) run ./cmd/milvus-ha-proxy demo
@@ -42,3 +42,4 @@ include mk/abuse.mk
 include mk/milvus.mk
 include mk/multiproxy.mk
 include mk/perf.mk
+include mk/h2spec.mk

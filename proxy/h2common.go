@@ -29,8 +29,9 @@ const (
 	// Receive windows we grant peers: per stream and per connection.
 	relayStreamWindow = 4 << 20
 	relayConnWindow   = 16 << 20
-	// Our SETTINGS_MAX_FRAME_SIZE: peers may send DATA frames this big.
-	relayMaxReadFrame = 1 << 20
+	// Our SETTINGS_MAX_FRAME_SIZE: HTTP/2's default, the frame size
+	// grpc-go writes whatever its peer allows.
+	relayMaxReadFrame = 16 << 10
 	// Credit is returned once this much of a window has been consumed.
 	relayStreamUpdate = relayStreamWindow / 4
 	relayConnUpdate   = relayConnWindow / 4
@@ -542,6 +543,20 @@ const maxWindow = 1<<31 - 1
 
 // addConn adds the peer's WINDOW_UPDATE to the connection window; false:
 // it would pass maxWindow, a connection error FLOW_CONTROL_ERROR.
+// takeNow reserves what both windows allow now, up to want, without
+// waiting.
+func (f *flow) takeNow(sf *streamFlow, want int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || sf.reset {
+		return 0
+	}
+	n := max(0, min(int64(want), f.conn, sf.win))
+	f.conn -= n
+	sf.win -= n
+	return int(n)
+}
+
 func (f *flow) addConn(n int64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

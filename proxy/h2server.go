@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -337,6 +338,10 @@ type dconn struct {
 	closedIDs             [16]uint32 // the last streams that ended, a ring
 	closedNext            int
 
+	// rejects are answers to non-gRPC requests waiting for window
+	// credit (reader goroutine only).
+	rejects []*dstream
+
 	// The reader goroutine's abuse accounting.
 	resetBudget, ctrlBudget rateBudget
 	lastPing                time.Time
@@ -379,6 +384,10 @@ const (
 	kindStream
 	kindHealthCheck
 	kindHealthWatch
+	// kindReject is a request that is not gRPC (HTTP 405 or 415): its
+	// body is read and dropped, then it is answered, as an HTTP server
+	// would, never forwarded.
+	kindReject
 )
 
 func (st *dstream) sendFlow() *streamFlow { return &st.sf }
@@ -405,6 +414,14 @@ type dstream struct {
 
 	// Streaming methods: complete messages for the backend.
 	in *msgQueue
+
+	// clen is the request's content-length (-1: none), got the DATA
+	// bytes received: RFC 9113 section 8.1.1 makes a mismatch malformed.
+	clen, got int64
+	// kindReject: the HTTP status and message, and the answer's body
+	// while it waits for flow-control credit.
+	rejectStatus, rejectMsg string
+	pendingBody             []byte
 
 	// abortUp is the backend stream a fast-path call waits on.
 	abortUp atomic.Pointer[upRef]
@@ -577,7 +594,12 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		if !d.ctrlBudget.take(time.Now(), float64(lim.ControlFramesPerSecond), 10*float64(lim.ControlFramesPerSecond)) {
 			return calmError("too many SETTINGS")
 		}
-		return d.onSettings(f)
+		if err := d.onSettings(f); err != nil {
+			return err
+		}
+		if len(d.rejects) > 0 {
+			d.sendRejects()
+		}
 	case *http2.PingFrame:
 		if f.IsAck() {
 			if f.Data == drainPing {
@@ -594,6 +616,9 @@ func (d *dconn) onFrame(f http2.Frame) error {
 			if !d.flow.addConn(int64(f.Increment)) {
 				return protocolError(http2.ErrCodeFlowControl, "connection window over 2^31-1")
 			}
+			if len(d.rejects) > 0 {
+				d.sendRejects()
+			}
 			return nil
 		}
 		st := d.stream(f.StreamID)
@@ -605,6 +630,8 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		}
 		if !d.flow.addStream(&st.sf, int64(f.Increment)) {
 			d.abortStream(st, http2.ErrCodeFlowControl)
+		} else if len(d.rejects) > 0 {
+			d.sendRejects()
 		}
 	case *http2.RSTStreamFrame:
 		st := d.stream(f.StreamID)
@@ -968,18 +995,28 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		return nil
 	case headersBadMethod, headersBadContentType:
 		d.r.s.relayEvent(RelayRefused, "not_grpc")
-		status := "405"
+		st := &dstream{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
 		if verdict == headersBadContentType {
-			status = "415"
+			st.rejectStatus = "415"
 		}
-		d.respondHTTPError(id, status, "milvus-ha-proxy: "+msg)
-		if !ended {
-			d.resetStream(id, http2.ErrCodeNo)
+		if !setContentLength(st, fields) {
+			d.resetStream(id, http2.ErrCodeProtocol)
+			return nil
+		}
+		st.ctx, st.cancel = context.WithCancel(d.ctx)
+		d.addStream(st)
+		if ended {
+			d.onClientEnd(st)
 		}
 		return nil
 	}
 
-	st := &dstream{d: d, id: id}
+	st := &dstream{d: d, id: id, clen: -1}
+	if !setContentLength(st, fields) {
+		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return nil
+	}
 	var path string
 	var timeout time.Duration
 	hasTimeout := false
@@ -1047,13 +1084,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		st.hooked = st.hookEnd != nil
 		st.fwd = mdFields(keep, md)
 	}
-	d.r.active.Add(1)
-	d.mu.Lock()
-	d.flow.mu.Lock()
-	st.sf.win = d.flow.initial
-	d.flow.mu.Unlock()
-	d.streams[id] = st
-	d.mu.Unlock()
+	d.addStream(st)
 	if st.kind == kindStream {
 		st.in = newMsgQueue()
 		go d.runStream(st)
@@ -1064,13 +1095,71 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	return nil
 }
 
-// respondHTTPError answers a request that is not gRPC with an HTTP status
-// and, as grpc-go does, grpc-status Internal.
-func (d *dconn) respondHTTPError(id uint32, httpStatus, msg string) {
+// addStream registers a new stream with the send window the client's
+// SETTINGS give it.
+func (d *dconn) addStream(st *dstream) {
+	d.r.active.Add(1)
+	d.mu.Lock()
+	d.flow.mu.Lock()
+	st.sf.win = d.flow.initial
+	d.flow.mu.Unlock()
+	d.streams[st.id] = st
+	d.mu.Unlock()
+}
+
+// setContentLength reads a request's content-length, if any; false: it
+// is not a number.
+func setContentLength(st *dstream, fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if f.Name == "content-length" {
+			n, err := strconv.ParseUint(f.Value, 10, 62)
+			if err != nil {
+				return false
+			}
+			st.clen = int64(n)
+		}
+	}
+	return true
+}
+
+// answerReject answers a request that is not gRPC, once its body has
+// been read: the HTTP status with, as grpc-go's server, grpc-status
+// Internal, and the reason as a text body (sent when the client's windows
+// admit it, from this goroutine: it never waits).
+func (d *dconn) answerReject(st *dstream) {
 	d.w.lock()
-	d.w.writeHeaders(id, true, []hpack.HeaderField{{Name: ":status", Value: httpStatus}, hdrContentType,
-		{Name: "grpc-status", Value: itoa(int(codes.Internal))}, {Name: "grpc-message", Value: encodeGRPCMessage(msg)}})
-	d.w.unlock()
+	d.w.writeHeaders(st.id, false, []hpack.HeaderField{{Name: ":status", Value: st.rejectStatus},
+		{Name: "content-type", Value: "text/plain; charset=utf-8"},
+		{Name: "grpc-status", Value: itoa(int(codes.Internal))}, {Name: "grpc-message", Value: encodeGRPCMessage(st.rejectMsg)}})
+	d.w.unlockDefer(&d.fl)
+	st.pendingBody = []byte(st.rejectMsg + "\n")
+	d.rejects = append(d.rejects, st)
+	d.sendRejects()
+}
+
+// sendRejects sends the bodies of rejected requests the windows now admit
+// (after the answer, a WINDOW_UPDATE or SETTINGS).
+func (d *dconn) sendRejects() {
+	keep := d.rejects[:0]
+	for _, st := range d.rejects {
+		if d.stream(st.id) != st {
+			continue // reset meanwhile
+		}
+		n := d.flow.takeNow(&st.sf, len(st.pendingBody))
+		if n > 0 {
+			d.w.lock()
+			d.w.writeData(st.id, n == len(st.pendingBody), st.pendingBody[:n])
+			d.w.unlockDefer(&d.fl)
+			st.pendingBody = st.pendingBody[n:]
+		}
+		if len(st.pendingBody) > 0 {
+			keep = append(keep, st)
+			continue
+		}
+		d.endStream(st)
+	}
+	clear(d.rejects[len(keep):])
+	d.rejects = keep
 }
 
 // onData takes request DATA. Connection credit is returned as it is
@@ -1106,6 +1195,21 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 		if !d.ctrlBudget.take(time.Now(), float64(lim.ControlFramesPerSecond), 10*float64(lim.ControlFramesPerSecond)) {
 			return calmError("too many empty frames")
 		}
+	}
+	st.got += int64(len(f.Data())) // padding is not content
+	if st.clen >= 0 && st.got > st.clen {
+		d.w.writeWindowUpdates(0, sendConn, 0, &d.fl)
+		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.abortStream(st, http2.ErrCodeProtocol)
+		return nil
+	}
+	if st.kind == kindReject {
+		// Read and dropped: all credit goes back at once.
+		d.w.writeWindowUpdates(f.StreamID, sendConn, n, &d.fl)
+		if f.StreamEnded() {
+			d.onClientEnd(st)
+		}
+		return nil
 	}
 	sendStream := 0
 	msgs, err := st.msg.append(f.Data(), d.s.maxMsg)
@@ -1146,7 +1250,15 @@ func (d *dconn) onClientEnd(st *dstream) {
 		return
 	}
 	st.ended = true
+	if st.clen >= 0 && st.got != st.clen {
+		// RFC 9113 section 8.1.1: malformed.
+		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.abortStream(st, http2.ErrCodeProtocol)
+		return
+	}
 	switch st.kind {
+	case kindReject:
+		d.answerReject(st)
 	case kindStream:
 		st.in.close(io.EOF)
 	default:
@@ -1628,6 +1740,11 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 			if a.nprefix < 5 {
 				break
 			}
+			if a.prefix[0] > 1 {
+				// gRPC over HTTP/2: the flag is 0 or 1 (grpc-go:
+				// "unexpected payload format").
+				return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: message with compressed flag %d", a.prefix[0])
+			}
 			size := int(binary.BigEndian.Uint32(a.prefix[1:]))
 			if size > maxMsg {
 				return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message of %d bytes exceeds the limit of %d", size, maxMsg)
@@ -1636,9 +1753,14 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 			// claims: up to assemblerChunk at first, then it grows
 			// with the bytes (a client that claims 255 MiB and sends
 			// 1 KiB costs 64 KiB, not 255 MiB).
-			buf := mem.DefaultBufferPool().Get(min(size, max(len(p), assemblerChunk)))
-			a.body, a.want = (*buf)[:0], size
-			a.cur = &frame{compressed: a.prefix[0] == 1, pooled: buf}
+			a.cur = &frame{compressed: a.prefix[0] == 1}
+			if first := min(size, max(len(p), assemblerChunk)); first <= assemblerChunk {
+				buf := mem.DefaultBufferPool().Get(first)
+				a.body, a.cur.pooled = (*buf)[:0], buf
+			} else {
+				a.body = make([]byte, 0, first)
+			}
+			a.want = size
 			a.nprefix = 0
 		}
 		k := min(a.want-len(a.body), len(p))
@@ -1648,8 +1770,12 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 		a.body = append(a.body, p[:k]...)
 		p = p[k:]
 		if len(a.body) == a.want {
-			*a.cur.pooled = a.body
-			a.cur.data = mem.BufferSlice{mem.NewBuffer(a.cur.pooled, mem.DefaultBufferPool())}
+			if a.cur.pooled != nil {
+				*a.cur.pooled = a.body
+				a.cur.data = mem.BufferSlice{mem.NewBuffer(a.cur.pooled, mem.DefaultBufferPool())}
+			} else {
+				a.cur.data = mem.BufferSlice{mem.SliceBuffer(a.body)}
+			}
 			a.done = append(a.done, a.cur)
 			a.cur, a.body = nil, nil
 		}
@@ -1658,18 +1784,21 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 }
 
 // assemblerChunk is the first buffer of a message whose bytes have not
-// arrived yet.
-const assemblerChunk = 64 << 10
+// arrived yet (a size the buffer pool keeps).
+const assemblerChunk = 32 << 10
 
 // grow makes room for k more bytes of the current message: at least
-// double, never past the claimed length, in a pool buffer.
+// double, never past the claimed length. The pool's sizes jump from 32 KiB
+// to 1 MiB, so a grown buffer is allocated, not pooled.
 func (a *msgAssembler) grow(k int) {
 	n := min(a.want, max(2*cap(a.body), len(a.body)+k))
-	buf := mem.DefaultBufferPool().Get(n)
-	nb := append((*buf)[:0], a.body...)
-	*a.cur.pooled = a.body
-	mem.DefaultBufferPool().Put(a.cur.pooled)
-	a.cur.pooled, a.body = buf, nb
+	nb := append(make([]byte, 0, n), a.body...)
+	if a.cur.pooled != nil {
+		*a.cur.pooled = a.body
+		mem.DefaultBufferPool().Put(a.cur.pooled)
+		a.cur.pooled = nil
+	}
+	a.body = nb
 }
 
 // msgQueue hands a streaming call's messages from the connection's reader

@@ -805,6 +805,8 @@ func (c *rawClient) streamAnswer(id uint32) (rst http2.ErrCode, httpStatus, grpc
 				rst, reset = f.ErrCode, true
 				return true
 			}
+		case *http2.DataFrame:
+			return f.StreamID == id && f.StreamEnded()
 		case *http2.MetaHeadersFrame:
 			if f.StreamID != id {
 				return false

@@ -109,7 +109,8 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 	c.ev.Attempts++
 	c.served = cl
 	fc.us = ustream{onDone: fc.onDone}
-	if _, err := u.open(c, &fc.us, fc.req, fl); err != nil {
+	written, err := u.open(c, &fc.us, fc.req, fl)
+	if err != nil && !written {
 		// Nothing was written (errWouldBlock, or the connection just
 		// closed): undo and let a worker make the attempt.
 		countEnd(cl)
@@ -120,6 +121,15 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 	}
 	fc.up = upRef{u: u, id: fc.us.id} // in fc: no allocation of its own
 	fc.st.abortUp.Store(&fc.up)
+	if err != nil {
+		// Part of the request went out, then writing failed: the stream
+		// is registered, so it ends exactly once, through onDone, by the
+		// connection's failure or by this finish, whichever comes first,
+		// and is judged there (a write's outcome is unknown). Handing it
+		// to a worker as well ended the call twice ("inflight counter
+		// below zero") and could send it twice.
+		u.finishFL(fc.us.id, func(us *ustream) { us.err = err }, fl)
+	}
 }
 
 // slowAttempt makes the attempt at cl, and the rest, on a worker.

@@ -478,7 +478,9 @@ func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
 		if s.LostLeader != "" {
 			why = fmt.Sprintf("leader %q: %s", s.LostLeader, why)
 		}
-		return status.Errorf(codes.Unavailable, "no leader: leader change under way for %s (%s); write held for %s",
+		// The hold's reason says why (a leader change, or the etcd
+		// arbiter's fence): the words around it must not guess.
+		return status.Errorf(codes.Unavailable, "no writable leader: writes held for %s (%s); write held for %s",
 			m.opts.Now().Sub(s.HoldSince).Round(time.Millisecond), why, held)
 	}
 	why := "discovery has not found one yet"

@@ -310,7 +310,7 @@ func TestWaitLeader(t *testing.T) {
 		t.Fatalf("WaitLeader gave up after %v, before the write hold", time.Since(start))
 	}
 	st, _ := status.FromError(err)
-	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "no leader: leader change under way for") ||
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "no writable leader: writes held for") ||
 		!strings.Contains(st.Message(), "write held for") || !strings.Contains(st.Message(), `leader "a"`) {
 		t.Fatalf("WaitLeader error = %v", err)
 	}

@@ -109,7 +109,7 @@ func (m *Manager) Ready() (ok bool, reason string) {
 	s := m.Snapshot()
 	switch {
 	case s.FailingOver:
-		return false, "leader change under way, writes held: " + s.HoldReason
+		return false, "writes held: " + s.HoldReason
 	case s.Leader == nil && s.DiscoveryError != "":
 		return false, "no leader: " + s.DiscoveryError
 	case s.Leader == nil:

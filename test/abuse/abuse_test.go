@@ -121,13 +121,17 @@ var knownFailures = map[string]map[string]string{
 	// Answers are buffered whole while the client grants no window (no
 	// back-pressure on the backend stream), and the backend connection
 	// the bystander shares stalls meanwhile.
+	// In the long form (200 answers) the RSS is still at its peak (0.96
+	// GB relay, 1.5 GB grpc) a minute after the client left.
 	"zero-window-4MiB-answers/relay": {
 		failRSS:        "answers held whole while the client's window is closed",
 		failThroughput: "the shared backend connection stalls behind the held answers",
+		failComeback:   "the memory is not given back a minute after the client left",
 	},
 	"zero-window-4MiB-answers/grpc": {
 		failRSS:        "answers held whole while the client's window is closed",
 		failThroughput: "the shared backend connection stalls behind the held answers",
+		failComeback:   "the memory is not given back a minute after the client left",
 	},
 	// relay.idle_timeout is the relay's: the grpc engine sets no
 	// MaxConnectionIdle (grpc-go resets some at 30-60 s).
@@ -149,6 +153,7 @@ type cell struct {
 	rssAfter      int64
 	note          string
 	judged        string            // why an assertion was not judged
+	notJudged     map[string]bool   // assertion kinds not judged this run
 	failures      map[string]string // kind -> detail
 	backendCalls  map[string]int
 }
@@ -233,7 +238,7 @@ func judge(t *testing.T, c cell) {
 		}
 	}
 	for kind := range known {
-		if _, failed := c.failures[kind]; !failed {
+		if _, failed := c.failures[kind]; !failed && !c.notJudged[kind] {
 			t.Logf("knownFailures[%q][%q] passes now: remove it", c.probe+"/"+c.engine, kind)
 		}
 	}
@@ -262,7 +267,7 @@ func runProbe(t *testing.T, p probe, engine string, long bool) cell {
 	}
 	be := startBackend(t)
 	tg := startTarget(t, engine, be.addr, o)
-	c := cell{probe: p.name, engine: engine, failures: map[string]string{}}
+	c := cell{probe: p.name, engine: engine, failures: map[string]string{}, notJudged: map[string]bool{}}
 
 	rss := sampleRSS(tg.pid, 50*time.Millisecond)
 	defer rss.close()
@@ -348,6 +353,7 @@ func runProbe(t *testing.T, p probe, engine string, long bool) cell {
 		// The bystander could not even keep its pace before the probe:
 		// the machine is too busy to tell what the probe costs.
 		c.judged = fmt.Sprintf("throughput not judged: %.0f qps before, below %.0f%% of %d", base, busyShare*100, r)
+		c.notJudged[failThroughput] = true
 		base = 0
 	}
 	for _, p := range []int{phaseDuring, phaseAfter} {
@@ -366,6 +372,9 @@ func runProbe(t *testing.T, p probe, engine string, long bool) cell {
 	// The Go runtime returns freed memory to the OS over tens of seconds
 	// (after a GC cycle, by its background scavenger): the comeback is
 	// judged only after a long enough after phase (the long form).
+	if d.after < comebackAfter {
+		c.notJudged[failComeback] = true
+	}
 	if d.after >= comebackAfter && c.rssAfter > c.rssBefore+rssComeback {
 		c.failures[failComeback] = fmt.Sprintf("%s at the end > %s before + %s", mib(c.rssAfter), mib(c.rssBefore), mib(rssComeback))
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/etcdarbiter/etcdtest"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -83,19 +84,6 @@ func leaderOf(m *topology.Manager) string {
 	return s.Leader.ID
 }
 
-// eventually polls cond every 20ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("not within %s: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func deciders(ns []*node) []string {
 	var ids []string
 	for _, n := range ns {
@@ -112,7 +100,7 @@ func threeNodes(t *testing.T, relayed bool) (*etcdtest.Server, []*node) {
 	for _, id := range []string{"p1", "p2", "p3"} {
 		ns = append(ns, newNode(t, srv.Endpoint, id, relayed, 3*time.Second))
 	}
-	eventually(t, 10*time.Second, "exactly one proxy decides and every proxy reads the document", func() bool {
+	testutil.Eventually(t, 10*time.Second, "exactly one proxy decides and every proxy reads the document", func() bool {
 		if len(deciders(ns)) != 1 {
 			return false
 		}
@@ -160,7 +148,7 @@ func TestOneDeciderFollowersRouteByItsDocument(t *testing.T) {
 	if err := d.m.HoldWrites("switching over to c"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "followers hold writes as the decider does", func() bool {
+	testutil.Eventually(t, 5*time.Second, "followers hold writes as the decider does", func() bool {
 		for _, n := range rest {
 			s := n.m.Snapshot()
 			if !s.FailingOver || !strings.Contains(s.HoldReason, "switching over to c") || !strings.Contains(s.HoldReason, d.id) {
@@ -172,7 +160,7 @@ func TestOneDeciderFollowersRouteByItsDocument(t *testing.T) {
 	if err := d.m.InstallLeader(topology.Promotion{Leader: "c", Demoted: true}); err != nil {
 		t.Fatal(err)
 	}
-	took := eventually(t, 5*time.Second, "followers route writes to c, writes released", func() bool {
+	took := testutil.Eventually(t, 5*time.Second, "followers route writes to c, writes released", func() bool {
 		for _, n := range rest {
 			if s := n.m.Snapshot(); leaderOf(n.m) != "c" || s.FailingOver {
 				return false
@@ -194,7 +182,7 @@ func TestOneDeciderFollowersRouteByItsDocument(t *testing.T) {
 	if err := d.m.SetQuarantine("b", "ran ahead of the salvage checkpoint"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "followers quarantine b", func() bool {
+	testutil.Eventually(t, 5*time.Second, "followers quarantine b", func() bool {
 		for _, n := range rest {
 			if c := n.m.Snapshot().Cluster("b"); !c.Quarantined || c.QuarantineReason != "ran ahead of the salvage checkpoint" {
 				return false
@@ -220,7 +208,7 @@ func TestFollowerNeverTakesLeaderFromItsOwnView(t *testing.T) {
 	if st := f.a.Status(); st.Leader != "a" || st.Epoch != 1 {
 		t.Fatalf("document changed by a follower: %+v", st)
 	}
-	eventually(t, 5*time.Second, "the follower routes to a again", func() bool { return leaderOf(f.m) == "a" })
+	testutil.Eventually(t, 5*time.Second, "the follower routes to a again", func() bool { return leaderOf(f.m) == "a" })
 }
 
 func TestDeciderClosesAnotherTakesOverWithTheRecord(t *testing.T) {
@@ -233,7 +221,7 @@ func TestDeciderClosesAnotherTakesOverWithTheRecord(t *testing.T) {
 	if err := d.m.HoldWrites("failing over to b"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "followers hold", func() bool {
+	testutil.Eventually(t, 5*time.Second, "followers hold", func() bool {
 		for _, n := range rest {
 			if !n.m.Snapshot().FailingOver {
 				return false
@@ -243,7 +231,7 @@ func TestDeciderClosesAnotherTakesOverWithTheRecord(t *testing.T) {
 	})
 	start := time.Now()
 	_ = d.a.Close()
-	eventually(t, 5*time.Second, "another proxy decides", func() bool { return len(deciders(rest)) == 1 })
+	testutil.Eventually(t, 5*time.Second, "another proxy decides", func() bool { return len(deciders(rest)) == 1 })
 	t.Logf("a new decider %s after the old one resigned", time.Since(start))
 	nd, _ := decider(t, rest)
 	nd.mu.Lock()
@@ -258,7 +246,7 @@ func TestDeciderClosesAnotherTakesOverWithTheRecord(t *testing.T) {
 	}
 	// The new decider released the hold it copied (its own arbiter
 	// settles the change): every proxy routes to a again, writes flow.
-	eventually(t, 5*time.Second, "the hold of the dead decider is lifted everywhere", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the hold of the dead decider is lifted everywhere", func() bool {
 		for _, n := range rest {
 			if n.m.Snapshot().FailingOver || leaderOf(n.m) != "a" {
 				return false
@@ -275,7 +263,7 @@ func TestCutOffProxyFencesWritesAndNeverDecides(t *testing.T) {
 	other := rest[1]
 	cut.relay.Cut()
 	cutAt := time.Now()
-	took := eventually(t, testTTL+3*time.Second, "the cut-off proxy fences writes", func() bool {
+	took := testutil.Eventually(t, testTTL+3*time.Second, "the cut-off proxy fences writes", func() bool {
 		st := cut.a.Status()
 		s := cut.m.Snapshot()
 		return st.Fenced && s.FailingOver && strings.Contains(s.HoldReason, "etcd")
@@ -303,13 +291,13 @@ func TestCutOffProxyFencesWritesAndNeverDecides(t *testing.T) {
 	if err := d.m.InstallLeader(topology.Promotion{Leader: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the connected follower routes to b", func() bool { return leaderOf(other.m) == "b" })
+	testutil.Eventually(t, 5*time.Second, "the connected follower routes to b", func() bool { return leaderOf(other.m) == "b" })
 	if s := cut.m.Snapshot(); s.LostLeader != "a" {
 		t.Errorf("cut-off proxy's held leader = %q, want a (the last it read)", s.LostLeader)
 	}
 
 	cut.relay.Restore()
-	eventually(t, 15*time.Second, "the proxy back on etcd routes to b, unfenced", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the proxy back on etcd routes to b, unfenced", func() bool {
 		st := cut.a.Status()
 		s := cut.m.Snapshot()
 		return !st.Fenced && !s.FailingOver && leaderOf(cut.m) == "b" && st.Epoch == 2
@@ -341,8 +329,8 @@ func TestCutOffDeciderStepsDownBeforeAnotherIsElected(t *testing.T) {
 	}()
 	d.relay.Cut()
 	cutAt := time.Now()
-	stepped := eventually(t, testTTL+2*time.Second, "the cut-off decider stops deciding", func() bool { return !d.a.Deciding() })
-	elected := eventually(t, 3*testTTL+5*time.Second, "another proxy decides", func() bool { return len(deciders(rest)) == 1 })
+	stepped := testutil.Eventually(t, testTTL+2*time.Second, "the cut-off decider stops deciding", func() bool { return !d.a.Deciding() })
+	elected := testutil.Eventually(t, 3*testTTL+5*time.Second, "another proxy decides", func() bool { return len(deciders(rest)) == 1 })
 	close(stop)
 	<-done
 	t.Logf("old decider stopped after %s; a new one decides %s after the cut", stepped, time.Since(cutAt))
@@ -357,7 +345,7 @@ func TestCutOffDeciderStepsDownBeforeAnotherIsElected(t *testing.T) {
 	if err := nd.m.InstallLeader(topology.Promotion{Leader: "c"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the new decider's document reaches the other follower", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the new decider's document reaches the other follower", func() bool {
 		for _, n := range rest {
 			if leaderOf(n.m) != "c" {
 				return false
@@ -366,7 +354,7 @@ func TestCutOffDeciderStepsDownBeforeAnotherIsElected(t *testing.T) {
 		return true
 	})
 	d.relay.Restore()
-	eventually(t, 15*time.Second, "the old decider follows the new one", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the old decider follows the new one", func() bool {
 		return !d.a.Status().Fenced && leaderOf(d.m) == "c" && !d.a.Deciding()
 	})
 }
@@ -374,9 +362,9 @@ func TestCutOffDeciderStepsDownBeforeAnotherIsElected(t *testing.T) {
 func TestDuplicateProxyIDIsRefused(t *testing.T) {
 	srv := etcdtest.Start(t)
 	first := newNode(t, srv.Endpoint, "p1", false, time.Second)
-	eventually(t, 10*time.Second, "the first p1 decides", first.a.Deciding)
+	testutil.Eventually(t, 10*time.Second, "the first p1 decides", first.a.Deciding)
 	second := newNode(t, srv.Endpoint, "p1", false, time.Second)
-	eventually(t, 10*time.Second, "the second p1 says why it cannot join", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the second p1 says why it cannot join", func() bool {
 		return strings.Contains(second.a.Status().LastError, `proxy id "p1" is registered`)
 	})
 	if second.a.Deciding() || !second.a.Status().Fenced {

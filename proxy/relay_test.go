@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -131,12 +132,12 @@ func testCancelReachesBackend(t *testing.T) {
 		done <- err
 	}()
 	b := e.backends["b"]
-	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
+	testutil.Eventually(t, 5*time.Second, "the backend call to start", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
 	cancel()
 	if err := <-done; status.Code(err) != codes.Canceled {
 		t.Fatalf("err %v", err)
 	}
-	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
+	testutil.Eventually(t, 5*time.Second, "the backend call to be canceled", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
 }
 
 // TestDeadlineReachesBackend: the client's deadline travels on.
@@ -274,17 +275,6 @@ func testTLS(t *testing.T) {
 	}
 }
 
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 5s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // TestCallHook: the relay engine's stand-in for interceptors sees the
 // client's metadata, may change what the backend gets, and learns the
 // outcome.
@@ -326,7 +316,7 @@ func TestCallHook(t *testing.T) {
 	if a := rec.md.Get("authorization"); len(a) != 1 || a[0] != "tok" {
 		t.Fatalf("backend authorization %v", a)
 	}
-	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 3 })
+	testutil.Eventually(t, 5*time.Second, "three hooked calls", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 3 })
 	mu.Lock()
 	defer mu.Unlock()
 	for i, s := range got {
@@ -348,7 +338,7 @@ func TestRelayDrainEndsHealthWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, func() bool {
+	testutil.Eventually(t, 5*time.Second, "health to report NOT_SERVING", func() bool {
 		m, err := w.Recv()
 		return err == nil && m.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -518,7 +508,7 @@ func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := e.srv.up.(*relayUpstream)
-	waitUntil(t, func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
+	testutil.Eventually(t, 5*time.Second, "the keepalive time to back off", func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -731,7 +721,7 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 	}
 	// The reader's connection is closed after WriteTimeout; only the
 	// bystander's remains.
-	waitUntil(t, func() bool {
+	testutil.Eventually(t, 5*time.Second, "only the bystander connection left", func() bool {
 		e.srv.relay.mu.Lock()
 		defer e.srv.relay.mu.Unlock()
 		return len(e.srv.relay.conns) == 1
@@ -759,12 +749,12 @@ func testBreakerCountsOnlyClusterFailures(t *testing.T) {
 			_, err := e.client.Query(ctx, &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
 			done <- err
 		}()
-		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == i })
+		testutil.Eventually(t, 5*time.Second, "the backend call to start", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == i })
 		cancel()
 		if err := <-done; status.Code(err) != codes.Canceled {
 			t.Fatalf("canceled call: %v", err)
 		}
-		waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == i })
+		testutil.Eventually(t, 5*time.Second, "the backend call to be canceled", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == i })
 	}
 	for _, code := range []codes.Code{codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled} {
 		e.backends["a"].setFail("Insert", func() error { return status.Error(code, "rejected by the backend") })
@@ -1106,9 +1096,9 @@ func TestRelayClientLeavesCancelsBackend(t *testing.T) {
 	c := dialRaw(t, e.addr, 0)
 	c.call(1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
 	b := e.backends["b"]
-	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
+	testutil.Eventually(t, 5*time.Second, "the backend call to start", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
 	c.nc.Close()
-	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
+	testutil.Eventually(t, 5*time.Second, "the backend call to be canceled", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
 	if f := e.topo.failed(); len(f) > 0 {
 		t.Fatalf("breaker failures counted: %v", f)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
@@ -77,7 +78,7 @@ func TestUpsertVisibleWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCollection(t, cb, "ups")
-	eventually(t, 5*time.Second, "the rows to replicate", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the rows to replicate", func() bool {
 		return count(t, cb, "ups", commonpb.ConsistencyLevel_Eventually, 0) == n
 	})
 	stop := make(chan struct{})
@@ -161,7 +162,7 @@ func TestSecondaryRefusesForeignSource(t *testing.T) {
 	insertRange(t, ca, "fs", 1, 1)
 	for _, cli := range []milvuspb.MilvusServiceClient{cb, cc} {
 		waitCollection(t, cli, "fs")
-		eventually(t, 5*time.Second, "the first row to replicate", func() bool {
+		testutil.Eventually(t, 5*time.Second, "the first row to replicate", func() bool {
 			return count(t, cli, "fs", commonpb.ConsistencyLevel_Eventually, 0) == 1
 		})
 	}
@@ -173,7 +174,7 @@ func TestSecondaryRefusesForeignSource(t *testing.T) {
 	// Resume only once a's streams are gone: a message already received
 	// and held by the pause would otherwise still be applied.
 	for _, s := range []*Cluster{b, c} {
-		eventually(t, 5*time.Second, "a's streams to end", func() bool {
+		testutil.Eventually(t, 5*time.Second, "a's streams to end", func() bool {
 			s.repl.mu.Lock()
 			defer s.repl.mu.Unlock()
 			for k := range s.repl.inbound {
@@ -246,7 +247,7 @@ func TestReplicateConfigurationOfUnconfiguredCluster(t *testing.T) {
 		waiting <- err
 		got <- r
 	}()
-	eventually(t, 5*time.Second, "the call to wait", func() bool { return a.configWaits.Load() == 1 })
+	testutil.Eventually(t, 5*time.Second, "the call to wait", func() bool { return a.configWaits.Load() == 1 })
 	select {
 	case err := <-waiting:
 		t.Fatalf("GetReplicateConfiguration answered before any configuration: %v", err)
@@ -276,7 +277,7 @@ func TestReplicateConfigurationOfUnconfiguredCluster(t *testing.T) {
 		_, err := cb.GetReplicateConfiguration(tctx(t), &milvuspb.GetReplicateConfigurationRequest{})
 		ended <- err
 	}()
-	eventually(t, 5*time.Second, "the call to wait", func() bool { return b.configWaits.Load() == 1 })
+	testutil.Eventually(t, 5*time.Second, "the call to wait", func() bool { return b.configWaits.Load() == 1 })
 	b.Stop()
 	// Ended by the cluster (not cut off by the server's forced stop).
 	if err := <-ended; status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
@@ -309,7 +310,7 @@ func TestGetReplicateConfigurationClearsTokens(t *testing.T) {
 	}
 	// Replication still authenticates with the tokens the cluster keeps.
 	createCollection(t, rawClientAuth(t, a), "tok", 4, 1, commonpb.ConsistencyLevel_Strong, "L2")
-	eventually(t, 5*time.Second, "the collection to replicate", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the collection to replicate", func() bool {
 		d, err := rawClient(t, b).DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: "tok"})
 		return err == nil && d.GetStatus().GetCode() == 0
 	})

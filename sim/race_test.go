@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 )
@@ -23,7 +24,7 @@ func TestReadsDuringReplicatedDDL(t *testing.T) {
 	insertRange(t, ca, "r0", 1, 20)
 	ok(t)(ca.CreateAlias(tctx(t), &milvuspb.CreateAliasRequest{CollectionName: "r0", Alias: "stable"}))
 	waitCollection(t, cb, "r0")
-	eventually(t, 5*time.Second, "alias to replicate", func() bool {
+	testutil.Eventually(t, 5*time.Second, "alias to replicate", func() bool {
 		r, err := cb.DescribeAlias(tctx(t), &milvuspb.DescribeAliasRequest{Alias: "stable"})
 		return err == nil && r.GetStatus().GetCode() == 0
 	})

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/msgpb"
@@ -56,7 +57,7 @@ func insertRange(t testing.TB, cli milvuspb.MilvusServiceClient, coll string, fi
 func waitCollection(t testing.TB, cli milvuspb.MilvusServiceClient, coll string) *milvuspb.DescribeCollectionResponse {
 	t.Helper()
 	var desc *milvuspb.DescribeCollectionResponse
-	eventually(t, 5*time.Second, "collection "+coll+" to replicate and load", func() bool {
+	testutil.Eventually(t, 5*time.Second, "collection "+coll+" to replicate and load", func() bool {
 		d, err := cli.DescribeCollection(tctx(t), &milvuspb.DescribeCollectionRequest{CollectionName: coll})
 		desc = d
 		if err != nil || d.GetStatus().GetCode() != 0 {
@@ -112,7 +113,7 @@ func TestReplicationDDLAndData(t *testing.T) {
 	if ck.GetClusterId() != "a" || ck.GetPchannel() != a.PChannels()[0] || ck.GetMessageId() == nil || ck.GetTimeTick() == 0 {
 		t.Fatalf("checkpoint %v", ck)
 	}
-	eventually(t, 2*time.Second, "checkpoint to advance with time ticks", func() bool {
+	testutil.Eventually(t, 2*time.Second, "checkpoint to advance with time ticks", func() bool {
 		return replInfo(t, cb, "a", b.PChannels()[0]).GetCheckpoint().GetTimeTick() > ck.GetTimeTick()
 	})
 	// Deletes and drops replicate.
@@ -122,7 +123,7 @@ func TestReplicationDDLAndData(t *testing.T) {
 	}
 	ok(t)(ca.ReleaseCollection(tctx(t), &milvuspb.ReleaseCollectionRequest{CollectionName: "rep"}))
 	ok(t)(ca.DropCollection(tctx(t), &milvuspb.DropCollectionRequest{CollectionName: "rep"}))
-	eventually(t, 5*time.Second, "drop to replicate", func() bool {
+	testutil.Eventually(t, 5*time.Second, "drop to replicate", func() bool {
 		has := resp(t)(cb.HasCollection(tctx(t), &milvuspb.HasCollectionRequest{CollectionName: "rep"})).(*milvuspb.BoolResponse)
 		return !has.GetValue()
 	})
@@ -466,7 +467,7 @@ func TestForcePromote(t *testing.T) {
 	}
 	// It receives the new primary's writes from now on.
 	later := insertRange(t, cb, "fp", 4000, 3)
-	eventually(t, 5*time.Second, "new primary's write on the old source", func() bool {
+	testutil.Eventually(t, 5*time.Second, "new primary's write on the old source", func() bool {
 		res := resp(t)(ca.Query(ctx, &milvuspb.QueryRequest{CollectionName: "fp", Expr: "id >= 4000", OutputFields: []string{"count(*)"},
 			ConsistencyLevel: commonpb.ConsistencyLevel_Session, GuaranteeTimestamp: later.Timestamp})).(*milvuspb.QueryResults)
 		return longs(res.GetFieldsData()[0])[0] == 3
@@ -647,7 +648,7 @@ func TestReplicationWithAuth(t *testing.T) {
 	if b.Role() != "secondary" {
 		t.Fatal("join failed")
 	}
-	eventually(t, 5*time.Second, "checkpoint on authenticated target", func() bool {
+	testutil.Eventually(t, 5*time.Second, "checkpoint on authenticated target", func() bool {
 		ck, ok := b.repl.checkpoint("a", 0)
 		return ok && ck.ts > 0
 	})

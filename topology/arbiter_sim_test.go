@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -132,7 +133,7 @@ func TestArbiterSwitchover(t *testing.T) {
 		t.Fatalf("old leader's configuration %s", got)
 	}
 	cc := dial(t, r.c.Addr())
-	eventuallyOr(t, "a and c follow b", 10*time.Second, func() bool {
+	testutil.EventuallyOr(t, 10*time.Second, "a and c follow b", func() bool {
 		return cc.has("docs", 100)[100] && ca.has("docs", 100)[100]
 	}, func() string { return fmt.Sprintf("a %+v\nb %+v\nc %+v", r.a.Status(), r.b.Status(), r.c.Status()) })
 	waitSnap(t, r.m, "a an alternative again", func(s *topology.Snapshot) bool {
@@ -154,10 +155,10 @@ func TestArbiterAutoFailover(t *testing.T) {
 	ca, cb, cc := dial(t, r.a.Addr()), dial(t, r.b.Addr()), dial(t, r.c.Addr())
 	ca.createLoaded("docs")
 	ca.insert("docs", 1)
-	eventually(t, "both alternatives have 1", 10*time.Second, func() bool { return cb.has("docs", 1)[1] && cc.has("docs", 1)[1] })
+	testutil.Eventually(t, 10*time.Second, "both alternatives have 1", func() bool { return cb.has("docs", 1)[1] && cc.has("docs", 1)[1] })
 	r.c.PauseReplication()
 	ca.insert("docs", 2) // b only
-	eventually(t, "b has 2", 10*time.Second, func() bool { return cb.has("docs", 2)[2] })
+	testutil.Eventually(t, 10*time.Second, "b has 2", func() bool { return cb.has("docs", 2)[2] })
 	r.b.PauseReplication()
 	ca.insert("docs", 3) // nobody
 	r.a.Crash()
@@ -189,14 +190,14 @@ func TestArbiterAutoFailover(t *testing.T) {
 		t.Fatalf("new leader holds %v; want 1 and 2, not 3", got)
 	}
 	cb.insert("docs", 4)
-	eventually(t, "c replicates from b", 10*time.Second, func() bool { return cc.has("docs", 4)[4] })
+	testutil.Eventually(t, 10*time.Second, "c replicates from b", func() bool { return cc.has("docs", 4)[4] })
 	if got := cc.has("docs", 2); got[2] {
 		t.Fatal("c got 2 after all: it should have been missed")
 	}
 
 	// The old leader comes back with its data.
 	r.a = startSimAt(t, "a", r.aDir, r.a.Addr())
-	eventually(t, "old leader demoted and reported", 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, "old leader demoted and reported", func() bool {
 		st := r.arb.Status()
 		return len(st.Salvage) == 1 && st.Salvage[0].OldLeaderReturned && len(st.Pending) == 0
 	})
@@ -214,7 +215,7 @@ func TestArbiterAutoFailover(t *testing.T) {
 		t.Fatalf("leader changed: %+v", r.m.View())
 	}
 	cb.insert("docs", 5)
-	eventually(t, "the old leader replicates from b", 10*time.Second, func() bool { return ca.has("docs", 5)[5] })
+	testutil.Eventually(t, 10*time.Second, "the old leader replicates from b", func() bool { return ca.has("docs", 5)[5] })
 	if err := ca.tryInsert("docs", 6); err == nil {
 		t.Fatal("the demoted old leader took a write")
 	}
@@ -225,7 +226,7 @@ func TestArbiterAutoFailover(t *testing.T) {
 func TestArbiterManualMode(t *testing.T) {
 	r := newArbiterRig(t, topology.ModeManual)
 	r.a.Crash()
-	eventually(t, "loss reported", 10*time.Second, func() bool { return r.arb.Status().Phase == topology.PhaseLost })
+	testutil.Eventually(t, 10*time.Second, "loss reported", func() bool { return r.arb.Status().Phase == topology.PhaseLost })
 	time.Sleep(500 * time.Millisecond)
 	if s := r.m.Snapshot(); s.Leader == nil || s.Leader.ID != "a" || s.FailingOver || s.LeaderLostAt.IsZero() {
 		t.Fatalf("manual mode acted on its own: %+v", r.m.View())
@@ -259,7 +260,7 @@ func TestArbiterForcePromoteShapes(t *testing.T) {
 		t.Run(shape, func(t *testing.T) {
 			r := newArbiterRigSims(t, topology.ModeManual, func(o *sim.Options) { o.ForcePromoteShape = shape })
 			r.a.Crash()
-			eventually(t, "loss reported", 10*time.Second, func() bool { return r.arb.Status().Phase == topology.PhaseLost })
+			testutil.Eventually(t, 10*time.Second, "loss reported", func() bool { return r.arb.Status().Phase == topology.PhaseLost })
 			ch, err := r.arb.Failover(context.Background(), "b")
 			if err != nil || ch.To != "b" || ch.Result != topology.ResultOK {
 				t.Fatalf("failover --to b: %v %+v", err, ch)
@@ -333,7 +334,7 @@ func TestArbiterAttach(t *testing.T) {
 	// comes from a backup): a collection created now, and its rows.
 	ca.createLoaded("docs")
 	ca.insert("docs", 2)
-	eventually(t, "d replicates what a takes after the attach", 10*time.Second, func() bool { return cd.has("docs", 2)[2] })
+	testutil.Eventually(t, 10*time.Second, "d replicates what a takes after the attach", func() bool { return cd.has("docs", 2)[2] })
 	waitSnap(t, m, "d an alternative", func(s *topology.Snapshot) bool {
 		return s.Cluster("d").Target && s.Cluster("d").Role == topology.RoleAlternative
 	})
@@ -348,9 +349,9 @@ func TestArbiterAttach(t *testing.T) {
 	}
 	addr := b.Addr()
 	b.Stop()
-	eventually(t, "b seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("b").Healthy })
+	testutil.Eventually(t, 10*time.Second, "b seen down", func() bool { return !m.Snapshot().Cluster("b").Healthy })
 	b = startSimOn(t, "b", addr)
-	eventually(t, "the rebuilt b seen healthy", 10*time.Second, func() bool { return m.Snapshot().Cluster("b").Healthy })
+	testutil.Eventually(t, 10*time.Second, "the rebuilt b seen healthy", func() bool { return m.Snapshot().Cluster("b").Healthy })
 	// The proxy's connection to b may still be in its reconnect backoff:
 	// a failed attach says so and is retried, as an operator would.
 	for i := 0; ; i++ {
@@ -373,13 +374,13 @@ func TestArbiterAttach(t *testing.T) {
 	cb := dial(t, b.Addr())
 	ca.createLoaded("docs2")
 	ca.insert("docs2", 7)
-	eventuallyOr(t, "the rebuilt b replicates what a takes", 10*time.Second, func() bool { return cb.has("docs2", 7)[7] },
+	testutil.EventuallyOr(t, 10*time.Second, "the rebuilt b replicates what a takes", func() bool { return cb.has("docs2", 7)[7] },
 		func() string { return fmt.Sprintf("a %+v\nb %+v", a.Status(), b.Status()) })
 	if c := m.Snapshot().Cluster("b"); c.Quarantined {
 		t.Fatalf("b still quarantined after the attach: %s", c.QuarantineReason)
 	}
 	e.Crash()
-	eventually(t, "e seen down", 10*time.Second, func() bool { return !m.Snapshot().Cluster("e").Healthy })
+	testutil.Eventually(t, 10*time.Second, "e seen down", func() bool { return !m.Snapshot().Cluster("e").Healthy })
 	if _, err := arb.Attach(context.Background(), "e"); err == nil || !strings.Contains(err.Error(), "not healthy") {
 		t.Fatalf("attach an unhealthy cluster: %v", err)
 	}

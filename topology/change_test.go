@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -110,7 +111,7 @@ func TestResumeInterruptedChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := newArbiterRig(t, topology.ModeAuto, func(o *topology.ArbiterOptions) { o.Store = store })
-	eventually(t, "the interrupted change closed", 10*time.Second, func() bool {
+	testutil.Eventually(t, 10*time.Second, "the interrupted change closed", func() bool {
 		c, _ := store.Load(context.Background())
 		return c != nil && !c.Running()
 	})

@@ -151,28 +151,3 @@ func topologyOf(cfg *commonpb.ReplicateConfiguration) string {
 	}
 	return strings.Join(out, ",")
 }
-
-// eventually polls cond until it holds or the time is up.
-func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// eventuallyOr is eventually, describing the state with state() when it
-// times out.
-func eventuallyOr(t testing.TB, what string, d time.Duration, cond func() bool, state func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s:\n%s", d, what, state())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

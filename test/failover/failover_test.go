@@ -11,6 +11,7 @@ import (
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -54,7 +55,7 @@ func TestKillLeader(t *testing.T) {
 	// From here on nothing may reach the old leader (calls in flight at
 	// the kill were counted before).
 	servedBefore := r.app.Topology().Snapshot().Cluster("a").Served.Load()
-	eventually(t, "writes resume on the new leader", 15*time.Second, func() bool {
+	testutil.Eventually(t, 15*time.Second, "writes resume on the new leader", func() bool {
 		for _, o := range l.snapshot() {
 			if o.kind.write() && o.out == acked && o.start.After(installed) && o.cluster == newLeader {
 				return true
@@ -66,7 +67,7 @@ func TestKillLeader(t *testing.T) {
 
 	// The old leader comes back with its data.
 	r.sims["a"].restart()
-	eventually(t, "the old leader is demoted and its salvage reported", 20*time.Second, func() bool {
+	testutil.Eventually(t, 20*time.Second, "the old leader is demoted and its salvage reported", func() bool {
 		st := r.app.Arbiter().Status()
 		return len(st.Salvage) == 1 && st.Salvage[0].OldLeaderReturned
 	})
@@ -268,7 +269,7 @@ func TestFlappingAlternative(t *testing.T) {
 			return c.Healthy && c.Breaker == topology.BreakerClosed && c.CheckpointsKnown
 		})
 		n := served()
-		eventually(t, "c serves reads again", 10*time.Second, func() bool { return served() > n })
+		testutil.Eventually(t, 10*time.Second, "c serves reads again", func() bool { return served() > n })
 	}
 	ops := l.stop()
 	t.Logf("history: %s", summary(ops))
@@ -295,7 +296,7 @@ func TestManualFailover(t *testing.T) {
 	// Replicated before the kill, so a forced failover must keep it.
 	for _, id := range []string{"b", "c"} {
 		dc := r.direct(id)
-		eventually(t, "7 on "+id, 10*time.Second, func() bool {
+		testutil.Eventually(t, 10*time.Second, "7 on "+id, func() bool {
 			rows, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 7)
 			return err == nil && len(rows) == 1
 		})

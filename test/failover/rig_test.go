@@ -25,6 +25,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -237,7 +238,7 @@ func (r *rig) simStatus() string {
 func (r *rig) lastChange(to string) *topology.Change {
 	r.t.Helper()
 	var ch *topology.Change
-	eventually(r.t, "the leader change to "+to+" recorded", 10*time.Second, func() bool {
+	testutil.Eventually(r.t, 10*time.Second, "the leader change to "+to+" recorded", func() bool {
 		ch = r.app.Arbiter().Status().LastChange
 		return ch != nil && ch.To == to
 	})
@@ -414,15 +415,4 @@ func (r *rig) presence(id string, pks []int64) map[int64]int {
 		}
 	}
 	return out
-}
-
-func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

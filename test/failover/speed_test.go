@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -66,7 +67,7 @@ func TestFailoverSpeed(t *testing.T) {
 			s := r.waitTopology("a new leader", 20*time.Second, func(s *topology.Snapshot) bool { return s.Leader != nil && s.Leader.ID != "a" })
 			ch := r.lastChange(s.Leader.ID)
 			installed := ch.At.Add(ch.Took)
-			eventually(t, "a write on the new leader", 15*time.Second, func() bool {
+			testutil.Eventually(t, 15*time.Second, "a write on the new leader", func() bool {
 				for _, o := range l.snapshot() {
 					if o.kind.write() && o.out == acked && o.cluster == s.Leader.ID && o.start.After(killAt) {
 						return true

@@ -1,0 +1,87 @@
+package testutil
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorder is a testing.TB whose Fatalf records the message and stops the
+// calling goroutine, as testing.T does.
+type recorder struct {
+	testing.TB
+	mu  sync.Mutex
+	msg string
+}
+
+func (r *recorder) Helper() {}
+
+func (r *recorder) Fatalf(format string, args ...any) {
+	r.mu.Lock()
+	r.msg = fmt.Sprintf(format, args...)
+	r.mu.Unlock()
+	runtime.Goexit()
+}
+
+func run(f func(tb testing.TB)) string {
+	r := &recorder{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f(r)
+	}()
+	<-done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.msg
+}
+
+func TestEventually(t *testing.T) {
+	tests := []struct {
+		name    string
+		call    func(tb testing.TB)
+		wantMsg string // "" means no failure
+	}{
+		{
+			name: "holds at once",
+			call: func(tb testing.TB) { Eventually(tb, time.Second, "x", func() bool { return true }) },
+		},
+		{
+			name: "holds after a few polls",
+			call: func(tb testing.TB) {
+				n := 0
+				Eventually(tb, 10*time.Second, "x", func() bool { n++; return n > 3 })
+			},
+		},
+		{
+			name:    "never holds",
+			call:    func(tb testing.TB) { Eventually(tb, 30*time.Millisecond, "the thing", func() bool { return false }) },
+			wantMsg: "timed out after 30ms waiting for the thing",
+		},
+		{
+			name: "never holds, with state",
+			call: func(tb testing.TB) {
+				EventuallyOr(tb, 30*time.Millisecond, "the thing", func() bool { return false }, func() string { return "state: 7" })
+			},
+			wantMsg: "timed out after 30ms waiting for the thing:\nstate: 7",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := run(tc.call)
+			if got != tc.wantMsg {
+				t.Fatalf("failure message %q, want %q", got, tc.wantMsg)
+			}
+		})
+	}
+}
+
+func TestEventuallyReportsElapsed(t *testing.T) {
+	start := time.Now()
+	took := Eventually(t, 10*time.Second, "50ms passed", func() bool { return time.Since(start) >= 50*time.Millisecond })
+	if took < 50*time.Millisecond {
+		t.Fatalf("took %s, want at least 50ms", took)
+	}
+}

@@ -903,6 +903,12 @@ func (d *dconn) close(err error) {
 	d.flow.close()
 	for _, st := range streams {
 		st.cancel()
+		// A fast-path call's backend stream ends with the client's
+		// connection: the cluster stops working (and sending) for a
+		// client that left, and the answer's memory goes with it.
+		if up := st.abortUp.Load(); up != nil {
+			up.abort()
+		}
 		if st.in != nil {
 			st.in.close(err)
 		}

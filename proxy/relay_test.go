@@ -1094,3 +1094,22 @@ func TestDefaultEngineIsRelay(t *testing.T) {
 		t.Fatalf("engine %q", srv.engine)
 	}
 }
+
+// TestRelayClientLeavesCancelsBackend: a client that closes its connection
+// (no RST_STREAM) with a call in flight cancels that call at the cluster.
+func TestRelayClientLeavesCancelsBackend(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Engine = EngineRelay })
+	// Warm the connections so that the fast path takes the call.
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, e.addr, 0)
+	c.call(1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "sleep", ConsistencyLevel: Eventually})
+	b := e.backends["b"]
+	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.sleeping == 1 })
+	c.nc.Close()
+	waitUntil(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.canceled == 1 })
+	if f := e.topo.failed(); len(f) > 0 {
+		t.Fatalf("breaker failures counted: %v", f)
+	}
+}

@@ -8,7 +8,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 12m
 STATICCHECK_VERSION ?= v0.8.2
 BIN := $(CURDIR)/.bin
 
-.PHONY: test test-go vet lint build demo
+.PHONY: test test-go vet lint fmt-check build demo
 
 build:
 	$(GO) build ./...
@@ -19,7 +19,13 @@ vet:
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-lint: vet $(BIN)/staticcheck
+# gofmt: every tracked Go file formatted (gofmt -l lists the ones that
+# are not).
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.venv/*')); \
+	if [ -n "$$out" ]; then echo "gofmt: not formatted (run gofmt -w):"; echo "$$out"; exit 1; fi
+
+lint: vet fmt-check $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
 # prereq first: it names a missing tool before anything is installed;

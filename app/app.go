@@ -48,11 +48,11 @@ type App struct {
 	cfg    *config.Config
 	logger *slog.Logger
 
-	tel      *telemetry.Telemetry
-	topo     *topology.Manager
-	arbiter  *topology.Arbiter
+	tel     *telemetry.Telemetry
+	topo    *topology.Manager
+	arbiter *topology.Arbiter
 	// etcd is the arbiter shared with other proxies; nil without one.
-	etcd *etcdarbiter.Arbiter
+	etcd     *etcdarbiter.Arbiter
 	router   *router.Router
 	proxy    *proxy.Server
 	admin    *admin.Server
@@ -164,6 +164,9 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		Creds:            creds,
 		Observer:         a.obs,
 		Logger:           logger,
+		// Both engines: grpc-go takes the header list, stream, handshake
+		// and idle limits; the relay all of them.
+		RelayLimits: relayLimits(&cfg.Relay),
 	}
 	tr := tracer{tel: tel}
 	switch cfg.Engine {
@@ -177,7 +180,6 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	default:
 		// The relay ends health watches on drain by itself.
 		pOpts.Engine = proxy.EngineRelay
-		pOpts.RelayLimits = relayLimits(&cfg.Relay)
 		if tel.TracingEnabled() {
 			pOpts.CallHook = tr.hook
 		}

@@ -198,7 +198,17 @@ func New(opts Options) (*Server, error) {
 	}
 	s.health = health.NewServer()
 
+	// The client-connection limits the relay enforces bound grpc-go too,
+	// where it has the same knob: a header list cap (else an 8 MiB header
+	// block is decoded and forwarded), a stream cap, a handshake
+	// deadline and an idle close (grpc-go keeps idle connections
+	// forever by default).
+	lim := opts.RelayLimits.withDefaults()
 	sopts := []grpc.ServerOption{
+		grpc.MaxHeaderListSize(uint32(lim.MaxHeaderListSize)),
+		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
+		grpc.ConnectionTimeout(lim.HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
 		grpc.ForceServerCodecV2(s.codec),
 		grpc.UnknownServiceHandler(s.unknownMethod),
 		grpc.MaxRecvMsgSize(opts.MaxMessageSize),

@@ -6,8 +6,8 @@ import (
 	"io"
 	"net/http"
 	"regexp"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )

@@ -133,15 +133,6 @@ var knownFailures = map[string]map[string]string{
 		failThroughput: "the shared backend connection stalls behind the held answers",
 		failComeback:   "the memory is not given back a minute after the client left",
 	},
-	// relay.idle_timeout is the relay's: the grpc engine sets no
-	// MaxConnectionIdle (grpc-go resets some at 30-60 s).
-	"idle-after-preface/grpc": {failProbe: "the grpc engine has no idle timeout"},
-	// grpc-go accepts 8 MiB header fields (16 MiB header list), decodes
-	// and forwards them.
-	"8MiB-header/grpc": {
-		failRSS:        "8 MiB headers decoded and forwarded upstream",
-		failThroughput: "8 MiB headers decoded and forwarded upstream",
-	},
 }
 
 // cell is the outcome of one probe against one target.

@@ -30,11 +30,11 @@ const collName = "chaos"
 type opKind int
 
 const (
-	opInsert  opKind = iota // a new key, written once
-	opUpsert                // a shared register
-	opSession               // Session read of the worker's own last insert
-	opStrong                // Strong read of a shared register
-	opEventually            // Eventually read of one of the worker's earlier inserts
+	opInsert     opKind = iota // a new key, written once
+	opUpsert                   // a shared register
+	opSession                  // Session read of the worker's own last insert
+	opStrong                   // Strong read of a shared register
+	opEventually               // Eventually read of one of the worker's earlier inserts
 )
 
 func (k opKind) String() string {

@@ -195,7 +195,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 				return usageFail(fmt.Errorf("--%s: only for in-process scenarios (without --target)", f))
 			}
 		}
-		t, err := parseTarget(*target)
+		t, err := bench.ParseTarget(*target)
 		if err != nil {
 			return usageFail(fmt.Errorf("--target: %w", err))
 		}
@@ -206,7 +206,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if *compare != "" {
 		for _, s := range strings.Split(*compare, ",") {
-			t, err := parseTarget(strings.TrimSpace(s))
+			t, err := bench.ParseTarget(strings.TrimSpace(s))
 			if err != nil {
 				return usageFail(fmt.Errorf("--compare: %w", err))
 			}
@@ -269,11 +269,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var ccOpts bench.ConsistencyCostOptions
 	if inproc && *scenario == bench.ScenarioConsistencyCost {
 		// Only the levels and lags: the lab sets the lag itself.
-		if ccOpts.Levels, ccOpts.Lags, err = parseLevelsLags(*levels, *lags); err != nil {
+		if ccOpts.Levels, ccOpts.Lags, err = bench.ParseLevelsLags(*levels, *lags); err != nil {
 			return usageFail(err)
 		}
 	} else if *scenario == bench.ScenarioConsistencyCost {
-		if ccOpts, err = consistencyCostOptions(ctx, *admin, *alts, *lags, *levels, *leader); err != nil {
+		if ccOpts, err = bench.ConsistencyCostFromFlags(ctx, *admin, *alts, *lags, *levels, *leader); err != nil {
 			if bench.IsUsageError(err) {
 				return usageFail(err)
 			}
@@ -419,88 +419,6 @@ func runScenario(ctx context.Context, run func(context.Context) (*bench.Scenario
 	return max(code, writeOutputs(stdout, stderr, outputs))
 }
 
-// consistencyCostOptions builds the lag controls: each alternative's
-// replication delay is set through its control URL (the simulator's fault
-// controls), by default the --admin URL of `demo`, where they live.
-func consistencyCostOptions(ctx context.Context, admin, alts, lags, levels, leader string) (bench.ConsistencyCostOptions, error) {
-	var o bench.ConsistencyCostOptions
-	var err error
-	if o.Levels, o.Lags, err = parseLevelsLags(levels, lags); err != nil {
-		return o, err
-	}
-	o.Leader = leader
-	byURL := map[string][]string{}
-	var order []string
-	add := func(url, id string) {
-		if _, ok := byURL[url]; !ok {
-			order = append(order, url)
-		}
-		byURL[url] = append(byURL[url], id)
-	}
-	if alts == "" {
-		if admin == "" {
-			return o, &bench.UsageError{Flag: "admin", Msg: "consistency-cost needs --admin (or --alternatives ID=CONTROL_URL,...)"}
-		}
-		l, ids, err := bench.AdminTopology(ctx, admin)
-		if err != nil {
-			return o, fmt.Errorf("finding the alternatives: %w", err)
-		}
-		if len(ids) == 0 {
-			return o, errors.New("the admin topology lists no alternatives")
-		}
-		if o.Leader == "" {
-			o.Leader = l
-		}
-		for _, id := range ids {
-			add(admin, id)
-		}
-	} else {
-		for _, s := range strings.Split(alts, ",") {
-			id, url, found := strings.Cut(strings.TrimSpace(s), "=")
-			if !found {
-				url = admin
-			}
-			if id == "" || url == "" {
-				return o, &bench.UsageError{Flag: "alternatives", Msg: fmt.Sprintf("%q: want ID=CONTROL_URL, or ID with --admin", s)}
-			}
-			add(url, id)
-		}
-	}
-	setters := make([]func(context.Context, time.Duration) error, 0, len(order))
-	for _, u := range order {
-		setters = append(setters, bench.SimLagSetter(u, byURL[u]))
-	}
-	o.SetLag = func(ctx context.Context, d time.Duration) error {
-		for _, set := range setters {
-			if err := set(ctx, d); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return o, nil
-}
-
-func parseLevelsLags(levels, lags string) ([]bench.Consistency, []time.Duration, error) {
-	var ls []bench.Consistency
-	var ds []time.Duration
-	for _, s := range strings.Split(lags, ",") {
-		d, err := time.ParseDuration(strings.TrimSpace(s))
-		if err != nil || d < 0 {
-			return nil, nil, &bench.UsageError{Flag: "lags", Msg: fmt.Sprintf("bad duration %q", s)}
-		}
-		ds = append(ds, d)
-	}
-	for _, s := range strings.Split(levels, ",") {
-		l, err := bench.ParseConsistency(strings.TrimSpace(s))
-		if err != nil {
-			return nil, nil, &bench.UsageError{Flag: "levels", Msg: err.Error()}
-		}
-		ls = append(ls, l)
-	}
-	return ls, ds, nil
-}
-
 // killProcess is the fault that kills a `sim` process the way a machine
 // dies: SIGKILL, no chance to clean up.
 func killProcess(pid int) func(context.Context) error {
@@ -519,21 +437,6 @@ func joinWorkloads() string {
 		s[i] = string(w)
 	}
 	return strings.Join(s, ", ")
-}
-
-// parseTarget reads "[NAME=]ADDR".
-func parseTarget(s string) (bench.Target, error) {
-	name, addr, found := strings.Cut(s, "=")
-	if !found {
-		name, addr = "", s
-	}
-	if addr == "" || strings.ContainsAny(addr, " \t") {
-		return bench.Target{}, fmt.Errorf("bad endpoint %q (want [NAME=]HOST:PORT)", s)
-	}
-	if found && name == "" {
-		return bench.Target{}, fmt.Errorf("empty name in %q", s)
-	}
-	return bench.Target{Name: name, Addr: addr}, nil
 }
 
 // checkOutputPath fails early, before a long run, when a result could not

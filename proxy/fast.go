@@ -122,13 +122,14 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 	fc.up = upRef{u: u, id: fc.us.id} // in fc: no allocation of its own
 	fc.st.abortUp.Store(&fc.up)
 	if err != nil {
-		// Part of the request went out, then writing failed: the stream
-		// is registered, so it ends exactly once, through onDone, by the
-		// connection's failure or by this finish, whichever comes first,
-		// and is judged there (a write's outcome is unknown). Handing it
-		// to a worker as well ended the call twice ("inflight counter
-		// below zero") and could send it twice.
-		u.finishFL(fc.us.id, func(us *ustream) { us.err = err }, fl)
+		// Part of the request went out, then writing failed: the
+		// connection is broken. Failing it ends every stream on it, this
+		// one included, exactly once, through onDone, with "connection to
+		// cluster lost" (Unavailable: a write's outcome is unknown, a read
+		// moves on). Handing the call to a worker as well ended it twice
+		// ("inflight counter below zero") and could send it twice; ending
+		// it with the bare socket error answered the client Unknown.
+		u.fail(err, fl)
 	}
 }
 

@@ -232,7 +232,14 @@ func transportFailure(ctx context.Context, err error) bool {
 	if err == nil || ctx.Err() != nil {
 		return false
 	}
-	switch status.Code(err) {
+	st, isStatus := status.FromError(err)
+	if !isStatus {
+		// Not a gRPC status: the proxy's own socket or stream error
+		// (a backend's answer always arrives as a status), so the
+		// connection failed, not the request.
+		return true
+	}
+	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
 	}

@@ -21,11 +21,10 @@
 package multiproxy_test
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 // binary is the milvus-ha-proxy built once for the whole suite.
@@ -35,23 +34,4 @@ func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
-func run(m *testing.M) int {
-	if b := os.Getenv("MHP_BIN"); b != "" {
-		binary = b
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "mhp-multiproxy-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "milvus-ha-proxy")
-	cmd := exec.Command("go", "build", "-o", binary, "github.com/milvus-ha-proxy/milvus-ha-proxy/cmd/milvus-ha-proxy")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building milvus-ha-proxy:", err)
-		return 1
-	}
-	return m.Run()
-}
+func run(m *testing.M) int { return testproc.RunWithBinary(m, "mhp-multiproxy-", &binary) }

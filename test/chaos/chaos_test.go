@@ -252,7 +252,7 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 	}()
 
 	r := newRig(t)
-	l := startLoad(t, r.proxy.addr, 3, 3, seed)
+	l := startLoad(t, r.proxy.Addr, 3, 3, seed)
 	defer func() {
 		// Client errors by kind, for passing and failing seeds alike.
 		for _, o := range l.stop() {
@@ -371,7 +371,7 @@ func runSeed(t *testing.T, seed uint64, env chaosEnv, budget time.Duration, tot 
 	// Heal: every cluster back, replication resumed, one leader.
 	for _, id := range r.ids {
 		if w.dead[id] {
-			if err := r.sims[id].restart(); err != nil {
+			if err := r.sims[id].Restart(); err != nil {
 				t.Fatalf("restarting %s: %v", id, err)
 			}
 		}
@@ -588,12 +588,12 @@ func (r *rig) do(s *step, w *world) {
 			w.leader = res.To
 		}
 	case stepKillLeader:
-		r.sims[s.target].signal(syscall.SIGKILL)
+		r.sims[s.target].Signal(syscall.SIGKILL)
 		w.dead[s.target] = true
 		w.diverged[s.target] = true
 		s.result = "killed"
 	case stepRestartSim:
-		if err := r.sims[s.target].restart(); err != nil {
+		if err := r.sims[s.target].Restart(); err != nil {
 			r.t.Fatalf("restarting %s: %v", s.target, err)
 		}
 		delete(w.dead, s.target)
@@ -619,7 +619,7 @@ func (r *rig) do(s *step, w *world) {
 		if s.target == "TERM" {
 			sig = syscall.SIGTERM
 		}
-		if err := r.proxy.restart(sig); err != nil {
+		if err := r.proxy.Restart(sig); err != nil {
 			r.t.Fatalf("restarting the proxy: %v", err)
 		}
 		s.result = "restarted"
@@ -653,7 +653,7 @@ func (r *rig) holdings(ops []op) map[string]map[int64]bool {
 	}
 	out := map[string]map[int64]bool{}
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			continue
 		}
 		have, err := r.direct[id].presence(commonpb.ConsistencyLevel_Eventually, pks)
@@ -706,7 +706,7 @@ func (r *rig) checkKept(leader string, ops []op, atRisk map[int64]bool) string {
 	// Where the missing ones are, for whoever debugs it.
 	var where []string
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			continue
 		}
 		h, err := r.direct[id].presence(commonpb.ConsistencyLevel_Eventually, missing)

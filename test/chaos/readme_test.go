@@ -49,12 +49,12 @@ func TestReadmeTryAFailover(t *testing.T) {
 	}
 	blocks := readmeBlocks(t, "## Try a failover")
 	demo := newProc(t, "demo", filepath.Join(t.TempDir(), "demo.log"))
-	got, err := demo.start([]string{"demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-level", "warn"},
+	got, err := demo.Start([]string{"demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-level", "warn"},
 		"milvus-ha-proxy listening on ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer demo.signal(syscall.SIGTERM)
+	defer demo.Signal(syscall.SIGTERM)
 	grpcAddr, adminAddr, ok := strings.Cut(got[0], " (gRPC), admin on http://")
 	if !ok {
 		t.Fatalf("demo announced %q", got[0])

@@ -68,14 +68,14 @@ func newRig(t testing.TB) *rig {
 		}
 	}
 	for _, id := range r.ids {
-		r.direct[id] = dial(t, r.sims[id].addr)
+		r.direct[id] = dial(t, r.sims[id].Addr)
 	}
 	r.join("a", "b", "c")
 
 	var yaml strings.Builder
 	fmt.Fprintf(&yaml, "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndiscovery: replicate\nclusters:\n")
 	for _, id := range r.ids {
-		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
+		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].Addr)
 	}
 	// The proxy keeps its leader change record and the quarantines in
 	// force in a file: a restarted proxy must not forget them.
@@ -92,11 +92,11 @@ func newRig(t testing.TB) *rig {
 	r.proxy = p
 	// No client timeout for the actions: a switchover answers when it is
 	// done; each call has its own context.
-	r.adm, err = admin.NewClient("http://"+p.admin, &http.Client{})
+	r.adm, err = admin.NewClient("http://"+p.Admin, &http.Client{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.via = dial(t, p.addr)
+	r.via = dial(t, p.Addr)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		v, err := r.topology()
@@ -117,7 +117,7 @@ func newRig(t testing.TB) *rig {
 func (r *rig) join(source string, targets ...string) {
 	r.t.Helper()
 	entry := func(id string) *commonpb.MilvusCluster {
-		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].addr}}
+		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].Addr}}
 		for i := range pchannels {
 			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
 		}
@@ -133,7 +133,7 @@ func (r *rig) join(source string, targets ...string) {
 	var wg sync.WaitGroup
 	errs := make([]error, len(targets)+1)
 	for i, id := range append([]string{source}, targets...) {
-		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].addr, "", cfg, false) })
+		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].Addr, "", cfg, false) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -192,7 +192,7 @@ func (r *rig) topology() (admin.View, error) {
 }
 
 func (r *rig) readyz() (int, string) {
-	resp, err := r.hc.Get("http://" + r.proxy.admin + "/readyz")
+	resp, err := r.hc.Get("http://" + r.proxy.Admin + "/readyz")
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -203,7 +203,7 @@ func (r *rig) readyz() (int, string) {
 
 // simControl posts a fault control to a simulator.
 func (r *rig) simControl(id, action string) error {
-	resp, err := r.hc.Post("http://"+r.sims[id].ctl+"/sim/"+id+"/"+action, "", nil)
+	resp, err := r.hc.Post("http://"+r.sims[id].Ctl+"/sim/"+id+"/"+action, "", nil)
 	if err != nil {
 		return err
 	}
@@ -220,11 +220,11 @@ func (r *rig) simControl(id, action string) error {
 func (r *rig) diagnostics() string {
 	var b strings.Builder
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			fmt.Fprintf(&b, "sim %s: down\n", id)
 			continue
 		}
-		resp, err := r.hc.Get("http://" + r.sims[id].ctl + "/sim/" + id + "/status")
+		resp, err := r.hc.Get("http://" + r.sims[id].Ctl + "/sim/" + id + "/status")
 		if err != nil {
 			fmt.Fprintf(&b, "sim %s: %v\n", id, err)
 			continue
@@ -247,7 +247,7 @@ func (r *rig) diagnostics() string {
 // (a probe row with its own primary key) and returns those that did.
 func (r *rig) writable() (ok []string, why []string) {
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			continue
 		}
 		pk := r.probe.Add(1)

@@ -49,7 +49,7 @@ func startWriters(r *rig, skip ...string) *writers {
 					return
 				case <-time.After(20 * time.Millisecond):
 				}
-				if !n.p.running() {
+				if !n.p.Running() {
 					continue
 				}
 				pk++
@@ -199,7 +199,7 @@ func TestKillLeaderOneForcePromotion(t *testing.T) {
 	w := startWriters(r)
 	time.Sleep(time.Second)
 	killedAt := time.Now()
-	r.sims["a"].signal(syscall.SIGKILL)
+	r.sims["a"].Signal(syscall.SIGKILL)
 	leader, err := r.agree(detectAfter+2*time.Second, "!a")
 	took := time.Since(killedAt)
 	if err != nil {
@@ -259,7 +259,7 @@ func TestCutOffProxyNeverPromotes(t *testing.T) {
 		t.Errorf("/readyz of the cut-off proxy: %d %q, want 503 naming etcd", code, body)
 	}
 	killedAt := time.Now()
-	r.sims["a"].signal(syscall.SIGKILL)
+	r.sims["a"].Signal(syscall.SIGKILL)
 	leader, err := r.agree(detectAfter+leaseTTL+3*time.Second, "!a", cut.name)
 	if err != nil {
 		w.finish()
@@ -338,7 +338,7 @@ func killDeciderMidFailover(t *testing.T, at string) {
 	w := startWriters(r, d.name)
 	time.Sleep(500 * time.Millisecond)
 	killedAt := time.Now()
-	r.sims["a"].signal(syscall.SIGKILL)
+	r.sims["a"].Signal(syscall.SIGKILL)
 	var phase string
 	for deadline := time.Now().Add(detectAfter + 5*time.Second); time.Now().Before(deadline) && phase == ""; {
 		switch at {
@@ -353,7 +353,7 @@ func killDeciderMidFailover(t *testing.T, at string) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	d.p.signal(syscall.SIGKILL)
+	d.p.Signal(syscall.SIGKILL)
 	n0, by0 := r.promotions()
 	t.Logf("decider %s killed %s after the leader (%s); force promotions then: %d (%s)",
 		d.name, time.Since(killedAt).Round(time.Millisecond), phase, n0, by0)
@@ -380,7 +380,7 @@ func killDeciderMidFailover(t *testing.T, at string) {
 }
 
 func readyz(r *rig, n *node) (int, string) {
-	resp, err := r.hc.Get("http://" + n.p.admin + "/readyz")
+	resp, err := r.hc.Get("http://" + n.p.Admin + "/readyz")
 	if err != nil {
 		return 0, err.Error()
 	}

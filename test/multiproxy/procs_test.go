@@ -1,188 +1,22 @@
 package multiproxy_test
 
 import (
-	"bufio"
-	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
-// proc is one child process of the binary whose log goes to a file (kept
-// across restarts) and whose stdout announces where it listens.
-type proc struct {
-	name string
-	log  *os.File
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func newProc(t testing.TB, name, logPath string) *proc {
-	t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, log: f}
-	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		f.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logPath); err == nil && len(b) > 0 {
-				t.Logf("%s log (last 4000 bytes):\n%s", name, tail(b, 4000))
-			}
-		}
-	})
-	return p
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
-
-// start runs the binary with args and returns, for each wanted stdout
-// prefix, the rest of the first line that starts with it.
-func (p *proc) start(args []string, want ...string) ([]string, error) {
-	fmt.Fprintf(p.log, "=== %s start: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-	cmd := exec.Command(binary, args...)
-	cmd.Stderr = p.log
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", p.name, err)
-	}
-	done := make(chan struct{})
-	lines := make(chan string, 8)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-		_, _ = io.Copy(io.Discard, out)
-	}()
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	got := make([]string, len(want))
-	missing := len(want)
-	deadline := time.After(20 * time.Second)
-	for missing > 0 {
-		select {
-		case l := <-lines:
-			for i, w := range want {
-				if rest, ok := strings.CutPrefix(l, w); ok && got[i] == "" {
-					got[i] = rest
-					missing--
-				}
-			}
-		case <-done:
-			return nil, fmt.Errorf("%s exited at start (log in %s)", p.name, p.log.Name())
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			<-done
-			return nil, fmt.Errorf("%s did not report %q within 20s", p.name, want)
-		}
-	}
-	p.mu.Lock()
-	p.cmd, p.done = cmd, done
-	p.mu.Unlock()
-	return got, nil
-}
-
-// signal sends sig and waits for the process to be gone (SIGTERM: after
-// its graceful stop). A process that does not stop within 30s is killed.
-func (p *proc) signal(sig syscall.Signal) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd = nil
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	fmt.Fprintf(p.log, "=== %s %s\n", time.Now().Format(time.RFC3339Nano), sig)
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (p *proc) running() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cmd != nil
-}
-
-// simProc is one simulated cluster in its own process; its data directory
-// survives a kill.
-type simProc struct {
-	*proc
-	id   string
-	dir  string
-	addr string // gRPC address, kept across restarts
-	ctl  string // fault control address (changes on restart)
-}
+// The clusters and the proxies run as processes of the built binary
+// (test/testproc).
+type (
+	simProc   = testproc.Sim
+	proxyProc = testproc.Proxy
+)
 
 func startSim(t testing.TB, root, id string) (*simProc, error) {
-	s := &simProc{proc: newProc(t, "sim "+id, filepath.Join(root, id+".log")), id: id, dir: filepath.Join(root, id)}
-	return s, s.boot("127.0.0.1:0")
-}
-
-func (s *simProc) boot(listen string) error {
-	got, err := s.start([]string{"sim", "--cluster-id", s.id, "--listen", listen, "--control", "127.0.0.1:0",
-		"--data-dir", s.dir, "--tick", "20ms", "--log-level", "warn"},
-		"sim "+s.id+" listening on ", "sim "+s.id+" control on ")
-	if err != nil {
-		return err
-	}
-	s.addr, s.ctl = got[0], got[1]
-	return nil
-}
-
-// proxyProc is the proxy in its own process (`serve --config`), restarted
-// on the same two addresses.
-type proxyProc struct {
-	*proc
-	config string
-	addr   string // gRPC
-	admin  string // admin HTTP host:port
+	return testproc.StartSim(t, binary, root, id)
 }
 
 func startProxy(t testing.TB, root, name, config string) (*proxyProc, error) {
-	p := &proxyProc{proc: newProc(t, "proxy "+name, filepath.Join(root, name+".log")), config: config}
-	return p, p.boot("127.0.0.1:0", "127.0.0.1:0")
-}
-
-func (p *proxyProc) boot(listen, admin string) error {
-	got, err := p.start([]string{"serve", "--config", p.config, "--listen", listen, "--admin-listen", admin},
-		"milvus-ha-proxy listening on ")
-	if err != nil {
-		return err
-	}
-	// "<grpc> (gRPC), admin on http://<admin>"
-	grpcAddr, rest, ok := strings.Cut(got[0], " (gRPC), admin on http://")
-	if !ok {
-		return fmt.Errorf("proxy announced %q", got[0])
-	}
-	p.addr, p.admin = grpcAddr, rest
-	return nil
+	return testproc.StartProxy(t, binary, root, name, config)
 }

@@ -85,7 +85,7 @@ func newRig(t testing.TB) *rig {
 		}
 	}
 	for _, id := range r.ids {
-		r.direct[id] = dial(t, r.sims[id].addr)
+		r.direct[id] = dial(t, r.sims[id].Addr)
 	}
 	r.join("a", "b", "c")
 
@@ -95,7 +95,7 @@ func newRig(t testing.TB) *rig {
 		var y strings.Builder
 		fmt.Fprintf(&y, "discovery: replicate\nclusters:\n")
 		for _, id := range r.ids {
-			fmt.Fprintf(&y, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
+			fmt.Fprintf(&y, "  - id: %s\n    uri: %s\n", id, r.sims[id].Addr)
 		}
 		fmt.Fprintf(&y, "failover:\n  mode: auto\n  detect_after: %s\n  write_hold: %s\ndrain:\n  grace_period: 1s\n", detectAfter, writeHold)
 		fmt.Fprintf(&y, "arbiter:\n  proxy_id: %s\n  etcd:\n    endpoints: [%s]\n    prefix: /mhp-test/%s\n    lease_ttl: %s\n",
@@ -109,10 +109,10 @@ func newRig(t testing.TB) *rig {
 			t.Fatal(err)
 		}
 		n.p = p
-		if n.adm, err = admin.NewClient("http://"+p.admin, &http.Client{}); err != nil {
+		if n.adm, err = admin.NewClient("http://"+p.Admin, &http.Client{}); err != nil {
 			t.Fatal(err)
 		}
-		n.cl = dial(t, p.addr)
+		n.cl = dial(t, p.Addr)
 		r.nodes = append(r.nodes, n)
 	}
 	if _, err := r.agree(30*time.Second, "a"); err != nil {
@@ -127,7 +127,7 @@ func newRig(t testing.TB) *rig {
 func (r *rig) join(source string, targets ...string) {
 	r.t.Helper()
 	entry := func(id string) *commonpb.MilvusCluster {
-		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].addr}}
+		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].Addr}}
 		for i := range pchannels {
 			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
 		}
@@ -141,7 +141,7 @@ func (r *rig) join(source string, targets ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, id := range append([]string{source}, targets...) {
-		if err := sim.UpdateReplicateConfiguration(ctx, r.sims[id].addr, "", cfg, false); err != nil {
+		if err := sim.UpdateReplicateConfiguration(ctx, r.sims[id].Addr, "", cfg, false); err != nil {
 			r.t.Fatalf("joining replication: %v", err)
 		}
 	}
@@ -218,7 +218,7 @@ func (r *rig) agree(bound time.Duration, want string, skip ...string) (string, e
 func (r *rig) agreedOnce(want string, skip []string) (string, string) {
 	leader, epoch := "", uint64(0)
 	for _, n := range r.nodes {
-		if !n.p.running() || contains(skip, n.name) {
+		if !n.p.Running() || contains(skip, n.name) {
 			continue
 		}
 		v, err := n.topology()
@@ -253,7 +253,7 @@ func contains(s []string, v string) bool {
 // decider returns the proxy that decides, as the proxies' records say.
 func (r *rig) decider() (*node, error) {
 	for _, n := range r.nodes {
-		if !n.p.running() {
+		if !n.p.Running() {
 			continue
 		}
 		v, err := n.topology()
@@ -270,7 +270,7 @@ func (r *rig) decider() (*node, error) {
 // simStatus reads one simulator's status.
 func (r *rig) simStatus(id string) (sim.ClusterStatus, error) {
 	var st sim.ClusterStatus
-	resp, err := r.hc.Get("http://" + r.sims[id].ctl + "/sim/" + id + "/status")
+	resp, err := r.hc.Get("http://" + r.sims[id].Ctl + "/sim/" + id + "/status")
 	if err != nil {
 		return st, err
 	}
@@ -283,7 +283,7 @@ func (r *rig) simStatus(id string) (sim.ClusterStatus, error) {
 func (r *rig) promotions() (total int64, by string) {
 	var parts []string
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			continue
 		}
 		st, err := r.simStatus(id)
@@ -301,7 +301,7 @@ func (r *rig) promotions() (total int64, by string) {
 func (r *rig) writable(pk int64) []string {
 	var ok []string
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -318,7 +318,7 @@ func (r *rig) writable(pk int64) []string {
 func (r *rig) diagnostics() string {
 	var b strings.Builder
 	for _, n := range r.nodes {
-		if !n.p.running() {
+		if !n.p.Running() {
 			fmt.Fprintf(&b, "%s: down\n", n.name)
 			continue
 		}
@@ -331,7 +331,7 @@ func (r *rig) diagnostics() string {
 		fmt.Fprintf(&b, "%s: leader %s failing_over %v ready %v (%s) arbiter %s\n", n.name, v.Leader, v.FailingOver, v.Ready, v.NotReadyReason, j)
 	}
 	for _, id := range r.ids {
-		if !r.sims[id].running() {
+		if !r.sims[id].Running() {
 			fmt.Fprintf(&b, "sim %s: down\n", id)
 			continue
 		}

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	// Clients may compress requests with gzip; decompressing them needs
 	// the compressor registered.
@@ -226,9 +227,15 @@ func New(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(windowSize),
 		grpc.InitialConnWindowSize(connWindowSize),
 	}
-	if opts.Creds != nil {
-		sopts = append(sopts, grpc.Creds(opts.Creds))
+	// Every connection passes the rapid-reset guard (grpc_guard.go),
+	// behind TLS when there is TLS.
+	creds := opts.Creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
 	}
+	sopts = append(sopts, grpc.Creds(&guardCreds{TransportCredentials: creds,
+		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond),
+		onClose: func(reason string) { s.relayEvent(RelayConnClosed, reason) }}))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

@@ -30,8 +30,10 @@ import (
 //	        leader first) ──▶ promoting (target, from the old leader's
 //	        stream; by force if it does not take over) ──▶ installing ──▶ steady
 //	steady ──`switchover --to`──▶ catching-up ──▶ reading ──▶ holding ──▶
-//	        demoting (old leader first) ──▶ confirming (checkpoints cover the
-//	        last acknowledged write) ──▶ promoting (target) ──▶ installing ──▶ steady
+//	        confirming (checkpoints cover the last acknowledged write; if
+//	        not within the catch-up timeout, rolled back: nothing changed)
+//	        ──▶ demoting (old leader first) ──▶ confirming again ──▶
+//	        promoting (target) ──▶ installing ──▶ steady
 //	steady ──`attach --cluster`──▶ reading ──▶ the cluster, then the leader,
 //	        get the configuration naming it a target ──▶ steady
 //	steady ──former leader, unreachable alternative, or a cluster that
@@ -220,7 +222,12 @@ type gapCheck struct {
 
 // stuckSwitchover is a switchover whose old leader demoted itself but
 // whose target has not confirmed.
-type stuckSwitchover struct{ from, to string }
+// bar is the old leader's last acknowledged write the target was
+// confirmed to cover (0: unknown).
+type stuckSwitchover struct {
+	from, to string
+	bar      uint64
+}
 
 // Arbiter drives leader changes for one Manager. Create it with
 // NewArbiter and Start it after the manager; it stops with the manager.

@@ -112,3 +112,45 @@ func TestSplitBrainFailsClosed(t *testing.T) {
 		t.Fatal("the demoted primary took a write")
 	}
 }
+
+// TestSwitchoverToStalledTargetLosesNothing: a switchover to a target
+// whose replication stalled, asked right after the proxy started (it has
+// seen no write acknowledged on the leader, as after a restart), must not
+// end with the target promoted without the leader's writes: it is
+// refused or rolled back, the old leader stays the primary, and nothing
+// settles it later by force.
+func TestSwitchoverToStalledTargetLosesNothing(t *testing.T) {
+	r := newArbiterRig(t, topology.ModeAuto, func(o *topology.ArbiterOptions) { o.CatchUpTimeout = time.Second })
+	ca, cc := dial(t, r.a.Addr()), dial(t, r.c.Addr())
+	ca.createLoaded("docs")
+	ca.insert("docs", 1)
+	testutil.Eventually(t, 10*time.Second, "c has 1", func() bool { return cc.has("docs", 1)[1] })
+	r.c.PauseReplication()
+	ca.insert("docs", 2) // acknowledged by a; the proxy never saw it
+	ch, err := r.arb.Switchover(context.Background(), "c")
+	if err == nil {
+		t.Fatalf("switchover to a stalled target succeeded: %+v", ch)
+	}
+	t.Logf("switchover: %v", err)
+	// Past detect_after, settling has had every chance to act.
+	time.Sleep(2 * time.Second)
+	s := r.m.Snapshot()
+	if s.Leader == nil || s.Leader.ID != "a" {
+		t.Fatalf("leader after the refused switchover: %+v\n%+v", r.m.View(), r.arb.Status())
+	}
+	if got := topologyOf(ca.replicateConfig()); !strings.HasPrefix(got, "a>") {
+		t.Fatalf("a's configuration %s: no longer the primary", got)
+	}
+	if got := topologyOf(cc.replicateConfig()); !strings.HasPrefix(got, "a>") {
+		t.Fatalf("c's configuration %s: promoted without a's write 2", got)
+	}
+	ca.insert("docs", 3)
+	r.c.ResumeReplication()
+	testutil.Eventually(t, 10*time.Second, "c catches up", func() bool { return cc.has("docs", 2, 3)[3] })
+	if _, err := r.arb.Switchover(context.Background(), "c"); err != nil {
+		t.Fatalf("switchover once c caught up: %v", err)
+	}
+	if got := cc.has("docs", 1, 2, 3); !got[1] || !got[2] || !got[3] {
+		t.Fatalf("c after the switchover has %v", got)
+	}
+}

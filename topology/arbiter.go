@@ -537,6 +537,7 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
+	a.awaitDiscovery(ctx)
 	if err := a.acquireWait(ctx, "a failover to "+to); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
@@ -571,6 +572,37 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 		return a.failoverReachable(ctx, s, from, to)
 	}
 	return a.failover(ctx, s, from, to, false)
+}
+
+// awaitDiscovery waits, when no leader is known and no change is under
+// way, for discovery to name one: right after the proxy starts its first
+// round may still be reading the clusters' configurations, and an
+// operator's change is answered from that round instead of "no leader is
+// known". The wait is bounded by two discovery rounds and detect_after
+// (and by QueueWait and ctx); a split brain, or clusters that name no
+// source, end it with no leader still.
+func (a *Arbiter) awaitDiscovery(ctx context.Context) {
+	s := a.m.Snapshot()
+	if s.Leader != nil || s.FailingOver {
+		return
+	}
+	bound := min(2*(a.mo.DiscoveryInterval+max(a.mo.PollTimeout, a.mo.ProbeTimeout))+a.mo.DetectAfter, a.opts.QueueWait)
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	a.m.Rediscover()
+	for {
+		ch := a.m.Changed()
+		if s := a.m.Snapshot(); s.Leader != nil || s.FailingOver || strings.HasPrefix(s.DiscoveryError, splitBrainPrefix) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // checkTarget validates a target named by an operator.

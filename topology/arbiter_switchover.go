@@ -22,6 +22,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
+	a.awaitDiscovery(ctx)
 	if err := a.acquireWait(ctx, "a switchover to "+to); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
@@ -155,7 +156,11 @@ func (a *Arbiter) switchoverSource(s *Snapshot, to string) (from string, resume 
 	case s.FailingOver:
 		return s.LostLeader, false, fmt.Errorf("%w: a failover is under way", ErrRefused)
 	default:
-		return "", false, fmt.Errorf("%w: no leader is known; a switchover needs one (use `failover --to`)", ErrRefused)
+		why := "discovery found none"
+		if s.DiscoveryError != "" {
+			why = s.DiscoveryError
+		}
+		return "", false, fmt.Errorf("%w: no leader is known (%s); a switchover needs one (use `failover --to`)", ErrRefused, why)
 	}
 	if err := a.checkTarget(s, to); err != nil {
 		return from, false, err

@@ -121,6 +121,13 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	var store topology.ChangeStore
 	if cfg.Failover.StateFile != "" {
 		store = &topology.FileChangeStore{Path: cfg.Failover.StateFile}
+	} else if !cfg.Arbiter.Enabled() && cfg.Discovery == config.DiscoveryReplicate {
+		// Not a default path: two proxies on one host or volume would
+		// share it silently, and a container's file system is not kept
+		// unless a volume is mounted for it anyway. The leader does not
+		// depend on it (discovery reads it from the clusters and fails
+		// closed when they disagree); quarantines do.
+		logger.Warn("failover.state_file is not set: a restarted proxy forgets which clusters it quarantined after a forced failover (a former leader holding diverged data would serve reads again) and cannot settle a change it was running; set it to a file on persistent storage")
 	}
 	arbOpts := topology.ArbiterOptions{
 		Mode:     string(cfg.Failover.Mode),

@@ -541,6 +541,10 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 		from = s.Leader.ID
 	case s.FailingOver:
 		from = s.LostLeader
+	default:
+		// No leader and no change under way: discovery found several
+		// clusters that could be primary (split brain) or none.
+		return a.nameLeader(ctx, to)
 	}
 	if err := a.checkTarget(s, to); err != nil {
 		return a.refusedErr(KindFailover, from, to, err)

@@ -256,3 +256,70 @@ func primaryInOwnEyes(cfg *commonpb.ReplicateConfiguration, id string) bool {
 	}
 	return true
 }
+
+// nameLeader is `failover --to` while no leader is known and no change is
+// under way: discovery found several clusters that take writes in their
+// own configurations and nothing showing which one was promoted last (a
+// split brain), and writes are refused until an operator names the
+// leader. to must be one of those primaries; it becomes the leader and
+// the others are demoted, once healthy, to quarantined targets of it with
+// a salvage report of what they took that it lacks (the rejoin path of a
+// former leader).
+func (a *Arbiter) nameLeader(ctx context.Context, to string) (Change, error) {
+	if !a.known(to) {
+		return a.refusedErr(KindFailover, "", to, fmt.Errorf("%w %q (configured: %s)", ErrUnknownCluster, to, strings.Join(a.m.clusterIDs(), ", ")))
+	}
+	m := a.m
+	r := a.beginChange(ctx, KindFailover, "", to, false)
+	var claims map[string]bool
+	_ = r.step(ctx, StepReadConfigs, "", "GetReplicateConfiguration on every cluster", func() (string, error) {
+		var summary []string
+		claims, summary = a.readClaims(ctx)
+		return strings.Join(summary, "; "), nil
+	})
+	var primaries []string
+	for _, id := range m.clusterIDs() {
+		if claims[id] {
+			primaries = append(primaries, id)
+		}
+	}
+	if !claims[to] {
+		msg := fmt.Sprintf("no leader is known and %s is not a primary in its own replicate configuration", to)
+		if len(primaries) > 0 {
+			msg += fmt.Sprintf("; name one of the clusters that are: %s", strings.Join(primaries, ", "))
+		} else {
+			msg += "; no reachable cluster is (check discovery in `milvus-ha-proxy status`)"
+		}
+		ch := r.finish(ctx, ResultRefused, msg)
+		a.setPhase(PhaseSteady)
+		return ch, fmt.Errorf("%w: %s", ErrRefused, msg)
+	}
+	err := r.step(ctx, StepInstall, "", "route writes to "+to, func() (string, error) {
+		if err := m.InstallLeader(Promotion{Leader: to}); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("epoch %d", m.Snapshot().Epoch), nil
+	})
+	if err != nil {
+		ch := r.finish(ctx, ResultFailed, err.Error())
+		a.setPhase(PhaseSteady)
+		return ch, fmt.Errorf("failover to %s: %w", to, err)
+	}
+	var others []string
+	a.mu.Lock()
+	for _, id := range primaries {
+		if id != to && a.pending[id] == nil {
+			others = append(others, id)
+			a.pending[id] = &pendingCluster{id: id, kind: pendingFormerLeader, source: id, report: -1}
+		}
+	}
+	a.mu.Unlock()
+	msg := fmt.Sprintf("an operator named %s the leader among the primaries %s", to, strings.Join(primaries, ", "))
+	if len(others) > 0 {
+		msg += fmt.Sprintf("; %s to be demoted to quarantined targets of %s", strings.Join(others, ", "), to)
+	}
+	ch := r.finish(ctx, ResultOK, msg)
+	a.setPhase(PhaseSteady)
+	a.log.Warn("leader named by an operator after a split brain", "leader", to, "demoting", others, "epoch", ch.Epoch)
+	return ch, nil
+}

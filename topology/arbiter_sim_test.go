@@ -54,6 +54,18 @@ func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), ar
 	if err := sim.JoinReplication(context.Background(), r.a, r.b, r.c); err != nil {
 		t.Fatal(err)
 	}
+	r.m, r.arb = startProxyOver(t, mode, r.changes, []*sim.Cluster{r.a, r.b, r.c}, arbOpts...)
+	waitSnap(t, r.m, "a leads, b and c polled", func(s *topology.Snapshot) bool {
+		return s.Leader != nil && s.Leader.ID == "a" && s.Cluster("b").CheckpointsKnown && s.Cluster("c").CheckpointsKnown &&
+			s.Cluster("b").Healthy && s.Cluster("c").Healthy
+	})
+	return r
+}
+
+// startProxyOver starts a manager and an arbiter over running clusters,
+// as a proxy (re)started over them does; they stop with the test.
+func startProxyOver(t *testing.T, mode string, changes chan topology.Change, sims []*sim.Cluster, arbOpts ...func(*topology.ArbiterOptions)) (*topology.Manager, *topology.Arbiter) {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts := topology.Options{
 		PollInterval:      20 * time.Millisecond,
@@ -65,30 +77,31 @@ func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), ar
 		BreakerOpenFor:    300 * time.Millisecond,
 		Logger:            logger,
 	}
-	for _, s := range []*sim.Cluster{r.a, r.b, r.c} {
+	for _, s := range sims {
 		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
 	}
-	var err error
-	if r.m, err = topology.New(opts); err != nil {
-		t.Fatal(err)
-	}
-	ao := topology.ArbiterOptions{Mode: mode, RejoinSettle: 1500 * time.Millisecond, Logger: logger,
-		OnChange: func(c topology.Change) { r.changes <- c }}
-	for _, o := range arbOpts {
-		o(&ao)
-	}
-	r.arb, err = topology.NewArbiter(r.m, ao)
+	m, err := topology.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.m.Start()
-	r.arb.Start()
-	t.Cleanup(func() { r.m.Close() })
-	waitSnap(t, r.m, "a leads, b and c polled", func(s *topology.Snapshot) bool {
-		return s.Leader != nil && s.Leader.ID == "a" && s.Cluster("b").CheckpointsKnown && s.Cluster("c").CheckpointsKnown &&
-			s.Cluster("b").Healthy && s.Cluster("c").Healthy
-	})
-	return r
+	ao := topology.ArbiterOptions{Mode: mode, RejoinSettle: 1500 * time.Millisecond, Logger: logger,
+		OnChange: func(c topology.Change) {
+			select {
+			case changes <- c:
+			default:
+			}
+		}}
+	for _, o := range arbOpts {
+		o(&ao)
+	}
+	arb, err := topology.NewArbiter(m, ao)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	arb.Start()
+	t.Cleanup(func() { m.Close() })
+	return m, arb
 }
 
 // TestArbiterSwitchover: a planned switchover under the protocol: the new

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -123,13 +124,13 @@ func (m *Manager) applyReplicate(tx *regTxn, answers map[string]configAnswer) (l
 		// The failover owns the leader; record only what clusters claim.
 		return false, meta.Epoch, m.recordClaims(tx, t.claims)
 	}
-	leader := m.chooseLeader(meta.LeaderID, &t)
+	leader, splitBrain := m.chooseLeader(meta.LeaderID, &t)
 	if leader != meta.LeaderID && meta.LeaderID != "" && m.opts.FollowsLeader != nil && m.opts.FollowsLeader() {
 		// Another proxy decides; it installs the leader it chose.
 		return false, meta.Epoch, m.recordClaims(tx, t.claims)
 	}
 	if leader == "" {
-		msg := m.noLeaderReason(&t)
+		msg := m.noLeaderReason(&t, splitBrain)
 		if meta.DiscoveryError != msg {
 			return false, meta.Epoch, tx.modifyMeta(func(mr *metaRecord) { mr.DiscoveryError = msg })
 		}
@@ -203,20 +204,42 @@ func (m *Manager) tally(answers map[string]configAnswer) configTally {
 }
 
 // chooseLeader keeps the current leader while it claims to be the source
-// (or, unreachable, is still named by others); else the most named source
-// that agrees; else a single standalone cluster with an empty
-// configuration. "" when none qualifies.
-func (m *Manager) chooseLeader(cur string, t *configTally) string {
+// (or, unreachable, is still named by others). Otherwise the candidates
+// are the clusters that claim to be the source in their own configuration
+// and the unreachable ones that others name as their source. One
+// candidate leads. Of several, a candidate whose configuration is stale
+// is dropped (superseded); if exactly one remains it leads, else there is
+// no leader and splitBrain lists the candidates: picking one by count or
+// by config order would silently hand writes to a former leader whose
+// acknowledged writes the others never got, and demote the cluster that
+// has them. Last, a single standalone cluster with an empty configuration
+// leads. "" when none qualifies.
+func (m *Manager) chooseLeader(cur string, t *configTally) (leader string, splitBrain []string) {
 	if cur != "" && (t.claims[cur] || (!t.answered(cur) && t.votes[cur] > 0)) {
-		return cur
+		return cur, nil
 	}
-	leader, best := "", 0
+	var cands []string
 	for _, mb := range m.order {
-		if v := t.votes[mb.id]; v > best && (t.claims[mb.id] || !t.answered(mb.id)) {
-			leader, best = mb.id, v
+		if t.votes[mb.id] > 0 && (t.claims[mb.id] || !t.answered(mb.id)) {
+			cands = append(cands, mb.id)
 		}
 	}
-	if leader == "" && len(m.order) == 1 && t.answered(m.order[0].id) && len(t.answers[m.order[0].id].cfg.GetClusters()) == 0 {
+	if len(cands) > 1 {
+		var live []string
+		for _, id := range cands {
+			if !m.superseded(id, t) {
+				live = append(live, id)
+			}
+		}
+		if len(live) != 1 {
+			return "", cands
+		}
+		cands = live
+	}
+	if len(cands) == 1 {
+		return cands[0], nil
+	}
+	if len(m.order) == 1 && t.answered(m.order[0].id) && len(t.answers[m.order[0].id].cfg.GetClusters()) == 0 {
 		// One standalone cluster whose configuration is empty: it is the
 		// only place writes can go, so it leads. (Milvus 2.6 blocks
 		// instead until a configuration is set, milvus#52686; its fix
@@ -224,12 +247,54 @@ func (m *Manager) chooseLeader(cur string, t *configTally) string {
 		leader = m.order[0].id
 		t.claims[leader] = true
 	}
-	return leader
+	return leader, nil
+}
+
+// superseded reports whether every configuration that names id as its
+// source lists, as one of id's targets, a cluster that now claims to be a
+// source itself. A cluster becomes a source only by a promotion (a
+// switchover or a force promotion) after it was a target, so such a
+// configuration was written before that promotion: a former leader that
+// comes back with its old configuration, or a target that missed the
+// change, whatever the count of such votes. The asymmetric evidence
+// matters: a target that names another source than the one whose
+// configuration lists it is no proof either way (either may be stale).
+func (m *Manager) superseded(id string, t *configTally) bool {
+	named := 0
+	for _, mb := range m.order {
+		a, ok := t.answers[mb.id]
+		if !ok || a.err != nil || sourceOf(a.cfg) != id {
+			continue
+		}
+		named++
+		stale := false
+		for _, e := range a.cfg.GetCrossClusterTopology() {
+			if tg := e.GetTargetClusterId(); tg != id && t.claims[tg] {
+				stale = true
+				break
+			}
+		}
+		if !stale {
+			return false
+		}
+	}
+	return named > 0
 }
 
 // noLeaderReason says why no leader was found.
-func (m *Manager) noLeaderReason(t *configTally) string {
+func (m *Manager) noLeaderReason(t *configTally, splitBrain []string) string {
 	switch {
+	case len(splitBrain) > 1:
+		var parts []string
+		for _, id := range splitBrain {
+			if t.claims[id] {
+				parts = append(parts, fmt.Sprintf("%s claims to be a source in its own configuration", id))
+			} else {
+				parts = append(parts, fmt.Sprintf("%s (unreachable) is named source by %d configuration(s)", id, t.votes[id]))
+			}
+		}
+		return fmt.Sprintf("split brain: %s, and no configuration shows which one was promoted last (%s); writes are refused until an operator names the leader with `milvus-ha-proxy failover --to ID` (the others are then demoted to quarantined targets of it)",
+			strings.Join(splitBrain, " and "), strings.Join(parts, "; "))
 	case t.unimplemented == len(m.order):
 		return reasonNoReplicateConfig + "; use discovery: static"
 	case len(t.errs) == len(m.order):

@@ -16,6 +16,7 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	gobreaker "github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -221,6 +222,12 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
+// Reconnect backoff of a cluster connection (jittered by 20%).
+const (
+	reconnectBackoffBase = 100 * time.Millisecond
+	reconnectBackoffMax  = time.Second
+)
+
 func (m *Manager) newMember(i int, co ClusterOptions) (*member, error) {
 	creds := co.TLS
 	if creds == nil {
@@ -233,6 +240,19 @@ func (m *Manager) newMember(i int, co ClusterOptions) (*member, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
 		// Notice a dead peer between probes on otherwise idle streams.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		// A cluster that comes back (a restart, the end of a partition)
+		// is a failover candidate or the leader itself: reconnect within
+		// about a second instead of gRPC's default backoff (1s growing by
+		// 1.6 up to 120s, several seconds after an outage of ten).
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  reconnectBackoffBase,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   reconnectBackoffMax,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
 	dial = append(dial, m.opts.DialOptions...)
 	conn, err := grpc.NewClient(stripScheme(co.URI), dial...)

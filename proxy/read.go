@@ -184,12 +184,15 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 
 // waitLeader waits for a writable leader — the write path's one wait,
 // topology.Manager.WaitWritable, with the read's own WriteWait so that
-// every wait of the read together is bounded by write_hold — and returns
+// every wait of the read together is bounded by write_hold (a read that
+// waits longer than a write would is no use to a client whose writes
+// already fail) — and returns
 // where the read goes next: an alternative that is eligible now, else
 // that leader. The read keeps what it was planned with (required
 // timestamp, forwarded consistency fields): a Strong or Session read
 // carried to a new leader asks of it what it asked of the old one.
 func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
+	rs.wait.Read = true // not a held write in metrics and leader-change records
 	ld, err := s.topo.WaitWritable(c.ctx, &rs.wait)
 	if err != nil {
 		if c.ctx.Err() != nil {

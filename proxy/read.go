@@ -48,7 +48,7 @@ type readState struct {
 func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slow bool, err error) {
 	m := c.m
 	var f readFields
-	if err := scanRequest(req.bytes(), &m.layout, &f); err != nil {
+	if err := scanRequest(req.Bytes(), &m.layout, &f); err != nil {
 		return false, status.Errorf(codes.InvalidArgument, "milvus-ha-proxy: %s request: %v", m.name, err)
 	}
 	db := c.db(f.db)
@@ -60,7 +60,7 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 			rs.planLeader = rs.snap.Leader.ID
 		}
 	}
-	req.tail = nil
+	req.Tail = nil
 
 	in := router.ReadInput{
 		Meta: m.class == ClassMetaRead,
@@ -115,7 +115,7 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 	rs.rr = plan.Request
 	rs.rr.Exclude = rs.excl[:0]
 	if plan.Rewrite {
-		req.tail = appendConsistency(req.tailBuf[:0], &m.layout, int32(plan.ForwardLevel), plan.ForwardGuarantee)
+		req.Tail = appendConsistency(req.TailBuf[:0], &m.layout, int32(plan.ForwardLevel), plan.ForwardGuarantee)
 	}
 	if plan.WaitForAlternative {
 		if err := s.waitForAlternative(c, rs); err != nil {
@@ -315,9 +315,9 @@ func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *
 	// A leader's answer is final; an alternative's refusal is judged by
 	// the router.
 	if cl.Role != topology.RoleLeader {
-		if st, _, ok := scanResponse(resp.bytes(), &c.m.layout); ok && cannotServe(st) {
+		if st, _, ok := scanResponse(resp.Bytes(), &c.m.layout); ok && cannotServe(st) {
 			if dec := router.AfterRefusal(s.topo.Snapshot(), rs.rr, cl); dec.Cluster != nil {
-				resp.free()
+				resp.Free()
 				rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
 				rs.dec = dec
 				return nil, nil, false

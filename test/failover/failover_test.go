@@ -19,7 +19,11 @@ import (
 // SIGKILL. A new leader is promoted and writes resume on it; no read
 // violates its level; every write acknowledged and replicated before the
 // kill is on the new leader; writes whose outcome was unknown were not
-// applied twice. Then the old leader restarts with its data: it is demoted
+// applied twice; Session and Strong readers running beside the writers,
+// whose reads only the leader can serve, see no error during the
+// detection window and the failover: their reads wait for the new leader,
+// except a Session read carried across the failover whose required
+// write never reached the new leader, which is refused as such. Then the old leader restarts with its data: it is demoted
 // to a quarantined target, gets no request from the proxy, and what it held
 // that never replicated is reported.
 func TestKillLeader(t *testing.T) {
@@ -27,7 +31,7 @@ func TestKillLeader(t *testing.T) {
 	// that never replicated: they are the ones that may be lost, and the
 	// salvage report must account for them.
 	r := newRig(t, rigOptions{extraSim: []string{"--replication-delay", "150ms"}})
-	l := startLoad(r, loadOptions{workers: 4})
+	l := startLoad(r, loadOptions{workers: 4, readers: 4})
 	time.Sleep(1500 * time.Millisecond)
 
 	// How far each alternative replicated, read just before the kill:
@@ -139,6 +143,38 @@ func TestKillLeader(t *testing.T) {
 			t.Logf("%s of %d at kill%+dms failed: %s", o.kind, o.pk, o.start.Sub(killAt).Milliseconds(), o.err)
 		}
 	}
+
+	// The readers (and the writers' Session reads of their own insert): a
+	// read the leader alone could serve when the leader died waited for
+	// the new leader. A Session read carried across the
+	// failover whose guarantee is past the new leader's salvage
+	// checkpoint asks for a write the new leader never got: it is refused
+	// with FailedPrecondition naming that, and nothing else fails.
+	salvage := uint64(0)
+	if len(ch.Salvage) > r.pch {
+		salvage = ch.Salvage[r.pch]
+	}
+	readerOps := map[opKind]int{}
+	refusedLost := 0
+	for _, o := range ops {
+		if o.kind != opSessionLatest && o.kind != opStrongLatest && o.kind != opSession {
+			continue
+		}
+		readerOps[o.kind]++
+		switch {
+		case o.out == acked:
+		case o.kind != opStrongLatest && strings.Contains(o.err, "FailedPrecondition") &&
+			strings.Contains(o.err, "promoted by force") && salvage != 0 && o.ts > salvage && o.start.Before(installed):
+			refusedLost++
+		default:
+			t.Errorf("%s of %d (guarantee %d) at kill%+dms failed: %s", o.kind, o.pk, o.ts, o.start.Sub(killAt).Milliseconds(), o.err)
+		}
+	}
+	if readerOps[opSessionLatest] == 0 || readerOps[opStrongLatest] == 0 {
+		t.Errorf("the readers made no reads: %v", readerOps)
+	}
+	t.Logf("readers: %d Session, %d Strong reads (writers: %d Session reads of their own insert); %d Session reads refused because the write they require (past %s's salvage checkpoint %d) was lost",
+		readerOps[opSessionLatest], readerOps[opStrongLatest], readerOps[opSession], refusedLost, newLeader, salvage)
 
 	// The old leader gets nothing from the proxy once the new one is
 	// installed (calls already on their way when it died are the unknown

@@ -57,7 +57,8 @@ import (
 // Environment: MHP_PERF_ROUNDS (3), MHP_PERF_DURATION (3s), MHP_PERF_CALLS
 // (3000), MHP_PERF_TARGETS (comma list, default all), MHP_PERF_CPUPROFILE
 // (a file: serve runs with admin_pprof on and, after the rounds, a CPU
-// profile of it under the c=8 load is written there), MHP_PERF_BASE_BIN
+// profile of it under the c=8 load is written there, and its allocations
+// since it started to FILE.allocs), MHP_PERF_BASE_BIN
 // (another milvus-ha-proxy binary, measured as target serve-base in the
 // same rounds: what a change to the code bought).
 func BenchmarkProxy(b *testing.B) {
@@ -755,7 +756,37 @@ func profile(tg *target, o perfOptions) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "CPU profile of %s under c=%d: %s\n", tg.name, o.conc, o.cpuProfile)
-	return <-errc
+	if err := <-errc; err != nil {
+		return err
+	}
+	// Next to it, what serve allocated since it started (nearly all of
+	// it under the rounds' load): go tool pprof -sample_index=alloc_objects.
+	return fetchTo(fmt.Sprintf("http://%s/debug/pprof/allocs", tg.admin), o.cpuProfile+".allocs")
+}
+
+// fetchTo writes what url answers to file.
+func fetchTo(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "allocation profile: %s\n", file)
+	return nil
 }
 
 // report is the Markdown table of the medians: ratios and added latency

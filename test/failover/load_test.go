@@ -23,13 +23,13 @@ import (
 type opKind int
 
 const (
-	opInsert     opKind = iota // a new key, written once
-	opUpsert                   // a shared register
-	opSession                  // Session read of the worker's own last insert
-	opEventually               // Eventually read of any acknowledged insert
-	opStrong                   // Strong read of a shared register
-	opSessionLatest            // Session read of the latest acknowledged insert, bound to its timestamp
-	opStrongLatest             // Strong read of the latest acknowledged insert
+	opInsert        opKind = iota // a new key, written once
+	opUpsert                      // a shared register
+	opSession                     // Session read of the worker's own last insert
+	opEventually                  // Eventually read of any acknowledged insert
+	opStrong                      // Strong read of a shared register
+	opSessionLatest               // Session read of the latest acknowledged insert, bound to its timestamp
+	opStrongLatest                // Strong read of the latest acknowledged insert
 )
 
 func (k opKind) String() string {
@@ -84,8 +84,8 @@ type load struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	ops   []op
+	mu     sync.Mutex
+	ops    []op
 	acked  []int64 // acknowledged inserts, for Eventually reads
 	latest op      // the latest acknowledged insert, for the readers
 }
@@ -100,11 +100,11 @@ func startLoad(r *rig, o loadOptions) *load {
 	l := &load{r: r, opts: o}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	for w := range o.workers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.worker(w, c) })
 	}
 	for i := range o.readers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.reader(o.workers+i, c) })
 	}
 	return l

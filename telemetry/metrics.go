@@ -36,8 +36,9 @@ const (
 	// ReadLeaderNoCollection: the collection's facts (pchannels, default
 	// level) were unknown, so the read went to the leader as sent.
 	ReadLeaderNoCollection = "leader_no_collection"
-	// ReadLeaderWait: no cluster was known (a failover under way); the
-	// read waited for a leader as writes do.
+	// ReadLeaderWait: no cluster could serve the read (a failover under
+	// way, or the leader unreachable and no alternative eligible); the
+	// read waited for a writable leader as writes do.
 	ReadLeaderWait = "leader_wait"
 	// ReadLeaderStrongAlloc: strong_reads: wait, but taking a timestamp
 	// from the leader failed, so the leader served the read.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"google.golang.org/grpc"
@@ -193,3 +194,24 @@ const (
 	ReasonLeaderNoCollInfo  = string(router.ReasonLeaderNoCollection) // the collection's facts are unknown
 	ReasonLeaderStrongAlloc = string(router.ReasonLeaderStrongAlloc)  // strong_reads: wait, AllocTimestamp failed
 )
+
+// RelayLimits bound what one client connection of the relay engine may
+// hold or do (relay.Limits); zero fields take DefaultRelayLimits' values.
+type RelayLimits = relay.Limits
+
+// DefaultRelayLimits are the relay's limits when Options.RelayLimits
+// leaves a field zero.
+var DefaultRelayLimits = relay.DefaultLimits
+
+// RelayEvent is what a RelayObserver is told (relay.Event).
+type RelayEvent = relay.Event
+
+// Relay events: see relay.EventRefused and relay.EventConnClosed.
+const (
+	RelayRefused    = relay.EventRefused
+	RelayConnClosed = relay.EventConnClosed
+)
+
+// RelayObserver is told about the relay's refusals and the client
+// connections it closes, when the Options.Observer implements it.
+type RelayObserver = relay.Observer

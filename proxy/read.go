@@ -48,7 +48,7 @@ type readState struct {
 func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slow bool, err error) {
 	m := c.m
 	var f readFields
-	if err := scanRequest(req.bytes(), &m.layout, &f); err != nil {
+	if err := scanRequest(req.Bytes(), &m.layout, &f); err != nil {
 		return false, status.Errorf(codes.InvalidArgument, "milvus-ha-proxy: %s request: %v", m.name, err)
 	}
 	db := c.db(f.db)
@@ -60,7 +60,7 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 			rs.planLeader = rs.snap.Leader.ID
 		}
 	}
-	req.tail = nil
+	req.Tail = nil
 
 	in := router.ReadInput{
 		Meta: m.class == ClassMetaRead,
@@ -115,7 +115,7 @@ func (s *Server) prepareRead(c *call, req *frame, rs *readState, fast bool) (slo
 	rs.rr = plan.Request
 	rs.rr.Exclude = rs.excl[:0]
 	if plan.Rewrite {
-		req.tail = appendConsistency(req.tailBuf[:0], &m.layout, int32(plan.ForwardLevel), plan.ForwardGuarantee)
+		req.Tail = appendConsistency(req.TailBuf[:0], &m.layout, int32(plan.ForwardLevel), plan.ForwardGuarantee)
 	}
 	if plan.WaitForAlternative {
 		if err := s.waitForAlternative(c, rs); err != nil {
@@ -184,12 +184,15 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 
 // waitLeader waits for a writable leader — the write path's one wait,
 // topology.Manager.WaitWritable, with the read's own WriteWait so that
-// every wait of the read together is bounded by write_hold — and returns
+// every wait of the read together is bounded by write_hold (a read that
+// waits longer than a write would is no use to a client whose writes
+// already fail) — and returns
 // where the read goes next: an alternative that is eligible now, else
 // that leader. The read keeps what it was planned with (required
 // timestamp, forwarded consistency fields): a Strong or Session read
 // carried to a new leader asks of it what it asked of the old one.
 func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
+	rs.wait.Read = true // not a held write in metrics and leader-change records
 	ld, err := s.topo.WaitWritable(c.ctx, &rs.wait)
 	if err != nil {
 		if c.ctx.Err() != nil {
@@ -212,8 +215,10 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 	return ld, nil
 }
 
-// carriedTooFar refuses a read carried across a forced failover to a
-// leader that provably lacks what the read requires. The required
+// carriedTooFar refuses a Session or Customized read carried across a
+// forced failover to a leader that provably lacks what the read requires:
+// writes the read's guarantee names (the session's own last write, or the
+// timestamp a client pinned). The required
 // timestamp R was set before the new leader was installed (an earlier
 // epoch), so it is in the old leader's time; the new leader's
 // salvage checkpoints (GetReplicateInfo after the force promotion) say how
@@ -226,8 +231,14 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 // SDKs retry) naming R and the checkpoint. Reads planned under the new
 // leader are not checked: a timestamp the session holds cannot be told
 // apart from one of the new leader (docs/consistency.md, "Reads across a
-// leader change").
+// leader change"). A Strong read under strong_reads: wait (R is the old
+// leader's "now", not a write) and a Bounded one (R is a staleness bound)
+// are served: the new leader's data is all there is, as for every read
+// planned after the change.
 func carriedTooFar(c *call, rs *readState, ld *topology.Cluster) error {
+	if lv := c.ev.Level; lv != consistency.Session && lv != consistency.Customized {
+		return nil
+	}
 	if rs.rr.Required == 0 || rs.snap.Epoch == rs.planEpoch || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
 		return nil
 	}
@@ -304,9 +315,9 @@ func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *
 	// A leader's answer is final; an alternative's refusal is judged by
 	// the router.
 	if cl.Role != topology.RoleLeader {
-		if st, _, ok := scanResponse(resp.bytes(), &c.m.layout); ok && cannotServe(st) {
+		if st, _, ok := scanResponse(resp.Bytes(), &c.m.layout); ok && cannotServe(st) {
 			if dec := router.AfterRefusal(s.topo.Snapshot(), rs.rr, cl); dec.Cluster != nil {
-				resp.free()
+				resp.Free()
 				rs.rr.Exclude = append(rs.rr.Exclude, cl.ID)
 				rs.dec = dec
 				return nil, nil, false

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -507,8 +508,7 @@ func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
 	}
-	up := e.srv.up.(*relayUpstream)
-	testutil.Eventually(t, 5*time.Second, "the keepalive time to back off", func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
+	testutil.Eventually(t, 5*time.Second, "the keepalive time to back off", func() bool { return e.srv.pool.KeepaliveTime("a") > 20*time.Millisecond })
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -722,9 +722,7 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 	// The reader's connection is closed after WriteTimeout; only the
 	// bystander's remains.
 	testutil.Eventually(t, 5*time.Second, "only the bystander connection left", func() bool {
-		e.srv.relay.mu.Lock()
-		defer e.srv.relay.mu.Unlock()
-		return len(e.srv.relay.conns) == 1
+		return e.srv.relay.Conns() == 1
 	})
 }
 
@@ -776,7 +774,7 @@ func TestRelayFrameTooLarge(t *testing.T) {
 	if err := c.headers(1, false, grpcHeaders("Search")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.fr.WriteData(1, true, make([]byte, relayMaxReadFrame+1)); err != nil {
+	if err := c.fr.WriteData(1, true, make([]byte, relay.MaxFrameSize+1)); err != nil {
 		t.Fatal(err)
 	}
 	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeFrameSize {
@@ -1036,39 +1034,6 @@ func TestRelayIdleTimeout(t *testing.T) {
 	c := dialRaw(t, e.addr, 0)
 	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeNo {
 		t.Fatalf("GOAWAY %v", code)
-	}
-}
-
-// TestMsgAssemblerGrowsWithBytes: a length prefix claiming far more than
-// arrives costs what arrived, not what it claims.
-func TestMsgAssemblerGrowsWithBytes(t *testing.T) {
-	var a msgAssembler
-	msgs, err := a.append(append([]byte{0, 0x0f, 0xff, 0xff, 0xff}, make([]byte, 1024)...), 256<<20)
-	if err != nil || len(msgs) != 0 {
-		t.Fatalf("%v %v", msgs, err)
-	}
-	if c := cap(a.body); c > 1<<20 {
-		t.Fatalf("a 255 MiB claim with 1 KiB sent holds %d bytes", c)
-	}
-	// A message whose bytes come in pieces is whole at the end.
-	a = msgAssembler{}
-	want := make([]byte, 300<<10)
-	for i := range want {
-		want[i] = byte(i * 7)
-	}
-	in := append([]byte{0, 0, 0x04, 0xb0, 0x00}, want...)
-	var got []*frame
-	for len(in) > 0 {
-		n := min(len(in), 1000)
-		m, err := a.append(in[:n], 1<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, m...)
-		in = in[n:]
-	}
-	if len(got) != 1 || !bytes.Equal(got[0].bytes(), want) {
-		t.Fatalf("got %d messages", len(got))
 	}
 }
 

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -46,7 +48,7 @@ import (
 
 // HeaderCluster names, on every response (and in the trailer of streams),
 // the cluster that served it.
-const HeaderCluster = "x-milvus-ha-cluster"
+const HeaderCluster = relay.HeaderCluster
 
 // LocalCluster is the HeaderCluster value of answers the proxy gives
 // itself (CheckHealth).
@@ -91,7 +93,7 @@ type Server struct {
 	hook    func(ctx context.Context, fullMethod string, md metadata.MD) (context.Context, func(error))
 	creds   credentials.TransportCredentials
 	maxMsg  int
-	codec   *rawCodec
+	codec   *rawmsg.Codec
 	up      upstream
 	methods []*method
 	byName  map[string]*method
@@ -101,7 +103,8 @@ type Server struct {
 
 	// One of the engines.
 	grpc  *grpc.Server
-	relay *relayServer
+	relay *relay.Server
+	pool  *relay.Pool // the relay engine's connections to the clusters
 
 	health   *health.Server // grpc engine's health service
 	hmu      sync.Mutex
@@ -167,7 +170,7 @@ func New(opts Options) (*Server, error) {
 		hook:      opts.CallHook,
 		creds:     opts.Creds,
 		maxMsg:    opts.MaxMessageSize,
-		codec:     newRawCodec(),
+		codec:     rawmsg.NewCodec(),
 		methods:   methods,
 		byName:    make(map[string]*method, len(methods)),
 		byPath:    make(map[string]*method, len(methods)),
@@ -190,8 +193,20 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Engine == EngineRelay {
-		s.up = newRelayUpstream(s, &opts)
-		s.relay = newRelayServer(s, opts.RelayLimits)
+		ka := opts.BackendKeepalive
+		if ka.Time <= 0 {
+			ka = DefaultBackendKeepalive
+		}
+		if ka.Timeout <= 0 {
+			ka.Timeout = DefaultBackendKeepalive.Timeout
+		}
+		s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
+			MaxMessageSize: opts.MaxMessageSize, Keepalive: ka, Logger: opts.Logger})
+		s.up = relayUpstream{pool: s.pool}
+		obs, _ := opts.Observer.(RelayObserver)
+		s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(methods),
+			Service: milvusServiceName, Limits: opts.RelayLimits, MaxMessageSize: opts.MaxMessageSize,
+			Creds: opts.Creds, CallHook: opts.CallHook, Observer: obs, Logger: opts.Logger})
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil
@@ -203,7 +218,7 @@ func New(opts Options) (*Server, error) {
 	// block is decoded and forwarded), a stream cap, a handshake
 	// deadline and an idle close (grpc-go keeps idle connections
 	// forever by default).
-	lim := opts.RelayLimits.withDefaults()
+	lim := opts.RelayLimits.WithDefaults()
 	sopts := []grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(lim.MaxHeaderListSize)),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
@@ -265,7 +280,7 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 // Shutdown.
 func (s *Server) Serve(lis net.Listener) error {
 	if s.relay != nil {
-		return s.relay.serve(lis)
+		return s.relay.Serve(lis)
 	}
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
@@ -292,10 +307,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.health.Shutdown()
 	}
 	if s.relay != nil {
-		err := s.relay.shutdown(ctx)
-		if up, ok := s.up.(*relayUpstream); ok {
-			up.close()
-		}
+		err := s.relay.Shutdown(ctx)
+		s.pool.Close()
 		return err
 	}
 

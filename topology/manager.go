@@ -465,9 +465,9 @@ type HoldObserver interface {
 	WriteHoldEnded(ctx context.Context, outcome string, waited time.Duration)
 }
 
-func (m *Manager) holdEnded(ctx context.Context, outcome string, start time.Time) {
-	if o := m.opts.HoldObserver; o != nil {
-		o.WriteHoldEnded(context.WithoutCancel(ctx), outcome, m.opts.Now().Sub(start))
+func (m *Manager) holdEnded(ctx context.Context, w *WriteWait, outcome string) {
+	if o := m.opts.HoldObserver; o != nil && !w.Read {
+		o.WriteHoldEnded(context.WithoutCancel(ctx), outcome, m.opts.Now().Sub(w.start))
 	}
 }
 
@@ -491,7 +491,7 @@ func (m *Manager) ObserveWrite(clusterID string, ts uint64) {
 	}
 }
 
-func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
+func (m *Manager) noLeaderError(s *Snapshot, held time.Duration, what string) error {
 	held = held.Round(time.Millisecond)
 	if s.FailingOver {
 		why := s.HoldReason
@@ -500,14 +500,14 @@ func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
 		}
 		// The hold's reason says why (a leader change, or the etcd
 		// arbiter's fence): the words around it must not guess.
-		return status.Errorf(codes.Unavailable, "no writable leader: writes held for %s (%s); write held for %s",
-			m.opts.Now().Sub(s.HoldSince).Round(time.Millisecond), why, held)
+		return status.Errorf(codes.Unavailable, "no writable leader: writes held for %s (%s); %s held for %s",
+			m.opts.Now().Sub(s.HoldSince).Round(time.Millisecond), why, what, held)
 	}
 	why := "discovery has not found one yet"
 	if s.DiscoveryError != "" {
 		why = s.DiscoveryError
 	}
-	return status.Errorf(codes.Unavailable, "no leader: %s; write held for %s", why, held)
+	return status.Errorf(codes.Unavailable, "no leader: %s; %s held for %s", why, what, held)
 }
 
 // LeaderNow returns the calibrated estimate of the leader's current hybrid

@@ -1,4 +1,4 @@
-package proxy
+package relay
 
 import (
 	"bytes"
@@ -31,7 +31,7 @@ const (
 	relayConnWindow   = 16 << 20
 	// Our SETTINGS_MAX_FRAME_SIZE: HTTP/2's default, the frame size
 	// grpc-go writes whatever its peer allows.
-	relayMaxReadFrame = 16 << 10
+	MaxFrameSize = 16 << 10
 	// Credit is returned once this much of a window has been consumed.
 	relayStreamUpdate = relayStreamWindow / 4
 	relayConnUpdate   = relayConnWindow / 4
@@ -133,7 +133,7 @@ func (fl *flushList) flush() {
 func (w *h2writer) writeSettings(extra ...http2.Setting) {
 	w.err = w.fr.WriteSettings(append(extra,
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame})...,
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: MaxFrameSize})...,
 	)
 	if w.err == nil {
 		w.err = w.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)

@@ -1,4 +1,4 @@
-package proxy
+package relay
 
 import (
 	"bufio"
@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -28,10 +29,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// relayUpstream keeps raw HTTP/2 connections to the clusters and sends
+// Pool keeps raw HTTP/2 connections to the clusters and sends
 // unary calls over them as frames.
-type relayUpstream struct {
-	s      *Server
+type Pool struct {
 	dialFn func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
 	creds  func(c *topology.Cluster) credentials.TransportCredentials
 	maxMsg int
@@ -55,21 +55,33 @@ type upool struct {
 
 const maxConnsPerCluster = 8
 
-func newRelayUpstream(s *Server, opts *Options) *relayUpstream {
-	ka := opts.BackendKeepalive
-	if ka.Time <= 0 {
-		ka = DefaultBackendKeepalive
+// PoolOptions configure a Pool.
+type PoolOptions struct {
+	// Dial opens a connection to a cluster; nil: TCP to the URI's
+	// address.
+	Dial func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
+	// Creds returns a cluster's TLS credentials (nil: plaintext).
+	Creds func(c *topology.Cluster) credentials.TransportCredentials
+	// MaxMessageSize bounds a response message.
+	MaxMessageSize int
+	// Keepalive pings a connection when it was quiet for Time and closes
+	// it when nothing arrives within Timeout after.
+	Keepalive keepalive.ClientParameters
+	Logger    *slog.Logger
+}
+
+// NewPool returns a Pool; it dials on first use. Close closes it.
+func NewPool(o PoolOptions) *Pool {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	if ka.Timeout <= 0 {
-		ka.Timeout = DefaultBackendKeepalive.Timeout
-	}
-	return &relayUpstream{s: s, dialFn: opts.DialBackend, creds: opts.BackendCreds, maxMsg: opts.MaxMessageSize,
-		ka: ka, log: s.log, pools: map[string]*upool{}, kaTime: map[string]time.Duration{}}
+	return &Pool{dialFn: o.Dial, creds: o.Creds, maxMsg: o.MaxMessageSize,
+		ka: o.Keepalive, log: o.Logger, pools: map[string]*upool{}, kaTime: map[string]time.Duration{}}
 }
 
 // conn returns a connection to cl with room for one more stream, dialing
 // one if needed.
-func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+func (r *Pool) conn(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
 	for {
 		r.mu.Lock()
 		if r.closed {
@@ -149,7 +161,7 @@ func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn,
 
 // connNow returns a live connection to cl with room for a stream, or nil
 // when getting one would mean dialing.
-func (r *relayUpstream) connNow(cl *topology.Cluster) *uconn {
+func (r *Pool) connNow(cl *topology.Cluster) *uconn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p := r.pools[cl.ID]
@@ -178,7 +190,7 @@ func splitURI(uri string) (addr string, tls bool) {
 	return strings.TrimSuffix(uri, "/"), false
 }
 
-func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+func (r *Pool) dial(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	addr, useTLS := splitURI(cl.URI)
@@ -221,7 +233,9 @@ func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn,
 	return u, nil
 }
 
-func (r *relayUpstream) close() {
+// Close fails every connection and every call on them; the Pool dials no
+// more.
+func (r *Pool) Close() {
 	r.mu.Lock()
 	r.closed = true
 	pools := r.pools
@@ -236,7 +250,7 @@ func (r *relayUpstream) close() {
 
 // uconn is one HTTP/2 connection to a cluster.
 type uconn struct {
-	r         *relayUpstream
+	r         *Pool
 	cluster   string
 	authority string
 	scheme    string
@@ -264,13 +278,13 @@ type uconn struct {
 	fixed         [6]hpack.HeaderField
 }
 
-func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) *uconn {
+func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
 		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1, done: make(chan struct{})}
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
-	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	u.fr.SetMaxReadFrameSize(MaxFrameSize)
 	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
 	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
 	u.w.init(bw, u.fr)
@@ -306,7 +320,7 @@ var keepalivePing = [8]byte{'m', 'h', 'p', 'k', 'a', 'l', 'v', 'e'}
 // the timeout after the ping: any frame proves the peer alive, as in
 // grpc-go.
 func (u *uconn) keepalive() {
-	t := time.NewTimer(u.r.keepaliveTime(u.cluster))
+	t := time.NewTimer(u.r.KeepaliveTime(u.cluster))
 	defer t.Stop()
 	for {
 		select {
@@ -315,7 +329,7 @@ func (u *uconn) keepalive() {
 		case <-t.C:
 		}
 		if u.activity.Swap(false) {
-			t.Reset(u.r.keepaliveTime(u.cluster))
+			t.Reset(u.r.KeepaliveTime(u.cluster))
 			continue
 		}
 		if !u.r.ka.PermitWithoutStream {
@@ -323,7 +337,7 @@ func (u *uconn) keepalive() {
 			idle := len(u.streams) == 0
 			u.mu.Unlock()
 			if idle {
-				t.Reset(u.r.keepaliveTime(u.cluster))
+				t.Reset(u.r.KeepaliveTime(u.cluster))
 				continue
 			}
 		}
@@ -335,7 +349,7 @@ func (u *uconn) keepalive() {
 		// Wait for any frame up to the timeout, looking every period
 		// (as grpc-go), so that a quick answer puts us back on the
 		// period rather than after the whole timeout.
-		period := u.r.keepaliveTime(u.cluster)
+		period := u.r.KeepaliveTime(u.cluster)
 		alive := false
 		for left := u.r.ka.Timeout; left > 0 && !alive; left -= period {
 			t.Reset(min(period, left))
@@ -354,8 +368,10 @@ func (u *uconn) keepalive() {
 	}
 }
 
-// keepaliveTime is the keepalive period for a cluster's connections.
-func (r *relayUpstream) keepaliveTime(cluster string) time.Duration {
+// KeepaliveTime is the keepalive period for a cluster's connections: the
+// configured one, doubled each time the cluster answered GOAWAY
+// too_many_pings.
+func (r *Pool) KeepaliveTime(cluster string) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if d, ok := r.kaTime[cluster]; ok {
@@ -366,7 +382,7 @@ func (r *relayUpstream) keepaliveTime(cluster string) time.Duration {
 
 // tooManyPings halves the keepalive pings to a cluster that complained,
 // as grpc-go's client does.
-func (r *relayUpstream) tooManyPings(cluster string) {
+func (r *Pool) tooManyPings(cluster string) {
 	r.mu.Lock()
 	d, ok := r.kaTime[cluster]
 	if !ok {
@@ -441,27 +457,36 @@ func (e *refusedError) GRPCStatus() *gstatus.Status {
 	return gstatus.New(codes.Unavailable, e.Error())
 }
 
-// roundTrip implements upstream. A stream the cluster refused before
-// processing it (REFUSED_STREAM, or past a GOAWAY's last stream id) is
-// sent again on a fresh stream, once, as grpc-go's transparent retry does.
-func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ bool) (*frame, bool, error) {
-	resp, sent, err, refused := r.roundTripOnce(c, cl, req)
-	if refused && c.ctx.Err() == nil {
-		resp, sent, err, _ = r.roundTripOnce(c, cl, req)
+// Request is what a unary call sends a cluster besides its message.
+type Request struct {
+	Ctx     context.Context     // the call's cancellation and deadline (sent as grpc-timeout)
+	Path    string              // the method's :path
+	Forward []hpack.HeaderField // the client's metadata that goes on
+}
+
+// RoundTrip sends req to cl and waits for the answer: the response, or
+// the error and whether the request may have been processed (sent). A
+// stream the cluster refused before processing it (REFUSED_STREAM, or
+// past a GOAWAY's last stream id) is sent again on a fresh stream, once,
+// as grpc-go's transparent retry does.
+func (r *Pool) RoundTrip(c Request, cl *topology.Cluster, req *rawmsg.Msg) (resp *rawmsg.Msg, sent bool, err error) {
+	resp, sent, err, refused := r.roundTripOnce(&c, cl, req)
+	if refused && c.Ctx.Err() == nil {
+		resp, sent, err, _ = r.roundTripOnce(&c, cl, req)
 	}
 	return resp, sent, err
 }
 
-func (r *relayUpstream) roundTripOnce(c *call, cl *topology.Cluster, req *frame) (_ *frame, sent bool, _ error, refused bool) {
+func (r *Pool) roundTripOnce(c *Request, cl *topology.Cluster, req *rawmsg.Msg) (_ *rawmsg.Msg, sent bool, _ error, refused bool) {
 	resp, sent, err := r.roundTripStream(c, cl, req)
 	return resp, sent, err, !sent && err != nil && errors.Is(err, errRefused)
 }
 
-func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *frame) (*frame, bool, error) {
-	u, err := r.conn(c.ctx, cl)
+func (r *Pool) roundTripStream(c *Request, cl *topology.Cluster, req *rawmsg.Msg) (*rawmsg.Msg, bool, error) {
+	u, err := r.conn(c.Ctx, cl)
 	if err != nil {
-		if c.ctx.Err() != nil {
-			return nil, false, gstatus.FromContextError(c.ctx.Err()).Err()
+		if c.Ctx.Err() != nil {
+			return nil, false, gstatus.FromContextError(c.Ctx.Err()).Err()
 		}
 		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: %v", err)
 	}
@@ -478,9 +503,9 @@ func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *fram
 	} else {
 		select {
 		case <-us.done:
-		case <-c.ctx.Done():
+		case <-c.Ctx.Done():
 			if u.abort(us.id, http2.ErrCodeCancel, errStreamReset) {
-				return nil, true, gstatus.FromContextError(c.ctx.Err()).Err()
+				return nil, true, gstatus.FromContextError(c.Ctx.Err()).Err()
 			}
 			<-us.done
 		}
@@ -490,7 +515,7 @@ func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *fram
 
 // result is a finished stream's outcome: the response, or the error and
 // whether the request may have been processed.
-func (us *ustream) result(cluster string) (*frame, bool, error) {
+func (us *ustream) result(cluster string) (*rawmsg.Msg, bool, error) {
 	if us.refused {
 		return nil, false, &refusedError{cluster: cluster}
 	}
@@ -502,9 +527,9 @@ func (us *ustream) result(cluster string) (*frame, bool, error) {
 		us.freeBody()
 		return nil, true, err
 	}
-	resp := &frame{give: true, hdr: us.hdr, trl: us.trailers}
+	resp := &rawmsg.Msg{Give: true, Hdr: us.hdr, Trl: us.trailers}
 	*us.bodyBuf = us.body
-	resp.data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
+	resp.Data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
 	us.bodyBuf, us.body = nil, nil
 	return resp, true, nil
 }
@@ -514,27 +539,27 @@ var errWouldBlock = errors.New("milvus-ha-proxy: would block")
 // send opens the stream and writes the request, waiting for flow-control
 // credit if it must. written reports whether any frame of it was handed to
 // the connection.
-func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error) {
+func (u *uconn) send(c *Request, us *ustream, req *rawmsg.Msg) (written bool, err error) {
 	return u.open(c, us, req, nil)
 }
 
 // open opens the stream and writes the request. With fl set it never
 // waits: a request the windows do not admit at once is not sent
 // (errWouldBlock, nothing written), and the flush is left to fl.
-func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written bool, err error) {
+func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (written bool, err error) {
 	var parts [5][]byte
 	n := 0
-	for _, b := range req.data {
+	for _, b := range req.Data {
 		if n < len(parts)-1 {
 			parts[n] = b.ReadOnlyData()
 			n++
 		}
 	}
-	if len(req.data) > len(parts)-1 {
-		parts[0], n = req.data.Materialize(), 1
+	if len(req.Data) > len(parts)-1 {
+		parts[0], n = req.Data.Materialize(), 1
 	}
-	if len(req.tail) > 0 {
-		parts[n] = req.tail
+	if len(req.Tail) > 0 {
+		parts[n] = req.Tail
 		n++
 	}
 	size := 5
@@ -575,13 +600,13 @@ func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written b
 
 	var extra [2]hpack.HeaderField
 	ne := 0
-	if dl, ok := c.ctx.Deadline(); ok {
+	if dl, ok := c.Ctx.Deadline(); ok {
 		extra[ne] = hpack.HeaderField{Name: "grpc-timeout", Value: encodeGRPCTimeout(time.Until(dl))}
 		ne++
 	}
 	fixed := u.fixed
-	fixed[2].Value = c.m.full
-	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.fwd)
+	fixed[2].Value = c.Path
+	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.Forward)
 	if u.w.err != nil {
 		err := u.w.err
 		u.w.unlock()
@@ -604,7 +629,7 @@ func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written b
 		return true, err
 	}
 	u.w.unlock()
-	return true, sendMessage(c.ctx, &u.w, &u.flow, &us.sf, us.id, true, parts[:n]...)
+	return true, sendMessage(c.Ctx, &u.w, &u.flow, &us.sf, us.id, true, parts[:n]...)
 }
 
 // abort ends stream id with err and resets it on the wire. It reports

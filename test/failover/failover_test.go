@@ -397,7 +397,7 @@ func TestManualFailover(t *testing.T) {
 	for _, id := range []string{"b", "c"} {
 		dc := r.direct(id)
 		testutil.Eventually(t, 10*time.Second, "7 on "+id, func() bool {
-			rows, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 7)
+			rows, err := dc.Keys(commonpb.ConsistencyLevel_Eventually, 7)
 			return err == nil && len(rows) == 1
 		})
 	}
@@ -427,7 +427,7 @@ func TestManualFailover(t *testing.T) {
 	if o := l.write(c, 0, opInsert, 8, 8); o.out != acked || o.cluster != "c" {
 		t.Fatalf("write after the failover: %+v", o)
 	}
-	if rows, err := c.keys(commonpb.ConsistencyLevel_Strong, 7, 8); err != nil || len(rows) != 2 {
+	if rows, err := c.Keys(commonpb.ConsistencyLevel_Strong, 7, 8); err != nil || len(rows) != 2 {
 		t.Fatalf("Strong read after the failover: %v %v", rows, err)
 	}
 }

@@ -215,8 +215,10 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 	return ld, nil
 }
 
-// carriedTooFar refuses a read carried across a forced failover to a
-// leader that provably lacks what the read requires. The required
+// carriedTooFar refuses a Session or Customized read carried across a
+// forced failover to a leader that provably lacks what the read requires:
+// writes the read's guarantee names (the session's own last write, or the
+// timestamp a client pinned). The required
 // timestamp R was set before the new leader was installed (an earlier
 // epoch), so it is in the old leader's time; the new leader's
 // salvage checkpoints (GetReplicateInfo after the force promotion) say how
@@ -229,8 +231,14 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 // SDKs retry) naming R and the checkpoint. Reads planned under the new
 // leader are not checked: a timestamp the session holds cannot be told
 // apart from one of the new leader (docs/consistency.md, "Reads across a
-// leader change").
+// leader change"). A Strong read under strong_reads: wait (R is the old
+// leader's "now", not a write) and a Bounded one (R is a staleness bound)
+// are served: the new leader's data is all there is, as for every read
+// planned after the change.
 func carriedTooFar(c *call, rs *readState, ld *topology.Cluster) error {
+	if lv := c.ev.Level; lv != consistency.Session && lv != consistency.Customized {
+		return nil
+	}
 	if rs.rr.Required == 0 || rs.snap.Epoch == rs.planEpoch || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
 		return nil
 	}

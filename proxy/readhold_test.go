@@ -20,21 +20,29 @@ import (
 // leader may serve, sent while the leader's process is gone, wait for the
 // new leader and are answered by it with what they were planned with; a
 // Session read carried across a forced failover to a leader whose salvage
-// checkpoint is below its session's write fails with FailedPrecondition.
+// checkpoint is below its session's write fails with FailedPrecondition,
+// while a Strong read under strong_reads: wait, whose required timestamp
+// is the old leader's "now", is served.
 func TestReadHeldDuringLeaderLoss(t *testing.T) { bothEngines(t, testReadHeldDuringLeaderLoss) }
 
 func testReadHeldDuringLeaderLoss(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		salvage func(w uint64) []uint64 // b's salvage checkpoints once promoted
-		session codes.Code               // the Session read's outcome
+		name       string
+		salvage    func(w uint64) []uint64 // b's salvage checkpoints once promoted
+		session    codes.Code               // the Session read's outcome
+		strongWait bool                     // consistency.strong_reads: wait
 	}{
-		{"switchover", func(uint64) []uint64 { return nil }, codes.OK},
-		{"forced, salvage covers the write", func(w uint64) []uint64 { return []uint64{w, w + 5} }, codes.OK},
-		{"forced, the write was lost", func(w uint64) []uint64 { return []uint64{w + 5, w - 1} }, codes.FailedPrecondition},
+		{"switchover", func(uint64) []uint64 { return nil }, codes.OK, false},
+		{"forced, salvage covers the write", func(w uint64) []uint64 { return []uint64{w, w + 5} }, codes.OK, false},
+		{"forced, the write was lost", func(w uint64) []uint64 { return []uint64{w + 5, w - 1} }, codes.FailedPrecondition, false},
+		{"forced, the write was lost, strong_reads wait", func(w uint64) []uint64 { return []uint64{w - 1, w - 1} }, codes.FailedPrecondition, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t)
+			e := newEnv(t, func(o *Options) {
+				if tc.strongWait {
+					o.StrongReads = StrongWait
+				}
+			})
 			e.topo.setCheckpoint("b", e.start)
 			e.topo.setCheckpoint("c", e.start)
 			sess := e.ctx("identifier", "7")
@@ -137,7 +145,7 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 			for _, r := range e.backends["b"].received("Search") {
 				l, g, _ := forwarded(r)
 				levels = append(levels, l)
-				if l == Customized && g != w {
+				if l == Customized && g != w && !tc.strongWait {
 					t.Fatalf("Session read reached b with guarantee %d, want %d", g, w)
 				}
 			}

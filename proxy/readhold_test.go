@@ -29,8 +29,8 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		salvage    func(w uint64) []uint64 // b's salvage checkpoints once promoted
-		session    codes.Code               // the Session read's outcome
-		strongWait bool                     // consistency.strong_reads: wait
+		session    codes.Code              // the Session read's outcome
+		strongWait bool                    // consistency.strong_reads: wait
 	}{
 		{"switchover", func(uint64) []uint64 { return nil }, codes.OK, false},
 		{"forced, salvage covers the write", func(w uint64) []uint64 { return []uint64{w, w + 5} }, codes.OK, false},

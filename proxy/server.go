@@ -201,7 +201,8 @@ func New(opts Options) (*Server, error) {
 			ka.Timeout = DefaultBackendKeepalive.Timeout
 		}
 		s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
-			MaxMessageSize: opts.MaxMessageSize, Keepalive: ka, Logger: opts.Logger})
+			MaxMessageSize: opts.MaxMessageSize, Keepalive: ka, Logger: opts.Logger,
+			StreamWindow: opts.RelayLimits.WithDefaults().BackendStreamWindow})
 		s.up = relayUpstream{pool: s.pool}
 		obs, _ := opts.Observer.(RelayObserver)
 		s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(methods),

@@ -136,6 +136,15 @@ func (c *Config) validate(lines map[string]int) error {
 	default:
 		e.add("log.format", "unknown value %q (want text or json)", c.Log.Format)
 	}
+	if c.Runtime.GCPercent < -1 {
+		e.add("runtime.gc_percent", "%d is below -1 (want a percentage, or -1 for off)", c.Runtime.GCPercent)
+	}
+	if c.Runtime.MemoryLimit < 0 {
+		e.add("runtime.memory_limit", "%d is negative (want bytes, or 0 for no limit)", c.Runtime.MemoryLimit)
+	}
+	if c.Runtime.GCPercent == -1 && c.Runtime.MemoryLimit == 0 {
+		e.add("runtime.gc_percent", "-1 (collection off) needs runtime.memory_limit, or the heap grows without bound")
+	}
 	return e.err()
 }
 

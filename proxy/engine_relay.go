@@ -15,6 +15,20 @@ import (
 // fast path (fast.go) routes the common unary call on the connection
 // goroutines.
 
+// startRelay sets s up for the relay engine: the pool of connections to
+// the clusters (s.up, s.pool) and the relay's server (s.relay), whose
+// workers start now.
+func (s *Server) startRelay(opts *Options) {
+	s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
+		MaxMessageSize: opts.MaxMessageSize, Keepalive: opts.BackendKeepalive, Logger: opts.Logger,
+		StreamWindow: opts.RelayLimits.WithDefaults().BackendStreamWindow})
+	s.up = relayUpstream{pool: s.pool}
+	obs, _ := opts.Observer.(RelayObserver)
+	s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(s.methods),
+		Service: milvusServiceName, Limits: opts.RelayLimits, MaxMessageSize: opts.MaxMessageSize,
+		Creds: opts.Creds, CallHook: opts.CallHook, Observer: obs, Logger: opts.Logger})
+}
+
 // relayHandler is the proxy's relay.Handler.
 type relayHandler struct{ s *Server }
 

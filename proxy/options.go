@@ -143,7 +143,7 @@ type Options struct {
 // DefaultBackendKeepalive is what the topology's grpc-go connections to
 // the clusters use too; Milvus permits pings every 5 s, with or without
 // calls.
-var DefaultBackendKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+var DefaultBackendKeepalive = relay.DefaultKeepalive
 
 // Engine names a transport implementation.
 type Engine string

@@ -376,7 +376,7 @@ func stepPhase(name string) string {
 		return PhaseAttaching
 	case StepDemote, StepDemoteOld:
 		return PhaseDemoting
-	case StepConfirm:
+	case StepConfirm, StepCover:
 		return PhaseConfirming
 	case StepInstall:
 		return PhaseInstalling
@@ -394,6 +394,7 @@ const (
 	StepCheckpoints = "checkpoints"  // failover: how far each candidate replicated
 	StepPromote     = "promote"      // force promotion (failover) or the target's configuration (switchover)
 	StepDemote      = "demote"       // switchover: the old leader gets the new configuration first
+	StepCover       = "cover"        // switchover, before the demotion: the target covers the last acknowledged write
 	StepConfirm     = "confirm"      // switchover: the target covers the last acknowledged write
 	StepAttach      = "attach"       // failover: the remaining alternatives become targets
 	StepDemoteOld   = "demote-old"   // forced failover: the reachable old leader gets the new configuration

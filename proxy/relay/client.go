@@ -70,7 +70,8 @@ type PoolOptions struct {
 	// MaxMessageSize bounds a response message.
 	MaxMessageSize int
 	// Keepalive pings a connection when it was quiet for Time and closes
-	// it when nothing arrives within Timeout after.
+	// it when nothing arrives within Timeout after. Zero Time:
+	// DefaultKeepalive; zero Timeout: DefaultKeepalive's.
 	Keepalive keepalive.ClientParameters
 	Logger    *slog.Logger
 	// StreamWindow is the initial stream window granted to clusters
@@ -79,8 +80,18 @@ type PoolOptions struct {
 	StreamWindow int
 }
 
+// DefaultKeepalive is a Pool's keepalive unless PoolOptions say
+// otherwise; Milvus permits pings every 5 s, with or without calls.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
 // NewPool returns a Pool; it dials on first use. Close closes it.
 func NewPool(o PoolOptions) *Pool {
+	if o.Keepalive.Time <= 0 {
+		o.Keepalive = DefaultKeepalive
+	}
+	if o.Keepalive.Timeout <= 0 {
+		o.Keepalive.Timeout = DefaultKeepalive.Timeout
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

@@ -104,7 +104,7 @@ func (st *dstream) Metadata() metadata.MD { return fieldsMD(st.fwd) }
 // Request is how the call goes on to a cluster: its context, path and
 // forwarded metadata.
 func (st *dstream) Request() Request {
-	return Request{Ctx: st.ctx, Path: st.d.r.paths[st.method], Forward: st.fwd}
+	return Request{Ctx: st.ctx, Path: st.d.r.paths[st.method], Forward: st.fwd, acct: &st.acct}
 }
 
 // Dispatch hands a unary call taken by Handler.StartUnary to a worker,

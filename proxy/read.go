@@ -197,11 +197,11 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 // topology.Manager.WaitWritable, with the read's own WriteWait so that
 // every wait of the read together is bounded by write_hold (a read that
 // waits longer than a write would is no use to a client whose writes
-// already fail) — and returns
-// where the read goes next: an alternative that is eligible now, else
-// that leader. The read keeps what it was planned with (required
-// timestamp, forwarded consistency fields): a Strong or Session read
-// carried to a new leader asks of it what it asked of the old one.
+// already fail) — and returns where the read goes next: an alternative
+// that is eligible now, else that leader. The read keeps what it was
+// planned with (required timestamp, forwarded consistency fields): a
+// Strong or Session read carried to a new leader asks of it what it
+// asked of the old one.
 func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 	ld, err := s.topo.WaitWritable(c.ctx, rs.writeWait())
 	if err != nil {
@@ -214,9 +214,6 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 	rs.hold = false
 	rs.snap = s.topo.Snapshot()
 	rs.rr.Exclude = without(rs.rr.Exclude, ld.ID)
-	if err := carriedTooFar(c, rs, ld); err != nil {
-		return nil, err
-	}
 	if dec := s.router.PickRead(rs.snap, rs.rr); dec.Cluster != nil {
 		rs.dec = dec
 		c.ev.Reason = string(dec.Reason)
@@ -226,30 +223,34 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 }
 
 // carriedTooFar refuses a Session or Customized read carried across a
-// forced failover to a leader that provably lacks what the read requires:
-// writes the read's guarantee names (the session's own last write, or the
-// timestamp a client pinned). The required
-// timestamp R was set before the new leader was installed (an earlier
-// epoch), so it is in the old leader's time; the new leader's
-// salvage checkpoints (GetReplicateInfo after the force promotion) say how
-// far it had replicated the old leader's pchannels. A pchannel's
-// checkpoint below R means the writes the read must see (a Session read's
-// own last write) may never have reached the new leader, and nothing but
-// another leader change can bring them: serving the read would break its
-// level without saying so, and waiting longer changes nothing, so the
-// read fails at once with FailedPrecondition (not Unavailable, which
-// SDKs retry) naming R and the checkpoint. Reads planned under the new
-// leader are not checked: a timestamp the session holds cannot be told
-// apart from one of the new leader (docs/consistency.md, "Reads across a
-// leader change"). A Strong read under strong_reads: wait (R is the old
-// leader's "now", not a write) and a Bounded one (R is a staleness bound)
-// are served: the new leader's data is all there is, as for every read
-// planned after the change.
-func carriedTooFar(c *call, rs *readState, ld *topology.Cluster) error {
+// forced failover (planned before the leader of rs.snap was installed) to
+// a leader that provably lacks what the read requires: the writes its
+// guarantee names (the session's own last write, or the timestamp a
+// client pinned). The required timestamp R was set under the old leader,
+// in its time; the new leader's salvage checkpoints (GetReplicateInfo
+// after the force promotion) say how far it had replicated the old
+// leader's pchannels. A checkpoint below R on one of the collection's
+// pchannels means writes the read must see never reached the new leader,
+// nor therefore its targets, and nothing but another leader change can
+// bring them: serving the read would break its level without saying so,
+// and waiting longer changes nothing, so the read fails at once with
+// FailedPrecondition (not Unavailable, which SDKs retry) naming R and the
+// checkpoint. Reads planned under the new leader are not checked: a
+// timestamp the session holds cannot be told apart from one of the new
+// leader (docs/architecture.md, "Reads across a leader change"). A
+// Strong read under strong_reads: wait (R is the old leader's "now", not
+// a write) and a Bounded one (R is a staleness bound) are served: the new
+// leader's data is all there is, as for every read planned after the
+// change.
+func carriedTooFar(c *call, rs *readState) error {
 	if lv := c.ev.Level; lv != consistency.Session && lv != consistency.Customized {
 		return nil
 	}
-	if rs.rr.Required == 0 || rs.snap.Epoch == rs.planEpoch || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
+	if rs.rr.Required == 0 || rs.snap == nil || rs.snap.Epoch == rs.planEpoch {
+		return nil
+	}
+	ld := rs.snap.Leader
+	if ld == nil || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
 		return nil
 	}
 	salvage := topology.Cluster{Checkpoints: ld.Salvage, CheckpointsKnown: true}
@@ -363,6 +364,9 @@ func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
 			if cl, err = s.waitLeader(c, rs); err != nil {
 				return nil, err
 			}
+		}
+		if err := carriedTooFar(c, rs); err != nil {
+			return nil, err
 		}
 		resp, _, err := s.forward(c, cl, req, false)
 		if resp, err, done := s.readResult(c, rs, cl, resp, err); done {

@@ -14,8 +14,8 @@
 // # Files
 //
 //   - server.go: Server and its client connections (dconn) and streams
-//     (dstream, exported as Call): accept, handshake, the reader's frame
-//     handling, edge checks, answers, drain.
+//     (Call): accept, handshake, the reader's frame handling, edge
+//     checks, answers, drain.
 //   - client.go: Pool and its cluster connections (uconn) and streams
 //     (ustream): dial, keepalive, RoundTrip, the reader.
 //   - h2.go: what both sides share: the frame writer (h2writer), the
@@ -81,7 +81,7 @@
 //  4. flow.mu: connection and stream flow-control windows; DATA waits
 //     here (flow.take) when the peer's window or the client's output
 //     budget is exhausted — on a worker, never on a reader.
-//  5. Leaves: msgQueue.mu, dstream.hookMu, connOut.deadlineMu.
+//  5. Leaves: msgQueue.mu, Call.hookMu, connOut.deadlineMu.
 //
 // # RFC 9113
 //

@@ -206,12 +206,16 @@ var DefaultRelayLimits = relay.DefaultLimits
 // RelayEvent is what a RelayObserver is told (relay.Event).
 type RelayEvent = relay.Event
 
-// Relay events: see relay.EventRefused and relay.EventConnClosed.
+// Relay events: see relay.EventRefused, relay.EventConnClosed,
+// relay.EventStreamHeld and relay.EventStreamResumed.
 const (
-	RelayRefused    = relay.EventRefused
-	RelayConnClosed = relay.EventConnClosed
+	RelayRefused       = relay.EventRefused
+	RelayConnClosed    = relay.EventConnClosed
+	RelayStreamHeld    = relay.EventStreamHeld
+	RelayStreamResumed = relay.EventStreamResumed
 )
 
-// RelayObserver is told about the relay's refusals and the client
-// connections it closes, when the Options.Observer implements it.
+// RelayObserver is told about the relay's refusals, the client
+// connections it closes and the backend streams it holds back, when the
+// Options.Observer implements it.
 type RelayObserver = relay.Observer

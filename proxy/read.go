@@ -34,9 +34,20 @@ type readState struct {
 	// failed, or it was refused by its breaker or a fence, and no
 	// alternative is eligible); the next attempt waits for a writable
 	// leader first, through wait, which bounds the read's whole wait by
-	// write_hold as it does a write's.
+	// write_hold as it does a write's. wait is allocated the first time
+	// the read has to wait, keeping readState (and the relay's fastCall)
+	// small for the reads that never do.
 	hold bool
-	wait topology.WriteWait
+	wait *topology.WriteWait
+}
+
+// writeWait returns the read's wait for a writable leader, creating it.
+func (rs *readState) writeWait() *topology.WriteWait {
+	if rs.wait == nil {
+		// Read: not a held write in metrics and leader-change records.
+		rs.wait = &topology.WriteWait{Read: true}
+	}
+	return rs.wait
 }
 
 // prepareRead plans the read (router.ReadPolicy.Plan decides; this
@@ -192,8 +203,7 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 // timestamp, forwarded consistency fields): a Strong or Session read
 // carried to a new leader asks of it what it asked of the old one.
 func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
-	rs.wait.Read = true // not a held write in metrics and leader-change records
-	ld, err := s.topo.WaitWritable(c.ctx, &rs.wait)
+	ld, err := s.topo.WaitWritable(c.ctx, rs.writeWait())
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, err
@@ -307,7 +317,7 @@ func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *
 		if rs.dec.Cluster == nil && holdable {
 			// WaitWritable hands out cl again (if it still leads)
 			// only after a short, growing backoff.
-			rs.wait.NotSent(cl.ID, rs.lastErr)
+			rs.writeWait().NotSent(cl.ID, rs.lastErr)
 			rs.hold = true
 		}
 		return nil, nil, false
@@ -339,7 +349,11 @@ func (s *Server) read(c *call, req *frame) (*frame, error) {
 
 // runRead attempts a prepared read until an outcome is final.
 func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
-	defer rs.wait.End(c.ctx)
+	defer func() {
+		if rs.wait != nil {
+			rs.wait.End(c.ctx)
+		}
+	}()
 	for {
 		cl, wait, err := s.readTarget(c, rs)
 		if err != nil {

@@ -99,6 +99,22 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 			if n := len(e.backends["b"].received("Search")) + len(e.backends["c"].received("Search")); n != 0 {
 				t.Fatalf("lagging alternatives got %d Searches", n)
 			}
+			// The held reads do not hold their connection: an Eventually
+			// read on the same client connection is served by an
+			// alternative meanwhile (on the relay engine the connection's
+			// reader goroutine handed the held calls to workers).
+			ev := read(e.ctx("identifier", "9"), search("coll", Eventually, 0, false))
+			select {
+			case a := <-ev:
+				if a.err != nil || (a.cluster != "b" && a.cluster != "c") {
+					t.Fatalf("Eventually read beside the held ones: served by %q, %v", a.cluster, a.err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Eventually read on the same connection not answered while others are held")
+			}
+			for _, id := range []string{"b", "c"} {
+				e.backends[id].reset()
+			}
 
 			// b is promoted.
 			e.topo.publish(func(s *topology.Snapshot) {

@@ -100,7 +100,7 @@ func (st *Call) Metadata() metadata.MD { return fieldsMD(st.fwd) }
 // Request is how the call goes on to a cluster: its context, path and
 // forwarded metadata.
 func (st *Call) Request() Request {
-	return Request{Ctx: st.ctx, Path: st.d.r.paths[st.method], Forward: st.fwd}
+	return Request{Ctx: st.ctx, Path: st.d.r.paths[st.method], Forward: st.fwd, acct: &st.acct}
 }
 
 // Dispatch hands a unary call taken by Handler.StartUnary to a worker,

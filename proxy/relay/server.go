@@ -57,6 +57,19 @@ type Limits struct {
 	// ConnOutputBuffer is how far a client connection's writer may fall
 	// behind before answers to it wait (it is closed at 4x + 4 MiB).
 	ConnOutputBuffer int
+	// ConnResponseBuffer bounds the bytes of backend answers one client
+	// connection may have the proxy hold (received and not yet written
+	// to its socket, its queued output included), and ResponseBuffer the
+	// same for all connections together. Past either, the relay stops
+	// returning flow-control window to the clusters for that
+	// connection's calls (back-pressure) until the client reads; other
+	// clients' calls on the same backend connections keep flowing. Each
+	// call may run ahead of them by BackendStreamWindow, the initial
+	// stream window granted to clusters (PoolOptions.StreamWindow), and
+	// one answer larger than the budget is still received whole.
+	ConnResponseBuffer  int
+	ResponseBuffer      int64
+	BackendStreamWindow int
 	// PingMinTime and PingWithoutCalls are the keepalive enforcement
 	// policy (grpc-go's keepalive.EnforcementPolicy): a client that
 	// pings more often than PingMinTime (or, unless PingWithoutCalls,
@@ -82,6 +95,9 @@ var DefaultLimits = Limits{
 	IdleTimeout:            2 * time.Minute,
 	WriteTimeout:           30 * time.Second,
 	ConnOutputBuffer:       4 << 20,
+	ConnResponseBuffer:     16 << 20,
+	ResponseBuffer:         256 << 20,
+	BackendStreamWindow:    256 << 10,
 	PingMinTime:            5 * time.Second,
 	ResetsPerSecond:        100,
 	ControlFramesPerSecond: 100,
@@ -108,6 +124,18 @@ func (l Limits) WithDefaults() Limits {
 	if l.ConnOutputBuffer <= 0 {
 		l.ConnOutputBuffer = d.ConnOutputBuffer
 	}
+	if l.ConnResponseBuffer <= 0 {
+		l.ConnResponseBuffer = d.ConnResponseBuffer
+	}
+	if l.ResponseBuffer <= 0 {
+		l.ResponseBuffer = d.ResponseBuffer
+	}
+	if l.BackendStreamWindow <= 0 {
+		l.BackendStreamWindow = d.BackendStreamWindow
+	}
+	// A window is at most 2^31-1 (RFC 9113 section 6.9.1), and HTTP/2
+	// starts every stream at 65535.
+	l.BackendStreamWindow = min(max(l.BackendStreamWindow, http2DefaultWindow), maxWindow)
 	if l.PingMinTime <= 0 {
 		l.PingMinTime = d.PingMinTime
 	}
@@ -144,6 +172,7 @@ type Server struct {
 	wg       sync.WaitGroup // workers
 	active   inflight       // streams being handled
 	connWG   sync.WaitGroup // client connections being served
+	budget   *respBudget    // the process-wide response budget
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -159,6 +188,7 @@ func NewServer(o ServerOptions) *Server {
 		methods: make(map[string]int, len(o.Methods)), paths: make([]string, len(o.Methods)), streamed: make([]bool, len(o.Methods)),
 		work: make(chan *Call), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
+	r.budget = newRespBudget(r.lim.ResponseBuffer, func(ev Event) { r.event(ev, "") })
 	for i, m := range o.Methods {
 		r.methods[m.Path] = i
 		r.paths[i], r.streamed[i] = m.Path, m.Stream
@@ -347,6 +377,7 @@ type dconn struct {
 	hr     *headerReader
 	w      h2writer
 	out    *connOut // the writer goroutine's side of w
+	budget *connBudget
 	flow   flow
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -387,6 +418,8 @@ func newDconn(r *Server, nc net.Conn) *dconn {
 	d.br = bufio.NewReaderSize(nc, 32<<10)
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
+	d.budget = newConnBudget(r.budget, int64(lim.ConnResponseBuffer), d.out)
+	d.out.resp = d.budget
 	d.out.fail = func(err error) {
 		var ne net.Error
 		switch {
@@ -459,6 +492,9 @@ type Call struct {
 
 	// abortUp is the backend stream a fast-path call waits on.
 	abortUp atomic.Pointer[upRef]
+	// acct is the call's charge against the connection's response
+	// budget, released when the stream ends.
+	acct respAcct
 
 	// With Options.CallHook: what to call once the call's outcome is known.
 	// hooked is set before the stream is published and never changes;
@@ -511,7 +547,7 @@ func (d *dconn) serve() {
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
 	d.w.lock()
-	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: lim.MaxConcurrentStreams},
+	d.w.writeSettings(relayStreamWindow, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: lim.MaxConcurrentStreams},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeaderListSize)})
 	d.w.unlock()
 	idle := time.AfterFunc(lim.IdleTimeout, d.checkIdle)
@@ -1036,6 +1072,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	case headersBadMethod, headersBadContentType:
 		d.r.event(EventRefused, "not_grpc")
 		st := &Call{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
+		st.acct.b = d.budget
 		if verdict == headersBadContentType {
 			st.rejectStatus = "415"
 		}
@@ -1052,6 +1089,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	}
 
 	st := &Call{d: d, id: id, clen: -1}
+	st.acct.b = d.budget
 	if !setContentLength(st, fields) {
 		d.r.event(EventRefused, "malformed")
 		d.resetStream(id, http2.ErrCodeProtocol)
@@ -1329,6 +1367,7 @@ func (d *dconn) endStream(st *Call) {
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
 	st.cancel()
+	st.acct.release()
 	d.flow.resetStream(&st.sf)
 	if st.in != nil {
 		st.in.close(errStreamReset)
@@ -1944,10 +1983,16 @@ const (
 	// protocol_error, abuse, too_many_pings, idle, write_timeout,
 	// output_overflow).
 	EventConnClosed Event = "closed"
+	// EventStreamHeld and EventStreamResumed: a backend stream whose
+	// flow-control window the relay withholds because its client
+	// connection (or the process) is over its response budget, and one
+	// that is given window again or ended.
+	EventStreamHeld    Event = "held"
+	EventStreamResumed Event = "resumed"
 )
 
-// Observer is told about the relay's refusals and the client connections
-// it closes.
+// Observer is told about the relay's refusals, the client connections
+// it closes and the backend streams it holds back.
 type Observer interface {
 	RelayEvent(ev Event, reason string)
 }

@@ -609,7 +609,7 @@ func (f *flow) close() {
 	f.mu.Unlock()
 }
 
-// sendFlower is a stream with a send window: *ustream and *dstream.
+// sendFlower is a stream with a send window: *ustream and *Call.
 type sendFlower interface{ sendFlow() *streamFlow }
 
 // applySettings applies a peer's SETTINGS frame, whose values the caller

@@ -656,7 +656,7 @@ func (r *rig) holdings(ops []op) map[string]map[int64]bool {
 		if !r.sims[id].Running() {
 			continue
 		}
-		have, err := r.direct[id].presence(commonpb.ConsistencyLevel_Eventually, pks)
+		have, err := r.direct[id].Presence(commonpb.ConsistencyLevel_Eventually, pks)
 		if err != nil {
 			r.t.Logf("   reading what %s holds before a lossy step: %v (treated as nothing)", id, err)
 			continue
@@ -679,7 +679,7 @@ func (r *rig) checkKept(leader string, ops []op, atRisk map[int64]bool) string {
 			pks = append(pks, o.pk)
 		}
 	}
-	have, err := r.direct[leader].presence(commonpb.ConsistencyLevel_Strong, pks)
+	have, err := r.direct[leader].Presence(commonpb.ConsistencyLevel_Strong, pks)
 	if err != nil {
 		return fmt.Sprintf("reading the acknowledged inserts on the leader %s: %v", leader, err)
 	}
@@ -709,7 +709,7 @@ func (r *rig) checkKept(leader string, ops []op, atRisk map[int64]bool) string {
 		if !r.sims[id].Running() {
 			continue
 		}
-		h, err := r.direct[id].presence(commonpb.ConsistencyLevel_Eventually, missing)
+		h, err := r.direct[id].Presence(commonpb.ConsistencyLevel_Eventually, missing)
 		if err != nil {
 			where = append(where, fmt.Sprintf("%s: %v", id, err))
 			continue
@@ -728,7 +728,7 @@ func (r *rig) checkOnce(t *testing.T, leader string, ops []op) {
 			pks = append(pks, o.pk)
 		}
 	}
-	have, err := r.direct[leader].presence(commonpb.ConsistencyLevel_Strong, pks)
+	have, err := r.direct[leader].Presence(commonpb.ConsistencyLevel_Strong, pks)
 	if err != nil {
 		t.Errorf("reading the inserts on the leader %s: %v", leader, err)
 		return
@@ -751,7 +751,7 @@ func (r *rig) lostCount(leader string, ops []op, atRisk map[int64]bool) int {
 	for pk := range atRisk {
 		pks = append(pks, pk)
 	}
-	have, err := r.direct[leader].presence(commonpb.ConsistencyLevel_Strong, pks)
+	have, err := r.direct[leader].Presence(commonpb.ConsistencyLevel_Strong, pks)
 	if err != nil {
 		return -1
 	}

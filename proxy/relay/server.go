@@ -435,8 +435,8 @@ type dstream struct {
 	mdDB   string
 	ident  string
 	gzip   bool // the client compresses its messages with gzip
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx    context.Context // &cctx, or a context the hook derived from it
+	cctx   callCtx
 	sf     streamFlow
 
 	// Request assembly, by the reader goroutine.
@@ -682,7 +682,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		// The call's context ends first, so that whoever judges the
 		// aborted backend stream sees a client's cancel, not a
 		// cluster's failure.
-		st.cancel()
+		st.cctx.cancel()
 		if up := st.abortUp.Load(); up != nil {
 			up.abort()
 		}
@@ -771,7 +771,7 @@ func (d *dconn) checkIdle() {
 // abortStream resets a stream the client may still be using and ends its
 // call.
 func (d *dconn) abortStream(st *dstream, code http2.ErrCode) {
-	st.cancel()
+	st.cctx.cancel()
 	if up := st.abortUp.Load(); up != nil {
 		up.abort()
 	}
@@ -935,7 +935,7 @@ func (d *dconn) close(err error) {
 	d.cancel()
 	d.flow.close()
 	for _, st := range streams {
-		st.cancel()
+		st.cctx.cancel()
 		// A fast-path call's backend stream ends with the client's
 		// connection: the cluster stops working (and sending) for a
 		// client that left, and the answer's memory goes with it.
@@ -1042,7 +1042,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			d.resetStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
+		st.cctx.init(d.ctx, 0, false)
+		st.ctx = &st.cctx
 		d.addStream(st)
 		if ended {
 			d.onClientEnd(st)
@@ -1104,11 +1105,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			st.kind = kindStream
 		}
 	}
-	if hasTimeout {
-		st.ctx, st.cancel = context.WithTimeout(d.ctx, timeout)
-	} else {
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
-	}
+	st.cctx.init(d.ctx, timeout, hasTimeout)
+	st.ctx = &st.cctx
 	if hook := d.r.hook; hook != nil {
 		// The hook sees (and may change) the metadata going on, as a
 		// grpc interceptor would; user-agent is kept as it came.
@@ -1327,7 +1325,7 @@ func (d *dconn) endStream(st *dstream) {
 	}
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
-	st.cancel()
+	st.cctx.cancel()
 	d.flow.resetStream(&st.sf)
 	if st.in != nil {
 		st.in.close(errStreamReset)

@@ -193,20 +193,7 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Engine == EngineRelay {
-		ka := opts.BackendKeepalive
-		if ka.Time <= 0 {
-			ka = DefaultBackendKeepalive
-		}
-		if ka.Timeout <= 0 {
-			ka.Timeout = DefaultBackendKeepalive.Timeout
-		}
-		s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
-			MaxMessageSize: opts.MaxMessageSize, Keepalive: ka, Logger: opts.Logger})
-		s.up = relayUpstream{pool: s.pool}
-		obs, _ := opts.Observer.(RelayObserver)
-		s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(methods),
-			Service: milvusServiceName, Limits: opts.RelayLimits, MaxMessageSize: opts.MaxMessageSize,
-			Creds: opts.Creds, CallHook: opts.CallHook, Observer: obs, Logger: opts.Logger})
+		s.startRelay(&opts)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil

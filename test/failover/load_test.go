@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,13 +23,13 @@ import (
 type opKind int
 
 const (
-	opInsert     opKind = iota // a new key, written once
-	opUpsert                   // a shared register
-	opSession                  // Session read of the worker's own last insert
-	opEventually               // Eventually read of any acknowledged insert
-	opStrong                   // Strong read of a shared register
-	opSessionLatest            // Session read of the latest acknowledged insert, bound to its timestamp
-	opStrongLatest             // Strong read of the latest acknowledged insert
+	opInsert        opKind = iota // a new key, written once
+	opUpsert                      // a shared register
+	opSession                     // Session read of the worker's own last insert
+	opEventually                  // Eventually read of any acknowledged insert
+	opStrong                      // Strong read of a shared register
+	opSessionLatest               // Session read of the latest acknowledged insert, bound to its timestamp
+	opStrongLatest                // Strong read of the latest acknowledged insert
 )
 
 func (k opKind) String() string {
@@ -84,8 +84,8 @@ type load struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	ops   []op
+	mu     sync.Mutex
+	ops    []op
 	acked  []int64 // acknowledged inserts, for Eventually reads
 	latest op      // the latest acknowledged insert, for the readers
 }
@@ -100,11 +100,11 @@ func startLoad(r *rig, o loadOptions) *load {
 	l := &load{r: r, opts: o}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	for w := range o.workers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.worker(w, c) })
 	}
 	for i := range o.readers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.reader(o.workers+i, c) })
 	}
 	return l
@@ -205,17 +205,9 @@ func (l *load) write(c *client, w int, kind opKind, pk, val int64) op {
 	o := op{worker: w, kind: kind, pk: pk, val: val, start: time.Now()}
 	ctx, cancel := callCtx()
 	defer cancel()
-	var hdr metadata.MD
-	fields, n := rowsRequest([]int64{pk}, []int64{val})
-	var res *milvuspb.MutationResult
-	var err error
-	if kind == opInsert {
-		res, err = c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	} else {
-		res, err = c.rpc.Upsert(ctx, &milvuspb.UpsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	}
+	res, cluster, err := c.Write(ctx, kind != opInsert, pk, val)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = cluster
 	o.out, o.err = classify(res.GetStatus(), err)
 	o.ts = res.GetTimestamp()
 	return o
@@ -232,27 +224,20 @@ func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) o
 		opStrongLatest: commonpb.ConsistencyLevel_Strong,
 	}[kind]
 	var hdr metadata.MD
-	rows, err := c.query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
+	rows, err := c.Query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = testproc.First(hdr.Get(testproc.ClusterHeader))
 	if err != nil {
 		o.out, o.err = failed, err.Error()
 		return o
 	}
 	o.rows = len(rows)
 	for _, r := range rows {
-		if r.pk == pk {
-			o.found, o.val = true, r.val
+		if r.PK == pk {
+			o.found, o.val = true, r.Val
 		}
 	}
 	return o
-}
-
-func first(v []string) string {
-	if len(v) == 0 {
-		return ""
-	}
-	return v[0]
 }
 
 // classify says what a write's answer means for whether it was applied.

@@ -468,9 +468,9 @@ type Call struct {
 	fwd    []hpack.HeaderField
 	mdDB   string
 	ident  string
-	gzip   bool // the client compresses its messages with gzip
-	ctx    context.Context
-	cancel context.CancelFunc
+	gzip   bool            // the client compresses its messages with gzip
+	ctx    context.Context // &cctx, or a context the hook derived from it
+	cctx   callCtx
 	sf     streamFlow
 
 	// Request assembly, by the reader goroutine.
@@ -719,7 +719,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		// The call's context ends first, so that whoever judges the
 		// aborted backend stream sees a client's cancel, not a
 		// cluster's failure.
-		st.cancel()
+		st.cctx.cancel()
 		if up := st.abortUp.Load(); up != nil {
 			up.abort()
 		}
@@ -808,7 +808,7 @@ func (d *dconn) checkIdle() {
 // abortStream resets a stream the client may still be using and ends its
 // call.
 func (d *dconn) abortStream(st *Call, code http2.ErrCode) {
-	st.cancel()
+	st.cctx.cancel()
 	if up := st.abortUp.Load(); up != nil {
 		up.abort()
 	}
@@ -972,7 +972,7 @@ func (d *dconn) close(err error) {
 	d.cancel()
 	d.flow.close()
 	for _, st := range streams {
-		st.cancel()
+		st.cctx.cancel()
 		// A fast-path call's backend stream ends with the client's
 		// connection: the cluster stops working (and sending) for a
 		// client that left, and the answer's memory goes with it.
@@ -1080,7 +1080,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			d.resetStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
+		st.cctx.init(d.ctx, 0, false)
+		st.ctx = &st.cctx
 		d.addStream(st)
 		if ended {
 			d.onClientEnd(st)
@@ -1143,11 +1144,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			st.kind = kindStream
 		}
 	}
-	if hasTimeout {
-		st.ctx, st.cancel = context.WithTimeout(d.ctx, timeout)
-	} else {
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
-	}
+	st.cctx.init(d.ctx, timeout, hasTimeout)
+	st.ctx = &st.cctx
 	if hook := d.r.hook; hook != nil {
 		// The hook sees (and may change) the metadata going on, as a
 		// grpc interceptor would; user-agent is kept as it came.
@@ -1366,7 +1364,7 @@ func (d *dconn) endStream(st *Call) {
 	}
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
-	st.cancel()
+	st.cctx.cancel()
 	st.acct.release()
 	d.flow.resetStream(&st.sf)
 	if st.in != nil {

@@ -90,10 +90,52 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		return nil, fmt.Errorf("app: starting telemetry: %w", err)
 	}
 	a.tel = tel
-
-	topoOpts, err := topologyOptions(cfg, logger)
-	if err != nil {
+	if err := a.build(opts); err != nil {
 		a.closePartial(ctx)
+		return nil, err
+	}
+	return a, nil
+}
+
+// build makes the components after telemetry, each from the ones before
+// it: the topology (and the etcd arbiter it may follow), the failover
+// arbiter, the router, the proxy and the admin server.
+func (a *App) build(opts Options) error {
+	backendCreds, err := a.buildTopology()
+	if err != nil {
+		return err
+	}
+	if err := a.buildArbiter(); err != nil {
+		return err
+	}
+	a.obs = &observer{tel: a.tel}
+	a.router = router.New(router.Options{
+		LeaderServesReads: a.cfg.Read.LeaderServesReads,
+		LeaderNow:         a.topo.LeaderNow,
+	})
+	if err := a.buildProxy(backendCreds); err != nil {
+		return err
+	}
+	a.tel.Metrics.SetStateSource(a.metricsState)
+
+	a.admin = admin.New(admin.Options{
+		Controller: &controller{app: a},
+		Metrics:    a.tel.MetricsHandler(),
+		Logger:     a.logger,
+		Pprof:      a.cfg.AdminPprof,
+	})
+	for pattern, h := range opts.AdminHandlers {
+		a.admin.Handle(pattern, h)
+	}
+	return nil
+}
+
+// buildTopology builds the topology manager and, when configured, the
+// etcd arbiter shared with other proxies. It returns each cluster's TLS
+// credentials (by cluster id), which the relay engine dials with.
+func (a *App) buildTopology() (map[string]credentials.TransportCredentials, error) {
+	topoOpts, err := topologyOptions(a.cfg, a.logger)
+	if err != nil {
 		return nil, err
 	}
 	backendCreds := map[string]credentials.TransportCredentials{}
@@ -102,31 +144,44 @@ func New(ctx context.Context, opts Options) (*App, error) {
 			backendCreds[co.ID] = co.TLS
 		}
 	}
-	topoOpts.HoldObserver = tel.Metrics
-	if cfg.Arbiter.Enabled() {
+	topoOpts.HoldObserver = a.tel.Metrics
+	if a.cfg.Arbiter.Enabled() {
 		// A proxy that does not decide routes by the decider's leader
 		// only (a.etcd is set below, before the topology starts).
 		topoOpts.FollowsLeader = func() bool { return a.etcd != nil && !a.etcd.Deciding() }
 	}
 	a.topo, err = topology.New(topoOpts)
 	if err != nil {
-		a.closePartial(ctx)
 		return nil, fmt.Errorf("app: building topology: %w", err)
 	}
-	a.etcd, err = newEtcdArbiter(cfg, a.topo, logger)
+	a.etcd, err = newEtcdArbiter(a.cfg, a.topo, a.logger)
 	if err != nil {
-		a.closePartial(ctx)
 		return nil, err
 	}
+	return backendCreds, nil
+}
+
+// buildArbiter builds the failover arbiter: it decides alone, keeping its
+// change record in failover.state_file, or, with an etcd arbiter, only
+// while this proxy is the elected decider, keeping the record in etcd.
+func (a *App) buildArbiter() error {
+	cfg := a.cfg
 	var store topology.ChangeStore
 	if cfg.Failover.StateFile != "" {
 		store = &topology.FileChangeStore{Path: cfg.Failover.StateFile}
+	} else if !cfg.Arbiter.Enabled() && cfg.Discovery == config.DiscoveryReplicate {
+		// Not a default path: two proxies on one host or volume would
+		// share it silently, and a container's file system is not kept
+		// unless a volume is mounted for it anyway. The leader does not
+		// depend on it (discovery reads it from the clusters and fails
+		// closed when they disagree); quarantines do.
+		a.logger.Warn("failover.state_file is not set: a restarted proxy forgets which clusters it quarantined after a forced failover (a former leader holding diverged data would serve reads again) and cannot settle a change it was running; set it to a file on persistent storage")
 	}
 	arbOpts := topology.ArbiterOptions{
 		Mode:     string(cfg.Failover.Mode),
 		OnChange: a.recordChange,
 		Store:    store,
-		Logger:   logger,
+		Logger:   a.logger,
 	}
 	if a.etcd != nil {
 		// Only the elected proxy decides, and its change records live in
@@ -134,23 +189,24 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		arbOpts.Decides = a.etcd.Deciding
 		arbOpts.Store = a.etcd.ChangeStore()
 	}
+	var err error
 	a.arbiter, err = topology.NewArbiter(a.topo, arbOpts)
 	if err != nil {
-		a.closePartial(ctx)
-		return nil, fmt.Errorf("app: building the failover arbiter: %w", err)
+		return fmt.Errorf("app: building the failover arbiter: %w", err)
 	}
-	a.obs = &observer{tel: tel}
-	a.router = router.New(router.Options{
-		LeaderServesReads: cfg.Read.LeaderServesReads,
-		LeaderNow:         a.topo.LeaderNow,
-	})
+	return nil
+}
 
+// buildProxy builds the gRPC proxy with the configured engine: grpc-go
+// (tracing and the health-watch ender as interceptors) or the relay
+// (tracing as a call hook, TLS to each cluster with backendCreds).
+func (a *App) buildProxy(backendCreds map[string]credentials.TransportCredentials) error {
+	cfg := a.cfg
 	var creds credentials.TransportCredentials
 	if cfg.TLS.CertFile != "" {
 		tc, err := cfg.TLS.Config()
 		if err != nil {
-			a.closePartial(ctx)
-			return nil, fmt.Errorf("app: tls: %w", err)
+			return fmt.Errorf("app: tls: %w", err)
 		}
 		creds = credentials.NewTLS(tc)
 	}
@@ -163,16 +219,16 @@ func New(ctx context.Context, opts Options) (*App, error) {
 		EventuallyMaxLag: cfg.Consistency.EventuallyMaxLag.Std(),
 		Creds:            creds,
 		Observer:         a.obs,
-		Logger:           logger,
+		Logger:           a.logger,
 		// Both engines: grpc-go takes the header list, stream, handshake
 		// and idle limits; the relay all of them.
 		RelayLimits: relayLimits(&cfg.Relay),
 	}
-	tr := tracer{tel: tel}
+	tr := tracer{tel: a.tel}
 	switch cfg.Engine {
 	case config.EngineGRPC:
 		pOpts.Engine = proxy.EngineGRPC
-		if tel.TracingEnabled() {
+		if a.tel.TracingEnabled() {
 			pOpts.ServerOptions = append(pOpts.ServerOptions, tr.interceptors()...)
 		}
 		a.watches = newWatchEnder()
@@ -180,30 +236,19 @@ func New(ctx context.Context, opts Options) (*App, error) {
 	default:
 		// The relay ends health watches on drain by itself.
 		pOpts.Engine = proxy.EngineRelay
-		if tel.TracingEnabled() {
+		if a.tel.TracingEnabled() {
 			pOpts.CallHook = tr.hook
 		}
 		pOpts.BackendCreds = func(c *topology.Cluster) credentials.TransportCredentials {
 			return backendCreds[c.ID]
 		}
 	}
+	var err error
 	a.proxy, err = proxy.New(pOpts)
 	if err != nil {
-		a.closePartial(ctx)
-		return nil, fmt.Errorf("app: building proxy: %w", err)
+		return fmt.Errorf("app: building proxy: %w", err)
 	}
-	tel.Metrics.SetStateSource(a.metricsState)
-
-	a.admin = admin.New(admin.Options{
-		Controller: &controller{app: a},
-		Metrics:    tel.MetricsHandler(),
-		Logger:     logger,
-		Pprof:      cfg.AdminPprof,
-	})
-	for pattern, h := range opts.AdminHandlers {
-		a.admin.Handle(pattern, h)
-	}
-	return a, nil
+	return nil
 }
 
 // closePartial releases what New built before it failed.

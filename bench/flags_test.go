@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"flag"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,67 @@ func TestParseTarget(t *testing.T) {
 			if err != nil || got != tc.want {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
 			}
+		})
+	}
+}
+
+// TestFlagsCommand: what the parsed flags become — the targets, where a
+// scenario runs, and the scenario defaults that stand in for flags not
+// given (while a given flag wins).
+func TestFlagsCommand(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		check func(t *testing.T, c Command)
+	}{
+		{"measurement", []string{"--target", "p=127.0.0.1:1", "--compare", "d=127.0.0.1:2, 127.0.0.1:3", "--workload", "Search", "--ops", "10", "--metric", "ip"},
+			func(t *testing.T, c Command) {
+				want := []Target{{Name: "p", Addr: "127.0.0.1:1"}, {Name: "d", Addr: "127.0.0.1:2"}, {Addr: "127.0.0.1:3"}}
+				if len(c.Config.Targets) != 3 || c.Config.Targets[0] != want[0] || c.Config.Targets[1] != want[1] || c.Config.Targets[2] != want[2] {
+					t.Errorf("targets %v, want %v", c.Config.Targets, want)
+				}
+				if c.InProcess || c.Scenario != "" || c.Config.Workload != WorkloadSearch || c.Config.Metric != "IP" || c.Config.Concurrency != 8 || c.Config.Preload != 10000 {
+					t.Errorf("command %+v", c)
+				}
+			}},
+		{"in-process scenario defaults", []string{"--scenario", "read-scaling", "--ops", "5"},
+			func(t *testing.T, c Command) {
+				if !c.InProcess || len(c.Config.Targets) != 0 || c.Config.Dim != 32 || c.Config.Preload != 1000 || c.Config.Concurrency != 0 || c.Config.Setup != "" || c.Config.Consistency != "" {
+					t.Errorf("command %+v", c)
+				}
+			}},
+		{"scenario with given flags", []string{"--scenario", "read-scaling", "--ops", "5", "--dim", "16", "--concurrency", "3", "--consistency", "strong", "--setup", "first"},
+			func(t *testing.T, c Command) {
+				if c.Config.Dim != 16 || c.Config.Concurrency != 3 || c.Config.Consistency != Strong || c.Config.Setup != SetupFirst {
+					t.Errorf("command %+v", c)
+				}
+			}},
+		{"in-process consistency-cost", []string{"--scenario", "consistency-cost", "--ops", "5", "--levels", "strong,eventually", "--lags", "0s,1s"},
+			func(t *testing.T, c Command) {
+				if len(c.ConsistencyCost.Levels) != 2 || len(c.ConsistencyCost.Lags) != 2 || c.ConsistencyCost.SetLag != nil {
+					t.Errorf("consistency-cost options %+v", c.ConsistencyCost)
+				}
+			}},
+		{"fault", []string{"--target", "127.0.0.1:1", "--workload", "insert", "--duration", "1s", "--fault-at", "200ms", "--fault-post", "http://127.0.0.1:1/x"},
+			func(t *testing.T, c Command) {
+				if len(c.Config.Faults) != 1 || c.Config.Faults[0].At != 200*time.Millisecond || c.Config.Faults[0].Name != "POST http://127.0.0.1:1/x" {
+					t.Errorf("faults %+v", c.Config.Faults)
+				}
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+			var f Flags
+			f.Register(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			c, err := f.Command(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
 		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -110,6 +111,19 @@ func HTTPPost(url, body string) func(ctx context.Context) error {
 			return fmt.Errorf("POST %s: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
 		}
 		return nil
+	}
+}
+
+// KillProcess returns a fault action that kills process pid the way a
+// machine dies (SIGKILL on Unix): no chance to clean up. For a `sim`
+// process that leads, the leader is gone.
+func KillProcess(pid int) func(context.Context) error {
+	return func(context.Context) error {
+		p, err := os.FindProcess(pid)
+		if err != nil {
+			return err
+		}
+		return p.Kill()
 	}
 }
 

@@ -24,6 +24,22 @@ const (
 // Scenarios lists the scenario names, for usage text.
 var Scenarios = []string{ScenarioOverhead, ScenarioReadScaling, ScenarioFailover, ScenarioConsistencyCost}
 
+// RunScenario runs the scenario called name against base.Targets; o is
+// used by consistency-cost only.
+func RunScenario(ctx context.Context, name string, base Config, o ConsistencyCostOptions) (*ScenarioReport, error) {
+	switch name {
+	case ScenarioOverhead:
+		return Overhead(ctx, base)
+	case ScenarioReadScaling:
+		return ReadScaling(ctx, base)
+	case ScenarioFailover:
+		return Failover(ctx, base)
+	case ScenarioConsistencyCost:
+		return ConsistencyCost(ctx, base, o)
+	}
+	return nil, usageErr("scenario", fmt.Sprintf("unknown scenario %q (one of %s)", name, strings.Join(Scenarios, ", ")))
+}
+
 // ScenarioRun is one benchmark run inside a scenario.
 type ScenarioRun struct {
 	Label  string  `json:"label"`

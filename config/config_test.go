@@ -57,6 +57,8 @@ func TestParseMinimalTakesDefaults(t *testing.T) {
 		{"failover.write_hold", c.Failover.WriteHold.Std(), 10 * time.Second},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "text"},
+		{"runtime.gc_percent", c.Runtime.GCPercent, 400},
+		{"runtime.memory_limit", c.Runtime.MemoryLimit, int64(0)},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {

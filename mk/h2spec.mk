@@ -4,12 +4,14 @@
 #                proxy's TestH2Spec runs it against both engines (found
 #                through $H2SPEC) and checks its failures against the
 #                expected list in proxy/h2spec_test.go
-#   test-fuzz    a short -fuzz run of each fuzz target of the relay's
-#                parsers of untrusted bytes (seed corpora in
-#                proxy/testdata/fuzz); FUZZTIME per target
+#   test-fuzz    a short -fuzz run of each fuzz target of the parsers of
+#                untrusted bytes (seed corpora in testdata/fuzz next to
+#                each package); FUZZTIME per target
 H2SPEC_VERSION ?= v2.2.1+incompatible
 FUZZTIME ?= 5s
-RELAY_FUZZ_TARGETS := FuzzScanRequest FuzzMsgAssembler FuzzHeaderReader FuzzCheckRequest
+# package:target pairs.
+FUZZ_TARGETS := ./proxy:FuzzScanRequest ./proxy/relay:FuzzMsgAssembler \
+	./proxy/relay:FuzzHeaderReader ./proxy/relay:FuzzCheckRequest
 
 .PHONY: h2spec-deps test-fuzz
 
@@ -19,7 +21,8 @@ $(BIN)/h2spec:
 	GOBIN=$(BIN) $(GO) install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
 
 test-fuzz:
-	@for f in $(RELAY_FUZZ_TARGETS); do \
-		echo "fuzz $$f for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./proxy || exit 1; \
+	@for pf in $(FUZZ_TARGETS); do \
+		p=$${pf%%:*}; f=$${pf#*:}; \
+		echo "fuzz $$f in $$p for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	done

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -110,7 +111,7 @@ func (p *naiveProxy) Search(ctx context.Context, r *milvuspb.SearchRequest) (*mi
 // rawPassThrough forwards any method as bytes and routes nothing: the
 // floor for a grpc-go based proxy.
 func rawPassThrough(b *testing.B, up *grpc.ClientConn) string {
-	codec := newRawCodec()
+	codec := rawmsg.NewCodec()
 	opts := []grpc.CallOption{grpc.ForceCodecV2(codec)}
 	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
 		name, _ := grpc.MethodFromServerStream(ss)
@@ -118,13 +119,13 @@ func rawPassThrough(b *testing.B, up *grpc.ClientConn) string {
 		if err := ss.RecvMsg(req); err != nil {
 			return err
 		}
-		defer req.free()
+		defer req.Free()
 		md, _ := metadata.FromIncomingContext(ss.Context())
 		resp := &frame{}
 		if err := up.Invoke(metadata.NewOutgoingContext(ss.Context(), md), name, req, resp, opts...); err != nil {
 			return err
 		}
-		defer resp.free()
+		defer resp.Free()
 		return ss.SendMsg(resp)
 	}))
 	return serveBench(b, srv)

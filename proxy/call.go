@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
@@ -15,6 +17,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
+
+// frame is one gRPC message as raw bytes, the unit both engines carry.
+type frame = rawmsg.Msg
+
+// frameFromBytes wraps bytes the proxy built itself (local answers).
+func frameFromBytes(b []byte) *frame { return rawmsg.FromBytes(b) }
 
 // call is the state of one client call, kept on the handler's stack. The
 // engine that received it (grpc-go server or frame relay) fills in how
@@ -28,6 +36,7 @@ type call struct {
 
 	out context.Context     // grpc engine: ctx carrying the forwarded metadata
 	fwd []hpack.HeaderField // relay engine: the forwarded metadata
+	rc  *relay.Call         // relay engine: the client call
 
 	session string // computed on first use
 	start   time.Time
@@ -66,25 +75,6 @@ func (c *call) db(field []byte) string {
 	return consistency.NormalizeDB(c.mdDB)
 }
 
-// forwardable reports whether a client metadata key goes on to the
-// backend. Everything does (authorization, dbname, identifier, request
-// ids, trace context, user-agent) except HTTP/2 pseudo-headers, hop-by-hop
-// headers and the keys gRPC owns on each hop.
-func forwardable(k string) bool {
-	if k == "" || k[0] == ':' {
-		return false
-	}
-	switch k {
-	case "content-type", "te", "host", "connection", "keep-alive",
-		"proxy-connection", "transfer-encoding", "upgrade",
-		"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "grpc-message-type",
-		"grpc-status", "grpc-message", "grpc-status-details-bin",
-		"grpc-previous-rpc-attempts", "grpc-retry-pushback-ms":
-		return false
-	}
-	return true
-}
-
 // handle runs one unary call, whichever engine received it. The returned
 // frame is the response message; on error it is nil.
 func (s *Server) handle(c *call, req *frame) (*frame, error) {
@@ -118,7 +108,7 @@ func (s *Server) finishCall(c *call, resp *frame, err error) (*frame, error) {
 			c.ev.Cluster, c.ev.Role = c.served.ID, c.served.Role
 		}
 		if resp != nil {
-			if st, _, ok := scanResponse(resp.bytes(), &layout{statusField: m.layout.statusField}); ok {
+			if st, _, ok := scanResponse(resp.Bytes(), &layout{statusField: m.layout.statusField}); ok {
 				c.ev.MilvusCode = st.code
 				if st.code == 0 && st.errorCode != 0 {
 					c.ev.MilvusCode = -st.errorCode // legacy code only
@@ -129,7 +119,7 @@ func (s *Server) finishCall(c *call, resp *frame, err error) (*frame, error) {
 	}
 	if err != nil {
 		if resp != nil {
-			resp.free()
+			resp.Free()
 		}
 		return nil, err
 	}
@@ -308,4 +298,21 @@ func (s *Server) local(c *call) (*frame, error) {
 	c.ev.Reason = ReasonLocal
 	c.local = true
 	return frameFromBytes(b), nil
+}
+
+// countStart and countEnd keep a cluster's call counters around an
+// attempt.
+func countStart(cl *topology.Cluster) {
+	if cl.Outstanding != nil {
+		cl.Outstanding.Add(1)
+	}
+	if cl.Served != nil {
+		cl.Served.Add(1)
+	}
+}
+
+func countEnd(cl *topology.Cluster) {
+	if cl.Outstanding != nil {
+		cl.Outstanding.Add(-1)
+	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,7 +20,7 @@ func (s *Server) newGRPCCall(ctx context.Context, m *method) call {
 	c := call{m: m, ctx: ctx}
 	md, _ := metadata.FromIncomingContext(ctx) // a copy: ours to edit
 	for k, v := range md {
-		if !forwardable(k) || k == "user-agent" {
+		if !relay.Forwardable(k) || k == "user-agent" {
 			// grpc-go sets its own user-agent on the next hop.
 			delete(md, k)
 			continue
@@ -58,7 +59,7 @@ func (s *Server) unaryHandler(m *method) grpc.MethodHandler {
 // grpcUnary handles one unary call. The returned frame's bytes go to gRPC,
 // which frees them once written.
 func (s *Server) grpcUnary(ctx context.Context, m *method, req *frame) (any, error) {
-	defer req.free()
+	defer req.Free()
 	c := s.newGRPCCall(ctx, m)
 	resp, err := s.handle(&c, req)
 	if id := c.headerCluster(); id != "" {
@@ -83,7 +84,7 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 	if out == nil {
 		out = c.ctx
 	}
-	resp := &frame{give: true}
+	resp := &frame{Give: true}
 	opts := g.callOpts
 	var p *peer.Peer
 	if wantSent {
@@ -94,7 +95,7 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 	}
 	err := cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
 	if err != nil {
-		resp.free()
+		resp.Free()
 		return nil, p == nil || p.Addr != nil, err
 	}
 	return resp, true, nil
@@ -142,7 +143,7 @@ func (g grpcClientStream) finish(_ error, trailer metadata.MD, cluster string) {
 // filterMD drops the keys gRPC owns from backend metadata.
 func filterMD(md metadata.MD) metadata.MD {
 	for k := range md {
-		if !forwardable(k) {
+		if !relay.Forwardable(k) {
 			delete(md, k)
 		}
 	}

@@ -3,8 +3,8 @@ package proxy
 import (
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
-	"golang.org/x/net/http2"
 )
 
 // The relay engine's fast path. Most calls — reads whose collection facts
@@ -19,37 +19,30 @@ import (
 // fastCall is a unary call on the fast path.
 type fastCall struct {
 	s      *Server
-	st     *dstream
+	rc     *relay.Call
 	req    *frame
 	c      call
 	rs     readState
 	ls     leaderState
 	cl     *topology.Cluster
-	done   func(bool) // the breaker's
-	us     ustream
-	up     upRef // the backend stream, for a client's RST_STREAM
-	write  bool  // a leader call (else a read)
-	resent bool  // a refused attempt was sent again
+	done   func(bool)     // the breaker's
+	x      relay.Exchange // the attempt on the fast path
+	write  bool           // a leader call (else a read)
+	resent bool           // a refused attempt was sent again
 }
 
-// startUnary takes a complete unary request on the connection's reader
-// goroutine: the fast path when it can, a worker otherwise.
-func (d *dconn) startUnary(st *dstream, fl *flushList) {
-	s := d.s
-	if st.kind != kindUnary || s.draining.Load() {
-		d.r.dispatch(st)
-		return
-	}
-	m := st.m
+// startUnary takes a complete unary request on the client connection's
+// reader goroutine (relay.Handler.StartUnary): the fast path when it can,
+// a worker otherwise.
+func (s *Server) startUnary(rc *relay.Call, req *frame, fl *relay.Flush) {
+	m := s.methods[rc.Method()]
 	fast := m.class == ClassRead || m.class == ClassMetaRead || m.class == ClassWrite
-	if !fast || len(st.msg.done) != 1 || st.msg.partial() || st.msg.done[0].compressed {
-		d.r.dispatch(st)
+	if !fast || s.draining.Load() {
+		rc.Dispatch(req)
 		return
 	}
-	req := st.msg.done[0]
-	st.msg.done = nil
-	fc := &fastCall{s: s, st: st, req: req, write: m.class == ClassWrite}
-	fc.c = call{m: m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
+	fc := &fastCall{s: s, rc: rc, req: req, write: m.class == ClassWrite}
+	fc.c = relayCall(s, rc)
 	if s.obs != nil {
 		fc.c.start = time.Now()
 	}
@@ -91,11 +84,9 @@ func (d *dconn) startUnary(st *dstream, fl *flushList) {
 
 // attempt sends the call to cl without blocking, or hands this attempt
 // and the rest to a worker.
-func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
+func (fc *fastCall) attempt(cl *topology.Cluster, fl *relay.Flush) {
 	s, c := fc.s, &fc.c
-	up := s.up.(*relayUpstream)
-	u := up.connNow(cl)
-	if u == nil {
+	if !s.pool.Bind(&fc.x, cl) {
 		fc.slowAttempt(cl)
 		return
 	}
@@ -108,28 +99,13 @@ func (fc *fastCall) attempt(cl *topology.Cluster, fl *flushList) {
 	countStart(cl)
 	c.ev.Attempts++
 	c.served = cl
-	fc.us = ustream{onDone: fc.onDone}
-	written, err := u.open(c, &fc.us, fc.req, fl)
-	if err != nil && !written {
-		// Nothing was written (errWouldBlock, or the connection just
+	if !fc.x.Start(fc.rc, fc.req, fl, fc) {
+		// Nothing was written (no window, or the connection just
 		// closed): undo and let a worker make the attempt.
 		countEnd(cl)
 		done(true)
 		c.ev.Attempts--
 		fc.slowAttempt(cl)
-		return
-	}
-	fc.up = upRef{u: u, id: fc.us.id} // in fc: no allocation of its own
-	fc.st.abortUp.Store(&fc.up)
-	if err != nil {
-		// Part of the request went out, then writing failed: the
-		// connection is broken. Failing it ends every stream on it, this
-		// one included, exactly once, through onDone, with "connection to
-		// cluster lost" (Unavailable: a write's outcome is unknown, a read
-		// moves on). Handing the call to a worker as well ended it twice
-		// ("inflight counter below zero") and could send it twice; ending
-		// it with the bare socket error answered the client Unknown.
-		u.fail(err, fl)
 	}
 }
 
@@ -152,14 +128,13 @@ func (fc *fastCall) slowAttempt(cl *topology.Cluster) {
 	})
 }
 
-// onDone judges the attempt where the cluster's answer ended, normally on
-// that connection's reader goroutine.
-func (fc *fastCall) onDone(us *ustream, fl *flushList) {
-	fc.st.abortUp.Store(nil)
+// ExchangeDone judges the attempt where the cluster's answer ended,
+// normally on that connection's reader goroutine (relay.Completion).
+func (fc *fastCall) ExchangeDone(x *relay.Exchange, fl *relay.Flush) {
 	s, c, cl := fc.s, &fc.c, fc.cl
-	resp, sent, err := us.result(cl.ID)
+	resp, sent, err := x.Result(cl.ID)
 	countEnd(cl)
-	if us.refused && !fc.resent && c.ctx.Err() == nil {
+	if x.Refused() && !fc.resent && c.ctx.Err() == nil {
 		// Refused before the cluster processed it (a GOAWAY, or
 		// REFUSED_STREAM): the cluster is alive; send it again, once,
 		// on a fresh stream, as grpc-go's transparent retry does.
@@ -187,53 +162,17 @@ func (fc *fastCall) onDone(us *ustream, fl *flushList) {
 	fc.finish(resp, err, fl)
 }
 
-// finish answers the client and ends the call.
-func (fc *fastCall) finish(resp *frame, err error, fl *flushList) {
-	st, d := fc.st, fc.st.d
+// finish answers the client and ends the call; with fl it does not block.
+func (fc *fastCall) finish(resp *frame, err error, fl *relay.Flush) {
 	resp, err = fc.s.finishCall(&fc.c, resp, err)
-	if err != nil {
-		d.respondErr(st, &fc.c, err)
-	} else if !d.respondNow(st, fc.c.headerCluster(), resp, fl) {
-		// The client's windows are full: a goroutine waits for credit.
-		go func() {
-			d.respond(st, fc.c.headerCluster(), resp)
-			resp.free()
-			fc.end()
-		}()
-		return
-	} else {
-		resp.free()
-	}
-	fc.end()
-}
-
-func (fc *fastCall) end() {
-	fc.req.free()
-	fc.st.d.endStream(fc.st)
-	fc.st.d.r.active.Done()
+	fc.req.Free()
+	fc.rc.Finish(fc.c.headerCluster(), resp, err, fl)
 }
 
 // toWorker continues the call on a goroutine that may block.
 func (fc *fastCall) toWorker(run func() (*frame, error)) {
 	go func() {
 		resp, err := run()
-		resp, err = fc.s.finishCall(&fc.c, resp, err)
-		st, d := fc.st, fc.st.d
-		if err != nil {
-			d.respondErr(st, &fc.c, err)
-		} else {
-			d.respond(st, fc.c.headerCluster(), resp)
-			resp.free()
-		}
-		fc.end()
+		fc.finish(resp, err, nil)
 	}()
 }
-
-// upRef names a backend stream a fast call waits on, so that a client's
-// RST_STREAM can reset it too.
-type upRef struct {
-	u  *uconn
-	id uint32
-}
-
-func (r *upRef) abort() { r.u.abort(r.id, http2.ErrCodeCancel, errStreamReset) }

@@ -123,7 +123,7 @@ func (s *Server) outcomeUnknown(c *call, cl *topology.Cluster, err error) (*fram
 func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
 	switch c.m.class {
 	case ClassWrite:
-		st, ts, ok := scanResponse(resp.bytes(), &c.m.layout)
+		st, ts, ok := scanResponse(resp.Bytes(), &c.m.layout)
 		if !ok || !st.ok() || ts == 0 {
 			return
 		}
@@ -131,17 +131,17 @@ func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
 			w.ObserveWrite(c.served.ID, ts) // a switchover waits until the new leader has it
 		}
 		var f readFields
-		if scanRequest(req.bytes(), &c.m.layout, &f) != nil || len(f.coll) == 0 {
+		if scanRequest(req.Bytes(), &c.m.layout, &f) != nil || len(f.coll) == 0 {
 			return
 		}
 		s.sessions.RecordWrite(c.sessionKey(), c.db(f.db), string(f.coll), ts)
 	case ClassDDL:
-		st, _, ok := scanResponse(resp.bytes(), &c.m.layout)
+		st, _, ok := scanResponse(resp.Bytes(), &c.m.layout)
 		if !ok || !st.ok() {
 			return
 		}
 		var f readFields
-		_ = scanRequest(req.bytes(), &c.m.layout, &f)
+		_ = scanRequest(req.Bytes(), &c.m.layout, &f)
 		ts := s.ddlTimestamp(c)
 		db := c.db(f.db)
 		s.sessions.RecordDDL(c.sessionKey(), db, ts)
@@ -151,7 +151,7 @@ func (s *Server) afterLeader(c *call, req *frame, resp *frame) {
 			s.sessions.RecordDDL(c.sessionKey(), mdDB, ts)
 		}
 		if c.m.invalidate {
-			ddlTargets(req.bytes(), &c.m.layout, func(dbField, name []byte) {
+			ddlTargets(req.Bytes(), &c.m.layout, func(dbField, name []byte) {
 				s.invalidate(c.db(dbField), string(name))
 			})
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"google.golang.org/grpc"
@@ -142,7 +143,7 @@ type Options struct {
 // DefaultBackendKeepalive is what the topology's grpc-go connections to
 // the clusters use too; Milvus permits pings every 5 s, with or without
 // calls.
-var DefaultBackendKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+var DefaultBackendKeepalive = relay.DefaultKeepalive
 
 // Engine names a transport implementation.
 type Engine string
@@ -193,3 +194,28 @@ const (
 	ReasonLeaderNoCollInfo  = string(router.ReasonLeaderNoCollection) // the collection's facts are unknown
 	ReasonLeaderStrongAlloc = string(router.ReasonLeaderStrongAlloc)  // strong_reads: wait, AllocTimestamp failed
 )
+
+// RelayLimits bound what one client connection of the relay engine may
+// hold or do (relay.Limits); zero fields take DefaultRelayLimits' values.
+type RelayLimits = relay.Limits
+
+// DefaultRelayLimits are the relay's limits when Options.RelayLimits
+// leaves a field zero.
+var DefaultRelayLimits = relay.DefaultLimits
+
+// RelayEvent is what a RelayObserver is told (relay.Event).
+type RelayEvent = relay.Event
+
+// Relay events: see relay.EventRefused, relay.EventConnClosed,
+// relay.EventStreamHeld and relay.EventStreamResumed.
+const (
+	RelayRefused       = relay.EventRefused
+	RelayConnClosed    = relay.EventConnClosed
+	RelayStreamHeld    = relay.EventStreamHeld
+	RelayStreamResumed = relay.EventStreamResumed
+)
+
+// RelayObserver is told about the relay's refusals, the client
+// connections it closes and the backend streams it holds back, when the
+// Options.Observer implements it.
+type RelayObserver = relay.Observer

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -507,8 +508,7 @@ func TestRelayKeepaliveBacksOffOnTooManyPings(t *testing.T) {
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
 	}
-	up := e.srv.up.(*relayUpstream)
-	testutil.Eventually(t, 5*time.Second, "the keepalive time to back off", func() bool { return up.keepaliveTime("a") > 20*time.Millisecond })
+	testutil.Eventually(t, 5*time.Second, "the keepalive time to back off", func() bool { return e.srv.pool.KeepaliveTime("a") > 20*time.Millisecond })
 	if _, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -722,9 +722,7 @@ func TestRelaySlowReaderIsolated(t *testing.T) {
 	// The reader's connection is closed after WriteTimeout; only the
 	// bystander's remains.
 	testutil.Eventually(t, 5*time.Second, "only the bystander connection left", func() bool {
-		e.srv.relay.mu.Lock()
-		defer e.srv.relay.mu.Unlock()
-		return len(e.srv.relay.conns) == 1
+		return e.srv.relay.Conns() == 1
 	})
 }
 
@@ -776,7 +774,7 @@ func TestRelayFrameTooLarge(t *testing.T) {
 	if err := c.headers(1, false, grpcHeaders("Search")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.fr.WriteData(1, true, make([]byte, relayMaxReadFrame+1)); err != nil {
+	if err := c.fr.WriteData(1, true, make([]byte, relay.MaxFrameSize+1)); err != nil {
 		t.Fatal(err)
 	}
 	if code := c.goAwayCode(5 * time.Second); code != http2.ErrCodeFrameSize {
@@ -1039,39 +1037,6 @@ func TestRelayIdleTimeout(t *testing.T) {
 	}
 }
 
-// TestMsgAssemblerGrowsWithBytes: a length prefix claiming far more than
-// arrives costs what arrived, not what it claims.
-func TestMsgAssemblerGrowsWithBytes(t *testing.T) {
-	var a msgAssembler
-	msgs, err := a.append(append([]byte{0, 0x0f, 0xff, 0xff, 0xff}, make([]byte, 1024)...), 256<<20)
-	if err != nil || len(msgs) != 0 {
-		t.Fatalf("%v %v", msgs, err)
-	}
-	if c := cap(a.body); c > 1<<20 {
-		t.Fatalf("a 255 MiB claim with 1 KiB sent holds %d bytes", c)
-	}
-	// A message whose bytes come in pieces is whole at the end.
-	a = msgAssembler{}
-	want := make([]byte, 300<<10)
-	for i := range want {
-		want[i] = byte(i * 7)
-	}
-	in := append([]byte{0, 0, 0x04, 0xb0, 0x00}, want...)
-	var got []*frame
-	for len(in) > 0 {
-		n := min(len(in), 1000)
-		m, err := a.append(in[:n], 1<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, m...)
-		in = in[n:]
-	}
-	if len(got) != 1 || !bytes.Equal(got[0].bytes(), want) {
-		t.Fatalf("got %d messages", len(got))
-	}
-}
-
 // TestDefaultEngineIsRelay: proxy.New without an engine runs the relay,
 // the engine config.Default() names.
 func TestDefaultEngineIsRelay(t *testing.T) {
@@ -1102,4 +1067,129 @@ func TestRelayClientLeavesCancelsBackend(t *testing.T) {
 	if f := e.topo.failed(); len(f) > 0 {
 		t.Fatalf("breaker failures counted: %v", f)
 	}
+}
+
+// countingConn counts the bytes read from a cluster.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestRelayResponseBudget: a client that grants no window and asks for
+// many large answers makes the proxy hold no more than its response
+// budget (plus one stream window per call and the answers the oldest-call
+// rule lets complete): the clusters are held back by flow control, not
+// buffered. A bystander on another connection, over the same backend
+// connections, keeps getting answers, and everything is given back when
+// the client leaves.
+func TestRelayResponseBudget(t *testing.T) {
+	const (
+		budget = 1 << 20
+		window = 64 << 10
+		answer = 1 << 20
+		calls  = 16
+	)
+	var fromClusters atomic.Int64
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits = RelayLimits{ConnResponseBuffer: budget, BackendStreamWindow: window}
+		o.DialBackend = func(ctx context.Context, c *topology.Cluster) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.URI)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{Conn: nc, n: &fromClusters}, nil
+		}
+	})
+	// Warm the backend connections so that every call shares them.
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	base := fromClusters.Load()
+	rb := e.srv.relay.ResponseBuffered
+
+	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	for i := uint32(0); i < calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "backend streams held", func() bool { _, held := rb(); return held > 0 })
+
+	stop := make(chan struct{})
+	time.AfterFunc(time.Second, func() { close(stop) })
+	n, errs, slowest := bystander(e.client, stop)
+	t.Logf("bystander: %d calls, %d errors, slowest %v", n, len(errs), slowest)
+	if len(errs) > 0 {
+		t.Fatalf("bystander errors: %v", errs[0])
+	}
+	if n == 0 || slowest > 5*time.Second {
+		t.Errorf("bystander: %d calls, slowest %v", n, slowest)
+	}
+
+	// What the clients asked for is 16 MiB; what may be held: the
+	// budget, the two answers the oldest call's rule lets complete past
+	// it (complete answers stay under the budget), one window per call,
+	// and the bystander's small answers and frame overhead.
+	limit := int64(budget + 2*answer + calls*window + 1<<20)
+	time.Sleep(200 * time.Millisecond) // anything still in flight lands
+	used, held := rb()
+	read := fromClusters.Load() - base
+	t.Logf("held streams %d, charged %d bytes, read from clusters %d bytes (limit %d)", held, used, read, limit)
+	if used > limit {
+		t.Errorf("charged %d bytes > %d", used, limit)
+	}
+	if read > limit {
+		t.Errorf("read %d bytes from the clusters > %d: the answers were not held back", read, limit)
+	}
+	if held == 0 || held >= calls {
+		t.Errorf("%d streams held, want some but not all of %d", held, calls)
+	}
+
+	// The client leaves: its backend streams end and the budget is back.
+	bad.nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+}
+
+// TestRelayResponseBudgetCompletes: a client reading normally gets every
+// answer even when their total, and each of them, is far over its
+// connection's budget: the oldest call always moves.
+func TestRelayResponseBudgetCompletes(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits = RelayLimits{ConnResponseBuffer: 128 << 10, BackendStreamWindow: 64 << 10}
+	})
+	const calls, answer = 12, 1 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, calls)
+	for i := 0; i < calls; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+			if err == nil && len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != answer {
+				err = fmt.Errorf("answer corrupted")
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb := e.srv.relay.ResponseBuffered
+	testutil.Eventually(t, 5*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
 }

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -47,7 +49,7 @@ import (
 
 // HeaderCluster names, on every response (and in the trailer of streams),
 // the cluster that served it.
-const HeaderCluster = "x-milvus-ha-cluster"
+const HeaderCluster = relay.HeaderCluster
 
 // LocalCluster is the HeaderCluster value of answers the proxy gives
 // itself (CheckHealth).
@@ -92,7 +94,7 @@ type Server struct {
 	hook    func(ctx context.Context, fullMethod string, md metadata.MD) (context.Context, func(error))
 	creds   credentials.TransportCredentials
 	maxMsg  int
-	codec   *rawCodec
+	codec   *rawmsg.Codec
 	up      upstream
 	methods []*method
 	byName  map[string]*method
@@ -102,7 +104,8 @@ type Server struct {
 
 	// One of the engines.
 	grpc  *grpc.Server
-	relay *relayServer
+	relay *relay.Server
+	pool  *relay.Pool // the relay engine's connections to the clusters
 
 	health   *health.Server // grpc engine's health service
 	hmu      sync.Mutex
@@ -168,7 +171,7 @@ func New(opts Options) (*Server, error) {
 		hook:      opts.CallHook,
 		creds:     opts.Creds,
 		maxMsg:    opts.MaxMessageSize,
-		codec:     newRawCodec(),
+		codec:     rawmsg.NewCodec(),
 		methods:   methods,
 		byName:    make(map[string]*method, len(methods)),
 		byPath:    make(map[string]*method, len(methods)),
@@ -191,8 +194,7 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Engine == EngineRelay {
-		s.up = newRelayUpstream(s, &opts)
-		s.relay = newRelayServer(s, opts.RelayLimits)
+		s.startRelay(&opts)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil
@@ -204,7 +206,7 @@ func New(opts Options) (*Server, error) {
 	// block is decoded and forwarded), a stream cap, a handshake
 	// deadline and an idle close (grpc-go keeps idle connections
 	// forever by default).
-	lim := opts.RelayLimits.withDefaults()
+	lim := opts.RelayLimits.WithDefaults()
 	sopts := []grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(lim.MaxHeaderListSize)),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
@@ -272,7 +274,7 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 // Shutdown.
 func (s *Server) Serve(lis net.Listener) error {
 	if s.relay != nil {
-		return s.relay.serve(lis)
+		return s.relay.Serve(lis)
 	}
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
@@ -299,10 +301,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.health.Shutdown()
 	}
 	if s.relay != nil {
-		err := s.relay.shutdown(ctx)
-		if up, ok := s.up.(*relayUpstream); ok {
-			up.close()
-		}
+		err := s.relay.Shutdown(ctx)
+		s.pool.Close()
 		return err
 	}
 

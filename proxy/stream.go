@@ -95,7 +95,7 @@ func (s *Server) proxyStream(c *call, out context.Context, cs clientStream) (sta
 			return true, outcome
 		}
 		err = cs.send(f)
-		f.free()
+		f.Free()
 		if err != nil {
 			done(true)
 			return true, err
@@ -118,7 +118,7 @@ func pumpToBackend(ctx context.Context, cancel context.CancelFunc, cs clientStre
 			return
 		}
 		err = up.SendMsg(f)
-		f.free()
+		f.Free()
 		if err != nil {
 			// io.EOF: the backend ended the stream; its status comes
 			// from RecvMsg.

@@ -243,40 +243,66 @@ func (c *Cluster) applyData(es ...*entry) {
 	}
 }
 
-// applyDDL changes the catalog. Requests were validated by the primary before
-// they entered its WAL; here only what is needed to stay safe is checked.
+// applyDDL changes the catalog, by the kind of object the message is
+// about. Requests were validated by the primary before they entered its
+// WAL; here only what is needed to stay safe is checked.
 func (c *Cluster) applyDDL(e *entry) error {
-	cat := c.cat
 	switch e.kind {
-	case kindCreateDatabase:
+	case kindCreateDatabase, kindDropDatabase:
+		return c.cat.applyDatabase(e)
+	case kindCreateCollection:
+		return c.applyCreateCollection(e)
+	case kindDropCollection, kindRenameCollection, kindAlterCollection, kindLoadCollection, kindReleaseCollection:
+		return c.cat.applyCollection(e)
+	case kindCreatePartition, kindDropPartition, kindLoadPartitions, kindReleasePartitions:
+		return c.cat.applyPartition(e)
+	case kindCreateIndex, kindDropIndex:
+		return c.cat.applyIndex(e)
+	case kindCreateAlias, kindAlterAlias, kindDropAlias:
+		return c.cat.applyAlias(e)
+	}
+	c.log.Warn("unknown message type ignored", "type", e.kind)
+	return nil
+}
+
+// applyDatabase creates or drops a database. Creating one that exists, or
+// dropping one that does not (or the default database), changes nothing.
+func (c *catalog) applyDatabase(e *entry) error {
+	if e.kind == kindCreateDatabase {
 		req := &milvuspb.CreateDatabaseRequest{}
 		if err := proto.Unmarshal(e.payload, req); err != nil {
 			return err
 		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		if _, ok := cat.dbs[req.GetDbName()]; !ok {
-			cat.dbs[req.GetDbName()] = &database{id: propInt(e, propCollID), name: req.GetDbName(), created: e.ts, props: req.GetProperties(),
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if _, ok := c.dbs[req.GetDbName()]; !ok {
+			c.dbs[req.GetDbName()] = &database{id: propInt(e, propCollID), name: req.GetDbName(), created: e.ts, props: req.GetProperties(),
 				colls: map[string]*collection{}, aliases: map[string]*collection{}}
 		}
-	case kindDropDatabase:
-		req := &milvuspb.DropDatabaseRequest{}
-		if err := proto.Unmarshal(e.payload, req); err != nil {
-			return err
+		return nil
+	}
+	req := &milvuspb.DropDatabaseRequest{}
+	if err := proto.Unmarshal(e.payload, req); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d, ok := c.dbs[req.GetDbName()]; ok && req.GetDbName() != defaultDB {
+		for _, coll := range d.colls {
+			delete(c.colls, coll.id)
 		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		if d, ok := cat.dbs[req.GetDbName()]; ok && req.GetDbName() != defaultDB {
-			for _, coll := range d.colls {
-				delete(cat.colls, coll.id)
-			}
-			delete(cat.dbs, req.GetDbName())
-		}
-	case kindCreateCollection:
-		return c.applyCreateCollection(e)
+		delete(c.dbs, req.GetDbName())
+	}
+	return nil
+}
+
+// applyCollection drops, renames, alters, loads or releases an existing
+// collection.
+func (c *catalog) applyCollection(e *entry) error {
+	switch e.kind {
 	case kindDropCollection:
-		return cat.applyToColl(e, nil, func(coll *collection) {
-			delete(cat.colls, coll.id)
+		return c.applyToColl(e, nil, func(coll *collection) {
+			delete(c.colls, coll.id)
 			if coll.db.colls[coll.name] == coll {
 				delete(coll.db.colls, coll.name)
 			}
@@ -286,39 +312,58 @@ func (c *Cluster) applyDDL(e *entry) error {
 		})
 	case kindRenameCollection:
 		req := &milvuspb.RenameCollectionRequest{}
-		return cat.applyToColl(e, req, func(coll *collection) {
-			newDB := coll.db
-			if req.GetNewDBName() != "" {
-				if d, ok := cat.dbs[req.GetNewDBName()]; ok {
-					newDB = d
-				}
-			}
-			delete(coll.db.colls, coll.name)
-			for a := range coll.aliases {
-				delete(coll.db.aliases, a)
-			}
-			if newDB != coll.db {
-				coll.aliases = map[string]bool{}
-			} else {
-				for a := range coll.aliases {
-					newDB.aliases[a] = coll
-				}
-			}
-			coll.db = newDB
-			coll.name = req.GetNewName()
-			coll.schema.Name = coll.name
-			coll.updated = e.ts
-			newDB.colls[coll.name] = coll
-		})
+		return c.applyToColl(e, req, func(coll *collection) { c.renameLocked(coll, req, e.ts) })
 	case kindAlterCollection:
 		req := &milvuspb.AlterCollectionRequest{}
-		return cat.applyToColl(e, req, func(coll *collection) {
+		return c.applyToColl(e, req, func(coll *collection) {
 			coll.props = mergeProps(coll.props, req.GetProperties(), req.GetDeleteKeys())
 			coll.updated = e.ts
 		})
+	default: // kindLoadCollection, kindReleaseCollection
+		return c.applyToColl(e, nil, func(coll *collection) {
+			coll.loaded = e.kind == kindLoadCollection
+			for _, p := range coll.parts {
+				p.loaded = coll.loaded
+			}
+		})
+	}
+}
+
+// renameLocked gives coll its new name, in its new database if that
+// exists. Its aliases follow within a database and are dropped when it
+// moves to another. The caller holds c.mu.
+func (c *catalog) renameLocked(coll *collection, req *milvuspb.RenameCollectionRequest, ts uint64) {
+	newDB := coll.db
+	if req.GetNewDBName() != "" {
+		if d, ok := c.dbs[req.GetNewDBName()]; ok {
+			newDB = d
+		}
+	}
+	delete(coll.db.colls, coll.name)
+	for a := range coll.aliases {
+		delete(coll.db.aliases, a)
+	}
+	if newDB != coll.db {
+		coll.aliases = map[string]bool{}
+	} else {
+		for a := range coll.aliases {
+			newDB.aliases[a] = coll
+		}
+	}
+	coll.db = newDB
+	coll.name = req.GetNewName()
+	coll.schema.Name = coll.name
+	coll.updated = ts
+	newDB.colls[coll.name] = coll
+}
+
+// applyPartition creates, drops, loads or releases partitions of an
+// existing collection. A collection is loaded when all its partitions are.
+func (c *catalog) applyPartition(e *entry) error {
+	switch e.kind {
 	case kindCreatePartition:
 		req := &milvuspb.CreatePartitionRequest{}
-		return cat.applyToColl(e, req, func(coll *collection) {
+		return c.applyToColl(e, req, func(coll *collection) {
 			if coll.parts[req.GetPartitionName()] != nil {
 				return
 			}
@@ -330,7 +375,7 @@ func (c *Cluster) applyDDL(e *entry) error {
 		req := &milvuspb.DropPartitionRequest{}
 		var data *collData
 		var part *partition
-		err := cat.applyToColl(e, req, func(coll *collection) {
+		err := c.applyToColl(e, req, func(coll *collection) {
 			data, part = coll.data, coll.parts[req.GetPartitionName()]
 			if part != nil {
 				delete(coll.parts, part.name)
@@ -342,9 +387,35 @@ func (c *Cluster) applyDDL(e *entry) error {
 			data.dropPartition(part.id)
 		}
 		return err
-	case kindCreateIndex:
+	}
+	// kindLoadPartitions, kindReleasePartitions
+	var req interface {
+		proto.Message
+		GetPartitionNames() []string
+	} = &milvuspb.ReleasePartitionsRequest{}
+	if e.kind == kindLoadPartitions {
+		req = &milvuspb.LoadPartitionsRequest{}
+	}
+	return c.applyToColl(e, req, func(coll *collection) {
+		for _, n := range req.GetPartitionNames() {
+			if p := coll.parts[n]; p != nil {
+				p.loaded = e.kind == kindLoadPartitions
+			}
+		}
+		all := true
+		for _, p := range coll.parts {
+			all = all && p.loaded
+		}
+		coll.loaded = all
+	})
+}
+
+// applyIndex creates or drops an index of an existing collection; a drop
+// without an index name drops the field's indexes.
+func (c *catalog) applyIndex(e *entry) error {
+	if e.kind == kindCreateIndex {
 		req := &milvuspb.CreateIndexRequest{}
-		return cat.applyToColl(e, req, func(coll *collection) {
+		return c.applyToColl(e, req, func(coll *collection) {
 			f := coll.byName[req.GetFieldName()]
 			if f == nil {
 				return
@@ -353,66 +424,28 @@ func (c *Cluster) applyDDL(e *entry) error {
 			metric, _ := kvGet(params, "metric_type")
 			coll.indexes[req.GetIndexName()] = &indexInfo{id: propInt(e, propIndexID), name: req.GetIndexName(), field: f, params: params, metric: metric, created: e.ts}
 		})
-	case kindDropIndex:
-		req := &milvuspb.DropIndexRequest{}
-		return cat.applyToColl(e, req, func(coll *collection) {
-			for name, idx := range coll.indexes {
-				if name == req.GetIndexName() || req.GetIndexName() == "" && idx.field.name == req.GetFieldName() {
-					delete(coll.indexes, name)
-				}
+	}
+	req := &milvuspb.DropIndexRequest{}
+	return c.applyToColl(e, req, func(coll *collection) {
+		for name, idx := range coll.indexes {
+			if name == req.GetIndexName() || req.GetIndexName() == "" && idx.field.name == req.GetFieldName() {
+				delete(coll.indexes, name)
 			}
-		})
-	case kindLoadCollection, kindReleaseCollection:
-		return cat.applyToColl(e, nil, func(coll *collection) {
-			coll.loaded = e.kind == kindLoadCollection
-			for _, p := range coll.parts {
-				p.loaded = coll.loaded
-			}
-		})
-	case kindLoadPartitions, kindReleasePartitions:
-		var req interface {
-			proto.Message
-			GetPartitionNames() []string
-		} = &milvuspb.ReleasePartitionsRequest{}
-		if e.kind == kindLoadPartitions {
-			req = &milvuspb.LoadPartitionsRequest{}
 		}
-		return cat.applyToColl(e, req, func(coll *collection) {
-			for _, n := range req.GetPartitionNames() {
-				if p := coll.parts[n]; p != nil {
-					p.loaded = e.kind == kindLoadPartitions
-				}
-			}
-			all := true
-			for _, p := range coll.parts {
-				all = all && p.loaded
-			}
-			coll.loaded = all
-		})
-	case kindCreateAlias, kindAlterAlias:
-		var req interface {
-			proto.Message
-			GetAlias() string
-		} = &milvuspb.AlterAliasRequest{}
-		if e.kind == kindCreateAlias {
-			req = &milvuspb.CreateAliasRequest{}
-		}
-		return cat.applyToColl(e, req, func(coll *collection) {
-			alias := req.GetAlias()
-			if old, ok := coll.db.aliases[alias]; ok {
-				delete(old.aliases, alias)
-			}
-			coll.db.aliases[alias] = coll
-			coll.aliases[alias] = true
-		})
-	case kindDropAlias:
+	})
+}
+
+// applyAlias points an alias at a collection (taking it from the one it
+// named before) or drops it.
+func (c *catalog) applyAlias(e *entry) error {
+	if e.kind == kindDropAlias {
 		req := &milvuspb.DropAliasRequest{}
 		if err := proto.Unmarshal(e.payload, req); err != nil {
 			return err
 		}
-		cat.mu.Lock()
-		defer cat.mu.Unlock()
-		d := cat.dbs[e.extra[propDB]]
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		d := c.dbs[e.extra[propDB]]
 		if d == nil {
 			return nil
 		}
@@ -420,10 +453,23 @@ func (c *Cluster) applyDDL(e *entry) error {
 			delete(coll.aliases, req.GetAlias())
 			delete(d.aliases, req.GetAlias())
 		}
-	default:
-		c.log.Warn("unknown message type ignored", "type", e.kind)
+		return nil
 	}
-	return nil
+	var req interface {
+		proto.Message
+		GetAlias() string
+	} = &milvuspb.AlterAliasRequest{}
+	if e.kind == kindCreateAlias {
+		req = &milvuspb.CreateAliasRequest{}
+	}
+	return c.applyToColl(e, req, func(coll *collection) {
+		alias := req.GetAlias()
+		if old, ok := coll.db.aliases[alias]; ok {
+			delete(old.aliases, alias)
+		}
+		coll.db.aliases[alias] = coll
+		coll.aliases[alias] = true
+	})
 }
 
 // applyToColl decodes e's payload into req (unless nil) and runs fn on the

@@ -536,51 +536,9 @@ func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRe
 		}
 		plans = append(plans, plan)
 	}
-	rank := kvMap(req.GetRankParams())
-	limit, err := strconv.Atoi(rank["limit"])
-	if err != nil || limit <= 0 || limit > maxTopK {
-		return nil, errParam("limit [%s] of hybrid search is invalid, it should be in range [1, %d]", rank["limit"], maxTopK)
-	}
-	offset := 0
-	if v := rank["offset"]; v != "" {
-		if offset, err = strconv.Atoi(v); err != nil || offset < 0 || offset+limit > maxTopK {
-			return nil, errParam("offset [%s] of hybrid search is invalid", v)
-		}
-	}
-	round := -1
-	if v := rank["round_decimal"]; v != "" {
-		if round, err = strconv.Atoi(v); err != nil || round < -1 || round > 6 {
-			return nil, errParam("round_decimal [%s] is invalid", v)
-		}
-	}
-	strategy := strings.ToLower(rank["strategy"])
-	if strategy == "" {
-		strategy = "rrf"
-	}
-	var rp struct {
-		K       *float64  `json:"k"`
-		Weights []float64 `json:"weights"`
-	}
-	if raw := rank["params"]; raw != "" {
-		if err := json.Unmarshal([]byte(raw), &rp); err != nil {
-			return nil, errParam("rank params %q are not valid JSON: %v", raw, err)
-		}
-	}
-	k := 60.0
-	switch strategy {
-	case "rrf":
-		if rp.K != nil {
-			if *rp.K <= 0 || *rp.K >= 16384 {
-				return nil, errParam("the rank param k should be in range (0, 16384), got %v", *rp.K)
-			}
-			k = *rp.K
-		}
-	case "weighted":
-		if len(rp.Weights) != len(plans) {
-			return nil, errParam("the length of weights param mismatch with ann search requests: want len = %d, but got %d", len(plans), len(rp.Weights))
-		}
-	default:
-		return nil, errParam("unsupported rerank strategy %q", strategy)
+	rank, err := parseHybridRank(kvMap(req.GetRankParams()), len(plans))
+	if err != nil {
+		return nil, err
 	}
 	outs, err := resolveOutputs(coll, req.GetOutputFields(), false)
 	if err != nil {
@@ -608,44 +566,15 @@ func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRe
 		nq = len(hits)
 		perPlan = append(perPlan, hits)
 	}
-	res := &schemapb.SearchResultData{NumQueries: int64(nq), TopK: int64(limit), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
+	res := &schemapb.SearchResultData{NumQueries: int64(nq), TopK: int64(rank.limit), PrimaryFieldName: coll.pk.name, OutputFields: outs.names}
 	var allRows []int32
 	allScores := []float32{}
 	for q := 0; q < nq; q++ {
-		fused := map[int32]float64{}
-		for j, hits := range perPlan {
-			h := hits[q]
-			for rank, r := range h.rows {
-				if strategy == "rrf" {
-					fused[r] += 1 / (k + float64(rank+1))
-				} else {
-					fused[r] += rp.Weights[j] * normalizeScore(plans[j].sp.metric, float64(h.scores[rank]))
-				}
-			}
+		hits := make([]hitList, len(perPlan))
+		for j := range perPlan {
+			hits[j] = perPlan[j][q]
 		}
-		rows := make([]int32, 0, len(fused))
-		for r := range fused {
-			rows = append(rows, r)
-		}
-		sort.Slice(rows, func(a, b int) bool {
-			if fused[rows[a]] != fused[rows[b]] {
-				return fused[rows[a]] > fused[rows[b]]
-			}
-			return rows[a] < rows[b]
-		})
-		if offset < len(rows) {
-			rows = rows[offset:]
-		} else {
-			rows = nil
-		}
-		if len(rows) > limit {
-			rows = rows[:limit]
-		}
-		scores := make([]float32, len(rows))
-		for i, r := range rows {
-			scores[i] = float32(fused[r])
-		}
-		roundScores(scores, round)
+		rows, scores := rank.fuse(plans, hits)
 		res.Topks = append(res.Topks, int64(len(rows)))
 		allRows = append(allRows, rows...)
 		allScores = append(allScores, scores...)
@@ -654,6 +583,107 @@ func (c *Cluster) hybridSearch(ctx context.Context, req *milvuspb.HybridSearchRe
 	res.Scores = allScores
 	res.FieldsData = outs.render(coll, d, allRows)
 	return &milvuspb.SearchResults{Status: okStatus(), Results: res, CollectionName: snap.name, SessionTs: g}, nil
+}
+
+// hybridRank is how a hybrid search merges its sub-searches' hits: the
+// rank_params of HybridSearchRequest (limit, offset, round_decimal, and
+// strategy rrf or weighted with its params k or weights).
+type hybridRank struct {
+	limit, offset int
+	round         int // decimals the scores are rounded to; -1: not rounded
+	strategy      string
+	k             float64   // rrf: a hit at rank r (from 1) scores 1/(k+r)
+	weights       []float64 // weighted: one per sub-search
+}
+
+// parseHybridRank reads the rank params of a hybrid search of n
+// sub-searches.
+func parseHybridRank(rank map[string]string, n int) (hybridRank, error) {
+	h := hybridRank{round: -1, strategy: strings.ToLower(rank["strategy"]), k: 60}
+	var err error
+	h.limit, err = strconv.Atoi(rank["limit"])
+	if err != nil || h.limit <= 0 || h.limit > maxTopK {
+		return h, errParam("limit [%s] of hybrid search is invalid, it should be in range [1, %d]", rank["limit"], maxTopK)
+	}
+	if v := rank["offset"]; v != "" {
+		if h.offset, err = strconv.Atoi(v); err != nil || h.offset < 0 || h.offset+h.limit > maxTopK {
+			return h, errParam("offset [%s] of hybrid search is invalid", v)
+		}
+	}
+	if v := rank["round_decimal"]; v != "" {
+		if h.round, err = strconv.Atoi(v); err != nil || h.round < -1 || h.round > 6 {
+			return h, errParam("round_decimal [%s] is invalid", v)
+		}
+	}
+	if h.strategy == "" {
+		h.strategy = "rrf"
+	}
+	var rp struct {
+		K       *float64  `json:"k"`
+		Weights []float64 `json:"weights"`
+	}
+	if raw := rank["params"]; raw != "" {
+		if err := json.Unmarshal([]byte(raw), &rp); err != nil {
+			return h, errParam("rank params %q are not valid JSON: %v", raw, err)
+		}
+	}
+	switch h.strategy {
+	case "rrf":
+		if rp.K != nil {
+			if *rp.K <= 0 || *rp.K >= 16384 {
+				return h, errParam("the rank param k should be in range (0, 16384), got %v", *rp.K)
+			}
+			h.k = *rp.K
+		}
+	case "weighted":
+		if len(rp.Weights) != n {
+			return h, errParam("the length of weights param mismatch with ann search requests: want len = %d, but got %d", n, len(rp.Weights))
+		}
+		h.weights = rp.Weights
+	default:
+		return h, errParam("unsupported rerank strategy %q", h.strategy)
+	}
+	return h, nil
+}
+
+// fuse merges one query's hits of each sub-search (hits[j] from plans[j])
+// into the rows of the page asked for, best first (ties: lower row
+// first), with their fused scores.
+func (h hybridRank) fuse(plans []*searchPlan, hits []hitList) ([]int32, []float32) {
+	fused := map[int32]float64{}
+	for j, hl := range hits {
+		for rank, r := range hl.rows {
+			if h.strategy == "rrf" {
+				fused[r] += 1 / (h.k + float64(rank+1))
+			} else {
+				fused[r] += h.weights[j] * normalizeScore(plans[j].sp.metric, float64(hl.scores[rank]))
+			}
+		}
+	}
+	rows := make([]int32, 0, len(fused))
+	for r := range fused {
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(a, b int) bool {
+		if fused[rows[a]] != fused[rows[b]] {
+			return fused[rows[a]] > fused[rows[b]]
+		}
+		return rows[a] < rows[b]
+	})
+	if h.offset < len(rows) {
+		rows = rows[h.offset:]
+	} else {
+		rows = nil
+	}
+	if len(rows) > h.limit {
+		rows = rows[:h.limit]
+	}
+	scores := make([]float32, len(rows))
+	for i, r := range rows {
+		scores[i] = float32(fused[r])
+	}
+	roundScores(scores, h.round)
+	return rows, scores
 }
 
 // normalizeScore maps a metric's score into [0, 1], larger better, as

@@ -36,8 +36,9 @@ const (
 	// ReadLeaderNoCollection: the collection's facts (pchannels, default
 	// level) were unknown, so the read went to the leader as sent.
 	ReadLeaderNoCollection = "leader_no_collection"
-	// ReadLeaderWait: no cluster was known (a failover under way); the
-	// read waited for a leader as writes do.
+	// ReadLeaderWait: no cluster could serve the read (a failover under
+	// way, or the leader unreachable and no alternative eligible); the
+	// read waited for a writable leader as writes do.
 	ReadLeaderWait = "leader_wait"
 	// ReadLeaderStrongAlloc: strong_reads: wait, but taking a timestamp
 	// from the leader failed, so the leader served the read.
@@ -126,9 +127,8 @@ type ArbiterState struct {
 // Metrics are the proxy's instruments. Every method is safe for concurrent
 // use and a no-op on a nil *Metrics, so packages can take one optionally.
 type Metrics struct {
-	requests     metric.Int64Counter
-	duration     metric.Float64Histogram
-	reads        metric.Int64Counter
+	// hot holds the per-call series (requests, request_duration, reads).
+	hot          *hotMetrics
 	retries      metric.Int64Counter
 	leaderChange metric.Int64Counter
 	failovers    metric.Int64Counter
@@ -136,24 +136,18 @@ type Metrics struct {
 	held         metric.Int64Counter
 	holdDuration metric.Float64Histogram
 	waiting      metric.Int64UpDownCounter
+	relayHeld    metric.Int64UpDownCounter
 	relayRefused metric.Int64Counter
 	relayClosed  metric.Int64Counter
 
 	// Attribute sets are built once per distinct label combination and
 	// reused, so recording is a map lookup plus the instrument update.
-	reqOpts  sync.Map // requestKey -> *requestOpts
-	readOpts sync.Map // [2]string{cluster, reason} -> []metric.AddOption
-	oneOpts  sync.Map // oneKey -> *oneOpts
+	oneOpts sync.Map // oneKey -> *oneOpts
 
 	state atomic.Pointer[func() State]
 }
 
 type requestKey struct{ method, class, cluster, role, code string }
-
-type requestOpts struct {
-	count []metric.AddOption
-	dur   []metric.RecordOption
-}
 
 type oneKey struct{ key, value string }
 
@@ -215,18 +209,12 @@ func (b *instruments) gauge(name, desc string) metric.Int64ObservableGauge {
 	return g
 }
 
-func newMetrics(meter metric.Meter) (*Metrics, error) {
+// newMetrics creates the instruments on meter; hot, the per-call series,
+// must be a producer of the meter's reader (see hotMetrics).
+func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 	b := &instruments{meter: meter}
 	m := &Metrics{
-		requests: b.counter("milvus_ha_proxy_requests",
-			"Calls proxied, by gRPC method, routing class, serving cluster, its role and the gRPC status code.",
-			"{request}"),
-		duration: b.seconds("milvus_ha_proxy_request_duration",
-			"Time from a call's arrival at the proxy to its answer, by method, class and serving cluster.",
-			rpcBuckets...),
-		reads: b.counter("milvus_ha_proxy_reads",
-			"Reads (Search, HybridSearch, Query) routed, by serving cluster and reason: alternative, leader_balanced, leader_lag, leader_strong, leader_no_alternative, leader_fallback, leader_no_collection, leader_wait, leader_strong_alloc.",
-			"{read}"),
+		hot: hot,
 		retries: b.counter("milvus_ha_proxy_retries",
 			"Calls retried on another cluster after a transport failure, by method and class.",
 			"{retry}"),
@@ -256,6 +244,10 @@ func newMetrics(meter metric.Meter) (*Metrics, error) {
 	m.waiting, e = meter.Int64UpDownCounter("milvus_ha_proxy_writes_waiting",
 		metric.WithDescription("Writes waiting for a leader right now."),
 		metric.WithUnit("{write}"))
+	b.keep(e)
+	m.relayHeld, e = meter.Int64UpDownCounter("milvus_ha_proxy_relay_streams_held",
+		metric.WithDescription("Relay engine: calls whose cluster answer is held back right now (no flow-control window granted) because their client connection, or the proxy, is over its response buffer (relay.conn_response_buffer, relay.response_buffer)."),
+		metric.WithUnit("{stream}"))
 	b.keep(e)
 
 	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
@@ -360,22 +352,7 @@ func (m *Metrics) RecordRequest(ctx context.Context, r Request) {
 	if m == nil {
 		return
 	}
-	k := requestKey{r.Method, r.Class, r.Cluster, r.Role, r.Code}
-	v, ok := m.reqOpts.Load(k)
-	if !ok {
-		v, _ = m.reqOpts.LoadOrStore(k, &requestOpts{
-			count: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
-				attribute.String(labelMethod, r.Method), attribute.String(labelClass, r.Class),
-				attribute.String(labelCluster, r.Cluster), attribute.String(labelRole, r.Role),
-				attribute.String(labelCode, r.Code)))},
-			dur: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(
-				attribute.String(labelMethod, r.Method), attribute.String(labelClass, r.Class),
-				attribute.String(labelCluster, r.Cluster)))},
-		})
-	}
-	opts := v.(*requestOpts)
-	m.requests.Add(ctx, 1, opts.count...)
-	m.duration.Record(ctx, r.Duration.Seconds(), opts.dur...)
+	m.hot.request(r)
 }
 
 // RecordRead counts one read routed to cluster for reason (the Read*
@@ -384,13 +361,7 @@ func (m *Metrics) RecordRead(ctx context.Context, cluster, reason string) {
 	if m == nil {
 		return
 	}
-	k := [2]string{cluster, reason}
-	v, ok := m.readOpts.Load(k)
-	if !ok {
-		v, _ = m.readOpts.LoadOrStore(k, []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
-			attribute.String(labelCluster, cluster), attribute.String(labelReason, reason)))})
-	}
-	m.reads.Add(ctx, 1, v.([]metric.AddOption)...)
+	m.hot.read(cluster, reason)
 }
 
 // one returns the cached options for a single-label attribute set.
@@ -455,6 +426,15 @@ func (m *Metrics) RecordSwitchover(ctx context.Context, result string) {
 		return
 	}
 	m.switchovers.Add(ctx, 1, m.one(labelResult, result).add...)
+}
+
+// RelayStreamsHeld adds delta to the relay's backend streams held back by
+// the response budget.
+func (m *Metrics) RelayStreamsHeld(ctx context.Context, delta int64) {
+	if m == nil {
+		return
+	}
+	m.relayHeld.Add(ctx, delta)
 }
 
 // WriteHoldStarted marks a write that starts waiting for a leader; pair it

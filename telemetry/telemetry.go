@@ -94,12 +94,13 @@ func New(ctx context.Context, o Options) (*Telemetry, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	hot := newHotMetrics()
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo(), otelprom.WithProducer(hot))
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
-	m, err := newMetrics(mp.Meter(ScopeName))
+	m, err := newMetrics(mp.Meter(ScopeName), hot)
 	if err != nil {
 		_ = mp.Shutdown(ctx)
 		return nil, fmt.Errorf("telemetry: instruments: %w", err)

@@ -30,8 +30,10 @@ import (
 //	        leader first) ──▶ promoting (target, from the old leader's
 //	        stream; by force if it does not take over) ──▶ installing ──▶ steady
 //	steady ──`switchover --to`──▶ catching-up ──▶ reading ──▶ holding ──▶
-//	        demoting (old leader first) ──▶ confirming (checkpoints cover the
-//	        last acknowledged write) ──▶ promoting (target) ──▶ installing ──▶ steady
+//	        confirming (checkpoints cover the last acknowledged write; if
+//	        not within the catch-up timeout, rolled back: nothing changed)
+//	        ──▶ demoting (old leader first) ──▶ confirming again ──▶
+//	        promoting (target) ──▶ installing ──▶ steady
 //	steady ──`attach --cluster`──▶ reading ──▶ the cluster, then the leader,
 //	        get the configuration naming it a target ──▶ steady
 //	steady ──former leader, unreachable alternative, or a cluster that
@@ -220,7 +222,12 @@ type gapCheck struct {
 
 // stuckSwitchover is a switchover whose old leader demoted itself but
 // whose target has not confirmed.
-type stuckSwitchover struct{ from, to string }
+// bar is the old leader's last acknowledged write the target was
+// confirmed to cover (0: unknown).
+type stuckSwitchover struct {
+	from, to string
+	bar      uint64
+}
 
 // Arbiter drives leader changes for one Manager. Create it with
 // NewArbiter and Start it after the manager; it stops with the manager.
@@ -530,6 +537,7 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
+	a.awaitDiscovery(ctx)
 	if err := a.acquireWait(ctx, "a failover to "+to); err != nil {
 		return a.refusedErr(KindFailover, "", to, err)
 	}
@@ -564,6 +572,37 @@ func (a *Arbiter) Failover(ctx context.Context, to string) (Change, error) {
 		return a.failoverReachable(ctx, s, from, to)
 	}
 	return a.failover(ctx, s, from, to, false)
+}
+
+// awaitDiscovery waits, when no leader is known and no change is under
+// way, for discovery to name one: right after the proxy starts its first
+// round may still be reading the clusters' configurations, and an
+// operator's change is answered from that round instead of "no leader is
+// known". The wait is bounded by two discovery rounds and detect_after
+// (and by QueueWait and ctx); a split brain, or clusters that name no
+// source, end it with no leader still.
+func (a *Arbiter) awaitDiscovery(ctx context.Context) {
+	s := a.m.Snapshot()
+	if s.Leader != nil || s.FailingOver {
+		return
+	}
+	bound := min(2*(a.mo.DiscoveryInterval+max(a.mo.PollTimeout, a.mo.ProbeTimeout))+a.mo.DetectAfter, a.opts.QueueWait)
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	a.m.Rediscover()
+	for {
+		ch := a.m.Changed()
+		if s := a.m.Snapshot(); s.Leader != nil || s.FailingOver || strings.HasPrefix(s.DiscoveryError, splitBrainPrefix) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // checkTarget validates a target named by an operator.

@@ -17,8 +17,12 @@ import (
 //   - a switchover stuck after the old leader demoted itself (writes held,
 //     no leader) is rolled forward when the target is a primary in its own
 //     configuration, rolled back when the old leader still is, and rolled
-//     forward by force promotion of the target when neither is (the old
-//     leader, reachable, is then demoted again to a target of it);
+//     forward by force promotion of the target when neither is and the
+//     target covers the old leader's last acknowledged write (the
+//     switchover confirmed that before the demotion, so this loses
+//     nothing; the old leader, reachable, is then demoted again to a
+//     target of it); a target that does not cover it is never promoted by
+//     force: writes stay held and status says why;
 //   - a cluster that claims to be a primary while another leads (a force
 //     promotion whose answer was lost, a former leader that came back) is
 //     demoted to a quarantined target of the leader.
@@ -109,7 +113,27 @@ func (a *Arbiter) settleStuck(ctx context.Context, st stuckSwitchover) {
 		})
 		a.endStuck(ctx, r, err, fmt.Sprintf("rolled back: %s is still a primary in its own configuration; %s never took over", st.from, st.to))
 	default:
-		r.finish(ctx, ResultOK, fmt.Sprintf("neither %s nor %s is a primary in its own configuration: rolling forward by force-promoting %s", st.from, st.to, st.to))
+		// Rolling forward by force loses nothing only when the target
+		// holds every write the old leader acknowledged (the switchover
+		// confirmed it before the demotion; confirmed again here). Else
+		// writes stay held: a lossy promotion is an operator's call.
+		if st.bar > 0 {
+			c := s.Cluster(st.to)
+			cctx, cancel := a.callCtx(ctx)
+			err := a.confirmCovered(cctx, st.to, st.from, c.PChannels, pchannelCount(s, c), st.bar)
+			cancel()
+			if err != nil {
+				msg := fmt.Sprintf("neither %s nor %s is a primary in its own configuration and %s does not cover %s's last acknowledged write (%v): not promoted by force; writes stay held (resume its replication, or `failover --to ID` knowingly)",
+					st.from, st.to, st.to, st.from, err)
+				r.finish(ctx, ResultFailed, msg)
+				a.mu.Lock()
+				a.stuckSince = a.mo.Now()
+				a.mu.Unlock()
+				a.log.Error("stuck switchover not settled", "why", msg)
+				return
+			}
+		}
+		r.finish(ctx, ResultOK, fmt.Sprintf("neither %s nor %s is a primary in its own configuration: rolling forward by force-promoting %s, which holds every write %s acknowledged", st.from, st.to, st.to, st.from))
 		if _, err := a.failoverDemoted(ctx, st.from, st.to, true); err != nil {
 			a.log.Error("settling the stuck switchover by force promotion failed; retrying after detect_after", "from", st.from, "to", st.to, "err", err)
 		}
@@ -210,7 +234,7 @@ func (a *Arbiter) resume(ctx context.Context) {
 			a.log.Warn("no primary after the interrupted leader change; settling it as a stuck switchover", "from", c.From, "to", c.To)
 			_ = a.m.HoldWrites(fmt.Sprintf("leader change from %s to %s interrupted; settling", c.From, c.To))
 			a.mu.Lock()
-			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To}, time.Time{}
+			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To, bar: c.Bar}, time.Time{}
 			a.mu.Unlock()
 			return
 		}

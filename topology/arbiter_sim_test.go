@@ -66,6 +66,13 @@ func newArbiterRigSims(t *testing.T, mode string, simOpts func(*sim.Options), ar
 // as a proxy (re)started over them does; they stop with the test.
 func startProxyOver(t *testing.T, mode string, changes chan topology.Change, sims []*sim.Cluster, arbOpts ...func(*topology.ArbiterOptions)) (*topology.Manager, *topology.Arbiter) {
 	t.Helper()
+	return startProxyOverPlus(t, mode, changes, sims, nil, arbOpts...)
+}
+
+// startProxyOverPlus is startProxyOver with more configured clusters
+// after the simulated ones.
+func startProxyOverPlus(t *testing.T, mode string, changes chan topology.Change, sims []*sim.Cluster, more []topology.ClusterOptions, arbOpts ...func(*topology.ArbiterOptions)) (*topology.Manager, *topology.Arbiter) {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts := topology.Options{
 		PollInterval:      20 * time.Millisecond,
@@ -80,6 +87,7 @@ func startProxyOver(t *testing.T, mode string, changes chan topology.Change, sim
 	for _, s := range sims {
 		opts.Clusters = append(opts.Clusters, topology.ClusterOptions{ID: s.ID(), URI: s.Addr(), Token: "root:Milvus"})
 	}
+	opts.Clusters = append(opts.Clusters, more...)
 	m, err := topology.New(opts)
 	if err != nil {
 		t.Fatal(err)

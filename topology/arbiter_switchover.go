@@ -22,6 +22,7 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	if err := a.errNotDeciding(); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
+	a.awaitDiscovery(ctx)
 	if err := a.acquireWait(ctx, "a switchover to "+to); err != nil {
 		return a.refusedErr(KindSwitchover, "", to, err)
 	}
@@ -52,6 +53,16 @@ func (a *Arbiter) Switchover(ctx context.Context, to string) (Change, error) {
 	}
 	if err := w.hold(ctx); err != nil {
 		return w.failed(ctx, err)
+	}
+	if !resume {
+		// The target must hold every write the leader acknowledged before
+		// the leader demotes itself: after that there is no going back
+		// without a force promotion, and a target that stalled since the
+		// catch-up would be promoted without them. Not covered in time:
+		// the switchover is rolled back, nothing changed.
+		if err := w.confirmBeforeDemote(ctx); err != nil {
+			return w.release(ctx, err)
+		}
 	}
 	if err := w.demote(ctx); err != nil {
 		if !resume {
@@ -145,7 +156,11 @@ func (a *Arbiter) switchoverSource(s *Snapshot, to string) (from string, resume 
 	case s.FailingOver:
 		return s.LostLeader, false, fmt.Errorf("%w: a failover is under way", ErrRefused)
 	default:
-		return "", false, fmt.Errorf("%w: no leader is known; a switchover needs one (use `failover --to`)", ErrRefused)
+		why := "discovery found none"
+		if s.DiscoveryError != "" {
+			why = s.DiscoveryError
+		}
+		return "", false, fmt.Errorf("%w: no leader is known (%s); a switchover needs one (use `failover --to`)", ErrRefused, why)
 	}
 	if err := a.checkTarget(s, to); err != nil {
 		return from, false, err
@@ -183,13 +198,35 @@ type switchoverRun struct {
 // catchUp lets the target catch up while writes still flow, so the pause
 // covers only the last few milliseconds of replication.
 func (w *switchoverRun) catchUp(ctx context.Context) error {
-	bar := w.a.m.ackedWrite(w.from)
-	return w.step(ctx, StepCatchUp, w.to, fmt.Sprintf("wait for checkpoints to cover %d", bar), func() (string, error) {
+	return w.step(ctx, StepCatchUp, w.to, "wait for checkpoints to cover the leader's last acknowledged write", func() (string, error) {
+		bar, how, err := w.a.switchoverBar(ctx, w.from)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrRefused, err)
+		}
 		if err := w.a.waitCaughtUp(ctx, w.to, bar, w.a.opts.CatchUpTimeout); err != nil {
 			return "", fmt.Errorf("%w: %w", ErrRefused, err)
 		}
-		return "caught up", nil
+		return fmt.Sprintf("caught up with %d (%s)", bar, how), nil
 	})
+}
+
+// switchoverBar is the timestamp a switchover's target must have
+// replicated before it may take over: the highest write timestamp the
+// leader acknowledged through this proxy, or, when the proxy has seen
+// none (it started since, and writes acknowledged before are as real), a
+// fresh timestamp of the leader, which every write it acknowledged so far
+// precedes.
+func (a *Arbiter) switchoverBar(ctx context.Context, from string) (uint64, string, error) {
+	if bar := a.m.ackedWrite(from); bar > 0 {
+		return bar, "its last acknowledged write through the proxy", nil
+	}
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	ts, err := a.m.allocTimestampOf(cctx, from)
+	if err != nil {
+		return 0, "", fmt.Errorf("no write acknowledged by %s is known to this proxy and a fresh timestamp to wait for could not be had: %w", from, err)
+	}
+	return ts, "a fresh timestamp of the leader: no write acknowledged through this proxy yet", nil
 }
 
 // readConfig reads the old leader's configuration and builds the new one
@@ -268,12 +305,33 @@ func (w *switchoverRun) demote(ctx context.Context) error {
 	})
 }
 
+// confirmBeforeDemote waits, writes held and the old leader drained,
+// until the target's checkpoints cover the old leader's last acknowledged
+// write (switchoverBar), up to the catch-up timeout.
+func (w *switchoverRun) confirmBeforeDemote(ctx context.Context) error {
+	a := w.a
+	return w.step(ctx, StepCover, w.to, "GetReplicateInfo until checkpoints cover the leader's last acknowledged write, before the demotion", func() (string, error) {
+		bar, how, err := a.switchoverBar(ctx, w.from)
+		if err != nil {
+			return "", err
+		}
+		cctx, cancel := context.WithTimeout(ctx, a.opts.CatchUpTimeout)
+		defer cancel()
+		if err := a.confirmCovered(cctx, w.to, w.from, w.c.PChannels, w.n, bar); err != nil {
+			return "", fmt.Errorf("%s did not replicate %s's last acknowledged write (%d, %s) within %s with writes held; rolled back: %w",
+				w.to, w.from, bar, how, a.opts.CatchUpTimeout, err)
+		}
+		w.bar, w.ch.Bar = bar, bar
+		return fmt.Sprintf("covered %d", bar), nil
+	})
+}
+
 // confirm checks, while the target is still the old leader's secondary,
 // that its checkpoints cover the last acknowledged write on every
 // pchannel: every write the old leader acknowledged precedes its
 // configuration message in its WAL, and CDC delivers both.
 func (w *switchoverRun) confirm(ctx context.Context) error {
-	w.bar = w.a.m.ackedWrite(w.from)
+	w.bar = max(w.bar, w.a.m.ackedWrite(w.from))
 	return w.step(ctx, StepConfirm, w.to, fmt.Sprintf("GetReplicateInfo until checkpoints cover %d", w.bar), func() (string, error) {
 		return "covered", w.a.confirmCovered(ctx, w.to, w.from, w.c.PChannels, w.n, w.bar)
 	})
@@ -366,7 +424,7 @@ func (w *switchoverRun) release(ctx context.Context, err error) (Change, error) 
 func (w *switchoverRun) stuck(ctx context.Context, err error) (Change, error) {
 	a, m := w.a, w.a.m
 	a.mu.Lock()
-	a.stuck, a.stuckSince = &stuckSwitchover{from: w.from, to: w.to}, a.mo.Now()
+	a.stuck, a.stuckSince = &stuckSwitchover{from: w.from, to: w.to, bar: w.bar}, a.mo.Now()
 	a.mu.Unlock()
 	_ = m.HoldWrites(fmt.Sprintf("switchover from %s to %s stuck: %v; retry `milvus-ha-proxy switchover --to %s` or force `milvus-ha-proxy failover --to %s`",
 		w.from, w.to, err, w.to, w.to))

@@ -302,6 +302,49 @@ func TestWaitLeaderReportsHolds(t *testing.T) {
 	}
 }
 
+// TestReadHoldNotAWriteHold: a read's wait (WriteWait.Read) waits and
+// gives up as a write's does, but it is not reported as a held write and
+// its error says "read held".
+func TestReadHoldNotAWriteHold(t *testing.T) {
+	a, b := startFake(t, "a"), startFake(t, "b")
+	rec := &holdRecorder{}
+	m, err := New(Options{Discovery: DiscoveryStatic, WriteHold: 50 * time.Millisecond, HoldObserver: rec, Logger: discard(),
+		Clusters: []ClusterOptions{cluster(a, RoleLeader), cluster(b, RoleAlternative)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.HoldWrites("test"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	w := WriteWait{Read: true}
+	_, err = m.WaitWritable(ctx, &w)
+	w.End(ctx)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "read held for") || strings.Contains(err.Error(), "write held for") {
+		t.Fatalf("held read gave up with %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		w := WriteWait{Read: true}
+		_, err := m.WaitWritable(ctx, &w)
+		w.End(ctx)
+		got <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	if err := m.InstallLeader(Promotion{Leader: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("released read: %v", err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.started != 0 || len(rec.outcomes) != 0 || m.holdsStarted.Load() != 0 {
+		t.Fatalf("reads reported as held writes: started %d, outcomes %v, holdsStarted %d", rec.started, rec.outcomes, m.holdsStarted.Load())
+	}
+}
+
 func TestObserveWrite(t *testing.T) {
 	a := startFake(t, "a")
 	m, err := New(Options{Discovery: DiscoveryStatic, Clusters: []ClusterOptions{cluster(a, RoleLeader)}, Logger: discard()})

@@ -179,6 +179,11 @@ type Change struct {
 	// holding them to releasing them to the new leader).
 	Took time.Duration `json:"took"`
 	Held time.Duration `json:"held"`
+	// Bar is the old leader's last acknowledged write (a timestamp) that
+	// a switchover's target was confirmed to hold before the old leader
+	// demoted itself; a restarted arbiter settling the switchover
+	// promotes the target by force only if it still covers it.
+	Bar uint64 `json:"bar,omitempty"`
 	// WritesHeld counts writes that had to wait for the new leader.
 	WritesHeld int64 `json:"writes_held"`
 	// Quarantined lists alternatives left without reads, with reasons.
@@ -376,7 +381,7 @@ func stepPhase(name string) string {
 		return PhaseAttaching
 	case StepDemote, StepDemoteOld:
 		return PhaseDemoting
-	case StepConfirm:
+	case StepConfirm, StepCover:
 		return PhaseConfirming
 	case StepInstall:
 		return PhaseInstalling
@@ -394,6 +399,7 @@ const (
 	StepCheckpoints = "checkpoints"  // failover: how far each candidate replicated
 	StepPromote     = "promote"      // force promotion (failover) or the target's configuration (switchover)
 	StepDemote      = "demote"       // switchover: the old leader gets the new configuration first
+	StepCover       = "cover"        // switchover, before the demotion: the target covers the last acknowledged write
 	StepConfirm     = "confirm"      // switchover: the target covers the last acknowledged write
 	StepAttach      = "attach"       // failover: the remaining alternatives become targets
 	StepDemoteOld   = "demote-old"   // forced failover: the reachable old leader gets the new configuration

@@ -46,7 +46,7 @@ func TestChangeRecord(t *testing.T) {
 	if err != nil {
 		t.Fatalf("switchover: %v", err)
 	}
-	want := []string{topology.StepCatchUp, topology.StepReadConfigs, topology.StepHold, topology.StepDemote,
+	want := []string{topology.StepCatchUp, topology.StepReadConfigs, topology.StepHold, topology.StepCover, topology.StepDemote,
 		topology.StepConfirm, topology.StepPromote, topology.StepInstall}
 	if got := stepNames(&ch); !slices.Equal(got, want) {
 		t.Fatalf("steps %v, want %v", got, want)
@@ -56,7 +56,10 @@ func TestChangeRecord(t *testing.T) {
 			t.Fatalf("step %+v", st)
 		}
 	}
-	demote, promote := ch.Steps[3], ch.Steps[5]
+	if ch.Bar == 0 {
+		t.Fatal("the switchover record has no bar: a restarted arbiter could not check the target covers it")
+	}
+	demote, promote := ch.Steps[4], ch.Steps[6]
 	if demote.Cluster != "a" || !strings.Contains(demote.Sent, "topology [b->a b->c]") || demote.Answer != "ok" {
 		t.Fatalf("demote step %+v", demote)
 	}

@@ -281,6 +281,9 @@ func (m *Manager) superseded(id string, t *configTally) bool {
 	return named > 0
 }
 
+// splitBrainPrefix begins the discovery error of a split brain.
+const splitBrainPrefix = "split brain:"
+
 // noLeaderReason says why no leader was found.
 func (m *Manager) noLeaderReason(t *configTally, splitBrain []string) string {
 	switch {
@@ -293,7 +296,7 @@ func (m *Manager) noLeaderReason(t *configTally, splitBrain []string) string {
 				parts = append(parts, fmt.Sprintf("%s (unreachable) is named source by %d configuration(s)", id, t.votes[id]))
 			}
 		}
-		return fmt.Sprintf("split brain: %s, and no configuration shows which one was promoted last (%s); writes are refused until an operator names the leader with `milvus-ha-proxy failover --to ID` (the others are then demoted to quarantined targets of it)",
+		return fmt.Sprintf(splitBrainPrefix+" %s, and no configuration shows which one was promoted last (%s); writes are refused until an operator names the leader with `milvus-ha-proxy failover --to ID` (the others are then demoted to quarantined targets of it)",
 			strings.Join(splitBrain, " and "), strings.Join(parts, "; "))
 	case t.unimplemented == len(m.order):
 		return reasonNoReplicateConfig + "; use discovery: static"

@@ -16,6 +16,7 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	gobreaker "github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -221,6 +222,12 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
+// Reconnect backoff of a cluster connection (jittered by 20%).
+const (
+	reconnectBackoffBase = 100 * time.Millisecond
+	reconnectBackoffMax  = time.Second
+)
+
 func (m *Manager) newMember(i int, co ClusterOptions) (*member, error) {
 	creds := co.TLS
 	if creds == nil {
@@ -233,6 +240,19 @@ func (m *Manager) newMember(i int, co ClusterOptions) (*member, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
 		// Notice a dead peer between probes on otherwise idle streams.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		// A cluster that comes back (a restart, the end of a partition)
+		// is a failover candidate or the leader itself: reconnect within
+		// about a second instead of gRPC's default backoff (1s growing by
+		// 1.6 up to 120s, several seconds after an outage of ten).
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  reconnectBackoffBase,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   reconnectBackoffMax,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
 	dial = append(dial, m.opts.DialOptions...)
 	conn, err := grpc.NewClient(stripScheme(co.URI), dial...)
@@ -445,9 +465,9 @@ type HoldObserver interface {
 	WriteHoldEnded(ctx context.Context, outcome string, waited time.Duration)
 }
 
-func (m *Manager) holdEnded(ctx context.Context, outcome string, start time.Time) {
-	if o := m.opts.HoldObserver; o != nil {
-		o.WriteHoldEnded(context.WithoutCancel(ctx), outcome, m.opts.Now().Sub(start))
+func (m *Manager) holdEnded(ctx context.Context, w *WriteWait, outcome string) {
+	if o := m.opts.HoldObserver; o != nil && !w.Read {
+		o.WriteHoldEnded(context.WithoutCancel(ctx), outcome, m.opts.Now().Sub(w.start))
 	}
 }
 
@@ -471,7 +491,7 @@ func (m *Manager) ObserveWrite(clusterID string, ts uint64) {
 	}
 }
 
-func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
+func (m *Manager) noLeaderError(s *Snapshot, held time.Duration, what string) error {
 	held = held.Round(time.Millisecond)
 	if s.FailingOver {
 		why := s.HoldReason
@@ -480,14 +500,14 @@ func (m *Manager) noLeaderError(s *Snapshot, held time.Duration) error {
 		}
 		// The hold's reason says why (a leader change, or the etcd
 		// arbiter's fence): the words around it must not guess.
-		return status.Errorf(codes.Unavailable, "no writable leader: writes held for %s (%s); write held for %s",
-			m.opts.Now().Sub(s.HoldSince).Round(time.Millisecond), why, held)
+		return status.Errorf(codes.Unavailable, "no writable leader: writes held for %s (%s); %s held for %s",
+			m.opts.Now().Sub(s.HoldSince).Round(time.Millisecond), why, what, held)
 	}
 	why := "discovery has not found one yet"
 	if s.DiscoveryError != "" {
 		why = s.DiscoveryError
 	}
-	return status.Errorf(codes.Unavailable, "no leader: %s; write held for %s", why, held)
+	return status.Errorf(codes.Unavailable, "no leader: %s; %s held for %s", why, what, held)
 }
 
 // LeaderNow returns the calibrated estimate of the leader's current hybrid

@@ -160,9 +160,11 @@ func TestAgainstSimulatedClusters(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("leader loss not detected: %+v", m.View())
 	}
-	if v := m.View(); v.Clusters[0].Healthy {
-		t.Fatalf("crashed leader still healthy: %+v", v)
-	}
+	// Loss is declared DetectAfter after the last good probe; the failed
+	// probe that marks it unhealthy may end a moment later on a loaded
+	// machine (a probe made while the connection is reconnecting waits
+	// for that attempt).
+	waitSnap(t, m, "crashed leader unhealthy", func(s *topology.Snapshot) bool { return !s.Cluster("a").Healthy })
 }
 
 func TestSimWrongToken(t *testing.T) {

@@ -31,6 +31,13 @@ const (
 // attempts. The zero value is ready; it is not safe for concurrent use.
 // The caller ends it with End once the call has its outcome.
 type WriteWait struct {
+	// Read marks a read's wait (a read only the leader can serve, whose
+	// leader could not be reached): it waits the same way and as long,
+	// but it is not a held write, so it is not reported to HoldObserver
+	// nor counted in a leader change's WritesHeld, and its error says
+	// "read held".
+	Read bool
+
 	m       *Manager  // set when the call first had to wait
 	start   time.Time // when it first had to wait
 	holding bool      // a hold is reported to HoldObserver and not ended
@@ -61,8 +68,16 @@ func (w *WriteWait) LastNotSent() error { return w.notSentErr }
 func (w *WriteWait) End(ctx context.Context) {
 	if w.holding && w.m != nil {
 		w.holding = false
-		w.m.holdEnded(ctx, HoldReleased, w.start)
+		w.m.holdEnded(ctx, w, HoldReleased)
 	}
+}
+
+// what names the held call in errors.
+func (w *WriteWait) what() string {
+	if w.Read {
+		return "read"
+	}
+	return "write"
 }
 
 // Waited reports how long the call has waited for a writable leader.
@@ -101,9 +116,11 @@ func (m *Manager) WaitWritable(ctx context.Context, w *WriteWait) (*Cluster, err
 		}
 		if !w.holding {
 			w.holding = true
-			m.holdsStarted.Add(1)
-			if o := m.opts.HoldObserver; o != nil {
-				o.WriteHoldStarted(ctx)
+			if !w.Read {
+				m.holdsStarted.Add(1)
+				if o := m.opts.HoldObserver; o != nil {
+					o.WriteHoldStarted(ctx)
+				}
 			}
 		}
 		left := w.start.Add(m.opts.WriteHold).Sub(m.opts.Now())
@@ -127,7 +144,7 @@ func (m *Manager) WaitWritable(ctx context.Context, w *WriteWait) (*Cluster, err
 		case <-ctx.Done():
 			w.ended = true
 			w.holding = false
-			m.holdEnded(ctx, HoldCanceled, w.start)
+			m.holdEnded(ctx, w, HoldCanceled)
 			return nil, status.FromContextError(ctx.Err()).Err()
 		case <-m.ctx.Done():
 			return nil, m.giveUp(ctx, w, s, HoldTimedOut)
@@ -158,21 +175,21 @@ func (m *Manager) giveUp(ctx context.Context, w *WriteWait, s *Snapshot, outcome
 	w.ended = true
 	w.holding = false
 	held := m.opts.Now().Sub(w.start)
-	m.holdEnded(ctx, outcome, w.start)
+	m.holdEnded(ctx, w, outcome)
 	var err error
 	switch {
 	case s.Leader == nil:
-		err = m.noLeaderError(s, held)
+		err = m.noLeaderError(s, held, w.what())
 	case m.members[s.Leader.ID] != nil && m.members[s.Leader.ID].fenced.Load():
-		err = status.Errorf(codes.Unavailable, "milvus-ha-proxy: leader %s is fenced by a leader change that did not end; write held for %s",
-			s.Leader.ID, held.Round(time.Millisecond))
+		err = status.Errorf(codes.Unavailable, "milvus-ha-proxy: leader %s is fenced by a leader change that did not end; %s held for %s",
+			s.Leader.ID, w.what(), held.Round(time.Millisecond))
 	default:
 		why := "it refused every attempt"
 		if w.notSentErr != nil {
 			why = "last attempt: " + status.Convert(w.notSentErr).Message()
 		}
-		err = status.Errorf(codes.Unavailable, "milvus-ha-proxy: leader %s could not be reached (%s); write held for %s",
-			s.Leader.ID, why, held.Round(time.Millisecond))
+		err = status.Errorf(codes.Unavailable, "milvus-ha-proxy: leader %s could not be reached (%s); %s held for %s",
+			s.Leader.ID, why, w.what(), held.Round(time.Millisecond))
 	}
 	w.notSentErr = err
 	return err

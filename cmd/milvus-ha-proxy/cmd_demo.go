@@ -106,6 +106,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := config.Default()
 	cfg.Listen, cfg.AdminListen = *listen, *adminListen
 	cfg.Discovery = config.DiscoveryReplicate
+	// The record of leader changes and quarantines lives as long as the
+	// simulated clusters: a temporary file, as a deployment keeps one.
+	if dir, err := os.MkdirTemp("", "milvus-ha-proxy-demo-"); err == nil {
+		defer os.RemoveAll(dir)
+		cfg.Failover.StateFile = filepath.Join(dir, "state.json")
+	}
 	for _, c := range clusters {
 		cfg.Clusters = append(cfg.Clusters, config.Cluster{ID: c.ID(), URI: c.Addr()})
 	}

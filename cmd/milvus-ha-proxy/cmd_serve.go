@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"os"
+	"runtime/debug"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
@@ -68,7 +71,31 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 2
 	}
+	applyRuntime(cfg.Runtime, logger)
 	return runApp(ctx, app.Options{Config: cfg, Logger: logger}, stdout, nil)
+}
+
+// applyRuntime sets the garbage collector from the runtime section, except
+// what the GOGC and GOMEMLIMIT environment variables set already (the Go
+// runtime read them at start), and logs what is in force.
+func applyRuntime(rt config.Runtime, logger *slog.Logger) {
+	gcFrom, limitFrom := "GOGC", "GOMEMLIMIT"
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(rt.GCPercent)
+		gcFrom = "runtime.gc_percent"
+	}
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok && rt.MemoryLimit > 0 {
+		debug.SetMemoryLimit(rt.MemoryLimit)
+		limitFrom = "runtime.memory_limit"
+	}
+	gc := debug.SetGCPercent(-1)
+	debug.SetGCPercent(gc)
+	limit := debug.SetMemoryLimit(-1) // a negative limit only reads it
+	attrs := []any{"gc_percent", gc, "gc_percent_from", gcFrom}
+	if limit != math.MaxInt64 {
+		attrs = append(attrs, "memory_limit", limit, "memory_limit_from", limitFrom)
+	}
+	logger.Info("garbage collector", attrs...)
 }
 
 func overrideListen(cfg *config.Config, listen, adminListen string) {

@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 )
 
 // TestServeConfigErrors: a bad config exits 2 and names the offending key.
@@ -19,6 +25,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad duration", base + "consistency:\n  bounded_staleness: 5q\n", "consistency.bounded_staleness"},
 		{"duplicate id", "discovery: static\nclusters:\n  - {id: a, uri: 'h:1', role: leader}\n  - {id: a, uri: 'h:2', role: alternative}\n", "clusters[1].id"},
 		{"no leader in static mode", "discovery: static\nclusters:\n  - {id: a, uri: 'h:1', role: alternative}\n", "clusters"},
+		{"collector off without a limit", base + "runtime:\n  gc_percent: -1\n", "runtime.gc_percent"},
+		{"negative memory limit", base + "runtime:\n  memory_limit: -5\n", "runtime.memory_limit"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,5 +72,50 @@ func TestServeUsage(t *testing.T) {
 	}
 	if code := run([]string{"no-such-command"}, &stdout, &stderr); code != 2 {
 		t.Fatalf("unknown command: exit %d, want 2", code)
+	}
+}
+
+// TestApplyRuntime: serve sets the collector from the runtime section,
+// unless GOGC or GOMEMLIMIT set it already.
+func TestApplyRuntime(t *testing.T) {
+	gc0, limit0 := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1)
+	debug.SetGCPercent(gc0)
+	t.Cleanup(func() {
+		debug.SetGCPercent(gc0)
+		debug.SetMemoryLimit(limit0)
+	})
+	read := func() (int, int64) {
+		gc := debug.SetGCPercent(-1)
+		debug.SetGCPercent(gc)
+		return gc, debug.SetMemoryLimit(-1)
+	}
+	cases := []struct {
+		name      string
+		env       map[string]string
+		rt        config.Runtime
+		wantGC    int
+		wantLimit int64
+	}{
+		{"config", nil, config.Runtime{GCPercent: 400, MemoryLimit: 1 << 30}, 400, 1 << 30},
+		{"no limit", nil, config.Runtime{GCPercent: 250}, 250, math.MaxInt64},
+		{"GOGC wins", map[string]string{"GOGC": "150"}, config.Runtime{GCPercent: 400}, 150, math.MaxInt64},
+		{"GOMEMLIMIT wins", map[string]string{"GOMEMLIMIT": "1GiB"}, config.Runtime{GCPercent: 300, MemoryLimit: 5 << 20}, 300, 7 << 20},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// What the runtime would have read from the environment at start.
+			debug.SetGCPercent(150)
+			debug.SetMemoryLimit(math.MaxInt64)
+			if _, ok := tc.env["GOMEMLIMIT"]; ok {
+				debug.SetMemoryLimit(7 << 20)
+			}
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			applyRuntime(tc.rt, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if gc, limit := read(); gc != tc.wantGC || limit != tc.wantLimit {
+				t.Errorf("gc_percent %d, memory limit %d; want %d, %d", gc, limit, tc.wantGC, tc.wantLimit)
+			}
+		})
 	}
 }

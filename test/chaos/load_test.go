@@ -7,20 +7,16 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -64,124 +60,10 @@ type op struct {
 	end     time.Time
 }
 
-// client is a raw Milvus client: one gRPC connection, one proxy session.
-type client struct {
-	rpc  milvuspb.MilvusServiceClient
-	conn *grpc.ClientConn
-}
+// client is the suites' raw Milvus client (test/testproc) on collName.
+type client = testproc.Client
 
-func dial(t testing.TB, addr string) *client {
-	t.Helper()
-	// Reconnect quickly after a restart of what is behind addr (grpc's
-	// default backoff grows to two minutes).
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
-			MinConnectTimeout: 2 * time.Second,
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &client{rpc: milvuspb.NewMilvusServiceClient(conn), conn: conn}
-}
-
-func statusErr(st *commonpb.Status, err error) error {
-	if err != nil {
-		return err
-	}
-	if st.GetCode() != 0 || st.GetErrorCode() != commonpb.ErrorCode_Success {
-		return fmt.Errorf("milvus error %d: %s", st.GetCode(), st.GetReason())
-	}
-	return nil
-}
-
-// rowsRequest builds the fields of an insert or upsert.
-func rowsRequest(pks, vals []int64) (fields []*schemapb.FieldData, n uint32) {
-	vec := make([]float32, 0, 2*len(pks))
-	for _, pk := range pks {
-		vec = append(vec, float32(pk%1000), 1)
-	}
-	return []*schemapb.FieldData{
-		{FieldName: "pk", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: pks}}}}},
-		{FieldName: "val", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: vals}}}}},
-		{FieldName: "v", Type: schemapb.DataType_FloatVector, Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{
-			Dim: 2, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vec}}}}},
-	}, uint32(len(pks))
-}
-
-// insert writes one row and returns the cluster that took it (from the
-// x-milvus-ha-cluster header when the call went through the proxy).
-func (c *client) insert(ctx context.Context, pk, val int64) (ts uint64, cluster string, err error) {
-	var hdr metadata.MD
-	fields, n := rowsRequest([]int64{pk}, []int64{val})
-	res, err := c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	return res.GetTimestamp(), first(hdr.Get("x-milvus-ha-cluster")), statusErr(res.GetStatus(), err)
-}
-
-type row struct{ pk, val int64 }
-
-// query reads the given primary keys at a consistency level.
-func (c *client) query(ctx context.Context, level commonpb.ConsistencyLevel, guarantee uint64, opts []grpc.CallOption, pks ...int64) ([]row, error) {
-	var b strings.Builder
-	b.WriteString("pk in [")
-	for i, pk := range pks {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatInt(pk, 10))
-	}
-	b.WriteByte(']')
-	res, err := c.rpc.Query(ctx, &milvuspb.QueryRequest{CollectionName: collName, Expr: b.String(),
-		OutputFields: []string{"pk", "val"}, ConsistencyLevel: level, GuaranteeTimestamp: guarantee}, opts...)
-	if err := statusErr(res.GetStatus(), err); err != nil {
-		return nil, err
-	}
-	var pkCol, valCol []int64
-	for _, f := range res.GetFieldsData() {
-		switch f.GetFieldName() {
-		case "pk":
-			pkCol = f.GetScalars().GetLongData().GetData()
-		case "val":
-			valCol = f.GetScalars().GetLongData().GetData()
-		}
-	}
-	out := make([]row, len(pkCol))
-	for i := range pkCol {
-		out[i].pk = pkCol[i]
-		if i < len(valCol) {
-			out[i].val = valCol[i]
-		}
-	}
-	return out, nil
-}
-
-// presence asks a cluster which of pks it holds, and how often, at the
-// given level.
-func (c *client) presence(level commonpb.ConsistencyLevel, pks []int64) (map[int64]int, error) {
-	out := map[int64]int{}
-	for i := 0; i < len(pks); i += 500 {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		rows, err := c.query(ctx, level, 0, nil, pks[i:min(i+500, len(pks))]...)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range rows {
-			out[r.pk]++
-		}
-	}
-	return out, nil
-}
-
-func first(v []string) string {
-	if len(v) == 0 {
-		return ""
-	}
-	return v[0]
-}
+func dial(t testing.TB, addr string) *client { return testproc.Dial(t, addr, collName) }
 
 // load is the steady mixed load through the proxy and its history.
 type load struct {
@@ -263,19 +145,11 @@ func (l *load) write(c *client, w int, kind opKind, pk, val int64) op {
 	o := op{worker: w, kind: kind, pk: pk, val: val, start: time.Now()}
 	ctx, cancel := callCtx()
 	defer cancel()
-	var hdr metadata.MD
-	fields, n := rowsRequest([]int64{pk}, []int64{val})
-	var res *milvuspb.MutationResult
-	var err error
-	if kind == opInsert {
-		res, err = c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	} else {
-		res, err = c.rpc.Upsert(ctx, &milvuspb.UpsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	}
+	res, cluster, err := c.Write(ctx, kind != opInsert, pk, val)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = cluster
 	o.ts = res.GetTimestamp()
-	if o.err = statusErr(res.GetStatus(), err); o.err != nil {
+	if o.err = testproc.StatusErr(res.GetStatus(), err); o.err != nil {
 		o.out = failed
 	}
 	return o
@@ -293,17 +167,17 @@ func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) o
 		level = commonpb.ConsistencyLevel_Eventually
 	}
 	var hdr metadata.MD
-	rows, err := c.query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
+	rows, err := c.Query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = testproc.First(hdr.Get(testproc.ClusterHeader))
 	if err != nil {
 		o.out, o.err = failed, err
 		return o
 	}
 	o.rows = len(rows)
 	for _, r := range rows {
-		if r.pk == pk {
-			o.found, o.val = true, r.val
+		if r.PK == pk {
+			o.found, o.val = true, r.Val
 		}
 	}
 	return o

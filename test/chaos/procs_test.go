@@ -17,10 +17,6 @@ func newProc(t testing.TB, name, logPath string) *testproc.Proc {
 	return testproc.NewProc(t, binary, name, logPath)
 }
 
-func startSim(t testing.TB, root, id string) (*simProc, error) {
-	return testproc.StartSim(t, binary, root, id)
-}
-
 func startProxy(t testing.TB, root, config string) (*proxyProc, error) {
 	return testproc.StartProxy(t, binary, root, "proxy", config)
 }

@@ -9,18 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 const (
@@ -50,23 +44,7 @@ func newRig(t testing.TB) *rig {
 	r := &rig{t: t, root: t.TempDir(), ids: []string{"a", "b", "c"}, sims: map[string]*simProc{},
 		direct: map[string]*client{}, hc: &http.Client{Timeout: 5 * time.Second}}
 	r.probe.Store(7_000_000_000_000)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	errs := make([]error, len(r.ids))
-	for i, id := range r.ids {
-		wg.Go(func() {
-			p, err := startSim(t, r.root, id)
-			mu.Lock()
-			r.sims[id], errs[i] = p, err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.sims = testproc.StartSims(t, binary, r.root, r.ids)
 	for _, id := range r.ids {
 		r.direct[id] = dial(t, r.sims[id].Addr)
 	}
@@ -116,31 +94,7 @@ func newRig(t testing.TB) *rig {
 // cluster, as a deployment does.
 func (r *rig) join(source string, targets ...string) {
 	r.t.Helper()
-	entry := func(id string) *commonpb.MilvusCluster {
-		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].Addr}}
-		for i := range pchannels {
-			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
-		}
-		return e
-	}
-	cfg := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry(source)}}
-	for _, t := range targets {
-		cfg.Clusters = append(cfg.Clusters, entry(t))
-		cfg.CrossClusterTopology = append(cfg.CrossClusterTopology, &commonpb.CrossClusterTopology{SourceClusterId: source, TargetClusterId: t})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, len(targets)+1)
-	for i, id := range append([]string{source}, targets...) {
-		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].Addr, "", cfg, false) })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			r.t.Fatalf("joining replication: %v", err)
-		}
-	}
+	testproc.Join(r.t, func(id string) string { return r.sims[id].Addr }, pchannels, source, targets...)
 }
 
 // setup creates, indexes and loads the collection through the proxy and
@@ -149,38 +103,12 @@ func (r *rig) setup() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
-		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
-		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
-		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
-	}})
-	c := r.via.rpc
-	must := func(what string, st *commonpb.Status, err error) {
-		if err := statusErr(st, err); err != nil {
-			r.t.Fatalf("%s: %v", what, err)
-		}
+	if err := r.via.CreateCollection(ctx); err != nil {
+		r.t.Fatal(err)
 	}
-	st, err := c.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
-		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
-	must("CreateCollection", st, err)
-	st, err = c.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
-		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
-	must("CreateIndex", st, err)
-	st, err = c.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
-	must("LoadCollection", st, err)
 	for _, id := range []string{"b", "c"} {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			qctx, qcancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := r.direct[id].query(qctx, commonpb.ConsistencyLevel_Eventually, 0, nil, 1)
-			qcancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				r.t.Fatalf("%s does not serve the collection after 20s: %v\n%s", id, err, r.diagnostics())
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := r.direct[id].WaitServes(20 * time.Second); err != nil {
+			r.t.Fatalf("%s does not serve the collection after 20s: %v\n%s", id, err, r.diagnostics())
 		}
 	}
 }
@@ -252,7 +180,7 @@ func (r *rig) writable() (ok []string, why []string) {
 		}
 		pk := r.probe.Add(1)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, _, err := r.direct[id].insert(ctx, pk, pk)
+		_, _, err := r.direct[id].Insert(ctx, pk, pk)
 		cancel()
 		if err == nil {
 			ok = append(ok, id)
@@ -289,7 +217,7 @@ func (r *rig) settledOnce() (string, string) {
 	}
 	pk := r.probe.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	_, via, err := r.via.insert(ctx, pk, pk)
+	_, via, err := r.via.Insert(ctx, pk, pk)
 	cancel()
 	if err != nil {
 		return "", fmt.Sprintf("%s alone accepts writes, but a write through the proxy failed: %.200s", ok[0], err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -19,7 +20,11 @@ import (
 // SIGKILL. A new leader is promoted and writes resume on it; no read
 // violates its level; every write acknowledged and replicated before the
 // kill is on the new leader; writes whose outcome was unknown were not
-// applied twice. Then the old leader restarts with its data: it is demoted
+// applied twice; Session and Strong readers running beside the writers,
+// whose reads only the leader can serve, see no error during the
+// detection window and the failover: their reads wait for the new leader,
+// except a Session read carried across the failover whose required
+// write never reached the new leader, which is refused as such. Then the old leader restarts with its data: it is demoted
 // to a quarantined target, gets no request from the proxy, and what it held
 // that never replicated is reported.
 func TestKillLeader(t *testing.T) {
@@ -27,7 +32,7 @@ func TestKillLeader(t *testing.T) {
 	// that never replicated: they are the ones that may be lost, and the
 	// salvage report must account for them.
 	r := newRig(t, rigOptions{extraSim: []string{"--replication-delay", "150ms"}})
-	l := startLoad(r, loadOptions{workers: 4})
+	l := startLoad(r, loadOptions{workers: 4, readers: 4})
 	time.Sleep(1500 * time.Millisecond)
 
 	// How far each alternative replicated, read just before the kill:
@@ -140,6 +145,12 @@ func TestKillLeader(t *testing.T) {
 		}
 	}
 
+	salvage := uint64(0)
+	if len(ch.Salvage) > r.pch {
+		salvage = ch.Salvage[r.pch]
+	}
+	checkReaders(t, ops, salvage, killAt, installed, newLeader)
+
 	// The old leader gets nothing from the proxy once the new one is
 	// installed (calls already on their way when it died are the unknown
 	// outcomes above), and it acknowledged nothing after the kill.
@@ -187,6 +198,95 @@ func TestKillLeader(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// checkReaders: a read the leader alone could serve when the leader died
+// (the readers', and the writers' Session reads of their own insert)
+// waited for the new leader. A Session read carried across the failover
+// whose guarantee is past the new leader's salvage checkpoint asks for a
+// write the new leader never got: it is refused with FailedPrecondition
+// naming that, and nothing else fails.
+func checkReaders(t *testing.T, ops []op, salvage uint64, killAt, installed time.Time, newLeader string) {
+	t.Helper()
+	readerOps := map[opKind]int{}
+	refusedLost := 0
+	for _, o := range ops {
+		if o.kind != opSessionLatest && o.kind != opStrongLatest && o.kind != opSession {
+			continue
+		}
+		readerOps[o.kind]++
+		switch {
+		case o.out == acked:
+		case o.kind != opStrongLatest && strings.Contains(o.err, "FailedPrecondition") &&
+			strings.Contains(o.err, "promoted by force") && salvage != 0 && o.ts > salvage && o.start.Before(installed):
+			refusedLost++
+		default:
+			t.Errorf("%s of %d (guarantee %d) at kill%+dms failed: %s", o.kind, o.pk, o.ts, o.start.Sub(killAt).Milliseconds(), o.err)
+		}
+	}
+	if readerOps[opSessionLatest] == 0 || readerOps[opStrongLatest] == 0 {
+		t.Errorf("the readers made no reads: %v", readerOps)
+	}
+	t.Logf("readers: %d Session, %d Strong reads (writers: %d Session reads of their own insert); %d Session reads refused because the write they require (past %s's salvage checkpoint %d) was lost",
+		readerOps[opSessionLatest], readerOps[opStrongLatest], readerOps[opSession], refusedLost, newLeader, salvage)
+}
+
+// TestKillLeaderBinary: TestKillLeader's fault against the built binary
+// in its own process (`serve --config`), watched only through its gRPC
+// and admin ports: under writers and Session and Strong readers the
+// leader is killed with SIGKILL. No write that never reached a backend
+// fails, no read fails (bar Session reads of a write the forced failover
+// lost, refused as such), and no read violates its level.
+func TestKillLeaderBinary(t *testing.T) {
+	r := newRig(t, rigOptions{binary: true, extraSim: []string{"--replication-delay", "150ms"}})
+	l := startLoad(r, loadOptions{workers: 4, readers: 4})
+	time.Sleep(1500 * time.Millisecond)
+	killAt := time.Now()
+	r.sims["a"].kill()
+
+	var v admin.View
+	testutil.Eventually(t, 20*time.Second, "a new leader (admin API)", func() bool {
+		v = r.view()
+		return v.Leader != "" && v.Leader != "a" && len(v.Salvage) == 1 &&
+			v.LastChange != nil && v.LastChange.To == v.Leader && v.LastChange.Result == "ok"
+	})
+	newLeader := v.Leader
+	installed := v.LastChange.At.Add(time.Duration(v.LastChange.TookSeconds * float64(time.Second)))
+	testutil.Eventually(t, 15*time.Second, "writes resume on the new leader", func() bool {
+		for _, o := range l.snapshot() {
+			if o.kind.write() && o.out == acked && o.start.After(installed) && o.cluster == newLeader {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(time.Second)
+	ops := l.stop()
+	t.Logf("history: %s", summary(ops))
+
+	var ackedPKs []int64
+	for _, o := range ops {
+		if o.kind == opInsert && o.out == acked {
+			ackedPKs = append(ackedPKs, o.pk)
+		}
+		if o.kind.write() && o.out == failed {
+			t.Errorf("%s of %d at kill%+dms failed: %s", o.kind, o.pk, o.start.Sub(killAt).Milliseconds(), o.err)
+		}
+	}
+	have := r.presence(newLeader, ackedPKs)
+	lost := map[int64]bool{}
+	for _, pk := range ackedPKs {
+		if have[pk] == 0 {
+			lost[pk] = true
+		}
+	}
+	t.Logf("acknowledged inserts: %d; lost in the failover: %d", len(ackedPKs), len(lost))
+	checkReads(t, ops, lost)
+	salvage := uint64(0)
+	if cps := v.Salvage[0].Checkpoints; len(cps) > r.pch {
+		salvage = cps[r.pch]
+	}
+	checkReaders(t, ops, salvage, killAt, installed, newLeader)
 }
 
 // TestSwitchoverUnderLoad: planned switchovers a -> b -> c -> a under a
@@ -297,7 +397,7 @@ func TestManualFailover(t *testing.T) {
 	for _, id := range []string{"b", "c"} {
 		dc := r.direct(id)
 		testutil.Eventually(t, 10*time.Second, "7 on "+id, func() bool {
-			rows, err := dc.keys(commonpb.ConsistencyLevel_Eventually, 7)
+			rows, err := dc.Keys(commonpb.ConsistencyLevel_Eventually, 7)
 			return err == nil && len(rows) == 1
 		})
 	}
@@ -327,7 +427,7 @@ func TestManualFailover(t *testing.T) {
 	if o := l.write(c, 0, opInsert, 8, 8); o.out != acked || o.cluster != "c" {
 		t.Fatalf("write after the failover: %+v", o)
 	}
-	if rows, err := c.keys(commonpb.ConsistencyLevel_Strong, 7, 8); err != nil || len(rows) != 2 {
+	if rows, err := c.Keys(commonpb.ConsistencyLevel_Strong, 7, 8); err != nil || len(rows) != 2 {
 		t.Fatalf("Strong read after the failover: %v %v", rows, err)
 	}
 }

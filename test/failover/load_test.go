@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,15 +23,17 @@ import (
 type opKind int
 
 const (
-	opInsert     opKind = iota // a new key, written once
-	opUpsert                   // a shared register
-	opSession                  // Session read of the worker's own last insert
-	opEventually               // Eventually read of any acknowledged insert
-	opStrong                   // Strong read of a shared register
+	opInsert        opKind = iota // a new key, written once
+	opUpsert                      // a shared register
+	opSession                     // Session read of the worker's own last insert
+	opEventually                  // Eventually read of any acknowledged insert
+	opStrong                      // Strong read of a shared register
+	opSessionLatest               // Session read of the latest acknowledged insert, bound to its timestamp
+	opStrongLatest                // Strong read of the latest acknowledged insert
 )
 
 func (k opKind) String() string {
-	return [...]string{"insert", "upsert", "session-read", "eventually-read", "strong-read"}[k]
+	return [...]string{"insert", "upsert", "session-read", "eventually-read", "strong-read", "session-reader", "strong-reader"}[k]
 }
 
 func (k opKind) write() bool { return k == opInsert || k == opUpsert }
@@ -54,7 +56,7 @@ type op struct {
 	rows    int
 	out     outcome
 	err     string
-	ts      uint64 // MutationResult.timestamp of a write
+	ts      uint64 // MutationResult.timestamp of a write; a read's guarantee
 	cluster string // x-milvus-ha-cluster
 	start   time.Time
 	end     time.Time
@@ -66,7 +68,12 @@ type loadOptions struct {
 	// registers > 0 adds shared registers (pk 1..registers) that workers
 	// upsert and read with Strong consistency, for a linearizability check.
 	registers int
-	pace      time.Duration
+	// readers > 0 adds goroutines that only read the latest acknowledged
+	// insert, alternating Session (bound to its timestamp, so only the
+	// leader has it for the first moments) and Strong: reads that only
+	// the leader can serve, running beside the writers.
+	readers int
+	pace    time.Duration
 }
 
 // load runs a steady mixed load through the proxy and records a history.
@@ -77,9 +84,10 @@ type load struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	ops   []op
-	acked []int64 // acknowledged inserts, for Eventually reads
+	mu     sync.Mutex
+	ops    []op
+	acked  []int64 // acknowledged inserts, for Eventually reads
+	latest op      // the latest acknowledged insert, for the readers
 }
 
 func startLoad(r *rig, o loadOptions) *load {
@@ -92,8 +100,12 @@ func startLoad(r *rig, o loadOptions) *load {
 	l := &load{r: r, opts: o}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	for w := range o.workers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.worker(w, c) })
+	}
+	for i := range o.readers {
+		c := dialProxy(r.t, r.addr)
+		l.wg.Go(func() { l.reader(o.workers+i, c) })
 	}
 	return l
 }
@@ -119,6 +131,9 @@ func (l *load) record(o op) {
 	l.ops = append(l.ops, o)
 	if o.kind == opInsert && o.out == acked {
 		l.acked = append(l.acked, o.pk)
+		if o.ts > l.latest.ts {
+			l.latest = o
+		}
 	}
 	l.mu.Unlock()
 }
@@ -161,6 +176,25 @@ func (l *load) worker(w int, c *client) {
 	}
 }
 
+// reader reads the latest acknowledged insert, Session and Strong in turn.
+func (l *load) reader(w int, c *client) {
+	strong := w%2 == 0
+	for l.ctx.Err() == nil {
+		l.mu.Lock()
+		latest := l.latest
+		l.mu.Unlock()
+		if latest.ts != 0 {
+			if strong {
+				l.record(l.read(c, w, opStrongLatest, latest.pk, 0))
+			} else {
+				l.record(l.read(c, w, opSessionLatest, latest.pk, latest.ts))
+			}
+			strong = !strong
+		}
+		time.Sleep(l.opts.pace)
+	}
+}
+
 // callCtx is independent of the load's own context: calls in flight when
 // the load stops finish normally.
 func callCtx() (context.Context, context.CancelFunc) {
@@ -171,17 +205,9 @@ func (l *load) write(c *client, w int, kind opKind, pk, val int64) op {
 	o := op{worker: w, kind: kind, pk: pk, val: val, start: time.Now()}
 	ctx, cancel := callCtx()
 	defer cancel()
-	var hdr metadata.MD
-	fields, n := rowsRequest([]int64{pk}, []int64{val})
-	var res *milvuspb.MutationResult
-	var err error
-	if kind == opInsert {
-		res, err = c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	} else {
-		res, err = c.rpc.Upsert(ctx, &milvuspb.UpsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	}
+	res, cluster, err := c.Write(ctx, kind != opInsert, pk, val)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = cluster
 	o.out, o.err = classify(res.GetStatus(), err)
 	o.ts = res.GetTimestamp()
 	return o
@@ -191,32 +217,27 @@ func (l *load) read(c *client, w int, kind opKind, pk int64, guarantee uint64) o
 	o := op{worker: w, kind: kind, pk: pk, start: time.Now()}
 	ctx, cancel := callCtx()
 	defer cancel()
+	o.ts = guarantee
 	level := map[opKind]commonpb.ConsistencyLevel{
 		opSession: commonpb.ConsistencyLevel_Session, opEventually: commonpb.ConsistencyLevel_Eventually,
-		opStrong: commonpb.ConsistencyLevel_Strong,
+		opStrong: commonpb.ConsistencyLevel_Strong, opSessionLatest: commonpb.ConsistencyLevel_Session,
+		opStrongLatest: commonpb.ConsistencyLevel_Strong,
 	}[kind]
 	var hdr metadata.MD
-	rows, err := c.query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
+	rows, err := c.Query(ctx, level, guarantee, []grpc.CallOption{grpc.Header(&hdr)}, pk)
 	o.end = time.Now()
-	o.cluster = first(hdr.Get("x-milvus-ha-cluster"))
+	o.cluster = testproc.First(hdr.Get(testproc.ClusterHeader))
 	if err != nil {
 		o.out, o.err = failed, err.Error()
 		return o
 	}
 	o.rows = len(rows)
 	for _, r := range rows {
-		if r.pk == pk {
-			o.found, o.val = true, r.val
+		if r.PK == pk {
+			o.found, o.val = true, r.Val
 		}
 	}
 	return o
-}
-
-func first(v []string) string {
-	if len(v) == 0 {
-		return ""
-	}
-	return v[0]
 }
 
 // classify says what a write's answer means for whether it was applied.
@@ -254,7 +275,7 @@ func summary(ops []op) string {
 		n[key{o.kind, o.out}]++
 	}
 	var parts []string
-	for k := opInsert; k <= opStrong; k++ {
+	for k := opInsert; k <= opStrongLatest; k++ {
 		a, f, u := n[key{k, acked}], n[key{k, failed}], n[key{k, unknown}]
 		if a+f+u > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d ok/%d failed/%d unknown", k, a, f, u))
@@ -340,13 +361,25 @@ func checkReads(t testing.TB, ops []op, lost map[int64]bool) {
 			if o.found && o.val != o.pk {
 				t.Errorf("Eventually read of %d returned value %d, never written", o.pk, o.val)
 			}
+		case opSessionLatest, opStrongLatest:
+			// The insert was acknowledged before the read began.
+			if !o.found && !lost[o.pk] {
+				bad++
+				if bad <= 5 {
+					t.Errorf("%s of acknowledged write %d missed it (served by %s at %s)",
+						o.kind, o.pk, o.cluster, o.start.Format("15:04:05.000"))
+				}
+			}
+			if o.found && o.val != o.pk {
+				t.Errorf("%s of %d returned value %d", o.kind, o.pk, o.val)
+			}
 		}
-		if (o.kind == opSession || o.kind == opEventually) && o.rows > 1 {
+		if o.kind != opStrong && o.rows > 1 {
 			t.Errorf("%s of %d returned %d rows: a write applied twice", o.kind, o.pk, o.rows)
 		}
 	}
 	if bad > 0 {
-		t.Errorf("%d Session reads violated read-your-writes", bad)
+		t.Errorf("%d Session or Strong reads missed an acknowledged write", bad)
 	}
 }
 

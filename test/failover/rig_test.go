@@ -11,22 +11,18 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -40,6 +36,11 @@ type rigOptions struct {
 	mode        string        // failover.mode; default auto
 	detectAfter time.Duration // default 1s
 	extraSim    []string      // extra flags for every sim
+	// binary runs the proxy as the built milvus-ha-proxy binary in its
+	// own process (`serve --config`) instead of through app in this
+	// process; the rig's app is then nil, and the proxy is reached only
+	// through its addresses.
+	binary bool
 }
 
 // rig is three simulated clusters a -> b, c (separate processes) and the
@@ -48,8 +49,10 @@ type rig struct {
 	t    testing.TB
 	ids  []string
 	sims map[string]*simProc
-	app  *app.App
-	pch  int // the leader pchannel index the collection lives on
+	app  *app.App // nil with rigOptions.binary
+	pch  int      // the leader pchannel index the collection lives on
+	// addr and admin are the proxy's gRPC and admin addresses.
+	addr, admin string
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -61,31 +64,25 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		o.detectAfter = time.Second
 	}
 	r := &rig{t: t, ids: []string{"a", "b", "c"}, sims: map[string]*simProc{}}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for _, id := range r.ids {
-		wg.Go(func() {
-			p := startSim(t, id, o.extraSim...)
-			mu.Lock()
-			r.sims[id] = p
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	if len(r.sims) != 3 {
-		t.FailNow()
+	for id, s := range testproc.StartSims(t, binary, t.TempDir(), r.ids, o.extraSim...) {
+		r.sims[id] = &simProc{Sim: s, t: t}
 	}
 	r.join("a", "b", "c")
 
 	var yaml strings.Builder
 	fmt.Fprintf(&yaml, "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndiscovery: replicate\nclusters:\n")
 	for _, id := range r.ids {
-		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].addr)
+		fmt.Fprintf(&yaml, "  - id: %s\n    uri: %s\n", id, r.sims[id].Addr)
 	}
 	fmt.Fprintf(&yaml, "failover:\n  mode: %s\n  detect_after: %s\n  write_hold: 10s\n", o.mode, o.detectAfter)
 	cfg, err := config.Parse([]byte(yaml.String()))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml.String())
+	}
+	if o.binary {
+		r.startBinary(yaml.String())
+		r.setup()
+		return r
 	}
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "proxy.log"))
 	if err != nil {
@@ -99,7 +96,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r.app = a
+	r.app, r.addr, r.admin = a, a.Addr(), a.AdminAddr()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -118,38 +115,43 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	return r
 }
 
+// startBinary runs the proxy binary with the configuration and waits, on
+// its admin API, until a leads and b and c are polled.
+func (r *rig) startBinary(yaml string) {
+	r.t.Helper()
+	dir := r.t.TempDir()
+	path := filepath.Join(dir, "proxy.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+	p, err := testproc.StartProxy(r.t, binary, dir, "proxy", path)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.addr, r.admin = p.Addr, p.Admin
+	testutil.Eventually(r.t, 20*time.Second, "a leads, b and c polled (admin API)", func() bool {
+		code, b := r.adminGet("/api/v1/topology")
+		var v admin.View
+		if code != http.StatusOK || json.Unmarshal(b, &v) != nil || v.Leader != "a" {
+			return false
+		}
+		polled := 0
+		for _, c := range v.Clusters {
+			if (c.ID == "b" || c.ID == "c") && len(c.Checkpoints) > 0 {
+				polled++
+			}
+		}
+		return polled == 2
+	})
+}
+
 // join sends the same replicate configuration (source -> targets) to
 // every cluster, as a deployment does.
 func (r *rig) join(source string, targets ...string) {
 	r.t.Helper()
-	entry := func(id string) *commonpb.MilvusCluster {
-		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].addr}}
-		for i := range pchannels {
-			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
-		}
-		return e
-	}
-	cfg := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry(source)}}
-	for _, t := range targets {
-		cfg.Clusters = append(cfg.Clusters, entry(t))
-		cfg.CrossClusterTopology = append(cfg.CrossClusterTopology, &commonpb.CrossClusterTopology{SourceClusterId: source, TargetClusterId: t})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, len(targets)+1)
-	for i, id := range append([]string{source}, targets...) {
-		wg.Go(func() { errs[i] = sim.UpdateReplicateConfiguration(ctx, r.sims[id].addr, "", cfg, false) })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			r.t.Fatalf("joining replication: %v", err)
-		}
-	}
+	testproc.Join(r.t, func(id string) string { return r.sims[id].Addr }, pchannels, source, targets...)
 }
 
-// waitTopology waits until cond holds for the proxy's topology.
 func (r *rig) waitTopology(what string, d time.Duration, cond func(s *topology.Snapshot) bool) *topology.Snapshot {
 	r.t.Helper()
 	m := r.app.Topology()
@@ -173,24 +175,14 @@ func (r *rig) waitTopology(what string, d time.Duration, cond func(s *topology.S
 // waits until every alternative can serve it.
 func (r *rig) setup() {
 	r.t.Helper()
-	c := dialProxy(r.t, r.app.Addr())
+	c := dialProxy(r.t, r.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
-		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
-		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
-		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
-	}})
-	st, err := c.rpc.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
-		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
-	mustOK(r.t, "CreateCollection", st, err)
-	st, err = c.rpc.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
-		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
-	mustOK(r.t, "CreateIndex", st, err)
-	st, err = c.rpc.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
-	mustOK(r.t, "LoadCollection", st, err)
-	d, err := c.rpc.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
-	mustOK(r.t, "DescribeCollection", d.GetStatus(), err)
+	if err := c.CreateCollection(ctx); err != nil {
+		r.t.Fatal(err)
+	}
+	d, err := c.RPC.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{CollectionName: collName})
+	testproc.MustOK(r.t, "DescribeCollection", d.GetStatus(), err)
 	pch := d.GetPhysicalChannelNames()
 	if len(pch) != 1 {
 		r.t.Fatalf("physical channels %v", pch)
@@ -205,7 +197,7 @@ func (r *rig) setup() {
 		var lastErr error
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			if _, lastErr = dc.keys(commonpb.ConsistencyLevel_Eventually, 1); lastErr == nil {
+			if _, lastErr = dc.Keys(commonpb.ConsistencyLevel_Eventually, 1); lastErr == nil {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -221,7 +213,7 @@ func (r *rig) setup() {
 func (r *rig) simStatus() string {
 	var b strings.Builder
 	for _, id := range r.ids {
-		resp, err := http.Get("http://" + r.sims[id].ctl + "/sim/" + id + "/status")
+		resp, err := http.Get("http://" + r.sims[id].Ctl + "/sim/" + id + "/status")
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v\n", id, err)
 			continue
@@ -246,7 +238,7 @@ func (r *rig) lastChange(to string) *topology.Change {
 }
 
 // direct is a client of one cluster itself, bypassing the proxy.
-func (r *rig) direct(id string) *client { return dialProxy(r.t, r.sims[id].addr) }
+func (r *rig) direct(id string) *client { return dialProxy(r.t, r.sims[id].Addr) }
 
 // checkpoint reads, on cluster id, how far it replicated the source's
 // pchannel the collection lives on.
@@ -254,7 +246,7 @@ func (r *rig) checkpoint(id, source string) (uint64, error) {
 	c := r.direct(id)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := c.rpc.GetReplicateInfo(ctx, &milvuspb.GetReplicateInfoRequest{SourceClusterId: source, TargetPchannel: sim.PChannelName(id, r.pch)})
+	res, err := c.RPC.GetReplicateInfo(ctx, &milvuspb.GetReplicateInfoRequest{SourceClusterId: source, TargetPchannel: sim.PChannelName(id, r.pch)})
 	if err != nil {
 		return 0, err
 	}
@@ -264,7 +256,7 @@ func (r *rig) checkpoint(id, source string) (uint64, error) {
 // adminGet fetches an admin endpoint.
 func (r *rig) adminGet(path string) (int, []byte) {
 	r.t.Helper()
-	resp, err := http.Get("http://" + r.app.AdminAddr() + path)
+	resp, err := http.Get("http://" + r.admin + path)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -279,7 +271,7 @@ func (r *rig) adminGet(path string) (int, []byte) {
 // adminPost posts an action and decodes the answer.
 func (r *rig) adminPost(path, to string) (int, admin.Result, admin.ErrorBody) {
 	r.t.Helper()
-	resp, err := http.Post("http://"+r.app.AdminAddr()+path, "application/json", strings.NewReader(fmt.Sprintf(`{"to":%q}`, to)))
+	resp, err := http.Post("http://"+r.admin+path, "application/json", strings.NewReader(fmt.Sprintf(`{"to":%q}`, to)))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -309,110 +301,18 @@ func (r *rig) view() admin.View {
 	return v
 }
 
-// client is a raw Milvus client (one gRPC connection: one proxy session).
-type client struct {
-	rpc  milvuspb.MilvusServiceClient
-	conn *grpc.ClientConn
-}
+// client is the suites' raw Milvus client (test/testproc) on collName.
+type client = testproc.Client
 
-func dialProxy(t testing.TB, addr string) *client {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &client{rpc: milvuspb.NewMilvusServiceClient(conn), conn: conn}
-}
-
-func mustOK(t testing.TB, what string, st *commonpb.Status, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	if st.GetCode() != 0 || st.GetErrorCode() != commonpb.ErrorCode_Success {
-		t.Fatalf("%s: milvus error %d: %s", what, st.GetCode(), st.GetReason())
-	}
-}
-
-// row is one row read back.
-type row struct{ pk, val int64 }
-
-// keys queries the given primary keys at a consistency level and returns
-// the rows found (duplicates included).
-func (c *client) keys(level commonpb.ConsistencyLevel, pks ...int64) ([]row, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	return c.query(ctx, level, 0, nil, pks...)
-}
-
-func (c *client) query(ctx context.Context, level commonpb.ConsistencyLevel, guarantee uint64, opts []grpc.CallOption, pks ...int64) ([]row, error) {
-	var b strings.Builder
-	b.WriteString("pk in [")
-	for i, pk := range pks {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatInt(pk, 10))
-	}
-	b.WriteByte(']')
-	res, err := c.rpc.Query(ctx, &milvuspb.QueryRequest{CollectionName: collName, Expr: b.String(),
-		OutputFields: []string{"pk", "val"}, ConsistencyLevel: level, GuaranteeTimestamp: guarantee}, opts...)
-	if err != nil {
-		return nil, err
-	}
-	if st := res.GetStatus(); st.GetCode() != 0 {
-		return nil, fmt.Errorf("milvus error %d: %s", st.GetCode(), st.GetReason())
-	}
-	var pkCol, valCol []int64
-	for _, f := range res.GetFieldsData() {
-		switch f.GetFieldName() {
-		case "pk":
-			pkCol = f.GetScalars().GetLongData().GetData()
-		case "val":
-			valCol = f.GetScalars().GetLongData().GetData()
-		}
-	}
-	out := make([]row, len(pkCol))
-	for i := range pkCol {
-		out[i].pk = pkCol[i]
-		if i < len(valCol) {
-			out[i].val = valCol[i]
-		}
-	}
-	return out, nil
-}
-
-// rows builds an insert/upsert request.
-func rowsRequest(pks, vals []int64) (fields []*schemapb.FieldData, n uint32) {
-	vec := make([]float32, 0, 2*len(pks))
-	for _, pk := range pks {
-		vec = append(vec, float32(pk%1000), 1)
-	}
-	return []*schemapb.FieldData{
-		{FieldName: "pk", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: pks}}}}},
-		{FieldName: "val", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: vals}}}}},
-		{FieldName: "v", Type: schemapb.DataType_FloatVector, Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{
-			Dim: 2, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vec}}}}},
-	}, uint32(len(pks))
-}
+func dialProxy(t testing.TB, addr string) *client { return testproc.Dial(t, addr, collName) }
 
 // presence asks a cluster directly which keys it holds, and how often.
 func (r *rig) presence(id string, pks []int64) map[int64]int {
 	r.t.Helper()
 	c := r.direct(id)
-	out := map[int64]int{}
-	for i := 0; i < len(pks); i += 500 {
-		batch := pks[i:min(i+500, len(pks))]
-		rows, err := c.keys(commonpb.ConsistencyLevel_Strong, batch...)
-		if err != nil {
-			r.t.Fatalf("reading keys on %s: %v", id, err)
-		}
-		for _, row := range rows {
-			out[row.pk]++
-		}
+	out, err := c.Presence(commonpb.ConsistencyLevel_Strong, pks)
+	if err != nil {
+		r.t.Fatalf("reading keys on %s: %v", id, err)
 	}
 	return out
 }

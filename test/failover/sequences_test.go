@@ -10,9 +10,8 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
 
@@ -29,7 +28,7 @@ func (r *rig) primaries() ([]string, string) {
 	for _, id := range r.ids {
 		c := r.direct(id)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		resp, err := c.rpc.GetReplicateConfiguration(ctx, &milvuspb.GetReplicateConfigurationRequest{})
+		resp, err := c.RPC.GetReplicateConfiguration(ctx, &milvuspb.GetReplicateConfigurationRequest{})
 		cancel()
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v; ", id, err)
@@ -59,13 +58,8 @@ func (r *rig) writeThrough(pk int64) (string, error) {
 	c := dialProxy(r.t, r.app.Addr())
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	fields, n := rowsRequest([]int64{pk}, []int64{pk})
-	var hdr metadata.MD
-	res, err := c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n}, grpc.Header(&hdr))
-	if err == nil && res.GetStatus().GetCode() != 0 {
-		err = fmt.Errorf("milvus error %d: %s", res.GetStatus().GetCode(), res.GetStatus().GetReason())
-	}
-	return first(hdr.Get("x-milvus-ha-cluster")), err
+	_, cluster, err := c.Insert(ctx, pk, pk)
+	return cluster, err
 }
 
 // settled waits until exactly one cluster is primary, the proxy routes
@@ -157,10 +151,10 @@ func forcedFailoverDemotes(t *testing.T, shape string) {
 		t.Fatalf("change %+v steps %v", ch, names)
 	}
 	c := r.direct("a")
-	fields, n := rowsRequest([]int64{42}, []int64{42})
+	fields, n := testproc.RowsRequest([]int64{42}, []int64{42})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ins, err := c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n})
+	ins, err := c.RPC.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n})
 	if err == nil && ins.GetStatus().GetCode() == 0 {
 		t.Fatalf("the old leader a took a direct write after the forced failover")
 	}

@@ -7,11 +7,9 @@ import (
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 // Where the simulator differs from Milvus in ways this suite ran into. Each
@@ -38,33 +36,17 @@ func createOn(t *testing.T, c *client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
-		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
-		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
-		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
-	}})
-	st, err := c.rpc.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1})
-	mustOK(t, "CreateCollection", st, err)
-	st, err = c.rpc.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
-		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
-	mustOK(t, "CreateIndex", st, err)
-	st, err = c.rpc.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
-	mustOK(t, "LoadCollection", st, err)
+	if err := c.CreateCollection(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func writeOn(t *testing.T, c *client, upsert bool, pk, val int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	fields, n := rowsRequest([]int64{pk}, []int64{val})
-	var res *milvuspb.MutationResult
-	var err error
-	if upsert {
-		res, err = c.rpc.Upsert(ctx, &milvuspb.UpsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n})
-	} else {
-		res, err = c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: n})
-	}
-	mustOK(t, "write", res.GetStatus(), err)
+	res, _, err := c.Write(ctx, upsert, pk, val)
+	testproc.MustOK(t, "write", res.GetStatus(), err)
 }
 
 // TestSimRepeatedSwitchovers: switchovers a -> b -> c -> a ... done by the
@@ -106,10 +88,10 @@ func TestSimRepeatedSwitchovers(t *testing.T) {
 		pk++
 		writeOn(t, clients[leader], false, pk, pk)
 		for _, i := range []int{(leader + 1) % 3, (leader + 2) % 3} {
-			var rows []row
+			var rows []testproc.Row
 			deadline := time.Now().Add(3 * time.Second)
 			for time.Now().Before(deadline) {
-				if rows, _ = clients[i].keys(commonpb.ConsistencyLevel_Eventually, pk); len(rows) == 1 {
+				if rows, _ = clients[i].Keys(commonpb.ConsistencyLevel_Eventually, pk); len(rows) == 1 {
 					break
 				}
 				time.Sleep(10 * time.Millisecond)

@@ -55,7 +55,7 @@ func startWriters(r *rig, skip ...string) *writers {
 				pk++
 				ctx, cancel := context.WithTimeout(context.Background(), writeHold+2*time.Second)
 				op := write{proxy: n.name, pk: pk, start: time.Now()}
-				op.ts, op.cluster, op.err = n.cl.insert(ctx, pk, pk)
+				op.ts, op.cluster, op.err = n.cl.Insert(ctx, pk, pk)
 				op.end = time.Now()
 				cancel()
 				w.mu.Lock()
@@ -123,7 +123,7 @@ func checkHistory(t *testing.T, r *rig, ops []write, old, leader string, killedA
 	for i := 0; i < len(mustHave); i += 500 {
 		chunk := mustHave[i:min(i+500, len(mustHave))]
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		got, err := r.direct[leader].query(ctx, commonpb.ConsistencyLevel_Strong, 0, chunk...)
+		got, err := holds(ctx, r.direct[leader], commonpb.ConsistencyLevel_Strong, 0, chunk...)
 		cancel()
 		if err != nil {
 			t.Fatalf("reading the acknowledged writes on %s: %v", leader, err)
@@ -146,12 +146,12 @@ func TestSessionAcrossProxies(t *testing.T) {
 		w, rd := r.nodes[i%3], r.nodes[(i+1)%3]
 		pk := int64(5_000_000_000 + i)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		ts, _, err := w.cl.insert(ctx, pk, pk)
+		ts, _, err := w.cl.Insert(ctx, pk, pk)
 		if err != nil {
 			cancel()
 			t.Fatalf("insert through %s: %v", w.name, err)
 		}
-		got, err := rd.cl.query(ctx, commonpb.ConsistencyLevel_Session, ts, pk)
+		got, err := holds(ctx, rd.cl, commonpb.ConsistencyLevel_Session, ts, pk)
 		cancel()
 		if err != nil {
 			t.Fatalf("Session read through %s: %v", rd.name, err)
@@ -272,7 +272,7 @@ func TestCutOffProxyNeverPromotes(t *testing.T) {
 	// refused with the reason.
 	ctx, cancel := context.WithTimeout(context.Background(), writeHold+5*time.Second)
 	w0 := time.Now()
-	_, cl, err := cut.cl.insert(ctx, 9_000_000_000, 1)
+	_, cl, err := cut.cl.Insert(ctx, 9_000_000_000, 1)
 	cancel()
 	held := time.Since(w0)
 	if err == nil || status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "etcd") {

@@ -13,10 +13,6 @@ type (
 	proxyProc = testproc.Proxy
 )
 
-func startSim(t testing.TB, root, id string) (*simProc, error) {
-	return testproc.StartSim(t, binary, root, id)
-}
-
 func startProxy(t testing.TB, root, name, config string) (*proxyProc, error) {
 	return testproc.StartProxy(t, binary, root, name, config)
 }

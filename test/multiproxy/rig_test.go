@@ -10,22 +10,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/etcdarbiter/etcdtest"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 const (
@@ -67,23 +60,7 @@ func newRig(t testing.TB) *rig {
 	} else {
 		r.etcd = etcdtest.Start(t)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	errs := make([]error, len(r.ids))
-	for i, id := range r.ids {
-		wg.Go(func() {
-			p, err := startSim(t, r.root, id)
-			mu.Lock()
-			r.sims[id], errs[i] = p, err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	r.sims = testproc.StartSims(t, binary, r.root, r.ids)
 	for _, id := range r.ids {
 		r.direct[id] = dial(t, r.sims[id].Addr)
 	}
@@ -126,25 +103,7 @@ func newRig(t testing.TB) *rig {
 // cluster, as a deployment does.
 func (r *rig) join(source string, targets ...string) {
 	r.t.Helper()
-	entry := func(id string) *commonpb.MilvusCluster {
-		e := &commonpb.MilvusCluster{ClusterId: id, ConnectionParam: &commonpb.ConnectionParam{Uri: r.sims[id].Addr}}
-		for i := range pchannels {
-			e.Pchannels = append(e.Pchannels, sim.PChannelName(id, i))
-		}
-		return e
-	}
-	cfg := &commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{entry(source)}}
-	for _, t := range targets {
-		cfg.Clusters = append(cfg.Clusters, entry(t))
-		cfg.CrossClusterTopology = append(cfg.CrossClusterTopology, &commonpb.CrossClusterTopology{SourceClusterId: source, TargetClusterId: t})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for _, id := range append([]string{source}, targets...) {
-		if err := sim.UpdateReplicateConfiguration(ctx, r.sims[id].Addr, "", cfg, false); err != nil {
-			r.t.Fatalf("joining replication: %v", err)
-		}
-	}
+	testproc.Join(r.t, func(id string) string { return r.sims[id].Addr }, pchannels, source, targets...)
 }
 
 // setup creates, indexes and loads the collection through the first proxy
@@ -153,38 +112,12 @@ func (r *rig) setup() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	schema, _ := proto.Marshal(&schemapb.CollectionSchema{Name: collName, Fields: []*schemapb.FieldSchema{
-		{FieldID: 100, Name: "pk", DataType: schemapb.DataType_Int64, IsPrimaryKey: true},
-		{FieldID: 101, Name: "val", DataType: schemapb.DataType_Int64},
-		{FieldID: 102, Name: "v", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "2"}}},
-	}})
-	c := r.nodes[0].cl.rpc
-	must := func(what string, st *commonpb.Status, err error) {
-		if err := statusErr(st, err); err != nil {
-			r.t.Fatalf("%s: %v", what, err)
-		}
+	if err := r.nodes[0].cl.CreateCollection(ctx); err != nil {
+		r.t.Fatal(err)
 	}
-	st, err := c.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{CollectionName: collName, Schema: schema, ShardsNum: 1,
-		ConsistencyLevel: commonpb.ConsistencyLevel_Session})
-	must("CreateCollection", st, err)
-	st, err = c.CreateIndex(ctx, &milvuspb.CreateIndexRequest{CollectionName: collName, FieldName: "v",
-		ExtraParams: []*commonpb.KeyValuePair{{Key: "metric_type", Value: "L2"}}})
-	must("CreateIndex", st, err)
-	st, err = c.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{CollectionName: collName})
-	must("LoadCollection", st, err)
 	for _, id := range []string{"b", "c"} {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			qctx, qcancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := r.direct[id].query(qctx, commonpb.ConsistencyLevel_Eventually, 0, 1)
-			qcancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				r.t.Fatalf("%s does not serve the collection after 20s: %v", id, err)
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := r.direct[id].WaitServes(20 * time.Second); err != nil {
+			r.t.Fatalf("%s does not serve the collection after 20s: %v", id, err)
 		}
 	}
 }
@@ -305,7 +238,7 @@ func (r *rig) writable(pk int64) []string {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, _, err := r.direct[id].insert(ctx, pk, pk)
+		_, _, err := r.direct[id].Insert(ctx, pk, pk)
 		cancel()
 		if err == nil {
 			ok = append(ok, id)
@@ -341,81 +274,21 @@ func (r *rig) diagnostics() string {
 	return b.String()
 }
 
-// client is a raw Milvus client: one gRPC connection.
-type client struct {
-	rpc  milvuspb.MilvusServiceClient
-	conn *grpc.ClientConn
-}
+// client is the suites' raw Milvus client (test/testproc) on collName.
+type client = testproc.Client
 
-func dial(t testing.TB, addr string) *client {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
-			MinConnectTimeout: 2 * time.Second,
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &client{rpc: milvuspb.NewMilvusServiceClient(conn), conn: conn}
-}
+func dial(t testing.TB, addr string) *client { return testproc.Dial(t, addr, collName) }
 
-func statusErr(st *commonpb.Status, err error) error {
-	if err != nil {
-		return err
-	}
-	if st.GetCode() != 0 || st.GetErrorCode() != commonpb.ErrorCode_Success {
-		return fmt.Errorf("milvus error %d: %s", st.GetCode(), st.GetReason())
-	}
-	return nil
-}
-
-// insert writes one row and returns its timestamp and the cluster that
-// took it (x-milvus-ha-cluster when the call went through a proxy).
-func (c *client) insert(ctx context.Context, pk, val int64) (ts uint64, cluster string, err error) {
-	var hdr metadata.MD
-	vec := []float32{float32(pk % 1000), 1}
-	fields := []*schemapb.FieldData{
-		{FieldName: "pk", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: []int64{pk}}}}}},
-		{FieldName: "val", Type: schemapb.DataType_Int64, Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{
-			Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: []int64{val}}}}}},
-		{FieldName: "v", Type: schemapb.DataType_FloatVector, Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{
-			Dim: 2, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vec}}}}},
-	}
-	res, err := c.rpc.Insert(ctx, &milvuspb.InsertRequest{CollectionName: collName, FieldsData: fields, NumRows: 1}, grpc.Header(&hdr))
-	cl := ""
-	if v := hdr.Get("x-milvus-ha-cluster"); len(v) > 0 {
-		cl = v[0]
-	}
-	return res.GetTimestamp(), cl, statusErr(res.GetStatus(), err)
-}
-
-// query returns which of pks the cluster behind c holds, at a level and
+// holds says which of pks the cluster behind c holds, at a level and
 // guarantee timestamp.
-func (c *client) query(ctx context.Context, level commonpb.ConsistencyLevel, guarantee uint64, pks ...int64) (map[int64]bool, error) {
-	var b strings.Builder
-	b.WriteString("pk in [")
-	for i, pk := range pks {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatInt(pk, 10))
-	}
-	b.WriteByte(']')
-	res, err := c.rpc.Query(ctx, &milvuspb.QueryRequest{CollectionName: collName, Expr: b.String(),
-		OutputFields: []string{"pk"}, ConsistencyLevel: level, GuaranteeTimestamp: guarantee})
-	if err := statusErr(res.GetStatus(), err); err != nil {
+func holds(ctx context.Context, c *client, level commonpb.ConsistencyLevel, guarantee uint64, pks ...int64) (map[int64]bool, error) {
+	rows, err := c.Query(ctx, level, guarantee, nil, pks...)
+	if err != nil {
 		return nil, err
 	}
 	out := map[int64]bool{}
-	for _, f := range res.GetFieldsData() {
-		if f.GetFieldName() == "pk" {
-			for _, pk := range f.GetScalars().GetLongData().GetData() {
-				out[pk] = true
-			}
-		}
+	for _, r := range rows {
+		out[r.PK] = true
 	}
 	return out, nil
 }

@@ -121,6 +121,7 @@ func exerciseTelemetry(t *testing.T) metrics {
 	m.WriteHoldEnded(ctx, telemetry.HoldReleased, time.Second)
 	m.RecordRelayRefused(ctx, "malformed")
 	m.RecordRelayClosed(ctx, "abuse")
+	m.RelayStreamsHeld(ctx, 1)
 
 	rec := httptest.NewRecorder()
 	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -266,7 +267,7 @@ var readReasonDoc = map[string]string{
 	telemetry.ReadLeaderNoAlternative: "no alternative was usable at all: down, breaker open, quarantined, or none configured",
 	telemetry.ReadLeaderFallback:      "the alternative chosen answered that it could not serve the read (e.g. the collection is not there yet), so the leader did",
 	telemetry.ReadLeaderNoCollection:  "the collection's facts (pchannels, default level) were unknown, so the read went to the leader as sent",
-	telemetry.ReadLeaderWait:          "no cluster was known (a failover under way): the read waited for a leader, as writes do",
+	telemetry.ReadLeaderWait:          "no cluster could serve the read (a failover under way, or the leader unreachable and no alternative eligible): the read waited for a writable leader, as writes do, up to `failover.write_hold`",
 	telemetry.ReadLeaderStrongAlloc:   "`strong_reads: wait`, but taking a timestamp from the leader failed",
 }
 

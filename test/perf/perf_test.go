@@ -57,7 +57,8 @@ import (
 // Environment: MHP_PERF_ROUNDS (3), MHP_PERF_DURATION (3s), MHP_PERF_CALLS
 // (3000), MHP_PERF_TARGETS (comma list, default all), MHP_PERF_CPUPROFILE
 // (a file: serve runs with admin_pprof on and, after the rounds, a CPU
-// profile of it under the c=8 load is written there), MHP_PERF_BASE_BIN
+// profile of it under the c=8 load is written there, and its allocations
+// since it started to FILE.allocs), MHP_PERF_BASE_BIN
 // (another milvus-ha-proxy binary, measured as target serve-base in the
 // same rounds: what a change to the code bought).
 func BenchmarkProxy(b *testing.B) {
@@ -134,6 +135,9 @@ func BenchmarkProxy(b *testing.B) {
 			b.ReportMetric(m.p99, "p99-µs-c1")
 			if tg.pid != 0 {
 				b.ReportMetric(m.cpu, "proxy-cpu-µs/op-c8")
+				b.ReportMetric(m.reads, "proxy-reads/op-c8")
+				b.ReportMetric(m.writes, "proxy-writes/op-c8")
+				b.ReportMetric(m.switches, "proxy-ctxsw/op-c8")
 			}
 			if tg.admin != "" {
 				b.ReportMetric(m.allocs, "proxy-allocs/op-c8")
@@ -234,7 +238,11 @@ func (tg *target) dial(b *testing.B) {
 // sample is one round's measurement of one target.
 type sample struct {
 	qps, p50, p99, cpu, allocs float64
-	spread                     map[string]int64 // cluster (x-milvus-ha-cluster) -> calls at c=8
+	// Per call at c=8, the proxy's read and write system calls and its
+	// threads' context switches: the work the CPU time is spent on,
+	// and steadier than the CPU time on a loaded machine.
+	reads, writes, switches float64
+	spread                  map[string]int64 // cluster (x-milvus-ha-cluster) -> calls at c=8
 }
 
 func (s sample) String() string {
@@ -244,6 +252,9 @@ func (s sample) String() string {
 	}
 	if s.allocs > 0 {
 		str += fmt.Sprintf("  allocs %5.1f/call", s.allocs)
+	}
+	if s.cpu > 0 {
+		str += fmt.Sprintf("  read/write/switch %.2f/%.2f/%.2f per call", s.reads, s.writes, s.switches)
 	}
 	if len(s.spread) > 0 {
 		str += "  " + spreadString(s.spread)
@@ -262,12 +273,15 @@ func (tg *target) median() sample {
 		return median(xs)
 	}
 	return sample{
-		qps:    med(func(s sample) float64 { return s.qps }),
-		p50:    med(func(s sample) float64 { return s.p50 }),
-		p99:    med(func(s sample) float64 { return s.p99 }),
-		cpu:    med(func(s sample) float64 { return s.cpu }),
-		allocs: med(func(s sample) float64 { return s.allocs }),
-		spread: tg.samples[len(tg.samples)-1].spread,
+		qps:      med(func(s sample) float64 { return s.qps }),
+		p50:      med(func(s sample) float64 { return s.p50 }),
+		p99:      med(func(s sample) float64 { return s.p99 }),
+		cpu:      med(func(s sample) float64 { return s.cpu }),
+		allocs:   med(func(s sample) float64 { return s.allocs }),
+		reads:    med(func(s sample) float64 { return s.reads }),
+		writes:   med(func(s sample) float64 { return s.writes }),
+		switches: med(func(s sample) float64 { return s.switches }),
+		spread:   tg.samples[len(tg.samples)-1].spread,
 	}
 }
 
@@ -366,8 +380,9 @@ func measure(tg *target, o perfOptions) (sample, error) {
 		mallocs0 = m
 	}
 	var cpu0 time.Duration
+	var work0 procWork
 	if tg.pid != 0 {
-		cpu0 = procCPU(tg.pid)
+		cpu0, work0 = procCPU(tg.pid), readProcWork(tg.pid)
 	}
 	s.spread = map[string]int64{}
 	n, err := load(tg, o, o.duration, s.spread)
@@ -377,6 +392,10 @@ func measure(tg *target, o perfOptions) (sample, error) {
 	s.qps = float64(n) / o.duration.Seconds()
 	if tg.pid != 0 {
 		s.cpu = float64(procCPU(tg.pid)-cpu0) / float64(time.Microsecond) / float64(n)
+		w := readProcWork(tg.pid)
+		s.reads = float64(w.reads-work0.reads) / float64(n)
+		s.writes = float64(w.writes-work0.writes) / float64(n)
+		s.switches = float64(w.switches-work0.switches) / float64(n)
 	}
 	if tg.admin != "" {
 		m, err := mallocs(tg.admin)
@@ -448,6 +467,39 @@ func procCPU(pid int) time.Duration {
 		return 0
 	}
 	return parseStatCPU(string(b))
+}
+
+// procWork is a process's read and write system calls (/proc/<pid>/io
+// syscr, syscw) and its threads' voluntary and involuntary context
+// switches (/proc/<pid>/task/*/status), counted since it started.
+type procWork struct{ reads, writes, switches int64 }
+
+func readProcWork(pid int) procWork {
+	var w procWork
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+				w.reads, _ = strconv.ParseInt(v, 10, 64)
+			}
+			if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+				w.writes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if name, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(name, "ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				w.switches += n
+			}
+		}
+	}
+	return w
 }
 
 // parseStatCPU reads utime and stime (fields 14 and 15, in clock ticks of
@@ -755,7 +807,37 @@ func profile(tg *target, o perfOptions) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "CPU profile of %s under c=%d: %s\n", tg.name, o.conc, o.cpuProfile)
-	return <-errc
+	if err := <-errc; err != nil {
+		return err
+	}
+	// Next to it, what serve allocated since it started (nearly all of
+	// it under the rounds' load): go tool pprof -sample_index=alloc_objects.
+	return fetchTo(fmt.Sprintf("http://%s/debug/pprof/allocs", tg.admin), o.cpuProfile+".allocs")
+}
+
+// fetchTo writes what url answers to file.
+func fetchTo(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "allocation profile: %s\n", file)
+	return nil
 }
 
 // report is the Markdown table of the medians: ratios and added latency

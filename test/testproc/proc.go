@@ -137,20 +137,46 @@ func (p *Proc) Running() bool {
 // survives a kill.
 type Sim struct {
 	*Proc
-	id   string
-	dir  string
-	Addr string // gRPC address, kept across restarts
-	Ctl  string // fault control address (changes on restart)
+	id    string
+	dir   string
+	extra []string // flags added to every start
+	Addr  string   // gRPC address, kept across restarts
+	Ctl   string   // fault control address (changes on restart)
 }
 
-func StartSim(t testing.TB, bin, root, id string) (*Sim, error) {
-	s := &Sim{Proc: NewProc(t, bin, "sim "+id, filepath.Join(root, id+".log")), id: id, dir: filepath.Join(root, id)}
+// StartSim starts cluster id with its log and data directory under root
+// and the extra flags (kept across restarts), on a port chosen by the
+// system.
+func StartSim(t testing.TB, bin, root, id string, extra ...string) (*Sim, error) {
+	s := &Sim{Proc: NewProc(t, bin, "sim "+id, filepath.Join(root, id+".log")), id: id, dir: filepath.Join(root, id), extra: extra}
 	return s, s.boot("127.0.0.1:0")
 }
 
+// StartSims starts the clusters ids at once, each as StartSim does, and
+// fails the test when one does not come up.
+func StartSims(t testing.TB, bin, root string, ids []string, extra ...string) map[string]*Sim {
+	t.Helper()
+	sims := make([]*Sim, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() { sims[i], errs[i] = StartSim(t, bin, root, id, extra...) })
+	}
+	wg.Wait()
+	out := make(map[string]*Sim, len(ids))
+	for i, id := range ids {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		out[id] = sims[i]
+	}
+	return out
+}
+
 func (s *Sim) boot(listen string) error {
-	got, err := s.Start([]string{"sim", "--cluster-id", s.id, "--listen", listen, "--control", "127.0.0.1:0",
-		"--data-dir", s.dir, "--tick", "20ms", "--log-level", "warn"},
+	args := []string{"sim", "--cluster-id", s.id, "--listen", listen, "--control", "127.0.0.1:0",
+		"--data-dir", s.dir, "--tick", "20ms", "--log-level", "warn"}
+	got, err := s.Start(append(args, s.extra...),
 		"sim "+s.id+" listening on ", "sim "+s.id+" control on ")
 	if err != nil {
 		return err

@@ -1,7 +1,11 @@
-// Package testproc builds the milvus-ha-proxy binary once for a test
-// package whose tests run it as separate processes (sim clusters, serve
-// proxies), so that robustness is proved against the shipped binary. For
-// tests only.
+// Package testproc is what the robustness suites (test/failover,
+// test/chaos, test/multiproxy) share: it builds the milvus-ha-proxy binary
+// once for a test package whose tests run it as separate processes (sim
+// clusters, serve proxies), so that robustness is proved against the
+// shipped binary; it starts, signals and restarts those processes (Proc,
+// Sim, Proxy); it joins the clusters by replication (Join); and its raw
+// Milvus client (Client) drives their load on one collection of
+// registers. For tests only.
 package testproc
 
 import (

@@ -1,4 +1,4 @@
-package proxy
+package relay
 
 import (
 	"bytes"
@@ -31,7 +31,7 @@ const (
 	relayConnWindow   = 16 << 20
 	// Our SETTINGS_MAX_FRAME_SIZE: HTTP/2's default, the frame size
 	// grpc-go writes whatever its peer allows.
-	relayMaxReadFrame = 16 << 10
+	MaxFrameSize = 16 << 10
 	// Credit is returned once this much of a window has been consumed.
 	relayStreamUpdate = relayStreamWindow / 4
 	relayConnUpdate   = relayConnWindow / 4
@@ -128,12 +128,12 @@ func (fl *flushList) flush() {
 }
 
 // writeSettings starts a connection under the lock: our SETTINGS (extra,
-// then the relay's stream window and largest readable frame) and the
+// then the stream window we grant and the largest readable frame) and the
 // connection window grown to relayConnWindow.
-func (w *h2writer) writeSettings(extra ...http2.Setting) {
+func (w *h2writer) writeSettings(streamWindow uint32, extra ...http2.Setting) {
 	w.err = w.fr.WriteSettings(append(extra,
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: relayMaxReadFrame})...,
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: MaxFrameSize})...,
 	)
 	if w.err == nil {
 		w.err = w.fr.WriteWindowUpdate(0, relayConnWindow-http2DefaultWindow)
@@ -279,6 +279,9 @@ type connOut struct {
 	// fail is called (once, from run) when a write fails or times out
 	// or the output overflows; the socket is closed already.
 	fail func(error)
+	// resp, when set, is the response budget queued output counts
+	// against: once output was written, its held streams may resume.
+	resp *connBudget
 }
 
 // errOutputOverflow is a client connection's output passing its hard cap.
@@ -357,6 +360,11 @@ func (o *connOut) writeNow() {
 	if o.queued.Add(-int64(n))+int64(n) >= o.budget {
 		o.flow.wake() // take may be waiting for this
 	}
+	if o.resp != nil && o.resp.nheld.Load() > 0 {
+		// Held streams may resume now; not here, under w.mu: the
+		// writer goroutine does it.
+		o.signal()
+	}
 }
 
 func (o *connOut) signal() {
@@ -427,6 +435,12 @@ func (o *connOut) run() {
 			if o.queued.Add(-int64(k))+int64(k) >= o.budget {
 				o.flow.wake() // take may be waiting for this
 			}
+			if o.resp != nil && o.resp.nheld.Load() > 0 {
+				o.resp.resume()
+			}
+		}
+		if len(b) == 0 && o.resp != nil && o.resp.nheld.Load() > 0 {
+			o.resp.resume() // woken by writeNow's drain
 		}
 		if cap(b) <= 1<<20 {
 			o.spare = b[:0] // else let a large batch's buffer go
@@ -595,7 +609,7 @@ func (f *flow) close() {
 	f.mu.Unlock()
 }
 
-// sendFlower is a stream with a send window: *ustream and *dstream.
+// sendFlower is a stream with a send window: *ustream and *Call.
 type sendFlower interface{ sendFlow() *streamFlow }
 
 // applySettings applies a peer's SETTINGS frame, whose values the caller

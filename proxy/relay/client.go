@@ -1,4 +1,4 @@
-package proxy
+package relay
 
 import (
 	"bufio"
@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -28,10 +29,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// relayUpstream keeps raw HTTP/2 connections to the clusters and sends
+// Pool keeps raw HTTP/2 connections to the clusters and sends
 // unary calls over them as frames.
-type relayUpstream struct {
-	s      *Server
+type Pool struct {
 	dialFn func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
 	creds  func(c *topology.Cluster) credentials.TransportCredentials
 	maxMsg int
@@ -43,6 +43,11 @@ type relayUpstream struct {
 	// too_many_pings (doubled each time); absent: ka.Time.
 	kaTime map[string]time.Duration
 	closed bool
+
+	// streamWindow is the initial stream window granted to clusters
+	// (how far one answer runs ahead of the response budget), and
+	// streamUpdate how much of it is consumed before it is returned.
+	streamWindow, streamUpdate int
 }
 
 // upool is the connections to one cluster.
@@ -55,21 +60,53 @@ type upool struct {
 
 const maxConnsPerCluster = 8
 
-func newRelayUpstream(s *Server, opts *Options) *relayUpstream {
-	ka := opts.BackendKeepalive
-	if ka.Time <= 0 {
-		ka = DefaultBackendKeepalive
+// PoolOptions configure a Pool.
+type PoolOptions struct {
+	// Dial opens a connection to a cluster; nil: TCP to the URI's
+	// address.
+	Dial func(ctx context.Context, c *topology.Cluster) (net.Conn, error)
+	// Creds returns a cluster's TLS credentials (nil: plaintext).
+	Creds func(c *topology.Cluster) credentials.TransportCredentials
+	// MaxMessageSize bounds a response message.
+	MaxMessageSize int
+	// Keepalive pings a connection when it was quiet for Time and closes
+	// it when nothing arrives within Timeout after. Zero Time:
+	// DefaultKeepalive; zero Timeout: DefaultKeepalive's.
+	Keepalive keepalive.ClientParameters
+	Logger    *slog.Logger
+	// StreamWindow is the initial stream window granted to clusters
+	// (SETTINGS_INITIAL_WINDOW_SIZE): how far one answer runs ahead of
+	// the response budget (Limits.BackendStreamWindow). 0: its default.
+	StreamWindow int
+}
+
+// DefaultKeepalive is a Pool's keepalive unless PoolOptions say
+// otherwise; Milvus permits pings every 5 s, with or without calls.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
+// NewPool returns a Pool; it dials on first use. Close closes it.
+func NewPool(o PoolOptions) *Pool {
+	if o.Keepalive.Time <= 0 {
+		o.Keepalive = DefaultKeepalive
 	}
-	if ka.Timeout <= 0 {
-		ka.Timeout = DefaultBackendKeepalive.Timeout
+	if o.Keepalive.Timeout <= 0 {
+		o.Keepalive.Timeout = DefaultKeepalive.Timeout
 	}
-	return &relayUpstream{s: s, dialFn: opts.DialBackend, creds: opts.BackendCreds, maxMsg: opts.MaxMessageSize,
-		ka: ka, log: s.log, pools: map[string]*upool{}, kaTime: map[string]time.Duration{}}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	win := min(max(o.StreamWindow, http2DefaultWindow), maxWindow)
+	if o.StreamWindow <= 0 {
+		win = DefaultLimits.BackendStreamWindow
+	}
+	return &Pool{dialFn: o.Dial, creds: o.Creds, maxMsg: o.MaxMessageSize,
+		ka: o.Keepalive, log: o.Logger, pools: map[string]*upool{}, kaTime: map[string]time.Duration{},
+		streamWindow: win, streamUpdate: max(win/4, 1)}
 }
 
 // conn returns a connection to cl with room for one more stream, dialing
 // one if needed.
-func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+func (r *Pool) conn(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
 	for {
 		r.mu.Lock()
 		if r.closed {
@@ -149,7 +186,7 @@ func (r *relayUpstream) conn(ctx context.Context, cl *topology.Cluster) (*uconn,
 
 // connNow returns a live connection to cl with room for a stream, or nil
 // when getting one would mean dialing.
-func (r *relayUpstream) connNow(cl *topology.Cluster) *uconn {
+func (r *Pool) connNow(cl *topology.Cluster) *uconn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p := r.pools[cl.ID]
@@ -178,7 +215,7 @@ func splitURI(uri string) (addr string, tls bool) {
 	return strings.TrimSuffix(uri, "/"), false
 }
 
-func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
+func (r *Pool) dial(ctx context.Context, cl *topology.Cluster) (*uconn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	addr, useTLS := splitURI(cl.URI)
@@ -221,7 +258,9 @@ func (r *relayUpstream) dial(ctx context.Context, cl *topology.Cluster) (*uconn,
 	return u, nil
 }
 
-func (r *relayUpstream) close() {
+// Close fails every connection and every call on them; the Pool dials no
+// more.
+func (r *Pool) Close() {
 	r.mu.Lock()
 	r.closed = true
 	pools := r.pools
@@ -236,7 +275,7 @@ func (r *relayUpstream) close() {
 
 // uconn is one HTTP/2 connection to a cluster.
 type uconn struct {
-	r         *relayUpstream
+	r         *Pool
 	cluster   string
 	authority string
 	scheme    string
@@ -264,13 +303,13 @@ type uconn struct {
 	fixed         [6]hpack.HeaderField
 }
 
-func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) *uconn {
+func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
 		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1, done: make(chan struct{})}
 	bw := bufio.NewWriterSize(nc, 32<<10)
 	u.br = bufio.NewReaderSize(nc, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
-	u.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	u.fr.SetMaxReadFrameSize(MaxFrameSize)
 	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
 	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
 	u.w.init(bw, u.fr)
@@ -286,7 +325,7 @@ func newUconn(r *relayUpstream, cluster, authority, scheme string, nc net.Conn) 
 func (u *uconn) start() error {
 	u.w.lock()
 	_, _ = io.WriteString(u.w.bw, http2.ClientPreface)
-	u.w.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	u.w.writeSettings(uint32(u.r.streamWindow), http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	err := u.w.err
 	u.w.unlock()
 	if err != nil {
@@ -306,7 +345,7 @@ var keepalivePing = [8]byte{'m', 'h', 'p', 'k', 'a', 'l', 'v', 'e'}
 // the timeout after the ping: any frame proves the peer alive, as in
 // grpc-go.
 func (u *uconn) keepalive() {
-	t := time.NewTimer(u.r.keepaliveTime(u.cluster))
+	t := time.NewTimer(u.r.KeepaliveTime(u.cluster))
 	defer t.Stop()
 	for {
 		select {
@@ -315,7 +354,7 @@ func (u *uconn) keepalive() {
 		case <-t.C:
 		}
 		if u.activity.Swap(false) {
-			t.Reset(u.r.keepaliveTime(u.cluster))
+			t.Reset(u.r.KeepaliveTime(u.cluster))
 			continue
 		}
 		if !u.r.ka.PermitWithoutStream {
@@ -323,7 +362,7 @@ func (u *uconn) keepalive() {
 			idle := len(u.streams) == 0
 			u.mu.Unlock()
 			if idle {
-				t.Reset(u.r.keepaliveTime(u.cluster))
+				t.Reset(u.r.KeepaliveTime(u.cluster))
 				continue
 			}
 		}
@@ -335,7 +374,7 @@ func (u *uconn) keepalive() {
 		// Wait for any frame up to the timeout, looking every period
 		// (as grpc-go), so that a quick answer puts us back on the
 		// period rather than after the whole timeout.
-		period := u.r.keepaliveTime(u.cluster)
+		period := u.r.KeepaliveTime(u.cluster)
 		alive := false
 		for left := u.r.ka.Timeout; left > 0 && !alive; left -= period {
 			t.Reset(min(period, left))
@@ -354,8 +393,10 @@ func (u *uconn) keepalive() {
 	}
 }
 
-// keepaliveTime is the keepalive period for a cluster's connections.
-func (r *relayUpstream) keepaliveTime(cluster string) time.Duration {
+// KeepaliveTime is the keepalive period for a cluster's connections: the
+// configured one, doubled each time the cluster answered GOAWAY
+// too_many_pings.
+func (r *Pool) KeepaliveTime(cluster string) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if d, ok := r.kaTime[cluster]; ok {
@@ -366,7 +407,7 @@ func (r *relayUpstream) keepaliveTime(cluster string) time.Duration {
 
 // tooManyPings halves the keepalive pings to a cluster that complained,
 // as grpc-go's client does.
-func (r *relayUpstream) tooManyPings(cluster string) {
+func (r *Pool) tooManyPings(cluster string) {
 	r.mu.Lock()
 	d, ok := r.kaTime[cluster]
 	if !ok {
@@ -408,6 +449,7 @@ func (us *ustream) sendFlow() *streamFlow { return &us.sf }
 // ustream is one call in flight on a uconn.
 type ustream struct {
 	id   uint32
+	u    *uconn
 	sf   streamFlow
 	done chan struct{}
 	// onDone, when set, replaces done: it runs where the stream ends (on
@@ -423,9 +465,19 @@ type ustream struct {
 	body       []byte // the response message, once its length is known
 	bodyBuf    *[]byte
 	want       int // its length
-	recv       int // stream DATA not yet returned as window
 	err        error
 	refused    bool // never processed by the server: safe to resend
+
+	// unreturned is stream DATA received and not yet returned as window
+	// (the reader adds; whoever returns it, the reader or a resume of
+	// the response budget, takes it all).
+	unreturned atomic.Int64
+	// acct, when set, is the client call the answer is charged to; the
+	// rest is guarded by acct.b.mu.
+	acct       *respAcct
+	registered bool  // one of the connection budget's receiving streams
+	held       bool  // its window is withheld
+	partial    int64 // bytes charged while receiving
 }
 
 var errRefused = errors.New("refused by the server before processing")
@@ -441,27 +493,39 @@ func (e *refusedError) GRPCStatus() *gstatus.Status {
 	return gstatus.New(codes.Unavailable, e.Error())
 }
 
-// roundTrip implements upstream. A stream the cluster refused before
-// processing it (REFUSED_STREAM, or past a GOAWAY's last stream id) is
-// sent again on a fresh stream, once, as grpc-go's transparent retry does.
-func (r *relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ bool) (*frame, bool, error) {
-	resp, sent, err, refused := r.roundTripOnce(c, cl, req)
-	if refused && c.ctx.Err() == nil {
-		resp, sent, err, _ = r.roundTripOnce(c, cl, req)
+// Request is what a unary call sends a cluster besides its message.
+type Request struct {
+	Ctx     context.Context     // the call's cancellation and deadline (sent as grpc-timeout)
+	Path    string              // the method's :path
+	Forward []hpack.HeaderField // the client's metadata that goes on
+	// acct, from Call.Request, charges the answer to the client call's
+	// response budget.
+	acct *respAcct
+}
+
+// RoundTrip sends req to cl and waits for the answer: the response, or
+// the error and whether the request may have been processed (sent). A
+// stream the cluster refused before processing it (REFUSED_STREAM, or
+// past a GOAWAY's last stream id) is sent again on a fresh stream, once,
+// as grpc-go's transparent retry does.
+func (r *Pool) RoundTrip(c Request, cl *topology.Cluster, req *rawmsg.Msg) (resp *rawmsg.Msg, sent bool, err error) {
+	resp, sent, err, refused := r.roundTripOnce(&c, cl, req)
+	if refused && c.Ctx.Err() == nil {
+		resp, sent, err, _ = r.roundTripOnce(&c, cl, req)
 	}
 	return resp, sent, err
 }
 
-func (r *relayUpstream) roundTripOnce(c *call, cl *topology.Cluster, req *frame) (_ *frame, sent bool, _ error, refused bool) {
+func (r *Pool) roundTripOnce(c *Request, cl *topology.Cluster, req *rawmsg.Msg) (_ *rawmsg.Msg, sent bool, _ error, refused bool) {
 	resp, sent, err := r.roundTripStream(c, cl, req)
 	return resp, sent, err, !sent && err != nil && errors.Is(err, errRefused)
 }
 
-func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *frame) (*frame, bool, error) {
-	u, err := r.conn(c.ctx, cl)
+func (r *Pool) roundTripStream(c *Request, cl *topology.Cluster, req *rawmsg.Msg) (*rawmsg.Msg, bool, error) {
+	u, err := r.conn(c.Ctx, cl)
 	if err != nil {
-		if c.ctx.Err() != nil {
-			return nil, false, gstatus.FromContextError(c.ctx.Err()).Err()
+		if c.Ctx.Err() != nil {
+			return nil, false, gstatus.FromContextError(c.Ctx.Err()).Err()
 		}
 		return nil, false, gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: %v", err)
 	}
@@ -478,9 +542,9 @@ func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *fram
 	} else {
 		select {
 		case <-us.done:
-		case <-c.ctx.Done():
+		case <-c.Ctx.Done():
 			if u.abort(us.id, http2.ErrCodeCancel, errStreamReset) {
-				return nil, true, gstatus.FromContextError(c.ctx.Err()).Err()
+				return nil, true, gstatus.FromContextError(c.Ctx.Err()).Err()
 			}
 			<-us.done
 		}
@@ -490,7 +554,7 @@ func (r *relayUpstream) roundTripStream(c *call, cl *topology.Cluster, req *fram
 
 // result is a finished stream's outcome: the response, or the error and
 // whether the request may have been processed.
-func (us *ustream) result(cluster string) (*frame, bool, error) {
+func (us *ustream) result(cluster string) (*rawmsg.Msg, bool, error) {
 	if us.refused {
 		return nil, false, &refusedError{cluster: cluster}
 	}
@@ -502,9 +566,9 @@ func (us *ustream) result(cluster string) (*frame, bool, error) {
 		us.freeBody()
 		return nil, true, err
 	}
-	resp := &frame{give: true, hdr: us.hdr, trl: us.trailers}
+	resp := &rawmsg.Msg{Give: true, Hdr: us.hdr, Trl: us.trailers}
 	*us.bodyBuf = us.body
-	resp.data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
+	resp.Data = mem.BufferSlice{mem.NewBuffer(us.bodyBuf, mem.DefaultBufferPool())}
 	us.bodyBuf, us.body = nil, nil
 	return resp, true, nil
 }
@@ -514,27 +578,27 @@ var errWouldBlock = errors.New("milvus-ha-proxy: would block")
 // send opens the stream and writes the request, waiting for flow-control
 // credit if it must. written reports whether any frame of it was handed to
 // the connection.
-func (u *uconn) send(c *call, us *ustream, req *frame) (written bool, err error) {
+func (u *uconn) send(c *Request, us *ustream, req *rawmsg.Msg) (written bool, err error) {
 	return u.open(c, us, req, nil)
 }
 
 // open opens the stream and writes the request. With fl set it never
 // waits: a request the windows do not admit at once is not sent
 // (errWouldBlock, nothing written), and the flush is left to fl.
-func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written bool, err error) {
+func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (written bool, err error) {
 	var parts [5][]byte
 	n := 0
-	for _, b := range req.data {
+	for _, b := range req.Data {
 		if n < len(parts)-1 {
 			parts[n] = b.ReadOnlyData()
 			n++
 		}
 	}
-	if len(req.data) > len(parts)-1 {
-		parts[0], n = req.data.Materialize(), 1
+	if len(req.Data) > len(parts)-1 {
+		parts[0], n = req.Data.Materialize(), 1
 	}
-	if len(req.tail) > 0 {
-		parts[n] = req.tail
+	if len(req.Tail) > 0 {
+		parts[n] = req.Tail
 		n++
 	}
 	size := 5
@@ -554,6 +618,7 @@ func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written b
 		return false, err
 	}
 	us.id = u.nextID
+	us.u = u
 	u.nextID += 2
 	u.streams[us.id] = us
 	u.flow.mu.Lock()
@@ -571,17 +636,21 @@ func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written b
 		u.w.unlock()
 		return false, errWouldBlock
 	}
+	if c.acct != nil && c.acct.b != nil {
+		// Before the HEADERS: its DATA is charged from the first frame.
+		c.acct.register(us)
+	}
 	u.mu.Unlock()
 
 	var extra [2]hpack.HeaderField
 	ne := 0
-	if dl, ok := c.ctx.Deadline(); ok {
+	if dl, ok := c.Ctx.Deadline(); ok {
 		extra[ne] = hpack.HeaderField{Name: "grpc-timeout", Value: encodeGRPCTimeout(time.Until(dl))}
 		ne++
 	}
 	fixed := u.fixed
-	fixed[2].Value = c.m.full
-	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.fwd)
+	fixed[2].Value = c.Path
+	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.Forward)
 	if u.w.err != nil {
 		err := u.w.err
 		u.w.unlock()
@@ -604,7 +673,7 @@ func (u *uconn) open(c *call, us *ustream, req *frame, fl *flushList) (written b
 		return true, err
 	}
 	u.w.unlock()
-	return true, sendMessage(c.ctx, &u.w, &u.flow, &us.sf, us.id, true, parts[:n]...)
+	return true, sendMessage(c.Ctx, &u.w, &u.flow, &us.sf, us.id, true, parts[:n]...)
 }
 
 // abort ends stream id with err and resets it on the wire. It reports
@@ -639,6 +708,7 @@ func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 	if set != nil {
 		set(us)
 	}
+	us.unregister()
 	u.flow.resetStream(&us.sf)
 	us.complete(fl)
 	if idle {
@@ -672,6 +742,7 @@ func (u *uconn) fail(err error, fl *flushList) {
 	_ = u.nc.Close()
 	for _, us := range streams {
 		us.err = gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: connection to cluster %s lost: %v", u.cluster, err)
+		us.unregister()
 		us.complete(fl)
 	}
 }
@@ -821,16 +892,37 @@ func (u *uconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 	u.finishFL(id, nil, &u.fl)
 }
 
+// returnWindow returns what us received and was not given back as
+// window, when us is still open (a resume of the response budget).
+func (u *uconn) returnWindow(us *ustream) {
+	u.mu.Lock()
+	open := u.streams[us.id] == us
+	u.mu.Unlock()
+	if !open {
+		return
+	}
+	if n := int(us.unreturned.Swap(0)); n > 0 {
+		u.w.writeWindowUpdates(us.id, 0, n, nil)
+	}
+}
+
 func (u *uconn) onData(f *http2.DataFrame) {
 	n := int(f.Header().Length)
 	us, sendConn := recvData(&u.mu, &u.streams, &u.recvConn, f.StreamID, n)
 	sendStream := 0
 	var err error
 	if us != nil {
-		err = us.appendData(f.Data(), u.r.maxMsg)
-		us.recv += n
-		if !f.StreamEnded() && us.recv >= relayStreamUpdate {
-			sendStream, us.recv = us.recv, 0
+		err = us.appendData(f.Data(), u.r.maxMsg, u.r.streamWindow)
+		if us.acct != nil && n > 0 {
+			us.charge(n)
+		}
+		// The stream's window is returned only while the response
+		// budget admits more (else the cluster stops sending this
+		// stream until a resume returns it); the connection's window
+		// above always is: other calls share it.
+		if !f.StreamEnded() && us.unreturned.Add(int64(n)) >= int64(u.r.streamUpdate) &&
+			(us.acct == nil || us.grant()) {
+			sendStream = int(us.unreturned.Swap(0))
 		}
 	}
 	u.w.writeWindowUpdates(f.StreamID, sendConn, sendStream, &u.fl)
@@ -848,9 +940,11 @@ func (u *uconn) onData(f *http2.DataFrame) {
 	}
 }
 
-// appendData adds DATA to the response message, allocating it from the
-// pool once the 5-byte prefix gives its length.
-func (us *ustream) appendData(p []byte, maxMsg int) error {
+// appendData adds DATA to the response message. Its buffer comes from the
+// pool once the 5-byte prefix gives its length, at most window bytes at
+// first, and grows as bytes arrive: a stream held by the response budget
+// holds only what it received.
+func (us *ustream) appendData(p []byte, maxMsg, window int) error {
 	for len(p) > 0 {
 		if us.nprefix < 5 {
 			k := copy(us.prefix[us.nprefix:], p)
@@ -869,7 +963,7 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 			if size > maxMsg {
 				return gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: response of %d bytes exceeds the limit of %d", size, maxMsg)
 			}
-			us.bodyBuf = mem.DefaultBufferPool().Get(size)
+			us.bodyBuf = mem.DefaultBufferPool().Get(min(size, max(window, 64<<10)))
 			us.body, us.want = (*us.bodyBuf)[:0], size
 			continue
 		}
@@ -879,10 +973,23 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 			us.nprefix = 0
 			continue
 		}
+		if len(us.body)+k > cap(us.body) {
+			us.grow(len(us.body) + k)
+		}
 		us.body = append(us.body, p[:k]...)
 		p = p[k:]
 	}
 	return nil
+}
+
+// grow moves the body to a pooled buffer of at least n bytes (doubling,
+// up to the message's length).
+func (us *ustream) grow(n int) {
+	size := min(max(n, 2*cap(us.body)), us.want)
+	nb := mem.DefaultBufferPool().Get(size)
+	body := append((*nb)[:0], us.body...)
+	mem.DefaultBufferPool().Put(us.bodyBuf)
+	us.bodyBuf, us.body = nb, body
 }
 
 func (us *ustream) freeBody() {

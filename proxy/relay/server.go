@@ -1,4 +1,4 @@
-package proxy
+package relay
 
 import (
 	"bufio"
@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"runtime"
@@ -17,11 +18,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
@@ -30,9 +32,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// RelayLimits bound what one client connection of the relay engine may
-// hold or do. Zero fields take DefaultRelayLimits' values.
-type RelayLimits struct {
+// Limits bound what one client connection of the relay engine may
+// hold or do. Zero fields take DefaultLimits' values.
+type Limits struct {
 	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS granted
 	// to each client connection; a stream past it is refused
 	// (REFUSED_STREAM).
@@ -55,6 +57,19 @@ type RelayLimits struct {
 	// ConnOutputBuffer is how far a client connection's writer may fall
 	// behind before answers to it wait (it is closed at 4x + 4 MiB).
 	ConnOutputBuffer int
+	// ConnResponseBuffer bounds the bytes of backend answers one client
+	// connection may have the proxy hold (received and not yet written
+	// to its socket, its queued output included), and ResponseBuffer the
+	// same for all connections together. Past either, the relay stops
+	// returning flow-control window to the clusters for that
+	// connection's calls (back-pressure) until the client reads; other
+	// clients' calls on the same backend connections keep flowing. Each
+	// call may run ahead of them by BackendStreamWindow, the initial
+	// stream window granted to clusters (PoolOptions.StreamWindow), and
+	// one answer larger than the budget is still received whole.
+	ConnResponseBuffer  int
+	ResponseBuffer      int64
+	BackendStreamWindow int
 	// PingMinTime and PingWithoutCalls are the keepalive enforcement
 	// policy (grpc-go's keepalive.EnforcementPolicy): a client that
 	// pings more often than PingMinTime (or, unless PingWithoutCalls,
@@ -71,23 +86,26 @@ type RelayLimits struct {
 	ControlFramesPerSecond int
 }
 
-// DefaultRelayLimits are the relay's limits when Options.RelayLimits
+// DefaultLimits are the relay's limits when Options.Limits
 // leaves a field zero.
-var DefaultRelayLimits = RelayLimits{
+var DefaultLimits = Limits{
 	MaxConcurrentStreams:   1024,
 	MaxHeaderListSize:      defaultMaxHeaderList,
 	HandshakeTimeout:       10 * time.Second,
 	IdleTimeout:            2 * time.Minute,
 	WriteTimeout:           30 * time.Second,
 	ConnOutputBuffer:       4 << 20,
+	ConnResponseBuffer:     16 << 20,
+	ResponseBuffer:         256 << 20,
+	BackendStreamWindow:    256 << 10,
 	PingMinTime:            5 * time.Second,
 	ResetsPerSecond:        100,
 	ControlFramesPerSecond: 100,
 }
 
-// withDefaults fills zero fields from DefaultRelayLimits.
-func (l RelayLimits) withDefaults() RelayLimits {
-	d := DefaultRelayLimits
+// WithDefaults fills zero fields from DefaultLimits.
+func (l Limits) WithDefaults() Limits {
+	d := DefaultLimits
 	if l.MaxConcurrentStreams == 0 {
 		l.MaxConcurrentStreams = d.MaxConcurrentStreams
 	}
@@ -106,6 +124,18 @@ func (l RelayLimits) withDefaults() RelayLimits {
 	if l.ConnOutputBuffer <= 0 {
 		l.ConnOutputBuffer = d.ConnOutputBuffer
 	}
+	if l.ConnResponseBuffer <= 0 {
+		l.ConnResponseBuffer = d.ConnResponseBuffer
+	}
+	if l.ResponseBuffer <= 0 {
+		l.ResponseBuffer = d.ResponseBuffer
+	}
+	if l.BackendStreamWindow <= 0 {
+		l.BackendStreamWindow = d.BackendStreamWindow
+	}
+	// A window is at most 2^31-1 (RFC 9113 section 6.9.1), and HTTP/2
+	// starts every stream at 65535.
+	l.BackendStreamWindow = min(max(l.BackendStreamWindow, http2DefaultWindow), maxWindow)
 	if l.PingMinTime <= 0 {
 		l.PingMinTime = d.PingMinTime
 	}
@@ -122,16 +152,27 @@ func (l RelayLimits) withDefaults() RelayLimits {
 	return l
 }
 
-// relayServer is the client-facing half of the relay engine.
-type relayServer struct {
-	s        *Server
-	lim      RelayLimits
-	work     chan *dstream
+// Server is the client-facing half of the relay engine: it accepts client
+// connections and hands their calls to a Handler.
+type Server struct {
+	h        Handler
+	lim      Limits
+	maxMsg   int
+	log      *slog.Logger
+	creds    credentials.TransportCredentials
+	hook     CallHook
+	obs      Observer
+	service  string
+	methods  map[string]int // :path -> index in ServerOptions.Methods
+	paths    []string       // by method index
+	streamed []bool         // by method index: a streaming method
+	work     chan *Call
 	stopW    chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup // workers
 	active   inflight       // streams being handled
 	connWG   sync.WaitGroup // client connections being served
+	budget   *respBudget    // the process-wide response budget
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -139,9 +180,22 @@ type relayServer struct {
 	draining  bool
 }
 
-func newRelayServer(s *Server, lim RelayLimits) *relayServer {
-	r := &relayServer{s: s, lim: lim.withDefaults(), work: make(chan *dstream), stopW: make(chan struct{}),
+// NewServer starts the server's workers; nothing listens until Serve.
+// Shutdown stops the workers.
+func NewServer(o ServerOptions) *Server {
+	r := &Server{h: o.Handler, lim: o.Limits.WithDefaults(), maxMsg: o.MaxMessageSize, log: o.Logger,
+		creds: o.Creds, hook: o.CallHook, obs: o.Observer, service: o.Service,
+		methods: make(map[string]int, len(o.Methods)), paths: make([]string, len(o.Methods)), streamed: make([]bool, len(o.Methods)),
+		work: make(chan *Call), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
+	r.budget = newRespBudget(r.lim.ResponseBuffer, func(ev Event) { r.event(ev, "") })
+	for i, m := range o.Methods {
+		r.methods[m.Path] = i
+		r.paths[i], r.streamed[i] = m.Path, m.Stream
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
 	// Workers block on backend round trips, so there are many: enough
 	// that new goroutines (whose stacks grow on every call) are rare.
 	n := max(64, 16*runtime.GOMAXPROCS(0))
@@ -154,7 +208,7 @@ func newRelayServer(s *Server, lim RelayLimits) *relayServer {
 
 // worker runs unary calls. Long-lived workers keep their grown stacks; when
 // all are busy, dispatch starts a goroutine instead of queueing.
-func (r *relayServer) worker() {
+func (r *Server) worker() {
 	defer r.wg.Done()
 	for {
 		select {
@@ -166,7 +220,7 @@ func (r *relayServer) worker() {
 	}
 }
 
-func (r *relayServer) dispatch(st *dstream) {
+func (r *Server) dispatch(st *Call) {
 	select {
 	case r.work <- st:
 	default:
@@ -174,7 +228,9 @@ func (r *relayServer) dispatch(st *dstream) {
 	}
 }
 
-func (r *relayServer) serve(lis net.Listener) error {
+// Serve accepts connections on lis until Shutdown; it returns nil after a
+// Shutdown, and grpc.ErrServerStopped if Shutdown came first.
+func (r *Server) Serve(lis net.Listener) error {
 	r.mu.Lock()
 	if r.draining {
 		r.mu.Unlock()
@@ -200,7 +256,7 @@ func (r *relayServer) serve(lis net.Listener) error {
 			// passes: wait and accept again, as net/http does,
 			// rather than stop serving everyone.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			r.s.log.Warn("proxy: accept failed; retrying", "err", err, "delay", delay)
+			r.log.Warn("proxy: accept failed; retrying", "err", err, "delay", delay)
 			time.Sleep(delay)
 			continue
 		}
@@ -209,12 +265,12 @@ func (r *relayServer) serve(lis net.Listener) error {
 	}
 }
 
-func (r *relayServer) handshake(nc net.Conn) {
-	if creds := r.s.creds; creds != nil {
+func (r *Server) handshake(nc net.Conn) {
+	if creds := r.creds; creds != nil {
 		_ = nc.SetDeadline(time.Now().Add(r.lim.HandshakeTimeout))
 		c, _, err := creds.ServerHandshake(nc)
 		if err != nil {
-			r.s.log.Debug("proxy: TLS handshake failed", "remote", nc.RemoteAddr(), "err", err)
+			r.log.Debug("proxy: TLS handshake failed", "remote", nc.RemoteAddr(), "err", err)
 			nc.Close()
 			return
 		}
@@ -242,9 +298,17 @@ func (r *relayServer) handshake(nc net.Conn) {
 	r.mu.Unlock()
 }
 
-// shutdown stops accepting, tells every client to go away, waits for the
-// calls in flight until ctx ends, then closes everything.
-func (r *relayServer) shutdown(ctx context.Context) error {
+// Conns is the number of client connections being served.
+func (r *Server) Conns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
+// Shutdown stops accepting, tells every client to go away, waits for the
+// calls in flight until ctx ends, then closes everything. It returns
+// ctx.Err() when it had to cut calls.
+func (r *Server) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.draining = true
 	for lis := range r.listeners {
@@ -304,8 +368,7 @@ func (r *relayServer) shutdown(ctx context.Context) error {
 
 // dconn is one client connection.
 type dconn struct {
-	r      *relayServer
-	s      *Server
+	r      *Server
 	nc     net.Conn
 	remote string
 	br     *bufio.Reader
@@ -314,6 +377,7 @@ type dconn struct {
 	hr     *headerReader
 	w      h2writer
 	out    *connOut // the writer goroutine's side of w
+	budget *connBudget
 	flow   flow
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -322,7 +386,7 @@ type dconn struct {
 	readerDone chan struct{}
 
 	mu         sync.Mutex
-	streams    map[uint32]*dstream
+	streams    map[uint32]*Call
 	maxID      uint32        // highest stream id the client opened
 	draining   bool          // first GOAWAY phase sent (streams still accepted)
 	goneAwayCh chan struct{} // closed when the second phase is sent
@@ -340,7 +404,7 @@ type dconn struct {
 
 	// rejects are answers to non-gRPC requests waiting for window
 	// credit (reader goroutine only).
-	rejects []*dstream
+	rejects []*Call
 
 	// The reader goroutine's abuse accounting.
 	resetBudget, ctrlBudget rateBudget
@@ -348,25 +412,27 @@ type dconn struct {
 	pingStrikes             int
 }
 
-func newDconn(r *relayServer, nc net.Conn) *dconn {
-	d := &dconn{r: r, s: r.s, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{},
+func newDconn(r *Server, nc net.Conn) *dconn {
+	d := &dconn{r: r, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*Call{},
 		readerDone: make(chan struct{})}
 	d.br = bufio.NewReaderSize(nc, 32<<10)
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
+	d.budget = newConnBudget(r.budget, int64(lim.ConnResponseBuffer), d.out)
+	d.out.resp = d.budget
 	d.out.fail = func(err error) {
 		var ne net.Error
 		switch {
 		case errors.Is(err, errOutputOverflow):
-			d.s.relayEvent(RelayConnClosed, "output_overflow")
+			d.r.event(EventConnClosed, "output_overflow")
 		case errors.As(err, &ne) && ne.Timeout():
-			d.s.relayEvent(RelayConnClosed, "write_timeout")
+			d.r.event(EventConnClosed, "write_timeout")
 		}
-		d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "err", err)
+		d.r.log.Debug("proxy: closing a client connection", "remote", d.remote, "err", err)
 		d.close(err)
 	}
 	d.fr = http2.NewFramer(d.out, d.br)
-	d.fr.SetMaxReadFrameSize(relayMaxReadFrame)
+	d.fr.SetMaxReadFrameSize(MaxFrameSize)
 	// DATA frames are copied out (msgAssembler) before the next read:
 	// the framer may reuse one DataFrame.
 	d.fr.SetReuseFrames()
@@ -378,7 +444,7 @@ func newDconn(r *relayServer, nc net.Conn) *dconn {
 	return d
 }
 
-// dstream kinds.
+// Call kinds.
 const (
 	kindUnary = iota
 	kindStream
@@ -390,20 +456,21 @@ const (
 	kindReject
 )
 
-func (st *dstream) sendFlow() *streamFlow { return &st.sf }
+func (st *Call) sendFlow() *streamFlow { return &st.sf }
 
-// dstream is one client call.
-type dstream struct {
+// Call is one client call: the relay's state of a client stream. The
+// Handler sees it through its methods (relay.go).
+type Call struct {
 	d      *dconn
 	id     uint32
 	kind   int
-	m      *method
+	method int // index in ServerOptions.Methods (unary and stream kinds)
 	fwd    []hpack.HeaderField
 	mdDB   string
 	ident  string
-	gzip   bool // the client compresses its messages with gzip
-	ctx    context.Context
-	cancel context.CancelFunc
+	gzip   bool            // the client compresses its messages with gzip
+	ctx    context.Context // &cctx, or a context the hook derived from it
+	cctx   callCtx
 	sf     streamFlow
 
 	// Request assembly, by the reader goroutine.
@@ -425,6 +492,9 @@ type dstream struct {
 
 	// abortUp is the backend stream a fast-path call waits on.
 	abortUp atomic.Pointer[upRef]
+	// acct is the call's charge against the connection's response
+	// budget, released when the stream ends.
+	acct respAcct
 
 	// With Options.CallHook: what to call once the call's outcome is known.
 	// hooked is set before the stream is published and never changes;
@@ -437,7 +507,7 @@ type dstream struct {
 }
 
 // decide records the call's outcome (the first one stands), for the hook.
-func (st *dstream) decide(err error) {
+func (st *Call) decide(err error) {
 	if !st.hooked {
 		return
 	}
@@ -449,7 +519,7 @@ func (st *dstream) decide(err error) {
 }
 
 // endHook calls the hook's end function, once.
-func (st *dstream) endHook() {
+func (st *Call) endHook() {
 	if !st.hooked {
 		return
 	}
@@ -477,7 +547,7 @@ func (d *dconn) serve() {
 	}
 	_ = d.nc.SetReadDeadline(time.Time{})
 	d.w.lock()
-	d.w.writeSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: lim.MaxConcurrentStreams},
+	d.w.writeSettings(relayStreamWindow, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: lim.MaxConcurrentStreams},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeaderListSize)})
 	d.w.unlock()
 	idle := time.AfterFunc(lim.IdleTimeout, d.checkIdle)
@@ -517,8 +587,8 @@ func (d *dconn) serve() {
 		if err := d.onFrame(f); err != nil {
 			ce := connError{code: http2.ErrCodeProtocol, msg: err.Error()}
 			errors.As(err, &ce)
-			d.r.s.relayEvent(RelayConnClosed, ce.reason())
-			d.s.log.Debug("proxy: closing a client connection", "remote", d.remote, "code", ce.code, "err", ce.msg)
+			d.r.event(EventConnClosed, ce.reason())
+			d.r.log.Debug("proxy: closing a client connection", "remote", d.remote, "code", ce.code, "err", ce.msg)
 			d.goAwayNow(ce.code, ce.debug)
 			d.lingerRead()
 			return
@@ -577,7 +647,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		fields, complete, err := d.hr.read(f)
 		if err != nil {
 			if errors.Is(err, errHeaderBlock) {
-				d.r.s.relayEvent(RelayRefused, "header_block")
+				d.r.event(EventRefused, "header_block")
 				return calmError("header block too large or too slow")
 			}
 			return protocolError(http2.ErrCodeCompression, err.Error())
@@ -649,7 +719,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		// The call's context ends first, so that whoever judges the
 		// aborted backend stream sees a client's cancel, not a
 		// cluster's failure.
-		st.cancel()
+		st.cctx.cancel()
 		if up := st.abortUp.Load(); up != nil {
 			up.abort()
 		}
@@ -724,7 +794,7 @@ func (d *dconn) checkIdle() {
 	d.idleSeen = d.streamsSeen
 	d.mu.Unlock()
 	if idle {
-		d.r.s.relayEvent(RelayConnClosed, "idle")
+		d.r.event(EventConnClosed, "idle")
 		d.goAway()
 		return
 	}
@@ -737,8 +807,8 @@ func (d *dconn) checkIdle() {
 
 // abortStream resets a stream the client may still be using and ends its
 // call.
-func (d *dconn) abortStream(st *dstream, code http2.ErrCode) {
-	st.cancel()
+func (d *dconn) abortStream(st *Call, code http2.ErrCode) {
+	st.cctx.cancel()
 	if up := st.abortUp.Load(); up != nil {
 		up.abort()
 	}
@@ -763,7 +833,7 @@ func (d *dconn) maxStreamID() uint32 {
 	return d.maxID
 }
 
-func (d *dconn) stream(id uint32) *dstream {
+func (d *dconn) stream(id uint32) *Call {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.streams[id]
@@ -897,12 +967,12 @@ func (d *dconn) close(err error) {
 	}
 	d.closed = true
 	streams := d.streams
-	d.streams = map[uint32]*dstream{}
+	d.streams = map[uint32]*Call{}
 	d.mu.Unlock()
 	d.cancel()
 	d.flow.close()
 	for _, st := range streams {
-		st.cancel()
+		st.cctx.cancel()
 		// A fast-path call's backend stream ends with the client's
 		// connection: the cluster stops working (and sending) for a
 		// client that left, and the answer's memory goes with it.
@@ -953,7 +1023,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		// Trailers (gRPC clients send none): they must end the stream
 		// and carry no pseudo-header (RFC 9113 section 8.1).
 		if !ended || fields == nil || !checkTrailers(fields) {
-			d.r.s.relayEvent(RelayRefused, "malformed")
+			d.r.event(EventRefused, "malformed")
 			d.abortStream(st, http2.ErrCodeProtocol)
 			return nil
 		}
@@ -976,12 +1046,12 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	refuse := d.goneAway || d.closed || uint32(len(d.streams)) >= d.r.lim.MaxConcurrentStreams
 	d.mu.Unlock()
 	if refuse {
-		d.r.s.relayEvent(RelayRefused, "streams")
+		d.r.event(EventRefused, "streams")
 		d.resetStream(id, http2.ErrCodeRefusedStream)
 		return nil
 	}
 	if fields == nil {
-		d.r.s.relayEvent(RelayRefused, "header_list")
+		d.r.event(EventRefused, "header_list")
 		d.respondHeadersOnly(id, codes.ResourceExhausted, "milvus-ha-proxy: header list too large")
 		if !ended {
 			d.resetStream(id, http2.ErrCodeNo)
@@ -989,19 +1059,20 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		return nil
 	}
 	if selfDep {
-		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.r.event(EventRefused, "malformed")
 		d.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
 	switch verdict, msg := checkRequest(fields); verdict {
 	case headersMalformed:
-		d.r.s.relayEvent(RelayRefused, "malformed")
-		d.s.log.Debug("proxy: malformed request", "remote", d.remote, "stream", id, "problem", msg)
+		d.r.event(EventRefused, "malformed")
+		d.r.log.Debug("proxy: malformed request", "remote", d.remote, "stream", id, "problem", msg)
 		d.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	case headersBadMethod, headersBadContentType:
-		d.r.s.relayEvent(RelayRefused, "not_grpc")
-		st := &dstream{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
+		d.r.event(EventRefused, "not_grpc")
+		st := &Call{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
+		st.acct.b = d.budget
 		if verdict == headersBadContentType {
 			st.rejectStatus = "415"
 		}
@@ -1009,7 +1080,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			d.resetStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
+		st.cctx.init(d.ctx, 0, false)
+		st.ctx = &st.cctx
 		d.addStream(st)
 		if ended {
 			d.onClientEnd(st)
@@ -1017,9 +1089,10 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		return nil
 	}
 
-	st := &dstream{d: d, id: id, clen: -1}
+	st := &Call{d: d, id: id, clen: -1}
+	st.acct.b = d.budget
 	if !setContentLength(st, fields) {
-		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.r.event(EventRefused, "malformed")
 		d.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
@@ -1047,7 +1120,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		case "identifier":
 			st.ident = hf.Value
 		}
-		if forwardable(hf.Name) {
+		if Forwardable(hf.Name) {
 			fwd = append(fwd, hf)
 		}
 	}
@@ -1058,25 +1131,22 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	case healthWatchPath:
 		st.kind = kindHealthWatch
 	default:
-		m := d.s.byPath[path]
-		if m == nil {
+		m, ok := d.r.methods[path]
+		if !ok {
 			d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unknown method "+path)
 			if !ended {
 				d.resetStream(id, http2.ErrCodeNo)
 			}
 			return nil
 		}
-		st.m = m
-		if m.stream {
+		st.method = m
+		if d.r.streamed[m] {
 			st.kind = kindStream
 		}
 	}
-	if hasTimeout {
-		st.ctx, st.cancel = context.WithTimeout(d.ctx, timeout)
-	} else {
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
-	}
-	if hook := d.s.hook; hook != nil {
+	st.cctx.init(d.ctx, timeout, hasTimeout)
+	st.ctx = &st.cctx
+	if hook := d.r.hook; hook != nil {
 		// The hook sees (and may change) the metadata going on, as a
 		// grpc interceptor would; user-agent is kept as it came.
 		var keep []hpack.HeaderField
@@ -1103,7 +1173,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 
 // addStream registers a new stream with the send window the client's
 // SETTINGS give it.
-func (d *dconn) addStream(st *dstream) {
+func (d *dconn) addStream(st *Call) {
 	d.r.active.Add(1)
 	d.mu.Lock()
 	d.flow.mu.Lock()
@@ -1115,7 +1185,7 @@ func (d *dconn) addStream(st *dstream) {
 
 // setContentLength reads a request's content-length, if any; false: it
 // is not a number.
-func setContentLength(st *dstream, fields []hpack.HeaderField) bool {
+func setContentLength(st *Call, fields []hpack.HeaderField) bool {
 	for _, f := range fields {
 		if f.Name == "content-length" {
 			n, err := strconv.ParseUint(f.Value, 10, 62)
@@ -1132,7 +1202,7 @@ func setContentLength(st *dstream, fields []hpack.HeaderField) bool {
 // been read: the HTTP status with, as grpc-go's server, grpc-status
 // Internal, and the reason as a text body (sent when the client's windows
 // admit it, from this goroutine: it never waits).
-func (d *dconn) answerReject(st *dstream) {
+func (d *dconn) answerReject(st *Call) {
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, []hpack.HeaderField{{Name: ":status", Value: st.rejectStatus},
 		{Name: "content-type", Value: "text/plain; charset=utf-8"},
@@ -1205,7 +1275,7 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 	st.got += int64(len(f.Data())) // padding is not content
 	if st.clen >= 0 && st.got > st.clen {
 		d.w.writeWindowUpdates(0, sendConn, 0, &d.fl)
-		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.r.event(EventRefused, "malformed")
 		d.abortStream(st, http2.ErrCodeProtocol)
 		return nil
 	}
@@ -1218,10 +1288,10 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 		return nil
 	}
 	sendStream := 0
-	msgs, err := st.msg.append(f.Data(), d.s.maxMsg)
+	msgs, err := st.msg.append(f.Data(), d.r.maxMsg)
 	switch {
 	case err != nil:
-		d.r.s.relayEvent(RelayRefused, "message_size")
+		d.r.event(EventRefused, "message_size")
 		d.failStream(st, err)
 		st = nil
 	case st.in != nil:
@@ -1234,7 +1304,7 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 		// A unary call's second message: refused now, not buffered
 		// until the client ends the stream (grpc-go: "cardinality
 		// violation").
-		d.r.s.relayEvent(RelayRefused, "cardinality")
+		d.r.event(EventRefused, "cardinality")
 		d.failStream(st, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: a unary call takes exactly one request message; got a second"))
 		st = nil
 	default:
@@ -1251,14 +1321,14 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 }
 
 // onClientEnd runs when the client half-closes a stream.
-func (d *dconn) onClientEnd(st *dstream) {
+func (d *dconn) onClientEnd(st *Call) {
 	if st.ended {
 		return
 	}
 	st.ended = true
 	if st.clen >= 0 && st.got != st.clen {
 		// RFC 9113 section 8.1.1: malformed.
-		d.r.s.relayEvent(RelayRefused, "malformed")
+		d.r.event(EventRefused, "malformed")
 		d.abortStream(st, http2.ErrCodeProtocol)
 		return
 	}
@@ -1283,7 +1353,7 @@ func (d *dconn) resetStream(id uint32, code http2.ErrCode) {
 }
 
 // endStream forgets a stream: the client reset it, or its call is over.
-func (d *dconn) endStream(st *dstream) {
+func (d *dconn) endStream(st *Call) {
 	st.endHook()
 	d.mu.Lock()
 	_, open := d.streams[st.id]
@@ -1294,7 +1364,8 @@ func (d *dconn) endStream(st *dstream) {
 	}
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
-	st.cancel()
+	st.cctx.cancel()
+	st.acct.release()
 	d.flow.resetStream(&st.sf)
 	if st.in != nil {
 		st.in.close(errStreamReset)
@@ -1309,7 +1380,7 @@ func (d *dconn) endStream(st *dstream) {
 }
 
 // failStream answers a stream with an error before any worker has it.
-func (d *dconn) failStream(st *dstream, err error) {
+func (d *dconn) failStream(st *Call, err error) {
 	st.decide(err)
 	st.ended = true
 	st.queued = true // the answer below stands in for the worker
@@ -1353,15 +1424,15 @@ func itoa(n int) string {
 }
 
 // runUnary handles one unary call on a worker.
-func (d *dconn) runUnary(st *dstream) {
+func (d *dconn) runUnary(st *Call) {
 	defer d.r.active.Done()
 	defer d.endStream(st)
 	req, err := st.request()
 	if err != nil {
-		d.respondErr(st, nil, err)
+		d.respondErr(st, "", err)
 		return
 	}
-	defer req.free()
+	defer req.Free()
 	switch st.kind {
 	case kindHealthCheck:
 		d.healthCheck(st, req)
@@ -1370,22 +1441,21 @@ func (d *dconn) runUnary(st *dstream) {
 		d.healthWatch(st, req)
 		return
 	}
-	c := call{m: st.m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
-	resp, err := d.s.handle(&c, req)
+	resp, cluster, err := d.r.h.Unary(st, req)
 	if err != nil {
-		d.respondErr(st, &c, err)
+		d.respondErr(st, cluster, err)
 		return
 	}
-	d.respond(st, c.headerCluster(), resp)
-	resp.free()
+	d.respond(st, cluster, resp)
+	resp.Free()
 }
 
 // request returns the stream's single request message, decompressed.
-func (st *dstream) request() (*frame, error) {
+func (st *Call) request() (*rawmsg.Msg, error) {
 	msgs := st.msg.done
 	if len(msgs) != 1 || st.msg.partial() {
 		for _, m := range msgs {
-			m.free()
+			m.Free()
 		}
 		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: a unary call needs exactly one request message, got %d", len(msgs))
 	}
@@ -1394,11 +1464,11 @@ func (st *dstream) request() (*frame, error) {
 	return st.decompress(m)
 }
 
-func (st *dstream) decompress(m *frame) (*frame, error) {
-	if !m.compressed {
+func (st *Call) decompress(m *rawmsg.Msg) (*rawmsg.Msg, error) {
+	if !m.Compressed {
 		return m, nil
 	}
-	defer m.free()
+	defer m.Free()
 	if !st.gzip {
 		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: compressed message without grpc-encoding")
 	}
@@ -1406,23 +1476,23 @@ func (st *dstream) decompress(m *frame) (*frame, error) {
 	if comp == nil {
 		return nil, gstatus.Errorf(codes.Unimplemented, "milvus-ha-proxy: gzip not available")
 	}
-	r, err := comp.Decompress(bytes.NewReader(m.bytes()))
+	r, err := comp.Decompress(bytes.NewReader(m.Bytes()))
 	if err != nil {
 		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: gzip: %v", err)
 	}
-	b, err := io.ReadAll(io.LimitReader(r, int64(st.d.s.maxMsg)+1))
+	b, err := io.ReadAll(io.LimitReader(r, int64(st.d.r.maxMsg)+1))
 	if err != nil {
 		return nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: gzip: %v", err)
 	}
-	if len(b) > st.d.s.maxMsg {
-		return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message larger than %d bytes", st.d.s.maxMsg)
+	if len(b) > st.d.r.maxMsg {
+		return nil, gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: message larger than %d bytes", st.d.r.maxMsg)
 	}
-	return &frame{data: mem.BufferSlice{mem.SliceBuffer(b)}}, nil
+	return &rawmsg.Msg{Data: mem.BufferSlice{mem.SliceBuffer(b)}}, nil
 }
 
 // respond writes a successful unary response: headers, message, trailers,
 // in one write when the client's windows allow.
-func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
+func (d *dconn) respond(st *Call, cluster string, resp *rawmsg.Msg) {
 	st.decide(nil)
 	if st.ctx.Err() != nil {
 		return // reset by the client
@@ -1432,20 +1502,20 @@ func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
 	var parts [4][]byte
 	n := 0
 	size := 5
-	for _, b := range resp.data {
+	for _, b := range resp.Data {
 		if n < len(parts)-1 {
 			parts[n] = b.ReadOnlyData()
 			size += len(parts[n])
 			n++
 		}
 	}
-	if len(resp.data) > len(parts)-1 {
-		parts[0], n = resp.data.Materialize(), 1
+	if len(resp.Data) > len(parts)-1 {
+		parts[0], n = resp.Data.Materialize(), 1
 		size = 5 + len(parts[0])
 	}
-	if len(resp.tail) > 0 {
-		parts[n] = resp.tail
-		size += len(resp.tail)
+	if len(resp.Tail) > 0 {
+		parts[n] = resp.Tail
+		size += len(resp.Tail)
 		n++
 	}
 	if d.flow.tryTake(&st.sf, size) {
@@ -1478,12 +1548,12 @@ func (d *dconn) respond(st *dstream, cluster string, resp *frame) {
 // respondNow writes a successful response if the client's windows admit it
 // at once, leaving the flush to fl; it reports false (nothing written)
 // otherwise.
-func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushList) bool {
+func (d *dconn) respondNow(st *Call, cluster string, resp *rawmsg.Msg, fl *flushList) bool {
 	if st.ctx.Err() != nil {
 		st.decide(nil)
 		return true // reset by the client: nothing to write
 	}
-	size := 5 + resp.len()
+	size := 5 + resp.Len()
 	if !d.flow.tryTake(&st.sf, size) {
 		return false
 	}
@@ -1494,13 +1564,13 @@ func (d *dconn) respondNow(st *dstream, cluster string, resp *frame, fl *flushLi
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, hdr)
 	d.w.writeData(st.id, false, prefix[:])
-	for _, b := range resp.data {
+	for _, b := range resp.Data {
 		if p := b.ReadOnlyData(); len(p) > 0 {
 			d.w.writeData(st.id, false, p)
 		}
 	}
-	if len(resp.tail) > 0 {
-		d.w.writeData(st.id, false, resp.tail)
+	if len(resp.Tail) > 0 {
+		d.w.writeData(st.id, false, resp.Tail)
 	}
 	d.w.writeHeaders(st.id, true, trl)
 	d.w.unlockDefer(fl)
@@ -1513,13 +1583,13 @@ var trailersOK = []hpack.HeaderField{hdrGRPCStatus0}
 // responseHeaders builds a successful response's headers in buf (status,
 // content type, the backend's passable headers, the serving cluster when
 // known) and picks its trailers: the backend's, or a bare OK.
-func responseHeaders(buf *[8]hpack.HeaderField, cluster string, resp *frame) (hdr, trl []hpack.HeaderField) {
+func responseHeaders(buf *[8]hpack.HeaderField, cluster string, resp *rawmsg.Msg) (hdr, trl []hpack.HeaderField) {
 	hdr = append(buf[:0], hdrStatus200, hdrContentType)
-	hdr = appendPassHeaders(hdr, resp.hdr)
+	hdr = appendPassHeaders(hdr, resp.Hdr)
 	if cluster != "" {
 		hdr = append(hdr, hpack.HeaderField{Name: HeaderCluster, Value: cluster})
 	}
-	trl = resp.trl
+	trl = resp.Trl
 	if len(trl) == 0 {
 		trl = trailersOK
 	}
@@ -1530,7 +1600,7 @@ func responseHeaders(buf *[8]hpack.HeaderField, cluster string, resp *frame) (hd
 // to the client (its own metadata), skipping what HTTP/2 and gRPC own.
 func appendPassHeaders(dst, src []hpack.HeaderField) []hpack.HeaderField {
 	for _, f := range src {
-		if forwardable(f.Name) && f.Name != HeaderCluster {
+		if Forwardable(f.Name) && f.Name != HeaderCluster {
 			dst = append(dst, f)
 		}
 	}
@@ -1539,16 +1609,12 @@ func appendPassHeaders(dst, src []hpack.HeaderField) []hpack.HeaderField {
 
 // respondErr answers a call that failed. A backend's error goes back with
 // its own headers and trailers.
-func (d *dconn) respondErr(st *dstream, c *call, err error) {
+func (d *dconn) respondErr(st *Call, cluster string, err error) {
 	st.decide(err)
 	if st.ctx.Err() != nil && st.d.ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 		if gstatus.Code(err) == codes.Canceled {
 			return // reset by the client
 		}
-	}
-	cluster := ""
-	if c != nil {
-		cluster = c.headerCluster()
 	}
 	var be *backendError
 	if errors.As(err, &be) && be.trailers != nil {
@@ -1616,35 +1682,38 @@ func passTrailers(fs []hpack.HeaderField) []hpack.HeaderField {
 // runStream proxies a streaming method to the leader (Server.proxyStream):
 // messages from the client go to the backend as they arrive, messages
 // from the backend come back under the client's flow control.
-func (d *dconn) runStream(st *dstream) {
+func (d *dconn) runStream(st *Call) {
 	defer d.r.active.Done()
 	defer d.endStream(st)
-	c := call{m: st.m, ctx: st.ctx, remote: d.remote, mdDB: st.mdDB, ident: st.ident, fwd: st.fwd}
-	out := metadata.NewOutgoingContext(st.ctx, fieldsMD(st.fwd))
-	if started, err := d.s.proxyStream(&c, out, relayClientStream{d: d, st: st}); !started {
-		d.respondErr(st, &c, err)
+	if cluster, started, err := d.r.h.Stream(st, ClientStream{d: d, st: st}); !started {
+		d.respondErr(st, cluster, err)
 	}
 }
 
-// relayClientStream is the relay engine's side of a proxied stream.
-type relayClientStream struct {
+// ClientStream is the client's side of a streaming call, for
+// Handler.Stream: how its messages arrive and how the answer goes back.
+type ClientStream struct {
 	d  *dconn
-	st *dstream
+	st *Call
 }
 
-func (r relayClientStream) recv(ctx context.Context) (*frame, int, error) {
+// Recv returns the client's next message and the flow-control credit to
+// hand back (Sent) once it is sent on; io.EOF when the client half-closed.
+func (r ClientStream) Recv(ctx context.Context) (*rawmsg.Msg, int, error) {
 	m, err := r.st.in.pop(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	n := m.len() + 5
+	n := m.Len() + 5
 	m, err = r.st.decompress(m)
 	return m, n, err
 }
 
-func (r relayClientStream) sent(credit int) { r.d.returnCredit(r.st.id, credit) }
+// Sent hands back the credit of a message sent on.
+func (r ClientStream) Sent(credit int) { r.d.returnCredit(r.st.id, credit) }
 
-func (r relayClientStream) sendHeader(hdr metadata.MD, cluster string) error {
+// SendHeader sends the backend's header, plus HeaderCluster.
+func (r ClientStream) SendHeader(hdr metadata.MD, cluster string) error {
 	headers := append(mdFields([]hpack.HeaderField{hdrStatus200, hdrContentType}, hdr), hpack.HeaderField{Name: HeaderCluster, Value: cluster})
 	r.d.w.lock()
 	r.d.w.writeHeaders(r.st.id, false, headers)
@@ -1652,15 +1721,19 @@ func (r relayClientStream) sendHeader(hdr metadata.MD, cluster string) error {
 	return nil
 }
 
-func (r relayClientStream) send(m *frame) error {
-	err := sendMessage(r.st.ctx, &r.d.w, &r.d.flow, &r.st.sf, r.st.id, false, m.bytes())
+// Send sends one message to the client, under its flow control; on
+// failure the stream is reset.
+func (r ClientStream) Send(m *rawmsg.Msg) error {
+	err := sendMessage(r.st.ctx, &r.d.w, &r.d.flow, &r.st.sf, r.st.id, false, m.Bytes())
 	if err != nil {
 		r.d.resetStream(r.st.id, http2.ErrCodeCancel)
 	}
 	return err
 }
 
-func (r relayClientStream) finish(outcome error, trailer metadata.MD, cluster string) {
+// Finish ends the stream with outcome (nil: OK) and the backend's
+// trailer, plus HeaderCluster.
+func (r ClientStream) Finish(outcome error, trailer metadata.MD, cluster string) {
 	s := gstatus.Convert(outcome)
 	r.st.decide(s.Err())
 	trl := []hpack.HeaderField{{Name: "grpc-status", Value: itoa(int(s.Code()))}}
@@ -1671,21 +1744,6 @@ func (r relayClientStream) finish(outcome error, trailer metadata.MD, cluster st
 	r.d.w.lock()
 	r.d.w.writeHeaders(r.st.id, true, trl)
 	r.d.w.unlock()
-}
-
-func countStart(cl *topology.Cluster) {
-	if cl.Outstanding != nil {
-		cl.Outstanding.Add(1)
-	}
-	if cl.Served != nil {
-		cl.Served.Add(1)
-	}
-}
-
-func countEnd(cl *topology.Cluster) {
-	if cl.Outstanding != nil {
-		cl.Outstanding.Add(-1)
-	}
 }
 
 // fieldsMD turns forwarded header fields into gRPC metadata.
@@ -1709,7 +1767,7 @@ func fieldsMD(fs []hpack.HeaderField) metadata.MD {
 // mdFields appends gRPC metadata as header fields, skipping reserved keys.
 func mdFields(dst []hpack.HeaderField, md metadata.MD) []hpack.HeaderField {
 	for k, vs := range md {
-		if !forwardable(k) || k == HeaderCluster {
+		if !Forwardable(k) || k == HeaderCluster {
 			continue
 		}
 		for _, v := range vs {
@@ -1727,16 +1785,16 @@ func mdFields(dst []hpack.HeaderField, md metadata.MD) []hpack.HeaderField {
 type msgAssembler struct {
 	prefix  [5]byte
 	nprefix int
-	cur     *frame
+	cur     *rawmsg.Msg
 	body    []byte
 	want    int
-	done    []*frame
+	done    []*rawmsg.Msg
 }
 
 func (a *msgAssembler) partial() bool { return a.nprefix > 0 || a.cur != nil }
 
 // append consumes p and returns the messages it completed.
-func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
+func (a *msgAssembler) append(p []byte, maxMsg int) ([]*rawmsg.Msg, error) {
 	first := len(a.done)
 	for len(p) > 0 || (a.cur != nil && len(a.body) == a.want) {
 		if a.cur == nil {
@@ -1759,10 +1817,10 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 			// claims: up to assemblerChunk at first, then it grows
 			// with the bytes (a client that claims 255 MiB and sends
 			// 1 KiB costs 64 KiB, not 255 MiB).
-			a.cur = &frame{compressed: a.prefix[0] == 1}
+			a.cur = &rawmsg.Msg{Compressed: a.prefix[0] == 1}
 			if first := min(size, max(len(p), assemblerChunk)); first <= assemblerChunk {
 				buf := mem.DefaultBufferPool().Get(first)
-				a.body, a.cur.pooled = (*buf)[:0], buf
+				a.body, a.cur.Pooled = (*buf)[:0], buf
 			} else {
 				a.body = make([]byte, 0, first)
 			}
@@ -1776,11 +1834,11 @@ func (a *msgAssembler) append(p []byte, maxMsg int) ([]*frame, error) {
 		a.body = append(a.body, p[:k]...)
 		p = p[k:]
 		if len(a.body) == a.want {
-			if a.cur.pooled != nil {
-				*a.cur.pooled = a.body
-				a.cur.data = mem.BufferSlice{mem.NewBuffer(a.cur.pooled, mem.DefaultBufferPool())}
+			if a.cur.Pooled != nil {
+				*a.cur.Pooled = a.body
+				a.cur.Data = mem.BufferSlice{mem.NewBuffer(a.cur.Pooled, mem.DefaultBufferPool())}
 			} else {
-				a.cur.data = mem.BufferSlice{mem.SliceBuffer(a.body)}
+				a.cur.Data = mem.BufferSlice{mem.SliceBuffer(a.body)}
 			}
 			a.done = append(a.done, a.cur)
 			a.cur, a.body = nil, nil
@@ -1799,10 +1857,10 @@ const assemblerChunk = 32 << 10
 func (a *msgAssembler) grow(k int) {
 	n := min(a.want, max(2*cap(a.body), len(a.body)+k))
 	nb := append(make([]byte, 0, n), a.body...)
-	if a.cur.pooled != nil {
-		*a.cur.pooled = a.body
-		mem.DefaultBufferPool().Put(a.cur.pooled)
-		a.cur.pooled = nil
+	if a.cur.Pooled != nil {
+		*a.cur.Pooled = a.body
+		mem.DefaultBufferPool().Put(a.cur.Pooled)
+		a.cur.Pooled = nil
 	}
 	a.body = nb
 }
@@ -1812,7 +1870,7 @@ func (a *msgAssembler) grow(k int) {
 type msgQueue struct {
 	mu   sync.Mutex
 	cond sync.Cond
-	q    []*frame
+	q    []*rawmsg.Msg
 	err  error
 }
 
@@ -1822,7 +1880,7 @@ func newMsgQueue() *msgQueue {
 	return q
 }
 
-func (q *msgQueue) push(m *frame) {
+func (q *msgQueue) push(m *rawmsg.Msg) {
 	q.mu.Lock()
 	q.q = append(q.q, m)
 	q.cond.Broadcast()
@@ -1838,7 +1896,7 @@ func (q *msgQueue) close(err error) {
 	q.mu.Unlock()
 }
 
-func (q *msgQueue) pop(ctx context.Context) (*frame, error) {
+func (q *msgQueue) pop(ctx context.Context) (*rawmsg.Msg, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { q.close(ctx.Err()) })
@@ -1855,36 +1913,36 @@ func (q *msgQueue) pop(ctx context.Context) (*frame, error) {
 }
 
 // healthCheck answers grpc.health.v1.Health/Check.
-func (d *dconn) healthCheck(st *dstream, req *frame) {
+func (d *dconn) healthCheck(st *Call, req *rawmsg.Msg) {
 	var in healthpb.HealthCheckRequest
-	if err := proto.Unmarshal(req.bytes(), &in); err != nil {
-		d.respondErr(st, nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
+	if err := proto.Unmarshal(req.Bytes(), &in); err != nil {
+		d.respondErr(st, "", gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
 		return
 	}
-	if in.GetService() != "" && in.GetService() != milvusServiceName {
-		d.respondErr(st, nil, gstatus.Error(codes.NotFound, "unknown service"))
+	if in.GetService() != "" && in.GetService() != d.r.service {
+		d.respondErr(st, "", gstatus.Error(codes.NotFound, "unknown service"))
 		return
 	}
-	status, _ := d.s.healthState()
+	status, _ := d.r.h.Health()
 	b, _ := proto.Marshal(&healthpb.HealthCheckResponse{Status: status})
-	d.respond(st, "", frameFromBytes(b))
+	d.respond(st, "", rawmsg.FromBytes(b))
 }
 
 // healthWatch answers grpc.health.v1.Health/Watch: the status now and at
 // every change, until the client leaves or the proxy drains.
-func (d *dconn) healthWatch(st *dstream, req *frame) {
+func (d *dconn) healthWatch(st *Call, req *rawmsg.Msg) {
 	var in healthpb.HealthCheckRequest
-	if err := proto.Unmarshal(req.bytes(), &in); err != nil {
-		d.respondErr(st, nil, gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
+	if err := proto.Unmarshal(req.Bytes(), &in); err != nil {
+		d.respondErr(st, "", gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
 		return
 	}
-	known := in.GetService() == "" || in.GetService() == milvusServiceName
+	known := in.GetService() == "" || in.GetService() == d.r.service
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, []hpack.HeaderField{hdrStatus200, hdrContentType})
 	d.w.unlock()
 	last := healthpb.HealthCheckResponse_ServingStatus(-1)
 	for {
-		status, changed := d.s.healthState()
+		status, changed := d.r.h.Health()
 		if !known {
 			status = healthpb.HealthCheckResponse_SERVICE_UNKNOWN
 		}
@@ -1895,7 +1953,7 @@ func (d *dconn) healthWatch(st *dstream, req *frame) {
 			}
 			last = status
 		}
-		if d.s.draining.Load() {
+		if d.r.h.Draining() {
 			break
 		}
 		select {
@@ -1910,29 +1968,35 @@ func (d *dconn) healthWatch(st *dstream, req *frame) {
 	d.w.unlock()
 }
 
-// RelayEvent is what a RelayObserver is told.
-type RelayEvent string
+// Event is what an Observer is told.
+type Event string
 
 // Relay events.
 const (
-	// RelayRefused: a request or stream refused at the edge (reasons:
+	// EventRefused: a request or stream refused at the edge (reasons:
 	// malformed, not_grpc, streams, header_list, header_block,
 	// message_size, cardinality).
-	RelayRefused RelayEvent = "refused"
-	// RelayConnClosed: a client connection the proxy closed (reasons:
+	EventRefused Event = "refused"
+	// EventConnClosed: a client connection the relay closed (reasons:
 	// protocol_error, abuse, too_many_pings, idle, write_timeout,
 	// output_overflow).
-	RelayConnClosed RelayEvent = "closed"
+	EventConnClosed Event = "closed"
+	// EventStreamHeld and EventStreamResumed: a backend stream whose
+	// flow-control window the relay withholds because its client
+	// connection (or the process) is over its response budget, and one
+	// that is given window again or ended.
+	EventStreamHeld    Event = "held"
+	EventStreamResumed Event = "resumed"
 )
 
-// RelayObserver is told about the relay's refusals and the client
-// connections it closes, when the Options.Observer implements it.
-type RelayObserver interface {
-	RelayEvent(ev RelayEvent, reason string)
+// Observer is told about the relay's refusals, the client connections
+// it closes and the backend streams it holds back.
+type Observer interface {
+	RelayEvent(ev Event, reason string)
 }
 
-func (s *Server) relayEvent(ev RelayEvent, reason string) {
-	if o, ok := s.obs.(RelayObserver); ok {
-		o.RelayEvent(ev, reason)
+func (r *Server) event(ev Event, reason string) {
+	if r.obs != nil {
+		r.obs.RelayEvent(ev, reason)
 	}
 }

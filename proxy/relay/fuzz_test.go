@@ -1,45 +1,19 @@
-package proxy
+package relay
 
 import (
 	"bytes"
 	"encoding/binary"
 	"testing"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
-// Fuzz targets for the relay's parsers of untrusted bytes: request
-// messages (scanRequest), the DATA stream cut into gRPC messages
-// (msgAssembler), header blocks (headerReader) and their validation
-// (checkRequest). Seed corpora are in testdata/fuzz; `make test-fuzz`
+// Fuzz targets for the relay's parsers of untrusted bytes: the DATA
+// stream cut into gRPC messages (msgAssembler), header blocks
+// (headerReader) and their validation (checkRequest). Seed corpora are in testdata/fuzz; `make test-fuzz`
 // runs each for a few seconds.
-
-// FuzzScanRequest: any bytes, under every method's layout, are read or
-// refused, never a panic; a status and response scan likewise.
-func FuzzScanRequest(f *testing.F) {
-	f.Add([]byte{})
-	f.Add([]byte{0x0a, 0x04, 'c', 'o', 'l', 'l', 0x10, 0x01})
-	f.Add(appendConsistency([]byte{0x12, 0x02, 'd', 'b'}, &layout{level: 12, guarantee: 11, useDefault: 13}, 2, 1<<40))
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
-	methods, err := buildMethods()
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, m := range methods {
-			var out readFields
-			if err := scanRequest(b, &m.layout, &out); err == nil {
-				if len(out.db) > len(b) || len(out.coll) > len(b) {
-					t.Fatalf("%s: fields longer than the message", m.name)
-				}
-			}
-			scanResponse(b, &m.layout)
-			ddlTargets(b, &m.layout, func(db, name []byte) {})
-		}
-		scanStatus(b)
-	})
-}
 
 // FuzzMsgAssembler: DATA cut anywhere gives back exactly the messages it
 // holds, each whole, and never holds more than what arrived plus one
@@ -57,7 +31,7 @@ func FuzzMsgAssembler(f *testing.F) {
 		const maxMsg = 1 << 20
 		step := int(cut%4096) + 1
 		var a msgAssembler
-		var got []*frame
+		var got []*rawmsg.Msg
 		in := data
 		for len(in) > 0 {
 			n := min(step, len(in))
@@ -75,10 +49,10 @@ func FuzzMsgAssembler(f *testing.F) {
 		var re []byte
 		for _, m := range got {
 			c := byte(0)
-			if m.compressed {
+			if m.Compressed {
 				c = 1
 			}
-			re = append(re, msg(c, m.bytes())...)
+			re = append(re, msg(c, m.Bytes())...)
 		}
 		if !bytes.HasPrefix(data, re) {
 			t.Fatalf("messages do not re-encode to the input")
@@ -91,7 +65,7 @@ func FuzzMsgAssembler(f *testing.F) {
 func FuzzHeaderReader(f *testing.F) {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
-	for _, hf := range grpcHeaders("Search", "authorization", "Basic cm9vdDpNaWx2dXM=") {
+	for _, hf := range requestHeaders("Search", "authorization", "Basic cm9vdDpNaWx2dXM=") {
 		_ = enc.WriteField(hf)
 	}
 	f.Add(buf.Bytes(), uint16(0))
@@ -170,4 +144,16 @@ func FuzzCheckRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// requestHeaders are a well-formed gRPC request's headers for method, then
+// extra as name, value pairs.
+func requestHeaders(method string, extra ...string) []hpack.HeaderField {
+	fs := []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/milvus.proto.milvus.MilvusService/" + method}, {Name: ":authority", Value: "proxy"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		fs = append(fs, hpack.HeaderField{Name: extra[i], Value: extra[i+1]})
+	}
+	return fs
 }

@@ -166,18 +166,18 @@ func (g *guardConn) take(now time.Time) bool {
 
 // calm ends the connection: GOAWAY ENHANCE_YOUR_CALM when grpc-go's writer
 // is between two frames and not in a write, then what the client still
-// sends is read and dropped for closeLinger (closing a socket with unread
+// sends is read and dropped for guardLinger (closing a socket with unread
 // bytes makes the kernel send a RST, and the client could lose the
 // GOAWAY), then the connection is closed.
 func (g *guardConn) calm(debug string) {
 	if g.wmu.TryLock() {
 		if !g.dead && g.wr.atBoundary() {
-			_ = g.Conn.SetWriteDeadline(time.Now().Add(closeLinger))
+			_ = g.Conn.SetWriteDeadline(time.Now().Add(guardLinger))
 			_, _ = g.Conn.Write(goAwayFrame(g.maxStream, http2.ErrCodeEnhanceYourCalm, debug))
 		}
 		g.dead = true
 		g.wmu.Unlock()
-		_ = g.Conn.SetReadDeadline(time.Now().Add(closeLinger))
+		_ = g.Conn.SetReadDeadline(time.Now().Add(guardLinger))
 		_, _ = io.Copy(io.Discard, g.Conn)
 	}
 	_ = g.Conn.Close()
@@ -185,6 +185,10 @@ func (g *guardConn) calm(debug string) {
 		g.onClose("abuse")
 	}
 }
+
+// guardLinger bounds how long a closed connection reads what its client
+// still sends after the GOAWAY (as the relay does).
+const guardLinger = time.Second
 
 // goAwayFrame is a GOAWAY frame (RFC 9113 section 6.8).
 func goAwayFrame(lastStream uint32, code http2.ErrCode, debug string) []byte {

@@ -235,9 +235,12 @@ func New(opts Options) (*Server, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	sopts = append(sopts, grpc.Creds(&guardCreds{TransportCredentials: creds,
-		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond),
-		onClose: func(reason string) { s.relayEvent(RelayConnClosed, reason) }}))
+	guard := &guardCreds{TransportCredentials: creds,
+		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond)}
+	if obs, ok := opts.Observer.(RelayObserver); ok {
+		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
+	}
+	sopts = append(sopts, grpc.Creds(guard))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

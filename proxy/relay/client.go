@@ -658,10 +658,8 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 	}
 	// Most requests fit the windows: their DATA leaves with the HEADERS.
 	if fits {
-		var prefix [5]byte
-		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		rest := size - 5
-		u.w.writeData(us.id, rest == 0, prefix[:])
+		u.w.writePrefix(us.id, rest == 0, rest)
 		for _, p := range parts[:n] {
 			if len(p) > 0 {
 				rest -= len(p)

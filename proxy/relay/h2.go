@@ -61,7 +61,8 @@ type h2writer struct {
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	hdr     [9]byte
-	err     error // sticky: the first write error
+	pfx     [5]byte // writePrefix's
+	err     error   // sticky: the first write error
 	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
 	maxFrame uint32
 	// answered is set when HEADERS or DATA are written: the keepalive
@@ -209,6 +210,16 @@ func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderFie
 			return
 		}
 	}
+}
+
+// writePrefix writes the 5-byte prefix of an uncompressed gRPC message of
+// n bytes as DATA, from the writer's own array (a local one escapes to the
+// heap through the frame sink: an allocation per message). The caller
+// holds the lock and the credit.
+func (w *h2writer) writePrefix(id uint32, end bool, n int) {
+	w.pfx[0] = 0
+	binary.BigEndian.PutUint32(w.pfx[1:], uint32(n))
+	w.writeData(id, end, w.pfx[:])
 }
 
 // writeData writes p as DATA frames no larger than the peer allows. The
@@ -863,8 +874,13 @@ func httpStatusCode(s string) codes.Code {
 // frames, and the time its CONTINUATION frames take (past those,
 // errHeaderBlock: the connection is closed).
 type headerReader struct {
-	dec       *hpack.Decoder
-	buf       []hpack.HeaderField // scratch, reused
+	dec *hpack.Decoder
+	buf []hpack.HeaderField // scratch, reused
+	// slab is where complete blocks' fields are carved from: one
+	// allocation per many blocks instead of one per block. A call keeps
+	// its block's fields (a three-index slice, so it cannot grow into the
+	// next block's) and with them the slab, at most fieldSlab fields.
+	slab      []hpack.HeaderField
 	size      int
 	tooLarge  bool
 	streamID  uint32
@@ -961,10 +977,18 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 	if h.tooLarge {
 		return nil, true, nil // the caller refuses the stream
 	}
-	fields = make([]hpack.HeaderField, len(h.buf))
+	n := len(h.buf)
+	if n > len(h.slab) {
+		h.slab = make([]hpack.HeaderField, max(fieldSlab, n))
+	}
+	fields, h.slab = h.slab[:n:n], h.slab[n:]
 	copy(fields, h.buf)
 	return fields, true, nil
 }
+
+// fieldSlab is how many header fields headerReader allocates at once:
+// ~10 KiB, some 25 calls' request or response headers.
+const fieldSlab = 256
 
 // inflight counts calls being handled. Unlike a sync.WaitGroup it may be
 // waited on while calls still start (streams the client sent before it saw

@@ -1519,11 +1519,9 @@ func (d *dconn) respond(st *Call, cluster string, resp *rawmsg.Msg) {
 		n++
 	}
 	if d.flow.tryTake(&st.sf, size) {
-		var prefix [5]byte
-		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		d.w.lock()
 		d.w.writeHeaders(st.id, false, hdr)
-		d.w.writeData(st.id, false, prefix[:])
+		d.w.writePrefix(st.id, false, size-5)
 		for _, p := range parts[:n] {
 			if len(p) > 0 {
 				d.w.writeData(st.id, false, p)
@@ -1559,11 +1557,9 @@ func (d *dconn) respondNow(st *Call, cluster string, resp *rawmsg.Msg, fl *flush
 	}
 	var hdrBuf [8]hpack.HeaderField
 	hdr, trl := responseHeaders(&hdrBuf, cluster, resp)
-	var prefix [5]byte
-	binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, hdr)
-	d.w.writeData(st.id, false, prefix[:])
+	d.w.writePrefix(st.id, false, size-5)
 	for _, b := range resp.Data {
 		if p := b.ReadOnlyData(); len(p) > 0 {
 			d.w.writeData(st.id, false, p)
@@ -1789,12 +1785,19 @@ type msgAssembler struct {
 	body    []byte
 	want    int
 	done    []*rawmsg.Msg
+	// one backs done for the usual single message, so that a unary
+	// call's request costs no slice allocation; whoever takes messages
+	// from done copies them out before done is reused.
+	one [1]*rawmsg.Msg
 }
 
 func (a *msgAssembler) partial() bool { return a.nprefix > 0 || a.cur != nil }
 
 // append consumes p and returns the messages it completed.
 func (a *msgAssembler) append(p []byte, maxMsg int) ([]*rawmsg.Msg, error) {
+	if a.done == nil {
+		a.done = a.one[:0]
+	}
 	first := len(a.done)
 	for len(p) > 0 || (a.cur != nil && len(a.body) == a.want) {
 		if a.cur == nil {

@@ -415,7 +415,11 @@ type dconn struct {
 func newDconn(r *Server, nc net.Conn) *dconn {
 	d := &dconn{r: r, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*Call{},
 		readerDone: make(chan struct{})}
-	d.br = bufio.NewReaderSize(nc, 32<<10)
+	var rd io.Reader = nc
+	if rs := newRawSocket(nc); rs != nil {
+		rd = rs
+	}
+	d.br = bufio.NewReaderSize(rd, 32<<10)
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
 	d.budget = newConnBudget(r.budget, int64(lim.ConnResponseBuffer), d.out)

@@ -866,9 +866,10 @@ func httpStatusCode(s string) codes.Code {
 // A block is bounded three ways (the CONTINUATION flood of
 // CVE-2023-45288, which x/net guards in Framer.ReadMetaHeaders): its
 // decoded size (maxList, advertised as SETTINGS_MAX_HEADER_LIST_SIZE; a
-// block over it is read to its end and refused as a stream), its encoded
-// bytes and frames, and the time its CONTINUATION frames take (past
-// those, errHeaderBlock: the connection is closed).
+// block that ends in the frame that takes it over is refused as a stream,
+// a CONTINUATION after that is errHeaderBlock), its encoded bytes and
+// frames, and the time its CONTINUATION frames take (past those,
+// errHeaderBlock: the connection is closed).
 type headerReader struct {
 	dec *hpack.Decoder
 	buf []hpack.HeaderField // scratch, reused
@@ -888,9 +889,13 @@ type headerReader struct {
 	started       time.Time
 }
 
-// defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured
-// (Go's net/http server default is 1 MB).
-const defaultMaxHeaderList = 1 << 20
+// defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured.
+// A Milvus SDK call carries a few hundred bytes of headers (a token or a
+// user:password pair included); 64 KiB is Envoy's default request header
+// limit (max_request_headers_kb: 60). Every connection a CONTINUATION
+// flood opens costs the proxy up to this much decoding before it is
+// closed, so a larger default buys nothing and costs the other clients.
+const defaultMaxHeaderList = 64 << 10
 
 // Bounds of one header block beyond its decoded size.
 const (
@@ -945,7 +950,10 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
 		h.bytes += len(frag)
 		h.frames++
-		if h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
+		// Once the decoded block is over maxList, its stream is refused
+		// anyway: a CONTINUATION after that is read no further (as
+		// x/net's Framer.ReadMetaHeaders does since CVE-2023-45288).
+		if h.tooLarge || h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
 			return nil, false, errHeaderBlock
 		}
 	}

@@ -357,6 +357,10 @@ func (o *observer) RelayEvent(ev proxy.RelayEvent, reason string) {
 		o.tel.Metrics.RecordRelayRefused(context.Background(), reason)
 	case proxy.RelayConnClosed:
 		o.tel.Metrics.RecordRelayClosed(context.Background(), reason)
+	case proxy.RelayStreamHeld:
+		o.tel.Metrics.RelayStreamsHeld(context.Background(), 1)
+	case proxy.RelayStreamResumed:
+		o.tel.Metrics.RelayStreamsHeld(context.Background(), -1)
 	}
 }
 
@@ -370,6 +374,9 @@ func relayLimits(c *config.Relay) proxy.RelayLimits {
 		IdleTimeout:            c.IdleTimeout.Std(),
 		WriteTimeout:           c.WriteTimeout.Std(),
 		ConnOutputBuffer:       c.ConnOutputBuffer,
+		ConnResponseBuffer:     c.ConnResponseBuffer,
+		ResponseBuffer:         c.ResponseBuffer,
+		BackendStreamWindow:    c.BackendStreamWindow,
 		PingMinTime:            c.KeepaliveMinTime.Std(),
 		PingWithoutCalls:       &withoutCalls,
 		ResetsPerSecond:        c.ResetsPerSecond,

@@ -132,9 +132,12 @@ type Relay struct {
 	IdleTimeout            Duration `yaml:"idle_timeout" doc:"A client connection without a call for this long (pings do not count) is sent GOAWAY and closed; clients reconnect on their next call (grpc-go's MaxConnectionIdle). Checked once per period, so it closes between one and two periods of idleness."`
 	WriteTimeout           Duration `yaml:"write_timeout" doc:"A client connection whose socket accepts nothing for this long (the client stopped reading) is closed; it never holds up answers to other clients."`
 	ConnOutputBuffer       int      `yaml:"conn_output_buffer" doc:"Bytes of answers one client connection may have waiting for its socket before further answers to it wait; at 4x + 4 MiB (frames piling up regardless) the connection is closed."`
+	ConnResponseBuffer     int      `yaml:"conn_response_buffer" doc:"Bytes of cluster answers the proxy may hold for one client connection (received, not yet written to its socket). Past it the proxy stops granting the clusters flow-control window for that connection's calls until the client reads (back-pressure, never more buffering); other clients' calls on the same cluster connections keep flowing. Each call may run ahead by backend_stream_window, and one answer larger than this still completes."`
+	ResponseBuffer         int64    `yaml:"response_buffer" doc:"The same bound as conn_response_buffer for all client connections together: past it, calls beyond each connection's oldest wait for window."`
+	BackendStreamWindow    int      `yaml:"backend_stream_window" doc:"The flow-control window each call starts with towards a cluster (SETTINGS_INITIAL_WINDOW_SIZE, at least 65535): how far one answer may run ahead of the response budgets. Larger windows move multi-megabyte answers in fewer round trips."`
 	KeepaliveMinTime       Duration `yaml:"keepalive_min_time" doc:"Keepalive enforcement, as grpc-go's server: a client pinging more often than this three times without an answer in between is closed with GOAWAY ENHANCE_YOUR_CALM too_many_pings. The SDKs ping every 5 s (Go) or 10 s (pymilvus)."`
 	KeepaliveWithoutCalls  bool     `yaml:"keepalive_permit_without_calls" doc:"Whether clients may ping while they have no call open (the SDKs do)."`
-	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below."`
+	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below. The grpc engine enforces it too."`
 	ControlFramesPerSecond int      `yaml:"control_frames_per_second" doc:"SETTINGS frames and empty DATA or CONTINUATION frames one client connection may send per second, bursting to 10x; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM."`
 }
 
@@ -311,11 +314,14 @@ func Default() *Config {
 		Engine:      EngineRelay,
 		Relay: Relay{
 			MaxConcurrentStreams:   1024,
-			MaxHeaderListSize:      1 << 20,
+			MaxHeaderListSize:      64 << 10,
 			HandshakeTimeout:       Duration(10 * time.Second),
 			IdleTimeout:            Duration(2 * time.Minute),
 			WriteTimeout:           Duration(30 * time.Second),
 			ConnOutputBuffer:       4 << 20,
+			ConnResponseBuffer:     16 << 20,
+			ResponseBuffer:         256 << 20,
+			BackendStreamWindow:    256 << 10,
 			KeepaliveMinTime:       Duration(5 * time.Second),
 			KeepaliveWithoutCalls:  true,
 			ResetsPerSecond:        100,

@@ -55,6 +55,9 @@ func (c *Config) validate(lines map[string]int) error {
 		{"relay.idle_timeout", int64(c.Relay.IdleTimeout)},
 		{"relay.write_timeout", int64(c.Relay.WriteTimeout)},
 		{"relay.conn_output_buffer", int64(c.Relay.ConnOutputBuffer)},
+		{"relay.conn_response_buffer", int64(c.Relay.ConnResponseBuffer)},
+		{"relay.response_buffer", c.Relay.ResponseBuffer},
+		{"relay.backend_stream_window", int64(c.Relay.BackendStreamWindow)},
 		{"relay.keepalive_min_time", int64(c.Relay.KeepaliveMinTime)},
 		{"relay.resets_per_second", int64(c.Relay.ResetsPerSecond)},
 		{"relay.control_frames_per_second", int64(c.Relay.ControlFramesPerSecond)},
@@ -65,6 +68,9 @@ func (c *Config) validate(lines map[string]int) error {
 	}
 	if n := c.Relay.MaxConcurrentStreams; n > 1<<31-1 {
 		e.add("relay.max_concurrent_streams", "%d is over 2^31-1", n)
+	}
+	if n := c.Relay.BackendStreamWindow; n > 0 && (n < 65535 || n > 1<<31-1) {
+		e.add("relay.backend_stream_window", "%d is outside HTTP/2's window sizes (65535 to 2^31-1)", n)
 	}
 	if n := c.Relay.MaxHeaderListSize; n > 1<<30 {
 		e.add("relay.max_header_list_size", "%d is over 1 GiB", n)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/rawmsg"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
@@ -35,6 +36,7 @@ type call struct {
 
 	out context.Context     // grpc engine: ctx carrying the forwarded metadata
 	fwd []hpack.HeaderField // relay engine: the forwarded metadata
+	rc  *relay.Call         // relay engine: the client call
 
 	session string // computed on first use
 	start   time.Time

@@ -15,12 +15,26 @@ import (
 // fast path (fast.go) routes the common unary call on the connection
 // goroutines.
 
+// startRelay sets s up for the relay engine: the pool of connections to
+// the clusters (s.up, s.pool) and the relay's server (s.relay), whose
+// workers start now.
+func (s *Server) startRelay(opts *Options) {
+	s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
+		MaxMessageSize: opts.MaxMessageSize, Keepalive: opts.BackendKeepalive, Logger: opts.Logger,
+		StreamWindow: opts.RelayLimits.WithDefaults().BackendStreamWindow})
+	s.up = relayUpstream{pool: s.pool}
+	obs, _ := opts.Observer.(RelayObserver)
+	s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(s.methods),
+		Service: milvusServiceName, Limits: opts.RelayLimits, MaxMessageSize: opts.MaxMessageSize,
+		Creds: opts.Creds, CallHook: opts.CallHook, Observer: obs, Logger: opts.Logger})
+}
+
 // relayHandler is the proxy's relay.Handler.
 type relayHandler struct{ s *Server }
 
 // relayCall is a relay call as the routing code sees it.
 func relayCall(s *Server, rc *relay.Call) call {
-	return call{m: s.methods[rc.Method()], ctx: rc.Context(), remote: rc.Remote(), mdDB: rc.DB(), ident: rc.Identifier(), fwd: rc.Forward()}
+	return call{m: s.methods[rc.Method()], ctx: rc.Context(), remote: rc.Remote(), mdDB: rc.DB(), ident: rc.Identifier(), fwd: rc.Forward(), rc: rc}
 }
 
 func (h relayHandler) StartUnary(rc *relay.Call, req *frame, fl *relay.Flush) {
@@ -67,6 +81,11 @@ func (r relayClientStream) finish(outcome error, trailer metadata.MD, cluster st
 type relayUpstream struct{ pool *relay.Pool }
 
 func (u relayUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, _ bool) (*frame, bool, error) {
+	if c.rc != nil {
+		// The client call's own request: its answer is charged to the
+		// client connection's response budget.
+		return u.pool.RoundTrip(c.rc.Request(), cl, req)
+	}
 	return u.pool.RoundTrip(relay.Request{Ctx: c.ctx, Path: c.m.full, Forward: c.fwd}, cl, req)
 }
 

@@ -143,7 +143,7 @@ type Options struct {
 // DefaultBackendKeepalive is what the topology's grpc-go connections to
 // the clusters use too; Milvus permits pings every 5 s, with or without
 // calls.
-var DefaultBackendKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+var DefaultBackendKeepalive = relay.DefaultKeepalive
 
 // Engine names a transport implementation.
 type Engine string
@@ -206,12 +206,16 @@ var DefaultRelayLimits = relay.DefaultLimits
 // RelayEvent is what a RelayObserver is told (relay.Event).
 type RelayEvent = relay.Event
 
-// Relay events: see relay.EventRefused and relay.EventConnClosed.
+// Relay events: see relay.EventRefused, relay.EventConnClosed,
+// relay.EventStreamHeld and relay.EventStreamResumed.
 const (
-	RelayRefused    = relay.EventRefused
-	RelayConnClosed = relay.EventConnClosed
+	RelayRefused       = relay.EventRefused
+	RelayConnClosed    = relay.EventConnClosed
+	RelayStreamHeld    = relay.EventStreamHeld
+	RelayStreamResumed = relay.EventStreamResumed
 )
 
-// RelayObserver is told about the relay's refusals and the client
-// connections it closes, when the Options.Observer implements it.
+// RelayObserver is told about the relay's refusals, the client
+// connections it closes and the backend streams it holds back, when the
+// Options.Observer implements it.
 type RelayObserver = relay.Observer

@@ -29,8 +29,8 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		salvage    func(w uint64) []uint64 // b's salvage checkpoints once promoted
-		session    codes.Code               // the Session read's outcome
-		strongWait bool                     // consistency.strong_reads: wait
+		session    codes.Code              // the Session read's outcome
+		strongWait bool                    // consistency.strong_reads: wait
 	}{
 		{"switchover", func(uint64) []uint64 { return nil }, codes.OK, false},
 		{"forced, salvage covers the write", func(w uint64) []uint64 { return []uint64{w, w + 5} }, codes.OK, false},
@@ -98,6 +98,22 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 			}
 			if n := len(e.backends["b"].received("Search")) + len(e.backends["c"].received("Search")); n != 0 {
 				t.Fatalf("lagging alternatives got %d Searches", n)
+			}
+			// The held reads do not hold their connection: an Eventually
+			// read on the same client connection is served by an
+			// alternative meanwhile (on the relay engine the connection's
+			// reader goroutine handed the held calls to workers).
+			ev := read(e.ctx("identifier", "9"), search("coll", Eventually, 0, false))
+			select {
+			case a := <-ev:
+				if a.err != nil || (a.cluster != "b" && a.cluster != "c") {
+					t.Fatalf("Eventually read beside the held ones: served by %q, %v", a.cluster, a.err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Eventually read on the same connection not answered while others are held")
+			}
+			for _, id := range []string{"b", "c"} {
+				e.backends[id].reset()
 			}
 
 			// b is promoted.
@@ -192,5 +208,63 @@ func testEventuallyReadsServedDuringFailover(t *testing.T) {
 		if got := hdr.Get(HeaderCluster); len(got) != 1 || (got[0] != "b" && got[0] != "c") {
 			t.Fatalf("%v read served by %v, want an alternative", level, got)
 		}
+	}
+}
+
+// TestReadCarriedToAnInstalledLeader: a read whose leader died after it
+// was planned, and whose next pick is a new leader already installed (no
+// wait), is judged like a held one: a Session read past the forced
+// failover's salvage checkpoint is refused, a Strong read is served.
+func TestReadCarriedToAnInstalledLeader(t *testing.T) {
+	bothEngines(t, testReadCarriedToAnInstalledLeader)
+}
+
+func testReadCarriedToAnInstalledLeader(t *testing.T) {
+	e := newEnv(t)
+	e.topo.setCheckpoint("b", e.start)
+	e.topo.setCheckpoint("c", e.start)
+	sess := e.ctx("identifier", "7")
+	res, err := e.client.Insert(sess, &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+	if err != nil || res.GetStatus().GetCode() != 0 {
+		t.Fatalf("insert: %v %v", res, err)
+	}
+	w := res.GetTimestamp()
+	// The first attempt at a is when b, promoted by force without the
+	// session's write, is installed.
+	var promoted sync.Once
+	e.topo.onAllow = func(id string) {
+		if id != "a" {
+			return
+		}
+		promoted.Do(func() {
+			e.topo.publish(func(s *topology.Snapshot) {
+				for _, c := range s.Clusters {
+					switch c.ID {
+					case "a":
+						c.Role, c.Healthy = topology.RoleAlternative, false
+					case "b":
+						c.Role, c.Salvage = topology.RoleLeader, []uint64{w - 1, w - 1}
+						s.Leader = c
+					}
+				}
+				s.Epoch++
+			})
+		})
+	}
+	e.backends["a"].srv.Stop()
+
+	_, err = e.client.Search(sess, search("coll", Session, 0, false))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "promoted by force") {
+		t.Fatalf("Session read carried past the salvage checkpoint: %v, want FailedPrecondition", err)
+	}
+	var hdr metadata.MD
+	if _, err := e.client.Search(e.ctx("identifier", "8"), search("coll", Strong, 0, false), grpc.Header(&hdr)); err != nil {
+		t.Fatalf("Strong read after the promotion: %v", err)
+	}
+	if got := hdr.Get(HeaderCluster); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("Strong read served by %v, want b", got)
+	}
+	if n := len(e.backends["b"].received("Search")); n != 1 {
+		t.Fatalf("b received %d Searches, want 1 (the Strong read)", n)
 	}
 }

@@ -1068,3 +1068,128 @@ func TestRelayClientLeavesCancelsBackend(t *testing.T) {
 		t.Fatalf("breaker failures counted: %v", f)
 	}
 }
+
+// countingConn counts the bytes read from a cluster.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestRelayResponseBudget: a client that grants no window and asks for
+// many large answers makes the proxy hold no more than its response
+// budget (plus one stream window per call and the answers the oldest-call
+// rule lets complete): the clusters are held back by flow control, not
+// buffered. A bystander on another connection, over the same backend
+// connections, keeps getting answers, and everything is given back when
+// the client leaves.
+func TestRelayResponseBudget(t *testing.T) {
+	const (
+		budget = 1 << 20
+		window = 64 << 10
+		answer = 1 << 20
+		calls  = 16
+	)
+	var fromClusters atomic.Int64
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits = RelayLimits{ConnResponseBuffer: budget, BackendStreamWindow: window}
+		o.DialBackend = func(ctx context.Context, c *topology.Cluster) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", c.URI)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{Conn: nc, n: &fromClusters}, nil
+		}
+	})
+	// Warm the backend connections so that every call shares them.
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatal(err)
+	}
+	base := fromClusters.Load()
+	rb := e.srv.relay.ResponseBuffered
+
+	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	for i := uint32(0); i < calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "backend streams held", func() bool { _, held := rb(); return held > 0 })
+
+	stop := make(chan struct{})
+	time.AfterFunc(time.Second, func() { close(stop) })
+	n, errs, slowest := bystander(e.client, stop)
+	t.Logf("bystander: %d calls, %d errors, slowest %v", n, len(errs), slowest)
+	if len(errs) > 0 {
+		t.Fatalf("bystander errors: %v", errs[0])
+	}
+	if n == 0 || slowest > 5*time.Second {
+		t.Errorf("bystander: %d calls, slowest %v", n, slowest)
+	}
+
+	// What the clients asked for is 16 MiB; what may be held: the
+	// budget, the two answers the oldest call's rule lets complete past
+	// it (complete answers stay under the budget), one window per call,
+	// and the bystander's small answers and frame overhead.
+	limit := int64(budget + 2*answer + calls*window + 1<<20)
+	time.Sleep(200 * time.Millisecond) // anything still in flight lands
+	used, held := rb()
+	read := fromClusters.Load() - base
+	t.Logf("held streams %d, charged %d bytes, read from clusters %d bytes (limit %d)", held, used, read, limit)
+	if used > limit {
+		t.Errorf("charged %d bytes > %d", used, limit)
+	}
+	if read > limit {
+		t.Errorf("read %d bytes from the clusters > %d: the answers were not held back", read, limit)
+	}
+	if held == 0 || held >= calls {
+		t.Errorf("%d streams held, want some but not all of %d", held, calls)
+	}
+
+	// The client leaves: its backend streams end and the budget is back.
+	bad.nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+}
+
+// TestRelayResponseBudgetCompletes: a client reading normally gets every
+// answer even when their total, and each of them, is far over its
+// connection's budget: the oldest call always moves.
+func TestRelayResponseBudgetCompletes(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits = RelayLimits{ConnResponseBuffer: 128 << 10, BackendStreamWindow: 64 << 10}
+	})
+	const calls, answer = 12, 1 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, calls)
+	for i := 0; i < calls; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+			if err == nil && len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != answer {
+				err = fmt.Errorf("answer corrupted")
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb := e.srv.relay.ResponseBuffered
+	testutil.Eventually(t, 5*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+}

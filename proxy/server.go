@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	// Clients may compress requests with gzip; decompressing them needs
 	// the compressor registered.
@@ -193,20 +194,7 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Engine == EngineRelay {
-		ka := opts.BackendKeepalive
-		if ka.Time <= 0 {
-			ka = DefaultBackendKeepalive
-		}
-		if ka.Timeout <= 0 {
-			ka.Timeout = DefaultBackendKeepalive.Timeout
-		}
-		s.pool = relay.NewPool(relay.PoolOptions{Dial: opts.DialBackend, Creds: opts.BackendCreds,
-			MaxMessageSize: opts.MaxMessageSize, Keepalive: ka, Logger: opts.Logger})
-		s.up = relayUpstream{pool: s.pool}
-		obs, _ := opts.Observer.(RelayObserver)
-		s.relay = relay.NewServer(relay.ServerOptions{Handler: relayHandler{s}, Methods: relayMethods(methods),
-			Service: milvusServiceName, Limits: opts.RelayLimits, MaxMessageSize: opts.MaxMessageSize,
-			Creds: opts.Creds, CallHook: opts.CallHook, Observer: obs, Logger: opts.Logger})
+		s.startRelay(&opts)
 		s.updateHealth()
 		go s.watchTopology()
 		return s, nil
@@ -241,9 +229,18 @@ func New(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(windowSize),
 		grpc.InitialConnWindowSize(connWindowSize),
 	}
-	if opts.Creds != nil {
-		sopts = append(sopts, grpc.Creds(opts.Creds))
+	// Every connection passes the rapid-reset guard (grpc_guard.go),
+	// behind TLS when there is TLS.
+	creds := opts.Creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
 	}
+	guard := &guardCreds{TransportCredentials: creds,
+		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond)}
+	if obs, ok := opts.Observer.(RelayObserver); ok {
+		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
+	}
+	sopts = append(sopts, grpc.Creds(guard))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

@@ -136,6 +136,7 @@ type Metrics struct {
 	held         metric.Int64Counter
 	holdDuration metric.Float64Histogram
 	waiting      metric.Int64UpDownCounter
+	relayHeld    metric.Int64UpDownCounter
 	relayRefused metric.Int64Counter
 	relayClosed  metric.Int64Counter
 
@@ -233,7 +234,7 @@ func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 			"Calls or streams the relay engine refused at the edge, by reason: malformed, not_grpc, streams, header_list, header_block, message_size, cardinality.",
 			"{refusal}"),
 		relayClosed: b.counter("milvus_ha_proxy_relay_connections_closed",
-			"Client connections the relay engine closed, by reason: protocol_error, abuse, too_many_pings, idle, write_timeout, output_overflow.",
+			"Client connections the relay engine closed, by reason: protocol_error, abuse, too_many_pings, idle, write_timeout, output_overflow; the grpc engine counts its closes for abuse (too many stream resets) here too.",
 			"{connection}"),
 		holdDuration: b.seconds("milvus_ha_proxy_write_hold_duration",
 			"How long held writes waited for a leader, by outcome.",
@@ -243,6 +244,10 @@ func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 	m.waiting, e = meter.Int64UpDownCounter("milvus_ha_proxy_writes_waiting",
 		metric.WithDescription("Writes waiting for a leader right now."),
 		metric.WithUnit("{write}"))
+	b.keep(e)
+	m.relayHeld, e = meter.Int64UpDownCounter("milvus_ha_proxy_relay_streams_held",
+		metric.WithDescription("Relay engine: calls whose cluster answer is held back right now (no flow-control window granted) because their client connection, or the proxy, is over its response buffer (relay.conn_response_buffer, relay.response_buffer)."),
+		metric.WithUnit("{stream}"))
 	b.keep(e)
 
 	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
@@ -421,6 +426,15 @@ func (m *Metrics) RecordSwitchover(ctx context.Context, result string) {
 		return
 	}
 	m.switchovers.Add(ctx, 1, m.one(labelResult, result).add...)
+}
+
+// RelayStreamsHeld adds delta to the relay's backend streams held back by
+// the response budget.
+func (m *Metrics) RelayStreamsHeld(ctx context.Context, delta int64) {
+	if m == nil {
+		return
+	}
+	m.relayHeld.Add(ctx, delta)
 }
 
 // WriteHoldStarted marks a write that starts waiting for a leader; pair it

@@ -43,6 +43,11 @@ type Pool struct {
 	// too_many_pings (doubled each time); absent: ka.Time.
 	kaTime map[string]time.Duration
 	closed bool
+
+	// streamWindow is the initial stream window granted to clusters
+	// (how far one answer runs ahead of the response budget), and
+	// streamUpdate how much of it is consumed before it is returned.
+	streamWindow, streamUpdate int
 }
 
 // upool is the connections to one cluster.
@@ -65,18 +70,38 @@ type PoolOptions struct {
 	// MaxMessageSize bounds a response message.
 	MaxMessageSize int
 	// Keepalive pings a connection when it was quiet for Time and closes
-	// it when nothing arrives within Timeout after.
+	// it when nothing arrives within Timeout after. Zero Time:
+	// DefaultKeepalive; zero Timeout: DefaultKeepalive's.
 	Keepalive keepalive.ClientParameters
 	Logger    *slog.Logger
+	// StreamWindow is the initial stream window granted to clusters
+	// (SETTINGS_INITIAL_WINDOW_SIZE): how far one answer runs ahead of
+	// the response budget (Limits.BackendStreamWindow). 0: its default.
+	StreamWindow int
 }
+
+// DefaultKeepalive is a Pool's keepalive unless PoolOptions say
+// otherwise; Milvus permits pings every 5 s, with or without calls.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
 // NewPool returns a Pool; it dials on first use. Close closes it.
 func NewPool(o PoolOptions) *Pool {
+	if o.Keepalive.Time <= 0 {
+		o.Keepalive = DefaultKeepalive
+	}
+	if o.Keepalive.Timeout <= 0 {
+		o.Keepalive.Timeout = DefaultKeepalive.Timeout
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	win := min(max(o.StreamWindow, http2DefaultWindow), maxWindow)
+	if o.StreamWindow <= 0 {
+		win = DefaultLimits.BackendStreamWindow
+	}
 	return &Pool{dialFn: o.Dial, creds: o.Creds, maxMsg: o.MaxMessageSize,
-		ka: o.Keepalive, log: o.Logger, pools: map[string]*upool{}, kaTime: map[string]time.Duration{}}
+		ka: o.Keepalive, log: o.Logger, pools: map[string]*upool{}, kaTime: map[string]time.Duration{},
+		streamWindow: win, streamUpdate: max(win/4, 1)}
 }
 
 // conn returns a connection to cl with room for one more stream, dialing
@@ -281,8 +306,15 @@ type uconn struct {
 func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
 		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1, done: make(chan struct{})}
-	bw := bufio.NewWriterSize(nc, 32<<10)
-	u.br = bufio.NewReaderSize(nc, 32<<10)
+	var rd io.Reader
+	var wr io.Writer
+	if rs := newRawSocket(nc); rs != nil {
+		rd, wr = rs, rs
+	} else {
+		rd, wr = nc, nc
+	}
+	bw := bufio.NewWriterSize(wr, 32<<10)
+	u.br = bufio.NewReaderSize(rd, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
 	u.fr.SetMaxReadFrameSize(MaxFrameSize)
 	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
@@ -300,7 +332,7 @@ func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 func (u *uconn) start() error {
 	u.w.lock()
 	_, _ = io.WriteString(u.w.bw, http2.ClientPreface)
-	u.w.writeSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	u.w.writeSettings(uint32(u.r.streamWindow), http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	err := u.w.err
 	u.w.unlock()
 	if err != nil {
@@ -424,6 +456,7 @@ func (us *ustream) sendFlow() *streamFlow { return &us.sf }
 // ustream is one call in flight on a uconn.
 type ustream struct {
 	id   uint32
+	u    *uconn
 	sf   streamFlow
 	done chan struct{}
 	// onDone, when set, replaces done: it runs where the stream ends (on
@@ -439,9 +472,19 @@ type ustream struct {
 	body       []byte // the response message, once its length is known
 	bodyBuf    *[]byte
 	want       int // its length
-	recv       int // stream DATA not yet returned as window
 	err        error
 	refused    bool // never processed by the server: safe to resend
+
+	// unreturned is stream DATA received and not yet returned as window
+	// (the reader adds; whoever returns it, the reader or a resume of
+	// the response budget, takes it all).
+	unreturned atomic.Int64
+	// acct, when set, is the client call the answer is charged to; the
+	// rest is guarded by acct.b.mu.
+	acct       *respAcct
+	registered bool  // one of the connection budget's receiving streams
+	held       bool  // its window is withheld
+	partial    int64 // bytes charged while receiving
 }
 
 var errRefused = errors.New("refused by the server before processing")
@@ -462,6 +505,9 @@ type Request struct {
 	Ctx     context.Context     // the call's cancellation and deadline (sent as grpc-timeout)
 	Path    string              // the method's :path
 	Forward []hpack.HeaderField // the client's metadata that goes on
+	// acct, from Call.Request, charges the answer to the client call's
+	// response budget.
+	acct *respAcct
 }
 
 // RoundTrip sends req to cl and waits for the answer: the response, or
@@ -579,6 +625,7 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 		return false, err
 	}
 	us.id = u.nextID
+	us.u = u
 	u.nextID += 2
 	u.streams[us.id] = us
 	u.flow.mu.Lock()
@@ -595,6 +642,10 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 		u.mu.Unlock()
 		u.w.unlock()
 		return false, errWouldBlock
+	}
+	if c.acct != nil && c.acct.b != nil {
+		// Before the HEADERS: its DATA is charged from the first frame.
+		c.acct.register(us)
 	}
 	u.mu.Unlock()
 
@@ -614,10 +665,8 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 	}
 	// Most requests fit the windows: their DATA leaves with the HEADERS.
 	if fits {
-		var prefix [5]byte
-		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		rest := size - 5
-		u.w.writeData(us.id, rest == 0, prefix[:])
+		u.w.writePrefix(us.id, rest == 0, rest)
 		for _, p := range parts[:n] {
 			if len(p) > 0 {
 				rest -= len(p)
@@ -664,6 +713,7 @@ func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 	if set != nil {
 		set(us)
 	}
+	us.unregister()
 	u.flow.resetStream(&us.sf)
 	us.complete(fl)
 	if idle {
@@ -697,6 +747,7 @@ func (u *uconn) fail(err error, fl *flushList) {
 	_ = u.nc.Close()
 	for _, us := range streams {
 		us.err = gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: connection to cluster %s lost: %v", u.cluster, err)
+		us.unregister()
 		us.complete(fl)
 	}
 }
@@ -846,16 +897,37 @@ func (u *uconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField) {
 	u.finishFL(id, nil, &u.fl)
 }
 
+// returnWindow returns what us received and was not given back as
+// window, when us is still open (a resume of the response budget).
+func (u *uconn) returnWindow(us *ustream) {
+	u.mu.Lock()
+	open := u.streams[us.id] == us
+	u.mu.Unlock()
+	if !open {
+		return
+	}
+	if n := int(us.unreturned.Swap(0)); n > 0 {
+		u.w.writeWindowUpdates(us.id, 0, n, nil)
+	}
+}
+
 func (u *uconn) onData(f *http2.DataFrame) {
 	n := int(f.Header().Length)
 	us, sendConn := recvData(&u.mu, &u.streams, &u.recvConn, f.StreamID, n)
 	sendStream := 0
 	var err error
 	if us != nil {
-		err = us.appendData(f.Data(), u.r.maxMsg)
-		us.recv += n
-		if !f.StreamEnded() && us.recv >= relayStreamUpdate {
-			sendStream, us.recv = us.recv, 0
+		err = us.appendData(f.Data(), u.r.maxMsg, u.r.streamWindow)
+		if us.acct != nil && n > 0 {
+			us.charge(n)
+		}
+		// The stream's window is returned only while the response
+		// budget admits more (else the cluster stops sending this
+		// stream until a resume returns it); the connection's window
+		// above always is: other calls share it.
+		if !f.StreamEnded() && us.unreturned.Add(int64(n)) >= int64(u.r.streamUpdate) &&
+			(us.acct == nil || us.grant()) {
+			sendStream = int(us.unreturned.Swap(0))
 		}
 	}
 	u.w.writeWindowUpdates(f.StreamID, sendConn, sendStream, &u.fl)
@@ -873,9 +945,11 @@ func (u *uconn) onData(f *http2.DataFrame) {
 	}
 }
 
-// appendData adds DATA to the response message, allocating it from the
-// pool once the 5-byte prefix gives its length.
-func (us *ustream) appendData(p []byte, maxMsg int) error {
+// appendData adds DATA to the response message. Its buffer comes from the
+// pool once the 5-byte prefix gives its length, at most window bytes at
+// first, and grows as bytes arrive: a stream held by the response budget
+// holds only what it received.
+func (us *ustream) appendData(p []byte, maxMsg, window int) error {
 	for len(p) > 0 {
 		if us.nprefix < 5 {
 			k := copy(us.prefix[us.nprefix:], p)
@@ -894,7 +968,7 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 			if size > maxMsg {
 				return gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: response of %d bytes exceeds the limit of %d", size, maxMsg)
 			}
-			us.bodyBuf = mem.DefaultBufferPool().Get(size)
+			us.bodyBuf = mem.DefaultBufferPool().Get(min(size, max(window, 64<<10)))
 			us.body, us.want = (*us.bodyBuf)[:0], size
 			continue
 		}
@@ -904,10 +978,23 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 			us.nprefix = 0
 			continue
 		}
+		if len(us.body)+k > cap(us.body) {
+			us.grow(len(us.body) + k)
+		}
 		us.body = append(us.body, p[:k]...)
 		p = p[k:]
 	}
 	return nil
+}
+
+// grow moves the body to a pooled buffer of at least n bytes (doubling,
+// up to the message's length).
+func (us *ustream) grow(n int) {
+	size := min(max(n, 2*cap(us.body)), us.want)
+	nb := mem.DefaultBufferPool().Get(size)
+	body := append((*nb)[:0], us.body...)
+	mem.DefaultBufferPool().Put(us.bodyBuf)
+	us.bodyBuf, us.body = nb, body
 }
 
 func (us *ustream) freeBody() {

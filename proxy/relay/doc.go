@@ -14,8 +14,8 @@
 // # Files
 //
 //   - server.go: Server and its client connections (dconn) and streams
-//     (dstream, exported as Call): accept, handshake, the reader's frame
-//     handling, edge checks, answers, drain.
+//     (Call): accept, handshake, the reader's frame handling, edge
+//     checks, answers, drain.
 //   - client.go: Pool and its cluster connections (uconn) and streams
 //     (ustream): dial, keepalive, RoundTrip, the reader.
 //   - h2.go: what both sides share: the frame writer (h2writer), the
@@ -23,6 +23,9 @@
 //     block reading and request validation (headerReader, checkRequest),
 //     gRPC's timeout and message encodings.
 //   - relay.go: the API the proxy uses (Handler, Call, Exchange).
+//   - budget.go: the response budget: bytes of cluster answers held per
+//     client connection and in all, enforced by withholding stream
+//     window from the clusters.
 //
 // # Goroutines
 //
@@ -81,7 +84,12 @@
 //  4. flow.mu: connection and stream flow-control windows; DATA waits
 //     here (flow.take) when the peer's window or the client's output
 //     budget is exhausted — on a worker, never on a reader.
-//  5. Leaves: msgQueue.mu, dstream.hookMu, connOut.deadlineMu.
+//  5. connBudget.mu (a client connection's response budget: charges,
+//     receiving and held backend streams), then respBudget.mu (the
+//     connections with held streams). uconn.open registers a stream
+//     under uconn.mu; a resume returns window after releasing both, and
+//     the client writer resumes outside the writer's lock.
+//  6. Leaves: msgQueue.mu, Call.hookMu, connOut.deadlineMu.
 //
 // # RFC 9113
 //
@@ -128,6 +136,9 @@
 // them as config keys). A request message's buffer grows with the bytes
 // that arrive, not with its length prefix (msgAssembler); a unary stream
 // with a second message is refused at once; compressed requests inflate
-// up to the message size limit. Refusals and closes are reported to the
-// Observer.
+// up to the message size limit. The bytes of cluster answers held for a
+// client connection are bounded by back-pressure on the clusters, not by
+// buffering (budget.go: ConnResponseBuffer, ResponseBuffer,
+// BackendStreamWindow). Refusals, closes and held streams are reported
+// to the Observer.
 package relay

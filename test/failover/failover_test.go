@@ -11,6 +11,7 @@ import (
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 )
@@ -144,37 +145,11 @@ func TestKillLeader(t *testing.T) {
 		}
 	}
 
-	// The readers (and the writers' Session reads of their own insert): a
-	// read the leader alone could serve when the leader died waited for
-	// the new leader. A Session read carried across the
-	// failover whose guarantee is past the new leader's salvage
-	// checkpoint asks for a write the new leader never got: it is refused
-	// with FailedPrecondition naming that, and nothing else fails.
 	salvage := uint64(0)
 	if len(ch.Salvage) > r.pch {
 		salvage = ch.Salvage[r.pch]
 	}
-	readerOps := map[opKind]int{}
-	refusedLost := 0
-	for _, o := range ops {
-		if o.kind != opSessionLatest && o.kind != opStrongLatest && o.kind != opSession {
-			continue
-		}
-		readerOps[o.kind]++
-		switch {
-		case o.out == acked:
-		case o.kind != opStrongLatest && strings.Contains(o.err, "FailedPrecondition") &&
-			strings.Contains(o.err, "promoted by force") && salvage != 0 && o.ts > salvage && o.start.Before(installed):
-			refusedLost++
-		default:
-			t.Errorf("%s of %d (guarantee %d) at kill%+dms failed: %s", o.kind, o.pk, o.ts, o.start.Sub(killAt).Milliseconds(), o.err)
-		}
-	}
-	if readerOps[opSessionLatest] == 0 || readerOps[opStrongLatest] == 0 {
-		t.Errorf("the readers made no reads: %v", readerOps)
-	}
-	t.Logf("readers: %d Session, %d Strong reads (writers: %d Session reads of their own insert); %d Session reads refused because the write they require (past %s's salvage checkpoint %d) was lost",
-		readerOps[opSessionLatest], readerOps[opStrongLatest], readerOps[opSession], refusedLost, newLeader, salvage)
+	checkReaders(t, ops, salvage, killAt, installed, newLeader)
 
 	// The old leader gets nothing from the proxy once the new one is
 	// installed (calls already on their way when it died are the unknown
@@ -223,6 +198,95 @@ func TestKillLeader(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// checkReaders: a read the leader alone could serve when the leader died
+// (the readers', and the writers' Session reads of their own insert)
+// waited for the new leader. A Session read carried across the failover
+// whose guarantee is past the new leader's salvage checkpoint asks for a
+// write the new leader never got: it is refused with FailedPrecondition
+// naming that, and nothing else fails.
+func checkReaders(t *testing.T, ops []op, salvage uint64, killAt, installed time.Time, newLeader string) {
+	t.Helper()
+	readerOps := map[opKind]int{}
+	refusedLost := 0
+	for _, o := range ops {
+		if o.kind != opSessionLatest && o.kind != opStrongLatest && o.kind != opSession {
+			continue
+		}
+		readerOps[o.kind]++
+		switch {
+		case o.out == acked:
+		case o.kind != opStrongLatest && strings.Contains(o.err, "FailedPrecondition") &&
+			strings.Contains(o.err, "promoted by force") && salvage != 0 && o.ts > salvage && o.start.Before(installed):
+			refusedLost++
+		default:
+			t.Errorf("%s of %d (guarantee %d) at kill%+dms failed: %s", o.kind, o.pk, o.ts, o.start.Sub(killAt).Milliseconds(), o.err)
+		}
+	}
+	if readerOps[opSessionLatest] == 0 || readerOps[opStrongLatest] == 0 {
+		t.Errorf("the readers made no reads: %v", readerOps)
+	}
+	t.Logf("readers: %d Session, %d Strong reads (writers: %d Session reads of their own insert); %d Session reads refused because the write they require (past %s's salvage checkpoint %d) was lost",
+		readerOps[opSessionLatest], readerOps[opStrongLatest], readerOps[opSession], refusedLost, newLeader, salvage)
+}
+
+// TestKillLeaderBinary: TestKillLeader's fault against the built binary
+// in its own process (`serve --config`), watched only through its gRPC
+// and admin ports: under writers and Session and Strong readers the
+// leader is killed with SIGKILL. No write that never reached a backend
+// fails, no read fails (bar Session reads of a write the forced failover
+// lost, refused as such), and no read violates its level.
+func TestKillLeaderBinary(t *testing.T) {
+	r := newRig(t, rigOptions{binary: true, extraSim: []string{"--replication-delay", "150ms"}})
+	l := startLoad(r, loadOptions{workers: 4, readers: 4})
+	time.Sleep(1500 * time.Millisecond)
+	killAt := time.Now()
+	r.sims["a"].kill()
+
+	var v admin.View
+	testutil.Eventually(t, 20*time.Second, "a new leader (admin API)", func() bool {
+		v = r.view()
+		return v.Leader != "" && v.Leader != "a" && len(v.Salvage) == 1 &&
+			v.LastChange != nil && v.LastChange.To == v.Leader && v.LastChange.Result == "ok"
+	})
+	newLeader := v.Leader
+	installed := v.LastChange.At.Add(time.Duration(v.LastChange.TookSeconds * float64(time.Second)))
+	testutil.Eventually(t, 15*time.Second, "writes resume on the new leader", func() bool {
+		for _, o := range l.snapshot() {
+			if o.kind.write() && o.out == acked && o.start.After(installed) && o.cluster == newLeader {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(time.Second)
+	ops := l.stop()
+	t.Logf("history: %s", summary(ops))
+
+	var ackedPKs []int64
+	for _, o := range ops {
+		if o.kind == opInsert && o.out == acked {
+			ackedPKs = append(ackedPKs, o.pk)
+		}
+		if o.kind.write() && o.out == failed {
+			t.Errorf("%s of %d at kill%+dms failed: %s", o.kind, o.pk, o.start.Sub(killAt).Milliseconds(), o.err)
+		}
+	}
+	have := r.presence(newLeader, ackedPKs)
+	lost := map[int64]bool{}
+	for _, pk := range ackedPKs {
+		if have[pk] == 0 {
+			lost[pk] = true
+		}
+	}
+	t.Logf("acknowledged inserts: %d; lost in the failover: %d", len(ackedPKs), len(lost))
+	checkReads(t, ops, lost)
+	salvage := uint64(0)
+	if cps := v.Salvage[0].Checkpoints; len(cps) > r.pch {
+		salvage = cps[r.pch]
+	}
+	checkReaders(t, ops, salvage, killAt, installed, newLeader)
 }
 
 // TestSwitchoverUnderLoad: planned switchovers a -> b -> c -> a under a

@@ -101,11 +101,11 @@ func startLoad(r *rig, o loadOptions) *load {
 	l := &load{r: r, opts: o}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	for w := range o.workers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.worker(w, c) })
 	}
 	for i := range o.readers {
-		c := dialProxy(r.t, r.app.Addr())
+		c := dialProxy(r.t, r.addr)
 		l.wg.Go(func() { l.reader(o.workers+i, c) })
 	}
 	return l

@@ -1,7 +1,8 @@
 // Package failover_test is the end-to-end suite of leader changes: every
 // Milvus cluster is a separate `milvus-ha-proxy sim` process (killed with
 // SIGKILL, restarted on the same port and data directory), the proxy runs
-// in this process through app, and a mixed load of writes with explicit
+// in this process through app (or, with rigOptions.binary, as the built
+// binary in its own process), and a mixed load of writes with explicit
 // primary keys and Session, Eventually and Strong reads goes through it.
 //
 // Speed measurements run more rounds with MHP_FAILOVER_ROUNDS and

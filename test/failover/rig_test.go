@@ -36,6 +36,11 @@ type rigOptions struct {
 	mode        string        // failover.mode; default auto
 	detectAfter time.Duration // default 1s
 	extraSim    []string      // extra flags for every sim
+	// binary runs the proxy as the built milvus-ha-proxy binary in its
+	// own process (`serve --config`) instead of through app in this
+	// process; the rig's app is then nil, and the proxy is reached only
+	// through its addresses.
+	binary bool
 }
 
 // rig is three simulated clusters a -> b, c (separate processes) and the
@@ -44,8 +49,10 @@ type rig struct {
 	t    testing.TB
 	ids  []string
 	sims map[string]*simProc
-	app  *app.App
-	pch  int // the leader pchannel index the collection lives on
+	app  *app.App // nil with rigOptions.binary
+	pch  int      // the leader pchannel index the collection lives on
+	// addr and admin are the proxy's gRPC and admin addresses.
+	addr, admin string
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -72,6 +79,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml.String())
 	}
+	if o.binary {
+		r.startBinary(yaml.String())
+		r.setup()
+		return r
+	}
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "proxy.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +96,7 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r.app = a
+	r.app, r.addr, r.admin = a, a.Addr(), a.AdminAddr()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -101,6 +113,36 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	})
 	r.setup()
 	return r
+}
+
+// startBinary runs the proxy binary with the configuration and waits, on
+// its admin API, until a leads and b and c are polled.
+func (r *rig) startBinary(yaml string) {
+	r.t.Helper()
+	dir := r.t.TempDir()
+	path := filepath.Join(dir, "proxy.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		r.t.Fatal(err)
+	}
+	p, err := testproc.StartProxy(r.t, binary, dir, "proxy", path)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.addr, r.admin = p.Addr, p.Admin
+	testutil.Eventually(r.t, 20*time.Second, "a leads, b and c polled (admin API)", func() bool {
+		code, b := r.adminGet("/api/v1/topology")
+		var v admin.View
+		if code != http.StatusOK || json.Unmarshal(b, &v) != nil || v.Leader != "a" {
+			return false
+		}
+		polled := 0
+		for _, c := range v.Clusters {
+			if (c.ID == "b" || c.ID == "c") && len(c.Checkpoints) > 0 {
+				polled++
+			}
+		}
+		return polled == 2
+	})
 }
 
 // join sends the same replicate configuration (source -> targets) to
@@ -133,7 +175,7 @@ func (r *rig) waitTopology(what string, d time.Duration, cond func(s *topology.S
 // waits until every alternative can serve it.
 func (r *rig) setup() {
 	r.t.Helper()
-	c := dialProxy(r.t, r.app.Addr())
+	c := dialProxy(r.t, r.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := c.CreateCollection(ctx); err != nil {
@@ -214,7 +256,7 @@ func (r *rig) checkpoint(id, source string) (uint64, error) {
 // adminGet fetches an admin endpoint.
 func (r *rig) adminGet(path string) (int, []byte) {
 	r.t.Helper()
-	resp, err := http.Get("http://" + r.app.AdminAddr() + path)
+	resp, err := http.Get("http://" + r.admin + path)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -229,7 +271,7 @@ func (r *rig) adminGet(path string) (int, []byte) {
 // adminPost posts an action and decodes the answer.
 func (r *rig) adminPost(path, to string) (int, admin.Result, admin.ErrorBody) {
 	r.t.Helper()
-	resp, err := http.Post("http://"+r.app.AdminAddr()+path, "application/json", strings.NewReader(fmt.Sprintf(`{"to":%q}`, to)))
+	resp, err := http.Post("http://"+r.admin+path, "application/json", strings.NewReader(fmt.Sprintf(`{"to":%q}`, to)))
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -121,6 +121,7 @@ func exerciseTelemetry(t *testing.T) metrics {
 	m.WriteHoldEnded(ctx, telemetry.HoldReleased, time.Second)
 	m.RecordRelayRefused(ctx, "malformed")
 	m.RecordRelayClosed(ctx, "abuse")
+	m.RelayStreamsHeld(ctx, 1)
 
 	rec := httptest.NewRecorder()
 	tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))

@@ -137,7 +137,7 @@ type Relay struct {
 	BackendStreamWindow    int      `yaml:"backend_stream_window" doc:"The flow-control window each call starts with towards a cluster (SETTINGS_INITIAL_WINDOW_SIZE, at least 65535): how far one answer may run ahead of the response budgets. Larger windows move multi-megabyte answers in fewer round trips."`
 	KeepaliveMinTime       Duration `yaml:"keepalive_min_time" doc:"Keepalive enforcement, as grpc-go's server: a client pinging more often than this three times without an answer in between is closed with GOAWAY ENHANCE_YOUR_CALM too_many_pings. The SDKs ping every 5 s (Go) or 10 s (pymilvus)."`
 	KeepaliveWithoutCalls  bool     `yaml:"keepalive_permit_without_calls" doc:"Whether clients may ping while they have no call open (the SDKs do)."`
-	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below."`
+	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below. The grpc engine enforces it too."`
 	ControlFramesPerSecond int      `yaml:"control_frames_per_second" doc:"SETTINGS frames and empty DATA or CONTINUATION frames one client connection may send per second, bursting to 10x; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM."`
 }
 
@@ -314,7 +314,7 @@ func Default() *Config {
 		Engine:      EngineRelay,
 		Relay: Relay{
 			MaxConcurrentStreams:   1024,
-			MaxHeaderListSize:      1 << 20,
+			MaxHeaderListSize:      64 << 10,
 			HandshakeTimeout:       Duration(10 * time.Second),
 			IdleTimeout:            Duration(2 * time.Minute),
 			WriteTimeout:           Duration(30 * time.Second),

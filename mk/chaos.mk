@@ -1,6 +1,6 @@
 # Seeded chaos schedules of leader changes against the built binary
-# (test/chaos). `make test` runs a short one (about a minute, the default
-# step kinds); `make chaos SECONDS=600` runs seeds one after another for
+# (test/chaos). `make test` runs a short one (about a minute, every
+# kind of step); `make chaos SECONDS=600` runs seeds one after another for
 # that long with every kind of step and prints the failing seeds with the
 # command that replays each. KINDS narrows the steps (comma-separated:
 # switchover, failover, kill-leader, restart-sim, pause-replication,

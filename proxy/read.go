@@ -34,9 +34,20 @@ type readState struct {
 	// failed, or it was refused by its breaker or a fence, and no
 	// alternative is eligible); the next attempt waits for a writable
 	// leader first, through wait, which bounds the read's whole wait by
-	// write_hold as it does a write's.
+	// write_hold as it does a write's. wait is allocated the first time
+	// the read has to wait, keeping readState (and the relay's fastCall)
+	// small for the reads that never do.
 	hold bool
-	wait topology.WriteWait
+	wait *topology.WriteWait
+}
+
+// writeWait returns the read's wait for a writable leader, creating it.
+func (rs *readState) writeWait() *topology.WriteWait {
+	if rs.wait == nil {
+		// Read: not a held write in metrics and leader-change records.
+		rs.wait = &topology.WriteWait{Read: true}
+	}
+	return rs.wait
 }
 
 // prepareRead plans the read (router.ReadPolicy.Plan decides; this
@@ -186,14 +197,13 @@ func (s *Server) readTarget(c *call, rs *readState) (cl *topology.Cluster, wait 
 // topology.Manager.WaitWritable, with the read's own WriteWait so that
 // every wait of the read together is bounded by write_hold (a read that
 // waits longer than a write would is no use to a client whose writes
-// already fail) — and returns
-// where the read goes next: an alternative that is eligible now, else
-// that leader. The read keeps what it was planned with (required
-// timestamp, forwarded consistency fields): a Strong or Session read
-// carried to a new leader asks of it what it asked of the old one.
+// already fail) — and returns where the read goes next: an alternative
+// that is eligible now, else that leader. The read keeps what it was
+// planned with (required timestamp, forwarded consistency fields): a
+// Strong or Session read carried to a new leader asks of it what it
+// asked of the old one.
 func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
-	rs.wait.Read = true // not a held write in metrics and leader-change records
-	ld, err := s.topo.WaitWritable(c.ctx, &rs.wait)
+	ld, err := s.topo.WaitWritable(c.ctx, rs.writeWait())
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, err
@@ -204,9 +214,6 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 	rs.hold = false
 	rs.snap = s.topo.Snapshot()
 	rs.rr.Exclude = without(rs.rr.Exclude, ld.ID)
-	if err := carriedTooFar(c, rs, ld); err != nil {
-		return nil, err
-	}
 	if dec := s.router.PickRead(rs.snap, rs.rr); dec.Cluster != nil {
 		rs.dec = dec
 		c.ev.Reason = string(dec.Reason)
@@ -216,30 +223,34 @@ func (s *Server) waitLeader(c *call, rs *readState) (*topology.Cluster, error) {
 }
 
 // carriedTooFar refuses a Session or Customized read carried across a
-// forced failover to a leader that provably lacks what the read requires:
-// writes the read's guarantee names (the session's own last write, or the
-// timestamp a client pinned). The required
-// timestamp R was set before the new leader was installed (an earlier
-// epoch), so it is in the old leader's time; the new leader's
-// salvage checkpoints (GetReplicateInfo after the force promotion) say how
-// far it had replicated the old leader's pchannels. A pchannel's
-// checkpoint below R means the writes the read must see (a Session read's
-// own last write) may never have reached the new leader, and nothing but
-// another leader change can bring them: serving the read would break its
-// level without saying so, and waiting longer changes nothing, so the
-// read fails at once with FailedPrecondition (not Unavailable, which
-// SDKs retry) naming R and the checkpoint. Reads planned under the new
-// leader are not checked: a timestamp the session holds cannot be told
-// apart from one of the new leader (docs/consistency.md, "Reads across a
-// leader change"). A Strong read under strong_reads: wait (R is the old
-// leader's "now", not a write) and a Bounded one (R is a staleness bound)
-// are served: the new leader's data is all there is, as for every read
-// planned after the change.
-func carriedTooFar(c *call, rs *readState, ld *topology.Cluster) error {
+// forced failover (planned before the leader of rs.snap was installed) to
+// a leader that provably lacks what the read requires: the writes its
+// guarantee names (the session's own last write, or the timestamp a
+// client pinned). The required timestamp R was set under the old leader,
+// in its time; the new leader's salvage checkpoints (GetReplicateInfo
+// after the force promotion) say how far it had replicated the old
+// leader's pchannels. A checkpoint below R on one of the collection's
+// pchannels means writes the read must see never reached the new leader,
+// nor therefore its targets, and nothing but another leader change can
+// bring them: serving the read would break its level without saying so,
+// and waiting longer changes nothing, so the read fails at once with
+// FailedPrecondition (not Unavailable, which SDKs retry) naming R and the
+// checkpoint. Reads planned under the new leader are not checked: a
+// timestamp the session holds cannot be told apart from one of the new
+// leader (docs/architecture.md, "Reads across a leader change"). A
+// Strong read under strong_reads: wait (R is the old leader's "now", not
+// a write) and a Bounded one (R is a staleness bound) are served: the new
+// leader's data is all there is, as for every read planned after the
+// change.
+func carriedTooFar(c *call, rs *readState) error {
 	if lv := c.ev.Level; lv != consistency.Session && lv != consistency.Customized {
 		return nil
 	}
-	if rs.rr.Required == 0 || rs.snap.Epoch == rs.planEpoch || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
+	if rs.rr.Required == 0 || rs.snap == nil || rs.snap.Epoch == rs.planEpoch {
+		return nil
+	}
+	ld := rs.snap.Leader
+	if ld == nil || ld.ID == rs.planLeader || len(ld.Salvage) == 0 {
 		return nil
 	}
 	salvage := topology.Cluster{Checkpoints: ld.Salvage, CheckpointsKnown: true}
@@ -307,7 +318,7 @@ func (s *Server) readResult(c *call, rs *readState, cl *topology.Cluster, resp *
 		if rs.dec.Cluster == nil && holdable {
 			// WaitWritable hands out cl again (if it still leads)
 			// only after a short, growing backoff.
-			rs.wait.NotSent(cl.ID, rs.lastErr)
+			rs.writeWait().NotSent(cl.ID, rs.lastErr)
 			rs.hold = true
 		}
 		return nil, nil, false
@@ -339,7 +350,11 @@ func (s *Server) read(c *call, req *frame) (*frame, error) {
 
 // runRead attempts a prepared read until an outcome is final.
 func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
-	defer rs.wait.End(c.ctx)
+	defer func() {
+		if rs.wait != nil {
+			rs.wait.End(c.ctx)
+		}
+	}()
 	for {
 		cl, wait, err := s.readTarget(c, rs)
 		if err != nil {
@@ -349,6 +364,9 @@ func (s *Server) runRead(c *call, rs *readState, req *frame) (*frame, error) {
 			if cl, err = s.waitLeader(c, rs); err != nil {
 				return nil, err
 			}
+		}
+		if err := carriedTooFar(c, rs); err != nil {
+			return nil, err
 		}
 		resp, _, err := s.forward(c, cl, req, false)
 		if resp, err, done := s.readResult(c, rs, cl, resp, err); done {

@@ -210,3 +210,61 @@ func testEventuallyReadsServedDuringFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestReadCarriedToAnInstalledLeader: a read whose leader died after it
+// was planned, and whose next pick is a new leader already installed (no
+// wait), is judged like a held one: a Session read past the forced
+// failover's salvage checkpoint is refused, a Strong read is served.
+func TestReadCarriedToAnInstalledLeader(t *testing.T) {
+	bothEngines(t, testReadCarriedToAnInstalledLeader)
+}
+
+func testReadCarriedToAnInstalledLeader(t *testing.T) {
+	e := newEnv(t)
+	e.topo.setCheckpoint("b", e.start)
+	e.topo.setCheckpoint("c", e.start)
+	sess := e.ctx("identifier", "7")
+	res, err := e.client.Insert(sess, &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
+	if err != nil || res.GetStatus().GetCode() != 0 {
+		t.Fatalf("insert: %v %v", res, err)
+	}
+	w := res.GetTimestamp()
+	// The first attempt at a is when b, promoted by force without the
+	// session's write, is installed.
+	var promoted sync.Once
+	e.topo.onAllow = func(id string) {
+		if id != "a" {
+			return
+		}
+		promoted.Do(func() {
+			e.topo.publish(func(s *topology.Snapshot) {
+				for _, c := range s.Clusters {
+					switch c.ID {
+					case "a":
+						c.Role, c.Healthy = topology.RoleAlternative, false
+					case "b":
+						c.Role, c.Salvage = topology.RoleLeader, []uint64{w - 1, w - 1}
+						s.Leader = c
+					}
+				}
+				s.Epoch++
+			})
+		})
+	}
+	e.backends["a"].srv.Stop()
+
+	_, err = e.client.Search(sess, search("coll", Session, 0, false))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "promoted by force") {
+		t.Fatalf("Session read carried past the salvage checkpoint: %v, want FailedPrecondition", err)
+	}
+	var hdr metadata.MD
+	if _, err := e.client.Search(e.ctx("identifier", "8"), search("coll", Strong, 0, false), grpc.Header(&hdr)); err != nil {
+		t.Fatalf("Strong read after the promotion: %v", err)
+	}
+	if got := hdr.Get(HeaderCluster); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("Strong read served by %v, want b", got)
+	}
+	if n := len(e.backends["b"].received("Search")); n != 1 {
+		t.Fatalf("b received %d Searches, want 1 (the Strong read)", n)
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	// Clients may compress requests with gzip; decompressing them needs
 	// the compressor registered.
@@ -228,9 +229,18 @@ func New(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(windowSize),
 		grpc.InitialConnWindowSize(connWindowSize),
 	}
-	if opts.Creds != nil {
-		sopts = append(sopts, grpc.Creds(opts.Creds))
+	// Every connection passes the rapid-reset guard (grpc_guard.go),
+	// behind TLS when there is TLS.
+	creds := opts.Creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
 	}
+	guard := &guardCreds{TransportCredentials: creds,
+		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond)}
+	if obs, ok := opts.Observer.(RelayObserver); ok {
+		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
+	}
+	sopts = append(sopts, grpc.Creds(guard))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

@@ -266,7 +266,7 @@ func (f *failoverRun) hold(ctx context.Context) error {
 func (f *failoverRun) readCheckpoints(ctx context.Context) error {
 	return f.step(ctx, StepCheckpoints, "", "GetReplicateInfo on every target", func() (string, error) {
 		f.pos = f.a.positions(ctx, f.s, f.from)
-		var got []string
+		var got, skipped []string
 		for _, p := range f.pos {
 			c := p.c
 			switch {
@@ -275,7 +275,11 @@ func (f *failoverRun) readCheckpoints(ctx context.Context) error {
 			case p.err != nil:
 				f.why = append(f.why, p.err)
 				continue
-			case f.auto && (c.Quarantined || c.Breaker == BreakerOpen):
+			case f.auto && c.Quarantined:
+				skipped = append(skipped, fmt.Sprintf("%s quarantined: %s", c.ID, c.QuarantineReason))
+				continue
+			case f.auto && c.Breaker == BreakerOpen:
+				skipped = append(skipped, c.ID+": circuit breaker open")
 				continue
 			}
 			f.cands = append(f.cands, candidate{id: c.ID, order: c.Order, cps: p.cps, ticks: ticks(p.cps)})
@@ -284,6 +288,12 @@ func (f *failoverRun) readCheckpoints(ctx context.Context) error {
 		if len(f.cands) == 0 {
 			if !f.auto && len(f.why) == 0 {
 				f.why = append(f.why, fmt.Errorf("%s is not a replication target of %s", f.to, f.from))
+			}
+			if len(skipped) > 0 {
+				f.why = append(f.why, fmt.Errorf("not promoted automatically (%s); writes wait for %s to return", strings.Join(skipped, "; "), f.from))
+			}
+			if len(f.why) == 0 {
+				f.why = append(f.why, fmt.Errorf("%s has no replication target", f.from))
 			}
 			return "", fmt.Errorf("no alternative can be promoted: %w", errors.Join(f.why...))
 		}

@@ -196,3 +196,29 @@ func TestChangeRightAfterStart(t *testing.T) {
 		t.Fatalf("switchover %+v", ch)
 	}
 }
+
+// TestNoFailoverToQuarantined: the leader is lost while every alternative
+// is quarantined (each holds data the others lack): nothing is promoted
+// automatically, and the record says why, naming each one.
+func TestNoFailoverToQuarantined(t *testing.T) {
+	r := newArbiterRig(t, topology.ModeAuto)
+	for _, id := range []string{"b", "c"} {
+		if err := r.m.SetQuarantine(id, "diverged for the test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.a.Crash()
+	var ch topology.Change
+	select {
+	case ch = <-r.changes:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no failover attempt: %+v", r.m.View())
+	}
+	if ch.Result != topology.ResultFailed || strings.Contains(ch.Message, "%!") ||
+		!strings.Contains(ch.Message, "b quarantined: diverged for the test") || !strings.Contains(ch.Message, "writes wait for a to return") {
+		t.Fatalf("failover attempt %+v", ch)
+	}
+	if s := r.m.Snapshot(); s.Leader == nil || s.Leader.ID != "a" {
+		t.Fatalf("leader %+v", r.m.View())
+	}
+}

@@ -234,7 +234,7 @@ func (a *Arbiter) resume(ctx context.Context) {
 			a.log.Warn("no primary after the interrupted leader change; settling it as a stuck switchover", "from", c.From, "to", c.To)
 			_ = a.m.HoldWrites(fmt.Sprintf("leader change from %s to %s interrupted; settling", c.From, c.To))
 			a.mu.Lock()
-			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To}, time.Time{}
+			a.stuck, a.stuckSince = &stuckSwitchover{from: c.From, to: c.To, bar: c.Bar}, time.Time{}
 			a.mu.Unlock()
 			return
 		}

@@ -321,7 +321,7 @@ func (w *switchoverRun) confirmBeforeDemote(ctx context.Context) error {
 			return "", fmt.Errorf("%s did not replicate %s's last acknowledged write (%d, %s) within %s with writes held; rolled back: %w",
 				w.to, w.from, bar, how, a.opts.CatchUpTimeout, err)
 		}
-		w.bar = bar
+		w.bar, w.ch.Bar = bar, bar
 		return fmt.Sprintf("covered %d", bar), nil
 	})
 }

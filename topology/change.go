@@ -179,6 +179,11 @@ type Change struct {
 	// holding them to releasing them to the new leader).
 	Took time.Duration `json:"took"`
 	Held time.Duration `json:"held"`
+	// Bar is the old leader's last acknowledged write (a timestamp) that
+	// a switchover's target was confirmed to hold before the old leader
+	// demoted itself; a restarted arbiter settling the switchover
+	// promotes the target by force only if it still covers it.
+	Bar uint64 `json:"bar,omitempty"`
 	// WritesHeld counts writes that had to wait for the new leader.
 	WritesHeld int64 `json:"writes_held"`
 	// Quarantined lists alternatives left without reads, with reasons.

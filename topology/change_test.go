@@ -56,6 +56,9 @@ func TestChangeRecord(t *testing.T) {
 			t.Fatalf("step %+v", st)
 		}
 	}
+	if ch.Bar == 0 {
+		t.Fatal("the switchover record has no bar: a restarted arbiter could not check the target covers it")
+	}
 	demote, promote := ch.Steps[4], ch.Steps[6]
 	if demote.Cluster != "a" || !strings.Contains(demote.Sent, "topology [b->a b->c]") || demote.Answer != "ok" {
 		t.Fatalf("demote step %+v", demote)

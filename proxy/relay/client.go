@@ -306,8 +306,15 @@ type uconn struct {
 func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u := &uconn{r: r, cluster: cluster, authority: authority, scheme: scheme, nc: nc,
 		streams: map[uint32]*ustream{}, nextID: 1, maxConcurrent: 1<<32 - 1, done: make(chan struct{})}
-	bw := bufio.NewWriterSize(nc, 32<<10)
-	u.br = bufio.NewReaderSize(nc, 32<<10)
+	var rd io.Reader
+	var wr io.Writer
+	if rs := newRawSocket(nc); rs != nil {
+		rd, wr = rs, rs
+	} else {
+		rd, wr = nc, nc
+	}
+	bw := bufio.NewWriterSize(wr, 32<<10)
+	u.br = bufio.NewReaderSize(rd, 32<<10)
 	u.fr = http2.NewFramer(bw, u.br)
 	u.fr.SetMaxReadFrameSize(MaxFrameSize)
 	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
@@ -658,10 +665,8 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 	}
 	// Most requests fit the windows: their DATA leaves with the HEADERS.
 	if fits {
-		var prefix [5]byte
-		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		rest := size - 5
-		u.w.writeData(us.id, rest == 0, prefix[:])
+		u.w.writePrefix(us.id, rest == 0, rest)
 		for _, p := range parts[:n] {
 			if len(p) > 0 {
 				rest -= len(p)

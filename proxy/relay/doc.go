@@ -14,8 +14,8 @@
 // # Files
 //
 //   - server.go: Server and its client connections (dconn) and streams
-//     (dstream, exported as Call): accept, handshake, the reader's frame
-//     handling, edge checks, answers, drain.
+//     (Call): accept, handshake, the reader's frame handling, edge
+//     checks, answers, drain.
 //   - client.go: Pool and its cluster connections (uconn) and streams
 //     (ustream): dial, keepalive, RoundTrip, the reader.
 //   - h2.go: what both sides share: the frame writer (h2writer), the
@@ -89,7 +89,7 @@
 //     connections with held streams). uconn.open registers a stream
 //     under uconn.mu; a resume returns window after releasing both, and
 //     the client writer resumes outside the writer's lock.
-//  6. Leaves: msgQueue.mu, dstream.hookMu, connOut.deadlineMu.
+//  6. Leaves: msgQueue.mu, Call.hookMu, connOut.deadlineMu.
 //
 // # RFC 9113
 //

@@ -61,7 +61,8 @@ type h2writer struct {
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	hdr     [9]byte
-	err     error // sticky: the first write error
+	pfx     [5]byte // writePrefix's
+	err     error   // sticky: the first write error
 	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
 	maxFrame uint32
 	// answered is set when HEADERS or DATA are written: the keepalive
@@ -211,6 +212,16 @@ func (w *h2writer) writeHeaders(id uint32, end bool, fields ...[]hpack.HeaderFie
 	}
 }
 
+// writePrefix writes the 5-byte prefix of an uncompressed gRPC message of
+// n bytes as DATA, from the writer's own array (a local one escapes to the
+// heap through the frame sink: an allocation per message). The caller
+// holds the lock and the credit.
+func (w *h2writer) writePrefix(id uint32, end bool, n int) {
+	w.pfx[0] = 0
+	binary.BigEndian.PutUint32(w.pfx[1:], uint32(n))
+	w.writeData(id, end, w.pfx[:])
+}
+
 // writeData writes p as DATA frames no larger than the peer allows. The
 // caller holds the lock and the flow-control credit for len(p).
 func (w *h2writer) writeData(id uint32, end bool, p []byte) {
@@ -346,10 +357,7 @@ func (o *connOut) Flush() error {
 func (o *connOut) writeNow() {
 	n := 0
 	err := o.raw.Write(func(fd uintptr) bool {
-		k, err := syscall.Write(int(fd), o.buf)
-		if err == nil && k > 0 {
-			n = k
-		}
+		n = rawTryWrite(fd, o.buf)
 		return true // one attempt: never wait for the socket here
 	})
 	if err != nil || n == 0 {
@@ -609,7 +617,7 @@ func (f *flow) close() {
 	f.mu.Unlock()
 }
 
-// sendFlower is a stream with a send window: *ustream and *dstream.
+// sendFlower is a stream with a send window: *ustream and *Call.
 type sendFlower interface{ sendFlow() *streamFlow }
 
 // applySettings applies a peer's SETTINGS frame, whose values the caller
@@ -858,12 +866,18 @@ func httpStatusCode(s string) codes.Code {
 // A block is bounded three ways (the CONTINUATION flood of
 // CVE-2023-45288, which x/net guards in Framer.ReadMetaHeaders): its
 // decoded size (maxList, advertised as SETTINGS_MAX_HEADER_LIST_SIZE; a
-// block over it is read to its end and refused as a stream), its encoded
-// bytes and frames, and the time its CONTINUATION frames take (past
-// those, errHeaderBlock: the connection is closed).
+// block that ends in the frame that takes it over is refused as a stream,
+// a CONTINUATION after that is errHeaderBlock), its encoded bytes and
+// frames, and the time its CONTINUATION frames take (past those,
+// errHeaderBlock: the connection is closed).
 type headerReader struct {
-	dec       *hpack.Decoder
-	buf       []hpack.HeaderField // scratch, reused
+	dec *hpack.Decoder
+	buf []hpack.HeaderField // scratch, reused
+	// slab is where complete blocks' fields are carved from: one
+	// allocation per many blocks instead of one per block. A call keeps
+	// its block's fields (a three-index slice, so it cannot grow into the
+	// next block's) and with them the slab, at most fieldSlab fields.
+	slab      []hpack.HeaderField
 	size      int
 	tooLarge  bool
 	streamID  uint32
@@ -875,9 +889,13 @@ type headerReader struct {
 	started       time.Time
 }
 
-// defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured
-// (Go's net/http server default is 1 MB).
-const defaultMaxHeaderList = 1 << 20
+// defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured.
+// A Milvus SDK call carries a few hundred bytes of headers (a token or a
+// user:password pair included); 64 KiB is Envoy's default request header
+// limit (max_request_headers_kb: 60). Every connection a CONTINUATION
+// flood opens costs the proxy up to this much decoding before it is
+// closed, so a larger default buys nothing and costs the other clients.
+const defaultMaxHeaderList = 64 << 10
 
 // Bounds of one header block beyond its decoded size.
 const (
@@ -932,7 +950,10 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
 		h.bytes += len(frag)
 		h.frames++
-		if h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
+		// Once the decoded block is over maxList, its stream is refused
+		// anyway: a CONTINUATION after that is read no further (as
+		// x/net's Framer.ReadMetaHeaders does since CVE-2023-45288).
+		if h.tooLarge || h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
 			return nil, false, errHeaderBlock
 		}
 	}
@@ -953,10 +974,18 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 	if h.tooLarge {
 		return nil, true, nil // the caller refuses the stream
 	}
-	fields = make([]hpack.HeaderField, len(h.buf))
+	n := len(h.buf)
+	if n > len(h.slab) {
+		h.slab = make([]hpack.HeaderField, max(fieldSlab, n))
+	}
+	fields, h.slab = h.slab[:n:n], h.slab[n:]
 	copy(fields, h.buf)
 	return fields, true, nil
 }
+
+// fieldSlab is how many header fields headerReader allocates at once:
+// ~10 KiB, some 25 calls' request or response headers.
+const fieldSlab = 256
 
 // inflight counts calls being handled. Unlike a sync.WaitGroup it may be
 // waited on while calls still start (streams the client sent before it saw

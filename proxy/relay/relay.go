@@ -74,42 +74,38 @@ type ServerOptions struct {
 	Logger   *slog.Logger
 }
 
-// Call is one client call as the Handler sees it (the relay's stream
-// state; its fields are the relay's own).
-type Call = dstream
-
 // Context is the call's context: cancelled when the client resets the
 // stream or leaves, with the client's grpc-timeout as its deadline.
-func (st *dstream) Context() context.Context { return st.ctx }
+func (st *Call) Context() context.Context { return st.ctx }
 
 // Method is the call's index in ServerOptions.Methods.
-func (st *dstream) Method() int { return st.method }
+func (st *Call) Method() int { return st.method }
 
 // Remote is the client's address.
-func (st *dstream) Remote() string { return st.d.remote }
+func (st *Call) Remote() string { return st.d.remote }
 
 // DB is the client's dbname header.
-func (st *dstream) DB() string { return st.mdDB }
+func (st *Call) DB() string { return st.mdDB }
 
 // Identifier is the client's identifier header.
-func (st *dstream) Identifier() string { return st.ident }
+func (st *Call) Identifier() string { return st.ident }
 
 // Forward is the client's metadata that goes on to the backend, as
 // header fields (read-only).
-func (st *dstream) Forward() []hpack.HeaderField { return st.fwd }
+func (st *Call) Forward() []hpack.HeaderField { return st.fwd }
 
 // Metadata is Forward as gRPC metadata, for a grpc-go client stream.
-func (st *dstream) Metadata() metadata.MD { return fieldsMD(st.fwd) }
+func (st *Call) Metadata() metadata.MD { return fieldsMD(st.fwd) }
 
 // Request is how the call goes on to a cluster: its context, path and
 // forwarded metadata.
-func (st *dstream) Request() Request {
+func (st *Call) Request() Request {
 	return Request{Ctx: st.ctx, Path: st.d.r.paths[st.method], Forward: st.fwd, acct: &st.acct}
 }
 
 // Dispatch hands a unary call taken by Handler.StartUnary to a worker,
 // which runs Handler.Unary.
-func (st *dstream) Dispatch(req *rawmsg.Msg) {
+func (st *Call) Dispatch(req *rawmsg.Msg) {
 	st.msg.done = append(st.msg.done[:0], req)
 	st.d.r.dispatch(st)
 }
@@ -119,7 +115,7 @@ func (st *dstream) Dispatch(req *rawmsg.Msg) {
 // With fl (on a connection's reader goroutine) it never blocks: the
 // flush is left to fl, and an answer the client's windows do not admit
 // waits for credit on a goroutine of its own. Without fl it may block.
-func (st *dstream) Finish(cluster string, resp *rawmsg.Msg, err error, fl *Flush) {
+func (st *Call) Finish(cluster string, resp *rawmsg.Msg, err error, fl *Flush) {
 	d := st.d
 	switch {
 	case err != nil:
@@ -142,7 +138,7 @@ func (st *dstream) Finish(cluster string, resp *rawmsg.Msg, err error, fl *Flush
 }
 
 // endUnary ends a call taken by Handler.StartUnary.
-func (d *dconn) endUnary(st *dstream) {
+func (d *dconn) endUnary(st *Call) {
 	d.endStream(st)
 	d.r.active.Done()
 }
@@ -150,7 +146,7 @@ func (d *dconn) endUnary(st *dstream) {
 // startUnary takes a complete unary request on the connection's reader
 // goroutine: the Handler's fast path when it is a single uncompressed
 // message, a worker otherwise.
-func (d *dconn) startUnary(st *dstream, fl *flushList) {
+func (d *dconn) startUnary(st *Call, fl *flushList) {
 	if st.kind != kindUnary || len(st.msg.done) != 1 || st.msg.partial() || st.msg.done[0].Compressed {
 		d.r.dispatch(st)
 		return
@@ -172,7 +168,7 @@ type Exchange struct {
 	u    *uconn
 	us   ustream
 	ref  upRef // the backend stream, for the client's RST_STREAM
-	call *dstream
+	call *Call
 	done Completion
 }
 

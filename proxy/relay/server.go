@@ -166,7 +166,7 @@ type Server struct {
 	methods  map[string]int // :path -> index in ServerOptions.Methods
 	paths    []string       // by method index
 	streamed []bool         // by method index: a streaming method
-	work     chan *dstream
+	work     chan *Call
 	stopW    chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup // workers
@@ -186,7 +186,7 @@ func NewServer(o ServerOptions) *Server {
 	r := &Server{h: o.Handler, lim: o.Limits.WithDefaults(), maxMsg: o.MaxMessageSize, log: o.Logger,
 		creds: o.Creds, hook: o.CallHook, obs: o.Observer, service: o.Service,
 		methods: make(map[string]int, len(o.Methods)), paths: make([]string, len(o.Methods)), streamed: make([]bool, len(o.Methods)),
-		work: make(chan *dstream), stopW: make(chan struct{}),
+		work: make(chan *Call), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
 	r.budget = newRespBudget(r.lim.ResponseBuffer, func(ev Event) { r.event(ev, "") })
 	for i, m := range o.Methods {
@@ -220,7 +220,7 @@ func (r *Server) worker() {
 	}
 }
 
-func (r *Server) dispatch(st *dstream) {
+func (r *Server) dispatch(st *Call) {
 	select {
 	case r.work <- st:
 	default:
@@ -386,7 +386,7 @@ type dconn struct {
 	readerDone chan struct{}
 
 	mu         sync.Mutex
-	streams    map[uint32]*dstream
+	streams    map[uint32]*Call
 	maxID      uint32        // highest stream id the client opened
 	draining   bool          // first GOAWAY phase sent (streams still accepted)
 	goneAwayCh chan struct{} // closed when the second phase is sent
@@ -404,7 +404,7 @@ type dconn struct {
 
 	// rejects are answers to non-gRPC requests waiting for window
 	// credit (reader goroutine only).
-	rejects []*dstream
+	rejects []*Call
 
 	// The reader goroutine's abuse accounting.
 	resetBudget, ctrlBudget rateBudget
@@ -413,9 +413,13 @@ type dconn struct {
 }
 
 func newDconn(r *Server, nc net.Conn) *dconn {
-	d := &dconn{r: r, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*dstream{},
+	d := &dconn{r: r, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*Call{},
 		readerDone: make(chan struct{})}
-	d.br = bufio.NewReaderSize(nc, 32<<10)
+	var rd io.Reader = nc
+	if rs := newRawSocket(nc); rs != nil {
+		rd = rs
+	}
+	d.br = bufio.NewReaderSize(rd, 32<<10)
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
 	d.budget = newConnBudget(r.budget, int64(lim.ConnResponseBuffer), d.out)
@@ -444,7 +448,7 @@ func newDconn(r *Server, nc net.Conn) *dconn {
 	return d
 }
 
-// dstream kinds.
+// Call kinds.
 const (
 	kindUnary = iota
 	kindStream
@@ -456,10 +460,11 @@ const (
 	kindReject
 )
 
-func (st *dstream) sendFlow() *streamFlow { return &st.sf }
+func (st *Call) sendFlow() *streamFlow { return &st.sf }
 
-// dstream is one client call.
-type dstream struct {
+// Call is one client call: the relay's state of a client stream. The
+// Handler sees it through its methods (relay.go).
+type Call struct {
 	d      *dconn
 	id     uint32
 	kind   int
@@ -467,9 +472,9 @@ type dstream struct {
 	fwd    []hpack.HeaderField
 	mdDB   string
 	ident  string
-	gzip   bool // the client compresses its messages with gzip
-	ctx    context.Context
-	cancel context.CancelFunc
+	gzip   bool            // the client compresses its messages with gzip
+	ctx    context.Context // &cctx, or a context the hook derived from it
+	cctx   callCtx
 	sf     streamFlow
 
 	// Request assembly, by the reader goroutine.
@@ -506,7 +511,7 @@ type dstream struct {
 }
 
 // decide records the call's outcome (the first one stands), for the hook.
-func (st *dstream) decide(err error) {
+func (st *Call) decide(err error) {
 	if !st.hooked {
 		return
 	}
@@ -518,7 +523,7 @@ func (st *dstream) decide(err error) {
 }
 
 // endHook calls the hook's end function, once.
-func (st *dstream) endHook() {
+func (st *Call) endHook() {
 	if !st.hooked {
 		return
 	}
@@ -718,7 +723,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		// The call's context ends first, so that whoever judges the
 		// aborted backend stream sees a client's cancel, not a
 		// cluster's failure.
-		st.cancel()
+		st.cctx.cancel()
 		if up := st.abortUp.Load(); up != nil {
 			up.abort()
 		}
@@ -806,8 +811,8 @@ func (d *dconn) checkIdle() {
 
 // abortStream resets a stream the client may still be using and ends its
 // call.
-func (d *dconn) abortStream(st *dstream, code http2.ErrCode) {
-	st.cancel()
+func (d *dconn) abortStream(st *Call, code http2.ErrCode) {
+	st.cctx.cancel()
 	if up := st.abortUp.Load(); up != nil {
 		up.abort()
 	}
@@ -832,7 +837,7 @@ func (d *dconn) maxStreamID() uint32 {
 	return d.maxID
 }
 
-func (d *dconn) stream(id uint32) *dstream {
+func (d *dconn) stream(id uint32) *Call {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.streams[id]
@@ -966,12 +971,12 @@ func (d *dconn) close(err error) {
 	}
 	d.closed = true
 	streams := d.streams
-	d.streams = map[uint32]*dstream{}
+	d.streams = map[uint32]*Call{}
 	d.mu.Unlock()
 	d.cancel()
 	d.flow.close()
 	for _, st := range streams {
-		st.cancel()
+		st.cctx.cancel()
 		// A fast-path call's backend stream ends with the client's
 		// connection: the cluster stops working (and sending) for a
 		// client that left, and the answer's memory goes with it.
@@ -1075,7 +1080,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		return nil
 	case headersBadMethod, headersBadContentType:
 		d.r.event(EventRefused, "not_grpc")
-		st := &dstream{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
+		st := &Call{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
 		st.acct.b = d.budget
 		if verdict == headersBadContentType {
 			st.rejectStatus = "415"
@@ -1084,7 +1089,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			d.resetStream(id, http2.ErrCodeProtocol)
 			return nil
 		}
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
+		st.cctx.init(d.ctx, 0, false)
+		st.ctx = &st.cctx
 		d.addStream(st)
 		if ended {
 			d.onClientEnd(st)
@@ -1092,7 +1098,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		return nil
 	}
 
-	st := &dstream{d: d, id: id, clen: -1}
+	st := &Call{d: d, id: id, clen: -1}
 	st.acct.b = d.budget
 	if !setContentLength(st, fields) {
 		d.r.event(EventRefused, "malformed")
@@ -1147,11 +1153,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 			st.kind = kindStream
 		}
 	}
-	if hasTimeout {
-		st.ctx, st.cancel = context.WithTimeout(d.ctx, timeout)
-	} else {
-		st.ctx, st.cancel = context.WithCancel(d.ctx)
-	}
+	st.cctx.init(d.ctx, timeout, hasTimeout)
+	st.ctx = &st.cctx
 	if hook := d.r.hook; hook != nil {
 		// The hook sees (and may change) the metadata going on, as a
 		// grpc interceptor would; user-agent is kept as it came.
@@ -1179,7 +1182,7 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 
 // addStream registers a new stream with the send window the client's
 // SETTINGS give it.
-func (d *dconn) addStream(st *dstream) {
+func (d *dconn) addStream(st *Call) {
 	d.r.active.Add(1)
 	d.mu.Lock()
 	d.flow.mu.Lock()
@@ -1191,7 +1194,7 @@ func (d *dconn) addStream(st *dstream) {
 
 // setContentLength reads a request's content-length, if any; false: it
 // is not a number.
-func setContentLength(st *dstream, fields []hpack.HeaderField) bool {
+func setContentLength(st *Call, fields []hpack.HeaderField) bool {
 	for _, f := range fields {
 		if f.Name == "content-length" {
 			n, err := strconv.ParseUint(f.Value, 10, 62)
@@ -1208,7 +1211,7 @@ func setContentLength(st *dstream, fields []hpack.HeaderField) bool {
 // been read: the HTTP status with, as grpc-go's server, grpc-status
 // Internal, and the reason as a text body (sent when the client's windows
 // admit it, from this goroutine: it never waits).
-func (d *dconn) answerReject(st *dstream) {
+func (d *dconn) answerReject(st *Call) {
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, []hpack.HeaderField{{Name: ":status", Value: st.rejectStatus},
 		{Name: "content-type", Value: "text/plain; charset=utf-8"},
@@ -1327,7 +1330,7 @@ func (d *dconn) onData(f *http2.DataFrame) error {
 }
 
 // onClientEnd runs when the client half-closes a stream.
-func (d *dconn) onClientEnd(st *dstream) {
+func (d *dconn) onClientEnd(st *Call) {
 	if st.ended {
 		return
 	}
@@ -1359,7 +1362,7 @@ func (d *dconn) resetStream(id uint32, code http2.ErrCode) {
 }
 
 // endStream forgets a stream: the client reset it, or its call is over.
-func (d *dconn) endStream(st *dstream) {
+func (d *dconn) endStream(st *Call) {
 	st.endHook()
 	d.mu.Lock()
 	_, open := d.streams[st.id]
@@ -1370,7 +1373,7 @@ func (d *dconn) endStream(st *dstream) {
 	}
 	idle := d.goneAway && len(d.streams) == 0
 	d.mu.Unlock()
-	st.cancel()
+	st.cctx.cancel()
 	st.acct.release()
 	d.flow.resetStream(&st.sf)
 	if st.in != nil {
@@ -1386,7 +1389,7 @@ func (d *dconn) endStream(st *dstream) {
 }
 
 // failStream answers a stream with an error before any worker has it.
-func (d *dconn) failStream(st *dstream, err error) {
+func (d *dconn) failStream(st *Call, err error) {
 	st.decide(err)
 	st.ended = true
 	st.queued = true // the answer below stands in for the worker
@@ -1430,7 +1433,7 @@ func itoa(n int) string {
 }
 
 // runUnary handles one unary call on a worker.
-func (d *dconn) runUnary(st *dstream) {
+func (d *dconn) runUnary(st *Call) {
 	defer d.r.active.Done()
 	defer d.endStream(st)
 	req, err := st.request()
@@ -1457,7 +1460,7 @@ func (d *dconn) runUnary(st *dstream) {
 }
 
 // request returns the stream's single request message, decompressed.
-func (st *dstream) request() (*rawmsg.Msg, error) {
+func (st *Call) request() (*rawmsg.Msg, error) {
 	msgs := st.msg.done
 	if len(msgs) != 1 || st.msg.partial() {
 		for _, m := range msgs {
@@ -1470,7 +1473,7 @@ func (st *dstream) request() (*rawmsg.Msg, error) {
 	return st.decompress(m)
 }
 
-func (st *dstream) decompress(m *rawmsg.Msg) (*rawmsg.Msg, error) {
+func (st *Call) decompress(m *rawmsg.Msg) (*rawmsg.Msg, error) {
 	if !m.Compressed {
 		return m, nil
 	}
@@ -1498,7 +1501,7 @@ func (st *dstream) decompress(m *rawmsg.Msg) (*rawmsg.Msg, error) {
 
 // respond writes a successful unary response: headers, message, trailers,
 // in one write when the client's windows allow.
-func (d *dconn) respond(st *dstream, cluster string, resp *rawmsg.Msg) {
+func (d *dconn) respond(st *Call, cluster string, resp *rawmsg.Msg) {
 	st.decide(nil)
 	if st.ctx.Err() != nil {
 		return // reset by the client
@@ -1525,11 +1528,9 @@ func (d *dconn) respond(st *dstream, cluster string, resp *rawmsg.Msg) {
 		n++
 	}
 	if d.flow.tryTake(&st.sf, size) {
-		var prefix [5]byte
-		binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 		d.w.lock()
 		d.w.writeHeaders(st.id, false, hdr)
-		d.w.writeData(st.id, false, prefix[:])
+		d.w.writePrefix(st.id, false, size-5)
 		for _, p := range parts[:n] {
 			if len(p) > 0 {
 				d.w.writeData(st.id, false, p)
@@ -1554,7 +1555,7 @@ func (d *dconn) respond(st *dstream, cluster string, resp *rawmsg.Msg) {
 // respondNow writes a successful response if the client's windows admit it
 // at once, leaving the flush to fl; it reports false (nothing written)
 // otherwise.
-func (d *dconn) respondNow(st *dstream, cluster string, resp *rawmsg.Msg, fl *flushList) bool {
+func (d *dconn) respondNow(st *Call, cluster string, resp *rawmsg.Msg, fl *flushList) bool {
 	if st.ctx.Err() != nil {
 		st.decide(nil)
 		return true // reset by the client: nothing to write
@@ -1565,11 +1566,9 @@ func (d *dconn) respondNow(st *dstream, cluster string, resp *rawmsg.Msg, fl *fl
 	}
 	var hdrBuf [8]hpack.HeaderField
 	hdr, trl := responseHeaders(&hdrBuf, cluster, resp)
-	var prefix [5]byte
-	binary.BigEndian.PutUint32(prefix[1:], uint32(size-5))
 	d.w.lock()
 	d.w.writeHeaders(st.id, false, hdr)
-	d.w.writeData(st.id, false, prefix[:])
+	d.w.writePrefix(st.id, false, size-5)
 	for _, b := range resp.Data {
 		if p := b.ReadOnlyData(); len(p) > 0 {
 			d.w.writeData(st.id, false, p)
@@ -1615,7 +1614,7 @@ func appendPassHeaders(dst, src []hpack.HeaderField) []hpack.HeaderField {
 
 // respondErr answers a call that failed. A backend's error goes back with
 // its own headers and trailers.
-func (d *dconn) respondErr(st *dstream, cluster string, err error) {
+func (d *dconn) respondErr(st *Call, cluster string, err error) {
 	st.decide(err)
 	if st.ctx.Err() != nil && st.d.ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 		if gstatus.Code(err) == codes.Canceled {
@@ -1688,7 +1687,7 @@ func passTrailers(fs []hpack.HeaderField) []hpack.HeaderField {
 // runStream proxies a streaming method to the leader (Server.proxyStream):
 // messages from the client go to the backend as they arrive, messages
 // from the backend come back under the client's flow control.
-func (d *dconn) runStream(st *dstream) {
+func (d *dconn) runStream(st *Call) {
 	defer d.r.active.Done()
 	defer d.endStream(st)
 	if cluster, started, err := d.r.h.Stream(st, ClientStream{d: d, st: st}); !started {
@@ -1700,7 +1699,7 @@ func (d *dconn) runStream(st *dstream) {
 // Handler.Stream: how its messages arrive and how the answer goes back.
 type ClientStream struct {
 	d  *dconn
-	st *dstream
+	st *Call
 }
 
 // Recv returns the client's next message and the flow-control credit to
@@ -1795,12 +1794,19 @@ type msgAssembler struct {
 	body    []byte
 	want    int
 	done    []*rawmsg.Msg
+	// one backs done for the usual single message, so that a unary
+	// call's request costs no slice allocation; whoever takes messages
+	// from done copies them out before done is reused.
+	one [1]*rawmsg.Msg
 }
 
 func (a *msgAssembler) partial() bool { return a.nprefix > 0 || a.cur != nil }
 
 // append consumes p and returns the messages it completed.
 func (a *msgAssembler) append(p []byte, maxMsg int) ([]*rawmsg.Msg, error) {
+	if a.done == nil {
+		a.done = a.one[:0]
+	}
 	first := len(a.done)
 	for len(p) > 0 || (a.cur != nil && len(a.body) == a.want) {
 		if a.cur == nil {
@@ -1919,7 +1925,7 @@ func (q *msgQueue) pop(ctx context.Context) (*rawmsg.Msg, error) {
 }
 
 // healthCheck answers grpc.health.v1.Health/Check.
-func (d *dconn) healthCheck(st *dstream, req *rawmsg.Msg) {
+func (d *dconn) healthCheck(st *Call, req *rawmsg.Msg) {
 	var in healthpb.HealthCheckRequest
 	if err := proto.Unmarshal(req.Bytes(), &in); err != nil {
 		d.respondErr(st, "", gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))
@@ -1936,7 +1942,7 @@ func (d *dconn) healthCheck(st *dstream, req *rawmsg.Msg) {
 
 // healthWatch answers grpc.health.v1.Health/Watch: the status now and at
 // every change, until the client leaves or the proxy drains.
-func (d *dconn) healthWatch(st *dstream, req *rawmsg.Msg) {
+func (d *dconn) healthWatch(st *Call, req *rawmsg.Msg) {
 	var in healthpb.HealthCheckRequest
 	if err := proto.Unmarshal(req.Bytes(), &in); err != nil {
 		d.respondErr(st, "", gstatus.Errorf(codes.Internal, "milvus-ha-proxy: decoding HealthCheckRequest: %v", err))

@@ -106,18 +106,6 @@ type probe struct {
 // KNOWN and do not fail the test unless MHP_ABUSE_STRICT=1; any other
 // failure does. Remove an entry as soon as the engine meets it.
 var knownFailures = map[string]map[string]string{
-	// grpc-go runs a handler for every stream before it sees the reset.
-	"rapid-reset-max/grpc": {failThroughput: "grpc-go serves every reset stream's handler: the abuser takes the CPU"},
-	// The relay ends a connection with GOAWAY ENHANCE_YOUR_CALM after
-	// its reset budget (1,000 at once); the abuser reconnects at once, and
-	// the bystander keeps 45-60% of its rate on a loaded 2-core machine
-	// (HAProxy: 15%).
-	"rapid-reset-max/relay": {failThroughput: "borderline: every new connection gets its reset budget before GOAWAY"},
-	// The relay decodes and drops a header block up to 16 MiB before
-	// GOAWAY ENHANCE_YOUR_CALM, grpc-go up to its 16 MiB header list
-	// limit: the flood of new connections takes the CPU.
-	"continuation-flood/relay": {failThroughput: "CONTINUATION read up to 16 MiB per connection before GOAWAY"},
-	"continuation-flood/grpc":  {failThroughput: "CONTINUATION decoded up to 16 MiB per connection"},
 	// Answers are buffered whole while the client grants no window (no
 	// back-pressure on the backend stream), and the backend connection
 	// the bystander shares stalls meanwhile.

@@ -22,8 +22,7 @@
 //	MHP_CHAOS_SEED=N      run this seed (a failure prints it, with the step count)
 //	MHP_CHAOS_STEPS=N     run exactly N steps per seed (replay)
 //	MHP_CHAOS_KINDS=...   the kinds of step to draw from, comma-separated, or
-//	                      all (default: the kinds that pass today, see
-//	                      defaultKinds)
+//	                      all (the default, see defaultKinds)
 //	MHP_CHAOS_SECONDS=S   total time budget; seeds run one after another
 //	                      until it is spent (default 40: `make test`;
 //	                      `make chaos SECONDS=600` for a long run)

@@ -1,0 +1,244 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/credentials"
+)
+
+// The grpc engine's guard against the HTTP/2 rapid reset attack
+// (CVE-2023-44487). grpc-go (since 1.58) bounds the handlers running for
+// one connection by MaxConcurrentStreams, but it still starts a handler for
+// every stream a client opens and resets at once, so one client that does
+// so in a loop takes the CPU from every other client. grpc-go has no reset
+// budget of its own; the relay engine has (RelayLimits.ResetsPerSecond).
+// The guard gives the grpc engine the same one: it sits between grpc-go and
+// the connection (after TLS, as a credentials.TransportCredentials wrapper,
+// so it sees HTTP/2 frames), follows the frame boundaries of both
+// directions from the 9-byte frame headers as the bytes pass (RFC 9113
+// section 4.1; payloads are skipped, nothing is copied), and counts the
+// client's RST_STREAM frames for streams the server had not ended. Past
+// the budget it writes GOAWAY ENHANCE_YOUR_CALM between two of grpc-go's
+// frames, as Go's net/http2 and the relay do, and closes the connection.
+
+// guardCreds wraps the server's transport credentials so that every
+// connection grpc-go serves passes through a guardConn.
+type guardCreds struct {
+	credentials.TransportCredentials
+	rate, burst float64
+	onClose     func(reason string)
+}
+
+func (g *guardCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	c, ai, err := g.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return c, ai, err
+	}
+	return newGuardConn(c, g.rate, g.burst, g.onClose), ai, nil
+}
+
+func (g *guardCreds) Clone() credentials.TransportCredentials {
+	c := *g
+	c.TransportCredentials = g.TransportCredentials.Clone()
+	return &c
+}
+
+// errGuardClosed is what grpc-go reads and writes once the guard closed
+// the connection.
+var errGuardClosed = errors.New("milvus-ha-proxy: connection closed: too many stream resets")
+
+// guardConn is one client connection of the grpc engine under the guard.
+// Read is called by grpc-go's reader goroutine only; Write by its writer
+// (loopy) goroutine, under wmu, which the reader takes (TryLock, never
+// waiting on a blocked write) to put its GOAWAY between two frames.
+type guardConn struct {
+	net.Conn
+	rate, burst float64
+	onClose     func(reason string)
+
+	// The reader's state.
+	rd        frameScanner
+	tokens    float64
+	last      time.Time
+	maxStream uint32 // the highest stream a client HEADERS opened
+
+	wmu  sync.Mutex
+	wr   frameScanner // under wmu
+	dead bool         // under wmu: the guard closed the connection
+	// ended are the last streams the server ended (trailers or
+	// RST_STREAM), a ring written under wmu, read by the reader: a
+	// client's reset of one of them is not a reset of an unanswered
+	// call (grpc-go clients reset a bidi stream the server ended
+	// before they half-closed it).
+	ended     [64]atomic.Uint32
+	endedNext int
+}
+
+func newGuardConn(c net.Conn, rate, burst float64, onClose func(string)) *guardConn {
+	g := &guardConn{Conn: c, rate: rate, burst: burst, onClose: onClose}
+	g.rd.skip = len(http2.ClientPreface)
+	return g
+}
+
+// HTTP/2 frame types and flags the guard looks at (RFC 9113 section 6).
+const (
+	frameHeaders   = 0x1
+	frameRSTStream = 0x3
+	flagEndStream  = 0x1
+)
+
+func (g *guardConn) Read(p []byte) (int, error) {
+	n, err := g.Conn.Read(p)
+	for b := p[:n]; len(b) > 0; {
+		h, ok, rest := g.rd.next(b)
+		b = rest
+		if !ok {
+			break
+		}
+		switch h.typ {
+		case frameHeaders:
+			g.maxStream = max(g.maxStream, h.stream)
+		case frameRSTStream:
+			if g.endedByServer(h.stream) || g.take(time.Now()) {
+				continue
+			}
+			g.calm("too many stream resets")
+			return 0, errGuardClosed
+		}
+	}
+	return n, err
+}
+
+func (g *guardConn) Write(p []byte) (int, error) {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.dead {
+		return 0, errGuardClosed
+	}
+	n, err := g.Conn.Write(p)
+	for b := p[:n]; len(b) > 0; {
+		h, ok, rest := g.wr.next(b)
+		b = rest
+		if !ok {
+			break
+		}
+		if h.typ == frameRSTStream || (h.typ == frameHeaders && h.flags&flagEndStream != 0) {
+			g.ended[g.endedNext].Store(h.stream)
+			g.endedNext = (g.endedNext + 1) % len(g.ended)
+		}
+	}
+	return n, err
+}
+
+// endedByServer reports whether stream id is one of the last the server
+// ended.
+func (g *guardConn) endedByServer(id uint32) bool {
+	for i := range g.ended {
+		if g.ended[i].Load() == id {
+			return true
+		}
+	}
+	return false
+}
+
+// take spends one reset from the budget, refilled at rate per second up
+// to burst.
+func (g *guardConn) take(now time.Time) bool {
+	if g.last.IsZero() {
+		g.tokens = g.burst
+	} else {
+		g.tokens = min(g.burst, g.tokens+now.Sub(g.last).Seconds()*g.rate)
+	}
+	g.last = now
+	if g.tokens < 1 {
+		return false
+	}
+	g.tokens--
+	return true
+}
+
+// calm ends the connection: GOAWAY ENHANCE_YOUR_CALM when grpc-go's writer
+// is between two frames and not in a write, then what the client still
+// sends is read and dropped for guardLinger (closing a socket with unread
+// bytes makes the kernel send a RST, and the client could lose the
+// GOAWAY), then the connection is closed.
+func (g *guardConn) calm(debug string) {
+	if g.wmu.TryLock() {
+		if !g.dead && g.wr.atBoundary() {
+			_ = g.Conn.SetWriteDeadline(time.Now().Add(guardLinger))
+			_, _ = g.Conn.Write(goAwayFrame(g.maxStream, http2.ErrCodeEnhanceYourCalm, debug))
+		}
+		g.dead = true
+		g.wmu.Unlock()
+		_ = g.Conn.SetReadDeadline(time.Now().Add(guardLinger))
+		_, _ = io.Copy(io.Discard, g.Conn)
+	}
+	_ = g.Conn.Close()
+	if g.onClose != nil {
+		g.onClose("abuse")
+	}
+}
+
+// guardLinger bounds how long a closed connection reads what its client
+// still sends after the GOAWAY (as the relay does).
+const guardLinger = time.Second
+
+// goAwayFrame is a GOAWAY frame (RFC 9113 section 6.8).
+func goAwayFrame(lastStream uint32, code http2.ErrCode, debug string) []byte {
+	b := make([]byte, 9+8+len(debug))
+	n := 8 + len(debug)
+	b[0], b[1], b[2] = byte(n>>16), byte(n>>8), byte(n)
+	b[3] = 0x7 // GOAWAY
+	binary.BigEndian.PutUint32(b[9:], lastStream&(1<<31-1))
+	binary.BigEndian.PutUint32(b[13:], uint32(code))
+	copy(b[17:], debug)
+	return b
+}
+
+// frameScanner follows the frame boundaries of one direction of an HTTP/2
+// connection from its bytes as they pass: it collects each 9-byte frame
+// header and skips the payload the header announces.
+type frameScanner struct {
+	hdr  [9]byte
+	have int // bytes of hdr collected
+	skip int // bytes before the next frame header
+}
+
+// frameHead is what the guard needs of a frame header.
+type frameHead struct {
+	typ, flags byte
+	stream     uint32
+}
+
+// next consumes b up to and including the next complete frame header and
+// returns it (ok), and the bytes after it; !ok when b ended first.
+func (s *frameScanner) next(b []byte) (h frameHead, ok bool, rest []byte) {
+	if s.skip > 0 {
+		k := min(s.skip, len(b))
+		s.skip -= k
+		b = b[k:]
+	}
+	if len(b) == 0 {
+		return h, false, nil
+	}
+	k := copy(s.hdr[s.have:], b)
+	s.have += k
+	b = b[k:]
+	if s.have < len(s.hdr) {
+		return h, false, nil
+	}
+	s.have = 0
+	s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
+	h = frameHead{typ: s.hdr[3], flags: s.hdr[4], stream: binary.BigEndian.Uint32(s.hdr[5:]) & (1<<31 - 1)}
+	return h, true, b
+}
+
+// atBoundary reports whether the bytes so far end with a whole frame.
+func (s *frameScanner) atBoundary() bool { return s.have == 0 && s.skip == 0 }

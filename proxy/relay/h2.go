@@ -357,10 +357,7 @@ func (o *connOut) Flush() error {
 func (o *connOut) writeNow() {
 	n := 0
 	err := o.raw.Write(func(fd uintptr) bool {
-		k, err := syscall.Write(int(fd), o.buf)
-		if err == nil && k > 0 {
-			n = k
-		}
+		n = rawTryWrite(fd, o.buf)
 		return true // one attempt: never wait for the socket here
 	})
 	if err != nil || n == 0 {

@@ -100,9 +100,9 @@ var DefaultLimits = Limits{
 	IdleTimeout:            2 * time.Minute,
 	WriteTimeout:           30 * time.Second,
 	ConnOutputBuffer:       4 << 20,
-	ConnResponseBuffer:     16 << 20,
+	ConnResponseBuffer:     8 << 20,
 	ResponseBuffer:         256 << 20,
-	BackendStreamWindow:    256 << 10,
+	BackendStreamWindow:    64 << 10,
 	PingMinTime:            5 * time.Second,
 	ResetsPerSecond:        100,
 	ControlFramesPerSecond: 100,
@@ -431,7 +431,11 @@ type dconn struct {
 func newDconn(r *Server, nc net.Conn) *dconn {
 	d := &dconn{r: r, nc: nc, remote: nc.RemoteAddr().String(), streams: map[uint32]*Call{},
 		readerDone: make(chan struct{})}
-	d.br = bufio.NewReaderSize(nc, 32<<10)
+	var rd io.Reader = nc
+	if rs := newRawSocket(nc); rs != nil {
+		rd = rs
+	}
+	d.br = bufio.NewReaderSize(rd, 32<<10)
 	lim := &r.lim
 	d.out = newConnOut(&d.w, nc, &d.flow, int64(lim.ConnOutputBuffer), lim.WriteTimeout)
 	d.budget = newConnBudget(r.budget, int64(lim.ConnResponseBuffer), d.out)
@@ -1009,6 +1013,11 @@ func (d *dconn) close(err error) {
 	// closeLinger; then the writer closes the socket. The reader stops
 	// now.
 	d.out.finish(closeLinger)
+	if d.budget.peaked.Load() {
+		// It made the proxy hold answers: once its calls ended (their
+		// backend streams are reset above), memory may go back.
+		time.AfterFunc(time.Second, d.r.budget.connLeft)
+	}
 	_ = d.nc.SetReadDeadline(time.Now())
 }
 

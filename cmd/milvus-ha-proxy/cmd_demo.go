@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -71,35 +72,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer os.RemoveAll(dataDir)
 	fleet := sim.NewFleet()
 	defer fleet.Stop()
-	clusters := make([]*sim.Cluster, 0, *alternatives+1)
-	for i := 0; i <= *alternatives; i++ {
-		id := string(rune('a' + i))
-		c, err := fleet.Start(ctx, sim.Options{
-			ClusterID:        id,
-			PChannels:        *pchannels,
-			ReplicationDelay: *delay,
-			DataDir:          filepath.Join(dataDir, id),
-			Logger:           logger.With("sim", id),
-		})
-		if err != nil {
-			logger.Error("cannot start simulated cluster", "cluster", id, "err", err)
-			return 1
-		}
-		clusters = append(clusters, c)
-	}
-	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	if len(clusters) > 1 {
-		err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
-	} else {
-		// A lone cluster gets a configuration naming only itself, so
-		// replicate discovery finds it as the source (Milvus 2.6 answers
-		// GetReplicateConfiguration only once one was set).
-		err = sim.UpdateReplicateConfiguration(jctx, clusters[0].Addr(), "",
-			&commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{clusters[0].Config()}}, false)
-	}
-	cancel()
+	clusters, err := startDemoClusters(ctx, fleet, *alternatives+1, *pchannels, *delay, dataDir, logger)
 	if err != nil {
-		logger.Error("cannot configure replication", "err", err)
+		logger.Error("cannot set up the simulated clusters", "err", err)
 		return 1
 	}
 
@@ -119,15 +94,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		logger.Error("demo config is invalid", "err", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "simulated clusters:")
-	for i, c := range clusters {
-		role := "alternative"
-		if i == 0 {
-			role = "leader"
-		}
-		fmt.Fprintf(stdout, " %s=%s (%s)", c.ID(), c.Addr(), role)
-	}
-	fmt.Fprintln(stdout)
+	printDemoClusters(stdout, clusters)
 	// The hints name the addresses the proxy got, which differ from the
 	// flags' with port 0.
 	hints := func(addr, adminAddr string) {
@@ -140,4 +107,54 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Logger:        logger,
 		AdminHandlers: map[string]http.Handler{"/sim/": fleet.Handler()},
 	}, stdout, hints)
+}
+
+// startDemoClusters starts n simulated clusters a, b, ... in fleet, each
+// with its WAL in a directory of its own under dataDir, and joins them by
+// replication with a as the source.
+func startDemoClusters(ctx context.Context, fleet *sim.Fleet, n, pchannels int, delay time.Duration, dataDir string, logger *slog.Logger) ([]*sim.Cluster, error) {
+	clusters := make([]*sim.Cluster, 0, n)
+	for i := 0; i < n; i++ {
+		id := string(rune('a' + i))
+		c, err := fleet.Start(ctx, sim.Options{
+			ClusterID:        id,
+			PChannels:        pchannels,
+			ReplicationDelay: delay,
+			DataDir:          filepath.Join(dataDir, id),
+			Logger:           logger.With("sim", id),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cannot start simulated cluster %s: %w", id, err)
+		}
+		clusters = append(clusters, c)
+	}
+	jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var err error
+	if len(clusters) > 1 {
+		err = sim.JoinReplication(jctx, clusters[0], clusters[1:]...)
+	} else {
+		// A lone cluster gets a configuration naming only itself, so
+		// replicate discovery finds it as the source (Milvus 2.6 answers
+		// GetReplicateConfiguration only once one was set).
+		err = sim.UpdateReplicateConfiguration(jctx, clusters[0].Addr(), "",
+			&commonpb.ReplicateConfiguration{Clusters: []*commonpb.MilvusCluster{clusters[0].Config()}}, false)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot configure replication: %w", err)
+	}
+	return clusters, nil
+}
+
+// printDemoClusters prints each cluster's address and role.
+func printDemoClusters(stdout io.Writer, clusters []*sim.Cluster) {
+	fmt.Fprintf(stdout, "simulated clusters:")
+	for i, c := range clusters {
+		role := "alternative"
+		if i == 0 {
+			role = "leader"
+		}
+		fmt.Fprintf(stdout, " %s=%s (%s)", c.ID(), c.Addr(), role)
+	}
+	fmt.Fprintln(stdout)
 }

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Response memory budget of the relay engine.
@@ -41,6 +43,9 @@ type respBudget struct {
 	used  atomic.Int64
 	// held counts the backend streams held now (all connections).
 	held atomic.Int64
+	// peak is the most used since memory was last given back, and
+	// lastFree when that was (unix nanoseconds).
+	peak, lastFree atomic.Int64
 	// event reports a stream held or resumed (nil: nothing to tell).
 	event func(ev Event)
 
@@ -65,6 +70,8 @@ type connBudget struct {
 	held    []*ustream // streams whose window is withheld
 	// nheld is len(held), for the writer's lock-free look.
 	nheld atomic.Int32
+	// peaked is set once the connection held a stream back.
+	peaked atomic.Bool
 }
 
 func newConnBudget(g *respBudget, limit int64, out *connOut) *connBudget {
@@ -147,7 +154,10 @@ func (us *ustream) charge(n int) {
 	us.partial += int64(n)
 	b.partial += int64(n)
 	b.mu.Unlock()
-	b.g.used.Add(int64(n))
+	g := b.g
+	if v := g.used.Add(int64(n)); v > g.peak.Load() {
+		g.peak.Store(v) // a racy maximum is close enough
+	}
 }
 
 // release gives back everything the call was charged (the call ended).
@@ -186,6 +196,7 @@ func (us *ustream) grant() bool {
 		us.held = true
 		b.held = append(b.held, us)
 		b.nheld.Store(int32(len(b.held)))
+		b.peaked.Store(true)
 		b.g.hold(b)
 	}
 	b.mu.Unlock()
@@ -253,6 +264,32 @@ func (g *respBudget) resumed() {
 	if g.event != nil {
 		g.event(EventStreamResumed)
 	}
+}
+
+// Memory given back after a large release: the Go runtime returns freed
+// memory to the OS only after a GC cycle, which a quiet proxy whose heap
+// grew while a client held answers may not run for minutes (the periodic
+// forced GC is every two minutes). When a client connection that made the
+// proxy hold answers leaves, and at least freeAfter bytes of the budget's
+// peak were released, the memory is given back at once
+// (debug.FreeOSMemory), at most once per freeEvery: the cost is one GC
+// cycle for a rare event, never on the path of a call.
+const (
+	freeAfter = 8 << 20
+	freeEvery = 10 * time.Second
+)
+
+// connLeft is called a moment after a client connection closed, once its
+// calls had time to end and release their charges.
+func (g *respBudget) connLeft() {
+	now := time.Now().UnixNano()
+	used, peak := g.used.Load(), g.peak.Load()
+	if peak-used < freeAfter || now-g.lastFree.Load() < int64(freeEvery) {
+		return
+	}
+	g.lastFree.Store(now)
+	g.peak.Store(used)
+	debug.FreeOSMemory()
 }
 
 // resumeAll retries every connection with held streams (the process went

@@ -917,7 +917,7 @@ func (u *uconn) onData(f *http2.DataFrame) {
 	sendStream := 0
 	var err error
 	if us != nil {
-		err = us.appendData(f.Data(), u.r.maxMsg, u.r.streamWindow)
+		err = us.appendData(f.Data(), u.r.maxMsg)
 		if us.acct != nil && n > 0 {
 			us.charge(n)
 		}
@@ -945,11 +945,11 @@ func (u *uconn) onData(f *http2.DataFrame) {
 	}
 }
 
-// appendData adds DATA to the response message. Its buffer comes from the
-// pool once the 5-byte prefix gives its length, at most window bytes at
-// first, and grows as bytes arrive: a stream held by the response budget
-// holds only what it received.
-func (us *ustream) appendData(p []byte, maxMsg, window int) error {
+// appendData adds DATA to the response message. Its buffer is taken once
+// the 5-byte prefix gives its length, at most bodyStart bytes at first,
+// and grows as bytes arrive: a stream held by the response budget holds
+// about what it received, not what its prefix claims.
+func (us *ustream) appendData(p []byte, maxMsg int) error {
 	for len(p) > 0 {
 		if us.nprefix < 5 {
 			k := copy(us.prefix[us.nprefix:], p)
@@ -968,7 +968,7 @@ func (us *ustream) appendData(p []byte, maxMsg, window int) error {
 			if size > maxMsg {
 				return gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: response of %d bytes exceeds the limit of %d", size, maxMsg)
 			}
-			us.bodyBuf = mem.DefaultBufferPool().Get(min(size, max(window, 64<<10)))
+			us.bodyBuf = mem.DefaultBufferPool().Get(min(size, bodyStart))
 			us.body, us.want = (*us.bodyBuf)[:0], size
 			continue
 		}
@@ -987,13 +987,25 @@ func (us *ustream) appendData(p []byte, maxMsg, window int) error {
 	return nil
 }
 
-// grow moves the body to a pooled buffer of at least n bytes (doubling,
-// up to the message's length).
+// bodyStart is an answer's first buffer at most: a tier of grpc's default
+// buffer pool (256 B, 4, 16, 32 KiB, 1 MiB), whose next tier would give
+// any buffer between 32 KiB and 1 MiB a whole MiB.
+const bodyStart = 32 << 10
+
+// grow moves the body to a buffer of at least n bytes (doubling, up to
+// the message's length): from the pool past its largest tier (1 MiB),
+// else allocated at its size, so that a held answer costs what arrived.
 func (us *ustream) grow(n int) {
 	size := min(max(n, 2*cap(us.body)), us.want)
-	nb := mem.DefaultBufferPool().Get(size)
+	var nb *[]byte
+	if size >= 1<<20 {
+		nb = mem.DefaultBufferPool().Get(size)
+	} else {
+		b := make([]byte, size)
+		nb = &b
+	}
 	body := append((*nb)[:0], us.body...)
-	mem.DefaultBufferPool().Put(us.bodyBuf)
+	mem.DefaultBufferPool().Put(us.bodyBuf) // any capacity goes back safely
 	us.bodyBuf, us.body = nb, body
 }
 

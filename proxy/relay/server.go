@@ -95,9 +95,9 @@ var DefaultLimits = Limits{
 	IdleTimeout:            2 * time.Minute,
 	WriteTimeout:           30 * time.Second,
 	ConnOutputBuffer:       4 << 20,
-	ConnResponseBuffer:     16 << 20,
+	ConnResponseBuffer:     8 << 20,
 	ResponseBuffer:         256 << 20,
-	BackendStreamWindow:    256 << 10,
+	BackendStreamWindow:    64 << 10,
 	PingMinTime:            5 * time.Second,
 	ResetsPerSecond:        100,
 	ControlFramesPerSecond: 100,
@@ -994,6 +994,11 @@ func (d *dconn) close(err error) {
 	// closeLinger; then the writer closes the socket. The reader stops
 	// now.
 	d.out.finish(closeLinger)
+	if d.budget.peaked.Load() {
+		// It made the proxy hold answers: once its calls ended (their
+		// backend streams are reset above), memory may go back.
+		time.AfterFunc(time.Second, d.r.budget.connLeft)
+	}
 	_ = d.nc.SetReadDeadline(time.Now())
 }
 

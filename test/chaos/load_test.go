@@ -13,12 +13,13 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 const collName = "chaos"
@@ -282,18 +283,6 @@ func checkSession(t testing.TB, ops []op, atRisk map[int64]bool) int {
 	return bad
 }
 
-// registerInput is a register operation for porcupine.
-type registerInput struct {
-	write bool
-	key   int64
-	val   int64
-}
-
-// unknownValue is the state of a register right after a lossy change: any
-// acknowledged write may have been lost, so the first read there tells
-// what survived.
-const unknownValue = int64(-1)
-
 // checkLinearizable checks the shared registers' upserts and Strong reads
 // with porcupine, one segment between lossy windows at a time: a forced
 // promotion may drop acknowledged writes, so a segment after one starts
@@ -316,31 +305,6 @@ func checkLinearizable(t testing.TB, ops []op, lossy []window) (checked int, inc
 		segs = append(segs, seg{from: w.to})
 	}
 	segs[len(segs)-1].to = time.Now().Add(time.Hour)
-	model := porcupine.Model{
-		Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-			by := map[int64][]porcupine.Operation{}
-			for _, o := range h {
-				k := o.Input.(registerInput).key
-				by[k] = append(by[k], o)
-			}
-			var out [][]porcupine.Operation
-			for _, p := range by {
-				out = append(out, p)
-			}
-			return out
-		},
-		Step: func(state, input, output any) (bool, any) {
-			in := input.(registerInput)
-			if in.write {
-				return true, in.val
-			}
-			if state.(int64) == unknownValue {
-				return true, output
-			}
-			return output.(int64) == state.(int64), state
-		},
-		Equal: func(a, b any) bool { return a == b },
-	}
 	for i, s := range segs {
 		var hist []porcupine.Operation
 		t0 := s.from
@@ -362,15 +326,15 @@ func checkLinearizable(t testing.TB, ops []op, lossy []window) (checked int, inc
 				continue
 			}
 			hist = append(hist, porcupine.Operation{ClientId: o.worker,
-				Input:  registerInput{write: o.kind == opUpsert, key: o.pk, val: o.val},
+				Input:  testproc.RegisterInput{Write: o.kind == opUpsert, Key: o.pk, Val: o.val},
 				Call:   call,
 				Output: o.val, Return: ret})
 		}
 		init := int64(0)
 		if i > 0 {
-			init = unknownValue
+			init = testproc.UnknownValue
 		}
-		model.Init = func() any { return init }
+		model := testproc.RegisterModel(init)
 		checked += len(hist)
 		switch porcupine.CheckOperationsTimeout(model, hist, 30*time.Second) {
 		case porcupine.Ok:

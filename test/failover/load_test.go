@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
 
 type opKind int
@@ -383,13 +384,6 @@ func checkReads(t testing.TB, ops []op, lost map[int64]bool) {
 	}
 }
 
-// registerInput is a register operation for porcupine.
-type registerInput struct {
-	write bool
-	key   int64
-	val   int64
-}
-
 // checkLinearizable checks the shared registers' upserts and Strong reads
 // with porcupine: every Strong read returns the latest acknowledged write
 // in some order consistent with real time, across leader changes.
@@ -417,34 +411,11 @@ func checkLinearizable(t testing.TB, ops []op) {
 			continue // a failed read says nothing
 		}
 		hist = append(hist, porcupine.Operation{ClientId: o.worker,
-			Input:  registerInput{write: o.kind == opUpsert, key: o.pk, val: o.val},
+			Input:  testproc.RegisterInput{Write: o.kind == opUpsert, Key: o.pk, Val: o.val},
 			Call:   o.start.Sub(t0).Nanoseconds(),
 			Output: o.val, Return: ret})
 	}
-	model := porcupine.Model{
-		Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
-			by := map[int64][]porcupine.Operation{}
-			for _, o := range h {
-				k := o.Input.(registerInput).key
-				by[k] = append(by[k], o)
-			}
-			var out [][]porcupine.Operation
-			for _, p := range by {
-				out = append(out, p)
-			}
-			return out
-		},
-		Init: func() any { return int64(0) },
-		Step: func(state, input, output any) (bool, any) {
-			in := input.(registerInput)
-			if in.write {
-				return true, in.val
-			}
-			return output.(int64) == state.(int64), state
-		},
-		Equal: func(a, b any) bool { return a == b },
-	}
-	res := porcupine.CheckOperationsTimeout(model, hist, 30*time.Second)
+	res := porcupine.CheckOperationsTimeout(testproc.RegisterModel(0), hist, 30*time.Second)
 	switch res {
 	case porcupine.Ok:
 		t.Logf("linearizability: %d register operations check out", len(hist))

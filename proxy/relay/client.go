@@ -319,6 +319,7 @@ func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u.fr.SetMaxReadFrameSize(MaxFrameSize)
 	u.fr.SetReuseFrames()            // DATA is copied out (appendData) before the next read
 	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
+	u.hr.shared = true               // onHeaders and the response only read the fields
 	u.w.init(bw, u.fr)
 	u.flow.init()
 	u.fixed = [6]hpack.HeaderField{

@@ -1001,6 +1001,36 @@ type headerReader struct {
 	// The open block's encoded bytes, CONTINUATION frames and start.
 	bytes, frames int
 	started       time.Time
+	// shared (a cluster connection's reader, whose callers only read the
+	// fields) turns on the cache of decoded blocks: a single-frame block
+	// of table references only (RFC 7541 section 6.1) leaves the dynamic
+	// table as it was, so the same bytes decode to the same fields until
+	// a block that changes the table (dgen). A cluster answers every call
+	// with the same two such blocks (headers, trailers).
+	shared bool
+	dgen   uint64
+	dcache [4]decodedBlock
+	dnext  int
+}
+
+type decodedBlock struct {
+	block  []byte
+	gen    uint64
+	fields []hpack.HeaderField // shared, read-only
+}
+
+// refsOnly reports whether an HPACK block is indexed fields only.
+func refsOnly(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		if b[i]&0x80 == 0 {
+			return false
+		}
+		if b[i]&0x7f == 0x7f { // the index goes on in 7-bit groups
+			for i++; i < len(b) && b[i]&0x80 != 0; i++ {
+			}
+		}
+	}
+	return len(b) > 0
 }
 
 // defaultMaxHeaderList is SETTINGS_MAX_HEADER_LIST_SIZE unless configured.
@@ -1059,6 +1089,12 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 		h.bytes, h.frames = len(frag), 0
 		if !end {
 			h.started = time.Now()
+		} else if h.shared && refsOnly(frag) {
+			for i := range h.dcache {
+				if e := &h.dcache[i]; e.gen == h.dgen && e.block != nil && bytes.Equal(e.block, frag) {
+					return e.fields, true, nil
+				}
+			}
 		}
 	case *http2.ContinuationFrame:
 		frag, end = f.HeaderBlockFragment(), f.HeadersEnded()
@@ -1086,6 +1122,7 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 		return nil, false, http2.ConnectionError(http2.ErrCodeCompression)
 	}
 	if h.tooLarge {
+		h.dgen++              // the table may have changed
 		return nil, true, nil // the caller refuses the stream
 	}
 	n := len(h.buf)
@@ -1094,6 +1131,15 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 	}
 	fields, h.slab = h.slab[:n:n], h.slab[n:]
 	copy(fields, h.buf)
+	if h.shared {
+		if hf, ok := f.(*http2.HeadersFrame); ok && hf.HeadersEnded() && refsOnly(frag) {
+			e := &h.dcache[h.dnext]
+			h.dnext = (h.dnext + 1) % len(h.dcache)
+			e.block, e.gen, e.fields = append(e.block[:0], frag...), h.dgen, fields
+		} else {
+			h.dgen++ // the table may have changed
+		}
+	}
 	return fields, true, nil
 }
 

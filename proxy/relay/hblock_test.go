@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"testing"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -117,4 +118,63 @@ func BenchmarkHeaderBlock(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDecodedBlockCache: a cluster connection's header reader, fed what an
+// HPACK encoder writes (repeated blocks, blocks that grow and churn the
+// table), returns exactly the encoded fields every time, and serves a
+// repeated block of table references from its cache.
+func TestDecodedBlockCache(t *testing.T) {
+	hr := newHeaderReader(1 << 20)
+	hr.shared = true
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	hits := 0
+	send := func(step string, fields []hpack.HeaderField) {
+		t.Helper()
+		buf.Reset()
+		for _, f := range fields {
+			_ = enc.WriteField(f)
+		}
+		block := slices.Clone(buf.Bytes())
+		before := hr.dgen
+		var cached []hpack.HeaderField
+		for _, e := range hr.dcache {
+			if e.gen == before && bytes.Equal(e.block, block) {
+				cached = e.fields
+			}
+		}
+		var wire bytes.Buffer
+		fr := http2.NewFramer(&wire, &wire)
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, complete, err := hr.read(f)
+		if err != nil || !complete {
+			t.Fatalf("%s: read: %v complete=%v", step, err, complete)
+		}
+		if !slices.Equal(got, fields) {
+			t.Fatalf("%s: got\n%v\nwant\n%v", step, got, fields)
+		}
+		if cached != nil {
+			hits++
+		}
+	}
+	hdr := []hpack.HeaderField{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"}}
+	trl := []hpack.HeaderField{{Name: "grpc-status", Value: "0"}, {Name: "grpc-message", Value: ""}}
+	for i := range 40 {
+		send("headers", hdr)
+		send("trailers", trl)
+		if i%5 == 0 {
+			send("churn", []hpack.HeaderField{{Name: "grpc-status", Value: "14"},
+				{Name: "grpc-message", Value: strconv.Itoa(i) + string(bytes.Repeat([]byte{'x'}, 900))}})
+		}
+	}
+	if hits < 40 {
+		t.Fatalf("%d cache hits over 80 repeated blocks", hits)
+	}
 }

@@ -367,6 +367,10 @@ func (o *observer) RelayEvent(ev proxy.RelayEvent, reason string) {
 // relayLimits are the relay engine's limits from the config.
 func relayLimits(c *config.Relay) proxy.RelayLimits {
 	withoutCalls := c.KeepaliveWithoutCalls
+	abuseReconnect := c.AbuseReconnectInterval.Std()
+	if abuseReconnect == 0 {
+		abuseReconnect = -1 // off (a zero limit takes the default)
+	}
 	return proxy.RelayLimits{
 		MaxConcurrentStreams:   uint32(c.MaxConcurrentStreams),
 		MaxHeaderListSize:      c.MaxHeaderListSize,
@@ -381,5 +385,6 @@ func relayLimits(c *config.Relay) proxy.RelayLimits {
 		PingWithoutCalls:       &withoutCalls,
 		ResetsPerSecond:        c.ResetsPerSecond,
 		ControlFramesPerSecond: c.ControlFramesPerSecond,
+		AbuseReconnectInterval: abuseReconnect,
 	}
 }

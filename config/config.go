@@ -139,6 +139,7 @@ type Relay struct {
 	KeepaliveWithoutCalls  bool     `yaml:"keepalive_permit_without_calls" doc:"Whether clients may ping while they have no call open (the SDKs do)."`
 	ResetsPerSecond        int      `yaml:"resets_per_second" doc:"Resets of calls not yet answered one client connection may send per second, bursting to 10x (the HTTP/2 rapid reset attack, CVE-2023-44487); past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Cancelling calls now and then, as SDKs do, stays far below. The grpc engine enforces it too."`
 	ControlFramesPerSecond int      `yaml:"control_frames_per_second" doc:"SETTINGS frames and empty DATA or CONTINUATION frames one client connection may send per second, bursting to 10x; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM."`
+	AbuseReconnectInterval Duration `yaml:"abuse_reconnect_interval" doc:"After the proxy closed a client connection with GOAWAY ENHANCE_YOUR_CALM (too many resets, empty frames, SETTINGS, or a header block too large), new connections from the same IP address are served one per this interval for the next 10 s, each waiting for its turn (one more than 1 s away is closed at once), so that a client reconnecting in a loop cannot take the CPU. Open connections are never touched; clients behind one NAT address share the wait. Both engines; 0 turns it off."`
 }
 
 // Read is the read-routing policy.
@@ -326,6 +327,7 @@ func Default() *Config {
 			KeepaliveWithoutCalls:  true,
 			ResetsPerSecond:        100,
 			ControlFramesPerSecond: 100,
+			AbuseReconnectInterval: Duration(100 * time.Millisecond),
 		},
 		Read: Read{
 			LeaderServesReads:  true,

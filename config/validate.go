@@ -66,6 +66,9 @@ func (c *Config) validate(lines map[string]int) error {
 			e.add(v.key, "must be positive")
 		}
 	}
+	if c.Relay.AbuseReconnectInterval < 0 {
+		e.add("relay.abuse_reconnect_interval", "must not be negative (0 turns it off)")
+	}
 	if n := c.Relay.MaxConcurrentStreams; n > 1<<31-1 {
 		e.add("relay.max_concurrent_streams", "%d is over 2^31-1", n)
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy/relay"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/credentials"
 )
@@ -34,14 +35,30 @@ type guardCreds struct {
 	credentials.TransportCredentials
 	rate, burst float64
 	onClose     func(reason string)
+	// penalty slows down the reconnections of an address whose
+	// connection the guard closed, as the relay's does (nil: off).
+	penalty *relay.PeerPenalty
 }
 
+// errPenalised is the handshake error of a connection the penalty refused.
+var errPenalised = errors.New("milvus-ha-proxy: connection refused: its address was closed for abuse a moment ago")
+
 func (g *guardCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	// grpc-go handshakes each connection on a goroutine of its own
+	// (under ConnectionTimeout): the penalty's wait holds no one else.
+	if !g.penalty.Hold(raw) {
+		if g.onClose != nil {
+			g.onClose("penalty")
+		}
+		return nil, nil, errPenalised
+	}
 	c, ai, err := g.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
 		return c, ai, err
 	}
-	return newGuardConn(c, g.rate, g.burst, g.onClose), ai, nil
+	gc := newGuardConn(c, g.rate, g.burst, g.onClose)
+	gc.penalty = g.penalty
+	return gc, ai, nil
 }
 
 func (g *guardCreds) Clone() credentials.TransportCredentials {
@@ -62,6 +79,7 @@ type guardConn struct {
 	net.Conn
 	rate, burst float64
 	onClose     func(reason string)
+	penalty     *relay.PeerPenalty
 
 	// The reader's state.
 	rd        frameScanner
@@ -164,12 +182,14 @@ func (g *guardConn) take(now time.Time) bool {
 	return true
 }
 
-// calm ends the connection: GOAWAY ENHANCE_YOUR_CALM when grpc-go's writer
+// calm ends the connection (and penalises its address's reconnections,
+// relay.PeerPenalty): GOAWAY ENHANCE_YOUR_CALM when grpc-go's writer
 // is between two frames and not in a write, then what the client still
 // sends is read and dropped for guardLinger (closing a socket with unread
 // bytes makes the kernel send a RST, and the client could lose the
 // GOAWAY), then the connection is closed.
 func (g *guardConn) calm(debug string) {
+	g.penalty.Abused(g.Conn.RemoteAddr().String(), time.Now())
 	if g.wmu.TryLock() {
 		if !g.dead && g.wr.atBoundary() {
 			_ = g.Conn.SetWriteDeadline(time.Now().Add(guardLinger))

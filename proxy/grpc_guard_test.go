@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,6 +177,35 @@ func TestResetBudget(t *testing.T) {
 		}
 		if _, err := e.client.Search(e.ctx(), search("coll", commonpb.ConsistencyLevel_Bounded, 0, false)); err != nil {
 			t.Fatalf("another client's Search: %v", err)
+		}
+
+		// The abuser's address is penalised: its new connections take
+		// turns 100ms apart, and a reconnect flood is refused past 1s of
+		// turns; a connection that waits its turn is served.
+		var wg sync.WaitGroup
+		var served, refused atomic.Int32
+		for range 40 {
+			wg.Go(func() {
+				nc, err := net.Dial("tcp", e.addr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer nc.Close()
+				_, _ = io.WriteString(nc, http2.ClientPreface)
+				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if f, err := http2.NewFramer(nil, nc).ReadFrame(); err == nil {
+					if _, ok := f.(*http2.SettingsFrame); ok {
+						served.Add(1)
+					}
+				} else {
+					refused.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if served.Load() == 0 || refused.Load() == 0 {
+			t.Fatalf("40 reconnections at once after an abuse close: %d served, %d refused; want some of each", served.Load(), refused.Load())
 		}
 	})
 }

@@ -236,7 +236,8 @@ func New(opts Options) (*Server, error) {
 		creds = insecure.NewCredentials()
 	}
 	guard := &guardCreds{TransportCredentials: creds,
-		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond)}
+		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond),
+		penalty: relay.NewPeerPenalty(lim.AbuseReconnectInterval)}
 	if obs, ok := opts.Observer.(RelayObserver); ok {
 		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
 	}

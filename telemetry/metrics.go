@@ -234,7 +234,7 @@ func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 			"Calls or streams the relay engine refused at the edge, by reason: malformed, not_grpc, streams, header_list, header_block, message_size, cardinality.",
 			"{refusal}"),
 		relayClosed: b.counter("milvus_ha_proxy_relay_connections_closed",
-			"Client connections the relay engine closed, by reason: protocol_error, abuse, too_many_pings, idle, write_timeout, output_overflow; the grpc engine counts its closes for abuse (too many stream resets) here too.",
+			"Client connections the relay engine closed, by reason: protocol_error, abuse, too_many_pings, idle, write_timeout, output_overflow, penalty (a new connection from an address closed for abuse a moment ago, refused at once: relay.abuse_reconnect_interval); the grpc engine counts its abuse and penalty closes here too.",
 			"{connection}"),
 		holdDuration: b.seconds("milvus_ha_proxy_write_hold_duration",
 			"How long held writes waited for a leader, by outcome.",

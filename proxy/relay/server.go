@@ -84,6 +84,11 @@ type Limits struct {
 	// connection is closed with GOAWAY ENHANCE_YOUR_CALM.
 	ResetsPerSecond        int
 	ControlFramesPerSecond int
+	// AbuseReconnectInterval: after a connection was closed with
+	// ENHANCE_YOUR_CALM, new connections from the same IP address are
+	// served one per this interval for a while (PeerPenalty); negative
+	// turns it off.
+	AbuseReconnectInterval time.Duration
 }
 
 // DefaultLimits are the relay's limits when Options.Limits
@@ -101,6 +106,7 @@ var DefaultLimits = Limits{
 	PingMinTime:            5 * time.Second,
 	ResetsPerSecond:        100,
 	ControlFramesPerSecond: 100,
+	AbuseReconnectInterval: 100 * time.Millisecond,
 }
 
 // WithDefaults fills zero fields from DefaultLimits.
@@ -149,6 +155,9 @@ func (l Limits) WithDefaults() Limits {
 	if l.ControlFramesPerSecond <= 0 {
 		l.ControlFramesPerSecond = d.ControlFramesPerSecond
 	}
+	if l.AbuseReconnectInterval == 0 {
+		l.AbuseReconnectInterval = d.AbuseReconnectInterval
+	}
 	return l
 }
 
@@ -173,6 +182,7 @@ type Server struct {
 	active   inflight       // streams being handled
 	connWG   sync.WaitGroup // client connections being served
 	budget   *respBudget    // the process-wide response budget
+	penalty  *PeerPenalty   // nil: off
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -188,6 +198,7 @@ func NewServer(o ServerOptions) *Server {
 		methods: make(map[string]int, len(o.Methods)), paths: make([]string, len(o.Methods)), streamed: make([]bool, len(o.Methods)),
 		work: make(chan *Call), stopW: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[*dconn]struct{}{}}
+	r.penalty = NewPeerPenalty(r.lim.AbuseReconnectInterval)
 	r.budget = newRespBudget(r.lim.ResponseBuffer, func(ev Event) { r.event(ev, "") })
 	for i, m := range o.Methods {
 		r.methods[m.Path] = i
@@ -266,6 +277,11 @@ func (r *Server) Serve(lis net.Listener) error {
 }
 
 func (r *Server) handshake(nc net.Conn) {
+	if !r.penalty.Hold(nc) {
+		r.event(EventConnClosed, "penalty")
+		nc.Close()
+		return
+	}
 	if creds := r.creds; creds != nil {
 		_ = nc.SetDeadline(time.Now().Add(r.lim.HandshakeTimeout))
 		c, _, err := creds.ServerHandshake(nc)
@@ -592,6 +608,9 @@ func (d *dconn) serve() {
 			ce := connError{code: http2.ErrCodeProtocol, msg: err.Error()}
 			errors.As(err, &ce)
 			d.r.event(EventConnClosed, ce.reason())
+			if ce.reason() == "abuse" {
+				d.r.penalty.Abused(d.remote, time.Now())
+			}
 			d.r.log.Debug("proxy: closing a client connection", "remote", d.remote, "code", ce.code, "err", ce.msg)
 			d.goAwayNow(ce.code, ce.debug)
 			d.lingerRead()
@@ -1991,7 +2010,8 @@ const (
 	EventRefused Event = "refused"
 	// EventConnClosed: a client connection the relay closed (reasons:
 	// protocol_error, abuse, too_many_pings, idle, write_timeout,
-	// output_overflow).
+	// output_overflow; penalty: a new connection refused at once, its address
+	// having been closed for abuse a moment ago, see PeerPenalty).
 	EventConnClosed Event = "closed"
 	// EventStreamHeld and EventStreamResumed: a backend stream whose
 	// flow-control window the relay withholds because its client

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
@@ -35,6 +36,23 @@ type hotMetrics struct {
 	// bounds are rpcBuckets in nanoseconds, for the comparisons on the
 	// call path.
 	bounds []int64
+	// recent is a direct-mapped cache in front of reqs and reads, indexed
+	// by the label strings' addresses: the proxy passes the same strings
+	// on every call (method names from its table, constants, cluster ids
+	// from the topology), so a hit costs no hashing of their bytes.
+	recentReq  [64]atomic.Pointer[reqSeries]
+	recentRead [64]atomic.Pointer[countSeries]
+}
+
+// slot mixes the addresses of up to five strings into a cache index.
+func slot(a, b, c, d, e string) int {
+	x := uintptr(unsafe.Pointer(unsafe.StringData(a)))
+	for _, s := range [...]string{b, c, d, e} {
+		x = x*31 + uintptr(unsafe.Pointer(unsafe.StringData(s)))
+	}
+	x ^= x >> 17
+	x ^= x >> 7
+	return int(x & 63)
 }
 
 type durKey struct{ method, class, cluster string }
@@ -43,6 +61,7 @@ type durKey struct{ method, class, cluster string }
 type countSeries struct {
 	attrs attribute.Set
 	n     atomic.Int64
+	rkey  [2]string // reads only: cluster, reason
 }
 
 // histSeries is one histogram series: counts per bucket (the last one is
@@ -59,6 +78,7 @@ type histSeries struct {
 // calls are also recorded in.
 type reqSeries struct {
 	countSeries
+	key requestKey
 	dur *histSeries
 }
 
@@ -73,11 +93,16 @@ func newHotMetrics() *hotMetrics {
 // request counts one call and its duration.
 func (h *hotMetrics) request(r Request) {
 	k := requestKey{r.Method, r.Class, r.Cluster, r.Role, r.Code}
-	v, ok := h.reqs.Load(k)
-	if !ok {
-		v = h.newRequest(k)
+	i := slot(k.method, k.class, k.cluster, k.role, k.code)
+	s := h.recentReq[i].Load()
+	if s == nil || s.key != k {
+		v, ok := h.reqs.Load(k)
+		if !ok {
+			v = h.newRequest(k)
+		}
+		s = v.(*reqSeries)
+		h.recentReq[i].Store(s)
 	}
-	s := v.(*reqSeries)
 	s.n.Add(1)
 	s.dur.observe(h.bounds, int64(r.Duration))
 }
@@ -92,7 +117,7 @@ func (h *hotMetrics) newRequest(k requestKey) *reqSeries {
 			buckets: make([]atomic.Uint64, len(h.bounds)+1),
 		})
 	}
-	s := &reqSeries{dur: d.(*histSeries)}
+	s := &reqSeries{key: k, dur: d.(*histSeries)}
 	s.attrs = attribute.NewSet(attribute.String(labelMethod, k.method), attribute.String(labelClass, k.class),
 		attribute.String(labelCluster, k.cluster), attribute.String(labelRole, k.role),
 		attribute.String(labelCode, k.code))
@@ -115,12 +140,18 @@ func (s *histSeries) observe(bounds []int64, ns int64) {
 // read counts one read routed to cluster for reason.
 func (h *hotMetrics) read(cluster, reason string) {
 	k := [2]string{cluster, reason}
-	v, ok := h.reads.Load(k)
-	if !ok {
-		v, _ = h.reads.LoadOrStore(k, &countSeries{attrs: attribute.NewSet(
-			attribute.String(labelCluster, cluster), attribute.String(labelReason, reason))})
+	i := slot(cluster, reason, "", "", "")
+	s := h.recentRead[i].Load()
+	if s == nil || s.rkey != k {
+		v, ok := h.reads.Load(k)
+		if !ok {
+			v, _ = h.reads.LoadOrStore(k, &countSeries{rkey: k, attrs: attribute.NewSet(
+				attribute.String(labelCluster, cluster), attribute.String(labelReason, reason))})
+		}
+		s = v.(*countSeries)
+		h.recentRead[i].Store(s)
 	}
-	v.(*countSeries).n.Add(1)
+	s.n.Add(1)
 }
 
 // Produce implements sdkmetric.Producer: the per-call series as

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -272,8 +273,8 @@ func (g *respBudget) resumed() {
 // forced GC is every two minutes). When a client connection that made the
 // proxy hold answers leaves, and at least freeAfter bytes of the budget's
 // peak were released, the memory is given back at once
-// (debug.FreeOSMemory), at most once per freeEvery: the cost is one GC
-// cycle for a rare event, never on the path of a call.
+// (runtime.GC, then debug.FreeOSMemory), at most once per freeEvery: the
+// cost is two GC cycles for a rare event, never on the path of a call.
 const (
 	freeAfter = 8 << 20
 	freeEvery = 10 * time.Second
@@ -289,6 +290,10 @@ func (g *respBudget) connLeft() {
 	}
 	g.lastFree.Store(now)
 	g.peak.Store(used)
+	// Buffers pooled (sync.Pool, grpc's buffer pool) survive one GC in
+	// the pool's victim cache: the first cycle moves them there, the
+	// second (FreeOSMemory's) frees them and returns the memory.
+	runtime.GC()
 	debug.FreeOSMemory()
 }
 

@@ -384,9 +384,20 @@ func (f *fakeTopo) WaitWritable(ctx context.Context, w *topology.WriteWait) (*to
 	return f.WaitLeader(ctx)
 }
 
+// setOnAllow installs a hook Allow calls (outside mu) before it decides;
+// tests set it while calls are in flight, so it is read under mu.
+func (f *fakeTopo) setOnAllow(hook func(id string)) {
+	f.mu.Lock()
+	f.onAllow = hook
+	f.mu.Unlock()
+}
+
 func (f *fakeTopo) Allow(id string) (func(bool), error) {
-	if f.onAllow != nil {
-		f.onAllow(id)
+	f.mu.Lock()
+	hook := f.onAllow
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -427,7 +427,7 @@ func testWriteRules(t *testing.T) {
 		good, goodURI := e.topo.Snapshot().Leader.Conn, e.topo.Snapshot().Leader.URI
 		e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn, s.Leader.URI = dead, "127.0.0.1:1" })
 		var once sync.Once
-		e.topo.onAllow = func(id string) {
+		e.topo.setOnAllow(func(id string) {
 			once.Do(func() {
 				// After the first (failed) attempt, the leader is
 				// reachable again.
@@ -436,7 +436,7 @@ func testWriteRules(t *testing.T) {
 					e.topo.publish(func(s *topology.Snapshot) { s.Leader.Conn, s.Leader.URI = good, goodURI })
 				}()
 			})
-		}
+		})
 		res, err := e.client.Insert(e.ctx(), &milvuspb.InsertRequest{CollectionName: "coll", NumRows: 1})
 		if err != nil || res.GetStatus().GetCode() != 0 {
 			t.Fatalf("%v %v", res.GetStatus(), err)

@@ -60,13 +60,13 @@ func testReadHeldDuringLeaderLoss(t *testing.T) {
 			e.topo.leaderWait = never
 			e.topo.mu.Unlock()
 			var lost sync.Once
-			e.topo.onAllow = func(id string) {
+			e.topo.setOnAllow(func(id string) {
 				if id == "a" {
 					lost.Do(func() {
 						e.topo.publish(func(s *topology.Snapshot) { s.Leader, s.FailingOver = nil, true })
 					})
 				}
-			}
+			})
 			e.backends["a"].srv.Stop()
 
 			type answer struct {
@@ -232,7 +232,7 @@ func testReadCarriedToAnInstalledLeader(t *testing.T) {
 	// The first attempt at a is when b, promoted by force without the
 	// session's write, is installed.
 	var promoted sync.Once
-	e.topo.onAllow = func(id string) {
+	e.topo.setOnAllow(func(id string) {
 		if id != "a" {
 			return
 		}
@@ -250,7 +250,7 @@ func testReadCarriedToAnInstalledLeader(t *testing.T) {
 				s.Epoch++
 			})
 		})
-	}
+	})
 	e.backends["a"].srv.Stop()
 
 	_, err = e.client.Search(sess, search("coll", Session, 0, false))

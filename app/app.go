@@ -368,7 +368,7 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 		ProbeTimeout:  cfg.Health.ProbeTimeout.Std(),
 		DetectAfter:   cfg.Failover.DetectAfter.Std(),
 		WriteHold:     cfg.Failover.WriteHold.Std(),
-		DialOptions:   proxy.BackendDialOptions(),
+		DialOptions:   proxy.BackendDialOptionsFor(relayLimits(&cfg.Relay)),
 		Logger:        logger,
 		// 0 in the config turns the failure cache off; 0 here means the
 		// default.

@@ -68,13 +68,20 @@ const (
 )
 
 // BackendDialOptions are the dial options the data-path connections to
-// the clusters (topology.Cluster.Conn) should use, next to credentials:
-// the same static flow-control windows as the proxy's server side. The
-// raw-bytes codec is set per call by the proxy, so these connections stay
-// usable for ordinary typed calls too.
-func BackendDialOptions() []grpc.DialOption {
+// the clusters (topology.Cluster.Conn) should use, next to credentials,
+// with DefaultRelayLimits: BackendDialOptionsFor.
+func BackendDialOptions() []grpc.DialOption { return BackendDialOptionsFor(RelayLimits{}) }
+
+// BackendDialOptionsFor are the dial options of the clusters' grpc-go
+// connections for limits lim: static flow-control windows (no BDP pings),
+// each call's stream window lim.BackendStreamWindow (how far an answer may
+// run ahead of the grpc engine's response budget, grpc_budget.go) and the
+// connection's as the server side's. The raw-bytes codec is set per call
+// by the proxy, so these connections stay usable for ordinary typed calls
+// too.
+func BackendDialOptionsFor(lim RelayLimits) []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithInitialWindowSize(windowSize),
+		grpc.WithInitialWindowSize(int32(lim.WithDefaults().BackendStreamWindow)),
 		grpc.WithInitialConnWindowSize(connWindowSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(defaultMaxMessageSize), grpc.MaxCallSendMsgSize(defaultMaxMessageSize)),
 	}
@@ -106,6 +113,8 @@ type Server struct {
 	grpc  *grpc.Server
 	relay *relay.Server
 	pool  *relay.Pool // the relay engine's connections to the clusters
+	// gbudget is the grpc engine's response budget (grpc_budget.go).
+	gbudget *grpcRespBudget
 
 	health   *health.Server // grpc engine's health service
 	hmu      sync.Mutex
@@ -242,6 +251,13 @@ func New(opts Options) (*Server, error) {
 		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
 	}
 	sopts = append(sopts, grpc.Creds(guard))
+	// The response budget (grpc_budget.go).
+	var event func(RelayEvent)
+	if obs, ok := opts.Observer.(RelayObserver); ok {
+		event = func(ev RelayEvent) { obs.RelayEvent(ev, "") }
+	}
+	s.gbudget = newGRPCRespBudget(lim, event)
+	sopts = append(sopts, grpc.StatsHandler(grpcBudgetStats{s.gbudget}))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

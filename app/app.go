@@ -368,7 +368,7 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 		ProbeTimeout:  cfg.Health.ProbeTimeout.Std(),
 		DetectAfter:   cfg.Failover.DetectAfter.Std(),
 		WriteHold:     cfg.Failover.WriteHold.Std(),
-		DialOptions:   proxy.BackendDialOptionsFor(relayLimits(&cfg.Relay)),
+		DialOptions:   proxy.BackendDialOptions(),
 		Logger:        logger,
 		// 0 in the config turns the failure cache off; 0 here means the
 		// default.
@@ -376,6 +376,11 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 	}
 	if o.CollectionFailureTTL == 0 {
 		o.CollectionFailureTTL = -1
+	}
+	if cfg.Engine == config.EngineGRPC {
+		// The grpc engine's answers come over these connections: their
+		// stream window is what its response budget holds back.
+		o.DialOptions = proxy.BackendDialOptionsFor(relayLimits(&cfg.Relay))
 	}
 	for i := range cfg.Clusters {
 		c := &cfg.Clusters[i]

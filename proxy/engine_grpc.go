@@ -98,10 +98,14 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 		opts = append(opts[:len(opts):len(opts)], grpc.Peer(p))
 	}
 	var err error
-	if c.acct != nil {
-		err = g.budgeted(out, c, cl, req, resp, opts)
-	} else {
+	switch {
+	case c.acct == nil:
 		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+	case c.acct.b.preAdmit():
+		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+		c.acct.b.received(c.acct, answerLen(resp, err), true)
+	default:
+		err = g.budgeted(out, c, cl, req, resp, opts)
 	}
 	if err != nil {
 		resp.Free()
@@ -134,14 +138,18 @@ func (g *grpcUpstream) budgeted(ctx context.Context, c *call, cl *topology.Clust
 			return cs.RecvMsg(resp)
 		}
 		err := cs.RecvMsg(resp)
-		var n int64
-		if err == nil {
-			n = int64(resp.Len())
-		}
-		b.received(c.acct, n)
+		b.received(c.acct, answerLen(resp, err), false)
 		return err
 	}
 	return cs.RecvMsg(resp)
+}
+
+// answerLen is what a received answer is charged.
+func answerLen(resp *frame, err error) int64 {
+	if err != nil {
+		return 0
+	}
+	return int64(resp.Len())
 }
 
 // streamHandler proxies a streaming method (CreateReplicateStream,

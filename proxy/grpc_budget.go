@@ -37,7 +37,7 @@ import (
 //     not held up), then waits for admission before it reads the message.
 //     Until then the cluster can send only the call's stream window
 //     (relay.backend_stream_window, the initial window of the clusters'
-//     grpc-go connections: BackendDialOptions), and the rest waits in the
+//     grpc-go connections: BackendDialOptionsFor), and the rest waits in the
 //     cluster. The connection's window keeps flowing (grpc-go returns it
 //     on receipt): other clients' calls on the same connection go on.
 //   - Admission: the connection's charges, plus one estimated answer per
@@ -49,10 +49,17 @@ import (
 //     moves once its client reads, whatever the other connections hold.
 //     Waiting calls are admitted oldest first.
 //
+//   - The common call skips the wait for headers: while the connection's
+//     charges and estimated answers in flight are under half its budget,
+//     and the process's under half its own, up to grpcMaxEarly calls of
+//     the connection are admitted before they are sent (preAdmit) and
+//     read their answers as they come, as grpc-go's Invoke does.
+//
 // A connection so holds at most its budget plus about one answer (up to
-// grpcMaxReceiving when the answers grow suddenly past the estimate: a
-// decaying maximum of the last ones, the budget at first), plus one
-// stream window per waiting call (bounded by max_concurrent_streams).
+// grpcMaxReceiving + grpcMaxEarly when the answers grow suddenly past the
+// estimate: a decaying maximum of the last ones, the budget at first),
+// plus one stream window per waiting call (bounded by
+// max_concurrent_streams).
 // grpc-go would compress an answer to a client that compressed its
 // request into a buffer of its own, out of the budget's sight; the grpc
 // engine answers uncompressed, as the relay does.
@@ -98,6 +105,7 @@ type grpcConnBudget struct {
 	used      int64 // bytes charged and not released
 	est       int64 // estimated size of the next answer: a decaying maximum
 	receiving int   // admitted calls reading their answer
+	early     int   // calls admitted before their answer's headers (preAdmit)
 	waiters   []*grpcWaiter
 	closed    bool // the connection ended: its charges left the total
 	// peaked is set once a call of the connection waited.
@@ -122,12 +130,16 @@ func (g *grpcRespBudget) newConn() *grpcConnBudget {
 // brought it down cannot then have a burst of large ones all admitted.
 // Only the transfer is counted (the cluster computed the answer already),
 // which on a cluster's connection takes a fraction of the call.
-const grpcMaxReceiving = 8
+// grpcMaxEarly bounds the calls admitted before their answer's headers.
+const (
+	grpcMaxReceiving = 4
+	grpcMaxEarly     = 4
+)
 
 // admitsLocked reports whether the connection's next call may receive its
 // answer (under b.mu).
 func (b *grpcConnBudget) admitsLocked() bool {
-	if b.receiving < grpcMaxReceiving && b.used+int64(b.receiving)*b.est < b.limit && b.g.used.Load() < b.g.limit {
+	if b.receiving < grpcMaxReceiving && b.used+int64(b.receiving+b.early)*b.est < b.limit && b.g.used.Load() < b.g.limit {
 		return true
 	}
 	return b.receiving == 0 && b.used < b.limit
@@ -173,11 +185,31 @@ func (b *grpcConnBudget) admit(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// received ends an admitted call's reading; n bytes of answer are charged
-// to a.
-func (b *grpcConnBudget) received(a *grpcRespAcct, n int64) {
+// preAdmit admits a call before it is sent, when the connection and the
+// process are far under their budgets (half, with one more estimated
+// answer per call so admitted): the common call then reads its answer as
+// soon as it comes (grpc-go's Invoke), with no wait for the answer's
+// headers first. received(early) must follow when it returns true.
+func (b *grpcConnBudget) preAdmit() bool {
 	b.mu.Lock()
-	b.receiving--
+	ok := !b.closed && len(b.waiters) == 0 && b.early < grpcMaxEarly &&
+		b.used+int64(b.receiving+b.early+1)*b.est <= b.limit/2 && b.g.used.Load() < b.g.limit/2
+	if ok {
+		b.early++
+	}
+	b.mu.Unlock()
+	return ok
+}
+
+// received ends an admitted call's reading (early: admitted by preAdmit);
+// n bytes of answer are charged to a.
+func (b *grpcConnBudget) received(a *grpcRespAcct, n int64, early bool) {
+	b.mu.Lock()
+	if early {
+		b.early--
+	} else {
+		b.receiving--
+	}
 	if n > 0 {
 		a.n += n
 		b.used += n

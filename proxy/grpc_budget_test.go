@@ -106,7 +106,25 @@ func TestGRPCResponseBudget(t *testing.T) {
 		t.Errorf("%d calls held, want some but not all of %d", held, calls)
 	}
 
-	// The client leaves: its calls end and the budget is back.
+	// The client cancels its calls: the answers grpc-go queued for them
+	// are dropped, the waiting calls end, and the budget is back while the
+	// connection stays open.
+	for i := uint32(0); i < calls; i++ {
+		if err := bad.fr.WriteRSTStream(2*i+1, http2.ErrCodeCancel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the budget given back after the resets", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+
+	// The client sends more and leaves: its calls end and the budget is
+	// back.
+	for i := uint32(calls); i < 2*calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "calls held again", func() bool { _, held := rb(); return held > 0 })
 	bad.nc.Close()
 	testutil.Eventually(t, 10*time.Second, "the budget given back", func() bool {
 		used, held := rb()

@@ -68,20 +68,25 @@ const (
 )
 
 // BackendDialOptions are the dial options the data-path connections to
-// the clusters (topology.Cluster.Conn) should use, next to credentials,
-// with DefaultRelayLimits: BackendDialOptionsFor.
-func BackendDialOptions() []grpc.DialOption { return BackendDialOptionsFor(RelayLimits{}) }
+// the clusters (topology.Cluster.Conn) should use with the relay engine,
+// next to credentials: the same static flow-control windows as the
+// proxy's server side. The raw-bytes codec is set per call by the proxy,
+// so these connections stay usable for ordinary typed calls too.
+func BackendDialOptions() []grpc.DialOption { return backendDialOptions(windowSize) }
 
-// BackendDialOptionsFor are the dial options of the clusters' grpc-go
-// connections for limits lim: static flow-control windows (no BDP pings),
-// each call's stream window lim.BackendStreamWindow (how far an answer may
-// run ahead of the grpc engine's response budget, grpc_budget.go) and the
-// connection's as the server side's. The raw-bytes codec is set per call
-// by the proxy, so these connections stay usable for ordinary typed calls
-// too.
+// BackendDialOptionsFor are BackendDialOptions for the grpc engine with
+// limits lim: each call's stream window is lim.BackendStreamWindow, how
+// far an answer may run ahead of the response budget (grpc_budget.go).
+// The relay engine sends unary calls over its own connections, with the
+// same window; there the topology's carry streams, probes and lookups.
 func BackendDialOptionsFor(lim RelayLimits) []grpc.DialOption {
+	return backendDialOptions(int32(lim.WithDefaults().BackendStreamWindow))
+}
+
+// Static windows turn off grpc-go's BDP estimator (pings around data).
+func backendDialOptions(streamWindow int32) []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithInitialWindowSize(int32(lim.WithDefaults().BackendStreamWindow)),
+		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(connWindowSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(defaultMaxMessageSize), grpc.MaxCallSendMsgSize(defaultMaxMessageSize)),
 	}

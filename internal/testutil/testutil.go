@@ -36,6 +36,19 @@ func EventuallyOr(t testing.TB, timeout time.Duration, what string, cond func() 
 	return time.Since(start)
 }
 
+// EventuallyWhy is Eventually for a condition that explains itself: when
+// it times out, the failure message carries cond's last explanation of why
+// it did not hold.
+func EventuallyWhy(t testing.TB, timeout time.Duration, what string, cond func() (ok bool, why string)) time.Duration {
+	t.Helper()
+	var last string
+	return EventuallyOr(t, timeout, what, func() bool {
+		ok, why := cond()
+		last = why
+		return ok
+	}, func() string { return "last: " + last })
+}
+
 // Publisher is what publishes immutable snapshots and signals each new one
 // by closing the channel Changed returned before it: topology.Manager is
 // one. It is an interface (and WaitPublished generic) so that this package

@@ -3,6 +3,7 @@ package testutil
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,10 +68,28 @@ func TestEventually(t *testing.T) {
 			},
 			wantMsg: "timed out after 30ms waiting for the thing:\nstate: 7",
 		},
+		{
+			name: "never holds, explained",
+			call: func(tb testing.TB) {
+				n := 0
+				EventuallyWhy(tb, 30*time.Millisecond, "the thing", func() (bool, string) { n++; return false, fmt.Sprint("try ", n) })
+			},
+			wantMsg: "timed out after 30ms waiting for the thing:\nlast: try ",
+		},
+		{
+			name: "explained, holds after a few polls",
+			call: func(tb testing.TB) {
+				n := 0
+				EventuallyWhy(tb, 10*time.Second, "x", func() (bool, string) { n++; return n > 3, "" })
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := run(tc.call)
+			if strings.HasSuffix(tc.wantMsg, "try ") && strings.HasPrefix(got, tc.wantMsg) {
+				got = tc.wantMsg // the count of tries depends on the machine's speed
+			}
 			if got != tc.wantMsg {
 				t.Fatalf("failure message %q, want %q", got, tc.wantMsg)
 			}

@@ -2,7 +2,6 @@ package ops
 
 import (
 	"os/exec"
-	"path"
 	"strings"
 	"testing"
 )
@@ -26,8 +25,7 @@ func testHelpers(t *testing.T, pkg string) []string {
 		if !strings.HasPrefix(p, module+"/") {
 			continue
 		}
-		base := path.Base(p)
-		if strings.HasPrefix(p, module+"/test/") || strings.HasSuffix(base, "test") || strings.HasSuffix(base, "testutil") {
+		if strings.HasPrefix(p, module+"/test/") || isTestHelper(p) {
 			found = append(found, p)
 		}
 	}

@@ -20,7 +20,7 @@ func TestRelayLimitsDefaultsAgree(t *testing.T) {
 	if got != want {
 		t.Errorf("config.Default().Relay gives\n  %+v\nproxy.DefaultRelayLimits is\n  %+v", got, want)
 	}
-	if config.Default().Engine != config.EngineRelay {
-		t.Errorf("config's default engine is %q", config.Default().Engine)
+	if string(config.Default().Engine) != string(proxy.DefaultEngine) {
+		t.Errorf("config's default engine is %q, proxy.New's is %q", config.Default().Engine, proxy.DefaultEngine)
 	}
 }

@@ -76,7 +76,66 @@ type worker struct {
 	rec    *recorder // nil during warm-up
 }
 
+// run measures every target: it dials them, sets them up (timed apart),
+// warms them up, then runs the rounds with the fault and admin-poll
+// helpers alongside, and reports.
 func (r *runner) run(ctx context.Context) (rep *Report, err error) {
+	cfg := r.cfg
+	r.prepare()
+	defer r.close()
+	if err := r.dial(); err != nil {
+		return nil, err
+	}
+	setups, err := r.setupTargets(authContext(ctx, cfg.Token))
+	if err != nil {
+		return nil, err
+	}
+
+	// Warm-up: connections, server caches, the Go runtime; not recorded.
+	if cfg.Warmup > 0 {
+		for _, ts := range r.targets {
+			r.phase(ctx, ts, -1, cfg.Warmup, 0, nil)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+		}
+	}
+
+	r.t0 = time.Now()
+	for _, ts := range r.targets {
+		ts.rec = newRecorder(r.t0)
+	}
+	helpers, stopHelpers := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	r.startFaults(helpers, &wg)
+	if cfg.AdminURL != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.pollAdmin(helpers) }()
+	}
+	if cfg.Progress != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.progress(helpers) }()
+	}
+	r.runRounds(ctx)
+	end := time.Since(r.t0)
+	r.active.Store(nil)
+	stopHelpers()
+	wg.Wait()
+	if cfg.Progress != nil && cfg.ProgressTTY {
+		fmt.Fprintln(cfg.Progress)
+	}
+	rep = r.report(setups, end)
+	if err := ctx.Err(); err != nil {
+		rep.Interrupted = true
+		return rep, err
+	}
+	return rep, nil
+}
+
+// prepare builds what every worker shares: the vectors, the search
+// parameters, and the nonce that keeps this run's primary keys apart from
+// other runs'.
+func (r *runner) prepare() {
 	cfg := r.cfg
 	var nb [8]byte
 	_, _ = crand.Read(nb[:])
@@ -94,23 +153,31 @@ func (r *runner) run(ctx context.Context) (rep *Report, err error) {
 		{Key: "ignore_growing", Value: "false"},
 	}
 	r.outFields = []string{fieldID}
+}
 
-	defer r.close()
-	for i, t := range cfg.Targets {
+// dial opens Conns connections to every target (r.close closes them).
+func (r *runner) dial() error {
+	for i, t := range r.cfg.Targets {
 		ts := &targetState{idx: i, t: t}
 		r.targets = append(r.targets, ts)
-		for range cfg.Conns {
+		for range r.cfg.Conns {
 			cc, err := dial(t.Addr)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			ts.conns = append(ts.conns, cc)
 			ts.svcs = append(ts.svcs, milvuspb.NewMilvusServiceClient(cc))
 		}
 	}
+	return nil
+}
 
-	// Setup, timed per target and never part of the measurement.
-	actx := authContext(ctx, cfg.Token)
+// setupTargets creates and loads the collection where Setup says to (each
+// setup timed, never part of the measurement), checks it is loaded
+// elsewhere, and connects every target's workers, each a Milvus session of
+// its own.
+func (r *runner) setupTargets(actx context.Context) ([]SetupTimes, error) {
+	cfg := r.cfg
 	var setups []SetupTimes
 	for i, ts := range r.targets {
 		switch {
@@ -140,33 +207,14 @@ func (r *runner) run(ctx context.Context) (rep *Report, err error) {
 			ts.workers = append(ts.workers, &worker{r: r, ts: ts, idx: w, svc: svc, ctx: wctx})
 		}
 	}
+	return setups, nil
+}
 
-	// Warm-up: connections, server caches, the Go runtime; not recorded.
-	if cfg.Warmup > 0 {
-		for _, ts := range r.targets {
-			r.phase(ctx, ts, -1, cfg.Warmup, 0, nil)
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-		}
-	}
-
-	r.t0 = time.Now()
-	for _, ts := range r.targets {
-		ts.rec = newRecorder(r.t0)
-	}
-	helpers, stopHelpers := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	r.startFaults(helpers, &wg)
-	if cfg.AdminURL != "" {
-		wg.Add(1)
-		go func() { defer wg.Done(); r.pollAdmin(helpers) }()
-	}
-	if cfg.Progress != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); r.progress(helpers) }()
-	}
-
+// runRounds runs the measured phases: Rounds rounds, each giving every target
+// in turn its share of Duration (or Ops), so a slow drift of the machine
+// falls on all targets alike.
+func (r *runner) runRounds(ctx context.Context) {
+	cfg := r.cfg
 	rounds := cfg.Rounds
 	for round := range rounds {
 		for _, ts := range r.targets {
@@ -185,19 +233,6 @@ func (r *runner) run(ctx context.Context) (rep *Report, err error) {
 			r.phase(ctx, ts, round, dur, ops, ts.rec)
 		}
 	}
-	end := time.Since(r.t0)
-	r.active.Store(nil)
-	stopHelpers()
-	wg.Wait()
-	if cfg.Progress != nil && cfg.ProgressTTY {
-		fmt.Fprintln(cfg.Progress)
-	}
-	rep = r.report(setups, end)
-	if err := ctx.Err(); err != nil {
-		rep.Interrupted = true
-		return rep, err
-	}
-	return rep, nil
 }
 
 func (r *runner) close() {

@@ -263,10 +263,16 @@ func (r *recorder) targetReport(t Target, cfg *Config) TargetReport {
 	if read {
 		tr.ReadGap = gap(&r.readGap)
 	}
+	tr.Timeline = r.timeline(tr.Timeline)
+	return tr
+}
+
+// timeline appends to tl a point for every second the target was
+// measured, including seconds in which nothing completed: an outage must
+// show as zeros, not as a line bridging it.
+func (r *recorder) timeline(tl []Point) []Point {
 	r.tl.mu.Lock()
-	// Every second the target was measured gets a point, including seconds
-	// in which nothing completed: an outage must show as zeros, not as a
-	// line bridging it.
+	defer r.tl.mu.Unlock()
 	r.phaseMu.Lock()
 	last := 0.0
 	for _, p := range r.phases {
@@ -293,10 +299,9 @@ func (r *recorder) targetReport(t Target, cfg *Config) TargetReport {
 		// A call can complete a hair after its phase's recorded end; the
 		// floor keeps such a sliver from turning into an absurd rate.
 		p.Rate = float64(p.OK) / max(p.ActiveS, 0.05)
-		tr.Timeline = append(tr.Timeline, p)
+		tl = append(tl, p)
 	}
-	r.tl.mu.Unlock()
-	return tr
+	return tl
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -345,51 +350,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	for _, r := range rep.Ratios {
 		ew.printf("\n%s / %s: throughput %.3fx, p50 %.3fx, p99 %.3fx\n", r.Target, r.Baseline, r.Throughput, r.P50, r.P99)
 	}
-	for _, t := range rep.Targets {
-		ew.printf("\n%s:\n", t.Name)
-		if len(t.ErrorsByCode) > 0 {
-			ew.printf("  errors by code:")
-			for _, k := range slices.Sorted(maps.Keys(t.ErrorsByCode)) {
-				ew.printf(" %s=%d", k, t.ErrorsByCode[k])
-			}
-			ew.printf("\n")
-			for _, k := range slices.Sorted(maps.Keys(t.ErrorSamples)) {
-				ew.printf("    %s: %s\n", k, t.ErrorSamples[k])
-			}
-		} else {
-			ew.printf("  errors: none\n")
-		}
-		shares := func(title string, m map[string]uint64) {
-			if len(m) == 0 {
-				return
-			}
-			var total uint64
-			for _, v := range m {
-				total += v
-			}
-			ew.printf("  %s:", title)
-			for _, k := range slices.Sorted(maps.Keys(m)) {
-				ew.printf(" %s %d (%.1f%%)", k, m[k], 100*float64(m[k])/float64(total))
-			}
-			ew.printf("\n")
-		}
-		shares("reads per cluster", t.ReadsByCluster)
-		shares("writes per cluster", t.WritesByCluster)
-		if v := t.Verify; v != nil {
-			ew.printf("  read-your-writes (%s): %d misses in %d checks\n", v.Level, v.Misses, v.Checks)
-			if v.Skipped > 0 {
-				ew.printf("    %d checks skipped: the writes returned no timestamp\n", v.Skipped)
-			}
-		}
-		for _, lc := range t.LeaderChanges {
-			ew.printf("  leader change at %.2fs: %s -> %s (%s)\n", lc.At, lc.From, lc.To, lc.Source)
-		}
-		if g := t.WriteGap; g != nil {
-			ew.printf("  longest time without a successful write: %.3fs (ended at %.2fs)\n", g.S, g.EndS)
-		}
-		if g := t.ReadGap; g != nil {
-			ew.printf("  longest time without a successful read: %.3fs (ended at %.2fs)\n", g.S, g.EndS)
-		}
+	for i := range rep.Targets {
+		writeTargetDetails(ew, &rep.Targets[i])
 	}
 	for _, f := range rep.Faults {
 		status := "ok"
@@ -406,6 +368,56 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	return ew.err
+}
+
+// writeTargetDetails writes what one target's table row does not show:
+// errors by code, where calls went, read-your-writes checks, leader
+// changes and the longest gaps.
+func writeTargetDetails(ew *errWriter, t *TargetReport) {
+	ew.printf("\n%s:\n", t.Name)
+	if len(t.ErrorsByCode) > 0 {
+		ew.printf("  errors by code:")
+		for _, k := range slices.Sorted(maps.Keys(t.ErrorsByCode)) {
+			ew.printf(" %s=%d", k, t.ErrorsByCode[k])
+		}
+		ew.printf("\n")
+		for _, k := range slices.Sorted(maps.Keys(t.ErrorSamples)) {
+			ew.printf("    %s: %s\n", k, t.ErrorSamples[k])
+		}
+	} else {
+		ew.printf("  errors: none\n")
+	}
+	shares := func(title string, m map[string]uint64) {
+		if len(m) == 0 {
+			return
+		}
+		var total uint64
+		for _, v := range m {
+			total += v
+		}
+		ew.printf("  %s:", title)
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			ew.printf(" %s %d (%.1f%%)", k, m[k], 100*float64(m[k])/float64(total))
+		}
+		ew.printf("\n")
+	}
+	shares("reads per cluster", t.ReadsByCluster)
+	shares("writes per cluster", t.WritesByCluster)
+	if v := t.Verify; v != nil {
+		ew.printf("  read-your-writes (%s): %d misses in %d checks\n", v.Level, v.Misses, v.Checks)
+		if v.Skipped > 0 {
+			ew.printf("    %d checks skipped: the writes returned no timestamp\n", v.Skipped)
+		}
+	}
+	for _, lc := range t.LeaderChanges {
+		ew.printf("  leader change at %.2fs: %s -> %s (%s)\n", lc.At, lc.From, lc.To, lc.Source)
+	}
+	if g := t.WriteGap; g != nil {
+		ew.printf("  longest time without a successful write: %.3fs (ended at %.2fs)\n", g.S, g.EndS)
+	}
+	if g := t.ReadGap; g != nil {
+		ew.printf("  longest time without a successful read: %.3fs (ended at %.2fs)\n", g.S, g.EndS)
+	}
 }
 
 type errWriter struct {

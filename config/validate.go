@@ -21,27 +21,43 @@ func (c *Config) Validate() error {
 // Milvus pchannel names (<id>-rootcoord-dml_<i>).
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// validate checks the configuration section by section and gathers every
+// offending key into one Errors.
 func (c *Config) validate(lines map[string]int) error {
 	e := &errs{lines: lines}
-
-	checkListen(e, "listen", c.Listen)
-	checkListen(e, "admin_listen", c.AdminListen)
-	// Port 0 asks the kernel for a free port, so two ":0" listeners differ.
-	if c.Listen != "" && c.Listen == c.AdminListen && !strings.HasSuffix(c.Listen, ":0") {
-		e.add("admin_listen", "same address as listen (%s); the admin API needs its own port", c.Listen)
-	}
-
+	c.validateListeners(e)
 	switch c.Discovery {
 	case DiscoveryReplicate, DiscoveryStatic:
 	default:
 		e.add("discovery", "unknown value %q (want replicate or static)", c.Discovery)
 	}
 	c.validateClusters(e)
-
 	if _, kerr := serverTLS(c.TLS); kerr != nil {
 		e.add("tls."+kerr.key, "%v", kerr.err)
 	}
+	c.validateRelay(e)
+	c.validateReads(e)
+	positive(e, "replication.poll_interval", c.Replication.PollInterval)
+	c.validateFailover(e)
+	nonNegative(e, "drain.grace_period", c.Drain.GracePeriod)
+	c.validateArbiter(e)
+	c.validateTelemetry(e)
+	c.validateLogRuntime(e)
+	return e.err()
+}
 
+// validateListeners checks listen and admin_listen.
+func (c *Config) validateListeners(e *errs) {
+	checkListen(e, "listen", c.Listen)
+	checkListen(e, "admin_listen", c.AdminListen)
+	// Port 0 asks the kernel for a free port, so two ":0" listeners differ.
+	if c.Listen != "" && c.Listen == c.AdminListen && !strings.HasSuffix(c.Listen, ":0") {
+		e.add("admin_listen", "same address as listen (%s); the admin API needs its own port", c.Listen)
+	}
+}
+
+// validateRelay checks engine and the relay section.
+func (c *Config) validateRelay(e *errs) {
 	if c.Engine != EngineRelay && c.Engine != EngineGRPC {
 		e.add("engine", "unknown value %q (want relay or grpc)", c.Engine)
 	}
@@ -78,6 +94,10 @@ func (c *Config) validate(lines map[string]int) error {
 	if n := c.Relay.MaxHeaderListSize; n > 1<<30 {
 		e.add("relay.max_header_list_size", "%d is over 1 GiB", n)
 	}
+}
+
+// validateReads checks the read and consistency sections.
+func (c *Config) validateReads(e *errs) {
 	if c.Read.Balance != "p2c" {
 		e.add("read.balance", "unknown value %q (want p2c)", c.Read.Balance)
 	}
@@ -95,9 +115,11 @@ func (c *Config) validate(lines map[string]int) error {
 	default:
 		e.add("consistency.strong_reads", "unknown value %q (want leader or wait)", c.Consistency.StrongReads)
 	}
+}
 
-	positive(e, "replication.poll_interval", c.Replication.PollInterval)
-
+// validateFailover checks the failover and health sections, which bound
+// each other (a leader is declared lost only after probes could see it).
+func (c *Config) validateFailover(e *errs) {
 	switch c.Failover.Mode {
 	case FailoverAuto, FailoverManual:
 	default:
@@ -112,11 +134,10 @@ func (c *Config) validate(lines map[string]int) error {
 		e.add("failover.detect_after", "%s is shorter than health.probe_interval (%s): the leader could be declared lost between two probes",
 			c.Failover.DetectAfter, c.Health.ProbeInterval)
 	}
+}
 
-	nonNegative(e, "drain.grace_period", c.Drain.GracePeriod)
-
-	c.validateArbiter(e)
-
+// validateTelemetry checks the telemetry section.
+func (c *Config) validateTelemetry(e *errs) {
 	if c.Telemetry.OTLPEndpoint != "" {
 		if _, _, err := ParseOTLPEndpoint(c.Telemetry.OTLPEndpoint); err != nil {
 			e.add("telemetry.otlp_endpoint", "%v", err)
@@ -128,7 +149,10 @@ func (c *Config) validate(lines map[string]int) error {
 	if c.Telemetry.SampleRatio < 0 || c.Telemetry.SampleRatio > 1 {
 		e.add("telemetry.sample_ratio", "%v is outside 0..1", c.Telemetry.SampleRatio)
 	}
+}
 
+// validateLogRuntime checks the log and runtime sections.
+func (c *Config) validateLogRuntime(e *errs) {
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -148,7 +172,6 @@ func (c *Config) validate(lines map[string]int) error {
 	if c.Runtime.GCPercent == -1 && c.Runtime.MemoryLimit == 0 {
 		e.add("runtime.gc_percent", "-1 (collection off) needs runtime.memory_limit, or the heap grows without bound")
 	}
-	return e.err()
 }
 
 func (c *Config) validateClusters(e *errs) {

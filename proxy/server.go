@@ -136,34 +136,8 @@ type Server struct {
 
 // New builds a Server. Nothing listens until Serve.
 func New(opts Options) (*Server, error) {
-	if opts.Topology == nil || opts.Router == nil {
-		return nil, errors.New("proxy: Options.Topology and Options.Router are required")
-	}
-	switch opts.Engine {
-	case "":
-		opts.Engine = EngineRelay // as config.Default()
-	case EngineRelay, EngineGRPC:
-	default:
-		return nil, fmt.Errorf("proxy: engine %q: want %q or %q", opts.Engine, EngineRelay, EngineGRPC)
-	}
-	switch opts.StrongReads {
-	case "":
-		opts.StrongReads = StrongLeader
-	case StrongLeader, StrongWait:
-	default:
-		return nil, fmt.Errorf("proxy: strong_reads %q: want %q or %q", opts.StrongReads, StrongLeader, StrongWait)
-	}
-	if opts.BoundedStaleness <= 0 {
-		opts.BoundedStaleness = 5 * time.Second
-	}
-	if opts.MaxMessageSize <= 0 {
-		opts.MaxMessageSize = defaultMaxMessageSize
-	}
-	if opts.Sessions == nil {
-		opts.Sessions = consistency.NewTracker(opts.SessionCapacity)
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
 	}
 	methods, err := buildMethods()
 	if err != nil {
@@ -209,10 +183,58 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Engine == EngineRelay {
 		s.startRelay(&opts)
-		s.updateHealth()
-		go s.watchTopology()
-		return s, nil
+	} else {
+		s.startGRPC(&opts)
 	}
+	s.updateHealth()
+	go s.watchTopology()
+	return s, nil
+}
+
+// DefaultEngine is the engine New uses when Options.Engine is empty; it is
+// config.Default()'s engine too (app's tests hold the two together).
+const DefaultEngine = EngineRelay
+
+// setDefaults checks the options New cannot run without and fills in the
+// defaults of the ones left zero.
+func (o *Options) setDefaults() error {
+	if o.Topology == nil || o.Router == nil {
+		return errors.New("proxy: Options.Topology and Options.Router are required")
+	}
+	switch o.Engine {
+	case "":
+		o.Engine = DefaultEngine
+	case EngineRelay, EngineGRPC:
+	default:
+		return fmt.Errorf("proxy: engine %q: want %q or %q", o.Engine, EngineRelay, EngineGRPC)
+	}
+	switch o.StrongReads {
+	case "":
+		o.StrongReads = StrongLeader
+	case StrongLeader, StrongWait:
+	default:
+		return fmt.Errorf("proxy: strong_reads %q: want %q or %q", o.StrongReads, StrongLeader, StrongWait)
+	}
+	if o.BoundedStaleness <= 0 {
+		o.BoundedStaleness = 5 * time.Second
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = defaultMaxMessageSize
+	}
+	if o.Sessions == nil {
+		o.Sessions = consistency.NewTracker(o.SessionCapacity)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// startGRPC builds the grpc engine's server: grpc-go with the raw-bytes
+// codec, every MilvusService method registered to the proxy's handlers,
+// the health service, and the rapid-reset guard (grpc_guard.go) on every
+// connection.
+func (s *Server) startGRPC(opts *Options) {
 	s.health = health.NewServer()
 
 	// The client-connection limits the relay enforces bound grpc-go too,
@@ -267,9 +289,6 @@ func New(opts Options) (*Server, error) {
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
-	s.updateHealth()
-	go s.watchTopology()
-	return s, nil
 }
 
 // serviceDesc is MilvusService as gRPC sees it: every method of the pinned

@@ -61,138 +61,171 @@ func (t token) describe() string {
 	return fmt.Sprintf("%q", t.text)
 }
 
+// lex splits a filter expression into tokens, ending with tkEOF.
 func lex(src string) ([]token, error) {
 	var toks []token
-	i := 0
-	for i < len(src) {
-		c := src[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+	for i := 0; i < len(src); {
+		switch src[i] {
+		case ' ', '\t', '\n', '\r':
 			i++
-		case c == '(':
-			toks = append(toks, token{tkLParen, "(", i})
-			i++
-		case c == ')':
-			toks = append(toks, token{tkRParen, ")", i})
-			i++
-		case c == '[':
-			toks = append(toks, token{tkLBrack, "[", i})
-			i++
-		case c == ']':
-			toks = append(toks, token{tkRBrack, "]", i})
-			i++
-		case c == ',':
-			toks = append(toks, token{tkComma, ",", i})
-			i++
-		case c == '-':
-			toks = append(toks, token{tkMinus, "-", i})
-			i++
-		case c == '=' || c == '!' || c == '<' || c == '>':
-			two := ""
-			if i+1 < len(src) {
-				two = src[i : i+2]
-			}
-			switch {
-			case two == "==" || two == "!=" || two == "<=" || two == ">=":
-				toks = append(toks, token{tkCmp, two, i})
-				i += 2
-			case c == '<' || c == '>':
-				toks = append(toks, token{tkCmp, string(c), i})
-				i++
-			case c == '!':
-				toks = append(toks, token{tkNot, "!", i})
-				i++
-			default:
-				return nil, fmt.Errorf("unexpected '=' at position %d (use == for equality)", i)
-			}
-		case c == '&' || c == '|':
-			if i+1 < len(src) && src[i+1] == c {
-				k := tkAnd
-				if c == '|' {
-					k = tkOr
-				}
-				toks = append(toks, token{k, src[i : i+2], i})
-				i += 2
-				continue
-			}
-			return nil, fmt.Errorf("bitwise operator %q at position %d is not supported", string(c), i)
-		case c == '"' || c == '\'':
-			s, n, err := lexString(src[i:])
-			if err != nil {
-				return nil, fmt.Errorf("%v at position %d", err, i)
-			}
-			toks = append(toks, token{tkString, s, i})
-			i += n
-		case c == '{':
-			end := strings.IndexByte(src[i:], '}')
-			if end < 0 {
-				return nil, fmt.Errorf("unterminated template placeholder at position %d", i)
-			}
-			name := strings.TrimSpace(src[i+1 : i+end])
-			if !isIdent(name) {
-				return nil, fmt.Errorf("bad template placeholder %q at position %d", src[i:i+end+1], i)
-			}
-			toks = append(toks, token{tkTemplate, name, i})
-			i += end + 1
-		case c >= '0' && c <= '9' || c == '.' && i+1 < len(src) && src[i+1] >= '0' && src[i+1] <= '9':
-			j := i
-			isFloat := false
-			for j < len(src) && (src[j] >= '0' && src[j] <= '9' || src[j] == '.' || src[j] == 'e' || src[j] == 'E' ||
-				(src[j] == '+' || src[j] == '-') && j > i && (src[j-1] == 'e' || src[j-1] == 'E')) {
-				if src[j] == '.' || src[j] == 'e' || src[j] == 'E' {
-					isFloat = true
-				}
-				j++
-			}
-			text := src[i:j]
-			if isFloat {
-				if _, err := strconv.ParseFloat(text, 64); err != nil {
-					return nil, fmt.Errorf("bad number %q at position %d", text, i)
-				}
-				toks = append(toks, token{tkFloat, text, i})
-			} else {
-				if _, err := strconv.ParseInt(text, 10, 64); err != nil {
-					return nil, fmt.Errorf("bad integer %q at position %d", text, i)
-				}
-				toks = append(toks, token{tkInt, text, i})
-			}
-			i = j
-		case c == '_' || c == '$' || c < utf8.RuneSelf && unicode.IsLetter(rune(c)):
-			j := i
-			for j < len(src) && (src[j] == '_' || src[j] == '$' || src[j] < utf8.RuneSelf && (unicode.IsLetter(rune(src[j])) || unicode.IsDigit(rune(src[j])))) {
-				j++
-			}
-			word := src[i:j]
-			k := tkIdent
-			switch strings.ToLower(word) {
-			case "and":
-				k = tkAnd
-			case "or":
-				k = tkOr
-			case "not":
-				k = tkNot
-			case "in":
-				k = tkIn
-			case "like":
-				k = tkLike
-			case "true":
-				k = tkTrue
-			case "false":
-				k = tkFalse
-			}
-			toks = append(toks, token{k, word, i})
-			i = j
-		default:
-			r, _ := utf8.DecodeRuneInString(src[i:])
-			switch r {
-			case '+', '*', '/', '%', '^', '~':
-				return nil, fmt.Errorf("arithmetic operator %q at position %d is not supported", string(r), i)
-			}
-			return nil, fmt.Errorf("unexpected character %q at position %d", string(r), i)
+			continue
 		}
+		tok, n, err := lexToken(src, i)
+		if err != nil {
+			return nil, err
+		}
+		toks = append(toks, tok)
+		i += n
 	}
-	toks = append(toks, token{tkEOF, "", len(src)})
-	return toks, nil
+	return append(toks, token{tkEOF, "", len(src)}), nil
+}
+
+// lexToken reads the token that starts at src[i] (not a space) and returns
+// it with its length in bytes.
+func lexToken(src string, i int) (token, int, error) {
+	c := src[i]
+	if k, ok := punctuation(c); ok {
+		return token{k, src[i : i+1], i}, 1, nil
+	}
+	switch {
+	case c == '=' || c == '!' || c == '<' || c == '>':
+		return lexComparison(src, i)
+	case c == '&' || c == '|':
+		if i+1 < len(src) && src[i+1] == c {
+			k := tkAnd
+			if c == '|' {
+				k = tkOr
+			}
+			return token{k, src[i : i+2], i}, 2, nil
+		}
+		return token{}, 0, fmt.Errorf("bitwise operator %q at position %d is not supported", string(c), i)
+	case c == '"' || c == '\'':
+		s, n, err := lexString(src[i:])
+		if err != nil {
+			return token{}, 0, fmt.Errorf("%v at position %d", err, i)
+		}
+		return token{tkString, s, i}, n, nil
+	case c == '{':
+		return lexTemplate(src, i)
+	case c >= '0' && c <= '9' || c == '.' && i+1 < len(src) && src[i+1] >= '0' && src[i+1] <= '9':
+		return lexNumber(src, i)
+	case isIdentByte(c, false):
+		t := lexWord(src, i)
+		return t, len(t.text), nil
+	}
+	r, _ := utf8.DecodeRuneInString(src[i:])
+	switch r {
+	case '+', '*', '/', '%', '^', '~':
+		return token{}, 0, fmt.Errorf("arithmetic operator %q at position %d is not supported", string(r), i)
+	}
+	return token{}, 0, fmt.Errorf("unexpected character %q at position %d", string(r), i)
+}
+
+// punctuation is the kind of the one-byte tokens.
+func punctuation(c byte) (tokKind, bool) {
+	switch c {
+	case '(':
+		return tkLParen, true
+	case ')':
+		return tkRParen, true
+	case '[':
+		return tkLBrack, true
+	case ']':
+		return tkRBrack, true
+	case ',':
+		return tkComma, true
+	case '-':
+		return tkMinus, true
+	}
+	return 0, false
+}
+
+// lexComparison reads a comparison (== != < <= > >=) or a '!' (not).
+func lexComparison(src string, i int) (token, int, error) {
+	c := src[i]
+	two := ""
+	if i+1 < len(src) {
+		two = src[i : i+2]
+	}
+	switch {
+	case two == "==" || two == "!=" || two == "<=" || two == ">=":
+		return token{tkCmp, two, i}, 2, nil
+	case c == '<' || c == '>':
+		return token{tkCmp, string(c), i}, 1, nil
+	case c == '!':
+		return token{tkNot, "!", i}, 1, nil
+	}
+	return token{}, 0, fmt.Errorf("unexpected '=' at position %d (use == for equality)", i)
+}
+
+// lexTemplate reads a {name} template placeholder.
+func lexTemplate(src string, i int) (token, int, error) {
+	end := strings.IndexByte(src[i:], '}')
+	if end < 0 {
+		return token{}, 0, fmt.Errorf("unterminated template placeholder at position %d", i)
+	}
+	name := strings.TrimSpace(src[i+1 : i+end])
+	if !isIdent(name) {
+		return token{}, 0, fmt.Errorf("bad template placeholder %q at position %d", src[i:i+end+1], i)
+	}
+	return token{tkTemplate, name, i}, end + 1, nil
+}
+
+// lexNumber reads an integer or a float (with a fraction or an exponent).
+func lexNumber(src string, i int) (token, int, error) {
+	j := i
+	isFloat := false
+	for j < len(src) && (src[j] >= '0' && src[j] <= '9' || src[j] == '.' || src[j] == 'e' || src[j] == 'E' ||
+		(src[j] == '+' || src[j] == '-') && j > i && (src[j-1] == 'e' || src[j-1] == 'E')) {
+		if src[j] == '.' || src[j] == 'e' || src[j] == 'E' {
+			isFloat = true
+		}
+		j++
+	}
+	text := src[i:j]
+	if isFloat {
+		if _, err := strconv.ParseFloat(text, 64); err != nil {
+			return token{}, 0, fmt.Errorf("bad number %q at position %d", text, i)
+		}
+		return token{tkFloat, text, i}, j - i, nil
+	}
+	if _, err := strconv.ParseInt(text, 10, 64); err != nil {
+		return token{}, 0, fmt.Errorf("bad integer %q at position %d", text, i)
+	}
+	return token{tkInt, text, i}, j - i, nil
+}
+
+// isIdentByte: identifiers are ASCII letters, digits (not first), '_' and
+// '$'.
+func isIdentByte(c byte, notFirst bool) bool {
+	return c == '_' || c == '$' || c < utf8.RuneSelf && (unicode.IsLetter(rune(c)) || notFirst && unicode.IsDigit(rune(c)))
+}
+
+// lexWord reads an identifier or a keyword (case-insensitive).
+func lexWord(src string, i int) token {
+	j := i
+	for j < len(src) && isIdentByte(src[j], true) {
+		j++
+	}
+	word := src[i:j]
+	k := tkIdent
+	switch strings.ToLower(word) {
+	case "and":
+		k = tkAnd
+	case "or":
+		k = tkOr
+	case "not":
+		k = tkNot
+	case "in":
+		k = tkIn
+	case "like":
+		k = tkLike
+	case "true":
+		k = tkTrue
+	case "false":
+		k = tkFalse
+	}
+	return token{k, word, i}
 }
 
 func isIdent(s string) bool {

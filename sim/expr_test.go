@@ -194,3 +194,50 @@ func FuzzCompileFilter(f *testing.F) {
 		}
 	})
 }
+
+// TestLexTokens pins the tokenizer: every kind, with its text and byte
+// position, keywords in any case, and exponents with a sign.
+func TestLexTokens(t *testing.T) {
+	src := `(a>=1.5e-3 && b_2 in [-2, {x}]) || NOT $meta["k"] != 'v' and c<.5 OR d>7 AnD e==true, false Like !`
+	toks, err := lex(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		k    tokKind
+		text string
+	}{
+		{tkLParen, "("}, {tkIdent, "a"}, {tkCmp, ">="}, {tkFloat, "1.5e-3"}, {tkAnd, "&&"}, {tkIdent, "b_2"}, {tkIn, "in"},
+		{tkLBrack, "["}, {tkMinus, "-"}, {tkInt, "2"}, {tkComma, ","}, {tkTemplate, "x"}, {tkRBrack, "]"}, {tkRParen, ")"},
+		{tkOr, "||"}, {tkNot, "NOT"}, {tkIdent, "$meta"}, {tkLBrack, "["}, {tkString, "k"}, {tkRBrack, "]"}, {tkCmp, "!="},
+		{tkString, "v"}, {tkAnd, "and"}, {tkIdent, "c"}, {tkCmp, "<"}, {tkFloat, ".5"}, {tkOr, "OR"},
+		{tkIdent, "d"}, {tkCmp, ">"}, {tkInt, "7"}, {tkAnd, "AnD"}, {tkIdent, "e"}, {tkCmp, "=="}, {tkTrue, "true"},
+		{tkComma, ","}, {tkFalse, "false"}, {tkLike, "Like"}, {tkNot, "!"}, {tkEOF, ""},
+	}
+	if len(toks) != len(want) {
+		t.Fatalf("got %d tokens %+v, want %d", len(toks), toks, len(want))
+	}
+	for i, w := range want {
+		tk := toks[i]
+		if tk.kind != w.k || tk.text != w.text {
+			t.Errorf("token %d: got kind %d %q, want kind %d %q", i, tk.kind, tk.text, w.k, w.text)
+		}
+		// Strings and templates are decoded; the others are src verbatim.
+		lit := tk.text
+		switch tk.kind {
+		case tkString, tkTemplate:
+			lit = src[tk.pos : tk.pos+1]
+			if lit != "'" && lit != `"` && lit != "{" {
+				t.Errorf("token %d %q: position %d points at %q", i, tk.text, tk.pos, src[tk.pos:])
+			}
+		case tkEOF:
+			if tk.pos != len(src) {
+				t.Errorf("end of expression at %d, want %d", tk.pos, len(src))
+			}
+		default:
+			if !strings.HasPrefix(src[tk.pos:], lit) {
+				t.Errorf("token %d %q: position %d points at %q", i, tk.text, tk.pos, src[tk.pos:])
+			}
+		}
+	}
+}

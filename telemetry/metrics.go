@@ -250,71 +250,90 @@ func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 		metric.WithUnit("{stream}"))
 	b.keep(e)
 
-	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
-		metric.WithDescription("How far each non-leader cluster's replication trails the leader; +Inf while unknown (a failed checkpoint poll counts as stale)."),
-		metric.WithUnit("s"))
-	b.keep(e)
-	breaker := b.gauge("milvus_ha_proxy_breaker_state",
-		"Circuit breaker per cluster: 0 closed, 1 half-open, 2 open.")
-	healthy := b.gauge("milvus_ha_proxy_cluster_healthy",
-		"1 when the cluster's health probes pass, else 0; labelled with its current role.")
-	quarantined := b.gauge("milvus_ha_proxy_cluster_quarantined",
-		"1 when the cluster is quarantined (it holds data the leader lacks after a forced failover) and gets no reads.")
-	outstanding := b.gauge("milvus_ha_proxy_cluster_outstanding_requests",
-		"Calls in flight to each cluster.")
-	epoch := b.gauge("milvus_ha_proxy_epoch",
-		"Leader changes since the proxy started.")
-	failingOver := b.gauge("milvus_ha_proxy_failover_in_progress",
-		"1 while the leader is lost and no new leader is promoted yet (writes are held).")
-	arbConnected := b.gauge("milvus_ha_proxy_arbiter_connected",
-		"With the etcd arbiter: 1 while etcd confirms this proxy's lease, 0 when it is cut off (it then routes by the last topology it read and never decides).")
-	arbDeciding := b.gauge("milvus_ha_proxy_arbiter_deciding",
-		"With the etcd arbiter: 1 on the proxy elected to decide leader changes, else 0.")
-	arbFenced := b.gauge("milvus_ha_proxy_arbiter_writes_fenced",
-		"With the etcd arbiter: 1 while writes are held (then refused) because this proxy cannot confirm the leader with etcd.")
-	arbEpoch := b.gauge("milvus_ha_proxy_arbiter_epoch",
-		"With the etcd arbiter: the topology epoch this proxy last read from etcd (the same on every proxy that is caught up).")
+	g := newStateGauges(meter, b)
 	if b.err != nil {
 		return nil, b.err
 	}
-
 	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		fn := m.state.Load()
-		if fn == nil {
-			return nil
-		}
-		st := (*fn)()
-		o.ObserveInt64(epoch, int64(st.Epoch))
-		o.ObserveInt64(failingOver, b2i(st.FailingOver))
-		if a := st.Arbiter; a != nil {
-			o.ObserveInt64(arbConnected, b2i(a.Connected))
-			o.ObserveInt64(arbDeciding, b2i(a.Deciding))
-			o.ObserveInt64(arbFenced, b2i(a.Fenced))
-			o.ObserveInt64(arbEpoch, int64(a.Epoch))
-		}
-		for _, c := range st.Clusters {
-			id := metric.WithAttributeSet(attribute.NewSet(attribute.String(labelCluster, c.ID)))
-			o.ObserveInt64(healthy, b2i(c.Healthy), metric.WithAttributeSet(attribute.NewSet(
-				attribute.String(labelCluster, c.ID), attribute.String(labelRole, c.Role))))
-			o.ObserveInt64(quarantined, b2i(c.Quarantined), id)
-			o.ObserveInt64(outstanding, c.Outstanding, id)
-			if s, ok := breakerValue(c.Breaker); ok {
-				o.ObserveInt64(breaker, s, id)
-			}
-			if c.Role != "leader" {
-				v := c.LagSeconds
-				if !c.LagKnown {
-					v = math.Inf(1)
-				}
-				o.ObserveFloat64(lag, v, id)
-			}
+		if fn := m.state.Load(); fn != nil {
+			g.observe(o, (*fn)())
 		}
 		return nil
-	}, lag, breaker, healthy, quarantined, outstanding, epoch, failingOver, arbConnected, arbDeciding, arbFenced, arbEpoch)
+	}, g.lag, g.breaker, g.healthy, g.quarantined, g.outstanding, g.epoch, g.failingOver,
+		g.arbConnected, g.arbDeciding, g.arbFenced, g.arbEpoch)
 	if err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// stateGauges are the gauges read from the topology's State at scrape
+// time (Metrics.SetStateSource).
+type stateGauges struct {
+	lag                                            metric.Float64ObservableGauge
+	breaker, healthy, quarantined, outstanding     metric.Int64ObservableGauge
+	epoch, failingOver                             metric.Int64ObservableGauge
+	arbConnected, arbDeciding, arbFenced, arbEpoch metric.Int64ObservableGauge
+}
+
+// newStateGauges creates the state gauges on meter; errors go to b.
+func newStateGauges(meter metric.Meter, b *instruments) *stateGauges {
+	lag, e := meter.Float64ObservableGauge("milvus_ha_proxy_replication_lag",
+		metric.WithDescription("How far each non-leader cluster's replication trails the leader; +Inf while unknown (a failed checkpoint poll counts as stale)."),
+		metric.WithUnit("s"))
+	b.keep(e)
+	return &stateGauges{
+		lag: lag,
+		breaker: b.gauge("milvus_ha_proxy_breaker_state",
+			"Circuit breaker per cluster: 0 closed, 1 half-open, 2 open."),
+		healthy: b.gauge("milvus_ha_proxy_cluster_healthy",
+			"1 when the cluster's health probes pass, else 0; labelled with its current role."),
+		quarantined: b.gauge("milvus_ha_proxy_cluster_quarantined",
+			"1 when the cluster is quarantined (it holds data the leader lacks after a forced failover) and gets no reads."),
+		outstanding: b.gauge("milvus_ha_proxy_cluster_outstanding_requests",
+			"Calls in flight to each cluster."),
+		epoch: b.gauge("milvus_ha_proxy_epoch",
+			"Leader changes since the proxy started."),
+		failingOver: b.gauge("milvus_ha_proxy_failover_in_progress",
+			"1 while the leader is lost and no new leader is promoted yet (writes are held)."),
+		arbConnected: b.gauge("milvus_ha_proxy_arbiter_connected",
+			"With the etcd arbiter: 1 while etcd confirms this proxy's lease, 0 when it is cut off (it then routes by the last topology it read and never decides)."),
+		arbDeciding: b.gauge("milvus_ha_proxy_arbiter_deciding",
+			"With the etcd arbiter: 1 on the proxy elected to decide leader changes, else 0."),
+		arbFenced: b.gauge("milvus_ha_proxy_arbiter_writes_fenced",
+			"With the etcd arbiter: 1 while writes are held (then refused) because this proxy cannot confirm the leader with etcd."),
+		arbEpoch: b.gauge("milvus_ha_proxy_arbiter_epoch",
+			"With the etcd arbiter: the topology epoch this proxy last read from etcd (the same on every proxy that is caught up)."),
+	}
+}
+
+// observe reports st on the gauges.
+func (g *stateGauges) observe(o metric.Observer, st State) {
+	o.ObserveInt64(g.epoch, int64(st.Epoch))
+	o.ObserveInt64(g.failingOver, b2i(st.FailingOver))
+	if a := st.Arbiter; a != nil {
+		o.ObserveInt64(g.arbConnected, b2i(a.Connected))
+		o.ObserveInt64(g.arbDeciding, b2i(a.Deciding))
+		o.ObserveInt64(g.arbFenced, b2i(a.Fenced))
+		o.ObserveInt64(g.arbEpoch, int64(a.Epoch))
+	}
+	for _, c := range st.Clusters {
+		id := metric.WithAttributeSet(attribute.NewSet(attribute.String(labelCluster, c.ID)))
+		o.ObserveInt64(g.healthy, b2i(c.Healthy), metric.WithAttributeSet(attribute.NewSet(
+			attribute.String(labelCluster, c.ID), attribute.String(labelRole, c.Role))))
+		o.ObserveInt64(g.quarantined, b2i(c.Quarantined), id)
+		o.ObserveInt64(g.outstanding, c.Outstanding, id)
+		if s, ok := breakerValue(c.Breaker); ok {
+			o.ObserveInt64(g.breaker, s, id)
+		}
+		if c.Role != "leader" {
+			v := c.LagSeconds
+			if !c.LagKnown {
+				v = math.Inf(1)
+			}
+			o.ObserveFloat64(g.lag, v, id)
+		}
+	}
 }
 
 func b2i(b bool) int64 {

@@ -263,6 +263,16 @@ func (w *switchoverRun) readConfig(ctx context.Context) error {
 				return seen, fmt.Errorf("%w: %s is not a primary in its own replicate configuration (its source is %s): the proxy's view is stale and follows the next discovery round", ErrRefused, w.from, orNone(src))
 			}
 			if t := answers[w.to]; t.err == nil && sourceOf(t.cfg) != w.from {
+				// A configuration the previous change sent the target
+				// (attaching it to the new leader) reaches it through CDC,
+				// possibly after that change answered: give it one call
+				// timeout to arrive before refusing.
+				if t = w.awaitSource(ctx, w.to, w.from); t.err == nil && sourceOf(t.cfg) == w.from {
+					answers[w.to] = t
+					seen += fmt.Sprintf("; %s: source %s after waiting for it", w.to, w.from)
+				}
+			}
+			if t := answers[w.to]; t.err == nil && sourceOf(t.cfg) != w.from {
 				return seen, fmt.Errorf("%w: %s replicates from %s, not from %s: it would never receive the new configuration (use `failover --to %s`)", ErrRefused, w.to, orNone(sourceOf(t.cfg)), w.from, w.to)
 			}
 			for _, id := range ids {
@@ -274,6 +284,25 @@ func (w *switchoverRun) readConfig(ctx context.Context) error {
 		w.newCfg = reverseConfig(cfg, w.to)
 		return seen, nil
 	})
+}
+
+// awaitSource re-reads cluster id's replicate configuration until its
+// source is want, ctx ends or one call timeout has passed, and returns the
+// last answer.
+func (w *switchoverRun) awaitSource(ctx context.Context, id, want string) configAnswer {
+	cctx, cancel := w.a.callCtx(ctx)
+	defer cancel()
+	for {
+		ans := w.a.m.configsOf(cctx, []string{id})[id]
+		if ans.err == nil && sourceOf(ans.cfg) == want {
+			return ans
+		}
+		select {
+		case <-cctx.Done():
+			return ans
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // hold holds writes, fences the old leader and lets the requests in

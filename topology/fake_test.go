@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
@@ -254,19 +255,7 @@ func startManager(t *testing.T, opts Options) *Manager {
 // is generous: it only bounds a broken test, it is not a speed assertion.
 func waitFor(t *testing.T, m *Manager, what string, cond func(s *Snapshot) bool) *Snapshot {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		ch := m.Changed()
-		s := m.Snapshot()
-		if cond(s) {
-			return s
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s; last snapshot: %+v", what, describe(s))
-		}
-	}
+	return testutil.WaitPublished(t, m, 10*time.Second, what, cond, describe)
 }
 
 func describe(s *Snapshot) string {

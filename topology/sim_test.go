@@ -3,6 +3,7 @@ package topology_test
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
@@ -40,19 +42,7 @@ func startSim(t *testing.T, id string, opts ...func(*sim.Options)) *sim.Cluster 
 
 func waitSnap(t *testing.T, m *topology.Manager, what string, cond func(s *topology.Snapshot) bool) *topology.Snapshot {
 	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		ch := m.Changed()
-		s := m.Snapshot()
-		if cond(s) {
-			return s
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s: %+v", what, m.View())
-		}
-	}
+	return testutil.WaitPublished(t, m, 15*time.Second, what, cond, func(*topology.Snapshot) string { return fmt.Sprintf("%+v", m.View()) })
 }
 
 // TestAgainstSimulatedClusters runs discovery, checkpoint tracking, the

@@ -21,21 +21,8 @@ import (
 func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	id := fs.String("cluster-id", "", "cluster id (required); pchannels are <id>-rootcoord-dml_<i>")
-	listen := fs.String("listen", "127.0.0.1:0", "gRPC listen address")
-	control := fs.String("control", "", "HTTP address for the fault controls (/sim/{id}/...); empty: off")
-	pchannels := fs.Int("pchannels", 2, "number of physical channels")
-	delay := fs.Duration("replication-delay", 0, "delay applied to incoming replication")
-	tick := fs.Duration("tick", 50*time.Millisecond, "time tick interval of each pchannel")
-	dataDir := fs.String("data-dir", "", "persist the WAL here and replay it on start")
-	searchConc := fs.Int("search-concurrency", 0, "capacity: at most N searches/queries at once (0: unlimited)")
-	searchLat := fs.Duration("search-min-latency", 0, "capacity: each search/query takes at least this long")
-	guarantee := fs.Duration("guarantee-timeout", 5*time.Second, "how long a read waits for its guarantee timestamp")
-	user := fs.String("user", "", "enable authentication with this user (needs --password)")
-	password := fs.String("password", "", "password of --user")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	fpShape := fs.String("force-promote-shape", sim.ForcePromoteSingle,
-		"force_promote request accepted, as Milvus versions differ: single (a configuration of the cluster itself) or empty")
+	var f simFlags
+	f.register(fs)
 	setUsage(fs, "sim --cluster-id ID [--listen ADDR] [--control ADDR] [--data-dir DIR]",
 		"Runs one simulated Milvus cluster (the Milvus gRPC API, replication and fault\n"+
 			"controls) until SIGINT/SIGTERM. For tests and benchmarks: it is not a Milvus.")
@@ -45,44 +32,14 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	bad := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "sim: "+format+"\n", a...)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sim: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	switch {
-	case fs.NArg() > 0:
-		return bad("unexpected argument %q", fs.Arg(0))
-	case *id == "":
-		return bad("--cluster-id is required")
-	case *pchannels < 1 || *pchannels > 256:
-		return bad("--pchannels must be in [1, 256], got %d", *pchannels)
-	case *delay < 0:
-		return bad("--replication-delay must not be negative")
-	case *tick <= 0:
-		return bad("--tick must be positive")
-	case *searchConc < 0:
-		return bad("--search-concurrency must not be negative")
-	case *searchLat < 0:
-		return bad("--search-min-latency must not be negative")
-	case *guarantee <= 0:
-		return bad("--guarantee-timeout must be positive")
-	case (*user == "") != (*password == ""):
-		return bad("--user and --password go together")
-	case *fpShape != sim.ForcePromoteSingle && *fpShape != sim.ForcePromoteEmpty:
-		return bad("--force-promote-shape %q: want %s or %s", *fpShape, sim.ForcePromoteSingle, sim.ForcePromoteEmpty)
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return bad("--log-level: %v", err)
-	}
-	opts := sim.Options{
-		ClusterID: *id, Listen: *listen, PChannels: *pchannels, TimeTickInterval: *tick,
-		ReplicationDelay: *delay, GuaranteeTimeout: *guarantee, DataDir: *dataDir,
-		SearchConcurrency: *searchConc, SearchMinLatency: *searchLat, ForcePromoteShape: *fpShape,
-		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-	}
-	if *user != "" {
-		opts.Users = map[string]string{*user: *password}
+	opts, err := f.options(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "sim: %v\n", err)
+		return 2
 	}
 	// A fleet of one: its controls can also crash the cluster in place
 	// and restart it (POST /sim/{id}/crash, /restart) while the process
@@ -94,30 +51,95 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer fleet.Stop()
-	var ctl *http.Server
-	var ctlAddr string
-	if *control != "" {
-		lis, err := net.Listen("tcp", *control)
+	var ctlAddr net.Addr
+	if f.control != "" {
+		lis, err := net.Listen("tcp", f.control)
 		if err != nil {
-			fmt.Fprintf(stderr, "sim: --control %s: %v\n", *control, err)
+			fmt.Fprintf(stderr, "sim: --control %s: %v\n", f.control, err)
 			return 1
 		}
-		ctlAddr = lis.Addr().String()
-		ctl = &http.Server{
-			Handler:           fleet.Handler(),
-			ReadHeaderTimeout: 5 * time.Second,
-		}
+		ctlAddr = lis.Addr()
+		ctl := &http.Server{Handler: fleet.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		go ctl.Serve(lis)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			ctl.Shutdown(sctx)
+		}()
 	}
 	fmt.Fprintf(stdout, "sim %s listening on %s\n", c.ID(), c.Addr())
-	if ctl != nil {
+	if ctlAddr != nil {
 		fmt.Fprintf(stdout, "sim %s control on %s\n", c.ID(), ctlAddr)
 	}
 	<-ctx.Done()
-	if ctl != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ctl.Shutdown(sctx)
-		cancel()
-	}
 	return 0
+}
+
+// simFlags are the sim command's flags.
+type simFlags struct {
+	id, listen, control, dataDir      string
+	user, password, logLevel, shape   string
+	pchannels, searchConc             int
+	delay, tick, searchLat, guarantee time.Duration
+}
+
+func (f *simFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.id, "cluster-id", "", "cluster id (required); pchannels are <id>-rootcoord-dml_<i>")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:0", "gRPC listen address")
+	fs.StringVar(&f.control, "control", "", "HTTP address for the fault controls (/sim/{id}/...); empty: off")
+	fs.IntVar(&f.pchannels, "pchannels", 2, "number of physical channels")
+	fs.DurationVar(&f.delay, "replication-delay", 0, "delay applied to incoming replication")
+	fs.DurationVar(&f.tick, "tick", 50*time.Millisecond, "time tick interval of each pchannel")
+	fs.StringVar(&f.dataDir, "data-dir", "", "persist the WAL here and replay it on start")
+	fs.IntVar(&f.searchConc, "search-concurrency", 0, "capacity: at most N searches/queries at once (0: unlimited)")
+	fs.DurationVar(&f.searchLat, "search-min-latency", 0, "capacity: each search/query takes at least this long")
+	fs.DurationVar(&f.guarantee, "guarantee-timeout", 5*time.Second, "how long a read waits for its guarantee timestamp")
+	fs.StringVar(&f.user, "user", "", "enable authentication with this user (needs --password)")
+	fs.StringVar(&f.password, "password", "", "password of --user")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&f.shape, "force-promote-shape", sim.ForcePromoteSingle,
+		"force_promote request accepted, as Milvus versions differ: single (a configuration of the cluster itself) or empty")
+}
+
+// options checks the flags and builds the cluster's options, logging to
+// stderr; the error names the flag.
+func (f *simFlags) options(stderr io.Writer) (sim.Options, error) {
+	var err error
+	switch {
+	case f.id == "":
+		err = errors.New("--cluster-id is required")
+	case f.pchannels < 1 || f.pchannels > 256:
+		err = fmt.Errorf("--pchannels must be in [1, 256], got %d", f.pchannels)
+	case f.delay < 0:
+		err = errors.New("--replication-delay must not be negative")
+	case f.tick <= 0:
+		err = errors.New("--tick must be positive")
+	case f.searchConc < 0:
+		err = errors.New("--search-concurrency must not be negative")
+	case f.searchLat < 0:
+		err = errors.New("--search-min-latency must not be negative")
+	case f.guarantee <= 0:
+		err = errors.New("--guarantee-timeout must be positive")
+	case (f.user == "") != (f.password == ""):
+		err = errors.New("--user and --password go together")
+	case f.shape != sim.ForcePromoteSingle && f.shape != sim.ForcePromoteEmpty:
+		err = fmt.Errorf("--force-promote-shape %q: want %s or %s", f.shape, sim.ForcePromoteSingle, sim.ForcePromoteEmpty)
+	}
+	if err != nil {
+		return sim.Options{}, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return sim.Options{}, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := sim.Options{
+		ClusterID: f.id, Listen: f.listen, PChannels: f.pchannels, TimeTickInterval: f.tick,
+		ReplicationDelay: f.delay, GuaranteeTimeout: f.guarantee, DataDir: f.dataDir,
+		SearchConcurrency: f.searchConc, SearchMinLatency: f.searchLat, ForcePromoteShape: f.shape,
+		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if f.user != "" {
+		opts.Users = map[string]string{f.user: f.password}
+	}
+	return opts, nil
 }

@@ -105,7 +105,33 @@ func reportAdminError(w io.Writer, cmd string, err error) {
 }
 
 func printStatus(w io.Writer, v admin.View) {
-	// Headline: who leads and whether the proxy takes traffic.
+	fmt.Fprintln(w, statusHeadline(v))
+	if b := banner(v); b != "" {
+		fmt.Fprintln(w, b)
+	}
+	for _, r := range v.SplitBrainRisk {
+		fmt.Fprintln(w, "SPLIT-BRAIN RISK: "+r)
+	}
+	fmt.Fprintln(w)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tROLE\tHEALTH\tBREAKER\tLAG\tSERVED\tIN FLIGHT")
+	for _, c := range v.Clusters {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", c.ID, c.Role, health(c), orDash(c.Breaker), lag(c), c.Served, c.Outstanding)
+	}
+	tw.Flush()
+
+	if notes := statusNotes(v); len(notes) > 0 {
+		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintln(w, n)
+		}
+	}
+	printArbiter(w, v.Arbiter)
+}
+
+// statusHeadline is who leads and whether the proxy takes traffic.
+func statusHeadline(v admin.View) string {
 	leader := v.Leader
 	if leader == "" {
 		leader = "none"
@@ -125,23 +151,12 @@ func printStatus(w io.Writer, v admin.View) {
 	default:
 		head = append(head, "NOT READY: "+v.NotReadyReason)
 	}
-	fmt.Fprintln(w, strings.Join(head, " | "))
-	if b := banner(v); b != "" {
-		fmt.Fprintln(w, b)
-	}
-	for _, r := range v.SplitBrainRisk {
-		fmt.Fprintln(w, "SPLIT-BRAIN RISK: "+r)
-	}
-	fmt.Fprintln(w)
+	return strings.Join(head, " | ")
+}
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tROLE\tHEALTH\tBREAKER\tLAG\tSERVED\tIN FLIGHT")
-	for _, c := range v.Clusters {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", c.ID, c.Role, health(c), orDash(c.Breaker), lag(c), c.Served, c.Outstanding)
-	}
-	tw.Flush()
-
-	// Details that do not fit a column.
+// statusNotes are the details that do not fit a column: why a cluster is
+// down, stale or quarantined, the salvage reports, the last change.
+func statusNotes(v admin.View) []string {
 	var notes []string
 	for _, c := range v.Clusters {
 		if !c.Healthy && c.HealthReason != "" {
@@ -188,13 +203,7 @@ func printStatus(w io.Writer, v admin.View) {
 		}
 		notes = append(notes, line)
 	}
-	if len(notes) > 0 {
-		fmt.Fprintln(w)
-		for _, n := range notes {
-			fmt.Fprintln(w, n)
-		}
-	}
-	printArbiter(w, v.Arbiter)
+	return notes
 }
 
 // printArbiter shows the etcd arbiter: who decides and every proxy.

@@ -3,6 +3,7 @@ package testutil
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,10 +68,28 @@ func TestEventually(t *testing.T) {
 			},
 			wantMsg: "timed out after 30ms waiting for the thing:\nstate: 7",
 		},
+		{
+			name: "never holds, explained",
+			call: func(tb testing.TB) {
+				n := 0
+				EventuallyWhy(tb, 30*time.Millisecond, "the thing", func() (bool, string) { n++; return false, fmt.Sprint("try ", n) })
+			},
+			wantMsg: "timed out after 30ms waiting for the thing:\nlast: try ",
+		},
+		{
+			name: "explained, holds after a few polls",
+			call: func(tb testing.TB) {
+				n := 0
+				EventuallyWhy(tb, 10*time.Second, "x", func() (bool, string) { n++; return n > 3, "" })
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := run(tc.call)
+			if strings.HasSuffix(tc.wantMsg, "try ") && strings.HasPrefix(got, tc.wantMsg) {
+				got = tc.wantMsg // the count of tries depends on the machine's speed
+			}
 			if got != tc.wantMsg {
 				t.Fatalf("failure message %q, want %q", got, tc.wantMsg)
 			}
@@ -84,4 +103,63 @@ func TestEventuallyReportsElapsed(t *testing.T) {
 	if took < 50*time.Millisecond {
 		t.Fatalf("took %s, want at least 50ms", took)
 	}
+}
+
+// counter publishes ints: each publish closes the previous Changed channel.
+type counter struct {
+	mu sync.Mutex
+	n  int
+	ch chan struct{}
+}
+
+func newCounter() *counter { return &counter{ch: make(chan struct{})} }
+
+func (c *counter) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ch
+}
+
+func (c *counter) Snapshot() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+func (c *counter) publish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	close(c.ch)
+	c.ch = make(chan struct{})
+}
+
+func TestWaitPublished(t *testing.T) {
+	t.Run("woken by publications", func(t *testing.T) {
+		c := newCounter()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+					c.publish()
+				}
+			}
+		}()
+		if got := WaitPublished[int](t, c, 10*time.Second, "5", func(n int) bool { return n >= 5 }, nil); got < 5 {
+			t.Fatalf("returned snapshot %d, want one that satisfied the condition", got)
+		}
+	})
+	t.Run("never holds, with state", func(t *testing.T) {
+		c := newCounter()
+		got := run(func(tb testing.TB) {
+			WaitPublished[int](tb, c, 30*time.Millisecond, "the thing", func(n int) bool { return n > 0 }, func(n int) string { return fmt.Sprint("n=", n) })
+		})
+		if want := "timed out after 30ms waiting for the thing:\nn=0"; got != want {
+			t.Fatalf("failure message %q, want %q", got, want)
+		}
+	})
 }

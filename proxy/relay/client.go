@@ -48,6 +48,7 @@ type Pool struct {
 	// (how far one answer runs ahead of the response budget), and
 	// streamUpdate how much of it is consumed before it is returned.
 	streamWindow, streamUpdate int
+	acks                       ackFlusher // the connections' PING acknowledgements
 }
 
 // upool is the connections to one cluster.
@@ -321,6 +322,7 @@ func newUconn(r *Pool, cluster, authority, scheme string, nc net.Conn) *uconn {
 	u.hr = newHeaderReader(16 << 20) // grpc-go's default limit: the cluster is trusted
 	u.hr.shared = true               // onHeaders and the response only read the fields
 	u.w.init(bw, u.fr)
+	u.w.acks = &r.acks
 	u.flow.init()
 	u.fixed = [6]hpack.HeaderField{
 		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: scheme}, {Name: ":path"},
@@ -787,7 +789,7 @@ func (u *uconn) readLoop() {
 			u.onSettings(f)
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				u.w.writePingAck(f.Data, nil)
+				u.w.writePingAckLazy(f.Data)
 			}
 		case *http2.WindowUpdateFrame:
 			if f.StreamID == 0 {

@@ -62,6 +62,11 @@
 //     exchanges inline (Completion.ExchangeDone). It never writes to a
 //     client socket: answers go to the client writer's buffer. It ends
 //     when the connection fails (uconn.fail; Pool.Close fails all).
+//   - PING acknowledgements: ackFlusher.run, one per Server and one per
+//     Pool, started when a PING's acknowledgement is left in a
+//     connection's buffer to ride with the next write (h2.go,
+//     pingAckDelay); it flushes those still there after pingAckDelay to
+//     twice that, and ends when none was left for two sweeps.
 //   - backend keepalive: uconn.start → uconn.keepalive, one per cluster
 //     connection; it pings a connection silent for the keepalive time and
 //     fails it when nothing arrives within the timeout. It ends with the
@@ -89,7 +94,8 @@
 //     connections with held streams). uconn.open registers a stream
 //     under uconn.mu; a resume returns window after releasing both, and
 //     the client writer resumes outside the writer's lock.
-//  6. Leaves: msgQueue.mu, Call.hookMu, connOut.deadlineMu.
+//  6. Leaves: msgQueue.mu, Call.hookMu, connOut.deadlineMu,
+//     ackFlusher.mu (taken under a writer's lock).
 //
 // # RFC 9113
 //

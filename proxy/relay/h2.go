@@ -75,6 +75,78 @@ type h2writer struct {
 	// enforcement forgives pings once an answer went out (grpc-go's
 	// server resets its ping strikes on both).
 	answered atomic.Bool
+	// acks flushes a PING acknowledgement that writePingAckLazy left in
+	// the buffer when no other write took it along (nil: acknowledge at
+	// once); ackArmed (under mu) is set while one is pending.
+	acks     *ackFlusher
+	ackArmed bool
+	// owed is set (under mu) when a writer left its flush to the one
+	// queued behind it (unlock): that one must flush, even to
+	// acknowledge a PING.
+	owed bool
+}
+
+// pingAckDelay bounds how long a PING's acknowledgement waits for other
+// frames to the same peer (between it and twice it). grpc-go sends a BDP
+// ping each time DATA arrives with none outstanding (its bdpEstimator),
+// so under load a PING comes with nearly every read, from the clients and
+// the clusters alike; acknowledged at once, each cost a write system
+// call of its own (two in five of serve's writes at c=8 in make
+// bench-proxy). Riding with the next answer or request costs nothing.
+// The delay only lengthens the round trip the peer's estimator measures,
+// which makes it grant larger windows, and is far below the keepalive
+// timeouts clients set (grpc-go's default is 20 s). It is also the
+// flusher's sweep interval: sweeping every millisecond cost more context
+// switches than the writes it saved.
+const pingAckDelay = 10 * time.Millisecond
+
+// ackFlusher sends the PING acknowledgements that no other write took
+// along for all the connections of a Server or a Pool. It is one
+// goroutine, alive while some are pending, rather than a timer per
+// connection: setting a timer to fire sooner than the runtime's poller
+// sleeps wakes the poller, a system call and a context switch per PING
+// (measured: more than the write it saves).
+type ackFlusher struct {
+	mu      sync.Mutex
+	pending []*h2writer // written since the last sweep
+	older   []*h2writer // written before it: flushed at the next
+	running bool
+}
+
+// add has the flusher flush w's pending acknowledgement if nothing else
+// does first (called under w.mu).
+func (a *ackFlusher) add(w *h2writer) {
+	a.mu.Lock()
+	a.pending = append(a.pending, w)
+	start := !a.running
+	a.running = true
+	a.mu.Unlock()
+	if start {
+		go a.run()
+	}
+}
+
+// run sweeps every pingAckDelay until nothing is pending.
+func (a *ackFlusher) run() {
+	var spare []*h2writer // the array of the last sweep's, run's own
+	for {
+		time.Sleep(pingAckDelay)
+		a.mu.Lock()
+		due := a.older
+		a.older, a.pending = a.pending, spare[:0]
+		if len(due) == 0 && len(a.older) == 0 {
+			a.running = false
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		// Not under a.mu: add runs under a writer's lock.
+		for i, w := range due {
+			w.flushAck()
+			due[i] = nil
+		}
+		spare = due
+	}
 }
 
 func (w *h2writer) init(bw frameSink, fr *http2.Framer) {
@@ -91,8 +163,14 @@ func (w *h2writer) lock() {
 
 // unlock flushes unless another writer is queued, then releases.
 func (w *h2writer) unlock() {
-	if w.err == nil && w.waiting.Load() == 0 && w.bw.Buffered() > 0 {
-		w.err = w.bw.Flush()
+	if w.err == nil && w.bw.Buffered() > 0 {
+		if w.waiting.Load() == 0 {
+			w.err = w.bw.Flush()
+			// A pending acknowledgement left with this write.
+			w.ackArmed, w.owed = false, false
+		} else {
+			w.owed = true // the writer queued behind flushes
+		}
 	}
 	w.mu.Unlock()
 }
@@ -147,13 +225,31 @@ func (w *h2writer) writeSettings(streamWindow uint32, extra ...http2.Setting) {
 	}
 }
 
-// writePingAck answers a PING, leaving the flush to fl (nil: now).
-func (w *h2writer) writePingAck(data [8]byte, fl *flushList) {
+// writePingAckLazy answers a PING without flushing: the acknowledgement
+// leaves with the next write to the peer, or from w.acks.
+func (w *h2writer) writePingAckLazy(data [8]byte) {
 	w.lock()
 	if w.err == nil {
 		w.err = w.fr.WritePing(true, data)
 	}
-	w.unlockDefer(fl)
+	if w.acks == nil || w.owed {
+		w.unlock()
+		return
+	}
+	if w.err == nil && !w.ackArmed {
+		w.ackArmed = true
+		w.acks.add(w)
+	}
+	w.mu.Unlock() // no flush (a writer queued behind flushes it along)
+}
+
+// flushAck flushes the acknowledgement nothing else took along (for
+// ackFlusher). After the connection closed it meets the sticky error or a
+// closed socket, and does nothing.
+func (w *h2writer) flushAck() {
+	w.lock()
+	w.ackArmed = false // also when the client's writer took it
+	w.unlock()         // and whatever a writer before left to the one behind it
 }
 
 // writeRSTStream resets stream id with code and flushes.

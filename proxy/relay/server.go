@@ -183,6 +183,7 @@ type Server struct {
 	connWG   sync.WaitGroup // client connections being served
 	budget   *respBudget    // the process-wide response budget
 	penalty  *PeerPenalty   // nil: off
+	acks     ackFlusher     // the client connections' PING acknowledgements
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -458,6 +459,7 @@ func newDconn(r *Server, nc net.Conn) *dconn {
 	d.fr.SetReuseFrames()
 	d.hr = newHeaderReader(lim.MaxHeaderListSize)
 	d.w.init(d.out, d.fr)
+	d.w.acks = &r.acks
 	d.flow.init()
 	d.flow.out = d.out
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -703,7 +705,7 @@ func (d *dconn) onFrame(f http2.Frame) error {
 		if !d.pingAllowed() {
 			return connError{code: http2.ErrCodeEnhanceYourCalm, debug: "too_many_pings", msg: "too many pings"}
 		}
-		d.w.writePingAck(f.Data, &d.fl)
+		d.w.writePingAckLazy(f.Data)
 	case *http2.WindowUpdateFrame:
 		if f.StreamID == 0 {
 			if !d.flow.addConn(int64(f.Increment)) {

@@ -155,20 +155,10 @@ func (r *rig) join(source string, targets ...string) {
 func (r *rig) waitTopology(what string, d time.Duration, cond func(s *topology.Snapshot) bool) *topology.Snapshot {
 	r.t.Helper()
 	m := r.app.Topology()
-	deadline := time.After(d)
-	for {
-		ch := m.Changed()
-		s := m.Snapshot()
-		if cond(s) {
-			return s
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			v, _ := json.MarshalIndent(m.View(), "", "  ")
-			r.t.Fatalf("timed out after %s waiting for %s; topology:\n%s", d, what, v)
-		}
-	}
+	return testutil.WaitPublished(r.t, m, d, what, cond, func(*topology.Snapshot) string {
+		v, _ := json.MarshalIndent(m.View(), "", "  ")
+		return "topology:\n" + string(v)
+	})
 }
 
 // setup creates, indexes and loads the collection through the proxy and

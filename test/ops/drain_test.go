@@ -27,6 +27,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
@@ -96,7 +97,7 @@ func prepareDrain(t *testing.T, sims []*sim.Cluster, addr string) *milvusclient.
 // clusters.
 func waitInFlight(t *testing.T, adminAddr string, n int64) {
 	t.Helper()
-	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d calls in flight", n), func() (bool, string) {
+	testutil.EventuallyWhy(t, 10*time.Second, fmt.Sprintf("%d calls in flight", n), func() (bool, string) {
 		var sum int64
 		for _, c := range testenv.Topology(t, adminAddr).Clusters {
 			sum += c.Outstanding

@@ -19,6 +19,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
@@ -138,7 +139,7 @@ func TestLogsCarryNoCredential(t *testing.T) {
 
 	credentialTraffic(t, a.Addr())
 	sims[2].Crash()
-	testenv.WaitFor(t, 10*time.Second, "c reported down", func() (bool, string) {
+	testutil.EventuallyWhy(t, 10*time.Second, "c reported down", func() (bool, string) {
 		for _, c := range testenv.Topology(t, a.AdminAddr()).Clusters {
 			if c.ID == "c" {
 				return !c.Healthy, c.HealthReason

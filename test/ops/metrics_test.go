@@ -12,6 +12,7 @@ import (
 	"github.com/milvus-io/milvus/client/v2/milvusclient"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/proxy"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/telemetry"
@@ -38,7 +39,7 @@ const (
 func waitLoaded(t *testing.T, addr, coll string) {
 	t.Helper()
 	c := testenv.Connect(t, addr, nil)
-	testenv.WaitFor(t, 15*time.Second, "collection "+coll+" loaded on "+addr, func() (bool, string) {
+	testutil.EventuallyWhy(t, 15*time.Second, "collection "+coll+" loaded on "+addr, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		st, err := c.GetLoadState(ctx, milvusclient.NewGetLoadStateOption(coll))
@@ -225,7 +226,7 @@ func TestMetricsLagAndBreakerFollowFaults(t *testing.T) {
 
 	type L = map[string]string
 	sims[1].PauseReplication()
-	testenv.WaitFor(t, 10*time.Second, "b's lag gauge to exceed 0.5s", func() (bool, string) {
+	testutil.EventuallyWhy(t, 10*time.Second, "b's lag gauge to exceed 0.5s", func() (bool, string) {
 		v := scrape(t, a.AdminAddr()).sum(mLag, L{"cluster": "b"})
 		return v > 0.5, fmt.Sprint(v)
 	})
@@ -243,7 +244,7 @@ func TestMetricsLagAndBreakerFollowFaults(t *testing.T) {
 	sims[1].ResumeReplication()
 
 	sims[1].Crash()
-	testenv.WaitFor(t, 10*time.Second, "b's breaker to open and b to be unhealthy", func() (bool, string) {
+	testutil.EventuallyWhy(t, 10*time.Second, "b's breaker to open and b to be unhealthy", func() (bool, string) {
 		m := scrape(t, a.AdminAddr())
 		br, h := m.sum(mBreaker, L{"cluster": "b"}), m.sum(mHealthy, L{"cluster": "b"})
 		return br == 2 && h == 0, fmt.Sprintf("breaker %v healthy %v", br, h)

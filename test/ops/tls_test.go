@@ -30,6 +30,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
@@ -398,7 +399,7 @@ func TestTLSProxyToCluster(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := testenv.StartApp(t, cfgFor(tc.tls), app.Options{})
 			var reason string
-			testenv.WaitFor(t, 10*time.Second, "cluster a reported unhealthy", func() (bool, string) {
+			testutil.EventuallyWhy(t, 10*time.Second, "cluster a reported unhealthy", func() (bool, string) {
 				v := testenv.Topology(t, a.AdminAddr())
 				for _, c := range v.Clusters {
 					if c.ID == "a" && !c.Healthy && strings.HasPrefix(c.HealthReason, "health probe") {

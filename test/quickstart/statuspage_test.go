@@ -20,6 +20,7 @@ import (
 	"github.com/milvus-io/milvus/client/v2/entity"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
@@ -115,7 +116,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	search(40)
 	// The history is sampled every 2s: wait until it holds the change and
 	// reads after it.
-	testenv.WaitFor(t, 30*time.Second, "history with the switchover and reads", func() (bool, string) {
+	testutil.EventuallyWhy(t, 30*time.Second, "history with the switchover and reads", func() (bool, string) {
 		code, body := get(t, "http://"+d.admin+"/api/v1/history")
 		var h admin.History
 		if code != http.StatusOK || json.Unmarshal([]byte(body), &h) != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/admin"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/app"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 )
 
@@ -158,23 +159,6 @@ func StartApp(t testing.TB, cfg *config.Config, opts app.Options) *app.App {
 	return a
 }
 
-// WaitFor polls cond every 20ms until it holds or d passes, then fails
-// the test with what it waited for and cond's last explanation.
-func WaitFor(t testing.TB, d time.Duration, what string, cond func() (ok bool, why string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		last = why
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s; last: %s", d, what, last)
-}
-
 // Topology fetches GET /api/v1/topology from the admin server at
 // adminAddr.
 func Topology(t testing.TB, adminAddr string) admin.View {
@@ -197,7 +181,7 @@ func Topology(t testing.TB, adminAddr string) admin.View {
 // alternatives clusters are healthy alternatives with a known lag.
 func WaitReady(t testing.TB, adminAddr string, alternatives int) {
 	t.Helper()
-	WaitFor(t, 15*time.Second, "the proxy to be ready", func() (bool, string) {
+	testutil.EventuallyWhy(t, 15*time.Second, "the proxy to be ready", func() (bool, string) {
 		v := Topology(t, adminAddr)
 		known := 0
 		for _, c := range v.Clusters {

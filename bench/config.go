@@ -139,6 +139,17 @@ const (
 
 // Validate reports the first bad field, naming it as the command line does.
 func (c *Config) Validate() error {
+	for _, check := range []func() error{c.validateTargets, c.validateWorkload, c.validateLength, c.validateShape} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateTargets checks the targets: at least one, at most MaxTargets,
+// each with an address and a name of its own.
+func (c *Config) validateTargets() error {
 	if len(c.Targets) == 0 {
 		return usageErr("target", "at least one target is required")
 	}
@@ -156,6 +167,12 @@ func (c *Config) Validate() error {
 		}
 		seen[name] = true
 	}
+	return nil
+}
+
+// validateWorkload checks the workload, its read ratio, consistency level
+// and concurrency.
+func (c *Config) validateWorkload() error {
 	switch c.Workload {
 	case WorkloadSearch, WorkloadQuery, WorkloadInsert, WorkloadUpsert, WorkloadMixed:
 	case "":
@@ -174,6 +191,12 @@ func (c *Config) Validate() error {
 	if c.Concurrency < 0 || c.Concurrency > MaxConcurrency {
 		return usageErr("concurrency", fmt.Sprintf("must be in [1, %d]", MaxConcurrency))
 	}
+	return nil
+}
+
+// validateLength checks how long each target is measured: --duration or
+// --ops, rounds and warm-up.
+func (c *Config) validateLength() error {
 	if (c.Duration > 0) == (c.Ops > 0) {
 		return usageErr("duration", "exactly one of --duration and --ops must be set")
 	}
@@ -189,6 +212,13 @@ func (c *Config) Validate() error {
 	if c.Warmup < 0 || c.Warmup > MaxDuration {
 		return usageErr("warmup", "must not be negative")
 	}
+	return nil
+}
+
+// validateShape checks the rest: connections, the data (dimension,
+// preload, topk, nq, batch), setup, collection, shards, timeouts and
+// faults.
+func (c *Config) validateShape() error {
 	if c.Conns < 0 {
 		return usageErr("conns", "must not be negative")
 	}

@@ -77,8 +77,20 @@ func TestScenarioFailover(t *testing.T) {
 	// above the bound below, which leaves room for a loaded machine (0.85 s
 	// seen with 8 builds on 2 cores).
 	cfg.Ops, cfg.Duration = 0, 1500*time.Millisecond
-	// The "leader dies": writes stall for 300 ms, then go to b.
-	cfg.Faults = []Fault{{At: 200 * time.Millisecond, Name: "kill a", Do: func(context.Context) error {
+	// The "leader dies": writes stall for 300 ms, then go to b. It dies
+	// only once a has acknowledged a write of the run (more rows than the
+	// preload): a change is seen as a write answered by a, then one by b,
+	// and on a loaded machine under -race the first write can take longer
+	// than the 200 ms before the fault.
+	preload := cfg.Preload
+	cfg.Faults = []Fault{{At: 200 * time.Millisecond, Name: "kill a", Do: func(ctx context.Context) error {
+		for f.Rows() <= preload {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
 		f.SetStall(300 * time.Millisecond)
 		f.SetLeader("b")
 		return nil

@@ -581,6 +581,21 @@ func (a *Arbiter) follow(takeover bool) {
 	if doc == nil {
 		return
 	}
+	s, ok := a.followLeader(doc)
+	if !ok {
+		return
+	}
+	a.followQuarantines(doc, s)
+	if !takeover {
+		a.followHold(doc, s)
+	}
+}
+
+// followLeader installs the document's leader when the local topology has
+// another one, or is failing over while the document holds nothing. It
+// returns the local snapshot after that, or !ok when the document's leader
+// cannot be installed.
+func (a *Arbiter) followLeader(doc *Document) (*topology.Snapshot, bool) {
 	l := a.opts.Local
 	s := l.Snapshot()
 	cur := ""
@@ -595,39 +610,47 @@ func (a *Arbiter) follow(takeover bool) {
 			a.log.Error("the topology names a leader this proxy has no cluster for; check that every proxy has the same clusters",
 				"leader", doc.Leader, "decider", doc.Decider)
 		}
-		return
+		return nil, false
 	}
-	if doc.Leader != cur || (s.FailingOver && !doc.Hold) {
-		demoted := false
-		if r := doc.Roles[cur]; cur != "" && (r == string(topology.RoleAlternative) || r == string(topology.RoleStandby)) {
-			if c := s.Cluster(cur); c != nil {
-				demoted = true
-			}
-		}
-		if err := l.InstallLeader(topology.Promotion{Leader: doc.Leader, Quarantine: doc.Quarantined, Demoted: demoted}); err != nil {
-			a.log.Error("installing the leader the topology names", "leader", doc.Leader, "err", err)
-			return
-		}
-		a.mu.Lock()
-		a.docHold = false
-		a.mu.Unlock()
-		if doc.Leader != cur {
-			a.log.Info("following the decider: new leader", "leader", doc.Leader, "previous", cur,
-				"epoch", doc.Epoch, "decider", doc.Decider)
-		}
-		s = l.Snapshot()
+	if doc.Leader == cur && (!s.FailingOver || doc.Hold) {
+		return s, true
 	}
+	demoted := false
+	if r := doc.Roles[cur]; cur != "" && (r == string(topology.RoleAlternative) || r == string(topology.RoleStandby)) {
+		demoted = s.Cluster(cur) != nil
+	}
+	if err := l.InstallLeader(topology.Promotion{Leader: doc.Leader, Quarantine: doc.Quarantined, Demoted: demoted}); err != nil {
+		a.log.Error("installing the leader the topology names", "leader", doc.Leader, "err", err)
+		return nil, false
+	}
+	a.mu.Lock()
+	a.docHold = false
+	a.mu.Unlock()
+	if doc.Leader != cur {
+		a.log.Info("following the decider: new leader", "leader", doc.Leader, "previous", cur,
+			"epoch", doc.Epoch, "decider", doc.Decider)
+	}
+	return l.Snapshot(), true
+}
+
+// followQuarantines sets and lifts quarantines as the document names them.
+func (a *Arbiter) followQuarantines(doc *Document, s *topology.Snapshot) {
 	for _, c := range s.Clusters {
 		want, q := doc.Quarantined[c.ID]
 		if c.Quarantined != q || (q && c.QuarantineReason != want) {
-			if err := l.SetQuarantine(c.ID, want); err != nil {
+			if err := a.opts.Local.SetQuarantine(c.ID, want); err != nil {
 				a.log.Error("setting the quarantine the topology names", "cluster", c.ID, "err", err)
 			}
 		}
 	}
-	if takeover {
-		return
-	}
+}
+
+// followHold holds writes while the document does (the decider is
+// changing the leader) and releases the hold it took when the document
+// no longer holds; this proxy's own fence, when it has one, wins and is
+// put back at the end.
+func (a *Arbiter) followHold(doc *Document, s *topology.Snapshot) {
+	l := a.opts.Local
 	a.mu.Lock()
 	fence := a.fenceReason
 	a.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -143,17 +144,7 @@ func isReplicateViolation(err error) bool {
 // configuration message that made target a target. done reports that this
 // edge is finished: the configuration message that removed it was confirmed.
 func (c *Cluster) replicateSession(target string, p int) (progressed, done bool, err error) {
-	c.repl.mu.Lock()
-	mc := clusterOf(c.repl.cfg, target)
-	isTarget := c.repl.targets[target]
-	var start, removed int64
-	if s := c.repl.startPos[target]; len(s) > p {
-		start = s[p]
-	}
-	if r := c.repl.removedAt[target]; len(r) > p {
-		removed = r[p]
-	}
-	c.repl.mu.Unlock()
+	mc, isTarget, start, removed := c.edgeOf(target, p)
 	if mc == nil {
 		return false, !isTarget, fmt.Errorf("target %s is not in the replicate configuration", target)
 	}
@@ -166,17 +157,54 @@ func (c *Cluster) replicateSession(target string, p int) (progressed, done bool,
 	sctx, cancel := context.WithCancelCause(auth(c.ctx))
 	defer cancel(nil)
 
-	ictx, icancel := context.WithTimeout(sctx, 5*time.Second)
-	info, err := client.GetReplicateInfo(ictx, &milvuspb.GetReplicateInfoRequest{SourceClusterId: c.id, TargetPchannel: mc.GetPchannels()[p]})
+	next, err := c.resumePoint(sctx, client, mc.GetPchannels()[p], start)
+	if err != nil {
+		return false, !isTarget && isReplicateViolation(err), err
+	}
+	if removed > 0 && next > removed {
+		return false, true, nil
+	}
+	stream, err := client.CreateReplicateStream(sctx)
+	if err != nil {
+		return false, false, err
+	}
+	conf := newConfirmations()
+	go conf.receive(stream, cancel)
+	return c.sendWAL(sctx, stream, conf, target, p, next)
+}
+
+// edgeOf is what the replication configuration says of the edge to target
+// on pchannel p: target's entry (nil when it is not in the configuration),
+// whether it is a target, and the WAL ids where the edge starts and where
+// it was removed (0: not removed).
+func (c *Cluster) edgeOf(target string, p int) (mc *commonpb.MilvusCluster, isTarget bool, start, removed int64) {
+	c.repl.mu.Lock()
+	defer c.repl.mu.Unlock()
+	mc = clusterOf(c.repl.cfg, target)
+	isTarget = c.repl.targets[target]
+	if s := c.repl.startPos[target]; len(s) > p {
+		start = s[p]
+	}
+	if r := c.repl.removedAt[target]; len(r) > p {
+		removed = r[p]
+	}
+	return mc, isTarget, start, removed
+}
+
+// resumePoint is the WAL id replication to the target's pchannel resumes
+// at: after the target's checkpoint, and never before start.
+func (c *Cluster) resumePoint(ctx context.Context, client milvuspb.MilvusServiceClient, pchannel string, start int64) (int64, error) {
+	ictx, icancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := client.GetReplicateInfo(ictx, &milvuspb.GetReplicateInfoRequest{SourceClusterId: c.id, TargetPchannel: pchannel})
 	icancel()
 	if err != nil {
-		return false, !isTarget && isReplicateViolation(err), fmt.Errorf("get replicate info: %w", err)
+		return 0, fmt.Errorf("get replicate info: %w", err)
 	}
 	next := start
 	if id := info.GetCheckpoint().GetMessageId(); id != nil {
 		ck, err := parseMessageID(id)
 		if err != nil {
-			return false, false, err
+			return 0, err
 		}
 		next = ck + 1
 	}
@@ -185,33 +213,42 @@ func (c *Cluster) replicateSession(target string, p int) (progressed, done bool,
 	// followed another cluster since): replication starts at that message,
 	// never earlier. Resuming from the stale one would resend old messages
 	// and take an old configuration message for the end of this edge.
-	next = max(next, start, 1)
-	if removed > 0 && next > removed {
-		return false, true, nil
-	}
-	stream, err := client.CreateReplicateStream(sctx)
-	if err != nil {
-		return false, false, err
-	}
-	var confirmed atomic.Uint64
-	confirmedCh := make(chan struct{}, 1)
-	go func() {
-		for {
-			resp, err := stream.Recv()
-			if err != nil {
-				cancel(err)
-				return
-			}
-			ts := resp.GetReplicateConfirmedMessageInfo().GetConfirmedTimeTick()
-			if ts > confirmed.Load() {
-				confirmed.Store(ts)
-			}
-			select {
-			case confirmedCh <- struct{}{}:
-			default:
-			}
+	return max(next, start, 1), nil
+}
+
+// confirmations is the highest time tick a replicate stream's target
+// confirmed, with a signal on every confirmation.
+type confirmations struct {
+	ts atomic.Uint64
+	ch chan struct{}
+}
+
+func newConfirmations() *confirmations { return &confirmations{ch: make(chan struct{}, 1)} }
+
+// receive reads the stream's confirmations until it fails, then cancels
+// the session with the failure.
+func (cf *confirmations) receive(stream milvuspb.MilvusService_CreateReplicateStreamClient, cancel context.CancelCauseFunc) {
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			cancel(err)
+			return
 		}
-	}()
+		ts := resp.GetReplicateConfirmedMessageInfo().GetConfirmedTimeTick()
+		if ts > cf.ts.Load() {
+			cf.ts.Store(ts)
+		}
+		select {
+		case cf.ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// sendWAL sends pchannel p's WAL from id next on, as it grows, until the
+// session breaks or a configuration message that ends the edge to target
+// is confirmed (done).
+func (c *Cluster) sendWAL(sctx context.Context, stream milvuspb.MilvusService_CreateReplicateStreamClient, conf *confirmations, target string, p int, next int64) (progressed, done bool, err error) {
 	w := c.wals[p]
 	for id := next; ; id++ {
 		e, err := w.wait(sctx, id)
@@ -229,9 +266,9 @@ func (c *Cluster) replicateSession(target string, p int) (progressed, done bool,
 		}
 		// This configuration message ends replication to target: drain it,
 		// wait for its confirmation, stop.
-		for confirmed.Load() < e.ts {
+		for conf.ts.Load() < e.ts {
 			select {
-			case <-confirmedCh:
+			case <-conf.ch:
 			case <-sctx.Done():
 				return progressed, c.sessionDone(target, sctx), context.Cause(sctx)
 			}

@@ -6,6 +6,8 @@ import (
 	gotoken "go/token"
 	"io/fs"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -229,4 +231,76 @@ func TestArchitectureDocCheckerFails(t *testing.T) {
 			t.Errorf("%s: found, want it reported", name)
 		}
 	}
+}
+
+// TestArchitectureLayering: docs/architecture.md's package table lists
+// every product package of the module, and each imports only packages in
+// rows below its own (or in its own row), so the table's order is the
+// layering a newcomer reads.
+func TestArchitectureLayering(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	doc, err := os.ReadFile(architectureDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := map[string]int{} // package path relative to the module -> table row
+	inTable := false
+	n := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		switch {
+		case strings.HasPrefix(line, "| package | its one job |"):
+			inTable = true
+			continue
+		case !inTable || strings.HasPrefix(line, "|---"):
+			continue
+		case !strings.HasPrefix(line, "|"):
+			inTable = false
+			continue
+		}
+		n++
+		first := strings.Split(line, "|")[1]
+		for _, m := range codeSpan.FindAllStringSubmatch(first, -1) {
+			if !strings.HasPrefix(m[1], "test/") {
+				row[m[1]] = n
+			}
+		}
+	}
+	if len(row) < 10 {
+		t.Fatalf("found %d packages in the table: the parser lost it", len(row))
+	}
+	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "./...")
+	cmd.Dir = repoRoot
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg, ok := strings.CutPrefix(f[0], module+"/")
+		if !ok || strings.HasPrefix(pkg, "test/") || isTestHelper(pkg) {
+			continue
+		}
+		r, listed := row[pkg]
+		if !listed {
+			t.Errorf("package %s is not in docs/architecture.md's package table", pkg)
+			continue
+		}
+		for _, imp := range f[1:] {
+			dep, ok := strings.CutPrefix(imp, module+"/")
+			if !ok {
+				continue
+			}
+			if dr, listed := row[dep]; !listed || dr < r {
+				t.Errorf("%s (row %d) imports %s (row %d, 0: not in the table): the table's order is not the layering", pkg, r, dep, dr)
+			}
+		}
+	}
+}
+
+// isTestHelper: the module's packages for tests only, by name.
+func isTestHelper(pkg string) bool {
+	base := path.Base(pkg)
+	return strings.HasSuffix(base, "test") || strings.HasSuffix(base, "testutil")
 }

@@ -377,6 +377,11 @@ func topologyOptions(cfg *config.Config, logger *slog.Logger) (topology.Options,
 	if o.CollectionFailureTTL == 0 {
 		o.CollectionFailureTTL = -1
 	}
+	if cfg.Engine == config.EngineGRPC {
+		// The grpc engine's answers come over these connections: their
+		// stream window is what its response budget holds back.
+		o.DialOptions = proxy.BackendDialOptionsFor(relayLimits(&cfg.Relay))
+	}
 	for i := range cfg.Clusters {
 		c := &cfg.Clusters[i]
 		co := topology.ClusterOptions{

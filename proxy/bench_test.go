@@ -166,9 +166,13 @@ func ourProxy(b *testing.B, backend string, engine Engine) string {
 		ConsistencyLevel: int32(commonpb.ConsistencyLevel_Bounded), PChannels: []int{0, 1}}}
 	snap := &topology.Snapshot{PublishedAt: time.Now()}
 	far := hybridts.FromTime(time.Now().Add(time.Hour))
+	dialOpts := BackendDialOptions()
+	if engine == EngineGRPC {
+		dialOpts = BackendDialOptionsFor(RelayLimits{}) // as app does
+	}
 	for i, id := range []string{"a", "b", "c"} {
 		c := &topology.Cluster{ID: id, URI: backend, Role: topology.RoleAlternative, Order: i, Healthy: true, Breaker: topology.BreakerClosed,
-			Checkpoints: []uint64{far, far}, CheckpointsKnown: true, Conn: dial(b, backend, BackendDialOptions()...),
+			Checkpoints: []uint64{far, far}, CheckpointsKnown: true, Conn: dial(b, backend, dialOpts...),
 			Outstanding: &atomic.Int64{}, Served: &atomic.Int64{}}
 		if id == "a" {
 			c.Role = topology.RoleLeader

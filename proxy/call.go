@@ -37,6 +37,9 @@ type call struct {
 	out context.Context     // grpc engine: ctx carrying the forwarded metadata
 	fwd []hpack.HeaderField // relay engine: the forwarded metadata
 	rc  *relay.Call         // relay engine: the client call
+	// acct (grpc engine) is the call's charges against its client
+	// connection's response budget (grpc_budget.go); nil: none.
+	acct *grpcRespAcct
 
 	session string // computed on first use
 	start   time.Time

@@ -61,7 +61,11 @@ func (s *Server) unaryHandler(m *method) grpc.MethodHandler {
 func (s *Server) grpcUnary(ctx context.Context, m *method, req *frame) (any, error) {
 	defer req.Free()
 	c := s.newGRPCCall(ctx, m)
+	c.acct = grpcCallAcct(ctx)
 	resp, err := s.handle(&c, req)
+	if c.acct != nil {
+		c.acct.finish(resp)
+	}
 	if id := c.headerCluster(); id != "" {
 		_ = grpc.SetHeader(ctx, s.clusterHeader(id))
 	}
@@ -93,12 +97,59 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 		p = &peer.Peer{}
 		opts = append(opts[:len(opts):len(opts)], grpc.Peer(p))
 	}
-	err := cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+	var err error
+	switch {
+	case c.acct == nil:
+		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+	case c.acct.b.preAdmit():
+		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+		c.acct.b.received(c.acct, answerLen(resp, err), true)
+	default:
+		err = g.budgeted(out, c, cl, req, resp, opts)
+	}
 	if err != nil {
 		resp.Free()
 		return nil, p == nil || p.Addr != nil, err
 	}
 	return resp, true, nil
+}
+
+// unaryDesc describes a unary call as a stream (what Invoke does inside).
+var unaryDesc = grpc.StreamDesc{}
+
+// budgeted is Invoke with the client connection's response budget
+// (grpc_budget.go) between the answer's headers and its message: the
+// cluster computes the answer and may send one stream window of it
+// meanwhile, the rest waits in the cluster until the budget admits it.
+func (g *grpcUpstream) budgeted(ctx context.Context, c *call, cl *topology.Cluster, req, resp *frame, opts []grpc.CallOption) error {
+	cs, err := cl.Conn.NewStream(ctx, &unaryDesc, c.m.full, opts...)
+	if err != nil {
+		return err
+	}
+	if err := cs.SendMsg(req); err != nil {
+		return err
+	}
+	b := c.acct.b
+	if _, err := cs.Header(); err == nil {
+		// (Else the call failed: RecvMsg returns its status.)
+		if err := b.admit(c.ctx); err != nil {
+			// The client left. RecvMsg ends the stream at once (its
+			// context is done) and returns the status.
+			return cs.RecvMsg(resp)
+		}
+		err := cs.RecvMsg(resp)
+		b.received(c.acct, answerLen(resp, err), false)
+		return err
+	}
+	return cs.RecvMsg(resp)
+}
+
+// answerLen is what a received answer is charged.
+func answerLen(resp *frame, err error) int64 {
+	if err != nil {
+		return 0
+	}
+	return int64(resp.Len())
 }
 
 // streamHandler proxies a streaming method (CreateReplicateStream,

@@ -68,13 +68,25 @@ const (
 )
 
 // BackendDialOptions are the dial options the data-path connections to
-// the clusters (topology.Cluster.Conn) should use, next to credentials:
-// the same static flow-control windows as the proxy's server side. The
-// raw-bytes codec is set per call by the proxy, so these connections stay
-// usable for ordinary typed calls too.
-func BackendDialOptions() []grpc.DialOption {
+// the clusters (topology.Cluster.Conn) should use with the relay engine,
+// next to credentials: the same static flow-control windows as the
+// proxy's server side. The raw-bytes codec is set per call by the proxy,
+// so these connections stay usable for ordinary typed calls too.
+func BackendDialOptions() []grpc.DialOption { return backendDialOptions(windowSize) }
+
+// BackendDialOptionsFor are BackendDialOptions for the grpc engine with
+// limits lim: each call's stream window is lim.BackendStreamWindow, how
+// far an answer may run ahead of the response budget (grpc_budget.go).
+// The relay engine sends unary calls over its own connections, with the
+// same window; there the topology's carry streams, probes and lookups.
+func BackendDialOptionsFor(lim RelayLimits) []grpc.DialOption {
+	return backendDialOptions(int32(lim.WithDefaults().BackendStreamWindow))
+}
+
+// Static windows turn off grpc-go's BDP estimator (pings around data).
+func backendDialOptions(streamWindow int32) []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithInitialWindowSize(windowSize),
+		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(connWindowSize),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(defaultMaxMessageSize), grpc.MaxCallSendMsgSize(defaultMaxMessageSize)),
 	}
@@ -106,6 +118,8 @@ type Server struct {
 	grpc  *grpc.Server
 	relay *relay.Server
 	pool  *relay.Pool // the relay engine's connections to the clusters
+	// gbudget is the grpc engine's response budget (grpc_budget.go).
+	gbudget *grpcRespBudget
 
 	health   *health.Server // grpc engine's health service
 	hmu      sync.Mutex
@@ -264,6 +278,13 @@ func (s *Server) startGRPC(opts *Options) {
 		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
 	}
 	sopts = append(sopts, grpc.Creds(guard))
+	// The response budget (grpc_budget.go).
+	var event func(RelayEvent)
+	if obs, ok := opts.Observer.(RelayObserver); ok {
+		event = func(ev RelayEvent) { obs.RelayEvent(ev, "") }
+	}
+	s.gbudget = newGRPCRespBudget(lim, event)
+	sopts = append(sopts, grpc.StatsHandler(grpcBudgetStats{s.gbudget}))
 	sopts = append(sopts, opts.ServerOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	s.grpc.RegisterService(s.serviceDesc(), s)

@@ -44,9 +44,8 @@ type respBudget struct {
 	used  atomic.Int64
 	// held counts the backend streams held now (all connections).
 	held atomic.Int64
-	// peak is the most used since memory was last given back, and
-	// lastFree when that was (unix nanoseconds).
-	peak, lastFree atomic.Int64
+	// mem gives memory back once a connection that held answers left.
+	mem MemoryReturn
 	// event reports a stream held or resumed (nil: nothing to tell).
 	event func(ev Event)
 
@@ -156,9 +155,7 @@ func (us *ustream) charge(n int) {
 	b.partial += int64(n)
 	b.mu.Unlock()
 	g := b.g
-	if v := g.used.Add(int64(n)); v > g.peak.Load() {
-		g.peak.Store(v) // a racy maximum is close enough
-	}
+	g.mem.Charged(g.used.Add(int64(n)))
 }
 
 // release gives back everything the call was charged (the call ended).
@@ -280,22 +277,43 @@ const (
 	freeEvery = 10 * time.Second
 )
 
-// connLeft is called a moment after a client connection closed, once its
-// calls had time to end and release their charges.
-func (g *respBudget) connLeft() {
+// MemoryReturn is that policy, for the response budgets of both engines
+// (the grpc engine's is in package proxy): Charged records the budget's
+// total after each charge, ConnLeft is called a moment after a client
+// connection that held answers closed. The zero value is ready.
+type MemoryReturn struct {
+	// peak is the most used since memory was last given back, and
+	// lastFree when that was (unix nanoseconds).
+	peak, lastFree atomic.Int64
+}
+
+// Charged records used, the budget's total after a charge.
+func (m *MemoryReturn) Charged(used int64) {
+	if used > m.peak.Load() {
+		m.peak.Store(used) // a racy maximum is close enough
+	}
+}
+
+// ConnLeft gives memory back if at least freeAfter bytes of the peak were
+// released (used is the budget's total now) and it was not done within
+// freeEvery.
+func (m *MemoryReturn) ConnLeft(used int64) {
 	now := time.Now().UnixNano()
-	used, peak := g.used.Load(), g.peak.Load()
-	if peak-used < freeAfter || now-g.lastFree.Load() < int64(freeEvery) {
+	if m.peak.Load()-used < freeAfter || now-m.lastFree.Load() < int64(freeEvery) {
 		return
 	}
-	g.lastFree.Store(now)
-	g.peak.Store(used)
+	m.lastFree.Store(now)
+	m.peak.Store(used)
 	// Buffers pooled (sync.Pool, grpc's buffer pool) survive one GC in
 	// the pool's victim cache: the first cycle moves them there, the
 	// second (FreeOSMemory's) frees them and returns the memory.
 	runtime.GC()
 	debug.FreeOSMemory()
 }
+
+// connLeft is called a moment after a client connection closed, once its
+// calls had time to end and release their charges.
+func (g *respBudget) connLeft() { g.mem.ConnLeft(g.used.Load()) }
 
 // resumeAll retries every connection with held streams (the process went
 // back under its budget).

@@ -462,9 +462,11 @@ type ustream struct {
 	u    *uconn
 	sf   streamFlow
 	done chan struct{}
-	// onDone, when set, replaces done: it runs where the stream ends (on
-	// the reader goroutine, normally), with that goroutine's flush list.
-	onDone func(us *ustream, fl *flushList)
+	// xch, when set, is the Exchange the stream carries: its onDone
+	// replaces done, run where the stream ends (on the reader goroutine,
+	// normally) with that goroutine's flush list. (A pointer, not a
+	// method value: that would be an allocation per call.)
+	xch *Exchange
 
 	// Filled by the reader goroutine before done is closed.
 	gotHeaders bool
@@ -726,8 +728,8 @@ func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 }
 
 func (us *ustream) complete(fl *flushList) {
-	if us.onDone != nil {
-		us.onDone(us, fl)
+	if us.xch != nil {
+		us.xch.onDone(fl)
 		return
 	}
 	close(us.done)

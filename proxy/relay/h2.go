@@ -487,6 +487,10 @@ type connOut struct {
 	// raw is the socket for Flush's one non-blocking write (nil: not a
 	// plain TCP connection, every write goes through run).
 	raw syscall.RawConn
+	// tryWriteFn is writeNow's callback for raw, made once (a closure per
+	// call would be an allocation per call); tryWrote is what it wrote.
+	tryWriteFn func(fd uintptr) bool
+	tryWrote   int
 	// busy is set (under w.mu) while run holds a batch it has not
 	// finished writing: Flush must not write around it.
 	busy       bool
@@ -520,6 +524,7 @@ func newConnOut(w *h2writer, nc net.Conn, f *flow, budget int64, writeTimeout ti
 	if tc, ok := nc.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
 			o.raw = raw
+			o.tryWriteFn = o.tryWrite
 		}
 	}
 	return o
@@ -564,11 +569,9 @@ func (o *connOut) Flush() error {
 // writeNow writes as much of buf as the socket takes without waiting
 // (under w.mu, with run idle).
 func (o *connOut) writeNow() {
-	n := 0
-	err := o.raw.Write(func(fd uintptr) bool {
-		n = rawTryWrite(fd, o.buf)
-		return true // one attempt: never wait for the socket here
-	})
+	o.tryWrote = 0
+	err := o.raw.Write(o.tryWriteFn)
+	n := o.tryWrote
 	if err != nil || n == 0 {
 		return // run writes it and meets the error, if any
 	}
@@ -582,6 +585,13 @@ func (o *connOut) writeNow() {
 		// writer goroutine does it.
 		o.signal()
 	}
+}
+
+// tryWrite is writeNow's one attempt (under w.mu): it never waits for
+// the socket.
+func (o *connOut) tryWrite(fd uintptr) bool {
+	o.tryWrote = rawTryWrite(fd, o.buf)
+	return true
 }
 
 func (o *connOut) signal() {

@@ -199,7 +199,7 @@ func (r *Pool) Bind(x *Exchange, cl *topology.Cluster) bool {
 func (x *Exchange) Start(c *Call, req *rawmsg.Msg, fl *Flush, done Completion) bool {
 	u := x.u
 	x.call, x.done = c, done
-	x.us = ustream{onDone: x.onDone}
+	x.us = ustream{xch: x}
 	r := c.Request()
 	written, err := u.open(&r, &x.us, req, fl)
 	if err != nil && !written {
@@ -220,7 +220,7 @@ func (x *Exchange) Start(c *Call, req *rawmsg.Msg, fl *Flush, done Completion) b
 	return true
 }
 
-func (x *Exchange) onDone(_ *ustream, fl *flushList) {
+func (x *Exchange) onDone(fl *flushList) {
 	x.call.abortUp.Store(nil)
 	x.done.ExchangeDone(x, fl)
 }

@@ -1042,83 +1042,28 @@ var (
 	healthWatchPath = "/grpc.health.v1.Health/Watch"
 )
 
+// onHeaders takes a complete header block from the client (fields nil:
+// over the header list limit): trailers on an open stream, or a new
+// stream, checked (id, limits, headers) and opened as a call, a health
+// check, a stream or a refusal.
 func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, selfDep bool) error {
 	d.mu.Lock()
 	if st := d.streams[id]; st != nil {
 		d.mu.Unlock()
-		if st.ended {
-			// RFC 9113 section 5.1: half-closed (remote).
-			return protocolError(http2.ErrCodeStreamClosed, "HEADERS on a half-closed stream")
-		}
-		// Trailers (gRPC clients send none): they must end the stream
-		// and carry no pseudo-header (RFC 9113 section 8.1).
-		if !ended || fields == nil || !checkTrailers(fields) {
-			d.r.event(EventRefused, "malformed")
-			d.abortStream(st, http2.ErrCodeProtocol)
-			return nil
-		}
-		d.onClientEnd(st)
-		return nil
+		return d.onTrailers(st, ended, fields)
 	}
+	refuse, err := d.newStreamID(id) // unlocks d.mu
 	switch {
-	case id%2 == 0:
-		d.mu.Unlock()
-		return protocolError(http2.ErrCodeProtocol, "HEADERS on an even stream id")
-	case id <= d.maxID && d.recentlyClosed(id):
-		d.mu.Unlock()
-		return protocolError(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
-	case id <= d.maxID:
-		d.mu.Unlock()
-		return protocolError(http2.ErrCodeProtocol, "HEADERS on a stream id lower than one already used")
-	}
-	d.maxID = id
-	d.streamsSeen++
-	refuse := d.goneAway || d.closed || uint32(len(d.streams)) >= d.r.lim.MaxConcurrentStreams
-	d.mu.Unlock()
-	if refuse {
+	case err != nil:
+		return err
+	case refuse:
 		d.r.event(EventRefused, "streams")
 		d.resetStream(id, http2.ErrCodeRefusedStream)
 		return nil
 	}
-	if fields == nil {
-		d.r.event(EventRefused, "header_list")
-		d.respondHeadersOnly(id, codes.ResourceExhausted, "milvus-ha-proxy: header list too large")
-		if !ended {
-			d.resetStream(id, http2.ErrCodeNo)
-		}
+	if !d.admitHeaders(id, ended, fields, selfDep) {
 		return nil
 	}
-	if selfDep {
-		d.r.event(EventRefused, "malformed")
-		d.resetStream(id, http2.ErrCodeProtocol)
-		return nil
-	}
-	switch verdict, msg := checkRequest(fields); verdict {
-	case headersMalformed:
-		d.r.event(EventRefused, "malformed")
-		d.r.log.Debug("proxy: malformed request", "remote", d.remote, "stream", id, "problem", msg)
-		d.resetStream(id, http2.ErrCodeProtocol)
-		return nil
-	case headersBadMethod, headersBadContentType:
-		d.r.event(EventRefused, "not_grpc")
-		st := &Call{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
-		st.acct.b = d.budget
-		if verdict == headersBadContentType {
-			st.rejectStatus = "415"
-		}
-		if !setContentLength(st, fields) {
-			d.resetStream(id, http2.ErrCodeProtocol)
-			return nil
-		}
-		st.cctx.init(d.ctx, 0, false)
-		st.ctx = &st.cctx
-		d.addStream(st)
-		if ended {
-			d.onClientEnd(st)
-		}
-		return nil
-	}
-
 	st := &Call{d: d, id: id, clen: -1}
 	st.acct.b = d.budget
 	if !setContentLength(st, fields) {
@@ -1126,9 +1071,120 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		d.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
-	var path string
-	var timeout time.Duration
-	hasTimeout := false
+	path, timeout, hasTimeout, ok := d.readRequestFields(st, fields)
+	if !ok || !d.setMethod(st, path, ended) {
+		return nil
+	}
+	st.cctx.init(d.ctx, timeout, hasTimeout)
+	st.ctx = &st.cctx
+	if d.r.hook != nil {
+		d.runHook(st, path)
+	}
+	d.addStream(st)
+	if st.kind == kindStream {
+		st.in = newMsgQueue()
+		go d.runStream(st)
+	}
+	if ended {
+		d.onClientEnd(st)
+	}
+	return nil
+}
+
+// onTrailers takes HEADERS on a stream the client opened: trailers (gRPC
+// clients send none), which must end the stream and carry no
+// pseudo-header (RFC 9113 section 8.1).
+func (d *dconn) onTrailers(st *Call, ended bool, fields []hpack.HeaderField) error {
+	if st.ended {
+		// RFC 9113 section 5.1: half-closed (remote).
+		return protocolError(http2.ErrCodeStreamClosed, "HEADERS on a half-closed stream")
+	}
+	if !ended || fields == nil || !checkTrailers(fields) {
+		d.r.event(EventRefused, "malformed")
+		d.abortStream(st, http2.ErrCodeProtocol)
+		return nil
+	}
+	d.onClientEnd(st)
+	return nil
+}
+
+// newStreamID checks the id of a stream the client opens (under d.mu,
+// which it releases): a connection error for an even, closed or
+// decreasing id (RFC 9113 section 5.1.1), else it becomes the highest
+// opened; refuse when the stream must be refused (GOAWAY sent, closed,
+// or SETTINGS_MAX_CONCURRENT_STREAMS reached).
+func (d *dconn) newStreamID(id uint32) (refuse bool, err error) {
+	defer d.mu.Unlock()
+	switch {
+	case id%2 == 0:
+		return false, protocolError(http2.ErrCodeProtocol, "HEADERS on an even stream id")
+	case id <= d.maxID && d.recentlyClosed(id):
+		return false, protocolError(http2.ErrCodeStreamClosed, "HEADERS on a closed stream")
+	case id <= d.maxID:
+		return false, protocolError(http2.ErrCodeProtocol, "HEADERS on a stream id lower than one already used")
+	}
+	d.maxID = id
+	d.streamsSeen++
+	return d.goneAway || d.closed || uint32(len(d.streams)) >= d.r.lim.MaxConcurrentStreams, nil
+}
+
+// admitHeaders answers a new stream's request headers that are not a
+// gRPC call we take (a header list over the limit, a self-dependency,
+// malformed headers, a request that is not gRPC) and reports whether
+// they are one.
+func (d *dconn) admitHeaders(id uint32, ended bool, fields []hpack.HeaderField, selfDep bool) bool {
+	if fields == nil {
+		d.r.event(EventRefused, "header_list")
+		d.respondHeadersOnly(id, codes.ResourceExhausted, "milvus-ha-proxy: header list too large")
+		if !ended {
+			d.resetStream(id, http2.ErrCodeNo)
+		}
+		return false
+	}
+	if selfDep {
+		d.r.event(EventRefused, "malformed")
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return false
+	}
+	switch verdict, msg := checkRequest(fields); verdict {
+	case headersMalformed:
+		d.r.event(EventRefused, "malformed")
+		d.r.log.Debug("proxy: malformed request", "remote", d.remote, "stream", id, "problem", msg)
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return false
+	case headersBadMethod, headersBadContentType:
+		d.r.event(EventRefused, "not_grpc")
+		d.openReject(id, ended, fields, verdict == headersBadContentType, msg)
+		return false
+	}
+	return true
+}
+
+// openReject opens a stream for a request that is not gRPC: its body is
+// read and dropped, then it is answered 405 (415 for a bad content type).
+func (d *dconn) openReject(id uint32, ended bool, fields []hpack.HeaderField, badContentType bool, msg string) {
+	st := &Call{d: d, id: id, kind: kindReject, rejectStatus: "405", rejectMsg: "milvus-ha-proxy: " + msg, clen: -1}
+	st.acct.b = d.budget
+	if badContentType {
+		st.rejectStatus = "415"
+	}
+	if !setContentLength(st, fields) {
+		d.resetStream(id, http2.ErrCodeProtocol)
+		return
+	}
+	st.cctx.init(d.ctx, 0, false)
+	st.ctx = &st.cctx
+	d.addStream(st)
+	if ended {
+		d.onClientEnd(st)
+	}
+}
+
+// readRequestFields takes from a call's request headers its path, its
+// timeout, its encoding, the database and identifier, and the metadata
+// that goes on (st.fwd, in fields' own array); false when the encoding is
+// one we cannot read (answered Unimplemented).
+func (d *dconn) readRequestFields(st *Call, fields []hpack.HeaderField) (path string, timeout time.Duration, hasTimeout, ok bool) {
 	fwd := fields[:0]
 	for _, hf := range fields {
 		switch hf.Name {
@@ -1141,8 +1197,8 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		case "grpc-encoding":
 			st.gzip = hf.Value == "gzip"
 			if hf.Value != "gzip" && hf.Value != "identity" {
-				d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unsupported grpc-encoding "+hf.Value)
-				return nil
+				d.respondHeadersOnly(st.id, codes.Unimplemented, "milvus-ha-proxy: unsupported grpc-encoding "+hf.Value)
+				return "", 0, false, false
 			}
 			continue
 		case "dbname":
@@ -1155,6 +1211,12 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 		}
 	}
 	st.fwd = fwd
+	return path, timeout, hasTimeout, true
+}
+
+// setMethod sets the call's kind and method from its path; false when
+// the method is unknown (answered Unimplemented).
+func (d *dconn) setMethod(st *Call, path string, ended bool) bool {
 	switch path {
 	case healthCheckPath:
 		st.kind = kindHealthCheck
@@ -1163,42 +1225,34 @@ func (d *dconn) onHeaders(id uint32, ended bool, fields []hpack.HeaderField, sel
 	default:
 		m, ok := d.r.methods[path]
 		if !ok {
-			d.respondHeadersOnly(id, codes.Unimplemented, "milvus-ha-proxy: unknown method "+path)
+			d.respondHeadersOnly(st.id, codes.Unimplemented, "milvus-ha-proxy: unknown method "+path)
 			if !ended {
-				d.resetStream(id, http2.ErrCodeNo)
+				d.resetStream(st.id, http2.ErrCodeNo)
 			}
-			return nil
+			return false
 		}
 		st.method = m
 		if d.r.streamed[m] {
 			st.kind = kindStream
 		}
 	}
-	st.cctx.init(d.ctx, timeout, hasTimeout)
-	st.ctx = &st.cctx
-	if hook := d.r.hook; hook != nil {
-		// The hook sees (and may change) the metadata going on, as a
-		// grpc interceptor would; user-agent is kept as it came.
-		var keep []hpack.HeaderField
-		for _, hf := range st.fwd {
-			if hf.Name == "user-agent" {
-				keep = append(keep, hf)
-			}
+	return true
+}
+
+// runHook runs the server's CallHook: it sees (and may change) the
+// metadata going on, as a grpc interceptor would; user-agent is kept as
+// it came.
+func (d *dconn) runHook(st *Call, path string) {
+	var keep []hpack.HeaderField
+	for _, hf := range st.fwd {
+		if hf.Name == "user-agent" {
+			keep = append(keep, hf)
 		}
-		md := fieldsMD(st.fwd)
-		st.ctx, st.hookEnd = hook(st.ctx, path, md)
-		st.hooked = st.hookEnd != nil
-		st.fwd = mdFields(keep, md)
 	}
-	d.addStream(st)
-	if st.kind == kindStream {
-		st.in = newMsgQueue()
-		go d.runStream(st)
-	}
-	if ended {
-		d.onClientEnd(st)
-	}
-	return nil
+	md := fieldsMD(st.fwd)
+	st.ctx, st.hookEnd = d.r.hook(st.ctx, path, md)
+	st.hooked = st.hookEnd != nil
+	st.fwd = mdFields(keep, md)
 }
 
 // addStream registers a new stream with the send window the client's

@@ -105,22 +105,7 @@ type probe struct {
 // not meet yet, each with the reason. They are shown in the table as
 // KNOWN and do not fail the test unless MHP_ABUSE_STRICT=1; any other
 // failure does. Remove an entry as soon as the engine meets it.
-var knownFailures = map[string]map[string]string{
-	// The grpc engine receives each answer whole from the cluster
-	// (grpc-go's Invoke) and grpc-go's server queues it whole for a
-	// client that grants no window: nothing holds the clusters back.
-	// Long form (200 answers): 1.5-1.7 GB peak; a minute after the client
-	// left, still at its peak in 3 of 4 runs (grpc-go frees it lazily).
-	// The relay holds them back by flow control (relay.conn_response_buffer):
-	// 111 MiB peak, back to 45 MiB.
-	"zero-window-4MiB-answers/grpc": {
-		failRSS:      "answers received whole from the cluster and queued whole by grpc-go",
-		failComeback: "grpc-go's queued answers are freed lazily after the client left",
-		// Long form: 84-93% kept in 4 runs; short form on a loaded
-		// machine: 291 -> 144 qps once (the GC of 250 MiB of answers).
-		failThroughput: "borderline: collecting the held answers takes the CPU",
-	},
-}
+var knownFailures = map[string]map[string]string{}
 
 // cell is the outcome of one probe against one target.
 type cell struct {

@@ -174,3 +174,54 @@ func TestGRPCResponseBudgetCompletes(t *testing.T) {
 		return used == 0 && held == 0
 	})
 }
+
+// TestGRPCResponseBudgetEstimate: a client whose small answers brought
+// the estimate of its answers down, then asks for many large ones at once
+// with a zero window, has no more admitted than grpcMaxEarly +
+// grpcMaxReceiving past its budget (grpc_budget.go).
+func TestGRPCResponseBudgetEstimate(t *testing.T) {
+	const (
+		budget = 1 << 20
+		answer = 1 << 20
+		calls  = 16
+	)
+	lim := RelayLimits{ConnResponseBuffer: budget, BackendStreamWindow: 64 << 10}
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineGRPC
+		o.RelayLimits = lim
+	})
+	var fromClusters atomic.Int64
+	budgetedClusters(t, e, lim, &fromClusters)
+	rb := e.srv.ResponseBuffered
+
+	c := dialRaw(t, e.addr, 1<<30)
+	id := uint32(1)
+	for ; id < 2*40; id += 2 {
+		c.call(id, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:100", ConsistencyLevel: Eventually})
+		c.until(10*time.Second, func(f http2.Frame) bool {
+			h, ok := f.(*http2.MetaHeadersFrame)
+			return ok && h.StreamID == id && h.StreamEnded()
+		})
+	}
+	testutil.Eventually(t, 5*time.Second, "small answers released", func() bool { used, _ := rb(); return used == 0 })
+
+	if err := c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < calls; i, id = i+1, id+2 {
+		c.call(id, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "calls held", func() bool { _, held := rb(); return held > 0 })
+	time.Sleep(200 * time.Millisecond) // anything still in flight lands
+	used, held := rb()
+	limit := int64(budget + (grpcMaxEarly+grpcMaxReceiving)*answer + 64<<10)
+	t.Logf("held calls %d, charged %d bytes (limit %d)", held, used, limit)
+	if used > limit || held == 0 {
+		t.Errorf("charged %d bytes (limit %d), %d calls held of %d", used, limit, held, calls)
+	}
+	c.nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 )
 
 // TestHistoryRing: the sampler keeps the last window/interval samples,
@@ -77,12 +80,7 @@ func TestHistoryEndpoint(t *testing.T) {
 	go func() { done <- s.Serve(lis) }()
 	url := "http://" + lis.Addr().String() + "/api/v1/history"
 	var h History
-	deadline := time.Now().Add(20 * time.Second)
-	for len(h.Samples) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("history has %d samples after 20s", len(h.Samples))
-		}
-		time.Sleep(20 * time.Millisecond)
+	testutil.EventuallyWhy(t, 20*time.Second, "3 history samples", func() (bool, string) {
 		code, body := do(t, "GET", url, "")
 		if code != http.StatusOK {
 			t.Fatalf("GET history: %d %s", code, body)
@@ -91,7 +89,8 @@ func TestHistoryEndpoint(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &h); err != nil {
 			t.Fatalf("history JSON: %v\n%s", err, body)
 		}
-	}
+		return len(h.Samples) >= 3, fmt.Sprintf("%d samples", len(h.Samples))
+	})
 	if h.Samples[0].Leader != "a" || len(h.Samples[0].Clusters) != 1 || h.WindowSeconds != 1 {
 		t.Errorf("history %+v", h)
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/consistency"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/hybridts"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
@@ -567,17 +569,10 @@ func testHealthServiceFollowsLeader(t *testing.T) {
 	hc := healthpb.NewHealthClient(e.conn)
 	waitFor := func(want healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testutil.EventuallyWhy(t, 5*time.Second, "health "+want.String(), func() (bool, string) {
 			res, err := hc.Check(e.ctx(), &healthpb.HealthCheckRequest{Service: milvusServiceName})
-			if err == nil && res.GetStatus() == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("health: %v %v, want %v", res, err, want)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return err == nil && res.GetStatus() == want, fmt.Sprintf("%v %v", res, err)
+		})
 	}
 	waitFor(healthpb.HealthCheckResponse_SERVING)
 	leader := e.topo.Snapshot().Leader

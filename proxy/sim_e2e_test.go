@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/router"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/topology"
@@ -85,23 +86,15 @@ func startSimEnv(t *testing.T, delay time.Duration) *simEnv {
 		_ = srv.Shutdown(sctx)
 	})
 	e.srv, e.addr = srv, lis.Addr().String()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		s := m.Snapshot()
+	testutil.WaitPublished(t, m, 15*time.Second, "a healthy leader and 2 alternatives with known checkpoints", func(s *topology.Snapshot) bool {
 		ready := 0
 		for _, c := range s.Clusters {
 			if c.Role == topology.RoleAlternative && c.CheckpointsKnown && c.Healthy {
 				ready++
 			}
 		}
-		if s.Leader != nil && s.Leader.Healthy && ready == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("topology not ready: %+v", m.View())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return s.Leader != nil && s.Leader.Healthy && ready == 2
+	}, func(*topology.Snapshot) string { return fmt.Sprintf("%+v", m.View()) })
 	return e
 }
 

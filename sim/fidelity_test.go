@@ -373,16 +373,11 @@ func TestRepeatedSwitchovers(t *testing.T) {
 		insertRange(t, clis[leader], "sw", next, 1)
 		next++
 		for _, i := range []int{(leader + 1) % 3, (leader + 2) % 3} {
-			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			testutil.EventuallyOr(t, 5*time.Second, fmt.Sprintf("round %d: %s replicating %s's writes", round, cs[i].ID(), cs[leader].ID()), func() bool {
 				r, err := clis[i].Query(tctx(t), &milvuspb.QueryRequest{CollectionName: "sw", OutputFields: []string{"count(*)"},
 					ConsistencyLevel: commonpb.ConsistencyLevel_Eventually})
-				if err == nil && r.GetStatus().GetCode() == 0 && longs(r.GetFieldsData()[0])[0] == next-1 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("round %d: %s does not replicate %s's writes\n%+v\n%+v\n%+v", round, cs[i].ID(), cs[leader].ID(), cs[0].Status(), cs[1].Status(), cs[2].Status())
-				}
-			}
+				return err == nil && r.GetStatus().GetCode() == 0 && longs(r.GetFieldsData()[0])[0] == next-1
+			}, func() string { return fmt.Sprintf("%+v\n%+v\n%+v", cs[0].Status(), cs[1].Status(), cs[2].Status()) })
 		}
 	}
 }

@@ -475,6 +475,7 @@ type ustream struct {
 	prefix     [5]byte
 	nprefix    int
 	body       []byte // the response message, once its length is known
+	small      []byte // a small body's buffer (bodyBuf points here; poolDrops)
 	bodyBuf    *[]byte
 	want       int // its length
 	err        error
@@ -973,7 +974,14 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 			if size > maxMsg {
 				return gstatus.Errorf(codes.ResourceExhausted, "milvus-ha-proxy: response of %d bytes exceeds the limit of %d", size, maxMsg)
 			}
-			us.bodyBuf = mem.DefaultBufferPool().Get(min(size, bodyStart))
+			if poolDrops(size) {
+				// See poolDrops; small keeps the pointer result
+				// needs without an allocation of its own.
+				us.small = make([]byte, 0, size)
+				us.bodyBuf = &us.small
+			} else {
+				us.bodyBuf = mem.DefaultBufferPool().Get(min(size, bodyStart))
+			}
 			us.body, us.want = (*us.bodyBuf)[:0], size
 			continue
 		}
@@ -991,6 +999,15 @@ func (us *ustream) appendData(p []byte, maxMsg int) error {
 	}
 	return nil
 }
+
+// poolDrops reports whether an answer of n bytes gets a buffer of its own
+// rather than one of grpc's default pool: mem.NewBuffer never gives a
+// buffer of at most mem.BufferPoolingThreshold (1 KiB) back to its pool
+// (result's buffer is then a SliceBuffer), so for answers that fit the
+// pool's smallest tier (256 B) every Get missed: a sync.Pool miss and two
+// allocations per call. (Requests keep the pool: a few hundred bytes get
+// the 4 KiB tier, which NewBuffer does give back.)
+func poolDrops(n int) bool { return mem.IsBelowBufferPoolingThreshold(n) }
 
 // bodyStart is an answer's first buffer at most: a tier of grpc's default
 // buffer pool (256 B, 4, 16, 32 KiB, 1 MiB), whose next tier would give
@@ -1010,15 +1027,24 @@ func (us *ustream) grow(n int) {
 		nb = &b
 	}
 	body := append((*nb)[:0], us.body...)
-	mem.DefaultBufferPool().Put(us.bodyBuf) // any capacity goes back safely
+	us.putBody()
 	us.bodyBuf, us.body = nb, body
 }
 
 func (us *ustream) freeBody() {
 	if us.bodyBuf != nil {
-		mem.DefaultBufferPool().Put(us.bodyBuf)
+		us.putBody()
 		us.bodyBuf, us.body = nil, nil
 	}
+}
+
+// putBody gives the body's buffer back to the pool (any capacity goes
+// back safely), unless it is small: a pointer into the stream.
+func (us *ustream) putBody() {
+	if us.bodyBuf != &us.small {
+		mem.DefaultBufferPool().Put(us.bodyBuf)
+	}
+	us.small = nil
 }
 
 // statusErr reads the call's outcome from the response headers and

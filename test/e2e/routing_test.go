@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/config"
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testenv"
 )
 
@@ -141,14 +143,10 @@ func TestBoundedFollowsLag(t *testing.T) {
 	}
 	e.clusters["b"].ResumeReplication()
 	e.clusters["c"].ResumeReplication()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if by := count(10); by["a"] == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("after resume, Bounded reads never went back to the alternatives")
+	testutil.EventuallyWhy(t, 5*time.Second, "Bounded reads back on the alternatives after resume", func() (bool, string) {
+		by := count(10)
+		return by["a"] == 0, fmt.Sprintf("served by %v", by)
+	})
 }
 
 // TestStrongAndWritesGoToLeader: Strong reads (strong_reads: leader), every

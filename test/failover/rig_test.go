@@ -185,16 +185,10 @@ func (r *rig) setup() {
 	for _, id := range []string{"b", "c"} {
 		dc := r.direct(id)
 		var lastErr error
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			if _, lastErr = dc.Keys(commonpb.ConsistencyLevel_Eventually, 1); lastErr == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				r.t.Fatalf("%s does not serve the collection after 15s: %v\nsimulator status:\n%s", id, lastErr, r.simStatus())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.EventuallyOr(r.t, 15*time.Second, id+" serving the collection", func() bool {
+			_, lastErr = dc.Keys(commonpb.ConsistencyLevel_Eventually, 1)
+			return lastErr == nil
+		}, func() string { return fmt.Sprintf("%v\nsimulator status:\n%s", lastErr, r.simStatus()) })
 	}
 }
 

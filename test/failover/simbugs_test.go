@@ -2,12 +2,14 @@ package failover_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/sim"
 	"github.com/milvus-ha-proxy/milvus-ha-proxy/test/testproc"
 )
@@ -88,18 +90,12 @@ func TestSimRepeatedSwitchovers(t *testing.T) {
 		pk++
 		writeOn(t, clients[leader], false, pk, pk)
 		for _, i := range []int{(leader + 1) % 3, (leader + 2) % 3} {
-			var rows []testproc.Row
-			deadline := time.Now().Add(3 * time.Second)
-			for time.Now().Before(deadline) {
-				if rows, _ = clients[i].Keys(commonpb.ConsistencyLevel_Eventually, pk); len(rows) == 1 {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			if len(rows) != 1 {
-				t.Fatalf("round %d: %s stopped replicating from %s (write %d missing after 3s); status %+v",
-					round, cs[i].ID(), cs[leader].ID(), pk, cs[i].Status())
-			}
+			testutil.EventuallyOr(t, 3*time.Second, fmt.Sprintf("round %d: write %d replicated from %s to %s", round, pk, cs[leader].ID(), cs[i].ID()),
+				func() bool {
+					rows, _ := clients[i].Keys(commonpb.ConsistencyLevel_Eventually, pk)
+					return len(rows) == 1
+				},
+				func() string { return fmt.Sprintf("%s stopped replicating; status %+v", cs[i].ID(), cs[i].Status()) })
 		}
 	}
 }

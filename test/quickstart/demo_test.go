@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 )
 
 // requireEnv makes a missing Python venv or browser a failure instead of a
@@ -142,17 +144,12 @@ func startDemo(t *testing.T, args ...string) *demo {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("demo did not print its addresses in 60s\n%s", d.log())
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var last string
+	testutil.EventuallyOr(t, 60*time.Second, "the demo ready", func() bool {
 		code, body := get(t, "http://"+d.admin+"/readyz")
-		if code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("demo not ready after 60s: %d %s\n%s", code, body, d.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		last = fmt.Sprintf("%d %s", code, body)
+		return code == http.StatusOK
+	}, func() string { return last + "\n" + d.log() })
 	return d
 }
 

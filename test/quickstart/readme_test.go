@@ -3,6 +3,7 @@ package quickstart
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/milvus-ha-proxy/milvus-ha-proxy/internal/testutil"
 )
 
 // readmeAddr is the address the README's examples connect to: demo's
@@ -255,16 +258,11 @@ type topologyView struct {
 
 func waitTopology(t *testing.T, d *demo, what string, ok func(topologyView) bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var last string
+	testutil.EventuallyOr(t, 60*time.Second, what, func() bool {
 		code, body := get(t, "http://"+d.admin+"/api/v1/topology")
+		last = fmt.Sprintf("%d %s", code, body)
 		var v topologyView
-		if code == 200 && json.Unmarshal([]byte(body), &v) == nil && ok(v) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after 60s: %d %s\ndemo log:\n%s", what, code, body, tail(d.log(), 4000))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return code == 200 && json.Unmarshal([]byte(body), &v) == nil && ok(v)
+	}, func() string { return last + "\ndemo log:\n" + tail(d.log(), 4000) })
 }

@@ -98,14 +98,22 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 		opts = append(opts[:len(opts):len(opts)], grpc.Peer(p))
 	}
 	var err error
-	switch {
-	case c.acct == nil:
+	if c.acct == nil {
 		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
-	case c.acct.b.preAdmit():
-		err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
-		c.acct.b.received(c.acct, answerLen(resp, err), true)
-	default:
-		err = g.budgeted(out, c, cl, req, resp, opts)
+	} else {
+		b := c.acct.b
+		var early bool
+		if early, err = b.start(c.ctx); err != nil {
+			// The client left while the call was held: never sent.
+			resp.Free()
+			return nil, false, status.FromContextError(err).Err()
+		}
+		if early {
+			err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
+			b.received(c.acct, answerLen(resp, err), true)
+		} else {
+			err = g.budgeted(out, c, cl, req, resp, opts)
+		}
 	}
 	if err != nil {
 		resp.Free()

@@ -49,6 +49,10 @@ import (
 //     moves once its client reads, whatever the other connections hold.
 //     Waiting calls are admitted oldest first.
 //
+//   - A connection over its budget, or with calls waiting for admission,
+//     holds its new calls before they are sent (start): they would only
+//     wait too, each with a stream window of answer, and the cluster need
+//     not compute answers its client does not read.
 //   - The common call skips the wait for headers: while the connection's
 //     charges and estimated answers in flight are under half its budget,
 //     and the process's under half its own, up to grpcMaxEarly calls of
@@ -58,8 +62,8 @@ import (
 // A connection so holds at most its budget plus about one answer (up to
 // grpcMaxReceiving + grpcMaxEarly when the answers grow suddenly past the
 // estimate: a decaying maximum of the last ones, the budget at first),
-// plus one stream window per waiting call (bounded by
-// max_concurrent_streams).
+// plus one stream window per call that was sent before the connection
+// went over (bounded by max_concurrent_streams).
 // grpc-go would compress an answer to a client that compressed its
 // request into a buffer of its own, out of the budget's sight; the grpc
 // engine answers uncompressed, as the relay does.
@@ -102,12 +106,13 @@ type grpcConnBudget struct {
 	limit int64
 
 	mu        sync.Mutex
-	used      int64 // bytes charged and not released
-	est       int64 // estimated size of the next answer: a decaying maximum
-	receiving int   // admitted calls reading their answer
-	early     int   // calls admitted before their answer's headers (preAdmit)
-	waiters   []*grpcWaiter
-	closed    bool // the connection ended: its charges left the total
+	used      int64         // bytes charged and not released
+	est       int64         // estimated size of the next answer: a decaying maximum
+	receiving int           // admitted calls reading their answer
+	early     int           // calls admitted before their answer's headers (preAdmit)
+	waiters   []*grpcWaiter // calls waiting for admission, oldest first
+	gate      []*grpcWaiter // calls waiting to be sent (start)
+	closed    bool          // the connection ended: its charges left the total
 	// peaked is set once a call of the connection waited.
 	peaked bool
 }
@@ -182,28 +187,68 @@ func (b *grpcConnBudget) admit(ctx context.Context) error {
 			break
 		}
 	}
-	b.g.resumed(b, len(b.waiters) == 0)
+	b.g.resumed(b, b.idleLocked())
 	// The head may have been waiting behind us.
 	b.wakeLocked()
 	b.mu.Unlock()
 	return ctx.Err()
 }
 
-// preAdmit admits a call before it is sent, when the connection and the
-// process are far under their budgets (half, with one more estimated
-// answer per call so admitted): the common call then reads its answer as
-// soon as it comes (grpc-go's Invoke), with no wait for the answer's
-// headers first. received(early) must follow when it returns true.
-func (b *grpcConnBudget) preAdmit() bool {
+// openLocked reports whether new calls of the connection may be sent
+// (under b.mu): none waits for admission and its charges are under its
+// budget.
+func (b *grpcConnBudget) openLocked() bool {
+	return b.closed || (len(b.waiters) == 0 && b.used < b.limit)
+}
+
+// start is called before a call is sent; it fails only when ctx ends
+// first (the call was not sent). A connection over its budget, or with
+// calls waiting for admission, holds its new calls before they are sent:
+// they would only wait for admission too, each holding a stream window
+// of answer, and the cluster need not compute answers the client does
+// not read. Then a call is admitted at once (early) when the connection
+// and the process are far under their budgets (half, with one more
+// estimated answer per call so admitted): the common call reads its
+// answer as soon as it comes (grpc-go's Invoke), with no wait for the
+// answer's headers first. received(early) must follow an early call.
+func (b *grpcConnBudget) start(ctx context.Context) (early bool, err error) {
 	b.mu.Lock()
-	ok := !b.closed && len(b.waiters) == 0 && b.early < grpcMaxEarly &&
+	if !b.openLocked() {
+		w := &grpcWaiter{ready: make(chan struct{})}
+		b.gate = append(b.gate, w)
+		b.peaked = true
+		b.g.hold(b)
+		b.mu.Unlock()
+		select {
+		case <-w.ready:
+		case <-ctx.Done():
+		}
+		b.mu.Lock()
+		if !w.admitted {
+			for i, x := range b.gate {
+				if x == w {
+					b.gate = append(b.gate[:i], b.gate[i+1:]...)
+					break
+				}
+			}
+			b.g.resumed(b, b.idleLocked())
+		}
+		if err := ctx.Err(); err != nil {
+			b.mu.Unlock()
+			return false, err
+		}
+	}
+	early = !b.closed && len(b.waiters) == 0 && b.early < grpcMaxEarly &&
 		b.used+int64(b.receiving+b.early+1)*b.est <= b.limit/2 && b.g.used.Load() < b.g.limit/2
-	if ok {
+	if early {
 		b.early++
 	}
 	b.mu.Unlock()
-	return ok
+	return early, nil
 }
+
+// idleLocked reports whether no call of b waits (under b.mu).
+func (b *grpcConnBudget) idleLocked() bool { return len(b.waiters) == 0 && len(b.gate) == 0 }
 
 // received ends an admitted call's reading (early: admitted by preAdmit);
 // n bytes of answer are charged to a.
@@ -243,7 +288,8 @@ func (b *grpcConnBudget) release(n int64) {
 	}
 }
 
-// wakeLocked admits the waiting calls the budget lets in now, oldest first
+// wakeLocked admits the waiting calls the budget lets in now, oldest
+// first, then lets the held new calls be sent if the connection is open
 // (under b.mu).
 func (b *grpcConnBudget) wakeLocked() {
 	n := 0
@@ -254,13 +300,22 @@ func (b *grpcConnBudget) wakeLocked() {
 		close(w.ready)
 		n++
 	}
-	if n == 0 {
-		return
+	if n > 0 {
+		clear(b.waiters[:n])
+		b.waiters = b.waiters[n:]
 	}
-	clear(b.waiters[:n])
-	b.waiters = b.waiters[n:]
-	for i := 0; i < n; i++ {
-		b.g.resumed(b, i == n-1 && len(b.waiters) == 0)
+	m := 0
+	if len(b.gate) > 0 && b.openLocked() {
+		for _, w := range b.gate {
+			w.admitted = true
+			close(w.ready)
+		}
+		m = len(b.gate)
+		clear(b.gate)
+		b.gate = b.gate[:0]
+	}
+	for i := 0; i < n+m; i++ {
+		b.g.resumed(b, i == n+m-1 && b.idleLocked())
 	}
 }
 

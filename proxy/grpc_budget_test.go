@@ -105,11 +105,23 @@ func TestGRPCResponseBudget(t *testing.T) {
 	if held == 0 || held >= calls {
 		t.Errorf("%d calls held, want some but not all of %d", held, calls)
 	}
+	held0 := held
+
+	// More calls on the held connection are held before they are sent:
+	// the clusters see none of them.
+	sent := e.totalReceived("Query")
+	for i := uint32(calls); i < 2*calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "the new calls held", func() bool { _, held := rb(); return held >= held0+calls })
+	if n := e.totalReceived("Query") - sent; n != 0 {
+		t.Errorf("%d calls of a connection over its budget were sent to the clusters", n)
+	}
 
 	// The client cancels its calls: the answers grpc-go queued for them
 	// are dropped, the waiting calls end, and the budget is back while the
 	// connection stays open.
-	for i := uint32(0); i < calls; i++ {
+	for i := uint32(0); i < 2*calls; i++ {
 		if err := bad.fr.WriteRSTStream(2*i+1, http2.ErrCodeCancel); err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +133,7 @@ func TestGRPCResponseBudget(t *testing.T) {
 
 	// The client sends more and leaves: its calls end and the budget is
 	// back.
-	for i := uint32(calls); i < 2*calls; i++ {
+	for i := uint32(2 * calls); i < 3*calls; i++ {
 		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
 	}
 	testutil.Eventually(t, 10*time.Second, "calls held again", func() bool { _, held := rb(); return held > 0 })

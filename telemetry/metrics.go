@@ -246,7 +246,7 @@ func newMetrics(meter metric.Meter, hot *hotMetrics) (*Metrics, error) {
 		metric.WithUnit("{write}"))
 	b.keep(e)
 	m.relayHeld, e = meter.Int64UpDownCounter("milvus_ha_proxy_relay_streams_held",
-		metric.WithDescription("Calls whose cluster answer is held back right now (no flow-control window granted: the relay engine withholds it, the grpc engine does not read the answer yet) because their client connection, or the proxy, is over its response buffer (relay.conn_response_buffer, relay.response_buffer)."),
+		metric.WithDescription("Calls whose cluster answer is held back right now (no flow-control window granted: the relay engine withholds it; the grpc engine does not read the answer yet, or does not send the call yet) because their client connection, or the proxy, is over its response buffer (relay.conn_response_buffer, relay.response_buffer)."),
 		metric.WithUnit("{stream}"))
 	b.keep(e)
 

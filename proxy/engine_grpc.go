@@ -108,12 +108,13 @@ func (g *grpcUpstream) roundTrip(c *call, cl *topology.Cluster, req *frame, want
 			resp.Free()
 			return nil, false, status.FromContextError(err).Err()
 		}
+		admitted := false
 		if early {
 			err = cl.Conn.Invoke(out, c.m.full, req, resp, opts...)
-			b.received(c.acct, answerLen(resp, err), true)
 		} else {
-			err = g.budgeted(out, c, cl, req, resp, opts)
+			admitted, err = g.budgeted(out, c, cl, req, resp, opts)
 		}
+		b.done(c.acct, answerLen(resp, err), early, admitted)
 	}
 	if err != nil {
 		resp.Free()
@@ -129,27 +130,24 @@ var unaryDesc = grpc.StreamDesc{}
 // (grpc_budget.go) between the answer's headers and its message: the
 // cluster computes the answer and may send one stream window of it
 // meanwhile, the rest waits in the cluster until the budget admits it.
-func (g *grpcUpstream) budgeted(ctx context.Context, c *call, cl *topology.Cluster, req, resp *frame, opts []grpc.CallOption) error {
+func (g *grpcUpstream) budgeted(ctx context.Context, c *call, cl *topology.Cluster, req, resp *frame, opts []grpc.CallOption) (admitted bool, _ error) {
 	cs, err := cl.Conn.NewStream(ctx, &unaryDesc, c.m.full, opts...)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := cs.SendMsg(req); err != nil {
-		return err
+		return false, err
 	}
-	b := c.acct.b
 	if _, err := cs.Header(); err == nil {
 		// (Else the call failed: RecvMsg returns its status.)
-		if err := b.admit(c.ctx); err != nil {
+		if c.acct.b.admit(c.ctx) != nil {
 			// The client left. RecvMsg ends the stream at once (its
 			// context is done) and returns the status.
-			return cs.RecvMsg(resp)
+			return false, cs.RecvMsg(resp)
 		}
-		err := cs.RecvMsg(resp)
-		b.received(c.acct, answerLen(resp, err), false)
-		return err
+		admitted = true
 	}
-	return cs.RecvMsg(resp)
+	return admitted, cs.RecvMsg(resp)
 }
 
 // answerLen is what a received answer is charged.

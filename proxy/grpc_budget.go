@@ -109,7 +109,8 @@ type grpcConnBudget struct {
 	used      int64         // bytes charged and not released
 	est       int64         // estimated size of the next answer: a decaying maximum
 	receiving int           // admitted calls reading their answer
-	early     int           // calls admitted before their answer's headers (preAdmit)
+	early     int           // calls admitted before their answer's headers (start)
+	sent      int           // calls sent and not yet done (start to done)
 	waiters   []*grpcWaiter // calls waiting for admission, oldest first
 	gate      []*grpcWaiter // calls waiting to be sent (start)
 	closed    bool          // the connection ended: its charges left the total
@@ -194,26 +195,38 @@ func (b *grpcConnBudget) admit(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// openLocked reports whether new calls of the connection may be sent
-// (under b.mu): none waits for admission and its charges are under its
-// budget.
+// openLocked reports whether a new call of the connection may be sent
+// (under b.mu): none waits for admission, its charges are under its
+// budget, and it has fewer calls in flight than 8 times the answers its
+// budget could take, by the estimate (grpcMinSent at least).
 func (b *grpcConnBudget) openLocked() bool {
-	return b.closed || (len(b.waiters) == 0 && b.used < b.limit)
+	return b.closed || (len(b.waiters) == 0 && b.used < b.limit &&
+		int64(b.sent) < max(grpcMinSent, 8*b.limit/b.est))
 }
 
+// grpcMinSent is the least number of calls a connection may have in
+// flight while it is under its budget: with small answers (the common
+// case) the estimate allows many more (8 MiB / 64 KiB answers: 1024,
+// max_concurrent_streams); with answers as large as the budget (a new
+// connection's first estimate) a burst of calls past this many is held
+// before it is sent, each holding no stream window of answer.
+const grpcMinSent = 32
+
 // start is called before a call is sent; it fails only when ctx ends
-// first (the call was not sent). A connection over its budget, or with
-// calls waiting for admission, holds its new calls before they are sent:
+// first (the call was not sent), else done must follow. A connection over
+// its budget, with calls waiting for admission, or with as many calls in
+// flight as its budget could take answers of, holds its new calls before
+// they are sent, oldest first:
 // they would only wait for admission too, each holding a stream window
 // of answer, and the cluster need not compute answers the client does
 // not read. Then a call is admitted at once (early) when the connection
 // and the process are far under their budgets (half, with one more
 // estimated answer per call so admitted): the common call reads its
 // answer as soon as it comes (grpc-go's Invoke), with no wait for the
-// answer's headers first. received(early) must follow an early call.
+// answer's headers first.
 func (b *grpcConnBudget) start(ctx context.Context) (early bool, err error) {
 	b.mu.Lock()
-	if !b.openLocked() {
+	if !b.openLocked() || len(b.gate) > 0 {
 		w := &grpcWaiter{ready: make(chan struct{})}
 		b.gate = append(b.gate, w)
 		b.peaked = true
@@ -232,11 +245,18 @@ func (b *grpcConnBudget) start(ctx context.Context) (early bool, err error) {
 				}
 			}
 			b.g.resumed(b, b.idleLocked())
+			b.mu.Unlock()
+			return false, ctx.Err()
 		}
 		if err := ctx.Err(); err != nil {
+			// Let through as the call ended: give the turn on.
+			b.sent--
+			b.wakeLocked()
 			b.mu.Unlock()
 			return false, err
 		}
+	} else {
+		b.sent++
 	}
 	early = !b.closed && len(b.waiters) == 0 && b.early < grpcMaxEarly &&
 		b.used+int64(b.receiving+b.early+1)*b.est <= b.limit/2 && b.g.used.Load() < b.g.limit/2
@@ -250,13 +270,15 @@ func (b *grpcConnBudget) start(ctx context.Context) (early bool, err error) {
 // idleLocked reports whether no call of b waits (under b.mu).
 func (b *grpcConnBudget) idleLocked() bool { return len(b.waiters) == 0 && len(b.gate) == 0 }
 
-// received ends an admitted call's reading (early: admitted by preAdmit);
-// n bytes of answer are charged to a.
-func (b *grpcConnBudget) received(a *grpcRespAcct, n int64, early bool) {
+// done ends a call that start let through; n bytes of answer are charged
+// to a. early is start's answer, admitted whether admit let it read.
+func (b *grpcConnBudget) done(a *grpcRespAcct, n int64, early, admitted bool) {
 	b.mu.Lock()
+	b.sent--
 	if early {
 		b.early--
-	} else {
+	}
+	if admitted {
 		b.receiving--
 	}
 	if n > 0 {
@@ -305,14 +327,16 @@ func (b *grpcConnBudget) wakeLocked() {
 		b.waiters = b.waiters[n:]
 	}
 	m := 0
-	if len(b.gate) > 0 && b.openLocked() {
-		for _, w := range b.gate {
-			w.admitted = true
-			close(w.ready)
-		}
-		m = len(b.gate)
-		clear(b.gate)
-		b.gate = b.gate[:0]
+	for m < len(b.gate) && b.openLocked() {
+		w := b.gate[m]
+		w.admitted = true
+		b.sent++
+		close(w.ready)
+		m++
+	}
+	if m > 0 {
+		clear(b.gate[:m])
+		b.gate = b.gate[m:]
 	}
 	for i := 0; i < n+m; i++ {
 		b.g.resumed(b, i == n+m-1 && b.idleLocked())

@@ -237,3 +237,33 @@ func TestGRPCResponseBudgetEstimate(t *testing.T) {
 		return used == 0 && held == 0
 	})
 }
+
+// TestGRPCResponseBudgetBurst: a new connection's burst of calls for
+// answers as large as its budget (its first estimate) is sent to the
+// clusters only grpcMinSent at a time: the rest is held before it costs
+// the clusters work or the proxy a stream window each.
+func TestGRPCResponseBudgetBurst(t *testing.T) {
+	const calls = 100
+	lim := RelayLimits{ConnResponseBuffer: 1 << 20, BackendStreamWindow: 64 << 10}
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineGRPC
+		o.RelayLimits = lim
+	})
+	var fromClusters atomic.Int64
+	budgetedClusters(t, e, lim, &fromClusters)
+	rb := e.srv.ResponseBuffered
+	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	for i := uint32(0); i < calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", 1<<20), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "the burst held", func() bool { _, held := rb(); return held >= calls-grpcMinSent })
+	time.Sleep(200 * time.Millisecond) // anything still in flight lands
+	if n := e.totalReceived("Query"); n > grpcMinSent {
+		t.Errorf("%d of %d calls sent to the clusters, want at most %d", n, calls, grpcMinSent)
+	}
+	bad.nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the budget given back", func() bool {
+		used, held := rb()
+		return used == 0 && held == 0
+	})
+}

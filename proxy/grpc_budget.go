@@ -130,10 +130,14 @@ func (g *grpcRespBudget) newConn() *grpcConnBudget {
 // brought it down cannot then have a burst of large ones all admitted.
 // Only the transfer is counted (the cluster computed the answer already),
 // which on a cluster's connection takes a fraction of the call.
-// grpcMaxEarly bounds the calls admitted before their answer's headers.
+// grpcMaxEarly bounds the calls admitted before their answer's headers
+// (preAdmit): as many as an SDK commonly has in flight on its one
+// connection, so that they skip the wait for headers (a goroutine and a
+// wake-up more per call), and few enough that such a burst of answers
+// larger than estimated stays near the budget.
 const (
 	grpcMaxReceiving = 4
-	grpcMaxEarly     = 4
+	grpcMaxEarly     = 8
 )
 
 // admitsLocked reports whether the connection's next call may receive its

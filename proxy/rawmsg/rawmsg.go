@@ -27,7 +27,6 @@ type Msg struct {
 	// consistency fields without copying or re-encoding the rest.
 	Tail    []byte
 	TailBuf [48]byte
-	parts   [4]mem.Buffer // backing for data+tail in Marshal, no allocation
 	Give    bool
 	flat    []byte // contiguous copy, only for multi-buffer messages
 	// Hdr and Trl are a backend's response headers and trailers, as the
@@ -102,10 +101,10 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 		f.Data.Ref()
 		return f.Data, nil
 	}
-	var out mem.BufferSlice
-	if len(f.Data)+1 <= len(f.parts) {
-		out = f.parts[:0]
-	}
+	// A slice of its own each time: gRPC's writer reads (and frees) the
+	// slice after Marshal returns, possibly while a retry to another
+	// cluster marshals the same Msg again.
+	out := make(mem.BufferSlice, 0, len(f.Data)+1)
 	out = append(out, f.Data...)
 	if !f.Give {
 		f.Data.Ref()

@@ -655,15 +655,12 @@ func (u *uconn) open(c *Request, us *ustream, req *rawmsg.Msg, fl *flushList) (w
 	}
 	u.mu.Unlock()
 
-	var extra [2]hpack.HeaderField
-	ne := 0
 	if dl, ok := c.Ctx.Deadline(); ok {
-		extra[ne] = hpack.HeaderField{Name: "grpc-timeout", Value: encodeGRPCTimeout(time.Until(dl))}
-		ne++
+		u.w.timeout, u.w.sendTimeout = time.Until(dl), true // grpc-timeout
 	}
 	fixed := u.fixed
 	fixed[2].Value = c.Path
-	u.w.writeHeaders(us.id, false, fixed[:], extra[:ne], c.Forward)
+	u.w.writeHeaders(us.id, false, fixed[:], c.Forward)
 	if u.w.err != nil {
 		err := u.w.err
 		u.w.unlock()

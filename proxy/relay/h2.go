@@ -68,7 +68,14 @@ type h2writer struct {
 	hnext  int
 	hdr    [9]byte
 	pfx    [5]byte // writePrefix's
-	err    error   // sticky: the first write error
+	// timeout, when sendTimeout is set (under the lock), is written as
+	// grpc-timeout after the next header block (encodeVolatile), into
+	// tbuf: the value is never a string, so a request costs no
+	// allocation for it.
+	timeout     time.Duration
+	sendTimeout bool
+	tbuf        [16]byte
+	err         error // sticky: the first write error
 	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
 	maxFrame uint32
 	// answered is set when HEADERS or DATA are written: the keepalive
@@ -400,6 +407,14 @@ func (w *h2writer) encodeVolatile(groups [][]hpack.HeaderField) {
 				hpackString(&w.hbuf, f.Value)
 			}
 		}
+	}
+	if w.sendTimeout {
+		w.sendTimeout = false
+		v := appendGRPCTimeout(w.tbuf[:0], w.timeout)
+		w.hbuf.WriteByte(0x00)
+		hpackString(&w.hbuf, "grpc-timeout")
+		w.hbuf.WriteByte(byte(len(v))) // at most 9 bytes: a 7-bit prefix length
+		w.hbuf.Write(v)
 	}
 }
 
@@ -998,21 +1013,23 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 	return time.Duration(n) * unit, true
 }
 
-func encodeGRPCTimeout(d time.Duration) string {
+// appendGRPCTimeout appends d as a grpc-timeout value (at most 8 digits
+// and a unit) to dst.
+func appendGRPCTimeout(dst []byte, d time.Duration) []byte {
 	if d <= 0 {
-		return "1n"
+		return append(dst, "1n"...)
 	}
 	// The coarsest unit that keeps 8 digits, rounding up.
-	for _, u := range []struct {
+	for _, u := range [...]struct {
 		d time.Duration
 		s byte
 	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}, {time.Hour, 'H'}} {
 		n := (d + u.d - 1) / u.d
 		if n < 1e8 {
-			return strconv.FormatInt(int64(n), 10) + string(u.s)
+			return append(strconv.AppendInt(dst, int64(n), 10), u.s)
 		}
 	}
-	return "99999999H"
+	return append(dst, "99999999H"...)
 }
 
 // grpc-message is percent-encoded (gRPC over HTTP/2 spec).

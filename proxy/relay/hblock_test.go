@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -176,5 +177,41 @@ func TestDecodedBlockCache(t *testing.T) {
 	}
 	if hits < 40 {
 		t.Fatalf("%d cache hits over 80 repeated blocks", hits)
+	}
+}
+
+// TestRequestTimeoutField: a request's grpc-timeout, written from the
+// duration after the block (no string), decodes after the block's other
+// fields, on a peer keeping HPACK state, with the block cache hit or not.
+func TestRequestTimeoutField(t *testing.T) {
+	var w h2writer
+	w.init(nil, nil)
+	dec := hpack.NewDecoder(4096, nil)
+	fixed := []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":path", Value: "/m/Search"},
+		{Name: "content-type", Value: "application/grpc"}}
+	for i, d := range []time.Duration{0, time.Nanosecond, 1500 * time.Microsecond, 9 * time.Second, 3 * time.Hour, 1 << 62, 9*time.Second + 1} {
+		w.hbuf.Reset()
+		w.timeout, w.sendTimeout = d, i != 3 // one block without
+		w.encodeBlock([][]hpack.HeaderField{fixed})
+		if w.sendTimeout {
+			t.Fatal("sendTimeout still set after the block")
+		}
+		got, err := dec.DecodeFull(w.hbuf.Bytes())
+		if err != nil {
+			t.Fatalf("%v: decode: %v", d, err)
+		}
+		want := slices.Clone(fixed)
+		if i != 3 {
+			want = append(want, hpack.HeaderField{Name: "grpc-timeout", Value: string(appendGRPCTimeout(nil, d))})
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%v: decoded %v, want %v", d, got, want)
+		}
+		if i != 3 {
+			back, ok := parseGRPCTimeout(want[len(want)-1].Value)
+			if !ok || (d > 0 && back < d) {
+				t.Fatalf("%v: %q parses to %v, %v (want at least the timeout)", d, want[len(want)-1].Value, back, ok)
+			}
+		}
 	}
 }

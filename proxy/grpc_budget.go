@@ -49,21 +49,23 @@ import (
 //     moves once its client reads, whatever the other connections hold.
 //     Waiting calls are admitted oldest first.
 //
-//   - A connection over its budget, or with calls waiting for admission,
-//     holds its new calls before they are sent (start): they would only
-//     wait too, each with a stream window of answer, and the cluster need
-//     not compute answers its client does not read.
+//   - A connection over its budget, with calls waiting for admission, or
+//     with as many calls in flight as the estimate of its answers allows
+//     (openLocked), holds its new calls before they are sent (start): they
+//     would only wait too, each with a stream window of answer, and the
+//     cluster need not compute answers its client does not read.
 //   - The common call skips the wait for headers: while the connection's
 //     charges and estimated answers in flight are under half its budget,
 //     and the process's under half its own, up to grpcMaxEarly calls of
-//     the connection are admitted before they are sent (preAdmit) and
+//     the connection are admitted before they are sent (start) and
 //     read their answers as they come, as grpc-go's Invoke does.
 //
 // A connection so holds at most its budget plus about one answer (up to
 // grpcMaxReceiving + grpcMaxEarly when the answers grow suddenly past the
 // estimate: a decaying maximum of the last ones, the budget at first),
-// plus one stream window per call that was sent before the connection
-// went over (bounded by max_concurrent_streams).
+// plus one stream window per call in flight (grpcMinSent for answers as
+// large as the budget).
+//
 // grpc-go would compress an answer to a client that compressed its
 // request into a buffer of its own, out of the budget's sight; the grpc
 // engine answers uncompressed, as the relay does.
@@ -137,7 +139,7 @@ func (g *grpcRespBudget) newConn() *grpcConnBudget {
 // Only the transfer is counted (the cluster computed the answer already),
 // which on a cluster's connection takes a fraction of the call.
 // grpcMaxEarly bounds the calls admitted before their answer's headers
-// (preAdmit): as many as an SDK commonly has in flight on its one
+// (start): as many as an SDK commonly has in flight on its one
 // connection, so that they skip the wait for headers (a goroutine and a
 // wake-up more per call), and few enough that such a burst of answers
 // larger than estimated stays near the budget.

@@ -28,13 +28,26 @@ import (
 // client's RST_STREAM frames for streams the server had not ended. Past
 // the budget it writes GOAWAY ENHANCE_YOUR_CALM between two of grpc-go's
 // frames, as Go's net/http2 and the relay do, and closes the connection.
+//
+// It bounds a header block (HEADERS and its CONTINUATION frames) the way
+// the relay's header reader does, by encoded bytes, frames and time (the
+// CONTINUATION flood of CVE-2023-45288). grpc-go's own bound (its x/net
+// Framer stops at the decoded header list limit) closes such a connection
+// too, but silently: the client reconnects at once and floods again. So a
+// connection closed while a client's header block is open and past one
+// frame's worth of bytes counts as abuse: the address's reconnections are
+// penalised as the relay's are. (grpc-go's decoded limit is usually met
+// first; the guard's own bounds catch blocks that decode small.)
 
 // guardCreds wraps the server's transport credentials so that every
 // connection grpc-go serves passes through a guardConn.
 type guardCreds struct {
 	credentials.TransportCredentials
 	rate, burst float64
-	onClose     func(reason string)
+	// maxBlock bounds a header block's encoded bytes: the header list
+	// limit (SETTINGS_MAX_HEADER_LIST_SIZE) plus the relay's margin.
+	maxBlock int
+	onClose  func(reason string)
 	// penalty slows down the reconnections of an address whose
 	// connection the guard closed, as the relay's does (nil: off).
 	penalty *relay.PeerPenalty
@@ -58,6 +71,7 @@ func (g *guardCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthIn
 	}
 	gc := newGuardConn(c, g.rate, g.burst, g.onClose)
 	gc.penalty = g.penalty
+	gc.maxBlock = g.maxBlock
 	return gc, ai, nil
 }
 
@@ -86,6 +100,17 @@ type guardConn struct {
 	tokens    float64
 	last      time.Time
 	maxStream uint32 // the highest stream a client HEADERS opened
+	// The header block being read (HEADERS without END_HEADERS, then
+	// CONTINUATION frames): its encoded bytes, frames and start.
+	maxBlock    int // 0: unbounded
+	blockBytes  int
+	blockFrames int
+	blockStart  time.Time
+	// openBlock is blockBytes while the block is open, else 0, for Close
+	// (called on another goroutine than Read).
+	openBlock atomic.Int64
+	// abused is set once the connection was counted as abusive.
+	abused atomic.Bool
 
 	wmu  sync.Mutex
 	wr   frameScanner // under wmu
@@ -107,9 +132,11 @@ func newGuardConn(c net.Conn, rate, burst float64, onClose func(string)) *guardC
 
 // HTTP/2 frame types and flags the guard looks at (RFC 9113 section 6).
 const (
-	frameHeaders   = 0x1
-	frameRSTStream = 0x3
-	flagEndStream  = 0x1
+	frameHeaders      = 0x1
+	frameRSTStream    = 0x3
+	frameContinuation = 0x9
+	flagEndStream     = 0x1
+	flagEndHeaders    = 0x4
 )
 
 func (g *guardConn) Read(p []byte) (int, error) {
@@ -123,6 +150,24 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		switch h.typ {
 		case frameHeaders:
 			g.maxStream = max(g.maxStream, h.stream)
+			g.blockBytes, g.blockFrames = h.length, 1
+			if h.flags&flagEndHeaders == 0 {
+				g.blockStart = time.Now()
+				g.openBlock.Store(int64(g.blockBytes))
+			}
+		case frameContinuation:
+			g.blockBytes += h.length
+			g.blockFrames++
+			if h.flags&flagEndHeaders != 0 {
+				g.openBlock.Store(0)
+			} else {
+				g.openBlock.Store(int64(g.blockBytes))
+			}
+			if g.maxBlock > 0 && (g.blockBytes > g.maxBlock || g.blockFrames > relay.MaxHeaderBlockFrames ||
+				time.Since(g.blockStart) > relay.MaxHeaderBlockTime) {
+				g.calm("header block too large or too slow")
+				return 0, errGuardClosed
+			}
 		case frameRSTStream:
 			if g.endedByServer(h.stream) || g.take(time.Now()) {
 				continue
@@ -153,6 +198,27 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// abusiveBlock is the size of an open header block past which a
+// connection grpc-go closes under it counts as abuse: more than a
+// maximum-size frame (SETTINGS_MAX_FRAME_SIZE's initial value), where a
+// Milvus SDK call's headers are a few hundred bytes.
+const abusiveBlock = 16 << 10
+
+// Close closes the connection; grpc-go calls it. A close while the
+// client's header block is open and large is grpc-go refusing a header
+// list over its limit (it sends no GOAWAY): the address is penalised.
+func (g *guardConn) Close() error {
+	// Not under wmu: grpc-go's writer may be blocked in a write that
+	// only this close ends.
+	if g.openBlock.Load() > abusiveBlock && g.abused.CompareAndSwap(false, true) {
+		g.penalty.Abused(g.Conn.RemoteAddr().String(), time.Now())
+		if g.onClose != nil {
+			g.onClose("abuse")
+		}
+	}
+	return g.Conn.Close()
 }
 
 // endedByServer reports whether stream id is one of the last the server
@@ -189,6 +255,7 @@ func (g *guardConn) take(now time.Time) bool {
 // bytes makes the kernel send a RST, and the client could lose the
 // GOAWAY), then the connection is closed.
 func (g *guardConn) calm(debug string) {
+	g.abused.Store(true)
 	g.penalty.Abused(g.Conn.RemoteAddr().String(), time.Now())
 	if g.wmu.TryLock() {
 		if !g.dead && g.wr.atBoundary() {
@@ -235,6 +302,7 @@ type frameScanner struct {
 type frameHead struct {
 	typ, flags byte
 	stream     uint32
+	length     int
 }
 
 // next consumes b up to and including the next complete frame header and
@@ -256,7 +324,7 @@ func (s *frameScanner) next(b []byte) (h frameHead, ok bool, rest []byte) {
 	}
 	s.have = 0
 	s.skip = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
-	h = frameHead{typ: s.hdr[3], flags: s.hdr[4], stream: binary.BigEndian.Uint32(s.hdr[5:]) & (1<<31 - 1)}
+	h = frameHead{typ: s.hdr[3], flags: s.hdr[4], stream: binary.BigEndian.Uint32(s.hdr[5:]) & (1<<31 - 1), length: s.skip}
 	return h, true, b
 }
 

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,8 +28,8 @@ func TestFrameScanner(t *testing.T) {
 	_ = fr.WriteData(3, true, nil)
 	_ = fr.WriteRSTStream(5, http2.ErrCodeCancel)
 	_ = fr.WritePing(false, [8]byte{})
-	want := []frameHead{{typ: 0x4}, {typ: frameHeaders, flags: 0x5, stream: 1}, {typ: 0x0, stream: 3},
-		{typ: 0x0, flags: 0x1, stream: 3}, {typ: frameRSTStream, stream: 5}, {typ: 0x6}}
+	want := []frameHead{{typ: 0x4, length: 6}, {typ: frameHeaders, flags: 0x5, stream: 1, length: 1}, {typ: 0x0, stream: 3, length: 300},
+		{typ: 0x0, flags: 0x1, stream: 3}, {typ: frameRSTStream, stream: 5, length: 4}, {typ: 0x6, length: 8}}
 	all := wire.Bytes()
 	for _, chunk := range []int{1, 2, 5, 9, 10, 17, 64, 301, len(all)} {
 		var s frameScanner
@@ -206,6 +208,84 @@ func TestResetBudget(t *testing.T) {
 		wg.Wait()
 		if served.Load() == 0 || refused.Load() == 0 {
 			t.Fatalf("40 reconnections at once after an abuse close: %d served, %d refused; want some of each", served.Load(), refused.Load())
+		}
+	})
+}
+
+// TestHeaderBlockBound: a CONTINUATION flood (a header block that never
+// ends, CVE-2023-45288) is closed with GOAWAY ENHANCE_YOUR_CALM by either
+// engine (the grpc engine through its guard, before grpc-go closes the
+// connection silently), and other clients are served meanwhile.
+func TestHeaderBlockBound(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		e := newEnv(t)
+		c := dialGuard(t, e.addr)
+		c.hbuf.Reset()
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+			{Name: ":path", Value: "/milvus.proto.milvus.MilvusService/Search"}, {Name: ":authority", Value: "proxy"}} {
+			_ = c.henc.WriteField(f)
+		}
+		if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.hbuf.Bytes()}); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			// 1000 frames of 5000 bytes: 5 MB, far past the bounds.
+			frag := bytes.Repeat([]byte{0x40, 0x01, 'x', 0x01, 'y'}, 1000)
+			for range 1000 {
+				if c.fr.WriteContinuation(1, false, frag) != nil {
+					return // closed under us
+				}
+			}
+		}()
+		// The relay answers GOAWAY ENHANCE_YOUR_CALM; grpc-go closes
+		// the connection without a GOAWAY when the decoded list passes
+		// its limit.
+		_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var g *http2.GoAwayFrame
+		var err error
+		for g == nil && err == nil {
+			var f http2.Frame
+			f, err = c.fr.ReadFrame()
+			g, _ = f.(*http2.GoAwayFrame)
+		}
+		switch {
+		case g != nil && (g.ErrCode != http2.ErrCodeEnhanceYourCalm || string(g.DebugData()) != "header block too large or too slow"):
+			t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM %q", g.ErrCode, g.DebugData(), "header block too large or too slow")
+		case g == nil && e.srv.engine != EngineGRPC:
+			t.Fatalf("connection ended without GOAWAY: %v", err)
+		case g == nil && errors.Is(err, os.ErrDeadlineExceeded):
+			t.Fatal("the connection was not closed")
+		}
+		if _, err := e.client.Search(e.ctx(), search("coll", commonpb.ConsistencyLevel_Bounded, 0, false)); err != nil {
+			t.Fatalf("another client's Search: %v", err)
+		}
+		// Counted as abuse either way: the address's next connections
+		// take turns (relay.abuse_reconnect_interval apart), so of 40 at
+		// once some are refused.
+		var wg sync.WaitGroup
+		var served, refused atomic.Int32
+		for range 40 {
+			wg.Go(func() {
+				nc, err := net.Dial("tcp", e.addr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer nc.Close()
+				_, _ = io.WriteString(nc, http2.ClientPreface)
+				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if f, err := http2.NewFramer(nil, nc).ReadFrame(); err == nil {
+					if _, ok := f.(*http2.SettingsFrame); ok {
+						served.Add(1)
+					}
+				} else {
+					refused.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if served.Load() == 0 || refused.Load() == 0 {
+			t.Fatalf("40 reconnections at once after the flood was closed: %d served, %d refused; want some of each (the address penalised)", served.Load(), refused.Load())
 		}
 	})
 }

@@ -273,7 +273,8 @@ func (s *Server) startGRPC(opts *Options) {
 	}
 	guard := &guardCreds{TransportCredentials: creds,
 		rate: float64(lim.ResetsPerSecond), burst: 10 * float64(lim.ResetsPerSecond),
-		penalty: relay.NewPeerPenalty(lim.AbuseReconnectInterval)}
+		maxBlock: lim.MaxHeaderListSize + relay.HeaderBlockByteMargin,
+		penalty:  relay.NewPeerPenalty(lim.AbuseReconnectInterval)}
 	if obs, ok := opts.Observer.(RelayObserver); ok {
 		guard.onClose = func(reason string) { obs.RelayEvent(RelayConnClosed, reason) }
 	}

@@ -1164,11 +1164,12 @@ func refsOnly(b []byte) bool {
 // closed, so a larger default buys nothing and costs the other clients.
 const defaultMaxHeaderList = 64 << 10
 
-// Bounds of one header block beyond its decoded size.
+// Bounds of one header block beyond its decoded size (the grpc engine's
+// guard applies the same ones).
 const (
-	maxHeaderBlockFrames  = 512
-	maxHeaderBlockTime    = 10 * time.Second
-	headerBlockByteMargin = 64 << 10
+	MaxHeaderBlockFrames  = 512
+	MaxHeaderBlockTime    = 10 * time.Second
+	HeaderBlockByteMargin = 64 << 10
 )
 
 // errHeaderBlock is a header block past its bounds: a connection error.
@@ -1226,7 +1227,7 @@ func (h *headerReader) read(f http2.Frame) (fields []hpack.HeaderField, complete
 		// Once the decoded block is over maxList, its stream is refused
 		// anyway: a CONTINUATION after that is read no further (as
 		// x/net's Framer.ReadMetaHeaders does since CVE-2023-45288).
-		if h.tooLarge || h.bytes > h.maxList+headerBlockByteMargin || h.frames > maxHeaderBlockFrames || time.Since(h.started) > maxHeaderBlockTime {
+		if h.tooLarge || h.bytes > h.maxList+HeaderBlockByteMargin || h.frames > MaxHeaderBlockFrames || time.Since(h.started) > MaxHeaderBlockTime {
 			return nil, false, errHeaderBlock
 		}
 	}

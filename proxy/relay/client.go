@@ -468,6 +468,16 @@ type ustream struct {
 	// method value: that would be an allocation per call.)
 	xch *Exchange
 
+	// rmu makes the reader's work on the response (appendData, the
+	// budget charge) and the stream's end exclusive: a stream may be
+	// ended by another goroutine (a client's reset or close aborts it,
+	// the keepalive fails the connection) while the reader, which found
+	// it in streams a moment before, is appending to its body; whoever
+	// ends it then frees the body (result). ended (under rmu) is set
+	// when the stream is ended; the reader leaves an ended stream alone.
+	rmu   sync.Mutex
+	ended bool
+
 	// Filled by the reader goroutine before done is closed.
 	gotHeaders bool
 	hdr        []hpack.HeaderField
@@ -713,6 +723,7 @@ func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 	delete(u.streams, id)
 	idle := u.goingAway && len(u.streams) == 0
 	u.mu.Unlock()
+	us.end()
 	if set != nil {
 		set(us)
 	}
@@ -723,6 +734,14 @@ func (u *uconn) finishFL(id uint32, set func(*ustream), fl *flushList) bool {
 		u.fail(errConnClosed, fl)
 	}
 	return true
+}
+
+// end marks the stream ended, once the reader is out of its response
+// (see rmu); called by whoever removed it from the connection's streams.
+func (us *ustream) end() {
+	us.rmu.Lock()
+	us.ended = true
+	us.rmu.Unlock()
 }
 
 func (us *ustream) complete(fl *flushList) {
@@ -749,6 +768,7 @@ func (u *uconn) fail(err error, fl *flushList) {
 	u.flow.close()
 	_ = u.nc.Close()
 	for _, us := range streams {
+		us.end()
 		us.err = gstatus.Errorf(codes.Unavailable, "milvus-ha-proxy: connection to cluster %s lost: %v", u.cluster, err)
 		us.unregister()
 		us.complete(fl)
@@ -920,10 +940,17 @@ func (u *uconn) onData(f *http2.DataFrame) {
 	sendStream := 0
 	var err error
 	if us != nil {
+		us.rmu.Lock()
+		if us.ended {
+			us.rmu.Unlock()
+			u.w.writeWindowUpdates(f.StreamID, sendConn, 0, &u.fl)
+			return
+		}
 		err = us.appendData(f.Data(), u.r.maxMsg)
 		if us.acct != nil && n > 0 {
 			us.charge(n)
 		}
+		us.rmu.Unlock()
 		// The stream's window is returned only while the response
 		// budget admits more (else the cluster stops sending this
 		// stream until a resume returns it); the connection's window

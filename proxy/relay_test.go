@@ -1193,3 +1193,27 @@ func TestRelayResponseBudgetCompletes(t *testing.T) {
 		return used == 0 && held == 0
 	})
 }
+
+// TestCloseDuringHeldAnswers: clients that grant no window ask for large
+// answers and close their connection while the answers arrive, so that
+// the relay ends backend streams (the client left) while the cluster
+// connection's reader is appending their DATA. Under -race this fails if
+// the two touch an answer's buffer at once (it once crashed the process:
+// a freed buffer grown again).
+func TestCloseDuringHeldAnswers(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.Engine = EngineRelay
+		o.RelayLimits.ConnResponseBuffer = 1 << 20
+	})
+	for round := range 12 {
+		c := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		for i := uint32(0); i < 8; i++ {
+			c.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:2000000", ConsistencyLevel: Eventually})
+		}
+		time.Sleep(time.Duration(round%4) * 5 * time.Millisecond)
+		c.nc.Close()
+	}
+	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:2000000", ConsistencyLevel: Eventually}); err != nil {
+		t.Fatalf("a Query after the closed clients: %v", err)
+	}
+}

@@ -499,7 +499,7 @@ type Call struct {
 	msg    msgAssembler
 	recv   int  // stream DATA not yet returned as window
 	ended  bool // the client half-closed
-	queued bool // a unary request went to a worker
+	queued bool // a unary request went to a worker (under d.mu: handOver)
 
 	// Streaming methods: complete messages for the backend.
 	in *msgQueue
@@ -1422,9 +1422,27 @@ func (d *dconn) onClientEnd(st *Call) {
 	case kindStream:
 		st.in.close(io.EOF)
 	default:
-		st.queued = true
+		if !d.handOver(st) {
+			return
+		}
 		d.startUnary(st, &d.fl)
 	}
+}
+
+// handOver marks st's share of active as the worker's (or the fast
+// path's), which ends it, unless the connection was closed: close, which
+// may run on another goroutine (the writer failing, Shutdown), then
+// released the share and cancelled the call, which must not start.
+// queued is written under d.mu for close to read it after taking the
+// streams.
+func (d *dconn) handOver(st *Call) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	st.queued = true
+	return true
 }
 
 // returnCredit gives a stream's consumed window back to the client.
@@ -1465,9 +1483,11 @@ func (d *dconn) endStream(st *Call) {
 
 // failStream answers a stream with an error before any worker has it.
 func (d *dconn) failStream(st *Call, err error) {
+	if !d.handOver(st) { // the answer below stands in for the worker
+		return
+	}
 	st.decide(err)
 	st.ended = true
-	st.queued = true // the answer below stands in for the worker
 	d.respondHeadersOnly(st.id, gstatus.Code(err), gstatus.Convert(err).Message())
 	d.resetStream(st.id, http2.ErrCodeNo)
 	d.endStream(st)

@@ -184,31 +184,7 @@ func TestResetBudget(t *testing.T) {
 		// The abuser's address is penalised: its new connections take
 		// turns 100ms apart, and a reconnect flood is refused past 1s of
 		// turns; a connection that waits its turn is served.
-		var wg sync.WaitGroup
-		var served, refused atomic.Int32
-		for range 40 {
-			wg.Go(func() {
-				nc, err := net.Dial("tcp", e.addr)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				defer nc.Close()
-				_, _ = io.WriteString(nc, http2.ClientPreface)
-				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if f, err := http2.NewFramer(nil, nc).ReadFrame(); err == nil {
-					if _, ok := f.(*http2.SettingsFrame); ok {
-						served.Add(1)
-					}
-				} else {
-					refused.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		if served.Load() == 0 || refused.Load() == 0 {
-			t.Fatalf("40 reconnections at once after an abuse close: %d served, %d refused; want some of each", served.Load(), refused.Load())
-		}
+		checkPenalised(t, e.addr, "an abuse close")
 	})
 }
 
@@ -262,30 +238,39 @@ func TestHeaderBlockBound(t *testing.T) {
 		// Counted as abuse either way: the address's next connections
 		// take turns (relay.abuse_reconnect_interval apart), so of 40 at
 		// once some are refused.
-		var wg sync.WaitGroup
-		var served, refused atomic.Int32
-		for range 40 {
-			wg.Go(func() {
-				nc, err := net.Dial("tcp", e.addr)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				defer nc.Close()
-				_, _ = io.WriteString(nc, http2.ClientPreface)
-				_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if f, err := http2.NewFramer(nil, nc).ReadFrame(); err == nil {
-					if _, ok := f.(*http2.SettingsFrame); ok {
-						served.Add(1)
-					}
-				} else {
-					refused.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		if served.Load() == 0 || refused.Load() == 0 {
-			t.Fatalf("40 reconnections at once after the flood was closed: %d served, %d refused; want some of each (the address penalised)", served.Load(), refused.Load())
-		}
+		checkPenalised(t, e.addr, "the flood was closed")
 	})
+}
+
+// checkPenalised dials 40 connections at once from the address the
+// proxy just closed for abuse: its reconnections take turns
+// (relay.abuse_reconnect_interval apart) and a flood of them is refused
+// past 1s of turns, so some are served and some refused.
+func checkPenalised(t *testing.T, addr, after string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var served, refused atomic.Int32
+	for range 40 {
+		wg.Go(func() {
+			nc, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer nc.Close()
+			_, _ = io.WriteString(nc, http2.ClientPreface)
+			_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if f, err := http2.NewFramer(nil, nc).ReadFrame(); err == nil {
+				if _, ok := f.(*http2.SettingsFrame); ok {
+					served.Add(1)
+				}
+			} else {
+				refused.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if served.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("40 reconnections at once after %s: %d served, %d refused; want some of each (the address penalised)", after, served.Load(), refused.Load())
+	}
 }

@@ -312,34 +312,30 @@ func (b *grpcConnBudget) release(n int64) {
 	}
 }
 
-// wakeLocked admits the waiting calls the budget lets in now, oldest
-// first, then lets the held new calls be sent if the connection is open
-// (under b.mu).
-func (b *grpcConnBudget) wakeLocked() {
+// admitFront admits the calls at the front of q while can says so,
+// counting each in *count, and returns how many it admitted.
+func admitFront(q *[]*grpcWaiter, count *int, can func() bool) int {
 	n := 0
-	for n < len(b.waiters) && (b.closed || b.admitsLocked()) {
-		w := b.waiters[n]
+	for n < len(*q) && can() {
+		w := (*q)[n]
 		w.admitted = true
-		b.receiving++
+		*count++
 		close(w.ready)
 		n++
 	}
 	if n > 0 {
-		clear(b.waiters[:n])
-		b.waiters = b.waiters[n:]
+		clear((*q)[:n])
+		*q = (*q)[n:]
 	}
-	m := 0
-	for m < len(b.gate) && b.openLocked() {
-		w := b.gate[m]
-		w.admitted = true
-		b.sent++
-		close(w.ready)
-		m++
-	}
-	if m > 0 {
-		clear(b.gate[:m])
-		b.gate = b.gate[m:]
-	}
+	return n
+}
+
+// wakeLocked admits the waiting calls the budget lets in now, oldest
+// first, then lets the held new calls be sent if the connection is open
+// (under b.mu).
+func (b *grpcConnBudget) wakeLocked() {
+	n := admitFront(&b.waiters, &b.receiving, func() bool { return b.closed || b.admitsLocked() })
+	m := admitFront(&b.gate, &b.sent, b.openLocked)
 	for i := 0; i < n+m; i++ {
 		b.g.resumed(b, i == n+m-1 && b.idleLocked())
 	}

@@ -67,45 +67,8 @@ func TestGRPCResponseBudget(t *testing.T) {
 	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000", ConsistencyLevel: Eventually}); err != nil {
 		t.Fatal(err)
 	}
-	base := fromClusters.Load()
+	bad, held0 := holdAnswers(t, e, budget, window, &fromClusters, calls, answer)
 	rb := e.srv.ResponseBuffered
-
-	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	for i := uint32(0); i < calls; i++ {
-		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
-	}
-	testutil.Eventually(t, 10*time.Second, "calls held", func() bool { _, held := rb(); return held > 0 })
-
-	stop := make(chan struct{})
-	time.AfterFunc(time.Second, func() { close(stop) })
-	n, errs, slowest := bystander(e.client, stop)
-	t.Logf("bystander: %d calls, %d errors, slowest %v", n, len(errs), slowest)
-	if len(errs) > 0 {
-		t.Fatalf("bystander errors: %v", errs[0])
-	}
-	if n == 0 || slowest > 5*time.Second {
-		t.Errorf("bystander: %d calls, slowest %v", n, slowest)
-	}
-
-	// What the client asked for is 16 MiB; what may be held: the budget,
-	// the answer the first estimate and the oldest-call rule let complete
-	// past it, one window per call (and its frame overhead), the
-	// bystander's small answers.
-	limit := int64(budget + 2*answer + calls*window + 1<<20)
-	time.Sleep(200 * time.Millisecond) // anything still in flight lands
-	used, held := rb()
-	read := fromClusters.Load() - base
-	t.Logf("held calls %d, charged %d bytes, read from clusters %d bytes (limit %d)", held, used, read, limit)
-	if used > limit {
-		t.Errorf("charged %d bytes > %d", used, limit)
-	}
-	if read > limit {
-		t.Errorf("read %d bytes from the clusters > %d: the answers were not held back", read, limit)
-	}
-	if held == 0 || held >= calls {
-		t.Errorf("%d calls held, want some but not all of %d", held, calls)
-	}
-	held0 := held
 
 	// More calls on the held connection are held before they are sent:
 	// the clusters see none of them.

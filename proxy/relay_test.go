@@ -1111,44 +1111,8 @@ func TestRelayResponseBudget(t *testing.T) {
 	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:1000", ConsistencyLevel: Eventually}); err != nil {
 		t.Fatal(err)
 	}
-	base := fromClusters.Load()
-	rb := e.srv.relay.ResponseBuffered
-
-	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	for i := uint32(0); i < calls; i++ {
-		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
-	}
-	testutil.Eventually(t, 10*time.Second, "backend streams held", func() bool { _, held := rb(); return held > 0 })
-
-	stop := make(chan struct{})
-	time.AfterFunc(time.Second, func() { close(stop) })
-	n, errs, slowest := bystander(e.client, stop)
-	t.Logf("bystander: %d calls, %d errors, slowest %v", n, len(errs), slowest)
-	if len(errs) > 0 {
-		t.Fatalf("bystander errors: %v", errs[0])
-	}
-	if n == 0 || slowest > 5*time.Second {
-		t.Errorf("bystander: %d calls, slowest %v", n, slowest)
-	}
-
-	// What the clients asked for is 16 MiB; what may be held: the
-	// budget, the two answers the oldest call's rule lets complete past
-	// it (complete answers stay under the budget), one window per call,
-	// and the bystander's small answers and frame overhead.
-	limit := int64(budget + 2*answer + calls*window + 1<<20)
-	time.Sleep(200 * time.Millisecond) // anything still in flight lands
-	used, held := rb()
-	read := fromClusters.Load() - base
-	t.Logf("held streams %d, charged %d bytes, read from clusters %d bytes (limit %d)", held, used, read, limit)
-	if used > limit {
-		t.Errorf("charged %d bytes > %d", used, limit)
-	}
-	if read > limit {
-		t.Errorf("read %d bytes from the clusters > %d: the answers were not held back", read, limit)
-	}
-	if held == 0 || held >= calls {
-		t.Errorf("%d streams held, want some but not all of %d", held, calls)
-	}
+	bad, _ := holdAnswers(t, e, budget, window, &fromClusters, calls, answer)
+	rb := e.srv.ResponseBuffered
 
 	// The client leaves: its backend streams end and the budget is back.
 	bad.nc.Close()
@@ -1216,4 +1180,50 @@ func TestCloseDuringHeldAnswers(t *testing.T) {
 	if _, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: "big:2000000", ConsistencyLevel: Eventually}); err != nil {
 		t.Fatalf("a Query after the closed clients: %v", err)
 	}
+}
+
+// holdAnswers has a client that grants no window ask for calls answers
+// of answer bytes on either engine (after a call that opened the backend
+// connections), and checks what the response budget promises: a
+// bystander on another connection is served meanwhile, and what the proxy
+// charged and read from the clusters stays within the budget plus two
+// answers the oldest-call rule lets complete, one window per call, and
+// 1 MiB of the bystander's answers and frame overhead. It returns the
+// client and how many calls are held.
+func holdAnswers(t *testing.T, e *env, budget, window int, fromClusters *atomic.Int64, calls uint32, answer int) (*rawClient, int64) {
+	t.Helper()
+	base := fromClusters.Load()
+	rb := e.srv.ResponseBuffered
+	bad := dialRaw(t, e.addr, 0, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	for i := uint32(0); i < calls; i++ {
+		bad.call(2*i+1, "Query", &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
+	}
+	testutil.Eventually(t, 10*time.Second, "calls held", func() bool { _, held := rb(); return held > 0 })
+
+	stop := make(chan struct{})
+	time.AfterFunc(time.Second, func() { close(stop) })
+	n, errs, slowest := bystander(e.client, stop)
+	t.Logf("bystander: %d calls, %d errors, slowest %v", n, len(errs), slowest)
+	if len(errs) > 0 {
+		t.Fatalf("bystander errors: %v", errs[0])
+	}
+	if n == 0 || slowest > 5*time.Second {
+		t.Errorf("bystander: %d calls, slowest %v", n, slowest)
+	}
+
+	limit := int64(budget + 2*answer + int(calls)*window + 1<<20)
+	time.Sleep(200 * time.Millisecond) // anything still in flight lands
+	used, held := rb()
+	read := fromClusters.Load() - base
+	t.Logf("held calls %d, charged %d bytes, read from clusters %d bytes (limit %d)", held, used, read, limit)
+	if used > limit {
+		t.Errorf("charged %d bytes > %d", used, limit)
+	}
+	if read > limit {
+		t.Errorf("read %d bytes from the clusters > %d: the answers were not held back", read, limit)
+	}
+	if held == 0 || held >= int64(calls) {
+		t.Errorf("%d calls held, want some but not all of %d", held, calls)
+	}
+	return bad, held
 }

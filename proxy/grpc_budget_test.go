@@ -107,46 +107,45 @@ func TestGRPCResponseBudget(t *testing.T) {
 	})
 }
 
-// TestGRPCResponseBudgetCompletes: a client reading normally gets every
+// TestResponseBudgetCompletes: a client reading normally gets every
 // answer, compressed requests included, even when their total, and each
-// of them, is far over its connection's budget; the charges all come back
-// once written.
-func TestGRPCResponseBudgetCompletes(t *testing.T) {
-	lim := RelayLimits{ConnResponseBuffer: 128 << 10, BackendStreamWindow: 64 << 10}
-	e := newEnv(t, func(o *Options) {
-		o.Engine = EngineGRPC
-		o.RelayLimits = lim
-	})
-	var fromClusters atomic.Int64
-	budgetedClusters(t, e, lim, &fromClusters)
-	const calls, answer = 12, 1 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, calls)
-	for i := 0; i < calls; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var opts []grpc.CallOption
-			if i%2 == 1 {
-				opts = append(opts, grpc.UseCompressor(gzip.Name))
-			}
-			q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually}, opts...)
-			if err == nil && len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != answer {
-				err = fmt.Errorf("answer corrupted")
-			}
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
+// of them, is far over its connection's budget (the oldest call always
+// moves), on either engine; the charges all come back once written.
+func TestResponseBudgetCompletes(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		lim := RelayLimits{ConnResponseBuffer: 128 << 10, BackendStreamWindow: 64 << 10}
+		e := newEnv(t, func(o *Options) { o.RelayLimits = lim })
+		if e.srv.engine == EngineGRPC {
+			var fromClusters atomic.Int64
+			budgetedClusters(t, e, lim, &fromClusters)
 		}
-	}
-	testutil.Eventually(t, 5*time.Second, "the budget given back", func() bool {
-		used, held := e.srv.ResponseBuffered()
-		return used == 0 && held == 0
+		const calls, answer = 12, 1 << 20
+		var wg sync.WaitGroup
+		errs := make(chan error, calls)
+		for i := 0; i < calls; i++ {
+			wg.Go(func() {
+				var opts []grpc.CallOption
+				if i%2 == 1 {
+					opts = append(opts, grpc.UseCompressor(gzip.Name))
+				}
+				q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually}, opts...)
+				if err == nil && len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != answer {
+					err = fmt.Errorf("answer corrupted")
+				}
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		testutil.Eventually(t, 5*time.Second, "the budget given back", func() bool {
+			used, held := e.srv.ResponseBuffered()
+			return used == 0 && held == 0
+		})
 	})
 }
 

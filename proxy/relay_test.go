@@ -1122,42 +1122,6 @@ func TestRelayResponseBudget(t *testing.T) {
 	})
 }
 
-// TestRelayResponseBudgetCompletes: a client reading normally gets every
-// answer even when their total, and each of them, is far over its
-// connection's budget: the oldest call always moves.
-func TestRelayResponseBudgetCompletes(t *testing.T) {
-	e := newEnv(t, func(o *Options) {
-		o.Engine = EngineRelay
-		o.RelayLimits = RelayLimits{ConnResponseBuffer: 128 << 10, BackendStreamWindow: 64 << 10}
-	})
-	const calls, answer = 12, 1 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, calls)
-	for i := 0; i < calls; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			q, err := e.client.Query(e.ctx(), &milvuspb.QueryRequest{CollectionName: "coll", Expr: fmt.Sprintf("big:%d", answer), ConsistencyLevel: Eventually})
-			if err == nil && len(q.GetFieldsData()[0].GetVectors().GetBinaryVector()) != answer {
-				err = fmt.Errorf("answer corrupted")
-			}
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	rb := e.srv.relay.ResponseBuffered
-	testutil.Eventually(t, 5*time.Second, "the budget given back", func() bool {
-		used, held := rb()
-		return used == 0 && held == 0
-	})
-}
-
 // TestCloseDuringHeldAnswers: clients that grant no window ask for large
 // answers and close their connection while the answers arrive, so that
 // the relay ends backend streams (the client left) while the cluster

@@ -83,7 +83,7 @@ func (g *guardCreds) Clone() credentials.TransportCredentials {
 
 // errGuardClosed is what grpc-go reads and writes once the guard closed
 // the connection.
-var errGuardClosed = errors.New("milvus-ha-proxy: connection closed: too many stream resets")
+var errGuardClosed = errors.New("milvus-ha-proxy: connection closed for abuse (too many stream resets, or a header block too large or too slow)")
 
 // guardConn is one client connection of the grpc engine under the guard.
 // Read is called by grpc-go's reader goroutine only; Write by its writer
